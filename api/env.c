@@ -1,0 +1,29 @@
+/* The only file of libmlstm that reads the environment: MLSTM_BACKEND, MLSTM_DEVICE,
+ * MLSTM_OPENCL_PLATFORM. Values are read at context creation, never cached. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include "internal.h"
+
+const char *mlstm_env_string(const char *name)
+{
+    const char *v = getenv(name);
+    return (v && v[0]) ? v : NULL;
+}
+
+int mlstm_env_index(const char *name, int *value)
+{
+    const char *v = mlstm_env_string(name);
+    *value = -1;
+    if (v == NULL)
+        return MLSTM_OK;
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    while (end && isspace((unsigned char)*end))
+        end++;
+    if (errno != 0 || end == v || (end && *end) || x < 0 || x > 1000000)
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    *value = (int)x;
+    return MLSTM_OK;
+}

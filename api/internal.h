@@ -1,0 +1,81 @@
+/* Private declarations of the API core (the api/ sources): the context and buffer structs, error recording, the
+ * environment reader and the validation that turns a public desc plus buffers into backend params.
+ * Nothing here is exported. */
+#ifndef MLSTM_INTERNAL_H
+#define MLSTM_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include "mlstm.h"
+#include "backend.h"
+
+#define MLSTM_ERRMSG_MAX 16384
+#define MLSTM_CONTEXT_MAGIC 0x6d4c6374u /* "mLct" */
+#define MLSTM_BUFFER_MAGIC  0x6d4c6266u /* "mLbf" */
+
+/* One device allocation, shared by a buffer and its views; freed when the last reference goes. */
+typedef struct mlstm_allocation {
+    void *mem;            /* backend handle */
+    int refs;
+    int owned;            /* 0 for wrapped user memory: never freed by libmlstm */
+} mlstm_allocation;
+
+struct mlstm_buffer {
+    uint32_t magic;
+    mlstm_context *ctx;
+    mlstm_allocation *alloc;
+    size_t offset;        /* elements from the start of the allocation */
+    size_t count;         /* elements */
+    int dtype;
+    mlstm_buffer *prev, *next; /* the context's list of live buffers */
+};
+
+struct mlstm_context {
+    uint32_t magic;
+    const mlstm_backend_ops *ops;
+    void *impl;
+    mlstm_buffer *buffers;
+    char last_error[MLSTM_ERRMSG_MAX];
+};
+
+/* Records a formatted detail as the context's last error (ctx may be NULL) and returns status. */
+int mlstm_fail(mlstm_context *ctx, int status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* After a backend call failed: copies the backend's detail into the context, prefixed by where. */
+int mlstm_fail_backend(mlstm_context *ctx, int status, const char *where);
+/* Sets the thread's global error (context creation failures). */
+void mlstm_set_global_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+/* env.c: the only place that reads the environment. Each returns NULL/-1 when unset. */
+const char *mlstm_env_string(const char *name);
+/* Parses a non-negative integer variable: MLSTM_OK (value or -1 if unset) or INVALID_ARGUMENT. */
+int mlstm_env_index(const char *name, int *value);
+
+/* registry.c */
+int mlstm_registry_count(void);
+const mlstm_backend_ops *mlstm_registry_at(int index);
+
+/* validate.c */
+int mlstm_check_context(const mlstm_context *ctx);
+/* Validates desc (scalars and sizes); resolved scale in *scale. msg gets the detail. */
+int mlstm_validate_desc(const mlstm_desc *desc, float *scale, char *msg, size_t msg_len);
+/* Resolved element strides and extent (elements the tensor addresses) of one tensor. */
+int mlstm_tensor_geometry(const mlstm_desc *desc, int tensor, mlstm_tensor_arg *arg, uint64_t *extent,
+                          char *msg, size_t msg_len);
+/* Full validation of a call: desc, buffers (context, dtype, size), layouts, aliasing; fills params. */
+int mlstm_prepare_call(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
+                       mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT], mlstm_params *params);
+/* The tensors a direction reads and writes. */
+int mlstm_tensor_used(int tensor, int backward);
+int mlstm_tensor_is_output(int tensor, int backward);
+int mlstm_tensor_dtype(const mlstm_desc *desc, int tensor);
+const char *mlstm_tensor_name(int tensor);
+
+#endif /* MLSTM_INTERNAL_H */

@@ -1,0 +1,52 @@
+/* The backend interface: one const struct of function pointers per backend (ggml style). The API core
+ * (api/) validates every argument once, then calls these; backends trust their inputs. Each backend
+ * exports only its ops struct (mlstm_backend_cuda_ops, mlstm_backend_opencl_ops); the rest is static. */
+#ifndef MLSTM_BACKEND_H
+#define MLSTM_BACKEND_H
+
+#include <stddef.h>
+#include "mlstm.h"
+#include "params.h"
+
+#define MLSTM_BACKEND_ABI_VERSION 1
+
+/* Device choice handed to init, after options and environment are resolved. */
+typedef struct mlstm_backend_config {
+    int device;            /* device index within the platform/driver, >= 0 */
+    int opencl_platform;   /* OpenCL platform index, or -1 for "first platform with a device" */
+} mlstm_backend_config;
+
+typedef struct mlstm_backend_ops {
+    int abi_version;       /* MLSTM_BACKEND_ABI_VERSION */
+    const char *name;      /* "cuda", "opencl" */
+
+    /* Counts usable devices; no side effects beyond driver initialisation. Returns MLSTM_OK with
+     * *n_devices >= 0 (0: no device, detail in msg), or an error status with the detail in msg. */
+    int (*probe)(int *n_devices, char *msg, size_t msg_len);
+    /* Creates the per-context state on one device. On failure writes the detail into msg. */
+    int (*init)(const mlstm_backend_config *cfg, void **impl, char *msg, size_t msg_len);
+    void (*destroy)(void *impl);                    /* waits for queued work, frees everything */
+    const char *(*device_name)(void *impl);
+
+    int (*buffer_alloc)(void *impl, size_t bytes, void **mem);
+    void (*buffer_free)(void *impl, void *mem);
+    int (*buffer_write)(void *impl, void *mem, size_t offset_bytes, size_t bytes, const void *src); /* blocking */
+    int (*buffer_read)(void *impl, void *mem, size_t offset_bytes, size_t bytes, void *dst);        /* blocking */
+
+    /* (optional, NULL = everything valid is supported) MLSTM_OK or MLSTM_ERR_UNSUPPORTED. */
+    int (*supports)(void *impl, const mlstm_params *p, int backward);
+    int (*fwd)(void *impl, const mlstm_params *p);  /* asynchronous */
+    int (*bwd)(void *impl, const mlstm_params *p);  /* asynchronous */
+    int (*synchronize)(void *impl);
+    /* Detail of the backend's last failure (CUDA error name, OpenCL build log); "" if none. */
+    const char *(*last_error)(void *impl);
+} mlstm_backend_ops;
+
+#ifdef MLSTM_HAVE_CUDA
+extern const mlstm_backend_ops mlstm_backend_cuda_ops;
+#endif
+#ifdef MLSTM_HAVE_OPENCL
+extern const mlstm_backend_ops mlstm_backend_opencl_ops;
+#endif
+
+#endif /* MLSTM_BACKEND_H */
