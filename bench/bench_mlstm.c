@@ -151,8 +151,14 @@ static int bench_shape(mlstm_context *ctx, const shape *sh, int dtype, int iters
         mlstm_ref_shape rs = {sh->b, sh->nh, sh->s, sh->dqk, sh->dv, d.eps, 1.0 / sqrt((double)sh->dqk), 0};
         double *o = dref[MLSTM_TENSOR_H];
         mlstm_ref_fwd(&rs, dref[0], dref[1], dref[2], dref[3], dref[4], o, dref[6], dref[7]);
-        mlstm_ref_bwd(&rs, dref[0], dref[1], dref[2], dref[3], dref[4], o, dref[6], dref[7], dref[8], dref[9],
-                      dref[10], dref[11], dref[12], dref[13]);
+        /* the backward reads h as stored: give the reference the reference h rounded to the dtype */
+        double *o_stored = malloc(count[MLSTM_TENSOR_H] * sizeof(double));
+        for (size_t e = 0; o_stored && e < count[MLSTM_TENSOR_H]; e++)
+            o_stored[e] = tu_round_to_dtype(o[e], dtype);
+        if (o_stored)
+            mlstm_ref_bwd(&rs, dref[0], dref[1], dref[2], dref[3], dref[4], o_stored, dref[6], dref[7], dref[8],
+                          dref[9], dref[10], dref[11], dref[12], dref[13]);
+        free(o_stored);
         res->err_max = 0;
         const int outs[] = {MLSTM_TENSOR_H, MLSTM_TENSOR_M, MLSTM_TENSOR_N, MLSTM_TENSOR_DQ, MLSTM_TENSOR_DK,
                             MLSTM_TENSOR_DV, MLSTM_TENSOR_DI, MLSTM_TENSOR_DF};

@@ -1,11 +1,18 @@
 /* Naive float64 reference of the mLSTM parallel formulation, forward and backward (see mlstm_ref.h).
  * Straight from DESIGN.md section 1 plus the house decisions (m floored at -10, n stored signed); loops
- * over rows so memory is O(S * D) and cost O(S^2 * D) per (batch, head). Not tuned; clarity first. */
+ * over rows so memory is O(S * D) and cost O(S^2 * D) per (batch, head). Not tuned; clarity first. Rows (and,
+ * in the backward, columns) are independent, so with OpenMP they run in parallel (the long test cases). */
 #include "mlstm_ref.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#define REF_PARALLEL_FOR _Pragma("omp parallel for schedule(dynamic, 4) if (S >= 256)") /* S: the caller's seq_len */
+#else
+#define REF_PARALLEL_FOR
+#endif
 
 double mlstm_ref_logsigmoid(double x)
 {
@@ -73,8 +80,7 @@ static void fwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
     const int64_t S = s->S, DQK = s->DQK, DV = s->DV;
     double *F = malloc((size_t)S * sizeof *F);
     double *mrow = malloc((size_t)S * sizeof *mrow);
-    double *acc = malloc((size_t)DV * sizeof *acc);
-    if (!F || !mrow || !acc)
+    if (!F || !mrow)
         abort();
     for (int64_t bh = 0; bh < s->B * s->NH; bh++) {
         const double *qh = q + bh * S * DQK, *kh = k + bh * S * DQK, *vh = v + bh * S * DV;
@@ -84,10 +90,13 @@ static void fwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
             memcpy(mrow, m_fixed + bh * S, (size_t)S * sizeof *mrow);
         else
             stabilizer_head(S, F, ih, mrow);
+        REF_PARALLEL_FOR
         for (int64_t t = 0; t < S; t++) {
             const double mt = mrow[t];
             double l = 0.0;
-            memset(acc, 0, (size_t)DV * sizeof *acc);
+            double *acc = calloc((size_t)DV, sizeof *acc);
+            if (!acc)
+                abort();
             for (int64_t j = 0; j <= t; j++) {
                 double dp = exp((F[t] - F[j]) + ih[j] - mt);
                 double c = s->scale * dot(qh + t * DQK, kh + j * DQK, DQK) * dp;
@@ -112,9 +121,9 @@ static void fwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
                 m_out[bh * S + t] = mt;
             if (n_out)
                 n_out[bh * S + t] = nsigned;
+            free(acc);
         }
     }
-    free(acc);
     free(mrow);
     free(F);
 }
@@ -138,8 +147,10 @@ void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, c
 {
     const int64_t S = s->S, DQK = s->DQK, DV = s->DV;
     double *F = malloc((size_t)S * sizeof *F);
+    double *delta = malloc((size_t)S * sizeof *delta);
+    double *inv = malloc((size_t)S * sizeof *inv);
     double *dF = malloc((size_t)S * sizeof *dF);
-    if (!F || !dF)
+    if (!F || !delta || !inv || !dF)
         abort();
     for (int64_t bh = 0; bh < s->B * s->NH; bh++) {
         const double *qh = q + bh * S * DQK, *kh = k + bh * S * DQK, *vh = v + bh * S * DV;
@@ -149,35 +160,51 @@ void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, c
         double *dih = di + bh * S, *dfh = df + bh * S;
 
         cumsum_logsig(S, fh, F);
-        memset(dkh, 0, (size_t)(S * DQK) * sizeof *dkh);
-        memset(dvh, 0, (size_t)(S * DV) * sizeof *dvh);
-        memset(dih, 0, (size_t)S * sizeof *dih);
-
+        /* per row: delta_t = sigma_t (dh_t . h_t) (exact mode), 1 / (|n_t| + eps) */
         for (int64_t t = 0; t < S; t++) {
-            const double mt = mh[t], nt = nh[t];
-            const double sigma = nt < 0.0 ? -1.0 : (nt > exp(-mt) ? 1.0 : 0.0);
-            const double *dht = dhh + t * DV, *qt = qh + t * DQK;
-            const double delta = s->grad_mode == 0 ? sigma * dot(dht, hh + t * DV, DV) : 0.0;
-            const double inv = 1.0 / (fabs(nt) + s->eps);
+            const double sigma = nh[t] < 0.0 ? -1.0 : (nh[t] > exp(-mh[t]) ? 1.0 : 0.0);
+            delta[t] = s->grad_mode == 0 ? sigma * dot(dhh + t * DV, hh + t * DV, DV) : 0.0;
+            inv[t] = 1.0 / (fabs(nh[t]) + s->eps);
+        }
+        /* P_tj = (dh_t . v_j - delta_t) / (|n_t| + eps) * D'_tj, recomputed where needed */
+#define REF_P_AND_S(t, j, P, St)                                                                  \
+        const double dp_ = exp((F[t] - F[j]) + ih[j] - mh[t]);                                    \
+        const double St = s->scale * dot(qh + (t) * DQK, kh + (j) * DQK, DQK);                     \
+        const double P = (dot(dhh + (t) * DV, vh + (j) * DV, DV) - delta[t]) * inv[t] * dp_
+        /* rows: dq_t = scale sum_{j<=t} P_tj k_j */
+        REF_PARALLEL_FOR
+        for (int64_t t = 0; t < S; t++) {
             double *dqt = dqh + t * DQK;
             memset(dqt, 0, (size_t)DQK * sizeof *dqt);
             for (int64_t j = 0; j <= t; j++) {
-                const double *kj = kh + j * DQK, *vj = vh + j * DV;
-                const double dp = exp((F[t] - F[j]) + ih[j] - mt);
-                const double st = s->scale * dot(qt, kj, DQK);
-                const double dc = (dot(dht, vj, DV) - delta) * inv;
-                const double p = dc * dp;
-                double *dkj = dkh + j * DQK, *dvj = dvh + j * DV;
-                for (int64_t d = 0; d < DQK; d++) {
+                REF_P_AND_S(t, j, p, st);
+                (void)st;
+                const double *kj = kh + j * DQK;
+                for (int64_t d = 0; d < DQK; d++)
                     dqt[d] += s->scale * p * kj[d];
-                    dkj[d] += s->scale * p * qt[d];
-                }
-                const double cw = st * dp * inv;
-                for (int64_t d = 0; d < DV; d++)
-                    dvj[d] += cw * dht[d];
-                dih[j] += p * st;
             }
         }
+        /* columns: dk_j = scale sum_{t>=j} P_tj q_t, dv_j = sum_t C_tj dh_t / (|n_t| + eps), di_j = sum_t P_tj S_tj */
+        REF_PARALLEL_FOR
+        for (int64_t j = 0; j < S; j++) {
+            double *dkj = dkh + j * DQK, *dvj = dvh + j * DV;
+            memset(dkj, 0, (size_t)DQK * sizeof *dkj);
+            memset(dvj, 0, (size_t)DV * sizeof *dvj);
+            double dij = 0.0;
+            for (int64_t t = j; t < S; t++) {
+                REF_P_AND_S(t, j, p, st);
+                const double *qt = qh + t * DQK, *dht = dhh + t * DV;
+                for (int64_t d = 0; d < DQK; d++)
+                    dkj[d] += s->scale * p * qt[d];
+                const double cw = st * dp_ * inv[t];
+                for (int64_t d = 0; d < DV; d++)
+                    dvj[d] += cw * dht[d];
+                dij += p * st;
+            }
+            dih[j] = dij;
+        }
+#undef REF_P_AND_S
+        /* gates: dF_u = q_u . dq_u - k_u . dk_u, da = reverse cumsum, df = da * sigmoid(-f) */
         for (int64_t u = 0; u < S; u++)
             dF[u] = dot(qh + u * DQK, dqh + u * DQK, DQK) - dot(kh + u * DQK, dkh + u * DQK, DQK);
         double da = 0.0;
@@ -187,5 +214,7 @@ void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, c
         }
     }
     free(dF);
+    free(inv);
+    free(delta);
     free(F);
 }

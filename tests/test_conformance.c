@@ -1,0 +1,542 @@
+/* The conformance suite: one case table run against the backend MLSTM_BACKEND selects (ctest runs it once per
+ * compiled backend). Each case: seeded storage-rounded inputs, the float64 reference, the backend's results in
+ * guard-banded views, then a NaN/Inf scan, relative L2 error per output against tests/tolerances.h, and canary /
+ * untouched-input checks; plus bitwise determinism and host-API cases. */
+
+/* Usage: MLSTM_BACKEND=auto|cuda|opencl (no device: exit 77); MLSTM_TEST_FILTER=<cmocka glob>, e.g. 'bwd/bf16/'
+ * followed by a star; MLSTM_TEST_SLOW=1 runs the long precision-contract set INSTEAD of the default set (GPU runs:
+ * `MLSTM_BACKEND=cuda MLSTM_TEST_SLOW=1 ./test_conformance`, or `ctest -L slow` in a build configured with
+ * -DMLSTM_SLOW_TESTS=ON); `test_conformance --list` prints the case names. The context is created with
+ * mlstm_context_create(NULL, ...), the production selection path. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cmocka.h>
+
+#include "mlstm.h"
+#include "mlstm_case.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Case table                                                                                        */
+
+/* Which (direction, dtype, mode) combinations a shape entry expands to. */
+enum {
+    FWD_F32 = 1 << 0, FWD_F16 = 1 << 1, FWD_BF16 = 1 << 2,
+    BWX_F32 = 1 << 3, BWX_F16 = 1 << 4, BWX_BF16 = 1 << 5,  /* backward, exact gradients */
+    BWD_F32 = 1 << 6, BWD_F16 = 1 << 7, BWD_BF16 = 1 << 8,  /* backward, normalizer-detached */
+    FWD_ALL = FWD_F32 | FWD_F16 | FWD_BF16,
+    BWX_ALL = BWX_F32 | BWX_F16 | BWX_BF16,
+    BWD_ALL = BWD_F32 | BWD_F16 | BWD_BF16,
+    STD_SET = FWD_ALL | BWX_ALL | BWD_F32 | BWD_BF16,
+    NO_F16 = FWD_F32 | FWD_BF16 | BWX_F32 | BWX_BF16 | BWD_F32 | BWD_BF16,
+    ALL_SET = FWD_ALL | BWX_ALL | BWD_ALL
+};
+
+typedef enum { KIND_CASE = 0, KIND_DETERMINISM, KIND_HOST_API } test_kind;
+
+typedef struct {
+    test_kind kind;
+    mc_case c;
+    char name[256];
+} table_entry;
+
+_Static_assert((int)TOL_COUNT == (int)MC_OUT_COUNT && (int)TOL_DF == (int)MC_OUT_DF, "tolerances.h and mlstm_case.h list the outputs alike");
+
+static table_entry *g_table;
+static size_t g_count, g_cap;
+
+static void push(test_kind kind, mc_case c)
+{
+    mc_case_finish(&c);
+    if (g_count == g_cap) {
+        g_cap = g_cap ? 2 * g_cap : 256;
+        g_table = realloc(g_table, g_cap * sizeof *g_table);
+        if (!g_table)
+            abort();
+    }
+    table_entry *e = &g_table[g_count++];
+    e->kind = kind;
+    e->c = c;
+    snprintf(e->name, sizeof e->name, "%s%s", kind == KIND_DETERMINISM ? "determinism/" : kind == KIND_HOST_API ? "host_api/" : "",
+             c.name);
+}
+
+typedef struct {
+    int64_t B, NH, S, DQK, DV;
+    int gates, layout, odd;
+    float eps, scale;
+} shape;
+
+static void add_shape(shape s, unsigned combos, uint64_t seed)
+{
+    static const int dts[3] = { MLSTM_DTYPE_F32, MLSTM_DTYPE_F16, MLSTM_DTYPE_BF16 };
+    for (int kind = 0; kind < 3; kind++) {         /* fwd, bwd exact, bwd detached */
+        for (int d = 0; d < 3; d++) {
+            if (!(combos & (1u << (kind * 3 + d))))
+                continue;
+            mc_case c;
+            memset(&c, 0, sizeof c);
+            c.bwd = kind > 0;
+            c.grad_mode = kind == 2 ? MLSTM_GRAD_NORMALIZER_DETACHED : MLSTM_GRAD_EXACT;
+            c.dtype = dts[d];
+            c.B = s.B; c.NH = s.NH; c.S = s.S; c.DQK = s.DQK; c.DV = s.DV;
+            c.gates = s.gates;
+            c.layout = s.layout;
+            c.odd_offsets = s.odd;
+            c.eps = s.eps != 0.0f ? s.eps : 1e-6f;
+            c.scale = s.scale;
+            c.seed = seed;
+            push(KIND_CASE, c);
+        }
+    }
+}
+
+#define SH(B, NH, S, DQK, DV, G) ((shape){ B, NH, S, DQK, DV, MC_GATES_##G, MC_LAYOUT_BNSD, 0, 0.0f, 0.0f })
+#define SHL(B, NH, S, DQK, DV, G, L, ODD) ((shape){ B, NH, S, DQK, DV, MC_GATES_##G, MC_LAYOUT_##L, ODD, 0.0f, 0.0f })
+
+/* The default set: runs in CI on a 2-core CPU through PoCL, so S*S*D*B*NH stays small per case (S >= 1000
+ * only with D <= 64 and B = NH = 1; D = 512 only with S <= 130). A backend may compile one program per
+ * (direction, dtype, DQK, DV, gradient mode) (the OpenCL one does: seconds each on PoCL), so the S sweep, the
+ * regimes and the layouts reuse a few head-dim pairs: (64,64) and (48,96) carry the full dtype x mode matrix,
+ * the other pairs (1, 3, 5, 96/48, 100/160, 256, 512, 512/1, 1/512) run in one or two dtypes. */
+static void build_default_table(void)
+{
+    /* S: 1, tiny, both neighbours of every power-of-two tile size, long; head dims 64 */
+    add_shape(SH(1, 1, 1, 64, 64, STD), ALL_SET, 1);
+    add_shape(SH(1, 1, 2, 64, 64, NORMAL), STD_SET, 2);
+    add_shape(SH(1, 1, 3, 64, 64, STD), STD_SET, 3);
+    add_shape(SH(1, 2, 17, 64, 64, STD), STD_SET, 4);
+    add_shape(SH(1, 2, 63, 64, 64, NORMAL), STD_SET, 5);
+    add_shape(SH(1, 1, 64, 64, 64, STD), STD_SET, 6);
+    add_shape(SH(2, 1, 65, 64, 64, STD), STD_SET, 7);
+    add_shape(SH(1, 1, 127, 64, 64, NORMAL), STD_SET, 8);
+    add_shape(SH(2, 3, 129, 64, 64, STD), STD_SET, 9);
+    add_shape(SH(1, 1, 1000, 64, 64, STD), FWD_ALL | BWX_ALL | BWD_F32, 10);
+    add_shape(SH(1, 1, 1000, 64, 64, NORMAL), FWD_F32 | BWX_BF16 | BWD_F16, 11);
+    add_shape(SH(1, 1, 2048, 64, 64, STD), BWX_F32 | BWX_BF16, 12);
+    /* DQK != DV with the full matrix: B, NH > 1 */
+    add_shape(SH(2, 3, 17, 48, 96, STD), ALL_SET & ~BWD_BF16 & ~BWD_F16, 13);
+    add_shape(SH(1, 2, 130, 48, 96, NORMAL), FWD_ALL | BWX_ALL | BWD_F32, 14);
+    /* odd and tiny head dims */
+    add_shape(SH(1, 1, 2, 3, 5, NORMAL), FWD_F32 | BWX_F32 | BWX_BF16, 15);
+    add_shape(SH(2, 1, 17, 3, 5, STD), FWD_F32 | FWD_BF16 | BWX_F32 | BWX_BF16, 16);
+    add_shape(SH(1, 1, 3, 1, 1, STD), FWD_F32 | FWD_F16 | BWX_F32, 17);
+    add_shape(SH(1, 2, 65, 1, 1, NORMAL), FWD_F32 | BWX_F32, 18);
+    add_shape(SH(1, 1, 127, 96, 48, NORMAL), FWD_F32 | BWX_F32, 19);
+    add_shape(SH(1, 1, 65, 100, 160, STD), FWD_F32 | FWD_BF16 | BWX_F32, 20);
+    add_shape(SH(2, 1, 127, 100, 160, NORMAL), BWX_F32, 21);
+    /* large head dims, and the extremes of DQK != DV */
+    add_shape(SH(1, 1, 33, 256, 256, STD), BWX_F32 | BWX_BF16, 22);
+    add_shape(SH(1, 1, 129, 256, 256, NORMAL), FWD_BF16 | BWX_F32, 23);
+    add_shape(SH(1, 1, 130, 512, 512, NORMAL), FWD_F32 | BWX_F32 | BWX_F16, 24);
+    add_shape(SH(1, 1, 17, 512, 512, STD), BWX_F16, 25);
+    add_shape(SH(1, 1, 40, 512, 1, STD), FWD_F32 | BWX_F32, 26);
+    add_shape(SH(1, 1, 40, 1, 512, NORMAL), FWD_BF16 | BWX_BF16, 27);
+    /* extreme gates (|i|, |f| up to 1e3): no NaN/Inf, every output compared */
+    add_shape(SH(1, 2, 129, 48, 96, EXT_U), FWD_ALL | BWX_ALL | BWD_F32, 28);
+    add_shape(SH(1, 1, 200, 64, 64, EXT_N), ALL_SET, 29);
+    add_shape(SH(2, 1, 17, 3, 5, EXT_U), FWD_F32 | BWX_F32 | BWX_BF16, 30);
+    /* closed input gates: every row on the m floor. No f16: |h| ~ e^-20 lies below f16's smallest
+     * subnormal (2^-24), so f16 storage cannot hold the result (bf16 has f32's exponent range). */
+    add_shape(SH(2, 1, 65, 64, 64, CLOSED), NO_F16, 31);
+    /* strided layouts and view offsets */
+    add_shape(SHL(2, 3, 129, 48, 96, STD, BSND, 0), FWD_ALL | BWX_ALL | BWD_F32, 32);
+    add_shape(SHL(2, 2, 65, 64, 64, NORMAL, PADDED, 0), STD_SET, 33);
+    add_shape(SHL(1, 3, 17, 64, 64, STD, PADDED, 1), ALL_SET, 34);
+    add_shape(SHL(2, 2, 33, 48, 96, EXT_U, BSND, 1), BWX_F32 | BWX_BF16 | BWD_F32, 35);
+    add_shape(SHL(1, 1, 1, 3, 5, STD, PADDED, 1), FWD_F32 | BWX_BF16, 36);
+    add_shape(SHL(2, 1, 19, 3, 5, NORMAL, BSND, 1), BWX_F32, 37);
+    /* non-default eps and scale */
+    shape s = SH(1, 2, 70, 64, 64, STD);
+    s.eps = 1e-2f;
+    s.scale = 0.5f;
+    add_shape(s, FWD_F32 | FWD_BF16 | BWX_F32 | BWX_F16 | BWD_F32, 38);
+
+    /* bitwise determinism, run after run */
+    mc_case c;
+    memset(&c, 0, sizeof c);
+    c.bwd = 1; c.dtype = MLSTM_DTYPE_F32; c.grad_mode = MLSTM_GRAD_EXACT;
+    c.B = 2; c.NH = 2; c.S = 129; c.DQK = 48; c.DV = 96; c.gates = MC_GATES_STD; c.eps = 1e-6f; c.seed = 40;
+    push(KIND_DETERMINISM, c);
+    c.dtype = MLSTM_DTYPE_BF16; c.S = 300; c.DQK = 64; c.DV = 64; c.B = 1; c.seed = 41;
+    push(KIND_DETERMINISM, c);
+    /* the host-array entry points: same bits as the device path, gaps of strided outputs untouched */
+    memset(&c, 0, sizeof c);
+    c.bwd = 1; c.dtype = MLSTM_DTYPE_F32; c.grad_mode = MLSTM_GRAD_EXACT;
+    c.B = 2; c.NH = 2; c.S = 37; c.DQK = 48; c.DV = 96; c.gates = MC_GATES_STD; c.layout = MC_LAYOUT_PADDED;
+    c.eps = 1e-6f; c.seed = 42;
+    push(KIND_HOST_API, c);
+    c.dtype = MLSTM_DTYPE_F16; c.DQK = 64; c.DV = 64; c.layout = MC_LAYOUT_BSND;
+    c.grad_mode = MLSTM_GRAD_NORMALIZER_DETACHED; c.seed = 43;
+    push(KIND_HOST_API, c);
+    c.bwd = 0; c.dtype = MLSTM_DTYPE_BF16; c.DQK = 3; c.DV = 5; c.layout = MC_LAYOUT_BNSD; c.seed = 44;
+    push(KIND_HOST_API, c);
+}
+
+/* The slow set (MLSTM_TEST_SLOW=1): the precision-contract shapes, S up to 8192, for GPU runs. The float64
+ * reference alone takes minutes here (O(S^2 * D) per case on one CPU core). Backward cases check h, m, n too. */
+static void build_slow_table(void)
+{
+    const unsigned bwx = BWX_ALL;
+    add_shape(SH(1, 1, 2048, 64, 64, STD), bwx | BWD_F32, 101);
+    add_shape(SH(1, 1, 2048, 128, 128, STD), bwx, 102);
+    add_shape(SH(1, 1, 2048, 256, 256, STD), bwx, 103);
+    add_shape(SH(1, 1, 2048, 64, 64, NORMAL), BWX_F32 | BWX_BF16, 104);
+    add_shape(SH(2, 4, 2048, 128, 128, STD), BWX_BF16, 105);
+    add_shape(SH(1, 1, 4096, 64, 64, STD), bwx | BWD_F32, 106);
+    add_shape(SH(1, 1, 4096, 128, 128, STD), bwx, 107);
+    add_shape(SH(1, 1, 4096, 256, 256, STD), BWX_F32 | BWX_BF16, 108);
+    add_shape(SH(1, 1, 4096, 64, 64, NORMAL), BWX_F32, 109);
+    add_shape(SH(1, 1, 8192, 64, 64, STD), bwx, 110);
+    add_shape(SH(1, 1, 8192, 128, 128, STD), BWX_F32 | BWX_BF16, 111);
+    add_shape(SH(1, 1, 8192, 64, 64, NORMAL), BWX_F32, 112);
+    add_shape(SH(1, 1, 4096, 64, 64, EXT_U), BWX_F32 | BWD_F32, 113);
+    add_shape(SHL(1, 2, 4096, 64, 64, STD, BSND, 1), BWX_BF16, 114);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Running one case                                                                                  */
+
+static mlstm_context *g_ctx;
+
+/* Resources of the running test, released by the per-test teardown (cmocka failures longjmp). */
+static mc_inputs g_in;
+static mc_outputs g_ref, g_ref_det, g_dev, g_dev2;
+static void *g_host_mem[MLSTM_TENSOR_COUNT];
+
+static int case_teardown(void **state)
+{
+    (void)state;
+    mc_inputs_free(&g_in);
+    mc_outputs_free(&g_ref);
+    mc_outputs_free(&g_ref_det);
+    mc_outputs_free(&g_dev);
+    mc_outputs_free(&g_dev2);
+    for (size_t k = 0; k < sizeof g_host_mem / sizeof g_host_mem[0]; k++) {
+        free(g_host_mem[k]);
+        g_host_mem[k] = NULL;
+    }
+    return 0;
+}
+
+static double max_finite(int dtype)
+{
+    return dtype == MLSTM_DTYPE_F16 ? 65504.0 : dtype == MLSTM_DTYPE_BF16 ? 0x1.fep127 : 0x1.fffffep127;
+}
+
+static int out_dtype(const mc_case *c, int o)
+{
+    return (o == MC_OUT_H || o == MC_OUT_DQ || o == MC_OUT_DK || o == MC_OUT_DV) ? c->dtype : MLSTM_DTYPE_F32;
+}
+
+/* Runs the case on the device; skip() on MLSTM_ERR_UNSUPPORTED (with the reason), fail on any other error
+ * or on a canary violation. */
+static void device_run_or_skip(const mc_case *c, const char *name, mc_outputs *out, double *ms)
+{
+    char api_msg[2048], canary_msg[512];
+    int st = mc_run_device(g_ctx, c, &g_in, out, api_msg, sizeof api_msg, canary_msg, sizeof canary_msg, ms);
+    if (st == MLSTM_ERR_UNSUPPORTED) {
+        printf("[ SKIP ] %s: backend reports MLSTM_ERR_UNSUPPORTED: %s\n", name, api_msg);
+        fflush(stdout);
+        skip();
+    }
+    if (st != MLSTM_OK)
+        fail_msg("%s: %s", name, api_msg);
+    if (canary_msg[0])
+        fail_msg("%s: %s", name, canary_msg);
+}
+
+static void test_case(void **state)
+{
+    const table_entry *e = *state;
+    const mc_case *c = &e->c;
+    mc_inputs_make(c, &g_in);
+    mc_reference(c, &g_in, c->grad_mode, &g_ref);
+
+    /* Degenerate gradients (see tolerances.h): at S = 1 and, in exact mode, with extreme gates, the gradients
+     * are near-total cancellations, so their error is measured against the size of the cancelling terms. */
+    const int degenerate = c->bwd && (c->S == 1 || (c->grad_mode == MLSTM_GRAD_EXACT &&
+                                                     (c->gates == MC_GATES_EXT_U || c->gates == MC_GATES_EXT_N)));
+    double mag_den[MC_OUT_COUNT] = { 0 };
+    if (degenerate) {
+        const mc_outputs *det = &g_ref;
+        if (c->grad_mode == MLSTM_GRAD_EXACT) {
+            mc_reference(c, &g_in, MLSTM_GRAD_NORMALIZER_DETACHED, &g_ref_det);
+            det = &g_ref_det;
+        }
+        for (int o = MC_OUT_DQ; o < MC_OUT_COUNT; o++)
+            mag_den[o] = tu_l2(det->t[o], mc_output_count(c, o));
+        /* df_u = sigmoid(-f_u) * sum_{v>=u} (q_v.dq_v - k_v.dk_v): the terms' size, with detached dq, dk */
+        const size_t rows = mc_output_count(c, MC_OUT_DF);
+        double *mag = malloc(rows * sizeof *mag);
+        if (!mag)
+            abort();
+        for (int64_t bh = 0; bh < c->B * c->NH; bh++) {
+            double acc = 0.0;
+            for (int64_t u = c->S - 1; u >= 0; u--) {
+                const size_t r = (size_t)(bh * c->S + u);
+                double qd = 0.0, kd = 0.0;
+                for (int64_t d = 0; d < c->DQK; d++) {
+                    qd += g_in.q[r * (size_t)c->DQK + (size_t)d] * det->t[MC_OUT_DQ][r * (size_t)c->DQK + (size_t)d];
+                    kd += g_in.k[r * (size_t)c->DQK + (size_t)d] * det->t[MC_OUT_DK][r * (size_t)c->DQK + (size_t)d];
+                }
+                acc += fabs(qd) + fabs(kd);
+                const double fu = g_in.f[r];
+                mag[r] = acc * (fu >= 0 ? exp(-fu) / (1.0 + exp(-fu)) : 1.0 / (1.0 + exp(fu)));
+            }
+        }
+        mag_den[MC_OUT_DF] = fmax(mag_den[MC_OUT_DF], tu_l2(mag, rows));
+        free(mag);
+    }
+
+    /* the case itself must be representable: reference outputs within the storage dtype's finite range */
+    for (int o = 0; o < MC_OUT_COUNT; o++) {
+        size_t n = mc_output_count(c, o);
+        for (size_t x = 0; x < n; x++)
+            if (!(fabs(g_ref.t[o][x]) <= max_finite(out_dtype(c, o))))
+                fail_msg("%s: test case invalid: reference %s[%zu] = %g is outside the %s range; choose another "
+                         "seed", e->name, mc_output_name(o), x, g_ref.t[o][x], tu_dtype_name(out_dtype(c, o)));
+    }
+
+    double ms[2];
+    device_run_or_skip(c, e->name, &g_dev, ms);
+
+    char line[1024], fails[1024];
+    size_t lu = 0, fu = 0;
+    line[0] = fails[0] = '\0';
+    for (int o = 0; o < MC_OUT_COUNT; o++) {
+        const size_t n = mc_output_count(c, o);
+        if (!n)
+            continue;
+        const double tol = tol_max_rel_l2(c->dtype, o);
+        size_t first = 0;
+        const size_t bad = tu_count_nonfinite(g_dev.t[o], n, &first);
+        double err;
+        int star = 0;
+        if (bad) {
+            err = INFINITY;
+            fu += (size_t)snprintf(fails + fu, sizeof fails - fu, " %s: %zu NaN/Inf (first at %zu: %g, ref %g);",
+                                   mc_output_name(o), bad, first, g_dev.t[o][first], g_ref.t[o][first]);
+        } else {
+            double *d = malloc(n * sizeof *d);
+            if (!d)
+                abort();
+            for (size_t x = 0; x < n; x++)
+                d[x] = g_dev.t[o][x] - g_ref.t[o][x];
+            double num = tu_l2(d, n), den = tu_l2(g_ref.t[o], n);
+            free(d);
+            if (degenerate && mag_den[o] > den) {
+                den = mag_den[o];
+                star = 1;
+            }
+            err = den > 0.0 ? num / den : num;
+            if (!(err <= tol))
+                fu += (size_t)snprintf(fails + fu, sizeof fails - fu, " %s: rel L2 %.3e > %.0e (max abs diff %.3e);",
+                                       mc_output_name(o), err, tol, tu_max_abs_diff(g_dev.t[o], g_ref.t[o], n));
+        }
+        lu += (size_t)snprintf(line + lu, sizeof line - lu, " %s=%.2e%s", mc_output_name(o), err, star ? "*" : "");
+        if (fu >= sizeof fails)
+            fu = sizeof fails - 1;
+    }
+    printf("[ CASE ] %s:%s (tol %.0e) fwd %.1f ms%s", e->name, line, tol_max_rel_l2(c->dtype, TOL_H), ms[0],
+           c->bwd ? "" : "\n");
+    if (c->bwd)
+        printf(" bwd %.1f ms\n", ms[1]);
+    fflush(stdout);
+    if (fails[0])
+        fail_msg("%s:%s", e->name, fails);
+}
+
+/* The same case twice: every output bitwise identical (DESIGN.md section 3: deterministic). */
+static void test_determinism(void **state)
+{
+    const table_entry *e = *state;
+    const mc_case *c = &e->c;
+    mc_inputs_make(c, &g_in);
+    device_run_or_skip(c, e->name, &g_dev, NULL);
+    device_run_or_skip(c, e->name, &g_dev2, NULL);
+    int checked = 0;
+    for (int o = 0; o < MC_OUT_COUNT; o++) {
+        const size_t n = mc_output_count(c, o);
+        if (!n)
+            continue;
+        checked++;
+        for (size_t x = 0; x < n; x++)
+            if (memcmp(&g_dev.t[o][x], &g_dev2.t[o][x], sizeof(double)) != 0)
+                fail_msg("%s: %s[%zu] differs between two identical runs: %a vs %a", e->name, mc_output_name(o), x,
+                         g_dev.t[o][x], g_dev2.t[o][x]);
+    }
+    assert_int_equal(checked, c->bwd ? 8 : 3);
+    printf("[ CASE ] %s: %d outputs bitwise identical across two runs\n", e->name, checked);
+}
+
+/* mlstm_parallel_fwd_host / _bwd_host on arrays laid out per the case: results bitwise equal to the device
+ * path, and output elements the layout does not address keep the caller's values. */
+static void test_host_api(void **state)
+{
+    const table_entry *e = *state;
+    const mc_case *c = &e->c;
+    mc_inputs_make(c, &g_in);
+    device_run_or_skip(c, e->name, &g_dev, NULL);
+
+    mlstm_desc desc;
+    mc_desc(c, &desc);
+    const int used = c->bwd ? MLSTM_TENSOR_COUNT : MLSTM_TENSOR_N + 1;
+    size_t ext[MLSTM_TENSOR_COUNT] = { 0 };
+    int dts[MLSTM_TENSOR_COUNT];
+    for (int t = 0; t < used; t++) {
+        ext[t] = mlstm_tensor_extent(&desc, t);
+        assert_true(ext[t] > 0);
+        const int per_pos = t == MLSTM_TENSOR_I || t == MLSTM_TENSOR_F || t == MLSTM_TENSOR_M ||
+                            t == MLSTM_TENSOR_N || t == MLSTM_TENSOR_DI || t == MLSTM_TENSOR_DF;
+        dts[t] = per_pos ? MLSTM_DTYPE_F32 : c->dtype;
+        g_host_mem[t] = malloc(ext[t] * tu_dtype_size(dts[t]));
+        assert_non_null(g_host_mem[t]);
+        tu_canary_fill(g_host_mem[t], dts[t], ext[t]);
+    }
+    /* scatter inputs through the layout of the desc */
+    const double *src[MLSTM_TENSOR_COUNT] = { g_in.q, g_in.k, g_in.v, g_in.i, g_in.f, NULL, NULL, NULL, g_in.dh };
+    int64_t dims[MLSTM_TENSOR_COUNT] = { c->DQK, c->DQK, c->DV, 1, 1, c->DV, 1, 1, c->DV, c->DQK, c->DQK, c->DV, 1, 1 };
+    for (int t = 0; t < used; t++) {
+        int64_t sb = desc.layout[t].batch, sh = desc.layout[t].head, ss = desc.layout[t].seq;
+        if (!sb && !sh && !ss) {
+            ss = dims[t]; sh = c->S * ss; sb = c->NH * sh;
+        }
+        size_t e2 = 0;
+        for (int64_t b = 0; b < c->B; b++)
+            for (int64_t h = 0; h < c->NH; h++)
+                for (int64_t s = 0; s < c->S; s++)
+                    for (int64_t d = 0; d < dims[t]; d++, e2++) {
+                        size_t a = (size_t)(b * sb + h * sh + s * ss + d);
+                        if (src[t])
+                            tu_store(g_host_mem[t], dts[t], a, src[t][e2]);
+                    }
+    }
+    void **hm = g_host_mem;
+    int st = mlstm_parallel_fwd_host(g_ctx, &desc, hm[0], hm[1], hm[2], hm[3], hm[4], hm[5], hm[6], hm[7]);
+    if (st == MLSTM_OK && c->bwd)
+        st = mlstm_parallel_bwd_host(g_ctx, &desc, hm[0], hm[1], hm[2], hm[3], hm[4], hm[5], hm[6], hm[7], hm[8],
+                                     hm[9], hm[10], hm[11], hm[12], hm[13]);
+    if (st == MLSTM_ERR_UNSUPPORTED) {
+        printf("[ SKIP ] %s: MLSTM_ERR_UNSUPPORTED: %s\n", e->name, mlstm_context_last_error(g_ctx));
+        skip();
+    }
+    if (st != MLSTM_OK)
+        fail_msg("%s: host call failed: %s: %s", e->name, mlstm_status_string(st), mlstm_context_last_error(g_ctx));
+
+    static const int out_t[MC_OUT_COUNT] = { MLSTM_TENSOR_H, MLSTM_TENSOR_M, MLSTM_TENSOR_N, MLSTM_TENSOR_DQ,
+                                             MLSTM_TENSOR_DK, MLSTM_TENSOR_DV, MLSTM_TENSOR_DI, MLSTM_TENSOR_DF };
+    int checked = 0;
+    for (int o = 0; o < MC_OUT_COUNT; o++) {
+        if (!mc_output_count(c, o))
+            continue;
+        const int t = out_t[o];
+        int64_t sb = desc.layout[t].batch, sh = desc.layout[t].head, ss = desc.layout[t].seq;
+        if (!sb && !sh && !ss) {
+            ss = dims[t]; sh = c->S * ss; sb = c->NH * sh;
+        }
+        unsigned char *mask = calloc(ext[t], 1);
+        assert_non_null(mask);
+        size_t e2 = 0;
+        for (int64_t b = 0; b < c->B; b++)
+            for (int64_t h = 0; h < c->NH; h++)
+                for (int64_t s = 0; s < c->S; s++)
+                    for (int64_t d = 0; d < dims[t]; d++, e2++) {
+                        size_t a = (size_t)(b * sb + h * sh + s * ss + d);
+                        mask[a] = 1;
+                        double got = tu_load(g_host_mem[t], dts[t], a), want = g_dev.t[o][e2];
+                        if (memcmp(&got, &want, sizeof got) != 0) {
+                            free(mask);
+                            fail_msg("%s: host path %s[%zu] = %a, device path %a", e->name, mc_output_name(o), e2,
+                                     got, want);
+                        }
+                    }
+        for (size_t a = 0; a < ext[t]; a++)
+            if (!mask[a] && !tu_is_canary(g_host_mem[t], dts[t], a)) {
+                free(mask);
+                fail_msg("%s: host path wrote %s element %zu, which the layout does not address", e->name,
+                         mc_output_name(o), a);
+            }
+        free(mask);
+        checked++;
+    }
+    assert_int_equal(checked, c->bwd ? 8 : 3);
+    printf("[ CASE ] %s: host path matches the device path bitwise (%d outputs), gaps untouched\n", e->name, checked);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *req = getenv("MLSTM_BACKEND");
+    int st = mlstm_context_create(NULL, &g_ctx);
+    if (st == MLSTM_ERR_NO_DEVICE ||
+        (st == MLSTM_ERR_BACKEND_UNAVAILABLE && req &&
+         (!strcasecmp(req, "cuda") || !strcasecmp(req, "opencl") || !strcasecmp(req, "auto")))) {
+        printf("[ SKIP ] conformance: backend '%s': %s: %s\n", req && req[0] ? req : "auto", mlstm_status_string(st),
+               mlstm_last_error_global());
+        fflush(stdout);
+        exit(77);
+    }
+    if (st != MLSTM_OK) {
+        printf("conformance: mlstm_context_create(MLSTM_BACKEND=%s) failed: %s (%d): %s\n", req ? req : "(unset)",
+               mlstm_status_string(st), st, mlstm_last_error_global());
+        return -1;
+    }
+    printf("conformance: libmlstm %s, backend '%s', device '%s'\n", mlstm_version(),
+           mlstm_context_backend_name(g_ctx), mlstm_context_device_name(g_ctx));
+    fflush(stdout);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    mlstm_context_destroy(g_ctx);
+    g_ctx = NULL;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const int slow = tu_env_flag("MLSTM_TEST_SLOW");
+    if (slow)
+        build_slow_table();
+    else
+        build_default_table();
+    if (argc > 1 && strcmp(argv[1], "--list") == 0) {
+        for (size_t k = 0; k < g_count; k++)
+            printf("%s\n", g_table[k].name);
+        return 0;
+    }
+    struct CMUnitTest *tests = calloc(g_count, sizeof *tests);
+    if (!tests)
+        abort();
+    for (size_t k = 0; k < g_count; k++) {
+        tests[k].name = g_table[k].name;
+        tests[k].test_func = g_table[k].kind == KIND_DETERMINISM ? test_determinism
+                             : g_table[k].kind == KIND_HOST_API  ? test_host_api
+                                                                 : test_case;
+        tests[k].setup_func = NULL;
+        tests[k].teardown_func = case_teardown;
+        tests[k].initial_state = &g_table[k];
+    }
+    const char *filter = getenv("MLSTM_TEST_FILTER");
+    if (filter && filter[0])
+        cmocka_set_test_filter(filter);
+    int rc = _cmocka_run_group_tests(slow ? "conformance_slow" : "conformance", tests, g_count, group_setup,
+                                     group_teardown);
+    free(tests);
+    free(g_table);
+    return rc;
+}
