@@ -466,3 +466,14 @@ int mc_run_device(mlstm_context *ctx, const mc_case *c, const mc_inputs *in, mc_
     }
     return st;
 }
+
+double mc_extreme_gate_magnitude(const mc_case *c, const mc_inputs *in)
+{
+    if (c->gates != MC_GATES_EXT_U && c->gates != MC_GATES_EXT_N)
+        return 0.0;
+    const size_t rows = (size_t)(c->B * c->NH * c->S);
+    double g = 0.0;
+    for (size_t x = 0; x < rows; x++)
+        g = fmax(g, fmax(fabs(in->i[x]), fabs(in->f[x])));
+    return g;
+}

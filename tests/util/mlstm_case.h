@@ -80,4 +80,8 @@ void mc_desc(const mc_case *c, mlstm_desc *d);
 int mc_run_device(mlstm_context *ctx, const mc_case *c, const mc_inputs *in, mc_outputs *out, char *api_msg,
                   size_t api_len, char *canary_msg, size_t canary_len, double *phase_ms);
 
+/* For the extreme-gate regimes: max |i|, |f| over the case's inputs (the gate magnitude G of tolerances.h);
+ * 0 for every other regime. */
+double mc_extreme_gate_magnitude(const mc_case *c, const mc_inputs *in);
+
 #endif /* MLSTM_TEST_CASE_H */
