@@ -33,7 +33,13 @@ int mlstm_buffer_wrap_cuda(mlstm_context *ctx, void *device_ptr, int dtype, size
 {
     static const char fn[] = "mlstm_buffer_wrap_cuda";
     int st = require_backend(ctx, fn, "cuda");
-    return st != MLSTM_OK ? st : mlstm_buffer_wrap_mem(ctx, fn, device_ptr, dtype, count, out);
+    if (st != MLSTM_OK)
+        return st;
+#ifdef MLSTM_HAVE_CUDA
+    if (device_ptr != NULL && (st = mlstm_cuda_check_pointer(ctx->impl, device_ptr)) != MLSTM_OK)
+        return mlstm_fail_backend(ctx, st, fn);
+#endif
+    return mlstm_buffer_wrap_mem(ctx, fn, device_ptr, dtype, count, out);
 }
 
 int mlstm_context_set_cuda_stream(mlstm_context *ctx, void *stream)

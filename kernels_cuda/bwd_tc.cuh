@@ -1,0 +1,517 @@
+/* libmlstm CUDA kernels: tensor-core backward for f16/bf16 storage, D in {64, 128, 256} (DQK = DV = D).
+ *   mlstm_bwd_dkdv_kernel: one CTA per (key tile of 16*NW keys, output column block, batch*head); each warp
+ *     owns 16 keys and computes S^T = K Q^T and dP^T = V dH^T for query tiles walked from the diagonal
+ *     forwards, then dV += (C/n)^T dH and dK += P^T Q; writes dk, dv and di_j = k_j . dk_j.
+ *   mlstm_bwd_dq_kernel: one CTA per (query tile, batch*head); dP = dH V^T, dQ += P K over key tiles walked
+ *     from the diagonal backwards; reads delta_t from df and overwrites df_t with q_t . dq_t. */
+#pragma once
+
+#include <type_traits>
+#include "mma.cuh"
+
+namespace mlstm {
+namespace tc {
+
+/* ---------------------------------------------------------------------------------------------------- */
+template <int D, int NW, int BMQ, int DOUT>
+struct DkdvCfg {
+    static constexpr int BNK = 16 * NW; /* keys per CTA */
+    static constexpr int NT = 32 * NW;
+    static constexpr int KV_BYTES = BNK * D * 2;
+    static constexpr int QT_BYTES = BMQ * D * 2;
+    static constexpr int K_OFF = 0;
+    static constexpr int V_OFF = KV_BYTES;
+    static constexpr int Q_OFF = 2 * KV_BYTES;             /* [2] buffers */
+    static constexpr int DH_OFF = Q_OFF + 2 * QT_BYTES;   /* [2] buffers */
+    static constexpr int NKB = BNK / 64;                  /* 64-blocks of keys per CTA */
+    static constexpr int G_OFF = DH_OFF + 2 * QT_BYTES;   /* floats: sA[2][BMQ], sDel[2][BMQ], sOf[2][NKB] */
+    static constexpr int SMEM = G_OFF + (4 * BMQ + 2 * NKB) * 4;
+    static constexpr bool SPLIT = DOUT < D;
+    static_assert(BNK % 64 == 0 && 64 % BMQ == 0 && BMQ % 32 == 0, "tiles vs the 64-blocks of the gate cumsums");
+    static_assert(D % DOUT == 0 && DOUT % 16 == 0, "output block");
+};
+
+template <typename T, int D, int NW, int BMQ, int DOUT, bool SM90 = false>
+__global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_constant__ KArgs args)
+{
+    /* SM90: a small-grid variant that dispatch.cu uses on sm_90+ only; its sm_80 image is an empty stub, which
+     * keeps the CI build time (two architectures) in bounds */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if constexpr (SM90) {
+        __trap();
+    } else
+#endif
+    {
+    using Cfg = DkdvCfg<D, NW, BMQ, DOUT>;
+    constexpr int BNK = Cfg::BNK, NT = Cfg::NT;
+    constexpr int NSPLIT = D / DOUT;
+    extern __shared__ __align__(128) unsigned char smem[];
+    T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF);
+    T *sV = reinterpret_cast<T *>(smem + Cfg::V_OFF);
+    T *sQ = reinterpret_cast<T *>(smem + Cfg::Q_OFF);
+    T *sH = reinterpret_cast<T *>(smem + Cfg::DH_OFF);
+    float *sCb = reinterpret_cast<float *>(smem + Cfg::G_OFF); /* A_t */
+    float *sDel = sCb + 2 * BMQ;
+    float *sOf = sDel + 2 * BMQ;
+    constexpr int NKB = Cfg::NKB;
+
+    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t bh = blockIdx.x % BH;
+    const int64_t rest = blockIdx.x / BH;
+    const int dc = (int)(rest % NSPLIT);
+    const int64_t kt = rest / NSPLIT; /* lowest key tiles (most work) first */
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t ks = kt * BNK;
+    const int c0 = dc * DOUT; /* first output column */
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
+    const TArg &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N], &tdh = args.t[MLSTM_TENSOR_DH];
+    const TArg &tdf = args.t[MLSTM_TENSOR_DF];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const T *gdh = bh_ptr<T>(tdh, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+    const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
+    const float *gdel = bh_ptr<float>(tdf, b, hh);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const int wk0 = warp * 16; /* first key row of this warp within the tile */
+    const int64_t nqt = (S + BMQ - 1) / BMQ;
+    const int64_t qt0 = ks / BMQ; /* == first query tile touching the key tile (BNK % BMQ == 0) */
+    const float eps = args.eps;
+
+    load_tile_async<T, BNK, D, NT>(sK, gk, tk.ss, ks, S);
+    load_tile_async<T, BNK, D, NT>(sV, gv, tv.ss, ks, S);
+    load_tile_async<T, BMQ, D, NT>(sQ, gq, tq.ss, qt0 * BMQ, S);
+    load_tile_async<T, BMQ, D, NT>(sH, gdh, tdh.ss, qt0 * BMQ, S);
+    cp_async_commit();
+
+    /* key gates (see bwd_row_a / bwd_col_b): every warp scans the aligned 64-block holding its 16 keys and keeps
+     * i_j - Fk_j of its two rows */
+    const int kbw = wk0 / 64; /* key block of this warp within the CTA (ks % 64 == 0) */
+    float gkn[2];
+    {
+        GateTile<64> gt;
+        const int64_t kbs = ks + kbw * 64;
+        gt.load(gf, tf.ss, gi, ti.ss, kbs, S);
+        float cum[2];
+        gt.scan(cum, kbs, S);
+        const float x0 = gt.i[0] - cum[0], x1 = gt.i[1] - cum[1];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int u = (wk0 & 63) + g + rr * 8;
+            const float v0 = __shfl_sync(0xffffffffu, x0, u >> 1), v1 = __shfl_sync(0xffffffffu, x1, u >> 1);
+            gkn[rr] = (u & 1) ? v1 : v0;
+        }
+    }
+
+    /* query gates of a tile, by warp 0, from the scan of its aligned 64-block: sA = A_t (-inf for t >= S),
+     * sDel = delta_t, sOf[kb] = O between the key block kb and the query block (compensated, walked upwards).
+     * e = 2^(A_t + B_j) = |scale| D'_tj / (|n_t|+eps); with sgn = sign(scale): C/n = sgn S e,
+     * scale P = sgn (dP - delta) e. */
+    const float lsc = log2f(fabsf(args.scale));
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+    Comp offk[NKB];
+#pragma unroll
+    for (int kb = 0; kb < NKB; ++kb) offk[kb] = Comp{0.0f, 0.0f};
+    float prev_tot = 0.0f;
+    GateTile<64> gq_next;
+    float nm[2], nn[2], nd[2];
+    auto qgate_load = [&](int64_t qs) {
+        const int64_t qbs = qs & ~(int64_t)63;
+        gq_next.load(gf, tf.ss, nullptr, 0, qbs, S);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int64_t t = qbs + 2 * lane + e;
+            const bool ok = t < S && t >= qs && t < qs + BMQ;
+            nm[e] = ok ? gm[t * tm.ss] : 0.0f;
+            nn[e] = ok ? gn[t * tn.ss] : 0.0f;
+            nd[e] = ok ? gdel[t * tdf.ss] : 0.0f;
+        }
+    };
+    auto qgate_finish = [&](int64_t qs, int bsel) {
+        const int64_t qbs = qs & ~(int64_t)63;
+        float cum[2];
+        const float tot = gq_next.scan(cum, qbs, S);
+        if ((qs & 63) == 0 && qs > ks) { /* entering query block qb: add the total of block qb-1 */
+#pragma unroll
+            for (int kb = 0; kb < NKB; ++kb)
+                if (ks + kb * 64 <= qbs - 64) comp_add(offk[kb], prev_tot);
+        }
+        prev_tot = tot;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int u = 2 * lane + e - (int)(qs - qbs);
+            if (u >= 0 && u < BMQ) {
+                const bool ok = qs + u < S;
+                sCb[bsel * BMQ + u] = ok ? bwd_row_a(cum[e], nm[e], nn[e], eps, lsc) : -INFINITY;
+                sDel[bsel * BMQ + u] = nd[e];
+            }
+        }
+#pragma unroll
+        for (int kb = 0; kb < NKB; ++kb)
+            if (lane == kb) sOf[bsel * NKB + kb] = (qbs > ks + kb * 64) ? offk[kb].hi + offk[kb].lo : 0.0f;
+    };
+    if (warp == 0) {
+        qgate_load(qt0 * BMQ);
+        qgate_finish(qt0 * BMQ, 0);
+    }
+
+    const FragBase<D> fb;
+    const uint32_t aK = smem_u32(sK), aV = smem_u32(sV), aQ = smem_u32(sQ), aH = smem_u32(sH);
+
+    float adk[DOUT / 8][4], adv[DOUT / 8][4];
+#pragma unroll
+    for (int n = 0; n < DOUT / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) adk[n][c] = adv[n][c] = 0.0f;
+    float di_ps[2] = {0.0f, 0.0f}; /* sum_t P_tj S_tj / sgn, only for the split variant */
+
+    int buf = 0;
+    for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
+        cp_async_wait<0>();
+        __syncthreads();
+        const int64_t qs = qt * BMQ;
+        if (qt + 1 < nqt) {
+            load_tile_async<T, BMQ, D, NT>(sQ + (buf ^ 1) * BMQ * D, gq, tq.ss, qs + BMQ, S);
+            load_tile_async<T, BMQ, D, NT>(sH + (buf ^ 1) * BMQ * D, gdh, tdh.ss, qs + BMQ, S);
+            cp_async_commit();
+            if (warp == 0) qgate_load(qs + BMQ);
+        }
+        const uint32_t cQ = aQ + buf * BMQ * D * 2;
+        const uint32_t cH = aH + buf * BMQ * D * 2;
+        const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
+        const float of = sOf[buf * NKB + kbw];
+
+        const bool skip = qs + BMQ - 1 < ks + wk0; /* every query of the tile precedes every key of the warp */
+        if (!skip) {
+            float st[BMQ / 8][4], dpt[BMQ / 8][4];
+#pragma unroll
+            for (int n = 0; n < BMQ / 8; ++n)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) st[n][c] = dpt[n][c] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                uint32_t ak[4], av[4];
+                load_a<D>(ak, aK, fb, wk0, kk * 16);
+                load_a<D>(av, aV, fb, wk0, kk * 16);
+#pragma unroll
+                for (int np = 0; np < BMQ / 16; ++np) {
+                    uint32_t bq[4], bh4[4];
+                    load_b_nk<D>(bq, cQ, fb, np * 16, kk * 16);
+                    load_b_nk<D>(bh4, cH, fb, np * 16, kk * 16);
+                    MmaOp<T>::run(st[2 * np], ak, bq[0], bq[1]);
+                    MmaOp<T>::run(st[2 * np + 1], ak, bq[2], bq[3]);
+                    MmaOp<T>::run(dpt[2 * np], av, bh4[0], bh4[1]);
+                    MmaOp<T>::run(dpt[2 * np + 1], av, bh4[2], bh4[3]);
+                }
+            }
+            /* elementwise: rows = keys j (g, g+8), cols = queries t; key j = ks + jr is masked for query
+             * t = qs + u when jr > qrel + u (only query tiles that start before the warp's last key) */
+            const int qrel = (int)(qs - ks);
+            const float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+            auto elementwise = [&](auto maskc) {
+                constexpr bool MASK = decltype(maskc)::value;
+#pragma unroll
+                for (int n = 0; n < BMQ / 8; ++n) {
+                    const int u0 = n * 8 + 2 * q4;
+                    const float2 cb = *reinterpret_cast<const float2 *>(cCb + u0);
+                    const float2 dl = *reinterpret_cast<const float2 *>(cDel + u0);
+#pragma unroll
+                    for (int rr = 0; rr < 2; ++rr) {
+                        const int jr = wk0 + g + rr * 8;
+#pragma unroll
+                        for (int cc = 0; cc < 2; ++cc) {
+                            float e = fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
+                            if (MASK && jr > qrel + u0 + cc) e = 0.0f;
+                            const float sv = st[n][rr * 2 + cc];
+                            const float p = __fmul_rn(__fsub_rn(dpt[n][rr * 2 + cc], cc ? dl.y : dl.x), e);
+                            /* di from the T-rounded P the dK product uses (as k.dk would), so it cancels
+                             * against q.dq of the dQ kernel */
+                            if (Cfg::SPLIT) di_ps[rr] += to_f32(from_f32<T>(p)) * sv;
+                            st[n][rr * 2 + cc] = sv * e; /* (C/n) / sgn for dV */
+                            dpt[n][rr * 2 + cc] = p;     /* scale P / sgn for dK */
+                        }
+                    }
+                }
+            };
+            if (qs < ks + wk0 + 15)
+                elementwise(std::true_type{});
+            else
+                elementwise(std::false_type{});
+            /* dV += (C/n)^T dH ; dK += P^T Q  (k = query index) */
+#pragma unroll
+            for (int kk = 0; kk < BMQ / 16; ++kk) {
+                uint32_t ac[4], ap[4];
+                ac[0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+                ac[1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+                ac[2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+                ac[3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+                ap[0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
+                ap[1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
+                ap[2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+                ap[3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < DOUT / 16; ++dp) {
+                    uint32_t bh4[4], bq[4];
+                    load_b_kn<D>(bh4, cH + c0 * 2, fb, kk * 16, dp * 16);
+                    load_b_kn<D>(bq, cQ + c0 * 2, fb, kk * 16, dp * 16);
+                    MmaOp<T>::run(adv[2 * dp], ac, bh4[0], bh4[1]);
+                    MmaOp<T>::run(adv[2 * dp + 1], ac, bh4[2], bh4[3]);
+                    MmaOp<T>::run(adk[2 * dp], ap, bq[0], bq[1]);
+                    MmaOp<T>::run(adk[2 * dp + 1], ap, bq[2], bq[3]);
+                }
+            }
+        }
+        if (qt + 1 < nqt && warp == 0) qgate_finish(qs + BMQ, buf ^ 1);
+    }
+
+    /* epilogue */
+    const TArg &tdk = args.t[MLSTM_TENSOR_DK], &tdv = args.t[MLSTM_TENSOR_DV], &tdi = args.t[MLSTM_TENSOR_DI];
+    T *gdk = bh_ptr<T>(tdk, b, hh), *gdv = bh_ptr<T>(tdv, b, hh);
+    float *gdi = bh_ptr<float>(tdi, b, hh);
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int kr = wk0 + g + rr * 8;
+        const int64_t j = ks + kr;
+        float di = 0.0f;
+        if (!Cfg::SPLIT) { /* di_j = k_j . dk_j from the f32 accumulator */
+#pragma unroll
+            for (int n = 0; n < DOUT / 8; ++n) {
+                const int col = n * 8 + 2 * q4;
+                const T *kp = sK + swz<D>(kr, col);
+                di += to_f32(kp[0]) * adk[n][rr * 2] + to_f32(kp[1]) * adk[n][rr * 2 + 1];
+            }
+            di *= sgn;
+        } else {
+            di = di_ps[rr] * sgn;
+        }
+        di += __shfl_xor_sync(0xffffffffu, di, 1);
+        di += __shfl_xor_sync(0xffffffffu, di, 2);
+        if (j < S) {
+            T *rk = gdk + j * tdk.ss + c0;
+            T *rv = gdv + j * tdv.ss + c0;
+#pragma unroll
+            for (int n = 0; n < DOUT / 8; ++n) {
+                *reinterpret_cast<uint32_t *>(rk + n * 8 + 2 * q4) =
+                    pack2<T>(adk[n][rr * 2] * sgn, adk[n][rr * 2 + 1] * sgn);
+                *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
+                    pack2<T>(adv[n][rr * 2] * sgn, adv[n][rr * 2 + 1] * sgn);
+            }
+            if (q4 == 0 && dc == 0) gdi[j * tdi.ss] = di;
+        }
+    }
+    } /* SM90 guard */
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+template <int D, int NW, int BN>
+struct DqCfg {
+    static constexpr int BM = 16 * NW;
+    static constexpr int NT = 32 * NW;
+    static constexpr int H_BYTES = BM * D * 2;
+    static constexpr int KV_BYTES = BN * D * 2;
+    static constexpr int K_OFF = H_BYTES;
+    static constexpr int V_OFF = K_OFF + 2 * KV_BYTES;
+    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sFq[BM], sG[2][BN] */
+    static constexpr int SMEM = G_OFF + (BM + 2 * BN) * 4;
+    static_assert(BM == 64 && 64 % BN == 0 && BN % 32 == 0, "query tile = one 64-block of the gate cumsums");
+};
+
+template <typename T, int D, int NW, int BN>
+__global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_constant__ KArgs args)
+{
+    using Cfg = DqCfg<D, NW, BN>;
+    constexpr int BM = Cfg::BM, NT = Cfg::NT;
+    extern __shared__ __align__(128) unsigned char smem[];
+    T *sH = reinterpret_cast<T *>(smem);
+    T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF);
+    T *sV = reinterpret_cast<T *>(smem + Cfg::V_OFF);
+    float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
+    float *sG = sFq + BM;
+
+    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t nqt = (S + BM - 1) / BM;
+    const int64_t bh = blockIdx.x % BH;
+    const int64_t qt = nqt - 1 - (int64_t)(blockIdx.x / BH);
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t qs = qt * BM;
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
+    const TArg &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N], &tdh = args.t[MLSTM_TENSOR_DH];
+    const TArg &tdf = args.t[MLSTM_TENSOR_DF], &tdq = args.t[MLSTM_TENSOR_DQ];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const T *gdh = bh_ptr<T>(tdh, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+    const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
+    float *gdf = bh_ptr<float>(tdf, b, hh);
+    T *gdq = bh_ptr<T>(tdq, b, hh);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const int wr0 = warp * 16;
+    constexpr int GW = NW - 1;
+    const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
+
+    load_tile_async<T, BM, D, NT>(sH, gdh, tdh.ss, qs, S);
+    load_tile_async<T, BN, D, NT>(sK, gk, tk.ss, kt_hi * BN, S);
+    load_tile_async<T, BN, D, NT>(sV, gv, tv.ss, kt_hi * BN, S);
+    cp_async_commit();
+
+    if (warp == 0) {
+        GateTile<BM> gt;
+        gt.load(gf, tf.ss, nullptr, 0, qs, S);
+        float cum[GateTile<BM>::E];
+        gt.scan(cum, qs, S);
+#pragma unroll
+        for (int e = 0; e < GateTile<BM>::E; ++e) sFq[lane * GateTile<BM>::E + e] = cum[e];
+    }
+    __syncthreads();
+
+    /* per-row state: rb2 = (Fq_t - m_t) log2e + log2(|scale| / (|n_t|+eps)) (-inf for rows >= S), del = delta_t.
+     * e = 2^(rb2_t + G2_j) = |scale| D'_tj / (|n_t|+eps), and scale P = sgn (dP - delta) e. */
+    const float lsc = log2f(fabsf(args.scale));
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+    float rb2[2], del[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int r = wr0 + g + rr * 8;
+        const int64_t t = qs + r;
+        const bool ok = t < S;
+        const float m = ok ? gm[t * tm.ss] : 0.0f;
+        const float n = ok ? gn[t * tn.ss] : 0.0f;
+        rb2[rr] = ok ? bwd_row_a(sFq[r], m, n, args.eps, lsc) : -INFINITY;
+        del[rr] = ok ? gdf[t * tdf.ss] : 0.0f;
+    }
+
+    /* key gates of a tile by the gate warp, from the scan of its aligned 64-block: sG = B_j; O = the sum of the
+     * totals of the blocks between (compensated, walked downwards, each block added when first entered) */
+    Comp off = {0.0f, 0.0f};
+    GateTile<64> gnext;
+    auto gate_finish = [&](int64_t ks, int bsel) {
+        const int64_t kbs = ks & ~(int64_t)63;
+        float cum[2];
+        const float tot = gnext.scan(cum, kbs, S);
+        if (kbs < qs && (ks - kbs) + BN == 64) comp_add(off, tot);
+        const float of = kbs < qs ? off.hi + off.lo : 0.0f;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int u = 2 * lane + e - (int)(ks - kbs);
+            if (u >= 0 && u < BN) sG[bsel * BN + u] = bwd_col_b(gnext.i[e] - cum[e], of);
+        }
+    };
+    if (warp == GW) {
+        gnext.load(gf, tf.ss, gi, ti.ss, (kt_hi * BN) & ~(int64_t)63, S);
+        gate_finish(kt_hi * BN, 0);
+    }
+
+    const FragBase<D> fb;
+    const uint32_t aH = smem_u32(sH), aK = smem_u32(sK), aV = smem_u32(sV);
+
+    float adq[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) adq[n][c] = 0.0f;
+
+    int buf = 0;
+    for (int64_t kt = kt_hi; kt >= 0; --kt, buf ^= 1) {
+        cp_async_wait<0>();
+        __syncthreads();
+        const int64_t ks = kt * BN;
+        if (kt > 0) {
+            const int64_t kn = (kt - 1) * BN;
+            load_tile_async<T, BN, D, NT>(sK + (buf ^ 1) * BN * D, gk, tk.ss, kn, S);
+            load_tile_async<T, BN, D, NT>(sV + (buf ^ 1) * BN * D, gv, tv.ss, kn, S);
+            cp_async_commit();
+            if (warp == GW) gnext.load(gf, tf.ss, gi, ti.ss, kn & ~(int64_t)63, S);
+        }
+        const uint32_t cK = aK + buf * BN * D * 2;
+        const uint32_t cV = aV + buf * BN * D * 2;
+        const float *cG = sG + buf * BN;
+
+        const bool skip = ks > qs + wr0 + 15;
+        if (!skip) {
+            float dp[BN / 8][4];
+#pragma unroll
+            for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) dp[n][c] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                uint32_t a[4];
+                load_a<D>(a, aH, fb, wr0, kk * 16);
+#pragma unroll
+                for (int np = 0; np < BN / 16; ++np) {
+                    uint32_t bb[4];
+                    load_b_nk<D>(bb, cV, fb, np * 16, kk * 16);
+                    MmaOp<T>::run(dp[2 * np], a, bb[0], bb[1]);
+                    MmaOp<T>::run(dp[2 * np + 1], a, bb[2], bb[3]);
+                }
+            }
+            /* key column c of row r masked when ks + c > qs + r; keys >= S have zero K rows (no effect) */
+            const int lim0 = wr0 + g - (int)(ks - qs);
+            auto elementwise = [&](auto maskc) {
+                constexpr bool MASK = decltype(maskc)::value;
+#pragma unroll
+                for (int n = 0; n < BN / 8; ++n) {
+                    const float2 gv2 = *reinterpret_cast<const float2 *>(cG + n * 8 + 2 * q4);
+#pragma unroll
+                    for (int rr = 0; rr < 2; ++rr) {
+#pragma unroll
+                        for (int cc = 0; cc < 2; ++cc) {
+                            float e = fast_exp2(__fadd_rn(rb2[rr], cc ? gv2.y : gv2.x));
+                            if (MASK && n * 8 + 2 * q4 + cc > lim0 + rr * 8) e = 0.0f;
+                            dp[n][rr * 2 + cc] = __fmul_rn(__fsub_rn(dp[n][rr * 2 + cc], del[rr]), e);
+                        }
+                    }
+                }
+            };
+            if (ks + BN - 1 > qs + wr0)
+                elementwise(std::true_type{});
+            else
+                elementwise(std::false_type{});
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                uint32_t a[4];
+                a[0] = pack2<T>(dp[2 * kk][0], dp[2 * kk][1]);
+                a[1] = pack2<T>(dp[2 * kk][2], dp[2 * kk][3]);
+                a[2] = pack2<T>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+                a[3] = pack2<T>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+                for (int dn = 0; dn < D / 16; ++dn) {
+                    uint32_t bb[4];
+                    load_b_kn<D>(bb, cK, fb, kk * 16, dn * 16);
+                    MmaOp<T>::run(adq[2 * dn], a, bb[0], bb[1]);
+                    MmaOp<T>::run(adq[2 * dn + 1], a, bb[2], bb[3]);
+                }
+            }
+        }
+        if (kt > 0 && warp == GW) gate_finish((kt - 1) * BN, buf ^ 1);
+    }
+
+    /* epilogue: dq = sgn * acc; df_t = q_t . dq_t (from the f32 accumulator) */
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int64_t t = qs + wr0 + g + rr * 8;
+        const bool ok = t < S;
+        float qd = 0.0f;
+        T *row = gdq + (ok ? t : 0) * tdq.ss;
+        const T *qrow = gq + (ok ? t : 0) * tq.ss;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const int col = n * 8 + 2 * q4;
+            const float x0 = adq[n][rr * 2] * sgn, x1 = adq[n][rr * 2 + 1] * sgn;
+            if (ok) {
+                qd += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1;
+                *reinterpret_cast<uint32_t *>(row + col) = pack2<T>(x0, x1);
+            }
+        }
+        qd += __shfl_xor_sync(0xffffffffu, qd, 1);
+        qd += __shfl_xor_sync(0xffffffffu, qd, 2);
+        if (ok && q4 == 0) gdf[t * tdf.ss] = qd;
+    }
+}
+
+} // namespace tc
+} // namespace mlstm

@@ -1,0 +1,287 @@
+/* libmlstm CUDA kernels: shared device helpers. Kernel argument struct (pointers already offset, 64-bit
+ * strides), storage-type conversion, the stable gate math (logsigmoid, sigmoid), compensated TwoSum, fast
+ * exp2, warp reductions, and the per-tile gate cumsum every kernel uses. Included by every .cu file. */
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "params.h"
+
+namespace mlstm {
+
+/* ---- kernel arguments ------------------------------------------------------------------------------ */
+
+/* One tensor: pointer to element (0,0,0,0) (offset applied) and element strides of (b, h, s). */
+struct TArg {
+    void *p;
+    int64_t sb, sh, ss;
+};
+
+/* Everything a kernel needs, passed by value (__grid_constant__). Tensors indexed by mlstm_tensor. */
+struct KArgs {
+    TArg t[MLSTM_TENSOR_COUNT];
+    int64_t B, NH, S, DQK, DV;
+    float scale, eps;
+    int grad_mode;
+};
+
+/* Base of tensor x for (batch b, head h), typed. */
+template <typename T>
+__device__ __forceinline__ T *bh_ptr(const TArg &x, int64_t b, int64_t h)
+{
+    return reinterpret_cast<T *>(x.p) + b * x.sb + h * x.sh;
+}
+
+/* ---- storage types --------------------------------------------------------------------------------- */
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+/* Two floats packed into one 32-bit word of two T (T = __half or __nv_bfloat16), low half first. */
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* ---- math ------------------------------------------------------------------------------------------ */
+
+#define MLSTM_LOG2E 1.4426950408889634f
+#define MLSTM_FLOOR (-10.0f) /* == MLSTM_M_FLOOR in api/mlstm.h */
+
+/* logsigmoid(f) = min(f,0) - log1p(exp(-|f|)), stable for any finite f. */
+__device__ __forceinline__ float logsigmoid(float f) { return fminf(f, 0.0f) - log1pf(expf(-fabsf(f))); }
+
+/* sigmoid(-f) = 1 / (1 + exp(f)), stable for any finite f. */
+__device__ __forceinline__ float sigmoid_neg(float f)
+{
+    if (f > 0.0f) {
+        float e = expf(-f);
+        return e / (1.0f + e);
+    }
+    return 1.0f / (1.0f + expf(f));
+}
+
+/* 2^x by the special-function unit (rel. error ~2^-22; 2^-inf = 0). */
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* Compensated sum (hi, lo): hi + lo carries the exact sum of the terms added so far, up to O(eps^2). */
+struct Comp {
+    float hi, lo;
+};
+__device__ __forceinline__ void comp_add(Comp &c, float x)
+{
+    float s = c.hi + x;
+    float bp = s - c.hi;
+    float err = (c.hi - (s - bp)) + (x - bp);
+    c.hi = s;
+    c.lo += err;
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Inclusive prefix sum across the 32 lanes of a warp. */
+__device__ __forceinline__ float warp_incl_scan(float v)
+{
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        float y = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += y;
+    }
+    return v;
+}
+
+/* Gates of one tile of N positions [s0, s0+N), handled by ONE warp (N a multiple of 32). Lane l owns the
+ * E = N/32 consecutive positions l*E ... l*E+E-1. Split in two phases so the global loads can be issued
+ * early and their latency hidden behind other work:
+ *   load():  f (and i) of the owned positions; positions >= S get f = +inf-like (a = 0) and i = 0.
+ *   scan():  cum[e] = a_{s0} + ... + a_{s0+l*E+e}, the tile-local inclusive cumsum of a = logsigmoid(f);
+ *            returns the tile total (rounded exactly as cum of the last position) in every lane. */
+template <int N>
+struct GateTile {
+    static constexpr int E = N / 32;
+    float f[E], i[E];
+    __device__ __forceinline__ void load(const float *__restrict__ fg, int64_t fs, const float *__restrict__ ig,
+                                         int64_t is, int64_t s0, int64_t S)
+    {
+        const int lane = threadIdx.x & 31;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            int64_t s = s0 + lane * E + e;
+            bool ok = s < S;
+            f[e] = ok ? fg[s * fs] : 0.0f;
+            i[e] = (ok && ig) ? ig[s * is] : 0.0f;
+        }
+    }
+    __device__ __forceinline__ float scan(float *cum, int64_t s0, int64_t S) const
+    {
+        const int lane = threadIdx.x & 31;
+        float run = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            int64_t s = s0 + lane * E + e;
+            run += (s < S) ? logsigmoid(f[e]) : 0.0f;
+            cum[e] = run;
+        }
+        float incl = warp_incl_scan(run);
+        float excl = incl - run;
+#pragma unroll
+        for (int e = 0; e < E; ++e) cum[e] = excl + cum[e];
+        return __shfl_sync(0xffffffffu, cum[E - 1], 31);
+    }
+};
+
+/* ---- compensated (hi, lo) arithmetic for the f32 path's cumsums ---- */
+/* s + e == a + b exactly (Knuth's TwoSum); no FMA contraction. */
+__device__ __forceinline__ float two_sum(float a, float b, float &e)
+{
+    const float s = __fadd_rn(a, b);
+    const float bp = __fsub_rn(s, a);
+    e = __fadd_rn(__fsub_rn(a, __fsub_rn(s, bp)), __fsub_rn(b, bp));
+    return s;
+}
+/* (h, l) += (x, y) */
+__device__ __forceinline__ void cadd(float &h, float &l, float x, float y)
+{
+    float e;
+    h = two_sum(h, x, e);
+    l = __fadd_rn(l, __fadd_rn(y, e));
+}
+/* canonical form: h = fl(h + l), l = the rest (so equal sums reached in different orders compare equal) */
+__device__ __forceinline__ void cnorm(float &h, float &l)
+{
+    const float s = __fadd_rn(h, l);
+    l = __fsub_rn(l, __fsub_rn(s, h));
+    h = s;
+}
+
+/* Compensated gates of an aligned 64-block [s0, s0+64) for the f32 path (one warp; lane l owns 2l, 2l+1):
+ * (ch, cl) = inclusive cumsum of a = logsigmoid(f) in canonical (hi, lo) form, (th, tl) the block total.
+ * With the tile offset O = (Oh, Ol) between key block and query block (canonical), the pair term is
+ *   logD_tj = (qh_t + gh_j) + (ql_t + gl_j),  gh_j + e = Oh - kh_j (TwoSum), gl_j = ((Ol - kl_j) + e) + i_j,
+ * whose first sum is exact-ish (nearby values) or about logD itself: F_t - F_j keeps its relative precision
+ * even where |F| within the block reaches ~45 (f ~ N(0,1)), which a plain f32 cumsum does not. */
+struct CGate64 {
+    float f[2], i[2];
+    __device__ __forceinline__ void load(const float *__restrict__ fg, int64_t fs, const float *__restrict__ ig,
+                                         int64_t is, int64_t s0, int64_t S)
+    {
+        const int lane = threadIdx.x & 31;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int64_t s = s0 + lane * 2 + e;
+            const bool ok = s < S;
+            f[e] = ok ? fg[s * fs] : 0.0f;
+            i[e] = (ok && ig) ? ig[s * is] : 0.0f;
+        }
+    }
+    __device__ __forceinline__ void scan(float *ch, float *cl, float &th, float &tl, int64_t s0, int64_t S) const
+    {
+        const int lane = threadIdx.x & 31;
+        float h = 0.0f, l = 0.0f, lh[2], ll[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int64_t s = s0 + lane * 2 + e;
+            cadd(h, l, (s < S) ? logsigmoid(f[e]) : 0.0f, 0.0f);
+            lh[e] = h;
+            ll[e] = l;
+        }
+        float ih = h, il = l;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            float yh = __shfl_up_sync(0xffffffffu, ih, o), yl = __shfl_up_sync(0xffffffffu, il, o);
+            if (lane >= o) {
+                cadd(yh, yl, ih, il);
+                ih = yh;
+                il = yl;
+            }
+        }
+        float eh = __shfl_up_sync(0xffffffffu, ih, 1), el = __shfl_up_sync(0xffffffffu, il, 1);
+        if (lane == 0) eh = el = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            float h2 = eh, l2 = el;
+            cadd(h2, l2, lh[e], ll[e]);
+            cnorm(h2, l2);
+            ch[e] = h2;
+            cl[e] = l2;
+        }
+        th = __shfl_sync(0xffffffffu, ch[1], 31);
+        tl = __shfl_sync(0xffffffffu, cl[1], 31);
+    }
+};
+/* key-side pair terms for offset (oh, ol) */
+__device__ __forceinline__ void cgate_key(float kh, float kl, float iv, float oh, float ol, float &gh, float &gl)
+{
+    float e;
+    gh = two_sum(oh, -kh, e);
+    gl = __fadd_rn(__fadd_rn(__fsub_rn(ol, kl), e), iv);
+}
+__device__ __forceinline__ float cgate_logd(float qh, float ql, float gh, float gl)
+{
+    return __fadd_rn(__fadd_rn(qh, gh), __fadd_rn(ql, gl));
+}
+
+/* The backward's D'_tj = 2^(A_t + B_j) with A_t = (Fq_t - m_t) log2e + log2(|scale| / (|n_t| + eps)) and
+ * B_j = ((i_j - Fk_j) + O) log2e, Fq/Fk cumsums local to the aligned 64-blocks of t and j, O the f32 value of the
+ * compensated sum of the block totals in between. The dK/dV and dQ kernels must produce bitwise the same P_tj
+ * (so that q.dq - k.dk, whose reverse cumsum is df, cancels to rounding level): these helpers fix the operation
+ * order (no FMA contraction). */
+__device__ __forceinline__ float bwd_row_a(float cum, float m, float n, float eps, float lsc)
+{
+    return __fadd_rn(__fmul_rn(__fsub_rn(cum, m), MLSTM_LOG2E), __fsub_rn(lsc, log2f(__fadd_rn(fabsf(n), eps))));
+}
+__device__ __forceinline__ float bwd_col_b(float gkn, float of) { return __fmul_rn(__fadd_rn(gkn, of), MLSTM_LOG2E); }
+
+/* Suffix sums over a block: returns the sum of v over all threads with a larger threadIdx.x, and the block
+ * total in *total. sw: NW floats of shared scratch. All threads must call it. */
+template <int NW>
+__device__ __forceinline__ float block_suffix_excl(float v, float *sw, float *total)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float inc = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        float y = __shfl_down_sync(0xffffffffu, inc, o);
+        if (lane + o < 32) inc += y;
+    }
+    float ex = __shfl_down_sync(0xffffffffu, inc, 1);
+    if (lane == 31) ex = 0.0f;
+    __syncthreads();
+    if (lane == 0) sw[warp] = inc;
+    __syncthreads();
+    float after = 0.0f;
+    for (int w = NW - 1; w > warp; --w) after += sw[w];
+    float tot = 0.0f;
+    for (int w = NW - 1; w >= 0; --w) tot += sw[w];
+    *total = tot;
+    return ex + after;
+}
+
+} // namespace mlstm

@@ -1,0 +1,258 @@
+/* libmlstm CUDA kernels: dispatch from mlstm_params to a compiled instance (dtype x head dim x path), the
+ * kernel-attribute setup, and the C entry points of mlstm_cuda_kernels.h. Compiles no kernel body: the
+ * instances live in inst/ (one per file). */
+#include <stdint.h>
+#include <stdlib.h>
+#include "launch.h"
+#include <type_traits>
+#include "tile_config.h"
+#include "mlstm_cuda_kernels.h"
+
+namespace mlstm {
+namespace {
+
+KArgs make_args(const mlstm_params *p)
+{
+    KArgs a;
+    const size_t esz = p->dtype == MLSTM_DTYPE_F32 ? 4 : 2;
+    for (int x = 0; x < MLSTM_TENSOR_COUNT; ++x) {
+        const mlstm_tensor_arg &t = p->t[x];
+        const bool f32 = x == MLSTM_TENSOR_I || x == MLSTM_TENSOR_F || x == MLSTM_TENSOR_M ||
+                         x == MLSTM_TENSOR_N || x == MLSTM_TENSOR_DI || x == MLSTM_TENSOR_DF;
+        const size_t sz = f32 ? 4 : esz;
+        a.t[x].p = t.mem ? (void *)((char *)t.mem + t.offset * sz) : nullptr;
+        a.t[x].sb = t.stride_b;
+        a.t[x].sh = t.stride_h;
+        a.t[x].ss = t.stride_s;
+    }
+    a.B = p->batch;
+    a.NH = p->heads;
+    a.S = p->seq_len;
+    a.DQK = p->dqk;
+    a.DV = p->dv;
+    a.scale = p->scale;
+    a.eps = p->eps;
+    a.grad_mode = p->grad_mode;
+    return a;
+}
+
+/* 16-byte aligned rows for every 2-byte tensor the tensor-core kernels touch with cp.async / 32-bit stores */
+bool tc_aligned(const KArgs &a, bool backward)
+{
+    static const int fwd_t[] = {MLSTM_TENSOR_Q, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_H};
+    static const int bwd_t[] = {MLSTM_TENSOR_Q,  MLSTM_TENSOR_K,  MLSTM_TENSOR_V, MLSTM_TENSOR_DH,
+                                MLSTM_TENSOR_DQ, MLSTM_TENSOR_DK, MLSTM_TENSOR_DV};
+    const int *list = backward ? bwd_t : fwd_t;
+    const int n = backward ? 7 : 4;
+    for (int i = 0; i < n; ++i) {
+        const TArg &t = a.t[list[i]];
+        if (((uintptr_t)t.p & 15) != 0) return false;
+        if ((t.sb & 7) != 0 || (t.sh & 7) != 0 || (t.ss & 7) != 0) return false;
+    }
+    return true;
+}
+
+/* Tensor-core instances whose shared-memory request the device accepted at setup, indexed
+ * [backward][dtype f16=0 / bf16=1][D 64/128/256 -> 0/1/2]. A device with less shared memory per block
+ * (e.g. sm_86: 99 KB) loses the large configurations and falls back to the SIMT path instead of failing. */
+bool g_tc_ok[2][2][3];
+
+int dim_index(int64_t d) { return d == 64 ? 0 : d == 128 ? 1 : d == 256 ? 2 : -1; }
+/* same for the small-grid variants (a refused one falls back to the default tiles) */
+bool g_tc_small_ok[2][2][3];
+/* small-grid policy: -1 auto (default grid below MLSTM_SMALL_CTAS_PER_SM CTAs per SM), 0 never, 1 always
+ * (env MLSTM_CUDA_SMALL_TILES=0/1, read at setup; for tuning and A/B runs), and the SM count it compares to */
+int g_small_mode = -1;
+int g_sms = 132;
+
+bool use_small(int64_t ctas_default)
+{
+    if (g_small_mode >= 0) return g_small_mode == 1;
+    return ctas_default < (int64_t)MLSTM_SMALL_CTAS_PER_SM * g_sms;
+}
+
+template <int D> bool fwd_small(const KArgs &a, int t)
+{
+    using C = typename TileCfg<D>::Fwd;
+    constexpr int BM = 16 * C::MT * C::NW;
+    return g_tc_small_ok[0][t][dim_index(D)] && use_small((a.S + BM - 1) / BM * a.B * a.NH);
+}
+template <int D> bool bwd_small(const KArgs &a, int t)
+{
+    using C = typename TileCfg<D>::Dkdv;
+    constexpr int BNK = 16 * C::NW;
+    return TileCfg<D>::BWD_SMALL && g_tc_small_ok[1][t][dim_index(D)] &&
+           use_small((a.S + BNK - 1) / BNK * (D / C::DOUT) * a.B * a.NH);
+}
+
+/* head dim served by the tensor-core path, or 0 */
+int tc_dim(const mlstm_params *p, const KArgs &a, bool backward)
+{
+    if (p->dtype != MLSTM_DTYPE_F16 && p->dtype != MLSTM_DTYPE_BF16) return 0;
+    if (p->dqk != p->dv) return 0;
+    const int di = dim_index(p->dqk);
+    if (di < 0 || !g_tc_ok[backward ? 1 : 0][p->dtype == MLSTM_DTYPE_BF16 ? 1 : 0][di]) return 0;
+    if (!tc_aligned(a, backward)) return 0;
+    return (int)p->dqk;
+}
+
+#define MLSTM_RUN(call, name)                                                                                    \
+    do {                                                                                                         \
+        cudaError_t e_ = (call);                                                                                 \
+        if (e_ != cudaSuccess) {                                                                                 \
+            if (fail) {                                                                                          \
+                fail->code = (int)e_;                                                                            \
+                fail->what = name;                                                                               \
+                fail->file = __FILE__;                                                                           \
+                fail->line = __LINE__;                                                                           \
+            }                                                                                                    \
+            return (int)e_;                                                                                      \
+        }                                                                                                        \
+    } while (0)
+
+template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16>::value ? 1 : 0; }
+
+template <typename T, int D> cudaError_t fwd_tc(const KArgs &a, cudaStream_t st)
+{
+    return fwd_small<D>(a, tix<T>()) ? run_fwd_tc<T, D, true>(a, st) : run_fwd_tc<T, D, false>(a, st);
+}
+template <typename T, int D> cudaError_t bwd_tc(const KArgs &a, cudaStream_t st)
+{
+    cudaError_t e;
+    if constexpr (TileCfg<D>::BWD_SMALL)
+        e = bwd_small<D>(a, tix<T>()) ? run_bwd_dkdv_tc<T, D, true>(a, st) : run_bwd_dkdv_tc<T, D, false>(a, st);
+    else
+        e = run_bwd_dkdv_tc<T, D, false>(a, st);
+    if (e != cudaSuccess) return e;
+    return run_bwd_dq_tc<T, D>(a, st);
+}
+
+template <typename T> int fwd_t(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
+{
+    switch (tc_dim(p, a, false)) {
+    case 64: MLSTM_RUN((fwd_tc<T, 64>(a, st)), "mlstm_fwd_kernel (tc, D=64) launch"); return 0;
+    case 128: MLSTM_RUN((fwd_tc<T, 128>(a, st)), "mlstm_fwd_kernel (tc, D=128) launch"); return 0;
+    case 256: MLSTM_RUN((fwd_tc<T, 256>(a, st)), "mlstm_fwd_kernel (tc, D=256) launch"); return 0;
+    default: MLSTM_RUN(run_fwd_simt<T>(a, st), "mlstm_fwd_kernel (simt) launch"); return 0;
+    }
+}
+template <> int fwd_t<float>(const mlstm_params *, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
+{
+    MLSTM_RUN(run_fwd_simt<float>(a, st), "mlstm_fwd_kernel (simt) launch");
+    return 0;
+}
+
+template <typename T> int bwd_t(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
+{
+    MLSTM_RUN(run_bwd_prep<T>(a, st), "mlstm_bwd_prep_kernel launch");
+    switch (tc_dim(p, a, true)) {
+    case 64: MLSTM_RUN((bwd_tc<T, 64>(a, st)), "mlstm_bwd_dkdv/dq_kernel (tc, D=64) launch"); break;
+    case 128: MLSTM_RUN((bwd_tc<T, 128>(a, st)), "mlstm_bwd_dkdv/dq_kernel (tc, D=128) launch"); break;
+    case 256: MLSTM_RUN((bwd_tc<T, 256>(a, st)), "mlstm_bwd_dkdv/dq_kernel (tc, D=256) launch"); break;
+    default: MLSTM_RUN(run_bwd_simt<T>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch"); break;
+    }
+    MLSTM_RUN(run_bwd_gates(a, st), "mlstm_bwd_gates_kernel launch");
+    return 0;
+}
+template <> int bwd_t<float>(const mlstm_params *, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
+{
+    MLSTM_RUN(run_bwd_prep<float>(a, st), "mlstm_bwd_prep_kernel launch");
+    MLSTM_RUN(run_bwd_simt<float>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch");
+    MLSTM_RUN(run_bwd_gates(a, st), "mlstm_bwd_gates_kernel launch");
+    return 0;
+}
+
+} // namespace
+} // namespace mlstm
+
+using namespace mlstm;
+
+/* tensor-core setup: a refused shared-memory size only disables that instance (cleared error) */
+static void tc_setup(bool backward, int t, int di, cudaError_t e)
+{
+    g_tc_ok[backward][t][di] = e == cudaSuccess;
+    if (e != cudaSuccess) (void)cudaGetLastError();
+}
+static void tc_small_setup(bool backward, int t, int di, cudaError_t e)
+{
+    g_tc_small_ok[backward][t][di] = e == cudaSuccess;
+    if (e != cudaSuccess) (void)cudaGetLastError();
+}
+
+static cudaError_t bwd_setup(cudaError_t dkdv, cudaError_t dq) { return dkdv != cudaSuccess ? dkdv : dq; }
+
+template <typename T> static void tc_setup_all(int t, bool sm90)
+{
+    tc_setup(false, t, 0, setup_fwd_tc<T, 64, false>());
+    tc_setup(false, t, 1, setup_fwd_tc<T, 128, false>());
+    tc_setup(false, t, 2, setup_fwd_tc<T, 256, false>());
+    tc_setup(true, t, 0, bwd_setup(setup_bwd_dkdv_tc<T, 64, false>(), setup_bwd_dq_tc<T, 64>()));
+    tc_setup(true, t, 1, bwd_setup(setup_bwd_dkdv_tc<T, 128, false>(), setup_bwd_dq_tc<T, 128>()));
+    tc_setup(true, t, 2, bwd_setup(setup_bwd_dkdv_tc<T, 256, false>(), setup_bwd_dq_tc<T, 256>()));
+    for (int bw = 0; bw < 2; ++bw)
+        for (int di = 0; di < 3; ++di) g_tc_small_ok[bw][t][di] = false;
+    if (!sm90) return; /* the small-grid variants are compiled for sm_90+ only (stubs on sm_80) */
+    tc_small_setup(false, t, 0, setup_fwd_tc<T, 64, true>());
+    tc_small_setup(false, t, 1, setup_fwd_tc<T, 128, true>());
+    tc_small_setup(false, t, 2, setup_fwd_tc<T, 256, true>());
+    tc_small_setup(true, t, 0, setup_bwd_dkdv_tc<T, 64, true>());
+    tc_small_setup(true, t, 1, setup_bwd_dkdv_tc<T, 128, true>());
+    g_tc_small_ok[1][t][2] = false; /* D=256: the default dK/dV tiles are already the small ones */
+}
+
+extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail)
+{
+    static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && !TileCfg<256>::BWD_SMALL,
+                  "small dK/dV instances (gen_instances.py BWD_SMALL_DIMS) out of step with tile_config.h");
+    int dev = 0, sms = 0, major = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess) {
+        if (sms > 0) g_sms = sms;
+    } else {
+        (void)cudaGetLastError();
+        major = 0;
+    }
+    const char *e = getenv("MLSTM_CUDA_SMALL_TILES");
+    g_small_mode = (e && e[0] == '0') ? 0 : (e && e[0] == '1') ? 1 : -1;
+    tc_setup_all<__half>(0, major >= 9);
+    tc_setup_all<__nv_bfloat16>(1, major >= 9);
+    /* the SIMT path (63 KB) is the fallback for everything: its setup must succeed */
+    MLSTM_RUN(setup_fwd_simt<float>(), "cudaFuncSetAttribute(fwd simt f32)");
+    MLSTM_RUN(setup_fwd_simt<__half>(), "cudaFuncSetAttribute(fwd simt f16)");
+    MLSTM_RUN(setup_fwd_simt<__nv_bfloat16>(), "cudaFuncSetAttribute(fwd simt bf16)");
+    MLSTM_RUN(setup_bwd_simt<float>(), "cudaFuncSetAttribute(bwd simt f32)");
+    MLSTM_RUN(setup_bwd_simt<__half>(), "cudaFuncSetAttribute(bwd simt f16)");
+    MLSTM_RUN(setup_bwd_simt<__nv_bfloat16>(), "cudaFuncSetAttribute(bwd simt bf16)");
+    return 0;
+}
+
+extern "C" int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail)
+{
+    const KArgs a = make_args(p);
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (p->dtype) {
+    case MLSTM_DTYPE_F32: return fwd_t<float>(p, a, st, fail);
+    case MLSTM_DTYPE_F16: return fwd_t<__half>(p, a, st, fail);
+    case MLSTM_DTYPE_BF16: return fwd_t<__nv_bfloat16>(p, a, st, fail);
+    default: MLSTM_RUN(cudaErrorInvalidValue, "dtype"); return 0;
+    }
+}
+
+extern "C" int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail)
+{
+    const KArgs a = make_args(p);
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (p->dtype) {
+    case MLSTM_DTYPE_F32: return bwd_t<float>(p, a, st, fail);
+    case MLSTM_DTYPE_F16: return bwd_t<__half>(p, a, st, fail);
+    case MLSTM_DTYPE_BF16: return bwd_t<__nv_bfloat16>(p, a, st, fail);
+    default: MLSTM_RUN(cudaErrorInvalidValue, "dtype"); return 0;
+    }
+}
+
+extern "C" const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward)
+{
+    const KArgs a = make_args(p);
+    return tc_dim(p, a, backward != 0) ? "tc" : "simt";
+}

@@ -1,0 +1,327 @@
+/* libmlstm CUDA kernels: tensor-core forward for f16/bf16 storage (mma.sync m16n8k16, f32 accumulation),
+ * head dims DQK = DV = D in {64, 128, 256}. One CTA per (query tile of BM rows, batch*head); each warp owns
+ * 16*MT query rows; K/V tiles of BN keys are double-buffered through cp.async and walked from the diagonal
+ * backwards, so the gate offset between query and key tile is accumulated in compensated (hi, lo) form. */
+#pragma once
+
+#include "mma.cuh"
+
+namespace mlstm {
+namespace tc {
+
+template <int D, int MT, int NW, int BN>
+struct FwdCfg {
+    static constexpr int BM = 16 * MT * NW;
+    static constexpr int NT = 32 * NW;
+    static constexpr int Q_BYTES = BM * D * 2;
+    static constexpr int KV_BYTES = BN * D * 2;
+    static constexpr int K_OFF = Q_BYTES;
+    static constexpr int V_OFF = K_OFF + 2 * KV_BYTES;
+    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sFq[BM], sG2[2][BN], sPM[2][BN] */
+    static constexpr int SMEM = G_OFF + (BM + 4 * BN) * 4;
+    static_assert(BM % BN == 0, "query tile must be a multiple of the key tile");
+    static_assert(BM % 32 == 0 && BN % 32 == 0 && BN % 16 == 0, "tile sizes");
+    static_assert(D % 64 == 0, "swizzle needs D >= 64");
+};
+
+/* The gate part of one (warp rows x BN keys) tile. With G_j the key gate (offset included) and Fq_t the
+ * query-local cumsum, logD_tj = Fq_t + G_j, so the row max over the valid keys (j <= t) is Fq_t + PM[t - ks]
+ * with PM the prefix max of G over the tile (rounding is monotone, so this equals the max of the rounded
+ * sums). The online max m (floored at -10 by its initial value) costs one lookup per row; per element:
+ * C = S 2^(G2_j + rb2_t) with G2 = G log2e, rb2 = (Fq - m) log2e + log2|scale|, then l += C. The O rescale
+ * is skipped when no row of the warp raised its max (the usual case walking away from the diagonal). */
+template <bool MASK, int MT, int BN, int D>
+__device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (&o)[MT][D / 8][4],
+                                              float (&mrun)[MT][2], float (&lrun)[MT][2], const float (&rowF)[MT][2],
+                                              const float (&g2)[BN / 8][2], const float *pm, int lim0, int q4,
+                                              float lsc)
+{
+    float alpha[MT][2];
+    bool raised = false;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int lim = lim0 + mt * 16 + rr * 8; /* last valid key column of the row (>= BN-1: all) */
+            const float mx = lim < 0 ? -INFINITY : rowF[mt][rr] + pm[min(lim, BN - 1)];
+            const float mnew = fmaxf(mrun[mt][rr], mx);
+            alpha[mt][rr] = fast_exp2((mrun[mt][rr] - mnew) * MLSTM_LOG2E);
+            raised |= mnew > mrun[mt][rr];
+            mrun[mt][rr] = mnew;
+            lrun[mt][rr] *= alpha[mt][rr];
+        }
+    }
+    if (__any_sync(0xffffffffu, raised)) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                o[mt][n][0] *= alpha[mt][0];
+                o[mt][n][1] *= alpha[mt][0];
+                o[mt][n][2] *= alpha[mt][1];
+                o[mt][n][3] *= alpha[mt][1];
+            }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int lim = lim0 + mt * 16 + rr * 8;
+            const float rb2 = (rowF[mt][rr] - mrun[mt][rr]) * MLSTM_LOG2E + lsc;
+            float l = lrun[mt][rr];
+#pragma unroll
+            for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                for (int cc = 0; cc < 2; ++cc) {
+                    float p = fast_exp2(g2[n][cc] + rb2);
+                    if (MASK && n * 8 + 2 * q4 + cc > lim) p = 0.0f;
+                    const float cv = s[mt][n][rr * 2 + cc] * p;
+                    s[mt][n][rr * 2 + cc] = cv;
+                    l += cv;
+                }
+            lrun[mt][rr] = l;
+        }
+    }
+}
+
+/* h = mLSTM(q, k, v, i, f) for one query tile; also writes m and signed n (see api/mlstm.h). */
+template <typename T, int D, int MT, int NW, int BN, bool SM90 = false>
+__global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constant__ KArgs args)
+{
+    /* SM90: a small-grid variant that dispatch.cu uses on sm_90+ only; its sm_80 image is an empty stub, which
+     * keeps the CI build time (two architectures) in bounds */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if constexpr (SM90) {
+        __trap();
+    } else
+#endif
+    {
+    using Cfg = FwdCfg<D, MT, NW, BN>;
+    constexpr int BM = Cfg::BM, NT = Cfg::NT;
+    extern __shared__ __align__(128) unsigned char smem[];
+    T *sQ = reinterpret_cast<T *>(smem);
+    T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF);
+    T *sV = reinterpret_cast<T *>(smem + Cfg::V_OFF);
+    float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
+    float *sG2 = sFq + BM;     /* [2][BN] G_j log2e */
+    float *sPM = sG2 + 2 * BN; /* [2][BN] prefix max of G_j over the tile (natural units) */
+
+    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t nqt = (S + BM - 1) / BM;
+    const int64_t bh = blockIdx.x % BH;
+    const int64_t qt = nqt - 1 - (int64_t)(blockIdx.x / BH); /* heaviest (last) query tiles first */
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t qs = qt * BM;
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const int wr0 = warp * 16 * MT; /* first row of this warp within the tile */
+    constexpr int GW = NW - 1;      /* gate warp: owns the last rows, so it never skips a tile */
+
+    const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
+
+    load_tile_async<T, BM, D, NT>(sQ, gq, tq.ss, qs, S);
+    load_tile_async<T, BN, D, NT>(sK, gk, tk.ss, kt_hi * BN, S);
+    load_tile_async<T, BN, D, NT>(sV, gv, tv.ss, kt_hi * BN, S);
+    cp_async_commit();
+
+    if (warp == 0) { /* query-tile local cumsum */
+        GateTile<BM> gt;
+        gt.load(gf, tf.ss, nullptr, 0, qs, S);
+        float cum[GateTile<BM>::E];
+        gt.scan(cum, qs, S);
+#pragma unroll
+        for (int e = 0; e < GateTile<BM>::E; ++e) sFq[lane * GateTile<BM>::E + e] = cum[e];
+    }
+    __syncthreads();
+
+    /* gate warp state: the compensated offset sum_{u in [ks, qs)} a_u of the tile whose gates it writes */
+    Comp off = {0.0f, 0.0f};
+    GateTile<BN> gnext;
+    auto gate_finish = [&](int64_t ks, int bsel) {
+        constexpr int E = GateTile<BN>::E;
+        float cum[E];
+        float tot = gnext.scan(cum, ks, S);
+        float ohi, olo;
+        if (ks >= qs) {
+            ohi = (ks > qs) ? -sFq[ks - 1 - qs] : 0.0f;
+            olo = 0.0f;
+        } else {
+            comp_add(off, tot);
+            ohi = off.hi;
+            olo = off.lo;
+        }
+        float gv[E], pmx = -INFINITY;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            gv[e] = ((gnext.i[e] - cum[e]) + olo) + ohi;
+            pmx = fmaxf(pmx, gv[e]);
+        }
+        /* exclusive prefix max over lanes, then running max within the lane */
+        float incl = pmx;
+#pragma unroll
+        for (int o2 = 1; o2 < 32; o2 <<= 1) {
+            float y = __shfl_up_sync(0xffffffffu, incl, o2);
+            if (lane >= o2) incl = fmaxf(incl, y);
+        }
+        float run = __shfl_up_sync(0xffffffffu, incl, 1);
+        if (lane == 0) run = -INFINITY;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            run = fmaxf(run, gv[e]);
+            sG2[bsel * BN + lane * E + e] = gv[e] * MLSTM_LOG2E;
+            sPM[bsel * BN + lane * E + e] = run;
+        }
+    };
+    if (warp == GW) {
+        gnext.load(gf, tf.ss, gi, ti.ss, kt_hi * BN, S);
+        gate_finish(kt_hi * BN, 0);
+    }
+
+    const FragBase<D> fb;
+    const uint32_t aQ = smem_u32(sQ), aK = smem_u32(sK), aV = smem_u32(sV);
+
+    float rowF[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) rowF[mt][rr] = sFq[wr0 + mt * 16 + g + rr * 8];
+
+    float o[MT][D / 8][4];
+    float mrun[MT][2], lrun[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) o[mt][n][c] = 0.0f;
+        mrun[mt][0] = mrun[mt][1] = MLSTM_FLOOR;
+        lrun[mt][0] = lrun[mt][1] = 0.0f;
+    }
+    /* C = scale * S * D' is computed as sign(scale) * S * 2^(log2(|scale|) + log2(D')): |scale| rides in the
+     * exponent, the sign is applied to l and O at the end */
+    const float lsc = log2f(fabsf(args.scale));
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+
+    int buf = 0;
+    for (int64_t kt = kt_hi; kt >= 0; --kt, buf ^= 1) {
+        cp_async_wait<0>();
+        __syncthreads();
+        const int64_t ks = kt * BN;
+        if (kt > 0) {
+            const int64_t kn = (kt - 1) * BN;
+            load_tile_async<T, BN, D, NT>(sK + (buf ^ 1) * BN * D, gk, tk.ss, kn, S);
+            load_tile_async<T, BN, D, NT>(sV + (buf ^ 1) * BN * D, gv, tv.ss, kn, S);
+            cp_async_commit();
+            if (warp == GW) gnext.load(gf, tf.ss, gi, ti.ss, kn, S);
+        }
+        const uint32_t cK = aK + buf * BN * D * 2;
+        const uint32_t cV = aV + buf * BN * D * 2;
+        const float *cG = sG2 + buf * BN;
+        const float *cPM = sPM + buf * BN;
+
+        const bool skip = ks > qs + wr0 + 16 * MT - 1; /* every key of the tile is after every row of the warp */
+        if (!skip) {
+            float s[MT][BN / 8][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) s[mt][n][c] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                uint32_t a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) load_a<D>(a[mt], aQ, fb, wr0 + mt * 16, kk * 16);
+#pragma unroll
+                for (int np = 0; np < BN / 16; ++np) {
+                    uint32_t bb[4];
+                    load_b_nk<D>(bb, cK, fb, np * 16, kk * 16);
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        MmaOp<T>::run(s[mt][2 * np], a[mt], bb[0], bb[1]);
+                        MmaOp<T>::run(s[mt][2 * np + 1], a[mt], bb[2], bb[3]);
+                    }
+                }
+            }
+
+            float gkv[BN / 8][2];
+#pragma unroll
+            for (int n = 0; n < BN / 8; ++n) {
+                float2 v2 = *reinterpret_cast<const float2 *>(cG + n * 8 + 2 * q4);
+                gkv[n][0] = v2.x;
+                gkv[n][1] = v2.y;
+            }
+            /* key column c of row r (within the tiles) is masked when ks + c > qs + r; only tiles that reach
+             * past the warp's first row need the mask (diagonal region, or keys >= S) */
+            const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN); /* clamped: far tiles are all valid */
+            if (ks + BN - 1 > qs + wr0)
+                fwd_gate_tile<true, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc);
+            else
+                fwd_gate_tile<false, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc);
+
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                uint32_t a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    a[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                    a[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                    a[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                    a[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                }
+#pragma unroll
+                for (int dp = 0; dp < D / 16; ++dp) {
+                    uint32_t bb[4];
+                    load_b_kn<D>(bb, cV, fb, kk * 16, dp * 16);
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        MmaOp<T>::run(o[mt][2 * dp], a[mt], bb[0], bb[1]);
+                        MmaOp<T>::run(o[mt][2 * dp + 1], a[mt], bb[2], bb[3]);
+                    }
+                }
+            }
+        }
+        if (kt > 0 && warp == GW) gate_finish((kt - 1) * BN, buf ^ 1);
+    }
+
+    /* epilogue: normaliser, h, m, n */
+    const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
+    T *gh = bh_ptr<T>(th, b, hh);
+    float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            float l = lrun[mt][rr];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            l *= sgn;
+            const float m = mrun[mt][rr];
+            const float em = expf(-m);
+            const float nsig = (fabsf(l) > em) ? l : em;
+            const float inv = sgn / (fabsf(nsig) + args.eps);
+            const int64_t t = qs + wr0 + mt * 16 + g + rr * 8;
+            if (t < S) {
+                T *row = gh + t * th.ss;
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n)
+                    *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * q4) =
+                        pack2<T>(o[mt][n][rr * 2] * inv, o[mt][n][rr * 2 + 1] * inv);
+                if (q4 == 0) {
+                    gm[t * tm.ss] = m;
+                    gn[t * tn.ss] = nsig;
+                }
+            }
+        }
+    }
+    } /* SM90 guard */
+}
+
+} // namespace tc
+} // namespace mlstm

@@ -1,0 +1,31 @@
+/* libmlstm CUDA kernels: declarations of the per-instance launch functions (defined in launch_impl.cuh,
+ * explicitly instantiated one per generated file under inst/). dispatch.cu includes only this header, so
+ * it compiles no kernel body. Each run_* enqueues on `st` and returns the launch's cudaError_t; each setup_*
+ * raises the kernel's dynamic shared-memory limit (called once per device at context init). */
+#pragma once
+
+#include <cuda_runtime.h>
+#include "common.cuh"
+
+namespace mlstm {
+
+/* tensor-core path: T in {__half, __nv_bfloat16}, D in {64, 128, 256}, DQK = DV = D, 16-byte aligned rows;
+ * SMALL: the small-grid tile variant (tile_config.h; bwd only where TileCfg<D>::BWD_SMALL) */
+template <typename T, int D, bool SMALL> cudaError_t run_fwd_tc(const KArgs &a, cudaStream_t st);
+template <typename T, int D, bool SMALL> cudaError_t setup_fwd_tc();
+template <typename T, int D, bool SMALL> cudaError_t run_bwd_dkdv_tc(const KArgs &a, cudaStream_t st);
+template <typename T, int D, bool SMALL> cudaError_t setup_bwd_dkdv_tc();
+template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStream_t st);
+template <typename T, int D> cudaError_t setup_bwd_dq_tc();
+
+/* generic SIMT path: any T, any DQK/DV, any strides */
+template <typename T> cudaError_t run_fwd_simt(const KArgs &a, cudaStream_t st);
+template <typename T> cudaError_t setup_fwd_simt();
+template <typename T> cudaError_t run_bwd_simt(const KArgs &a, cudaStream_t st); /* dkdv + dq */
+template <typename T> cudaError_t setup_bwd_simt();
+
+/* light passes (inst/mlstm_bwd_aux.cu) */
+template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st);
+cudaError_t run_bwd_gates(const KArgs &a, cudaStream_t st);
+
+} // namespace mlstm

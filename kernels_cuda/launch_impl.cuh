@@ -1,0 +1,156 @@
+/* libmlstm CUDA kernels: definitions of the launch functions declared in launch.h (grid shapes, shared
+ * memory sizes, attribute setup). Included only by the generated instance files under inst/. */
+#pragma once
+
+#include <limits.h>
+#include <type_traits>
+#include "launch.h"
+#include "tile_config.h"
+#include "fwd_tc.cuh"
+#include "bwd_tc.cuh"
+#include "simt.cuh"
+#ifdef MLSTM_INST_AUX /* only inst/mlstm_bwd_aux.cu compiles the light passes */
+#include "aux.cuh"
+#endif
+
+namespace mlstm {
+
+/* 1-D grid of n CTAs; fails cleanly instead of launching a truncated grid. */
+static inline bool grid_ok(int64_t n) { return n > 0 && n <= INT_MAX; }
+
+#define MLSTM_TRY(x)                                                                                             \
+    do {                                                                                                         \
+        cudaError_t e_ = (x);                                                                                    \
+        if (e_ != cudaSuccess) return e_;                                                                        \
+    } while (0)
+
+/* ---- tensor-core path (separate structs so a forward file never instantiates backward kernels) ----
+ * SMALL: the small-grid tile variants of TileCfg (FwdS, DkdvS; dQ is the same kernel either way). */
+template <typename T, int D, bool SMALL> struct TcFwd {
+    using C = typename std::conditional<SMALL, typename TileCfg<D>::FwdS, typename TileCfg<D>::Fwd>::type;
+    using F = tc::FwdCfg<D, C::MT, C::NW, C::BN>;
+    static constexpr auto fwd = tc::mlstm_fwd_kernel<T, D, C::MT, C::NW, C::BN, SMALL>;
+};
+template <typename T, int D, bool SMALL> struct TcBwd {
+    using CK = typename std::conditional<SMALL, typename TileCfg<D>::DkdvS, typename TileCfg<D>::Dkdv>::type;
+    using K = tc::DkdvCfg<D, CK::NW, CK::BMQ, CK::DOUT>;
+    static constexpr auto dkdv = tc::mlstm_bwd_dkdv_kernel<T, D, CK::NW, CK::BMQ, CK::DOUT, SMALL>;
+};
+template <typename T, int D> struct TcDq {
+    using CQ = typename TileCfg<D>::Dq;
+    using Q = tc::DqCfg<D, CQ::NW, CQ::BN>;
+    static constexpr auto dq = tc::mlstm_bwd_dq_kernel<T, D, CQ::NW, CQ::BN>;
+};
+
+template <typename T, int D, bool SMALL> cudaError_t setup_fwd_tc()
+{
+    using KK = TcFwd<T, D, SMALL>;
+    return cudaFuncSetAttribute(KK::fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::F::SMEM);
+}
+
+template <typename T, int D, bool SMALL> cudaError_t run_fwd_tc(const KArgs &a, cudaStream_t st)
+{
+    using KK = TcFwd<T, D, SMALL>;
+    const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
+    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
+    KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
+    return cudaGetLastError();
+}
+
+template <typename T, int D, bool SMALL> cudaError_t setup_bwd_dkdv_tc()
+{
+    using KK = TcBwd<T, D, SMALL>;
+    return cudaFuncSetAttribute(KK::dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::K::SMEM);
+}
+
+template <typename T, int D, bool SMALL> cudaError_t run_bwd_dkdv_tc(const KArgs &a, cudaStream_t st)
+{
+    using KK = TcBwd<T, D, SMALL>;
+    const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * (D / KK::CK::DOUT) * a.B * a.NH;
+    if (!grid_ok(nk)) return cudaErrorInvalidConfiguration;
+    KK::dkdv<<<(unsigned)nk, KK::K::NT, KK::K::SMEM, st>>>(a);
+    return cudaGetLastError();
+}
+
+template <typename T, int D> cudaError_t setup_bwd_dq_tc()
+{
+    using KK = TcDq<T, D>;
+    return cudaFuncSetAttribute(KK::dq, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::Q::SMEM);
+}
+
+template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStream_t st)
+{
+    using KK = TcDq<T, D>;
+    const int64_t nq = (a.S + KK::Q::BM - 1) / KK::Q::BM * a.B * a.NH;
+    if (!grid_ok(nq)) return cudaErrorInvalidConfiguration;
+    KK::dq<<<(unsigned)nq, KK::Q::NT, KK::Q::SMEM, st>>>(a);
+    return cudaGetLastError();
+}
+
+/* ---- generic SIMT path ---- */
+template <typename T> cudaError_t setup_fwd_simt()
+{
+    return cudaFuncSetAttribute(simt::mlstm_fwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                simt::SMEM_BYTES);
+}
+
+template <typename T> cudaError_t run_fwd_simt(const KArgs &a, cudaStream_t st)
+{
+    const int64_t n = (a.S + simt::TB - 1) / simt::TB * ((a.DV + simt::TB - 1) / simt::TB) * a.B * a.NH;
+    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
+    simt::mlstm_fwd_kernel<T><<<(unsigned)n, simt::NT, simt::SMEM_BYTES, st>>>(a);
+    return cudaGetLastError();
+}
+
+template <typename T> cudaError_t setup_bwd_simt()
+{
+    MLSTM_TRY(cudaFuncSetAttribute(simt::mlstm_bwd_dkdv_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   simt::SMEM_BYTES));
+    return cudaFuncSetAttribute(simt::mlstm_bwd_dq_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                simt::SMEM_BYTES);
+}
+
+template <typename T> cudaError_t run_bwd_simt(const KArgs &a, cudaStream_t st)
+{
+    const int64_t nt = (a.S + simt::TB - 1) / simt::TB;
+    const int64_t nch = (a.DQK + simt::TB - 1) / simt::TB + (a.DV + simt::TB - 1) / simt::TB;
+    const int64_t nk = nt * nch * a.B * a.NH, nq = nt * a.B * a.NH;
+    if (!grid_ok(nk) || !grid_ok(nq)) return cudaErrorInvalidConfiguration;
+    simt::mlstm_bwd_dkdv_kernel<T><<<(unsigned)nk, simt::NT, simt::SMEM_BYTES, st>>>(a);
+    MLSTM_TRY(cudaGetLastError());
+    simt::mlstm_bwd_dq_kernel<T><<<(unsigned)nq, simt::NT, simt::SMEM_BYTES, st>>>(a);
+    return cudaGetLastError();
+}
+
+#ifdef MLSTM_INST_AUX
+/* ---- light passes ---- */
+template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
+{
+    const int64_t n = (a.B * a.NH * a.S + 7) / 8;
+    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
+    mlstm_bwd_prep_kernel<T><<<(unsigned)n, 256, 0, st>>>(a);
+    return cudaGetLastError();
+}
+
+#endif
+
+} // namespace mlstm
+
+/* explicit instantiation helpers for the generated files */
+#define MLSTM_INSTANTIATE_FWD_TC(T, D, SMALL)                                                                    \
+    template cudaError_t mlstm::run_fwd_tc<T, D, SMALL>(const mlstm::KArgs &, cudaStream_t);                     \
+    template cudaError_t mlstm::setup_fwd_tc<T, D, SMALL>();
+#define MLSTM_INSTANTIATE_BWD_TC(T, D)                                                                           \
+    template cudaError_t mlstm::run_bwd_dkdv_tc<T, D, false>(const mlstm::KArgs &, cudaStream_t);                \
+    template cudaError_t mlstm::setup_bwd_dkdv_tc<T, D, false>();                                                \
+    template cudaError_t mlstm::run_bwd_dq_tc<T, D>(const mlstm::KArgs &, cudaStream_t);                         \
+    template cudaError_t mlstm::setup_bwd_dq_tc<T, D>();
+#define MLSTM_INSTANTIATE_BWD_DKDV_SMALL_TC(T, D)                                                                \
+    template cudaError_t mlstm::run_bwd_dkdv_tc<T, D, true>(const mlstm::KArgs &, cudaStream_t);                 \
+    template cudaError_t mlstm::setup_bwd_dkdv_tc<T, D, true>();
+#define MLSTM_INSTANTIATE_FWD_SIMT(T)                                                                            \
+    template cudaError_t mlstm::run_fwd_simt<T>(const mlstm::KArgs &, cudaStream_t);                             \
+    template cudaError_t mlstm::setup_fwd_simt<T>();
+#define MLSTM_INSTANTIATE_BWD_SIMT(T)                                                                            \
+    template cudaError_t mlstm::run_bwd_simt<T>(const mlstm::KArgs &, cudaStream_t);                             \
+    template cudaError_t mlstm::setup_bwd_simt<T>();

@@ -1,0 +1,33 @@
+/* libmlstm CUDA kernels: the C entry points the host backend (backends/cuda/backend_cuda.c) calls. Plain C
+ * header (no CUDA types): streams travel as void*, failures come back as a cudaError_t value plus where. */
+#ifndef MLSTM_CUDA_KERNELS_H
+#define MLSTM_CUDA_KERNELS_H
+
+#include <stddef.h>
+#include "params.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Where a CUDA call failed: code is the cudaError_t value (0 = success). */
+typedef struct mlstm_cuda_fail {
+    int code;
+    const char *what; /* "cudaFuncSetAttribute", "mlstm_fwd_kernel launch", ... */
+    const char *file;
+    int line;
+} mlstm_cuda_fail;
+
+/* Raises the dynamic shared-memory limit of every kernel on the current device. Call once per device
+ * (at context init) before the first launch. */
+int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail);
+/* Enqueues the forward / backward of p on stream (a cudaStream_t). Asynchronous; no allocation. */
+int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);
+int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);
+/* Which path a call takes (for logs and tests): "tc" (tensor cores) or "simt". */
+const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MLSTM_CUDA_KERNELS_H */

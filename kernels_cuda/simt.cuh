@@ -1,0 +1,624 @@
+/* libmlstm CUDA kernels: the generic SIMT path (f32 FFMA, any storage type, any DQK/DV in 1..512, any
+ * strides, any alignment). Tiles of 64 x 64 with 256 threads, each thread a 4 x 4 micro-tile; head dims are
+ * walked in chunks (32 for contractions, 64 for outputs) and padded with zeros, never rejected. Same
+ * algorithm, gate handling and kernel names as the tensor-core path (tc::), which it backs up. */
+#pragma once
+
+#include "common.cuh"
+
+namespace mlstm {
+namespace simt {
+
+constexpr int TB = 64;      /* rows and cols of every tile */
+constexpr int NT = 256;     /* threads */
+constexpr int DC = 32;      /* contraction chunk */
+constexpr int LDS = TB + 4; /* smem row stride (floats), keeps float4 alignment */
+
+/* smem layout (floats) shared by the three kernels */
+constexpr int A_OFF = 0;                /* [DC][LDS]  transposed chunk of the row-side operand */
+constexpr int B_OFF = A_OFF + DC * LDS; /* [DC][LDS]  transposed chunk of the column-side operand */
+constexpr int M_OFF = B_OFF + DC * LDS; /* [TB][LDS]  elementwise result, transposed ([k][row]) */
+constexpr int X_OFF = M_OFF + TB * LDS; /* [TB][LDS]  second-product operand ([k][col]) */
+constexpr int W_OFF = X_OFF + TB * LDS; /* [DC][LDS]  transposed chunk of sigma_t h_t (exact-mode dP) */
+constexpr int G_OFF = W_OFF + DC * LDS; /* 8 x [TB]   gate vectors */
+constexpr int SMEM_FLOATS = G_OFF + 8 * TB;
+constexpr int SMEM_BYTES = SMEM_FLOATS * 4;
+
+/* sm[d][r] = g[(r0 + r) * ld + d0 + d] for a TB x DC block; zero outside rows < nrows, cols < ncols. */
+template <typename T>
+__device__ __forceinline__ void load_chunk_t(float *sm, const T *__restrict__ g, int64_t ld, int64_t r0,
+                                             int64_t nrows, int d0, int ncols)
+{
+#pragma unroll
+    for (int it = 0; it < TB * DC / NT; ++it) {
+        int e = it * NT + threadIdx.x;
+        int r = e / DC, d = e % DC;
+        int64_t gr = r0 + r;
+        float x = 0.0f;
+        if (gr < nrows && d0 + d < ncols) x = to_f32(g[gr * ld + d0 + d]);
+        sm[d * LDS + r] = x;
+    }
+}
+
+/* sm[r][c] = g[(r0 + r) * ld + c0 + c] for a TB x TB block; zero outside. */
+template <typename T>
+__device__ __forceinline__ void load_chunk_n(float *sm, const T *__restrict__ g, int64_t ld, int64_t r0,
+                                             int64_t nrows, int c0, int ncols)
+{
+#pragma unroll
+    for (int it = 0; it < TB * TB / NT; ++it) {
+        int e = it * NT + threadIdx.x;
+        int r = e / TB, c = e % TB;
+        int64_t gr = r0 + r;
+        float x = 0.0f;
+        if (gr < nrows && c0 + c < ncols) x = to_f32(g[gr * ld + c0 + c]);
+        sm[r * LDS + c] = x;
+    }
+}
+
+/* acc[i][j] += sum_k A[k][ty*4+i] * B[k][tx*4+j] */
+template <int K>
+__device__ __forceinline__ void mm_acc(float (&acc)[4][4], const float *A, const float *B, int ty, int tx)
+{
+#pragma unroll 8
+    for (int k = 0; k < K; ++k) {
+        float4 a = *reinterpret_cast<const float4 *>(A + k * LDS + ty * 4);
+        float4 b = *reinterpret_cast<const float4 *>(B + k * LDS + tx * 4);
+        float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+}
+
+/* acc = A_rows(r0..) . B_rows(c0..)^T over the contraction dim of length dd (chunked, zero padded) */
+template <typename T>
+__device__ __forceinline__ void tile_dot(float (&acc)[4][4], float *sA, float *sB, const T *ga, int64_t lda,
+                                         int64_t ra, const T *gb, int64_t ldb, int64_t rb, int64_t nrows, int dd,
+                                         int ty, int tx)
+{
+    for (int d0 = 0; d0 < dd; d0 += DC) {
+        load_chunk_t<T>(sA, ga, lda, ra, nrows, d0, dd);
+        load_chunk_t<T>(sB, gb, ldb, rb, nrows, d0, dd);
+        __syncthreads();
+        mm_acc<DC>(acc, sA, sB, ty, tx);
+        __syncthreads();
+    }
+}
+
+/* Exact-mode dP - delta, computed as dh_t . (v_j - sigma_t h_t) instead of dh_t . v_j - sigma_t (dh_t . h_t):
+ * when h_t ~ sigma_t v_j (one dominant key) the difference is taken per element, where it is (nearly) exact,
+ * rather than between two large dot products. sig[r]: sigma of row r of the t-side operand.
+ * T_ROWS: the t side is the row operand (dq: acc[t][j]); else the column operand (dkdv: acc[j][t]). Both
+ * evaluate fmaf(dh, fl(v - w), acc) in the same order, so the two kernels agree bitwise. */
+template <typename T>
+__device__ __forceinline__ void load_chunk_t_sig(float *sm, const T *__restrict__ g, int64_t ld, int64_t r0,
+                                                 int64_t nrows, int d0, int ncols, const float *sig)
+{
+#pragma unroll
+    for (int it = 0; it < TB * DC / NT; ++it) {
+        int e = it * NT + threadIdx.x;
+        int r = e / DC, d = e % DC;
+        int64_t gr = r0 + r;
+        float x = 0.0f;
+        if (gr < nrows && d0 + d < ncols) x = sig[r] * to_f32(g[gr * ld + d0 + d]);
+        sm[d * LDS + r] = x;
+    }
+}
+
+template <bool T_ROWS, typename T>
+__device__ __forceinline__ void tile_dot_dp(float (&acc)[4][4], float *sA, float *sB, float *sW, const T *gdh,
+                                            int64_t ldh, const T *gv, int64_t ldv, const T *gh, int64_t lh,
+                                            const float *sig, int64_t qs, int64_t ks, int64_t nrows, int dd, int ty,
+                                            int tx)
+{
+    for (int d0 = 0; d0 < dd; d0 += DC) {
+        if (T_ROWS) {
+            load_chunk_t<T>(sA, gdh, ldh, qs, nrows, d0, dd);
+            load_chunk_t<T>(sB, gv, ldv, ks, nrows, d0, dd);
+        } else {
+            load_chunk_t<T>(sA, gv, ldv, ks, nrows, d0, dd);
+            load_chunk_t<T>(sB, gdh, ldh, qs, nrows, d0, dd);
+        }
+        load_chunk_t_sig<T>(sW, gh, lh, qs, nrows, d0, dd, sig);
+        __syncthreads();
+#pragma unroll 8
+        for (int k = 0; k < DC; ++k) {
+            float4 a = *reinterpret_cast<const float4 *>(sA + k * LDS + ty * 4);
+            float4 b = *reinterpret_cast<const float4 *>(sB + k * LDS + tx * 4);
+            float4 w = *reinterpret_cast<const float4 *>(sW + k * LDS + (T_ROWS ? ty : tx) * 4);
+            float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w}, wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    if (T_ROWS) /* a = dh_t, b = v_j, w = sigma_t h_t */
+                        acc[i][j] = fmaf(av[i], __fsub_rn(bv[j], wv[i]), acc[i][j]);
+                    else /* a = v_j, b = dh_t, w = sigma_t h_t */
+                        acc[i][j] = fmaf(bv[j], __fsub_rn(av[i], wv[j]), acc[i][j]);
+                }
+        }
+        __syncthreads();
+    }
+}
+
+/* stores v[i][j] (rows ty*4+i, cols tx*4+j) transposed: sm[(tx*4+j)*LDS + ty*4 + i] */
+__device__ __forceinline__ void store_t(float *sm, const float (&v)[4][4], int ty, int tx)
+{
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        *reinterpret_cast<float4 *>(sm + (tx * 4 + j) * LDS + ty * 4) = make_float4(v[0][j], v[1][j], v[2][j], v[3][j]);
+}
+
+__device__ __forceinline__ float red16_max(float v)
+{
+#pragma unroll
+    for (int o = 1; o < 16; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float red16_sum(float v)
+{
+#pragma unroll
+    for (int o = 1; o < 16; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Forward: CTA = (query tile, 64-column block of h, batch*head). */
+template <typename T>
+__global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ KArgs args)
+{
+    extern __shared__ __align__(16) float sm[];
+    float *sA = sm + A_OFF, *sB = sm + B_OFF, *sC = sm + M_OFF, *sV = sm + X_OFF;
+    float *sQh = sm + G_OFF, *sQl = sQh + TB, *sGh = sQl + TB, *sGl = sGh + TB;
+
+    const int64_t S = args.S, BH = args.B * args.NH;
+    const int DQK = (int)args.DQK, DV = (int)args.DV;
+    const int64_t nqt = (S + TB - 1) / TB;
+    const int nvc = (DV + TB - 1) / TB;
+    const int64_t bh = blockIdx.x % BH;
+    const int64_t rest = blockIdx.x / BH;
+    const int vc = (int)(rest % nvc);
+    const int64_t qt = nqt - 1 - rest / nvc;
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t qs = qt * TB;
+    const int c0 = vc * TB;
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int ty = tid >> 4, tx = tid & 15;
+
+    if (warp == 0) { /* compensated query-block cumsum (see CGate64) */
+        CGate64 gt;
+        gt.load(gf, tf.ss, nullptr, 0, qs, S);
+        float ch[2], cl[2], th, tl;
+        gt.scan(ch, cl, th, tl, qs, S);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            sQh[lane * 2 + e] = ch[e];
+            sQl[lane * 2 + e] = cl[e];
+        }
+    }
+    __syncthreads();
+    float rqh[4], rql[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        rqh[i] = sQh[ty * 4 + i];
+        rql[i] = sQl[ty * 4 + i];
+    }
+
+    float o[4][4], mrun[4], lrun[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        mrun[i] = MLSTM_FLOOR;
+        lrun[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) o[i][j] = 0.0f;
+    }
+    float offh = 0.0f, offl = 0.0f; /* O = sum_{u in [ks, qs)} a_u, compensated (warp 0) */
+    const float scale = args.scale;
+
+    for (int64_t kt = qt; kt >= 0; --kt) {
+        const int64_t ks = kt * TB;
+        if (warp == 0) { /* key-side pair terms of this tile (see CGate64) */
+            CGate64 gt;
+            gt.load(gf, tf.ss, gi, ti.ss, ks, S);
+            float ch[2], cl[2], th, tl;
+            gt.scan(ch, cl, th, tl, ks, S);
+            if (ks < qs) cadd(offh, offl, th, tl);
+            float oh = offh, ol = offl;
+            cnorm(oh, ol);
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                cgate_key(ch[e], cl[e], gt.i[e], oh, ol, sGh[lane * 2 + e], sGl[lane * 2 + e]);
+        }
+        float s[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) s[i][j] = 0.0f;
+        tile_dot<T>(s, sA, sB, gq, tq.ss, qs, gk, tk.ss, ks, S, DQK, ty, tx);
+        /* requires S rows: tile_dot zero-pads rows >= S of both operands */
+
+        const bool diag = ks == qs;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int64_t t = qs + ty * 4 + i;
+            float ld[4], mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int64_t jj = ks + tx * 4 + j;
+                ld[j] = cgate_logd(rqh[i], rql[i], sGh[tx * 4 + j], sGl[tx * 4 + j]);
+                if (diag && jj > t) ld[j] = -INFINITY;
+                mx = fmaxf(mx, ld[j]);
+            }
+            mx = red16_max(mx);
+            const float mnew = fmaxf(mrun[i], mx);
+            const float alpha = fast_exp2((mrun[i] - mnew) * MLSTM_LOG2E);
+            mrun[i] = mnew;
+            lrun[i] *= alpha;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) o[i][j] *= alpha;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                float p = (ld[j] == -INFINITY) ? 0.0f : fast_exp2(__fmul_rn(__fsub_rn(ld[j], mnew), MLSTM_LOG2E));
+                float c = s[i][j] * scale * p;
+                s[i][j] = c;
+                lrun[i] += c;
+            }
+        }
+        store_t(sC, s, ty, tx);
+        load_chunk_n<T>(sV, gv, tv.ss, ks, S, c0, DV);
+        __syncthreads();
+        mm_acc<TB>(o, sC, sV, ty, tx);
+        __syncthreads();
+    }
+
+    const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
+    T *gh = bh_ptr<T>(th, b, hh);
+    float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float l = red16_sum(lrun[i]);
+        const float m = mrun[i];
+        const float em = expf(-m);
+        const float nsig = (fabsf(l) > em) ? l : em;
+        const float inv = 1.0f / (fabsf(nsig) + args.eps);
+        const int64_t t = qs + ty * 4 + i;
+        if (t < S) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = c0 + tx * 4 + j;
+                if (c < DV) gh[t * th.ss + c] = from_f32<T>(o[i][j] * inv);
+            }
+            if (tx == 0 && vc == 0) {
+                gm[t * tm.ss] = m;
+                gn[t * tn.ss] = nsig;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* dK/dV: CTA = (key tile, one 64-column block of dk or dv, batch*head); walks query tiles upwards. */
+template <typename T>
+__global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constant__ KArgs args)
+{
+    extern __shared__ __align__(16) float sm[];
+    float *sA = sm + A_OFF, *sB = sm + B_OFF, *sM = sm + M_OFF, *sX = sm + X_OFF;
+    float *sKh = sm + G_OFF, *sKl = sKh + TB, *sKi = sKl + TB; /* key block: compensated cumsum, i */
+    float *sQh = sKi + TB, *sQl = sQh + TB, *sMt = sQl + TB, *sInv = sMt + TB, *sSig = sInv + TB;
+    float *sW = sm + W_OFF;
+    const bool exact = args.grad_mode == MLSTM_GRAD_EXACT;
+    const TArg &th = args.t[MLSTM_TENSOR_H];
+
+    const int64_t S = args.S, BH = args.B * args.NH;
+    const int DQK = (int)args.DQK, DV = (int)args.DV;
+    const int64_t nt = (S + TB - 1) / TB;
+    const int nqc = (DQK + TB - 1) / TB, nvc = (DV + TB - 1) / TB, nch = nqc + nvc;
+    const int64_t bh = blockIdx.x % BH;
+    const int64_t rest = blockIdx.x / BH;
+    const int ch = (int)(rest % nch);
+    const int64_t kt = rest / nch;
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t ks = kt * TB;
+    const bool is_dk = ch < nqc;
+    const int col0 = (is_dk ? ch : ch - nqc) * TB;
+    const int ncols = is_dk ? DQK : DV;
+    const bool need_s = !is_dk || ch == 0;
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
+    const TArg &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N], &tdh = args.t[MLSTM_TENSOR_DH];
+    const TArg &tdf = args.t[MLSTM_TENSOR_DF];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const T *gdh = bh_ptr<T>(tdh, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+    const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
+    const float *gdel = bh_ptr<float>(tdf, b, hh);
+    const T *gh = bh_ptr<T>(th, b, hh);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int ty = tid >> 4, tx = tid & 15;
+    const float eps = args.eps, scale = args.scale;
+
+    if (warp == 0) {
+        CGate64 gt;
+        gt.load(gf, tf.ss, gi, ti.ss, ks, S);
+        float kch[2], kcl[2], kth, ktl;
+        gt.scan(kch, kcl, kth, ktl, ks, S);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            sKh[lane * 2 + e] = kch[e];
+            sKl[lane * 2 + e] = kcl[e];
+            sKi[lane * 2 + e] = gt.i[e];
+        }
+    }
+    __syncthreads();
+    float rkh[4], rkl[4], rki[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        rkh[i] = sKh[ty * 4 + i];
+        rkl[i] = sKl[ty * 4 + i];
+        rki[i] = sKi[ty * 4 + i];
+    }
+
+    float acc[4][4], di[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    float offh = 0.0f, offl = 0.0f, pth = 0.0f, ptl = 0.0f; /* O and the previous query block's total */
+    __shared__ float sOf[2]; /* canonical O of the current query tile */
+
+    for (int64_t qt = kt; qt < nt; ++qt) {
+        const int64_t qs = qt * TB;
+        if (warp == 0) {
+            CGate64 gt;
+            gt.load(gf, tf.ss, nullptr, 0, qs, S);
+            float qch[2], qcl[2], qth, qtl;
+            gt.scan(qch, qcl, qth, qtl, qs, S);
+            if (qs > ks) cadd(offh, offl, pth, ptl);
+            pth = qth;
+            ptl = qtl;
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int u = lane * 2 + e;
+                const int64_t t = qs + u;
+                const bool ok = t < S;
+                const float m = ok ? gm[t * tm.ss] : 0.0f;
+                const float n = ok ? gn[t * tn.ss] : 0.0f;
+                sQh[u] = qch[e];
+                sQl[u] = qcl[e];
+                sMt[u] = m;
+                sInv[u] = ok ? 1.0f / (fabsf(n) + eps) : 0.0f;
+                sSig[u] = (ok && exact) ? ((n < 0.0f) ? -1.0f : (n > expf(-m) ? 1.0f : 0.0f)) : 0.0f;
+            }
+            if (lane == 0) {
+                float oh = offh, ol = offl;
+                cnorm(oh, ol);
+                sOf[0] = oh;
+                sOf[1] = ol;
+            }
+        }
+        __syncthreads(); /* sSig feeds the first dP chunk load */
+        float st[4][4], dpt[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) st[i][j] = dpt[i][j] = 0.0f;
+        if (need_s) tile_dot<T>(st, sA, sB, gk, tk.ss, ks, gq, tq.ss, qs, S, DQK, ty, tx);
+        if (is_dk) {
+            if (exact) /* dpt = dP - delta directly */
+                tile_dot_dp<false, T>(dpt, sA, sB, sW, gdh, tdh.ss, gv, tv.ss, gh, th.ss, sSig, qs, ks, S, DV, ty, tx);
+            else
+                tile_dot<T>(dpt, sA, sB, gv, tv.ss, ks, gdh, tdh.ss, qs, S, DV, ty, tx);
+        }
+
+        /* D'_tj = 2^((logD_tj - m_t) log2e) with logD from the compensated pair terms (CGate64): bitwise the
+         * same arithmetic as the dq kernel, so both use the same P and q.dq - k.dk cancels cleanly */
+        float kgh[4], kgl[4];
+        const float oh = sOf[0], ol = sOf[1];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) cgate_key(rkh[i], rkl[i], rki[i], oh, ol, kgh[i], kgl[i]);
+        float mv[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int64_t j = ks + ty * 4 + i;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int u = tx * 4 + c;
+                const int64_t t = qs + u;
+                const float dp =
+                    (j <= t && t < S)
+                        ? fast_exp2(__fmul_rn(__fsub_rn(cgate_logd(sQh[u], sQl[u], kgh[i], kgl[i]), sMt[u]), MLSTM_LOG2E))
+                        : 0.0f;
+                const float inv = sInv[u];
+                if (is_dk) {
+                    const float p = dpt[i][c] * inv * dp; /* delta already inside dpt (exact) or 0 */
+                    if (ch == 0) di[i] += p * st[i][c] * scale;
+                    mv[i][c] = p;
+                } else {
+                    mv[i][c] = st[i][c] * scale * dp * inv;
+                }
+            }
+        }
+        store_t(sM, mv, ty, tx); /* sM[t][key] */
+        if (is_dk)
+            load_chunk_n<T>(sX, gq, tq.ss, qs, S, col0, ncols);
+        else
+            load_chunk_n<T>(sX, gdh, tdh.ss, qs, S, col0, ncols);
+        __syncthreads();
+        mm_acc<TB>(acc, sM, sX, ty, tx);
+        __syncthreads();
+    }
+
+    const TArg &tout = args.t[is_dk ? MLSTM_TENSOR_DK : MLSTM_TENSOR_DV], &tdi = args.t[MLSTM_TENSOR_DI];
+    T *gout = bh_ptr<T>(tout, b, hh);
+    float *gdi = bh_ptr<float>(tdi, b, hh);
+    const float fac = is_dk ? scale : 1.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int64_t j = ks + ty * 4 + i;
+        const float dsum = red16_sum(di[i]);
+        if (j < S) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int col = col0 + tx * 4 + c;
+                if (col < ncols) gout[j * tout.ss + col] = from_f32<T>(acc[i][c] * fac);
+            }
+            if (ch == 0 && tx == 0) gdi[j * tdi.ss] = dsum;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* dQ: CTA = (query tile, batch*head); loops over the 64-column blocks of dq, each walking key tiles
+ * downwards. Reads delta_t from df first, writes df_t = q_t . dq_t last (no other CTA touches these rows). */
+template <typename T>
+__global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant__ KArgs args)
+{
+    extern __shared__ __align__(16) float sm[];
+    float *sA = sm + A_OFF, *sB = sm + B_OFF, *sM = sm + M_OFF, *sX = sm + X_OFF;
+    float *sGh = sm + G_OFF, *sGl = sGh + TB, *sQh = sGl + TB, *sQl = sQh + TB, *sMt = sQl + TB;
+    float *sInv = sMt + TB, *sSig = sInv + TB;
+    float *sW = sm + W_OFF;
+    const bool exact = args.grad_mode == MLSTM_GRAD_EXACT;
+    const TArg &th = args.t[MLSTM_TENSOR_H];
+
+    const int64_t S = args.S, BH = args.B * args.NH;
+    const int DQK = (int)args.DQK, DV = (int)args.DV;
+    const int64_t nt = (S + TB - 1) / TB;
+    const int64_t bh = blockIdx.x % BH;
+    const int64_t qt = nt - 1 - (int64_t)(blockIdx.x / BH);
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t qs = qt * TB;
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
+    const TArg &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N], &tdh = args.t[MLSTM_TENSOR_DH];
+    const TArg &tdf = args.t[MLSTM_TENSOR_DF], &tdq = args.t[MLSTM_TENSOR_DQ];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const T *gdh = bh_ptr<T>(tdh, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+    const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
+    float *gdf = bh_ptr<float>(tdf, b, hh);
+    T *gdq = bh_ptr<T>(tdq, b, hh);
+    const T *gh = bh_ptr<T>(th, b, hh);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int ty = tid >> 4, tx = tid & 15;
+    const float scale = args.scale;
+
+    if (warp == 0) {
+        CGate64 gt;
+        gt.load(gf, tf.ss, nullptr, 0, qs, S);
+        float ch[2], cl[2], th, tl;
+        gt.scan(ch, cl, th, tl, qs, S);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int u = lane * 2 + e;
+            const int64_t t = qs + u;
+            const bool ok = t < S;
+            const float m = ok ? gm[t * tm.ss] : 0.0f;
+            const float n = ok ? gn[t * tn.ss] : 0.0f;
+            sQh[u] = ch[e];
+            sQl[u] = cl[e];
+            sMt[u] = m;
+            sInv[u] = ok ? 1.0f / (fabsf(n) + args.eps) : 0.0f;
+            sSig[u] = (ok && exact) ? ((n < 0.0f) ? -1.0f : (n > expf(-m) ? 1.0f : 0.0f)) : 0.0f;
+        }
+    }
+    __syncthreads();
+    float rqh[4], rql[4], rm[4], inv[4], qdq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        rqh[i] = sQh[ty * 4 + i];
+        rql[i] = sQl[ty * 4 + i];
+        rm[i] = sMt[ty * 4 + i];
+        inv[i] = sInv[ty * 4 + i];
+    }
+
+    const int ndc = (DQK + TB - 1) / TB;
+    for (int dc = 0; dc < ndc; ++dc) {
+        float acc[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+        float offh = 0.0f, offl = 0.0f;
+        for (int64_t kt = qt; kt >= 0; --kt) {
+            const int64_t ks = kt * TB;
+            if (warp == 0) {
+                CGate64 gt;
+                gt.load(gf, tf.ss, gi, ti.ss, ks, S);
+                float ch[2], cl[2], th, tl;
+                gt.scan(ch, cl, th, tl, ks, S);
+                if (ks < qs) cadd(offh, offl, th, tl);
+                float oh = offh, ol = offl;
+                cnorm(oh, ol);
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+                    cgate_key(ch[e], cl[e], gt.i[e], oh, ol, sGh[lane * 2 + e], sGl[lane * 2 + e]);
+            }
+            float dp[4][4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) dp[i][j] = 0.0f;
+            if (exact)
+                tile_dot_dp<true, T>(dp, sA, sB, sW, gdh, tdh.ss, gv, tv.ss, gh, th.ss, sSig, qs, ks, S, DV, ty, tx);
+            else
+                tile_dot<T>(dp, sA, sB, gdh, tdh.ss, qs, gv, tv.ss, ks, S, DV, ty, tx);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int64_t t = qs + ty * 4 + i;
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    const int64_t j = ks + tx * 4 + c;
+                    const float d =
+                        (j <= t && t < S)
+                            ? fast_exp2(__fmul_rn(
+                                  __fsub_rn(cgate_logd(rqh[i], rql[i], sGh[tx * 4 + c], sGl[tx * 4 + c]), rm[i]),
+                                  MLSTM_LOG2E))
+                            : 0.0f;
+                    dp[i][c] = dp[i][c] * inv[i] * d; /* delta already inside dp (exact) or 0 */
+                }
+            }
+            store_t(sM, dp, ty, tx); /* sM[j][t] */
+            load_chunk_n<T>(sX, gk, tk.ss, ks, S, dc * TB, DQK);
+            __syncthreads();
+            mm_acc<TB>(acc, sM, sX, ty, tx);
+            __syncthreads();
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int64_t t = qs + ty * 4 + i;
+            if (t < S) {
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    const int col = dc * TB + tx * 4 + c;
+                    if (col < DQK) {
+                        const float x = acc[i][c] * scale;
+                        gdq[t * tdq.ss + col] = from_f32<T>(x);
+                        qdq[i] += to_f32(gq[t * tq.ss + col]) * x;
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float v = red16_sum(qdq[i]);
+        const int64_t t = qs + ty * 4 + i;
+        if (t < S && tx == 0) gdf[t * tdf.ss] = v;
+    }
+}
+
+} // namespace simt
+} // namespace mlstm

@@ -1,0 +1,111 @@
+/* libmlstm CUDA kernels: every tile choice of the tensor-core path, one place, with the reasons.
+ * Limits that shaped them: sm_80 allows 163 KB of shared memory per CTA (sm_90: 227 KB), and a thread
+ * holds at most 255 registers, so accumulators of (rows x D) per warp must stay near 128 floats per thread. */
+#pragma once
+
+namespace mlstm {
+
+/* FWD: (MT, NW, BN): 16*MT query rows per warp, NW warps, BN keys per tile.
+ * DKDV: (NW, BMQ, DOUT): 16 keys per warp, NW warps, BMQ queries per tile, DOUT output columns per CTA.
+ * DQ: (NW, BN): 16 query rows per warp, NW warps, BN keys per tile.
+ * Each choice can be overridden at build time for tuning runs, packed into one integer (nvcc splits -D
+ * values at commas): FWD = MT*10000 + NW*100 + BN, DKDV = NW*100000 + BMQ*1000 + DOUT, DQ = NW*1000 + BN,
+ * e.g. -DMLSTM_TC128_FWD=10864 for (1, 8, 64). */
+template <int MT_, int NW_, int BN_> struct FwdTile { static constexpr int MT = MT_, NW = NW_, BN = BN_; };
+template <int NW_, int BMQ_, int DOUT_> struct DkdvTile { static constexpr int NW = NW_, BMQ = BMQ_, DOUT = DOUT_; };
+template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = BN_; };
+
+/* D = 64: small accumulators, so each warp takes 32 query rows (MT = 2) and shares every K/V fragment
+ * between two m16 tiles (halves shared-memory traffic per MMA). 48 KB smem: several CTAs per SM. */
+#ifndef MLSTM_TC64_FWD
+#define MLSTM_TC64_FWD 20464
+#endif
+#ifndef MLSTM_TC64_DKDV
+#define MLSTM_TC64_DKDV 864064
+#endif
+#ifndef MLSTM_TC64_DQ
+#define MLSTM_TC64_DQ 4064
+#endif
+
+/* D = 128: 4 warps of 32 query rows (O accumulator 128 floats per thread); key tiles of 32 keep S at
+ * 32 floats (with 64 keys ptxas spilled ~400 bytes). Backward: 8 warps x 16 keys, query tiles of 32
+ * (dK, dV accumulators 64 + 64 floats; query tiles of 64 spilled 120 bytes). */
+#ifndef MLSTM_TC128_FWD
+#define MLSTM_TC128_FWD 20432
+#endif
+#ifndef MLSTM_TC128_DKDV
+#define MLSTM_TC128_DKDV 832128
+#endif
+#ifndef MLSTM_TC128_DQ
+#define MLSTM_TC128_DQ 4064
+#endif
+
+/* D = 256: O accumulator alone is 128 floats for 16 rows, so one m16 tile per warp and 8 warps; key tiles
+ * of 32 keep smem at 128 KB (fits sm_80). Backward dK/dV would need 256 accumulator floats per thread:
+ * split into two CTAs of 128 output columns each (S^T and dP^T recomputed; di from sum_t P S). */
+#ifndef MLSTM_TC256_FWD
+#define MLSTM_TC256_FWD 10832
+#endif
+#ifndef MLSTM_TC256_DKDV
+#define MLSTM_TC256_DKDV 432128
+#endif
+#ifndef MLSTM_TC256_DQ
+#define MLSTM_TC256_DQ 4032
+#endif
+
+/* Small-grid variants (query / key tiles of 64 rows: twice the CTAs of the defaults for D = 64/128), chosen
+ * at run time when the default grid has fewer than MLSTM_SMALL_CTAS_PER_SM CTAs per SM (dispatch.cu; env
+ * MLSTM_CUDA_SMALL_TILES=0/1 forces never/always). NOTES.md history 2: fwd (1,4,64) was ~25% faster at S=2048.
+ * D = 256 dK/dV already uses 64-key CTAs (x2 column split): its small variant is the default itself. */
+#ifndef MLSTM_SMALL_CTAS_PER_SM
+#define MLSTM_SMALL_CTAS_PER_SM 2
+#endif
+#ifndef MLSTM_TC64_FWD_S
+#define MLSTM_TC64_FWD_S 10464
+#endif
+#ifndef MLSTM_TC64_DKDV_S
+#define MLSTM_TC64_DKDV_S 464064
+#endif
+#ifndef MLSTM_TC128_FWD_S
+#define MLSTM_TC128_FWD_S 10464
+#endif
+#ifndef MLSTM_TC128_DKDV_S
+#define MLSTM_TC128_DKDV_S 432128
+#endif
+#ifndef MLSTM_TC256_FWD_S
+#define MLSTM_TC256_FWD_S 10432
+#endif
+#ifndef MLSTM_TC256_DKDV_S
+#define MLSTM_TC256_DKDV_S MLSTM_TC256_DKDV
+#endif
+
+#define MLSTM_FWD_TILE(X) FwdTile<(X) / 10000, (X) / 100 % 100, (X) % 100>
+#define MLSTM_DKDV_TILE(X) DkdvTile<(X) / 100000, (X) / 1000 % 100, (X) % 1000>
+
+template <int D> struct TileCfg;
+template <> struct TileCfg<64> {
+    using Fwd = FwdTile<MLSTM_TC64_FWD / 10000, MLSTM_TC64_FWD / 100 % 100, MLSTM_TC64_FWD % 100>;
+    using Dkdv = DkdvTile<MLSTM_TC64_DKDV / 100000, MLSTM_TC64_DKDV / 1000 % 100, MLSTM_TC64_DKDV % 1000>;
+    using Dq = DqTile<MLSTM_TC64_DQ / 1000, MLSTM_TC64_DQ % 1000>;
+    using FwdS = MLSTM_FWD_TILE(MLSTM_TC64_FWD_S);
+    using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV_S);
+    static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
+};
+template <> struct TileCfg<128> {
+    using Fwd = FwdTile<MLSTM_TC128_FWD / 10000, MLSTM_TC128_FWD / 100 % 100, MLSTM_TC128_FWD % 100>;
+    using Dkdv = DkdvTile<MLSTM_TC128_DKDV / 100000, MLSTM_TC128_DKDV / 1000 % 100, MLSTM_TC128_DKDV % 1000>;
+    using Dq = DqTile<MLSTM_TC128_DQ / 1000, MLSTM_TC128_DQ % 1000>;
+    using FwdS = MLSTM_FWD_TILE(MLSTM_TC128_FWD_S);
+    using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV_S);
+    static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
+};
+template <> struct TileCfg<256> {
+    using Fwd = FwdTile<MLSTM_TC256_FWD / 10000, MLSTM_TC256_FWD / 100 % 100, MLSTM_TC256_FWD % 100>;
+    using Dkdv = DkdvTile<MLSTM_TC256_DKDV / 100000, MLSTM_TC256_DKDV / 1000 % 100, MLSTM_TC256_DKDV % 1000>;
+    using Dq = DqTile<MLSTM_TC256_DQ / 1000, MLSTM_TC256_DQ % 1000>;
+    using FwdS = MLSTM_FWD_TILE(MLSTM_TC256_FWD_S);
+    using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV_S);
+    static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct small dK/dV */
+};
+
+} // namespace mlstm
