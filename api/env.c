@@ -1,8 +1,10 @@
 /* The only file of libmlstm that reads the environment: MLSTM_BACKEND, MLSTM_DEVICE,
- * MLSTM_OPENCL_PLATFORM. Values are read at context creation, never cached. */
+ * MLSTM_OPENCL_PLATFORM and the tuning switch MLSTM_CUDA_SMALL_TILES. Values are read at context creation,
+ * never cached. */
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include "internal.h"
 
 const char *mlstm_env_string(const char *name)
@@ -26,4 +28,18 @@ int mlstm_env_index(const char *name, int *value)
         return MLSTM_ERR_INVALID_ARGUMENT;
     *value = (int)x;
     return MLSTM_OK;
+}
+
+int mlstm_env_tristate(const char *name)
+{
+    const char *v = mlstm_env_string(name);
+    if (v == NULL)
+        return -2;
+    if (!strcmp(v, "0"))
+        return 0;
+    if (!strcmp(v, "1"))
+        return 1;
+    if (!strcmp(v, "auto"))
+        return -1;
+    return -2;
 }

@@ -58,6 +58,9 @@ const char *mlstm_env_string(const char *name);
 /* Parses a non-negative integer variable: MLSTM_OK (value or -1 if unset) or INVALID_ARGUMENT. */
 int mlstm_env_index(const char *name, int *value);
 
+/* A tuning switch: "0" -> 0, "1" -> 1, "auto" -> -1; unset or anything else -> -2 (the build's default). */
+int mlstm_env_tristate(const char *name);
+
 /* registry.c */
 int mlstm_registry_count(void);
 const mlstm_backend_ops *mlstm_registry_at(int index);

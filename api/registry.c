@@ -111,7 +111,7 @@ int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
     const char *name = o.backend ? o.backend : mlstm_env_string("MLSTM_BACKEND");
     if (name == NULL)
         name = "auto";
-    mlstm_backend_config cfg = {o.device, o.opencl_platform};
+    mlstm_backend_config cfg = {o.device, o.opencl_platform, mlstm_env_tristate("MLSTM_CUDA_SMALL_TILES")};
     if (cfg.device < -1 || cfg.opencl_platform < -1) {
         mlstm_set_global_error("mlstm_context_create: device (%d) and opencl_platform (%d) must be >= 0 or -1",
                                cfg.device, cfg.opencl_platform);

@@ -279,14 +279,16 @@ int mlstm_prepare_call(mlstm_context *ctx, const char *fn, const mlstm_desc *des
         p->t[t].offset = (uint64_t)b->offset;
     }
     /* An output must not share memory with any other tensor of the call. Ranges are compared in bytes
-     * within one allocation (conservative: the whole extent, gaps included). */
+     * within one allocation (conservative: the whole extent, gaps included). Two allocations with the same
+     * backend handle are the same memory (one cl_mem or device pointer wrapped twice): both start at it. */
     for (int o = 0; o < MLSTM_TENSOR_COUNT; o++) {
         if (!mlstm_tensor_used(o, backward) || !mlstm_tensor_is_output(o, backward))
             continue;
         size_t eo = mlstm_dtype_size(mlstm_tensor_dtype(desc, o));
         uint64_t o_lo = (uint64_t)bufs[o]->offset * eo, o_hi = o_lo + extent[o] * eo;
         for (int t = 0; t < MLSTM_TENSOR_COUNT; t++) {
-            if (t == o || !mlstm_tensor_used(t, backward) || bufs[t]->alloc != bufs[o]->alloc)
+            if (t == o || !mlstm_tensor_used(t, backward) ||
+                (bufs[t]->alloc != bufs[o]->alloc && bufs[t]->alloc->mem != bufs[o]->alloc->mem))
                 continue;
             size_t et = mlstm_dtype_size(mlstm_tensor_dtype(desc, t));
             uint64_t t_lo = (uint64_t)bufs[t]->offset * et, t_hi = t_lo + extent[t] * et;

@@ -61,7 +61,7 @@ int dim_index(int64_t d) { return d == 64 ? 0 : d == 128 ? 1 : d == 256 ? 2 : -1
 /* same for the small-grid variants (a refused one falls back to the default tiles) */
 bool g_tc_small_ok[2][2][3];
 /* small-grid policy: -1 auto (default grid below MLSTM_SMALL_CTAS_PER_SM CTAs per SM), 0 never, 1 always
- * (env MLSTM_CUDA_SMALL_TILES=0/1, read at setup; for tuning and A/B runs), and the SM count it compares to */
+ * (env MLSTM_CUDA_SMALL_TILES=0/1/auto, read at setup; unset: MLSTM_SMALL_TILES_DEFAULT), and the SM count */
 int g_small_mode = -1;
 int g_sms = 132;
 
@@ -200,7 +200,7 @@ template <typename T> static void tc_setup_all(int t, bool sm90)
     g_tc_small_ok[1][t][2] = false; /* D=256: the default dK/dV tiles are already the small ones */
 }
 
-extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail)
+extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles)
 {
     static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && !TileCfg<256>::BWD_SMALL,
                   "small dK/dV instances (gen_instances.py BWD_SMALL_DIMS) out of step with tile_config.h");
@@ -213,8 +213,7 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail)
         (void)cudaGetLastError();
         major = 0;
     }
-    const char *e = getenv("MLSTM_CUDA_SMALL_TILES");
-    g_small_mode = (e && e[0] == '0') ? 0 : (e && e[0] == '1') ? 1 : -1;
+    g_small_mode = small_tiles >= -1 ? small_tiles : MLSTM_SMALL_TILES_DEFAULT;
     tc_setup_all<__half>(0, major >= 9);
     tc_setup_all<__nv_bfloat16>(1, major >= 9);
     /* the SIMT path (63 KB) is the fallback for everything: its setup must succeed */

@@ -19,8 +19,9 @@ typedef struct mlstm_cuda_fail {
 } mlstm_cuda_fail;
 
 /* Raises the dynamic shared-memory limit of every kernel on the current device. Call once per device
- * (at context init) before the first launch. */
-int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail);
+ * (at context init) before the first launch. small_tiles: the small-grid dispatch, -1 auto, 0 off, 1 on,
+ * -2 the build default (MLSTM_SMALL_TILES_DEFAULT). */
+int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles);
 /* Enqueues the forward / backward of p on stream (a cudaStream_t). Asynchronous; no allocation. */
 int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);
 int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);

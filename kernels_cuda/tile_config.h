@@ -55,8 +55,14 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 
 /* Small-grid variants (query / key tiles of 64 rows: twice the CTAs of the defaults for D = 64/128), chosen
  * at run time when the default grid has fewer than MLSTM_SMALL_CTAS_PER_SM CTAs per SM (dispatch.cu; env
- * MLSTM_CUDA_SMALL_TILES=0/1 forces never/always). NOTES.md history 2: fwd (1,4,64) was ~25% faster at S=2048.
+ * MLSTM_CUDA_SMALL_TILES=0/1/auto: never/always/by grid size; unset: MLSTM_SMALL_TILES_DEFAULT).
+ * NOTES.md history 2: fwd (1,4,64) was ~25% faster at S=2048.
  * D = 256 dK/dV already uses 64-key CTAs (x2 column split): its small variant is the default itself. */
+/* Default policy when the env variable is unset: -1 auto, 0 never. 0 until the small-grid instances have
+ * passed the conformance suite on a GPU (NOTES.md history 4): set MLSTM_CUDA_SMALL_TILES=auto (or 1) to try. */
+#ifndef MLSTM_SMALL_TILES_DEFAULT
+#define MLSTM_SMALL_TILES_DEFAULT 0
+#endif
 #ifndef MLSTM_SMALL_CTAS_PER_SM
 #define MLSTM_SMALL_CTAS_PER_SM 2
 #endif
