@@ -1,6 +1,6 @@
 #!/bin/bash
-# libmlstm CUDA backend: one-call build + check + benchmark script for the lent GPU machine (see
-# /work/.library/device). Builds the project (CUDA only, sm_90), runs the float64 accuracy checks and the
+# libmlstm CUDA backend: one-call build + check + benchmark script for a machine with an NVIDIA GPU.
+# Builds the project (CUDA only, sm_90), runs the float64 accuracy checks and the
 # SDPA comparison (bench/compare_torch.py), the conformance suite, compute-sanitizer on a few cases, and
 # optional tile-config variants (VARIANTS="name:-DFLAG=.. -DFLAG=..;name2:..").
 # Usage (repo root, on the GPU machine): bash bench/gpu_check.sh [steps]   steps: build,check,bench,ctest,sanitize,variants,ab
@@ -9,7 +9,6 @@ set -o pipefail
 STEPS=${1:-build,check,bench,ctest,sanitize}
 OUT=${OUT:-/tmp/mlstm_out}
 mkdir -p "$OUT"
-[ -f .gpu-deps/gpu-env.sh ] && . .gpu-deps/gpu-env.sh
 export PATH=/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1
 BUILD=build-gpu
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
