@@ -111,7 +111,16 @@ int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
     const char *name = o.backend ? o.backend : mlstm_env_string("MLSTM_BACKEND");
     if (name == NULL)
         name = "auto";
-    mlstm_backend_config cfg = {o.device, o.opencl_platform, mlstm_env_tristate("MLSTM_CUDA_SMALL_TILES")};
+    mlstm_backend_config cfg = {o.device, o.opencl_platform, mlstm_env_tristate("MLSTM_CUDA_SMALL_TILES"), ""};
+    const char *kdir = mlstm_env_string("MLSTM_OPENCL_KERNEL_DIR");
+    if (kdir != NULL) {
+        if (strlen(kdir) >= sizeof cfg.opencl_kernel_dir) {
+            mlstm_set_global_error("MLSTM_OPENCL_KERNEL_DIR is longer than %zu characters",
+                                   sizeof cfg.opencl_kernel_dir - 1);
+            return MLSTM_ERR_INVALID_ARGUMENT;
+        }
+        snprintf(cfg.opencl_kernel_dir, sizeof cfg.opencl_kernel_dir, "%s", kdir);
+    }
     if (cfg.device < -1 || cfg.opencl_platform < -1) {
         mlstm_set_global_error("mlstm_context_create: device (%d) and opencl_platform (%d) must be >= 0 or -1",
                                cfg.device, cfg.opencl_platform);

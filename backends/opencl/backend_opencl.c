@@ -192,6 +192,7 @@ static int cl_init(const mlstm_backend_config *cfg, void **impl, char *msg, size
     }
     cx->platform = platform;
     cx->device = device;
+    snprintf(cx->kernel_dir, sizeof cx->kernel_dir, "%s", cfg->opencl_kernel_dir);
     cx->error = ebuf;
     cx->error[0] = '\0';
     cx->error_cap = 1024;

@@ -52,6 +52,7 @@ typedef struct mlstm_cl_ctx {
     cl_uint address_bits;     /* CL_DEVICE_ADDRESS_BITS */
     int generic_dims;         /* 1 on CPU devices: programs serve every head dimension (see cl_program.c) */
     char device_name[256];
+    char kernel_dir[1024];    /* "" = embedded sources; else .cl files are read from here (development) */
     char *error;              /* last failure detail (grows for build logs); never NULL after init */
     size_t error_cap;
     mlstm_cl_program *programs;
@@ -70,6 +71,8 @@ int mlstm_cl_status(cl_int err);
 
 /* Embedded kernel source by file name ("common", "fwd", "bwd"): the one place that maps names to text. */
 const char *mlstm_cl_source(const char *name, size_t *len);
+/* The source build() uses: the embedded text, or <kernel_dir>/<name>.cl read into *owned (free it). */
+int mlstm_cl_load_source(mlstm_cl_ctx *cx, const char *name, const char **text, size_t *len, char **owned);
 /* The built program for one direction and problem (cached; builds on first use). */
 int mlstm_cl_get_program(mlstm_cl_ctx *cx, int direction, const mlstm_params *p, const mlstm_cl_program **out);
 void mlstm_cl_release_programs(mlstm_cl_ctx *cx);

@@ -26,6 +26,36 @@ const char *mlstm_cl_source(const char *name, size_t *len)
     return NULL;
 }
 
+int mlstm_cl_load_source(mlstm_cl_ctx *cx, const char *name, const char **text, size_t *len, char **owned)
+{
+    *owned = NULL;
+    if (!cx->kernel_dir[0]) {
+        *text = mlstm_cl_source(name, len);
+        return *text ? MLSTM_OK
+                     : mlstm_cl_fail(cx, MLSTM_ERR_INTERNAL, "OpenCL kernel source '%s' missing from the library", name);
+    }
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s.cl", cx->kernel_dir, name);
+    FILE *fp = fopen(path, "rb");
+    long size = -1;
+    if (fp && fseek(fp, 0, SEEK_END) == 0)
+        size = ftell(fp);
+    char *buf = (fp && size >= 0 && fseek(fp, 0, SEEK_SET) == 0) ? malloc((size_t)size + 1) : NULL;
+    size_t got = buf ? fread(buf, 1, (size_t)size, fp) : 0;
+    if (fp)
+        fclose(fp);
+    if (!buf || got != (size_t)size) {
+        free(buf);
+        return mlstm_cl_fail(cx, MLSTM_ERR_KERNEL_BUILD, "cannot read OpenCL kernel source %s "
+                             "(MLSTM_OPENCL_KERNEL_DIR)", path);
+    }
+    buf[got] = '\0';
+    *text = buf;
+    *len = got;
+    *owned = buf;
+    return MLSTM_OK;
+}
+
 static const char *const kernel_names[2][MLSTM_CL_MAX_KERNELS] = {
     {"mlstm_fwd_kernel", NULL, NULL, NULL},
     {"mlstm_bwd_prep_kernel", "mlstm_bwd_dkdv_kernel", "mlstm_bwd_dq_kernel", "mlstm_bwd_gates_kernel"},
@@ -105,13 +135,20 @@ void mlstm_cl_release_programs(mlstm_cl_ctx *cx)
  * these tiles (the caller tries the next candidate), or an error. */
 static int build(mlstm_cl_ctx *cx, int direction, mlstm_cl_program *pr)
 {
-    size_t lens[2];
-    const char *srcs[2] = {mlstm_cl_source("common", &lens[0]),
-                           mlstm_cl_source(direction == MLSTM_CL_FWD ? "fwd" : "bwd", &lens[1])};
-    if (!srcs[0] || !srcs[1])
-        return mlstm_cl_fail(cx, MLSTM_ERR_INTERNAL, "OpenCL kernel source missing from the library");
+    size_t lens[2] = {0, 0};
+    const char *srcs[2] = {NULL, NULL};
+    char *owned[2] = {NULL, NULL};
+    int st = mlstm_cl_load_source(cx, "common", &srcs[0], &lens[0], &owned[0]);
+    if (st == MLSTM_OK)
+        st = mlstm_cl_load_source(cx, direction == MLSTM_CL_FWD ? "fwd" : "bwd", &srcs[1], &lens[1], &owned[1]);
+    if (st != MLSTM_OK) {
+        free(owned[0]);
+        return st;
+    }
     cl_int err;
     pr->program = clCreateProgramWithSource(cx->context, 2, srcs, lens, &err);
+    free(owned[0]);
+    free(owned[1]);
     if (err != CL_SUCCESS)
         return mlstm_cl_fail(cx, mlstm_cl_status(err), "clCreateProgramWithSource failed: %s (%d)",
                              mlstm_cl_error_name(err), err);
@@ -125,7 +162,7 @@ static int build(mlstm_cl_ctx *cx, int direction, mlstm_cl_program *pr)
                 log_len = 0;
             log[log_len] = '\0';
         }
-        int st = mlstm_cl_fail(cx, MLSTM_ERR_KERNEL_BUILD, "clBuildProgram(%s) failed: %s (%d); options: %s\n%s",
+        st = mlstm_cl_fail(cx, MLSTM_ERR_KERNEL_BUILD, "clBuildProgram(%s) failed: %s (%d); options: %s\n%s",
                                direction == MLSTM_CL_FWD ? "fwd" : "bwd", mlstm_cl_error_name(err), err,
                                pr->options, log ? log : "(no build log)");
         free(log);

@@ -1,8 +1,7 @@
-/* Large-input test (GPU only, never in CI): every big tensor holds more than 2^31 elements (B*NH*S*D = 2^31 +
- * 16384; S = 64, D = 64), so any 32-bit element index or offset in the API, the backend or a kernel breaks it.
- * Forward and backward run on device buffers; a few (b, h) rows, including those on both sides of element 2^31
- * and the last one, are read back and checked against a float64 reference computed for just those rows.
- * Runs only with MLSTM_TEST_LARGE=1 (else exit 77); needs about 66 GiB of device memory in f32 (33 in bf16). */
+/* Large-input test (GPUs, never CI; exit 77 unless MLSTM_TEST_LARGE=1): every big tensor holds 2^31 + 16384
+ * elements (S = D = 64), so a 32-bit index or offset anywhere breaks it. Forward and backward on device buffers;
+ * rows at the start, on both sides of element 2^31 and at the end are checked against a float64 reference of
+ * just those rows. Needs ~66 GiB of device memory in f32 (falls back to bf16, ~33 GiB). */
 #define _DEFAULT_SOURCE /* mmap flags, mkdtemp, setenv, pthread barriers, clock_gettime under -std=c11 */
 #include <math.h>
 #include <stdint.h>
