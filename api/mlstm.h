@@ -85,8 +85,11 @@ typedef enum mlstm_tensor {
 
 /* Element strides of the (batch, head, seq) dimensions of one tensor. The last dimension (DQK for q, k,
  * dq, dk; DV for v, h, dh, dv; 1 for i, f, m, n, di, df) is always contiguous. All three 0 means
- * contiguous (B, NH, S, D). Strides must be >= 0; an output's layout must not map two elements to
- * one address. Example: a PyTorch (B, S, NH, D) tensor has {S*NH*D, D, NH*D}. */
+ * contiguous (B, NH, S, D). Strides must be >= 0 (else MLSTM_ERR_BAD_LAYOUT). Inputs may alias themselves
+ * (a stride of 0 broadcasts). An output's dimensions must nest: ordered by stride, each stride must be at
+ * least the extent of the dimensions inside it (padding allowed, interleaving not), else
+ * MLSTM_ERR_BAD_LAYOUT; an output must also not overlap any other tensor of the call (same error).
+ * Example: a PyTorch (B, S, NH, D) tensor has {S*NH*D, D, NH*D}. */
 typedef struct mlstm_layout {
     int64_t batch, head, seq;
 } mlstm_layout;
@@ -111,7 +114,11 @@ typedef struct mlstm_desc {
  * contiguous layouts. */
 MLSTM_API void mlstm_desc_init(mlstm_desc *desc);
 
-/* ---- Contexts ---- */
+/* ---- Contexts ----
+ * Thread safety: contexts are independent (own queue or stream, program cache, last-error text) and may be
+ * created, used and destroyed in different threads at the same time. One context, and its buffers, must not
+ * be used from two threads at once without the caller's own locking: use one context per thread.
+ * mlstm_last_error_global() is per thread. */
 typedef struct mlstm_context mlstm_context;
 typedef struct mlstm_buffer mlstm_buffer;
 

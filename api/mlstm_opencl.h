@@ -11,8 +11,8 @@ extern "C" {
 
 struct _cl_mem; /* cl_mem is `struct _cl_mem *` */
 
-/* Wraps mem, which must belong to the OpenCL context of ctx's device (mlstm_context_opencl_handles) and
- * hold at least count elements of dtype. libmlstm never releases mem; the caller keeps it alive until the
+/* Wraps mem, which must belong to the OpenCL context libmlstm created for ctx's device and hold at least
+ * count elements of dtype. libmlstm never releases mem; the caller keeps it alive until the
  * buffer is destroyed. MLSTM_ERR_BACKEND_UNAVAILABLE when ctx is not an OpenCL context. */
 MLSTM_API int mlstm_buffer_wrap_opencl(mlstm_context *ctx, struct _cl_mem *mem, int dtype, size_t count,
                                        mlstm_buffer **out);
