@@ -1,6 +1,8 @@
 /* libmlstm CUDA kernels: the two light backward passes around the fused kernels.
  *   mlstm_bwd_prep_kernel:  delta_t = sigma_t * (dh_t . h_t) into df (0 in normalizer-detached mode).
- *   mlstm_bwd_gates_kernel: dF = df - di (df holding q.dq), compensated reverse cumsum da, df = da*sigmoid(-f). */
+ *   mlstm_bwd_gates_kernel: dF = df - di (df holding q.dq), compensated reverse cumsum da, df = da*sigmoid(-f).
+ *   mlstm_bwd_gates_tiled_kernel (SIMT f32): df holding tile-local suffix sums of dF, adds the later tiles'
+ *                           totals (compensated), df = da*sigmoid(-f). */
 #pragma once
 
 #include "common.cuh"
@@ -73,6 +75,73 @@ __global__ void __launch_bounds__(GATES_NT) mlstm_bwd_gates_kernel(const __grid_
             }
         }
         comp_add(carry, tot);
+    }
+}
+
+constexpr int GATES_TILE = 64; /* == simt::TB (checked in launch_impl.cuh) */
+constexpr int GATES_TNT = 256; /* threads; also the tiles per chunk */
+
+/* One CTA per (b, h), for the SIMT f32 backward: the dQ kernel left in df, per 64-row tile, the suffix sums
+ * dF_u + ... + dF_(end of tile) of dF_t = sum_j M_tj - di_t, so df at a tile's first row is the tile's total.
+ * da_u = df_u + (totals of all later tiles), the latter a compensated (hi, lo) suffix scan: chunks of
+ * GATES_TNT tiles walked from the end, warp 0 scanning a chunk (8 tiles a lane, then across lanes), a
+ * compensated carry across chunks. Then df_u := da_u * sigmoid(-f_u), in place. */
+__global__ void __launch_bounds__(GATES_TNT) mlstm_bwd_gates_tiled_kernel(const __grid_constant__ KArgs args)
+{
+    __shared__ float sT[GATES_TNT], sLh[GATES_TNT], sLl[GATES_TNT];
+    constexpr int PER = GATES_TNT / 32;
+    const int64_t bh = blockIdx.x;
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t S = args.S;
+    const TArg &tdf = args.t[MLSTM_TENSOR_DF], &tf = args.t[MLSTM_TENSOR_F];
+    float *gdf = bh_ptr<float>(tdf, b, hh);
+    const float *gf = bh_ptr<float>(tf, b, hh);
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int64_t ntiles = (S + GATES_TILE - 1) / GATES_TILE;
+    float ch = 0.0f, cl = 0.0f; /* carry: totals of the tiles after the current chunk (warp 0) */
+    for (int64_t c = (ntiles - 1) / GATES_TNT; c >= 0; --c) {
+        const int64_t w = c * GATES_TNT + tid;
+        sT[tid] = (w < ntiles) ? gdf[w * GATES_TILE * tdf.ss] : 0.0f;
+        __syncthreads();
+        if (tid < 32) {
+            float eh[PER], el[PER], h = 0.0f, l = 0.0f;
+#pragma unroll
+            for (int e = PER - 1; e >= 0; --e) { /* exclusive suffix within the lane */
+                eh[e] = h;
+                el[e] = l;
+                cadd(h, l, sT[lane * PER + e], 0.0f);
+            }
+            float ih = h, il = l; /* inclusive suffix across lanes */
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const float yh = __shfl_down_sync(0xffffffffu, ih, o), yl = __shfl_down_sync(0xffffffffu, il, o);
+                if (lane + o < 32) cadd(ih, il, yh, yl);
+            }
+            float xh = __shfl_down_sync(0xffffffffu, ih, 1), xl = __shfl_down_sync(0xffffffffu, il, 1);
+            const float toth = __shfl_sync(0xffffffffu, ih, 0), totl = __shfl_sync(0xffffffffu, il, 0);
+            if (lane == 31) xh = xl = 0.0f;
+            cadd(xh, xl, ch, cl);
+#pragma unroll
+            for (int e = 0; e < PER; ++e) {
+                float lh = xh, ll = xl;
+                cadd(lh, ll, eh[e], el[e]);
+                cnorm(lh, ll);
+                sLh[lane * PER + e] = lh;
+                sLl[lane * PER + e] = ll;
+            }
+            cadd(ch, cl, toth, totl);
+        }
+        __syncthreads();
+        const int64_t u0 = c * GATES_TNT * GATES_TILE;
+        const int64_t u1 = (u0 + (int64_t)GATES_TNT * GATES_TILE < S) ? u0 + (int64_t)GATES_TNT * GATES_TILE : S;
+        for (int64_t u = u0 + tid; u < u1; u += GATES_TNT) {
+            const int x = (int)((u - u0) / GATES_TILE);
+            float e;
+            const float s = two_sum(sLh[x], gdf[u * tdf.ss], e);
+            const float da = __fadd_rn(s, __fadd_rn(e, sLl[x]));
+            gdf[u * tdf.ss] = da * sigmoid_neg(gf[u * tf.ss]);
+        }
+        __syncthreads();
     }
 }
 

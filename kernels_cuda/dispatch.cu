@@ -158,7 +158,7 @@ template <> int bwd_t<float>(const mlstm_params *, const KArgs &a, cudaStream_t 
 {
     MLSTM_RUN(run_bwd_prep<float>(a, st), "mlstm_bwd_prep_kernel launch");
     MLSTM_RUN(run_bwd_simt<float>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch");
-    MLSTM_RUN(run_bwd_gates(a, st), "mlstm_bwd_gates_kernel launch");
+    MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch"); /* df as simt f32 leaves it */
     return 0;
 }
 

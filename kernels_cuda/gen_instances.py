@@ -49,6 +49,11 @@ def main():
              "    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;\n"
              "    mlstm::mlstm_bwd_gates_kernel<<<(unsigned)n, mlstm::GATES_NT, 0, st>>>(a);\n"
              "    return cudaGetLastError();\n}\n")
+    body += ("\ncudaError_t mlstm::run_bwd_gates_tiled(const mlstm::KArgs &a, cudaStream_t st)\n{\n"
+             "    const int64_t n = a.B * a.NH;\n"
+             "    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;\n"
+             "    mlstm::mlstm_bwd_gates_tiled_kernel<<<(unsigned)n, mlstm::GATES_TNT, 0, st>>>(a);\n"
+             "    return cudaGetLastError();\n}\n")
     files.append(write("mlstm_bwd_aux.cu", "Backward prep (delta) and gate-gradient passes, all dtypes.", body,
                        pre="#define MLSTM_INST_AUX 1\n"))
     with open(os.path.join(OUT, "instances.cmake"), "w") as f:

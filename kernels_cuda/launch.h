@@ -27,5 +27,6 @@ template <typename T> cudaError_t setup_bwd_simt();
 /* light passes (inst/mlstm_bwd_aux.cu) */
 template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st);
 cudaError_t run_bwd_gates(const KArgs &a, cudaStream_t st);
+cudaError_t run_bwd_gates_tiled(const KArgs &a, cudaStream_t st); /* after run_bwd_simt<float> */
 
 } // namespace mlstm

@@ -124,6 +124,7 @@ template <typename T> cudaError_t run_bwd_simt(const KArgs &a, cudaStream_t st)
 
 #ifdef MLSTM_INST_AUX
 /* ---- light passes ---- */
+static_assert(GATES_TILE == simt::TB, "mlstm_bwd_gates_tiled_kernel walks the SIMT dQ kernel's tiles");
 template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 {
     const int64_t n = (a.B * a.NH * a.S + 7) / 8;

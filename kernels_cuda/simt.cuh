@@ -4,6 +4,7 @@
  * algorithm, gate handling and kernel names as the tensor-core path (tc::), which it backs up. */
 #pragma once
 
+#include <type_traits>
 #include "common.cuh"
 
 namespace mlstm {
@@ -163,6 +164,17 @@ __device__ __forceinline__ float red16_sum(float v)
     for (int o = 1; o < 16; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+/* compensated (h, l) sum over the 16 lanes of a row group */
+__device__ __forceinline__ void red16_csum(float &h, float &l)
+{
+#pragma unroll
+    for (int o = 1; o < 16; o <<= 1) {
+        const float yh = __shfl_xor_sync(0xffffffffu, h, o), yl = __shfl_xor_sync(0xffffffffu, l, o);
+        cadd(h, l, yh, yl);
+    }
+}
+/* M_tj = P_tj * (scale * S_tj): the dK/dV and dQ kernels evaluate it bitwise identically (f32 gate gradients) */
+__device__ __forceinline__ float m_elem(float p, float s, float scale) { return __fmul_rn(p, __fmul_rn(scale, s)); }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* Forward: CTA = (query tile, 64-column block of h, batch*head). */
@@ -342,6 +354,8 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
     const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
     const float *gdel = bh_ptr<float>(tdf, b, hh);
     const T *gh = bh_ptr<T>(th, b, hh);
+    /* f32: di_j = sum_t M_tj in compensated form, its rounding residual left in dq[j][0] for the dQ kernel */
+    constexpr bool CMP = std::is_same<T, float>::value;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int ty = tid >> 4, tx = tid & 15;
@@ -368,7 +382,7 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
         rki[i] = sKi[ty * 4 + i];
     }
 
-    float acc[4][4], di[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[4][4], di[4] = {0.0f, 0.0f, 0.0f, 0.0f}, dil[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -440,8 +454,13 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
                         : 0.0f;
                 const float inv = sInv[u];
                 if (is_dk) {
-                    const float p = dpt[i][c] * inv * dp; /* delta already inside dpt (exact) or 0 */
-                    if (ch == 0) di[i] += p * st[i][c] * scale;
+                    const float p = __fmul_rn(__fmul_rn(dpt[i][c], inv), dp); /* delta inside dpt (exact) or 0 */
+                    if (ch == 0) {
+                        if (CMP)
+                            cadd(di[i], dil[i], m_elem(p, st[i][c], scale), 0.0f);
+                        else
+                            di[i] += p * st[i][c] * scale;
+                    }
                     mv[i][c] = p;
                 } else {
                     mv[i][c] = st[i][c] * scale * dp * inv;
@@ -465,31 +484,49 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int64_t j = ks + ty * 4 + i;
-        const float dsum = red16_sum(di[i]);
+        float dsum, dres = 0.0f;
+        if (CMP) {
+            dsum = di[i];
+            dres = dil[i];
+            red16_csum(dsum, dres);
+            cnorm(dsum, dres);
+        } else {
+            dsum = red16_sum(di[i]);
+        }
         if (j < S) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const int col = col0 + tx * 4 + c;
                 if (col < ncols) gout[j * tout.ss + col] = from_f32<T>(acc[i][c] * fac);
             }
-            if (ch == 0 && tx == 0) gdi[j * tdi.ss] = dsum;
+            if (ch == 0 && tx == 0) {
+                gdi[j * tdi.ss] = dsum;
+                if (CMP) { /* read (then overwritten) by the dQ kernel of this row's tile, launched after */
+                    const TArg &tdq = args.t[MLSTM_TENSOR_DQ];
+                    bh_ptr<float>(tdq, b, hh)[j * tdq.ss] = dres;
+                }
+            }
         }
     }
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* dQ: CTA = (query tile, batch*head); loops over the 64-column blocks of dq, each walking key tiles
- * downwards. Reads delta_t from df first, writes df_t = q_t . dq_t last (no other CTA touches these rows). */
+ * downwards. Writes df last (no other CTA touches these rows): f32, the tile-local suffix sums of
+ * dF_t = sum_j M_tj - di_t (see mlstm_bwd_gates_tiled_kernel); other types, df_t = q_t . dq_t. */
 template <typename T>
 __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant__ KArgs args)
 {
     extern __shared__ __align__(16) float sm[];
     float *sA = sm + A_OFF, *sB = sm + B_OFF, *sM = sm + M_OFF, *sX = sm + X_OFF;
     float *sGh = sm + G_OFF, *sGl = sGh + TB, *sQh = sGl + TB, *sQl = sQh + TB, *sMt = sQl + TB;
-    float *sInv = sMt + TB, *sSig = sInv + TB;
+    float *sInv = sMt + TB, *sSig = sInv + TB, *sE = sSig + TB;
     float *sW = sm + W_OFF;
     const bool exact = args.grad_mode == MLSTM_GRAD_EXACT;
     const TArg &th = args.t[MLSTM_TENSOR_H];
+    /* f32: df gets the tile-local suffix sums of dF_t = sum_j M_tj - di_t (compensated, M bitwise the dK/dV
+     * kernel's, di's residual read from dq[t][0]); else df_t = q_t . dq_t (aux.cuh subtracts di) */
+    constexpr bool CMP = std::is_same<T, float>::value;
 
     const int64_t S = args.S, BH = args.B * args.NH;
     const int DQK = (int)args.DQK, DV = (int)args.DV;
@@ -534,8 +571,11 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
             sSig[u] = (ok && exact) ? ((n < 0.0f) ? -1.0f : (n > expf(-m) ? 1.0f : 0.0f)) : 0.0f;
         }
     }
+    if (CMP && tid < TB) /* di's rounding residual (dK/dV kernel), before this CTA overwrites dq */
+        sE[tid] = (qs + tid < S) ? to_f32(gdq[(qs + tid) * tdq.ss]) : 0.0f;
     __syncthreads();
     float rqh[4], rql[4], rm[4], inv[4], qdq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float msh[4] = {0.0f, 0.0f, 0.0f, 0.0f}, msl[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* sum_j M_tj (f32) */
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         rqh[i] = sQh[ty * 4 + i];
@@ -566,11 +606,14 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
                 for (int e = 0; e < 2; ++e)
                     cgate_key(ch[e], cl[e], gt.i[e], oh, ol, sGh[lane * 2 + e], sGl[lane * 2 + e]);
             }
-            float dp[4][4];
+            float dp[4][4], sq[4][4];
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) dp[i][j] = 0.0f;
+                for (int j = 0; j < 4; ++j) dp[i][j] = sq[i][j] = 0.0f;
+            const bool need_m = CMP && dc == 0;
+            if (need_m) /* S_tj, bitwise the dK/dV kernel's (same fmaf chain over d) */
+                tile_dot<T>(sq, sA, sB, gq, tq.ss, qs, gk, tk.ss, ks, S, DQK, ty, tx);
             if (exact)
                 tile_dot_dp<true, T>(dp, sA, sB, sW, gdh, tdh.ss, gv, tv.ss, gh, th.ss, sSig, qs, ks, S, DV, ty, tx);
             else
@@ -587,7 +630,8 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
                                   __fsub_rn(cgate_logd(rqh[i], rql[i], sGh[tx * 4 + c], sGl[tx * 4 + c]), rm[i]),
                                   MLSTM_LOG2E))
                             : 0.0f;
-                    dp[i][c] = dp[i][c] * inv[i] * d; /* delta already inside dp (exact) or 0 */
+                    dp[i][c] = __fmul_rn(__fmul_rn(dp[i][c], inv[i]), d); /* delta inside dp (exact) or 0 */
+                    if (need_m) cadd(msh[i], msl[i], m_elem(dp[i][c], sq[i][c], scale), 0.0f);
                 }
             }
             store_t(sM, dp, ty, tx); /* sM[j][t] */
@@ -606,17 +650,45 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
                     if (col < DQK) {
                         const float x = acc[i][c] * scale;
                         gdq[t * tdq.ss + col] = from_f32<T>(x);
-                        qdq[i] += to_f32(gq[t * tq.ss + col]) * x;
+                        if (!CMP) qdq[i] += to_f32(gq[t * tq.ss + col]) * x;
                     }
                 }
             }
         }
     }
+    if (CMP) {
+        /* dF_t as (hi, lo) pairs in sA (free now), then the tile-local suffix sums into df */
+        const TArg &tdi = args.t[MLSTM_TENSOR_DI];
+        const float *gdi = bh_ptr<float>(tdi, b, hh);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float v = red16_sum(qdq[i]);
-        const int64_t t = qs + ty * 4 + i;
-        if (t < S && tx == 0) gdf[t * tdf.ss] = v;
+        for (int i = 0; i < 4; ++i) {
+            const int u = ty * 4 + i;
+            float h = msh[i], l = msl[i];
+            red16_csum(h, l);
+            if (tx == 0) {
+                const bool ok = qs + u < S;
+                cadd(h, l, ok ? -gdi[(qs + u) * tdi.ss] : 0.0f, 0.0f);
+                cadd(h, l, -sE[u], 0.0f);
+                sA[u] = ok ? h : 0.0f;
+                sA[TB + u] = ok ? l : 0.0f;
+            }
+        }
+        __syncthreads();
+        if (tid == 0) {
+            const int nq = (int)(S - qs < TB ? S - qs : TB);
+            float rh = 0.0f, rl = 0.0f;
+            for (int u = nq - 1; u >= 0; --u) {
+                cadd(rh, rl, sA[u], sA[TB + u]);
+                gdf[(qs + u) * tdf.ss] = __fadd_rn(rh, rl);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float v = red16_sum(qdq[i]);
+            const int64_t t = qs + ty * 4 + i;
+            if (t < S && tx == 0) gdf[t * tdf.ss] = v;
+        }
     }
 }
 

@@ -13,3 +13,11 @@ cudaError_t mlstm::run_bwd_gates(const mlstm::KArgs &a, cudaStream_t st)
     mlstm::mlstm_bwd_gates_kernel<<<(unsigned)n, mlstm::GATES_NT, 0, st>>>(a);
     return cudaGetLastError();
 }
+
+cudaError_t mlstm::run_bwd_gates_tiled(const mlstm::KArgs &a, cudaStream_t st)
+{
+    const int64_t n = a.B * a.NH;
+    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
+    mlstm::mlstm_bwd_gates_tiled_kernel<<<(unsigned)n, mlstm::GATES_TNT, 0, st>>>(a);
+    return cudaGetLastError();
+}
