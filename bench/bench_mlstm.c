@@ -90,8 +90,7 @@ static int bench_shape(mlstm_context *ctx, const shape *sh, int dtype, int iters
     void *host[NB] = {0};
     double *dref[NB] = {0};
     for (int t = 0; t < NB && st == MLSTM_OK; t++) {
-        int dt = (t == MLSTM_TENSOR_I || t == MLSTM_TENSOR_F || t == MLSTM_TENSOR_M || t == MLSTM_TENSOR_N ||
-                  t == MLSTM_TENSOR_DI || t == MLSTM_TENSOR_DF) ? MLSTM_DTYPE_F32 : dtype;
+        int dt = tu_tensor_dtype(t, dtype);
         st = mlstm_buffer_create(ctx, dt, count[t], &b[t]);
         host[t] = malloc(count[t] * (dt == MLSTM_DTYPE_F32 ? 4 : es));
         if (check)
@@ -109,7 +108,7 @@ static int bench_shape(mlstm_context *ctx, const shape *sh, int dtype, int iters
                       MLSTM_TENSOR_DH};
     for (size_t x = 0; x < sizeof in / sizeof in[0]; x++) {
         int t = in[x];
-        int dt = (t == MLSTM_TENSOR_I || t == MLSTM_TENSOR_F) ? MLSTM_DTYPE_F32 : dtype;
+        int dt = tu_tensor_dtype(t, dtype);
         fill(&rng, host[t], dref[t], dt, count[t], t == MLSTM_TENSOR_F ? 3.0 : 0.0, 1.0);
         if ((st = mlstm_buffer_write(b[t], 0, count[t], host[t])) != MLSTM_OK)
             goto done;
@@ -167,8 +166,7 @@ static int bench_shape(mlstm_context *ctx, const shape *sh, int dtype, int iters
             int t = outs[x];
             if (fwd_only && t >= MLSTM_TENSOR_DQ)
                 continue;
-            int dt = (t == MLSTM_TENSOR_M || t == MLSTM_TENSOR_N || t == MLSTM_TENSOR_DI ||
-                      t == MLSTM_TENSOR_DF) ? MLSTM_DTYPE_F32 : dtype;
+            int dt = tu_tensor_dtype(t, dtype);
             if ((st = mlstm_buffer_read(b[t], 0, count[t], host[t])) != MLSTM_OK)
                 break;
             for (size_t e = 0; e < count[t]; e++)
@@ -177,8 +175,7 @@ static int bench_shape(mlstm_context *ctx, const shape *sh, int dtype, int iters
             if (!(err <= tolerance(dtype))) {
                 res->check_ok = 0;
                 fprintf(stderr, "CHECK FAILED: %s relative L2 error %.3g > %.1g\n",
-                        (const char *[]){"q", "k", "v", "i", "f", "h", "m", "n", "dh", "dq", "dk", "dv", "di",
-                                         "df"}[t], err, tolerance(dtype));
+                        tu_tensor_name(t), err, tolerance(dtype));
             }
             if (err > res->err_max || isnan(err))
                 res->err_max = err;

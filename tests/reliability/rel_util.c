@@ -11,16 +11,9 @@
 
 #include "test_util.h"
 
-static const char *const names[REL_NT] = {"q", "k", "v", "i", "f", "h", "m", "n",
-                                          "dh", "dq", "dk", "dv", "di", "df"};
+const char *rel_tensor_name(int t) { return tu_tensor_name(t); }
 
-const char *rel_tensor_name(int t) { return (t >= 0 && t < REL_NT) ? names[t] : "?"; }
-
-const char *rel_dtype_name(int dtype)
-{
-    return dtype == MLSTM_DTYPE_F32 ? "f32" : dtype == MLSTM_DTYPE_F16 ? "f16" : dtype == MLSTM_DTYPE_BF16 ? "bf16"
-                                                                                                          : "?";
-}
+const char *rel_dtype_name(int dtype) { return tu_dtype_name(dtype); }
 
 void rel_skip(const char *test, const char *fmt, ...)
 {
@@ -63,23 +56,8 @@ mlstm_context *rel_context_or_skip(const char *test)
     return ctx;
 }
 
-int rel_tensor_dtype(const mlstm_desc *d, int t)
-{
-    switch (t) {
-    case MLSTM_TENSOR_I: case MLSTM_TENSOR_F: case MLSTM_TENSOR_M: case MLSTM_TENSOR_N:
-    case MLSTM_TENSOR_DI: case MLSTM_TENSOR_DF: return MLSTM_DTYPE_F32;
-    default: return d->dtype;
-    }
-}
-
-int64_t rel_tensor_dim(const mlstm_desc *d, int t)
-{
-    switch (t) {
-    case MLSTM_TENSOR_Q: case MLSTM_TENSOR_K: case MLSTM_TENSOR_DQ: case MLSTM_TENSOR_DK: return d->dqk;
-    case MLSTM_TENSOR_V: case MLSTM_TENSOR_H: case MLSTM_TENSOR_DH: case MLSTM_TENSOR_DV: return d->dv;
-    default: return 1;
-    }
-}
+int rel_tensor_dtype(const mlstm_desc *d, int t) { return tu_tensor_dtype(t, d->dtype); }
+int64_t rel_tensor_dim(const mlstm_desc *d, int t) { return tu_tensor_dim(t, d->dqk, d->dv); }
 
 size_t rel_index(const mlstm_desc *d, int t, int64_t b, int64_t h, int64_t s, int64_t x)
 {

@@ -53,25 +53,8 @@ void mc_case_finish(mc_case *c)
 }
 
 /* ---- tensor geometry ---- */
-static int64_t tensor_dim(const mc_case *c, int t)
-{
-    switch (t) {
-    case MLSTM_TENSOR_Q: case MLSTM_TENSOR_K: case MLSTM_TENSOR_DQ: case MLSTM_TENSOR_DK: return c->DQK;
-    case MLSTM_TENSOR_V: case MLSTM_TENSOR_H: case MLSTM_TENSOR_DH: case MLSTM_TENSOR_DV: return c->DV;
-    default: return 1;
-    }
-}
-
-static int tensor_dtype(const mc_case *c, int t)
-{
-    switch (t) {
-    case MLSTM_TENSOR_I: case MLSTM_TENSOR_F: case MLSTM_TENSOR_M: case MLSTM_TENSOR_N:
-    case MLSTM_TENSOR_DI: case MLSTM_TENSOR_DF:
-        return MLSTM_DTYPE_F32;
-    default:
-        return c->dtype;
-    }
-}
+static int64_t tensor_dim(const mc_case *c, int t) { return tu_tensor_dim(t, c->DQK, c->DV); }
+static int tensor_dtype(const mc_case *c, int t) { return tu_tensor_dtype(t, c->dtype); }
 
 static int tensor_used(const mc_case *c, int t) { return c->bwd || t <= MLSTM_TENSOR_N; }
 

@@ -318,3 +318,30 @@ int tu_env_flag(const char *name)
     const char *v = getenv(name);
     return v && v[0] && strcmp(v, "0") != 0;
 }
+
+int tu_tensor_dtype(int t, int storage)
+{
+    switch (t) {
+    case MLSTM_TENSOR_I: case MLSTM_TENSOR_F: case MLSTM_TENSOR_M: case MLSTM_TENSOR_N:
+    case MLSTM_TENSOR_DI: case MLSTM_TENSOR_DF:
+        return MLSTM_DTYPE_F32;
+    default:
+        return storage;
+    }
+}
+
+int64_t tu_tensor_dim(int t, int64_t dqk, int64_t dv)
+{
+    switch (t) {
+    case MLSTM_TENSOR_Q: case MLSTM_TENSOR_K: case MLSTM_TENSOR_DQ: case MLSTM_TENSOR_DK: return dqk;
+    case MLSTM_TENSOR_V: case MLSTM_TENSOR_H: case MLSTM_TENSOR_DH: case MLSTM_TENSOR_DV: return dv;
+    default: return 1;
+    }
+}
+
+const char *tu_tensor_name(int t)
+{
+    static const char *const names[MLSTM_TENSOR_COUNT] = {"q", "k", "v", "i", "f", "h", "m", "n",
+                                                          "dh", "dq", "dk", "dv", "di", "df"};
+    return (t >= 0 && t < MLSTM_TENSOR_COUNT) ? names[t] : "?";
+}

@@ -40,6 +40,14 @@ double tu_round_to_dtype(double x, int dtype);
 void tu_store(void *base, int dtype, size_t idx, double x);
 double tu_load(const void *base, int dtype, size_t idx);
 
+/* ---- The tensors of a call (indexed by mlstm_tensor) ---- */
+/* Storage dtype of tensor t when q, k, v, h and their gradients are stored in `storage` (the others are f32). */
+int tu_tensor_dtype(int t, int storage);
+/* Last (contiguous) dimension of tensor t: dqk, dv or 1. */
+int64_t tu_tensor_dim(int t, int64_t dqk, int64_t dv);
+/* "q", "k", ..., "df"; "?" when out of range. */
+const char *tu_tensor_name(int t);
+
 /* ---- Error metrics and scans ---- */
 /* ||x - ref||_2 / ||ref||_2; when ||ref|| == 0 returns ||x - ref||_2 (0 when both are zero).
  * Non-finite x gives +Inf. */
