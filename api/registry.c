@@ -111,7 +111,8 @@ int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
     const char *name = o.backend ? o.backend : mlstm_env_string("MLSTM_BACKEND");
     if (name == NULL)
         name = "auto";
-    mlstm_backend_config cfg = {o.device, o.opencl_platform, mlstm_env_tristate("MLSTM_CUDA_SMALL_TILES"), ""};
+    mlstm_backend_config cfg = {o.device, o.opencl_platform, mlstm_env_tristate("MLSTM_CUDA_SMALL_TILES"),
+                                mlstm_env_tristate("MLSTM_CUDA_F32_TC"), ""};
     const char *kdir = mlstm_env_string("MLSTM_OPENCL_KERNEL_DIR");
     if (kdir != NULL) {
         if (strlen(kdir) >= sizeof cfg.opencl_kernel_dir) {

@@ -85,6 +85,35 @@ template <int D> bool bwd_small(const KArgs &a, int t)
            use_small((a.S + BNK - 1) / BNK * (D / C::DOUT) * a.B * a.NH);
 }
 
+/* f32 tensor-core forward (fwd_tf32.cuh) instances the device accepted at setup, [mode 3xTF32=0 / TF32=1][D 64/128/256
+ * -> 0/1/2], and whether that path is on at all (env MLSTM_CUDA_F32_TC=0 keeps f32 on the SIMT path, for A/B runs) */
+bool g_tc32_ok[2][3];
+bool g_f32_tc = true;
+
+/* 16-byte aligned rows for the f32 tensor-core forward (cp.async of q, k, v; 64-bit stores of h) */
+bool tc32_aligned(const KArgs &a)
+{
+    static const int fwd_t[] = {MLSTM_TENSOR_Q, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_H};
+    for (int i = 0; i < 4; ++i) {
+        const TArg &t = a.t[fwd_t[i]];
+        if (((uintptr_t)t.p & 15) != 0) return false;
+        if ((t.sb & 3) != 0 || (t.sh & 3) != 0 || (t.ss & 3) != 0) return false;
+    }
+    return true;
+}
+
+int tc32_mode(const mlstm_params *p) { return p->math_mode == MLSTM_MATH_TF32 ? 1 : 0; }
+
+/* head dim served by the f32 tensor-core forward, or 0 */
+int tc32_dim(const mlstm_params *p, const KArgs &a)
+{
+    if (p->dtype != MLSTM_DTYPE_F32 || !g_f32_tc || p->dqk != p->dv) return 0;
+    const int di = dim_index(p->dqk);
+    if (di < 0 || !g_tc32_ok[tc32_mode(p)][di]) return 0;
+    if (!tc32_aligned(a)) return 0;
+    return (int)p->dqk;
+}
+
 /* head dim served by the tensor-core path, or 0 */
 int tc_dim(const mlstm_params *p, const KArgs &a, bool backward)
 {
@@ -136,10 +165,23 @@ template <typename T> int fwd_t(const mlstm_params *p, const KArgs &a, cudaStrea
     default: MLSTM_RUN(run_fwd_simt<T>(a, st), "mlstm_fwd_kernel (simt) launch"); return 0;
     }
 }
-template <> int fwd_t<float>(const mlstm_params *, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
+template <> int fwd_t<float>(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
 {
-    MLSTM_RUN(run_fwd_simt<float>(a, st), "mlstm_fwd_kernel (simt) launch");
-    return 0;
+    const bool tf32 = tc32_mode(p) == 1;
+    switch (tc32_dim(p, a)) {
+    case 64:
+        MLSTM_RUN((tf32 ? run_fwd_tf32<64, 1>(a, st) : run_fwd_tf32<64, 0>(a, st)), "mlstm_fwd_kernel (tc32, D=64) launch");
+        return 0;
+    case 128:
+        MLSTM_RUN((tf32 ? run_fwd_tf32<128, 1>(a, st) : run_fwd_tf32<128, 0>(a, st)),
+                  "mlstm_fwd_kernel (tc32, D=128) launch");
+        return 0;
+    case 256:
+        MLSTM_RUN((tf32 ? run_fwd_tf32<256, 1>(a, st) : run_fwd_tf32<256, 0>(a, st)),
+                  "mlstm_fwd_kernel (tc32, D=256) launch");
+        return 0;
+    default: MLSTM_RUN(run_fwd_simt<float>(a, st), "mlstm_fwd_kernel (simt) launch"); return 0;
+    }
 }
 
 template <typename T> int bwd_t(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
@@ -181,6 +223,13 @@ static void tc_small_setup(bool backward, int t, int di, cudaError_t e)
 
 static cudaError_t bwd_setup(cudaError_t dkdv, cudaError_t dq) { return dkdv != cudaSuccess ? dkdv : dq; }
 
+/* f32 tensor-core forward: a refused shared-memory size only disables that instance (SIMT serves it) */
+static void tc32_setup(int mode, int di, cudaError_t e)
+{
+    g_tc32_ok[mode][di] = e == cudaSuccess;
+    if (e != cudaSuccess) (void)cudaGetLastError();
+}
+
 template <typename T> static void tc_setup_all(int t, bool sm90)
 {
     tc_setup(false, t, 0, setup_fwd_tc<T, 64, false>());
@@ -200,7 +249,7 @@ template <typename T> static void tc_setup_all(int t, bool sm90)
     g_tc_small_ok[1][t][2] = false; /* D=256: the default dK/dV tiles are already the small ones */
 }
 
-extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles)
+extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc)
 {
     static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && !TileCfg<256>::BWD_SMALL,
                   "small dK/dV instances (gen_instances.py BWD_SMALL_DIMS) out of step with tile_config.h");
@@ -216,6 +265,13 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles)
     g_small_mode = small_tiles >= -1 ? small_tiles : MLSTM_SMALL_TILES_DEFAULT;
     tc_setup_all<__half>(0, major >= 9);
     tc_setup_all<__nv_bfloat16>(1, major >= 9);
+    g_f32_tc = f32_tc != 0;
+    tc32_setup(0, 0, setup_fwd_tf32<64, 0>());
+    tc32_setup(0, 1, setup_fwd_tf32<128, 0>());
+    tc32_setup(0, 2, setup_fwd_tf32<256, 0>());
+    tc32_setup(1, 0, setup_fwd_tf32<64, 1>());
+    tc32_setup(1, 1, setup_fwd_tf32<128, 1>());
+    tc32_setup(1, 2, setup_fwd_tf32<256, 1>());
     /* the SIMT path (63 KB) is the fallback for everything: its setup must succeed */
     MLSTM_RUN(setup_fwd_simt<float>(), "cudaFuncSetAttribute(fwd simt f32)");
     MLSTM_RUN(setup_fwd_simt<__half>(), "cudaFuncSetAttribute(fwd simt f16)");
@@ -253,5 +309,7 @@ extern "C" int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm
 extern "C" const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward)
 {
     const KArgs a = make_args(p);
+    if (p->dtype == MLSTM_DTYPE_F32) /* the f32 backward is SIMT */
+        return !backward && tc32_dim(p, a) ? (tc32_mode(p) == 1 ? "tf32" : "tc32") : "simt";
     return tc_dim(p, a, backward != 0) ? "tc" : "simt";
 }

@@ -11,6 +11,8 @@ TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 TC_TYPES = ["f16", "bf16"]
 TC_DIMS = [64, 128, 256]
 BWD_SMALL_DIMS = [64, 128]  # must match TileCfg<D>::BWD_SMALL (dispatch.cu checks)
+TF32_DIMS = [64, 128, 256]  # f32 tensor-core forward (fwd_tf32.cuh)
+TF32_MODES = {"3xtf32": 0, "tf32": 1}  # tc32::MODE_3XTF32 (default), MODE_TF32 (MLSTM_MATH_TF32)
 
 
 def write(name, what, body, pre=""):
@@ -37,6 +39,10 @@ def main():
                 files.append(write(f"mlstm_bwd_dh{d}_{t}_small.cu",
                                    f"Tensor-core backward dK/dV, D={d}, {t}, small grid.",
                                    f"MLSTM_INSTANTIATE_BWD_DKDV_SMALL_TC({TYPES[t]}, {d})\n"))
+    for d in TF32_DIMS:
+        for mname, mode in TF32_MODES.items():
+            files.append(write(f"mlstm_fwd_dh{d}_f32_{mname}.cu", f"Tensor-core forward, D={d}, f32, {mname}.",
+                               f"MLSTM_INSTANTIATE_FWD_TF32({d}, {mode})\n", pre="#define MLSTM_INST_TF32 1\n"))
     for t in TYPES:
         files.append(write(f"mlstm_fwd_generic_{t}.cu", f"Generic SIMT forward, any D, {t}.",
                            f"MLSTM_INSTANTIATE_FWD_SIMT({TYPES[t]})\n"))

@@ -9,6 +9,9 @@
 #include "fwd_tc.cuh"
 #include "bwd_tc.cuh"
 #include "simt.cuh"
+#ifdef MLSTM_INST_TF32 /* only the f32 tensor-core instance files compile that kernel */
+#include "fwd_tf32.cuh"
+#endif
 #ifdef MLSTM_INST_AUX /* only inst/mlstm_bwd_aux.cu compiles the light passes */
 #include "aux.cuh"
 #endif
@@ -87,6 +90,30 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
     return cudaGetLastError();
 }
 
+#ifdef MLSTM_INST_TF32
+/* ---- tensor-core path for f32 storage (forward) ---- */
+template <int D, int MODE> struct Tc32Fwd {
+    using C = typename TileCfg32<D>::Fwd;
+    using F = tc32::FwdCfg<D, C::MT, C::NW, C::BN>;
+    static constexpr auto fwd = tc32::mlstm_fwd_kernel<D, MODE, C::MT, C::NW, C::BN>;
+};
+
+template <int D, int MODE> cudaError_t setup_fwd_tf32()
+{
+    using KK = Tc32Fwd<D, MODE>;
+    return cudaFuncSetAttribute(KK::fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::F::SMEM);
+}
+
+template <int D, int MODE> cudaError_t run_fwd_tf32(const KArgs &a, cudaStream_t st)
+{
+    using KK = Tc32Fwd<D, MODE>;
+    const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
+    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
+    KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
+    return cudaGetLastError();
+}
+#endif
+
 /* ---- generic SIMT path ---- */
 template <typename T> cudaError_t setup_fwd_simt()
 {
@@ -149,6 +176,9 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 #define MLSTM_INSTANTIATE_BWD_DKDV_SMALL_TC(T, D)                                                                \
     template cudaError_t mlstm::run_bwd_dkdv_tc<T, D, true>(const mlstm::KArgs &, cudaStream_t);                 \
     template cudaError_t mlstm::setup_bwd_dkdv_tc<T, D, true>();
+#define MLSTM_INSTANTIATE_FWD_TF32(D, MODE)                                                                     \
+    template cudaError_t mlstm::run_fwd_tf32<D, MODE>(const mlstm::KArgs &, cudaStream_t);                       \
+    template cudaError_t mlstm::setup_fwd_tf32<D, MODE>();
 #define MLSTM_INSTANTIATE_FWD_SIMT(T)                                                                            \
     template cudaError_t mlstm::run_fwd_simt<T>(const mlstm::KArgs &, cudaStream_t);                             \
     template cudaError_t mlstm::setup_fwd_simt<T>();

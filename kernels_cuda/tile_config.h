@@ -115,4 +115,23 @@ template <> struct TileCfg<256> {
     static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct small dK/dV */
 };
 
+/* f32 storage on tensor cores (fwd_tf32.cuh), forward only: (MT, NW, BN) packed as the FWD entries above. f32
+ * tiles take twice the shared memory of f16/bf16 and the 3xTF32 operand split needs registers, so:
+ * D = 64: (2, 4, 32), 64 KB, K/V fragments shared by two m16 tiles; D = 128: (1, 8, 32), 130 KB (one CTA of 8
+ * warps per SM; K/V tiles shared by 128 query rows); D = 256: (1, 4, 16), 129 KB (O alone is 128 floats per
+ * thread). All fit sm_80's 163 KB. */
+#ifndef MLSTM_TF32_64_FWD
+#define MLSTM_TF32_64_FWD 20432
+#endif
+#ifndef MLSTM_TF32_128_FWD
+#define MLSTM_TF32_128_FWD 10832
+#endif
+#ifndef MLSTM_TF32_256_FWD
+#define MLSTM_TF32_256_FWD 10416
+#endif
+template <int D> struct TileCfg32;
+template <> struct TileCfg32<64> { using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_64_FWD); };
+template <> struct TileCfg32<128> { using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_128_FWD); };
+template <> struct TileCfg32<256> { using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_256_FWD); };
+
 } // namespace mlstm
