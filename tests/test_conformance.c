@@ -33,6 +33,7 @@ enum {
     FWD_F32 = 1 << 0, FWD_F16 = 1 << 1, FWD_BF16 = 1 << 2,
     BWX_F32 = 1 << 3, BWX_F16 = 1 << 4, BWX_BF16 = 1 << 5,  /* backward, exact gradients */
     BWD_F32 = 1 << 6, BWD_F16 = 1 << 7, BWD_BF16 = 1 << 8,  /* backward, normalizer-detached */
+    FWD_TF32 = 1 << 9,                                       /* f32 forward with math_mode = MLSTM_MATH_TF32 */
     FWD_ALL = FWD_F32 | FWD_F16 | FWD_BF16,
     BWX_ALL = BWX_F32 | BWX_F16 | BWX_BF16,
     BWD_ALL = BWD_F32 | BWD_F16 | BWD_BF16,
@@ -98,6 +99,20 @@ static void add_shape(shape s, unsigned combos, uint64_t seed)
             push(KIND_CASE, c);
         }
     }
+    if (combos & FWD_TF32) {
+        mc_case c;
+        memset(&c, 0, sizeof c);
+        c.dtype = MLSTM_DTYPE_F32;
+        c.math_mode = MLSTM_MATH_TF32;
+        c.B = s.B; c.NH = s.NH; c.S = s.S; c.DQK = s.DQK; c.DV = s.DV;
+        c.gates = s.gates;
+        c.layout = s.layout;
+        c.odd_offsets = s.odd;
+        c.eps = s.eps != 0.0f ? s.eps : 1e-6f;
+        c.scale = s.scale;
+        c.seed = seed;
+        push(KIND_CASE, c);
+    }
 }
 
 #define SH(B, NH, S, DQK, DV, G) ((shape){ B, NH, S, DQK, DV, MC_GATES_##G, MC_LAYOUT_BNSD, 0, 0.0f, 0.0f })
@@ -119,9 +134,9 @@ static void build_default_table(void)
     add_shape(SH(1, 1, 64, 64, 64, STD), STD_SET, 6);
     add_shape(SH(2, 1, 65, 64, 64, STD), STD_SET, 7);
     add_shape(SH(1, 1, 127, 64, 64, NORMAL), STD_SET, 8);
-    add_shape(SH(2, 3, 129, 64, 64, STD), STD_SET, 9);
+    add_shape(SH(2, 3, 129, 64, 64, STD), STD_SET | FWD_TF32, 9);
     add_shape(SH(1, 1, 1000, 64, 64, STD), FWD_ALL | BWX_ALL | BWD_F32, 10);
-    add_shape(SH(1, 1, 1000, 64, 64, NORMAL), FWD_F32 | BWX_BF16 | BWD_F16, 11);
+    add_shape(SH(1, 1, 1000, 64, 64, NORMAL), FWD_F32 | FWD_TF32 | BWX_BF16 | BWD_F16, 11);
     add_shape(SH(1, 1, 2048, 64, 64, STD), BWX_F32 | BWX_BF16, 12);
     /* DQK != DV with the full matrix: B, NH > 1 */
     add_shape(SH(2, 3, 17, 48, 96, STD), ALL_SET & ~BWD_BF16 & ~BWD_F16, 13);
@@ -136,18 +151,20 @@ static void build_default_table(void)
     add_shape(SH(2, 1, 127, 100, 160, NORMAL), BWX_F32, 21);
     /* large head dims, and the extremes of DQK != DV */
     add_shape(SH(1, 1, 33, 256, 256, STD), BWX_F32 | BWX_BF16, 22);
-    add_shape(SH(1, 1, 129, 256, 256, NORMAL), FWD_BF16 | BWX_F32, 23);
+    add_shape(SH(1, 1, 129, 256, 256, NORMAL), FWD_F32 | FWD_TF32 | FWD_BF16 | BWX_F32, 23);
+    /* f32 head dim 128 (the CUDA f32 tensor-core forward serves 64, 128, 256; IEEE 3xTF32 and TF32) */
+    add_shape(SH(1, 1, 200, 128, 128, STD), FWD_F32 | FWD_TF32, 45);
     add_shape(SH(1, 1, 130, 512, 512, NORMAL), FWD_F32 | BWX_F32 | BWX_F16, 24);
     add_shape(SH(1, 1, 17, 512, 512, STD), BWX_F16, 25);
     add_shape(SH(1, 1, 40, 512, 1, STD), FWD_F32 | BWX_F32, 26);
     add_shape(SH(1, 1, 40, 1, 512, NORMAL), FWD_BF16 | BWX_BF16, 27);
     /* extreme gates (|i|, |f| up to 1e3): no NaN/Inf, every output compared */
     add_shape(SH(1, 2, 129, 48, 96, EXT_U), FWD_ALL | BWX_ALL | BWD_F32, 28);
-    add_shape(SH(1, 1, 200, 64, 64, EXT_N), ALL_SET, 29);
+    add_shape(SH(1, 1, 200, 64, 64, EXT_N), ALL_SET | FWD_TF32, 29);
     add_shape(SH(2, 1, 17, 3, 5, EXT_U), FWD_F32 | BWX_F32 | BWX_BF16, 30);
     /* closed input gates: every row on the m floor. No f16: |h| ~ e^-20 lies below f16's smallest
      * subnormal (2^-24), so f16 storage cannot hold the result (bf16 has f32's exponent range). */
-    add_shape(SH(2, 1, 65, 64, 64, CLOSED), NO_F16, 31);
+    add_shape(SH(2, 1, 65, 64, 64, CLOSED), NO_F16 | FWD_TF32, 31);
     /* strided layouts and view offsets */
     add_shape(SHL(2, 3, 129, 48, 96, STD, BSND, 0), FWD_ALL | BWX_ALL | BWD_F32, 32);
     add_shape(SHL(2, 2, 65, 64, 64, NORMAL, PADDED, 0), STD_SET, 33);
@@ -159,7 +176,7 @@ static void build_default_table(void)
     shape s = SH(1, 2, 70, 64, 64, STD);
     s.eps = 1e-2f;
     s.scale = 0.5f;
-    add_shape(s, FWD_F32 | FWD_BF16 | BWX_F32 | BWX_F16 | BWD_F32, 38);
+    add_shape(s, FWD_F32 | FWD_TF32 | FWD_BF16 | BWX_F32 | BWX_F16 | BWD_F32, 38);
 
     /* bitwise determinism, run after run */
     mc_case c;
@@ -201,12 +218,20 @@ static void build_slow_table(void)
     add_shape(SH(1, 1, 8192, 64, 64, NORMAL), BWX_F32, 112);
     add_shape(SH(1, 1, 4096, 64, 64, EXT_U), BWX_F32 | BWD_F32, 113);
     add_shape(SHL(1, 2, 4096, 64, 64, STD, BSND, 1), BWX_BF16, 114);
+    /* forward only, f32 (IEEE, and TF32 on CUDA): the anchor shapes' head dims at full length, cheap to check */
+    add_shape(SH(1, 1, 8192, 64, 64, STD), FWD_F32 | FWD_TF32, 115);
+    add_shape(SH(1, 1, 8192, 64, 64, NORMAL), FWD_F32, 116);
+    add_shape(SH(1, 1, 4096, 128, 128, STD), FWD_F32 | FWD_TF32, 117);
+    add_shape(SH(1, 1, 8192, 128, 128, NORMAL), FWD_F32 | FWD_TF32, 118);
+    add_shape(SH(1, 1, 4096, 256, 256, STD), FWD_F32 | FWD_TF32, 119);
+    add_shape(SHL(2, 4, 2048, 64, 64, STD, BSND, 0), FWD_F32, 120);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Running one case                                                                                  */
 
 static mlstm_context *g_ctx;
+static int g_backend_tf32; /* the backend honours MLSTM_MATH_TF32 (CUDA): TF32 cases get tests/tolerances.h's TF32 row */
 
 /* Resources of the running test, released by the per-test teardown (cmocka failures longjmp). */
 static mc_inputs g_in;
@@ -309,6 +334,8 @@ static void test_case(void **state)
 
     /* extreme gates: the f32 gate math's own error allowance (tolerances.h) */
     const double gate_allowance = tol_gate_allowance(mc_extreme_gate_magnitude(c, &g_in));
+    /* TF32 forward on a backend that honours it: the TF32 row of tolerances.h, n by magnitude */
+    const int tf32 = c->math_mode == MLSTM_MATH_TF32 && c->dtype == MLSTM_DTYPE_F32 && !c->bwd && g_backend_tf32;
 
     double ms[2];
     device_run_or_skip(c, e->name, &g_dev, ms);
@@ -320,7 +347,8 @@ static void test_case(void **state)
         const size_t n = mc_output_count(c, o);
         if (!n)
             continue;
-        const double tol = tol_max_rel_l2(c->dtype, o) + gate_allowance;
+        const double tol = (tf32 ? tol_max_rel_l2_tf32(o) : tol_max_rel_l2(c->dtype, o)) + gate_allowance;
+        const int by_magnitude = tf32 && o == MC_OUT_N;
         size_t first = 0;
         const size_t bad = tu_count_nonfinite(g_dev.t[o], n, &first);
         double err;
@@ -334,7 +362,7 @@ static void test_case(void **state)
             if (!d)
                 abort();
             for (size_t x = 0; x < n; x++)
-                d[x] = g_dev.t[o][x] - g_ref.t[o][x];
+                d[x] = by_magnitude ? fabs(g_dev.t[o][x]) - fabs(g_ref.t[o][x]) : g_dev.t[o][x] - g_ref.t[o][x];
             double num = tu_l2(d, n), den = tu_l2(g_ref.t[o], n);
             free(d);
             if (degenerate && mag_den[o] > den) {
@@ -346,11 +374,13 @@ static void test_case(void **state)
                 fu += (size_t)snprintf(fails + fu, sizeof fails - fu, " %s: rel L2 %.3e > %.0e (max abs diff %.3e);",
                                        mc_output_name(o), err, tol, tu_max_abs_diff(g_dev.t[o], g_ref.t[o], n));
         }
-        lu += (size_t)snprintf(line + lu, sizeof line - lu, " %s=%.2e%s", mc_output_name(o), err, star ? "*" : "");
+        lu += (size_t)snprintf(line + lu, sizeof line - lu, by_magnitude ? " |%s|=%.2e%s" : " %s=%.2e%s",
+                               mc_output_name(o), err, star ? "*" : "");
         if (fu >= sizeof fails)
             fu = sizeof fails - 1;
     }
-    printf("[ CASE ] %s:%s (tol %.2g) fwd %.1f ms%s", e->name, line, tol_max_rel_l2(c->dtype, TOL_H) + gate_allowance, ms[0],
+    printf("[ CASE ] %s:%s (tol %.2g) fwd %.1f ms%s", e->name, line,
+           (tf32 ? tol_max_rel_l2_tf32(TOL_H) : tol_max_rel_l2(c->dtype, TOL_H)) + gate_allowance, ms[0],
            c->bwd ? "" : "\n");
     if (c->bwd)
         printf(" bwd %.1f ms\n", ms[1]);
@@ -496,6 +526,7 @@ static int group_setup(void **state)
                mlstm_status_string(st), st, mlstm_last_error_global());
         return -1;
     }
+    g_backend_tf32 = strcmp(mlstm_context_backend_name(g_ctx), "cuda") == 0;
     printf("conformance: libmlstm %s, backend '%s', device '%s'\n", mlstm_version(),
            mlstm_context_backend_name(g_ctx), mlstm_context_device_name(g_ctx));
     fflush(stdout);

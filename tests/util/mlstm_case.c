@@ -44,7 +44,9 @@ void mc_case_finish(mc_case *c)
     if (c->scale != 0.0f)
         u += (size_t)snprintf(extra + u, sizeof extra - u, "/scale=%g", (double)c->scale);
     if (c->odd_offsets)
-        snprintf(extra + u, sizeof extra - u, "/offsets=odd");
+        u += (size_t)snprintf(extra + u, sizeof extra - u, "/offsets=odd");
+    if (c->math_mode == MLSTM_MATH_TF32)
+        snprintf(extra + u, sizeof extra - u, "/math=tf32");
     snprintf(c->name, sizeof c->name, "%s/%s%s/B%lld_NH%lld_S%lld_DQK%lld_DV%lld/gates=%s/layout=%s/seed=%llu%s",
              c->bwd ? "bwd" : "fwd", tu_dtype_name(c->dtype),
              c->bwd ? (c->grad_mode == MLSTM_GRAD_EXACT ? "/exact" : "/detached") : "",
@@ -116,6 +118,7 @@ void mc_desc(const mc_case *c, mlstm_desc *d)
     d->eps = c->eps;
     d->scale = c->scale;
     d->grad_mode = c->grad_mode;
+    d->math_mode = c->math_mode;
     if (c->layout != MC_LAYOUT_BNSD) {
         for (int t = 0; t < MLSTM_TENSOR_COUNT; t++) {
             int64_t st[3];

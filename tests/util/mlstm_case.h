@@ -39,12 +39,13 @@ typedef struct mc_case {
     int odd_offsets;    /* view offsets odd and different per tensor instead of 256 */
     float eps;          /* desc.eps */
     float scale;        /* desc.scale (0 = default 1/sqrt(DQK)) */
+    int math_mode;      /* desc.math_mode (MLSTM_MATH_DEFAULT, or MLSTM_MATH_TF32) */
     uint64_t seed;
     char name[224];     /* filled by mc_case_finish */
 } mc_case;
 
 /* Fills c->name from the parameters, e.g. bwd/bf16/exact/B2_NH3_S129_DQK48_DV96/gates=ext_u/layout=bsnd/seed=7
- * (non-default eps/scale/offsets are appended). */
+ * (non-default eps/scale/offsets/math mode are appended, e.g. /math=tf32). */
 void mc_case_finish(mc_case *c);
 const char *mc_gates_name(int gates);
 const char *mc_layout_name(int layout);
