@@ -1,0 +1,49 @@
+#!/bin/bash
+# One-call check of the CUDA f32 tensor-core forward (kernels_cuda/fwd_tf32.cuh) on a GPU machine: uses a build
+# carried in $BUILD if it runs there (else builds sm_90), then the f32 conformance cases on CUDA (default set and
+# the slow set's f32 forward cases), compute-sanitizer on small f32 forward cases, and bench_mlstm's f32 forward
+# on the anchor shapes three ways in the same process run: SIMT (MLSTM_CUDA_F32_TC=0, the baseline), 3xTF32, TF32.
+# Usage (repository root): bash bench/gpu_tf32_check.sh [steps]   steps: test,slow,sanitize,bench   logs: $LOGDIR
+set -o pipefail
+STEPS=${1:-test,slow,sanitize,bench}
+LOG=${LOGDIR:-gpu-logs}
+BUILD=${BUILD:-build}
+mkdir -p "$LOG"
+export PATH=/usr/local/cuda/bin:$PATH
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+date -u; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+export LD_LIBRARY_PATH="$PWD/$BUILD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ! "$BUILD/tests/test_conformance" --list > /dev/null 2>&1; then
+  echo "carried build in $BUILD does not run here; building build-gpu (sm_90)"
+  BUILD=build-gpu
+  export LD_LIBRARY_PATH="$PWD/$BUILD:$LD_LIBRARY_PATH"
+  t0=$(date +%s)
+  { cmake -S . -B "$BUILD" -DMLSTM_CUDA_ARCHS=90 -DMLSTM_SLOW_TESTS=ON -DCMAKE_BUILD_TYPE=Release &&
+    cmake --build "$BUILD" -j "$(nproc)"; } > "$LOG/build.log" 2>&1 || { echo "BUILD FAILED"; tail -30 "$LOG/build.log"; exit 1; }
+  echo "build ok ($(( $(date +%s) - t0 )) s)"
+fi
+T="$BUILD/tests/test_conformance"
+summary() { grep -E "^\[  PASSED|^\[  FAILED|^\[  SKIPPED" "$1" | head -12; }
+if has test; then
+  MLSTM_BACKEND=cuda MLSTM_TEST_FILTER='*f32*' timeout 120 "$T" > "$LOG/conf_f32.log" 2>&1
+  echo "conformance cuda f32 (default set) rc=$?"; summary "$LOG/conf_f32.log"
+  grep -E "CASE\] fwd/f32" "$LOG/conf_f32.log" | sed 's/layout=bnsd\///'
+fi
+if has slow; then
+  MLSTM_BACKEND=cuda MLSTM_TEST_SLOW=1 MLSTM_TEST_FILTER='fwd/f32/*' timeout 120 "$T" > "$LOG/slow_f32.log" 2>&1
+  echo "conformance cuda slow fwd/f32 rc=$?"; summary "$LOG/slow_f32.log"; grep -E "CASE\]" "$LOG/slow_f32.log"
+fi
+if has sanitize; then
+  for tool in memcheck racecheck; do
+    MLSTM_BACKEND=cuda MLSTM_TEST_FILTER='fwd/f32/*_S6[35]_*' timeout 60 compute-sanitizer --tool $tool --print-limit 5 \
+      "$T" > "$LOG/sanitize_$tool.log" 2>&1
+    echo "compute-sanitizer $tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/sanitize_$tool.log" | tail -1)"
+  done
+fi
+if has bench; then
+  SH=${SHAPES:-"1,8,1024,64,64;1,8,4096,64,64;1,8,8192,64,64;1,8,1024,128,128;1,8,4096,128,128;1,8,8192,128,128;1,8,4096,256,256;1,8,8192,256,256"}
+  B="$BUILD/bench/bench_mlstm --dtype f32 --fwd-only --iters ${ITERS:-20} --warmup 3 --shapes $SH"
+  echo "== SIMT f32 (MLSTM_CUDA_F32_TC=0)"; MLSTM_BACKEND=cuda MLSTM_CUDA_F32_TC=0 timeout 60 $B --csv "$LOG/bench_simt.csv"
+  echo "== 3xTF32 (default)"; MLSTM_BACKEND=cuda timeout 30 $B --csv "$LOG/bench_3xtf32.csv"
+  echo "== TF32 (--math tf32)"; MLSTM_BACKEND=cuda timeout 30 $B --math tf32 --csv "$LOG/bench_tf32.csv"
+fi
