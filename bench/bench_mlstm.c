@@ -43,7 +43,7 @@ static void usage(void)
             "           (slow for large shapes: O(S^2 D) on one CPU core); exit 1 on a contract violation.\n"
             "  --math tf32: desc.math_mode = MLSTM_MATH_TF32 (f32 products on TF32 tensor cores where the backend\n"
             "           offers it; --check then allows 5e-3, tests/tolerances.h's TF32 value).\n"
-            "  MLSTM_CUDA_F32_TC=0 keeps the CUDA f32 forward on the SIMT path (the baseline of the tensor-core one).\n"
+            "  MLSTM_CUDA_F32_TC=0 / =1: CUDA f32 forward on the SIMT path (the baseline) / on tensor cores.\n"
             "  The backend comes from MLSTM_BACKEND (auto|cuda|opencl), MLSTM_DEVICE, MLSTM_OPENCL_PLATFORM.\n");
 }
 

@@ -3,8 +3,10 @@
 # carried in $BUILD if it runs there (else builds sm_90), then the f32 conformance cases on CUDA (default set and
 # the slow set's f32 forward cases), compute-sanitizer on small f32 forward cases, and bench_mlstm's f32 forward
 # on the anchor shapes three ways in the same process run: SIMT (MLSTM_CUDA_F32_TC=0, the baseline), 3xTF32, TF32.
+# The tensor-core path is forced on (MLSTM_CUDA_F32_TC=1) whatever its build default (tile_config.h).
 # Usage (repository root): bash bench/gpu_tf32_check.sh [steps]   steps: test,slow,sanitize,bench   logs: $LOGDIR
 set -o pipefail
+export MLSTM_CUDA_F32_TC=1
 STEPS=${1:-test,slow,sanitize,bench}
 LOG=${LOGDIR:-gpu-logs}
 BUILD=${BUILD:-build}
@@ -44,6 +46,6 @@ if has bench; then
   SH=${SHAPES:-"1,8,1024,64,64;1,8,4096,64,64;1,8,8192,64,64;1,8,1024,128,128;1,8,4096,128,128;1,8,8192,128,128;1,8,4096,256,256;1,8,8192,256,256"}
   B="$BUILD/bench/bench_mlstm --dtype f32 --fwd-only --iters ${ITERS:-20} --warmup 3 --shapes $SH"
   echo "== SIMT f32 (MLSTM_CUDA_F32_TC=0)"; MLSTM_BACKEND=cuda MLSTM_CUDA_F32_TC=0 timeout 60 $B --csv "$LOG/bench_simt.csv"
-  echo "== 3xTF32 (default)"; MLSTM_BACKEND=cuda timeout 30 $B --csv "$LOG/bench_3xtf32.csv"
-  echo "== TF32 (--math tf32)"; MLSTM_BACKEND=cuda timeout 30 $B --math tf32 --csv "$LOG/bench_tf32.csv"
+  echo "== 3xTF32 (default math)"; MLSTM_BACKEND=cuda MLSTM_CUDA_F32_TC=1 timeout 30 $B --csv "$LOG/bench_3xtf32.csv"
+  echo "== TF32 (--math tf32)"; MLSTM_BACKEND=cuda MLSTM_CUDA_F32_TC=1 timeout 30 $B --math tf32 --csv "$LOG/bench_tf32.csv"
 fi

@@ -86,9 +86,9 @@ template <int D> bool bwd_small(const KArgs &a, int t)
 }
 
 /* f32 tensor-core forward (fwd_tf32.cuh) instances the device accepted at setup, [mode 3xTF32=0 / TF32=1][D 64/128/256
- * -> 0/1/2], and whether that path is on at all (env MLSTM_CUDA_F32_TC=0 keeps f32 on the SIMT path, for A/B runs) */
+ * -> 0/1/2], and whether that path is on at all (env MLSTM_CUDA_F32_TC=0/1, unset: MLSTM_F32_TC_DEFAULT) */
 bool g_tc32_ok[2][3];
-bool g_f32_tc = true;
+bool g_f32_tc = false;
 
 /* 16-byte aligned rows for the f32 tensor-core forward (cp.async of q, k, v; 64-bit stores of h) */
 bool tc32_aligned(const KArgs &a)
@@ -265,7 +265,7 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
     g_small_mode = small_tiles >= -1 ? small_tiles : MLSTM_SMALL_TILES_DEFAULT;
     tc_setup_all<__half>(0, major >= 9);
     tc_setup_all<__nv_bfloat16>(1, major >= 9);
-    g_f32_tc = f32_tc != 0;
+    g_f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;
     tc32_setup(0, 0, setup_fwd_tf32<64, 0>());
     tc32_setup(0, 1, setup_fwd_tf32<128, 0>());
     tc32_setup(0, 2, setup_fwd_tf32<256, 0>());

@@ -1,0 +1,33 @@
+/* kernel_emu: stand-in for kernels_cuda/mma.cuh: cp.async as an immediate copy, and the emulated tf32 mma. */
+#pragma once
+#include "common.cuh"
+namespace mlstm {
+inline void cp_async16(void *smem, const void *gmem, bool valid)
+{
+    if (valid) std::memcpy(smem, gmem, 16);
+    else std::memset(smem, 0, 16);
+}
+inline void cp_async_commit() {}
+template <int N> inline void cp_async_wait() {}
+} // namespace mlstm
+/* mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: the tensor core reads the top 19 bits of each operand
+ * (sign, exponent, 10 mantissa bits); products are exact, the 8-term sum is added in double. */
+inline void emu_mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    const int w = emu_warp(), l = emu_lane();
+    for (int r = 0; r < 4; ++r) emu::ma[w][l][r] = a[r];
+    emu::mb[w][l][0] = b0;
+    emu::mb[w][l][1] = b1;
+    emu::warp_bar();
+    auto tf = [](uint32_t u) { return (double)__uint_as_float(u & 0xffffe000u); };
+    auto A = [&](int row, int k) { return tf(emu::ma[w][((row & 7) << 2) | (k & 3)][(row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]); };
+    auto B = [&](int k, int n) { return tf(emu::mb[w][(n << 2) | (k & 3)][k >= 4 ? 1 : 0]); };
+    const int g = l >> 2, q = l & 3;
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + (e >= 2 ? 8 : 0), col = 2 * q + (e & 1);
+        double s = 0.0;
+        for (int k = 0; k < 8; ++k) s += A(row, k) * B(k, col);
+        c[e] = (float)((double)c[e] + s);
+    }
+    emu::warp_bar();
+}
