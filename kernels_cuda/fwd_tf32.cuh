@@ -40,17 +40,21 @@ __device__ __forceinline__ void load_tile32_async(float *sm, const float *__rest
 }
 
 /* ---- tf32 operands ----
- * big = x rounded to tf32 (nearest, ties away from zero: add half an ulp of tf32 to the bit pattern, clear the
- * 13 low bits, as cvt.rna.tf32.f32); small = x - big (exact in f32, |small| <= 2^-11 |x|), rounded the same way
- * but without clearing the low bits (the tensor core reads only the top 10 mantissa bits, as CUTLASS's
- * round_half_ulp_truncate relies on), an error <= 2^-11 |small| <= 2^-22 |x|. The dropped small*small term is
- * <= 2^-22 |x y| too, so a 3xTF32 product carries <= 3 * 2^-22 relative error (f32: 2^-24).
- * MODE_TF32 leaves small unset. */
+ * The tensor core reads only the top 10 mantissa bits of a tf32 operand (CUTLASS's round_half_ulp_truncate relies
+ * on it), so adding half an ulp of tf32 (0x1000) to the bit pattern rounds to nearest, ties away from zero, as
+ * cvt.rna.tf32.f32 does. 3XTF32: big = that rounding with the 13 low bits cleared (so that small = x - big is exact
+ * in f32, |small| <= 2^-11 |x|), small rounded the same way: an error <= 2^-11 |small| <= 2^-22 |x|. The dropped
+ * small*small term is <= 2^-22 |x y| too, so a 3xTF32 product carries <= 3 * 2^-22 relative error (f32: 2^-24).
+ * TF32: big only, low bits left for the tensor core to ignore (one integer add per operand). */
 template <int MODE>
 __device__ __forceinline__ void split_tf32(float x, uint32_t &big, uint32_t &small)
 {
-    big = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
-    if (MODE == MODE_3XTF32) small = __float_as_uint(__fsub_rn(x, __uint_as_float(big))) + 0x1000u;
+    if (MODE == MODE_3XTF32) {
+        big = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+        small = __float_as_uint(__fsub_rn(x, __uint_as_float(big))) + 0x1000u;
+    } else {
+        big = __float_as_uint(x) + 0x1000u;
+    }
 }
 
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
@@ -60,14 +64,18 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* c += A B in MODE: 3XTF32 adds the two correction products first, then big*big */
+/* c += A B in MODE; 3XTF32: the two correction products go to cc, big*big to c (cc unused in MODE_TF32).
+ * The tensor core adds the products of one mma to the accumulator with truncation (significands aligned to the
+ * largest term, bits below its 24-bit window dropped, no guard digits; measured on A100 by Fasi, Higham, Mikaitis
+ * and Pranesh, 2021): every mma into an accumulator costs up to an ulp of that accumulator. Keeping the corrections
+ * (2^-11 of the main terms) in their own accumulator makes their mmas' truncation negligible. */
 template <int MODE>
-__device__ __forceinline__ void mma_f32(float (&c)[4], const uint32_t (&ab)[4], const uint32_t (&as)[4], uint32_t bb0,
-                                        uint32_t bb1, uint32_t bs0, uint32_t bs1)
+__device__ __forceinline__ void mma_f32(float (&c)[4], float (&cc)[4], const uint32_t (&ab)[4], const uint32_t (&as)[4],
+                                        uint32_t bb0, uint32_t bb1, uint32_t bs0, uint32_t bs1)
 {
     if (MODE == MODE_3XTF32) {
-        mma_tf32(c, as, bb0, bb1);
-        mma_tf32(c, ab, bs0, bs1);
+        mma_tf32(cc, as, bb0, bb1);
+        mma_tf32(cc, ab, bs0, bs1);
     }
     mma_tf32(c, ab, bb0, bb1);
 }
@@ -309,18 +317,17 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     }
 
     /* per-lane fragment offsets (floats) into the swizzled tiles, kept out of the unrolled loops:
-     * Q/K: row g, slab kk2 -> aoff[kk2 & 1] + 32 (kk2 >> 1) (+ row0 D); V: key row 2q4 (+1), column 8 dt + g ->
+     * Q/K: row g, slab kk2 -> (aoff ^ 16 (kk2 & 1)) + 32 (kk2 >> 1) (+ row0 D); V: key row 2q4 (+1), column 8 dt + g ->
      * voff0/1[dt & 3] + 32 (dt >> 2) (+ key0 D) */
     const int xb = (q4 ^ sw32(g)) << 2;
-    const int aoff[2] = {g * D + xb, g * D + (xb ^ 16)};
+    const int aoff = g * D + xb; /* g D is a multiple of 64: the xor touches xb only */
+    const int vb0 = ((g >> 2) ^ sw32(2 * q4)) << 2, vb1 = ((g >> 2) ^ sw32(2 * q4 + 1)) << 2;
+    const int vrow0 = 2 * q4 * D + (g & 3);
     int voff0[4], voff1[4];
-    {
-        const int vb0 = ((g >> 2) ^ sw32(2 * q4)) << 2, vb1 = ((g >> 2) ^ sw32(2 * q4 + 1)) << 2;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            voff0[j] = 2 * q4 * D + ((8 * j) ^ vb0) + (g & 3);
-            voff1[j] = (2 * q4 + 1) * D + ((8 * j) ^ vb1) + (g & 3);
-        }
+    for (int j = 0; j < 4; ++j) {
+        voff0[j] = vrow0 + ((8 * j) ^ vb0);
+        voff1[j] = vrow0 + D + ((8 * j) ^ vb1);
     }
 
     float o[MT][D / 8][4];
@@ -334,10 +341,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
         mrun[mt][0] = mrun[mt][1] = MLSTM_FLOOR;
         lrun[mt][0] = lrun[mt][1] = 0.0f;
     }
-    /* C = scale * S * D' is computed as sign(scale) * S * 2^(log2|scale| + log2 D'): |scale| rides in the
-     * exponent, the sign is applied to l and O at the end */
-    const float lsc = log2f(fabsf(args.scale));
-    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+    /* C = scale * S * D' is computed as sign(scale) * S * 2^(log2(|scale|) + log2(D')): |scale| rides in the
+     * exponent (lsc, recomputed per tile from the kernel argument: registers are tight at D = 256), the sign is
+     * applied to l and O at the end */
 
     int buf = 0;
     for (int64_t kt = kt_hi; kt >= 0; --kt, buf ^= 1) {
@@ -356,17 +362,17 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
 
         const bool skip = ks > qs + wr0 + 16 * MT - 1; /* every key of the tile is after every row of the warp */
         if (!skip) {
-            float s[MT][BN / 8][4];
+            float s[MT][BN / 8][4], sc[MT][BN / 8][4]; /* S = s + sc: big*big, corrections (3XTF32) */
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
                 for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-                    for (int c = 0; c < 4; ++c) s[mt][n][c] = 0.0f;
+                    for (int c = 0; c < 4; ++c) s[mt][n][c] = sc[mt][n][c] = 0.0f;
             /* S = Q K^T */
-#pragma unroll
+#pragma unroll 1 /* unrolled, ptxas spilled (3 accumulator sets below) */
             for (int kk2 = 0; kk2 < D / 16; ++kk2) {
-                const int off = aoff[kk2 & 1] + 32 * (kk2 >> 1);
+                const int off = (aoff ^ ((kk2 & 1) << 4)) + 32 * (kk2 >> 1);
                 uint32_t ab[MT][2][4], as[MT][2][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
@@ -381,6 +387,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                     split_tf32<MODE>(x.w, ab[mt][1][2], as[mt][1][2]);
                     split_tf32<MODE>(y.w, ab[mt][1][3], as[mt][1][3]);
                 }
+                /* 3XTF32: big*big of this slab into a fresh accumulator t, added to s in f32 below */
+                float t[MT][BN / 8][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) t[mt][n][c] = 0.0f;
 #pragma unroll
                 for (int n = 0; n < BN / 8; ++n) {
                     const float4 z = *reinterpret_cast<const float4 *>(cK + off + n * 8 * D);
@@ -393,9 +407,25 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                     for (int st = 0; st < 2; ++st)
 #pragma unroll
                         for (int mt = 0; mt < MT; ++mt)
-                            mma_f32<MODE>(s[mt][n], ab[mt][st], as[mt][st], bb[st][0], bb[st][1], bs[st][0],
-                                          bs[st][1]);
+                            mma_f32<MODE>(MODE == MODE_3XTF32 ? t[mt][n] : s[mt][n], sc[mt][n], ab[mt][st], as[mt][st],
+                                          bb[st][0], bb[st][1], bs[st][0], bs[st][1]);
                 }
+                if (MODE == MODE_3XTF32) {
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                            for (int c = 0; c < 4; ++c) s[mt][n][c] += t[mt][n][c];
+                }
+            }
+            if (MODE == MODE_3XTF32) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) s[mt][n][c] += sc[mt][n][c];
             }
 
             float gkh[BN / 8][2], gkl[BN / 8][2];
@@ -420,11 +450,15 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                     rql[mt][rr] = sQl[wr0 + mt * 16 + g + rr * 8];
                 }
             if (ks + BN - 1 > qs + wr0)
-                fwd_gate_tile32<true, MT, BN, D>(s, o, mrun, lrun, rqh, rql, gkh, gkl, lim0, q4, lsc);
+                fwd_gate_tile32<true, MT, BN, D>(s, o, mrun, lrun, rqh, rql, gkh, gkl, lim0, q4,
+                                                 log2f(fabsf(args.scale)));
             else
-                fwd_gate_tile32<false, MT, BN, D>(s, o, mrun, lrun, rqh, rql, gkh, gkl, lim0, q4, lsc);
+                fwd_gate_tile32<false, MT, BN, D>(s, o, mrun, lrun, rqh, rql, gkh, gkl, lim0, q4,
+                                                  log2f(fabsf(args.scale)));
 
-            /* O += C V */
+            /* O += C V (the tile's contribution is mostly far below an ulp of O, so the truncating accumulation
+             * of the corrections into O costs little; a per-tile O accumulator was 1.5x more accurate in the
+             * emulation but spilled registers) */
 #pragma unroll
             for (int kk = 0; kk < BN / 8; ++kk) {
                 uint32_t cb[MT][4], cs[MT][4];
@@ -444,7 +478,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                     split_tf32<MODE>(v0, vb0, vs0);
                     split_tf32<MODE>(v1, vb1, vs1);
 #pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) mma_f32<MODE>(o[mt][dt], cb[mt], cs[mt], vb0, vb1, vs0, vs1);
+                    for (int mt = 0; mt < MT; ++mt)
+                        mma_f32<MODE>(o[mt][dt], o[mt][dt], cb[mt], cs[mt], vb0, vb1, vs0, vs1);
                 }
             }
         }
@@ -455,6 +490,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
     float *gh = bh_ptr<float>(th, b, hh);
     float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
