@@ -5,6 +5,7 @@
 #pragma once
 
 #include "mma.cuh"
+#include "range_guard.cuh"
 
 namespace mlstm {
 namespace tc {
@@ -29,12 +30,13 @@ struct FwdCfg {
  * with PM the prefix max of G over the tile (rounding is monotone, so this equals the max of the rounded
  * sums). The online max m (floored at -10 by its initial value) costs one lookup per row; per element:
  * C = S 2^(G2_j + rb2_t) with G2 = G log2e, rb2 = (Fq - m) log2e + log2|scale|, then l += C. The O rescale
- * is skipped when no row of the warp raised its max (the usual case walking away from the diagonal). */
-template <bool MASK, int MT, int BN, int D>
+ * is skipped when no row of the warp raised its max (the usual case walking away from the diagonal).
+ * GUARD (f16): the row's range-guard exponent esc is subtracted too, and mx gets the row's largest |C|. */
+template <bool MASK, bool GUARD, int MT, int BN, int D>
 __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (&o)[MT][D / 8][4],
                                               float (&mrun)[MT][2], float (&lrun)[MT][2], const float (&rowF)[MT][2],
                                               const float (&g2)[BN / 8][2], const float *pm, int lim0, int q4,
-                                              float lsc)
+                                              float lsc, const float (&esc)[MT * 2], float (&mx)[MT * 2])
 {
     float alpha[MT][2];
     bool raised = false;
@@ -67,19 +69,22 @@ __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
             const int lim = lim0 + mt * 16 + rr * 8;
-            const float rb2 = (rowF[mt][rr] - mrun[mt][rr]) * MLSTM_LOG2E + lsc;
-            float l = lrun[mt][rr];
+            float rb2 = (rowF[mt][rr] - mrun[mt][rr]) * MLSTM_LOG2E + lsc;
+            if (GUARD) rb2 -= esc[mt * 2 + rr];
+            float l = lrun[mt][rr], amx = 0.0f;
 #pragma unroll
             for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
                 for (int cc = 0; cc < 2; ++cc) {
-                    float p = fast_exp2(g2[n][cc] + rb2);
-                    if (MASK && n * 8 + 2 * q4 + cc > lim) p = 0.0f;
-                    const float cv = s[mt][n][rr * 2 + cc] * p;
+                    const float p = fast_exp2(g2[n][cc] + rb2);
+                    /* masked: exactly 0 (also for an overflowed score) */
+                    const float cv = (MASK && n * 8 + 2 * q4 + cc > lim) ? 0.0f : s[mt][n][rr * 2 + cc] * p;
                     s[mt][n][rr * 2 + cc] = cv;
                     l += cv;
+                    if (GUARD) amx = fmaxf(amx, fabsf(cv));
                 }
             lrun[mt][rr] = l;
+            if (GUARD) mx[mt * 2 + rr] = amx;
         }
     }
 }
@@ -206,6 +211,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
      * exponent, the sign is applied to l and O at the end */
     const float lsc = log2f(fabsf(args.scale));
     const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+    constexpr bool GUARD = NeedsRangeGuard<T>::value;
+    float esc[MT * 2]; /* range-guard exponents of the rows (range_guard.cuh) */
+#pragma unroll
+    for (int r = 0; r < MT * 2; ++r) esc[r] = 0.0f;
 
     int buf = 0;
     for (int64_t kt = kt_hi; kt >= 0; --kt, buf ^= 1) {
@@ -260,10 +269,29 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             /* key column c of row r (within the tiles) is masked when ks + c > qs + r; only tiles that reach
              * past the warp's first row need the mask (diagonal region, or keys >= S) */
             const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN); /* clamped: far tiles are all valid */
+            float mx[MT * 2];
             if (ks + BN - 1 > qs + wr0)
-                fwd_gate_tile<true, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc);
+                fwd_gate_tile<true, GUARD, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
             else
-                fwd_gate_tile<false, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc);
+                fwd_gate_tile<false, GUARD, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
+            if constexpr (GUARD) {
+                float fac[MT * 2];
+                if (range_guard_raise(mx, esc, fac)) {
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) {
+                            const float f = fac[mt * 2 + (c >> 1)];
+#pragma unroll
+                            for (int n = 0; n < BN / 8; ++n) s[mt][n][c] *= f;
+#pragma unroll
+                            for (int n = 0; n < D / 8; ++n) o[mt][n][c] *= f;
+                        }
+                        lrun[mt][0] *= fac[mt * 2];
+                        lrun[mt][1] *= fac[mt * 2 + 1];
+                    }
+                }
+            }
 
 #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
@@ -302,10 +330,15 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             l += __shfl_xor_sync(0xffffffffu, l, 1);
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             l *= sgn;
+            float sc = 1.0f; /* undoes the range guard: l and O are scaled by 2^-esc */
+            if (GUARD) {
+                sc = exp2f(esc[mt * 2 + rr]);
+                l *= sc;
+            }
             const float m = mrun[mt][rr];
             const float em = expf(-m);
             const float nsig = (fabsf(l) > em) ? l : em;
-            const float inv = sgn / (fabsf(nsig) + args.eps);
+            const float inv = sgn * sc / (fabsf(nsig) + args.eps);
             const int64_t t = qs + wr0 + mt * 16 + g + rr * 8;
             if (t < S) {
                 T *row = gh + t * th.ss;
