@@ -258,20 +258,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
             if constexpr (GUARD) {
                 float fac[2];
                 if (range_guard_raise(mx, esc, fac)) {
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) {
-                        const float f = fac[c >> 1];
-#pragma unroll
-                        for (int n = 0; n < BMQ / 8; ++n) {
-                            st[n][c] *= f;
-                            dpt[n][c] *= f;
-                        }
-#pragma unroll
-                        for (int n = 0; n < DOUT / 8; ++n) {
-                            adk[n][c] *= f;
-                            adv[n][c] *= f;
-                        }
-                    }
+                    range_guard_scale(st, fac);
+                    range_guard_scale(dpt, fac);
+                    range_guard_scale(adk, fac);
+                    range_guard_scale(adv, fac);
                     di_ps[0] *= fac[0];
                     di_ps[1] *= fac[1];
                 }
@@ -523,14 +513,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
             if constexpr (GUARD) {
                 float fac[2];
                 if (range_guard_raise(mx, esc, fac)) {
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) {
-                        const float f = fac[c >> 1];
-#pragma unroll
-                        for (int n = 0; n < BN / 8; ++n) dp[n][c] *= f;
-#pragma unroll
-                        for (int n = 0; n < D / 8; ++n) adq[n][c] *= f;
-                    }
+                    range_guard_scale(dp, fac);
+                    range_guard_scale(adq, fac);
                 }
             }
 #pragma unroll

@@ -279,14 +279,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                 if (range_guard_raise(mx, esc, fac)) {
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-                        for (int c = 0; c < 4; ++c) {
-                            const float f = fac[mt * 2 + (c >> 1)];
-#pragma unroll
-                            for (int n = 0; n < BN / 8; ++n) s[mt][n][c] *= f;
-#pragma unroll
-                            for (int n = 0; n < D / 8; ++n) o[mt][n][c] *= f;
-                        }
+                        range_guard_scale(s[mt], fac + mt * 2);
+                        range_guard_scale(o[mt], fac + mt * 2);
                         lrun[mt][0] *= fac[mt * 2];
                         lrun[mt][1] *= fac[mt * 2 + 1];
                     }
