@@ -1,8 +1,9 @@
 #!/bin/bash
 # One-call check of the CUDA f32 tensor-core forward (kernels_cuda/fwd_tf32.cuh) on a GPU machine: uses a build
 # carried in $BUILD if it runs there (else builds sm_90), then the f32 conformance cases on CUDA (default set and
-# the slow set's f32 forward cases), compute-sanitizer on small f32 forward cases, and bench_mlstm's f32 forward
-# on the anchor shapes three ways in the same process run: SIMT (MLSTM_CUDA_F32_TC=0, the baseline), 3xTF32, TF32.
+# the slow set's f32 forward cases), test_extreme and test_determinism on CUDA, compute-sanitizer on small f32
+# forward cases, and bench_mlstm's f32 forward on the anchor shapes three ways in one run: SIMT
+# (MLSTM_CUDA_F32_TC=0, the baseline), 3xTF32, TF32.
 # The tensor-core path is forced on (MLSTM_CUDA_F32_TC=1) whatever its build default (tile_config.h).
 # Usage (repository root): bash bench/gpu_tf32_check.sh [steps]   steps: test,slow,sanitize,bench   logs: $LOGDIR
 set -o pipefail
@@ -30,6 +31,10 @@ if has test; then
   MLSTM_BACKEND=cuda MLSTM_TEST_FILTER='*f32*' timeout 120 "$T" > "$LOG/conf_f32.log" 2>&1
   echo "conformance cuda f32 (default set) rc=$?"; summary "$LOG/conf_f32.log"
   grep -E "CASE\] fwd/f32" "$LOG/conf_f32.log" | sed 's/layout=bnsd\///'
+  MLSTM_BACKEND=cuda timeout 120 "$BUILD/tests/reliability/test_extreme" > "$LOG/extreme.log" 2>&1
+  echo "reliability extreme (cuda) rc=$?"; grep -E "cases|PASSED|FAILED" "$LOG/extreme.log" | head
+  MLSTM_BACKEND=cuda timeout 60 "$BUILD/tests/reliability/test_determinism" > "$LOG/determinism.log" 2>&1
+  echo "reliability determinism (cuda) rc=$?"; grep -E "PASSED|FAILED" "$LOG/determinism.log" | head -3
 fi
 if has slow; then
   MLSTM_BACKEND=cuda MLSTM_TEST_SLOW=1 MLSTM_TEST_FILTER='fwd/f32/*' timeout 120 "$T" > "$LOG/slow_f32.log" 2>&1

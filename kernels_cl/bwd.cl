@@ -62,14 +62,15 @@ inline void load_row_stats(const __global float *mb, long ms, const __global flo
 
 /* The element (t, j) of a tile, computed identically by the dK/dV and dQ kernels (so their M_tj agree bit
  * for bit): s = q_t . k_j, dp = dh_t . v_j, A = A_t (F_t - F_(end of key tile)). Returns P_tj; *w gets
- * D'_tj / (|n_t| + eps), *mv gets M_tj = P_tj * S_tj. */
+ * D'_tj / (|n_t| + eps), *mv gets M_tj = P_tj * S_tj. A masked element (!live) is exactly 0 in all three,
+ * whatever its operands (an inf h_t, hence delta_t, must not turn the masked part of the tile into NaN). */
 inline float element(float s, float dp, float A, float kf, float ki, float qm, float qn, float qd, bool live,
                      float scale, float *w, float *mv)
 {
     const float d = live ? exp((A + kf) + (ki - qm)) : 0.0f;
-    *w = qn * d;
-    const float p = (dp - qd) * *w;
-    *mv = p * (scale * s);
+    *w = live ? qn * d : 0.0f;
+    const float p = live ? (dp - qd) * *w : 0.0f;
+    *mv = live ? p * (scale * s) : 0.0f;
     return p;
 }
 
@@ -159,7 +160,7 @@ void mlstm_bwd_dkdv_kernel(const __global stor_t *q, const long4 Lq,
                     float w, mv;
                     p[a][b] = element(s[a][b], p[a][b], qA[t], kF[j], kI[j], qM[t], qN[t], qD[t],
                                       !(diag && j > t) && t < nq, scale, &w, &mv);
-                    tt[j * BLKP + t] = (scale * s[a][b]) * w; /* C_tj / (|n_t| + eps) */
+                    tt[j * BLKP + t] = w != 0.0f ? (scale * s[a][b]) * w : 0.0f; /* C_tj / (|n_t| + eps) */
                     msum[a] = csum_add(msum[a], mv);
                 }
             }
@@ -192,7 +193,11 @@ void mlstm_bwd_dkdv_kernel(const __global stor_t *q, const long4 Lq,
     const float2 sum = csum_split(reduce_rows(msum, tt));
     if (lid < nk) {
         di[HEAD_BASE(Ldi, bb, hh) + (k0 + lid) * Ldi.s3] = sum.x;
+#if MLSTM_DTYPE == 2 /* a residual beyond f16's range (|di| > ~1e12) is kept at the largest finite value */
+        STORET(dq, HEAD_BASE(Ldq, bb, hh) + (k0 + lid) * Ldq.s3, clamp(sum.y, -65504.0f, 65504.0f));
+#else
         STORET(dq, HEAD_BASE(Ldq, bb, hh) + (k0 + lid) * Ldq.s3, sum.y);
+#endif
     }
 }
 

@@ -90,7 +90,7 @@ void mlstm_fwd_kernel(const __global stor_t *q, const long4 Lq,
                     const int j = c + TC * b;
                     const float val = (A[a] + kF[j]) + (kI[j] - m_r[a]);
                     const float d = (diag && j > t) ? 0.0f : exp(val);
-                    const float cv = (scale * s[a][b]) * d;
+                    const float cv = d != 0.0f ? (scale * s[a][b]) * d : 0.0f; /* masked: 0 even for s = inf */
                     ct[t * BLKP + j] = cv;
                     lpart[a] = csum_add(lpart[a], cv);
                 }

@@ -8,6 +8,7 @@
 
 #include <type_traits>
 #include "mma.cuh"
+#include "range_guard.cuh"
 
 namespace mlstm {
 namespace tc {
@@ -166,6 +167,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
 #pragma unroll
         for (int c = 0; c < 4; ++c) adk[n][c] = adv[n][c] = 0.0f;
     float di_ps[2] = {0.0f, 0.0f}; /* sum_t P_tj S_tj / sgn, only for the split variant */
+    constexpr bool GUARD = NeedsRangeGuard<T>::value;
+    float esc[2] = {0.0f, 0.0f}; /* range-guard exponents of the two key rows (range_guard.cuh) */
 
     int buf = 0;
     for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
@@ -209,7 +212,12 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
             /* elementwise: rows = keys j (g, g+8), cols = queries t; key j = ks + jr is masked for query
              * t = qs + u when jr > qrel + u (only query tiles that start before the warp's last key) */
             const int qrel = (int)(qs - ks);
-            const float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+            float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+            if (GUARD) {
+                gb2[0] = __fsub_rn(gb2[0], esc[0]);
+                gb2[1] = __fsub_rn(gb2[1], esc[1]);
+            }
+            float mx[2] = {0.0f, 0.0f};
             auto elementwise = [&](auto maskc) {
                 constexpr bool MASK = decltype(maskc)::value;
 #pragma unroll
@@ -222,15 +230,23 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                         const int jr = wk0 + g + rr * 8;
 #pragma unroll
                         for (int cc = 0; cc < 2; ++cc) {
-                            float e = fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
-                            if (MASK && jr > qrel + u0 + cc) e = 0.0f;
-                            const float sv = st[n][rr * 2 + cc];
-                            const float p = __fmul_rn(__fsub_rn(dpt[n][rr * 2 + cc], cc ? dl.y : dl.x), e);
+                            /* a masked element is exactly 0, whatever its operands (an inf h_t, hence delta_t) */
+                            const bool dead = MASK && jr > qrel + u0 + cc;
+                            const float e = dead ? 0.0f : fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
+                            const float sv = dead ? 0.0f : st[n][rr * 2 + cc];
+                            const float p =
+                                dead ? 0.0f : __fmul_rn(__fsub_rn(dpt[n][rr * 2 + cc], cc ? dl.y : dl.x), e);
                             /* di from the T-rounded P the dK product uses (as k.dk would), so it cancels
                              * against q.dq of the dQ kernel */
-                            if (Cfg::SPLIT) di_ps[rr] += to_f32(from_f32<T>(p)) * sv;
-                            st[n][rr * 2 + cc] = sv * e; /* (C/n) / sgn for dV */
-                            dpt[n][rr * 2 + cc] = p;     /* scale P / sgn for dK */
+                            if (Cfg::SPLIT) {
+                                float pr = to_f32(from_f32<T>(p));
+                                if (GUARD && isinf(pr)) pr = p; /* this tile is about to be rescaled */
+                                di_ps[rr] += pr * sv;
+                            }
+                            const float cn = sv * e;
+                            st[n][rr * 2 + cc] = cn; /* (C/n) / sgn for dV */
+                            dpt[n][rr * 2 + cc] = p; /* scale P / sgn for dK */
+                            if (GUARD) mx[rr] = fmaxf(mx[rr], fmaxf(fabsf(cn), fabsf(p)));
                         }
                     }
                 }
@@ -239,6 +255,17 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 elementwise(std::true_type{});
             else
                 elementwise(std::false_type{});
+            if constexpr (GUARD) {
+                float fac[2];
+                if (range_guard_raise(mx, esc, fac)) {
+                    range_guard_scale(st, fac);
+                    range_guard_scale(dpt, fac);
+                    range_guard_scale(adk, fac);
+                    range_guard_scale(adv, fac);
+                    di_ps[0] *= fac[0];
+                    di_ps[1] *= fac[1];
+                }
+            }
             /* dV += (C/n)^T dH ; dK += P^T Q  (k = query index) */
 #pragma unroll
             for (int kk = 0; kk < BMQ / 16; ++kk) {
@@ -274,6 +301,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     for (int rr = 0; rr < 2; ++rr) {
         const int kr = wk0 + g + rr * 8;
         const int64_t j = ks + kr;
+        const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
         float di = 0.0f;
         if (!Cfg::SPLIT) { /* di_j = k_j . dk_j from the f32 accumulator */
 #pragma unroll
@@ -282,9 +310,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 const T *kp = sK + swz<D>(kr, col);
                 di += to_f32(kp[0]) * adk[n][rr * 2] + to_f32(kp[1]) * adk[n][rr * 2 + 1];
             }
-            di *= sgn;
+            di *= osc;
         } else {
-            di = di_ps[rr] * sgn;
+            di = di_ps[rr] * osc;
         }
         di += __shfl_xor_sync(0xffffffffu, di, 1);
         di += __shfl_xor_sync(0xffffffffu, di, 2);
@@ -294,9 +322,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
 #pragma unroll
             for (int n = 0; n < DOUT / 8; ++n) {
                 *reinterpret_cast<uint32_t *>(rk + n * 8 + 2 * q4) =
-                    pack2<T>(adk[n][rr * 2] * sgn, adk[n][rr * 2 + 1] * sgn);
+                    pack2<T>(adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
                 *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
-                    pack2<T>(adv[n][rr * 2] * sgn, adv[n][rr * 2 + 1] * sgn);
+                    pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
             }
             if (q4 == 0 && dc == 0) gdi[j * tdi.ss] = di;
         }
@@ -413,6 +441,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     for (int n = 0; n < D / 8; ++n)
 #pragma unroll
         for (int c = 0; c < 4; ++c) adq[n][c] = 0.0f;
+    constexpr bool GUARD = NeedsRangeGuard<T>::value;
+    float esc[2] = {0.0f, 0.0f}; /* range-guard exponents of the two query rows (range_guard.cuh) */
 
     int buf = 0;
     for (int64_t kt = kt_hi; kt >= 0; --kt, buf ^= 1) {
@@ -451,6 +481,12 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
             }
             /* key column c of row r masked when ks + c > qs + r; keys >= S have zero K rows (no effect) */
             const int lim0 = wr0 + g - (int)(ks - qs);
+            float rbs[2] = {rb2[0], rb2[1]};
+            if (GUARD) {
+                rbs[0] = __fsub_rn(rbs[0], esc[0]);
+                rbs[1] = __fsub_rn(rbs[1], esc[1]);
+            }
+            float mx[2] = {0.0f, 0.0f};
             auto elementwise = [&](auto maskc) {
                 constexpr bool MASK = decltype(maskc)::value;
 #pragma unroll
@@ -460,9 +496,12 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
                     for (int rr = 0; rr < 2; ++rr) {
 #pragma unroll
                         for (int cc = 0; cc < 2; ++cc) {
-                            float e = fast_exp2(__fadd_rn(rb2[rr], cc ? gv2.y : gv2.x));
-                            if (MASK && n * 8 + 2 * q4 + cc > lim0 + rr * 8) e = 0.0f;
-                            dp[n][rr * 2 + cc] = __fmul_rn(__fsub_rn(dp[n][rr * 2 + cc], del[rr]), e);
+                            /* a masked element is exactly 0, whatever its operands (an inf h_t, hence delta_t) */
+                            const bool dead = MASK && n * 8 + 2 * q4 + cc > lim0 + rr * 8;
+                            const float e = fast_exp2(__fadd_rn(rbs[rr], cc ? gv2.y : gv2.x));
+                            const float p = dead ? 0.0f : __fmul_rn(__fsub_rn(dp[n][rr * 2 + cc], del[rr]), e);
+                            dp[n][rr * 2 + cc] = p;
+                            if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(p));
                         }
                     }
                 }
@@ -471,6 +510,13 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
                 elementwise(std::true_type{});
             else
                 elementwise(std::false_type{});
+            if constexpr (GUARD) {
+                float fac[2];
+                if (range_guard_raise(mx, esc, fac)) {
+                    range_guard_scale(dp, fac);
+                    range_guard_scale(adq, fac);
+                }
+            }
 #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
                 uint32_t a[4];
@@ -495,13 +541,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     for (int rr = 0; rr < 2; ++rr) {
         const int64_t t = qs + wr0 + g + rr * 8;
         const bool ok = t < S;
+        const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
         float qd = 0.0f;
         T *row = gdq + (ok ? t : 0) * tdq.ss;
         const T *qrow = gq + (ok ? t : 0) * tq.ss;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
             const int col = n * 8 + 2 * q4;
-            const float x0 = adq[n][rr * 2] * sgn, x1 = adq[n][rr * 2 + 1] * sgn;
+            const float x0 = adq[n][rr * 2] * osc, x1 = adq[n][rr * 2 + 1] * osc;
             if (ok) {
                 qd += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1;
                 *reinterpret_cast<uint32_t *>(row + col) = pack2<T>(x0, x1);

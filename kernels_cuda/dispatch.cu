@@ -58,8 +58,10 @@ bool tc_aligned(const KArgs &a, bool backward)
 bool g_tc_ok[2][2][3];
 
 int dim_index(int64_t d) { return d == 64 ? 0 : d == 128 ? 1 : d == 256 ? 2 : -1; }
-/* same for the small-grid variants (a refused one falls back to the default tiles) */
+/* same for the small-grid variants (a refused one falls back to the default tiles) and the key-split forward
+ * ([dtype][D]; a refused one falls back to the small tiles) */
 bool g_tc_small_ok[2][2][3];
+bool g_tc_split_ok[2][3];
 /* small-grid policy: -1 auto (default grid below MLSTM_SMALL_CTAS_PER_SM CTAs per SM), 0 never, 1 always
  * (env MLSTM_CUDA_SMALL_TILES=0/1/auto, read at setup; unset: MLSTM_SMALL_TILES_DEFAULT), and the SM count */
 int g_small_mode = -1;
@@ -71,11 +73,18 @@ bool use_small(int64_t ctas_default)
     return ctas_default < (int64_t)MLSTM_SMALL_CTAS_PER_SM * g_sms;
 }
 
-template <int D> bool fwd_small(const KArgs &a, int t)
+/* forward tile variant: the small tiles when the default grid is below MLSTM_SMALL_CTAS_PER_SM CTAs per SM, and
+ * the key split instead when even the small tiles' grid is below MLSTM_SPLIT_CTAS_PER_SM (auto mode only) */
+template <int D> int fwd_variant(const KArgs &a, int t)
 {
     using C = typename TileCfg<D>::Fwd;
-    constexpr int BM = 16 * C::MT * C::NW;
-    return g_tc_small_ok[0][t][dim_index(D)] && use_small((a.S + BM - 1) / BM * a.B * a.NH);
+    using CS = typename TileCfg<D>::FwdS;
+    const int di = dim_index(D);
+    if (!g_tc_small_ok[0][t][di] || !use_small((a.S + C::BM - 1) / C::BM * a.B * a.NH)) return FWD_DEFAULT;
+    if (g_small_mode < 0 && g_tc_split_ok[t][di] &&
+        (a.S + CS::BM - 1) / CS::BM * a.B * a.NH < (int64_t)MLSTM_SPLIT_CTAS_PER_SM * g_sms)
+        return FWD_SPLIT;
+    return FWD_SMALL;
 }
 template <int D> bool bwd_small(const KArgs &a, int t)
 {
@@ -143,7 +152,11 @@ template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16
 
 template <typename T, int D> cudaError_t fwd_tc(const KArgs &a, cudaStream_t st)
 {
-    return fwd_small<D>(a, tix<T>()) ? run_fwd_tc<T, D, true>(a, st) : run_fwd_tc<T, D, false>(a, st);
+    switch (fwd_variant<D>(a, tix<T>())) {
+    case FWD_SPLIT: return run_fwd_tc<T, D, FWD_SPLIT>(a, st);
+    case FWD_SMALL: return run_fwd_tc<T, D, FWD_SMALL>(a, st);
+    default: return run_fwd_tc<T, D, FWD_DEFAULT>(a, st);
+    }
 }
 template <typename T, int D> cudaError_t bwd_tc(const KArgs &a, cudaStream_t st)
 {
@@ -221,6 +234,12 @@ static void tc_small_setup(bool backward, int t, int di, cudaError_t e)
     if (e != cudaSuccess) (void)cudaGetLastError();
 }
 
+static void tc_split_setup(int t, int di, cudaError_t e)
+{
+    g_tc_split_ok[t][di] = e == cudaSuccess;
+    if (e != cudaSuccess) (void)cudaGetLastError();
+}
+
 static cudaError_t bwd_setup(cudaError_t dkdv, cudaError_t dq) { return dkdv != cudaSuccess ? dkdv : dq; }
 
 /* f32 tensor-core forward: a refused shared-memory size only disables that instance (SIMT serves it) */
@@ -232,18 +251,21 @@ static void tc32_setup(int mode, int di, cudaError_t e)
 
 template <typename T> static void tc_setup_all(int t, bool sm90)
 {
-    tc_setup(false, t, 0, setup_fwd_tc<T, 64, false>());
-    tc_setup(false, t, 1, setup_fwd_tc<T, 128, false>());
-    tc_setup(false, t, 2, setup_fwd_tc<T, 256, false>());
+    tc_setup(false, t, 0, setup_fwd_tc<T, 64, FWD_DEFAULT>());
+    tc_setup(false, t, 1, setup_fwd_tc<T, 128, FWD_DEFAULT>());
+    tc_setup(false, t, 2, setup_fwd_tc<T, 256, FWD_DEFAULT>());
     tc_setup(true, t, 0, bwd_setup(setup_bwd_dkdv_tc<T, 64, false>(), setup_bwd_dq_tc<T, 64>()));
     tc_setup(true, t, 1, bwd_setup(setup_bwd_dkdv_tc<T, 128, false>(), setup_bwd_dq_tc<T, 128>()));
     tc_setup(true, t, 2, bwd_setup(setup_bwd_dkdv_tc<T, 256, false>(), setup_bwd_dq_tc<T, 256>()));
     for (int bw = 0; bw < 2; ++bw)
-        for (int di = 0; di < 3; ++di) g_tc_small_ok[bw][t][di] = false;
+        for (int di = 0; di < 3; ++di) g_tc_small_ok[bw][t][di] = g_tc_split_ok[t][di] = false;
     if (!sm90) return; /* the small-grid variants are compiled for sm_90+ only (stubs on sm_80) */
-    tc_small_setup(false, t, 0, setup_fwd_tc<T, 64, true>());
-    tc_small_setup(false, t, 1, setup_fwd_tc<T, 128, true>());
-    tc_small_setup(false, t, 2, setup_fwd_tc<T, 256, true>());
+    tc_small_setup(false, t, 0, setup_fwd_tc<T, 64, FWD_SMALL>());
+    tc_small_setup(false, t, 1, setup_fwd_tc<T, 128, FWD_SMALL>());
+    tc_small_setup(false, t, 2, setup_fwd_tc<T, 256, FWD_SMALL>());
+    tc_split_setup(t, 0, setup_fwd_tc<T, 64, FWD_SPLIT>());
+    tc_split_setup(t, 1, setup_fwd_tc<T, 128, FWD_SPLIT>());
+    tc_split_setup(t, 2, setup_fwd_tc<T, 256, FWD_SPLIT>());
     tc_small_setup(true, t, 0, setup_bwd_dkdv_tc<T, 64, true>());
     tc_small_setup(true, t, 1, setup_bwd_dkdv_tc<T, 128, true>());
     g_tc_small_ok[1][t][2] = false; /* D=256: the default dK/dV tiles are already the small ones */

@@ -5,20 +5,24 @@
 #pragma once
 
 #include "mma.cuh"
+#include "range_guard.cuh"
 
 namespace mlstm {
 namespace tc {
 
-template <int D, int MT, int NW, int BN>
+template <int D, int MT, int NW, int BN, int KS = 1>
 struct FwdCfg {
-    static constexpr int BM = 16 * MT * NW;
+    static constexpr int BM = 16 * MT * NW / KS; /* KS key groups of NW / KS warps each cover all BM rows */
     static constexpr int NT = 32 * NW;
     static constexpr int Q_BYTES = BM * D * 2;
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = Q_BYTES;
-    static constexpr int V_OFF = K_OFF + 2 * KV_BYTES;
-    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sFq[BM], sG2[2][BN], sPM[2][BN] */
-    static constexpr int SMEM = G_OFF + (BM + 4 * BN) * 4;
+    static constexpr int V_OFF = K_OFF + 2 * KS * KV_BYTES;
+    static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES; /* floats: sFq[BM], sG2[2][KS][BN], sPM[2][KS][BN] */
+    static constexpr int SMEM = G_OFF + (BM + 4 * KS * BN) * 4;
+    /* KS > 1: the groups' merge reuses [0, G_OFF) for O [BM][D], l [BM][4], m [BM], esc [BM] (floats) */
+    static_assert(KS == 1 || (BM * D + 6 * BM) * 4 <= G_OFF, "merge buffer");
+    static_assert(NW % KS == 0, "warps per key group");
     static_assert(BM % BN == 0, "query tile must be a multiple of the key tile");
     static_assert(BM % 32 == 0 && BN % 32 == 0 && BN % 16 == 0, "tile sizes");
     static_assert(D % 64 == 0, "swizzle needs D >= 64");
@@ -29,12 +33,13 @@ struct FwdCfg {
  * with PM the prefix max of G over the tile (rounding is monotone, so this equals the max of the rounded
  * sums). The online max m (floored at -10 by its initial value) costs one lookup per row; per element:
  * C = S 2^(G2_j + rb2_t) with G2 = G log2e, rb2 = (Fq - m) log2e + log2|scale|, then l += C. The O rescale
- * is skipped when no row of the warp raised its max (the usual case walking away from the diagonal). */
-template <bool MASK, int MT, int BN, int D>
+ * is skipped when no row of the warp raised its max (the usual case walking away from the diagonal).
+ * GUARD (f16): the row's range-guard exponent esc is subtracted too, and mx gets the row's largest |C|. */
+template <bool MASK, bool GUARD, int MT, int BN, int D>
 __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (&o)[MT][D / 8][4],
                                               float (&mrun)[MT][2], float (&lrun)[MT][2], const float (&rowF)[MT][2],
                                               const float (&g2)[BN / 8][2], const float *pm, int lim0, int q4,
-                                              float lsc)
+                                              float lsc, const float (&esc)[MT * 2], float (&mx)[MT * 2])
 {
     float alpha[MT][2];
     bool raised = false;
@@ -67,25 +72,31 @@ __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
             const int lim = lim0 + mt * 16 + rr * 8;
-            const float rb2 = (rowF[mt][rr] - mrun[mt][rr]) * MLSTM_LOG2E + lsc;
-            float l = lrun[mt][rr];
+            float rb2 = (rowF[mt][rr] - mrun[mt][rr]) * MLSTM_LOG2E + lsc;
+            if (GUARD) rb2 -= esc[mt * 2 + rr];
+            float l = lrun[mt][rr], amx = 0.0f;
 #pragma unroll
             for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
                 for (int cc = 0; cc < 2; ++cc) {
-                    float p = fast_exp2(g2[n][cc] + rb2);
-                    if (MASK && n * 8 + 2 * q4 + cc > lim) p = 0.0f;
-                    const float cv = s[mt][n][rr * 2 + cc] * p;
+                    const float p = fast_exp2(g2[n][cc] + rb2);
+                    /* masked: exactly 0 (also for an overflowed score) */
+                    const float cv = (MASK && n * 8 + 2 * q4 + cc > lim) ? 0.0f : s[mt][n][rr * 2 + cc] * p;
                     s[mt][n][rr * 2 + cc] = cv;
                     l += cv;
+                    if (GUARD) amx = fmaxf(amx, fabsf(cv));
                 }
             lrun[mt][rr] = l;
+            if (GUARD) mx[mt * 2 + rr] = amx;
         }
     }
 }
 
-/* h = mLSTM(q, k, v, i, f) for one query tile; also writes m and signed n (see api/mlstm.h). */
-template <typename T, int D, int MT, int NW, int BN, bool SM90 = false>
+/* h = mLSTM(q, k, v, i, f) for one query tile; also writes m and signed n (see api/mlstm.h).
+ * KS > 1 (key split, for grids too small to fill the GPU): the NW warps form KS groups that each cover all BM
+ * query rows and take every KS-th key tile (group g: kt_hi - g, kt_hi - g - KS, ...), which divides the serial
+ * chain of key tiles a CTA walks by KS; the groups' (O, l, m, esc) are merged through shared memory at the end. */
+template <typename T, int D, int MT, int NW, int BN, bool SM90 = false, int KS = 1>
 __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constant__ KArgs args)
 {
     /* SM90: a small-grid variant that dispatch.cu uses on sm_90+ only; its sm_80 image is an empty stub, which
@@ -96,15 +107,15 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     } else
 #endif
     {
-    using Cfg = FwdCfg<D, MT, NW, BN>;
-    constexpr int BM = Cfg::BM, NT = Cfg::NT;
+    using Cfg = FwdCfg<D, MT, NW, BN, KS>;
+    constexpr int BM = Cfg::BM, NT = Cfg::NT, NWG = NW / KS;
     extern __shared__ __align__(128) unsigned char smem[];
     T *sQ = reinterpret_cast<T *>(smem);
-    T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF);
+    T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF); /* [2 stages][KS][BN * D] */
     T *sV = reinterpret_cast<T *>(smem + Cfg::V_OFF);
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
-    float *sG2 = sFq + BM;     /* [2][BN] G_j log2e */
-    float *sPM = sG2 + 2 * BN; /* [2][BN] prefix max of G_j over the tile (natural units) */
+    float *sG2 = sFq + BM;          /* [2][KS][BN] G_j log2e */
+    float *sPM = sG2 + 2 * KS * BN; /* [2][KS][BN] prefix max of G_j over the tile (natural units) */
 
     const int64_t S = args.S, BH = args.B * args.NH;
     const int64_t nqt = (S + BM - 1) / BM;
@@ -119,14 +130,19 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    const int wr0 = warp * 16 * MT; /* first row of this warp within the tile */
-    constexpr int GW = NW - 1;      /* gate warp: owns the last rows, so it never skips a tile */
+    const int grp = warp / NWG;              /* key group */
+    const int wr0 = (warp % NWG) * 16 * MT; /* first row of this warp within the tile */
+    constexpr int GW = NW - 1;               /* gate warp (writes the gates of every group's tiles) */
 
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
 
     load_tile_async<T, BM, D, NT>(sQ, gq, tq.ss, qs, S);
-    load_tile_async<T, BN, D, NT>(sK, gk, tk.ss, kt_hi * BN, S);
-    load_tile_async<T, BN, D, NT>(sV, gv, tv.ss, kt_hi * BN, S);
+#pragma unroll
+    for (int gs = 0; gs < KS; ++gs)
+        if (kt_hi - gs >= 0) {
+            load_tile_async<T, BN, D, NT>(sK + gs * BN * D, gk, tk.ss, (kt_hi - gs) * BN, S);
+            load_tile_async<T, BN, D, NT>(sV + gs * BN * D, gv, tv.ss, (kt_hi - gs) * BN, S);
+        }
     cp_async_commit();
 
     if (warp == 0) { /* query-tile local cumsum */
@@ -139,13 +155,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     }
     __syncthreads();
 
-    /* gate warp state: the compensated offset sum_{u in [ks, qs)} a_u of the tile whose gates it writes */
+    /* gate warp state: the compensated offset sum_{u in [ks, qs)} a_u of the tile whose gates it writes; the
+     * tiles are finished in descending order (all groups' tiles of a step, group 0 first) */
     Comp off = {0.0f, 0.0f};
-    GateTile<BN> gnext;
-    auto gate_finish = [&](int64_t ks, int bsel) {
+    GateTile<BN> gnext[KS];
+    auto gate_finish = [&](const GateTile<BN> &gn, int64_t ks, int slot) {
         constexpr int E = GateTile<BN>::E;
         float cum[E];
-        float tot = gnext.scan(cum, ks, S);
+        float tot = gn.scan(cum, ks, S);
         float ohi, olo;
         if (ks >= qs) {
             ohi = (ks > qs) ? -sFq[ks - 1 - qs] : 0.0f;
@@ -158,7 +175,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
         float gv[E], pmx = -INFINITY;
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-            gv[e] = ((gnext.i[e] - cum[e]) + olo) + ohi;
+            gv[e] = ((gn.i[e] - cum[e]) + olo) + ohi;
             pmx = fmaxf(pmx, gv[e]);
         }
         /* exclusive prefix max over lanes, then running max within the lane */
@@ -173,13 +190,17 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
 #pragma unroll
         for (int e = 0; e < E; ++e) {
             run = fmaxf(run, gv[e]);
-            sG2[bsel * BN + lane * E + e] = gv[e] * MLSTM_LOG2E;
-            sPM[bsel * BN + lane * E + e] = run;
+            sG2[slot * BN + lane * E + e] = gv[e] * MLSTM_LOG2E;
+            sPM[slot * BN + lane * E + e] = run;
         }
     };
     if (warp == GW) {
-        gnext.load(gf, tf.ss, gi, ti.ss, kt_hi * BN, S);
-        gate_finish(kt_hi * BN, 0);
+#pragma unroll
+        for (int gs = 0; gs < KS; ++gs)
+            if (kt_hi - gs >= 0) {
+                gnext[gs].load(gf, tf.ss, gi, ti.ss, (kt_hi - gs) * BN, S);
+                gate_finish(gnext[gs], (kt_hi - gs) * BN, gs);
+            }
     }
 
     const FragBase<D> fb;
@@ -206,25 +227,42 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
      * exponent, the sign is applied to l and O at the end */
     const float lsc = log2f(fabsf(args.scale));
     const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+    constexpr bool GUARD = NeedsRangeGuard<T>::value;
+    float esc[MT * 2]; /* range-guard exponents of the rows (range_guard.cuh) */
+#pragma unroll
+    for (int r = 0; r < MT * 2; ++r) esc[r] = 0.0f;
 
+    const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
     int buf = 0;
-    for (int64_t kt = kt_hi; kt >= 0; --kt, buf ^= 1) {
+    for (int64_t it = 0; it < nsteps; ++it, buf ^= 1) {
         cp_async_wait<0>();
         __syncthreads();
-        const int64_t ks = kt * BN;
-        if (kt > 0) {
-            const int64_t kn = (kt - 1) * BN;
-            load_tile_async<T, BN, D, NT>(sK + (buf ^ 1) * BN * D, gk, tk.ss, kn, S);
-            load_tile_async<T, BN, D, NT>(sV + (buf ^ 1) * BN * D, gv, tv.ss, kn, S);
+        const int64_t knext = kt_hi - (it + 1) * KS; /* group 0's tile of the next step */
+        if (knext >= 0) {
+#pragma unroll
+            for (int gs = 0; gs < KS; ++gs)
+                if (knext - gs >= 0) {
+                    const int sl = (buf ^ 1) * KS + gs;
+                    load_tile_async<T, BN, D, NT>(sK + sl * BN * D, gk, tk.ss, (knext - gs) * BN, S);
+                    load_tile_async<T, BN, D, NT>(sV + sl * BN * D, gv, tv.ss, (knext - gs) * BN, S);
+                }
             cp_async_commit();
-            if (warp == GW) gnext.load(gf, tf.ss, gi, ti.ss, kn, S);
+            if (warp == GW) {
+#pragma unroll
+                for (int gs = 0; gs < KS; ++gs)
+                    if (knext - gs >= 0) gnext[gs].load(gf, tf.ss, gi, ti.ss, (knext - gs) * BN, S);
+            }
         }
-        const uint32_t cK = aK + buf * BN * D * 2;
-        const uint32_t cV = aV + buf * BN * D * 2;
-        const float *cG = sG2 + buf * BN;
-        const float *cPM = sPM + buf * BN;
+        const int64_t kt = kt_hi - it * KS - grp; /* this warp's key tile (< 0: none left for its group) */
+        const int slot = buf * KS + grp;
+        const uint32_t cK = aK + slot * BN * D * 2;
+        const uint32_t cV = aV + slot * BN * D * 2;
+        const float *cG = sG2 + slot * BN;
+        const float *cPM = sPM + slot * BN;
+        const int64_t ks = kt * BN;
 
-        const bool skip = ks > qs + wr0 + 16 * MT - 1; /* every key of the tile is after every row of the warp */
+        /* no tile, or every key of the tile is after every row of the warp */
+        const bool skip = kt < 0 || ks > qs + wr0 + 16 * MT - 1;
         if (!skip) {
             float s[MT][BN / 8][4];
 #pragma unroll
@@ -260,10 +298,23 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             /* key column c of row r (within the tiles) is masked when ks + c > qs + r; only tiles that reach
              * past the warp's first row need the mask (diagonal region, or keys >= S) */
             const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN); /* clamped: far tiles are all valid */
+            float mx[MT * 2];
             if (ks + BN - 1 > qs + wr0)
-                fwd_gate_tile<true, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc);
+                fwd_gate_tile<true, GUARD, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
             else
-                fwd_gate_tile<false, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc);
+                fwd_gate_tile<false, GUARD, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
+            if constexpr (GUARD) {
+                float fac[MT * 2];
+                if (range_guard_raise(mx, esc, fac)) {
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        range_guard_scale(s[mt], fac + mt * 2);
+                        range_guard_scale(o[mt], fac + mt * 2);
+                        lrun[mt][0] *= fac[mt * 2];
+                        lrun[mt][1] *= fac[mt * 2 + 1];
+                    }
+                }
+            }
 
 #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
@@ -287,7 +338,63 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                 }
             }
         }
-        if (kt > 0 && warp == GW) gate_finish((kt - 1) * BN, buf ^ 1);
+        if (knext >= 0 && warp == GW) {
+#pragma unroll
+            for (int gs = 0; gs < KS; ++gs)
+                if (knext - gs >= 0) gate_finish(gnext[gs], (knext - gs) * BN, (buf ^ 1) * KS + gs);
+        }
+    }
+
+    if constexpr (KS > 1) {
+        /* merge the groups into group 0: (O, l) scaled to the common max m and range exponent. The K/V stages
+         * are free now; group g > 0 writes its per-lane state there, group 0 folds it in, group by group. */
+        static_assert(KS == 2, "the merge below handles two key groups");
+        float *cO = reinterpret_cast<float *>(smem); /* [BM][D] */
+        float *cL = cO + BM * D;                     /* [BM][4] per-lane partial l */
+        float *cM = cL + BM * 4;                     /* [BM] */
+        float *cE = cM + BM;                         /* [BM] */
+        __syncthreads(); /* every warp is done with sQ / sK / sV */
+        if (grp == 1) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int rr = 0; rr < 2; ++rr) {
+                    const int r = wr0 + mt * 16 + g + rr * 8;
+#pragma unroll
+                    for (int n = 0; n < D / 8; ++n)
+                        *reinterpret_cast<float2 *>(cO + r * D + n * 8 + 2 * q4) =
+                            make_float2(o[mt][n][rr * 2], o[mt][n][rr * 2 + 1]);
+                    cL[r * 4 + q4] = lrun[mt][rr];
+                    if (q4 == 0) {
+                        cM[r] = mrun[mt][rr];
+                        cE[r] = esc[mt * 2 + rr];
+                    }
+                }
+        }
+        __syncthreads();
+        if (grp == 1) return; /* no further barrier below */
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int r = wr0 + mt * 16 + g + rr * 8;
+                const float m1 = cM[r], m0 = mrun[mt][rr], mm = fmaxf(m0, m1);
+                float f0 = expf(m0 - mm), f1 = expf(m1 - mm);
+                if (GUARD) {
+                    const float e0 = esc[mt * 2 + rr], e1 = cE[r], ee = fmaxf(e0, e1);
+                    f0 *= exp2f(e0 - ee);
+                    f1 *= exp2f(e1 - ee);
+                    esc[mt * 2 + rr] = ee;
+                }
+                mrun[mt][rr] = mm;
+                lrun[mt][rr] = lrun[mt][rr] * f0 + cL[r * 4 + q4] * f1;
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n) {
+                    const float2 p = *reinterpret_cast<const float2 *>(cO + r * D + n * 8 + 2 * q4);
+                    o[mt][n][rr * 2] = o[mt][n][rr * 2] * f0 + p.x * f1;
+                    o[mt][n][rr * 2 + 1] = o[mt][n][rr * 2 + 1] * f0 + p.y * f1;
+                }
+            }
     }
 
     /* epilogue: normaliser, h, m, n */
@@ -302,10 +409,15 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             l += __shfl_xor_sync(0xffffffffu, l, 1);
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             l *= sgn;
+            float sc = 1.0f; /* undoes the range guard: l and O are scaled by 2^-esc */
+            if (GUARD) {
+                sc = exp2f(esc[mt * 2 + rr]);
+                l *= sc;
+            }
             const float m = mrun[mt][rr];
             const float em = expf(-m);
             const float nsig = (fabsf(l) > em) ? l : em;
-            const float inv = sgn / (fabsf(nsig) + args.eps);
+            const float inv = sgn * sc / (fabsf(nsig) + args.eps);
             const int64_t t = qs + wr0 + mt * 16 + g + rr * 8;
             if (t < S) {
                 T *row = gh + t * th.ss;

@@ -215,7 +215,8 @@ __device__ __forceinline__ void fwd_gate_tile32(float (&s)[MT][BN / 8][4], float
                     const float ld = __fadd_rn(__fadd_rn(rqh[mt][rr], gkh[n][cc]), gkl[n][cc]);
                     float p = fast_exp2(fmaf(__fsub_rn(ld, mq), MLSTM_LOG2E, lsc));
                     if (MASK && n * 8 + 2 * q4 + cc > lim) p = 0.0f;
-                    const float cv = s[mt][n][rr * 2 + cc] * p;
+                    /* masked (or underflowed) elements exactly 0, also for s = inf (as every kernel does) */
+                    const float cv = p != 0.0f ? s[mt][n][rr * 2 + cc] * p : 0.0f;
                     s[mt][n][rr * 2 + cc] = cv;
                     l += cv;
                 }

@@ -29,12 +29,14 @@ def main():
     for d in TC_DIMS:
         for t in TC_TYPES:
             files.append(write(f"mlstm_fwd_dh{d}_{t}.cu", f"Tensor-core forward, D={d}, {t}.",
-                               f"MLSTM_INSTANTIATE_FWD_TC({TYPES[t]}, {d}, false)\n"))
+                               f"MLSTM_INSTANTIATE_FWD_TC({TYPES[t]}, {d}, mlstm::FWD_DEFAULT)\n"))
             files.append(write(f"mlstm_bwd_dh{d}_{t}.cu", f"Tensor-core backward (dK/dV, dQ), D={d}, {t}.",
                                f"MLSTM_INSTANTIATE_BWD_TC({TYPES[t]}, {d})\n"))
             # small-grid variants (tile_config.h FwdS / DkdvS): separate files so the build parallelises
             files.append(write(f"mlstm_fwd_dh{d}_{t}_small.cu", f"Tensor-core forward, D={d}, {t}, small grid.",
-                               f"MLSTM_INSTANTIATE_FWD_TC({TYPES[t]}, {d}, true)\n"))
+                               f"MLSTM_INSTANTIATE_FWD_TC({TYPES[t]}, {d}, mlstm::FWD_SMALL)\n"))
+            files.append(write(f"mlstm_fwd_dh{d}_{t}_split.cu", f"Tensor-core forward, D={d}, {t}, key split.",
+                               f"MLSTM_INSTANTIATE_FWD_TC({TYPES[t]}, {d}, mlstm::FWD_SPLIT)\n"))
             if d in BWD_SMALL_DIMS:
                 files.append(write(f"mlstm_bwd_dh{d}_{t}_small.cu",
                                    f"Tensor-core backward dK/dV, D={d}, {t}, small grid.",

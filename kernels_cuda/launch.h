@@ -10,9 +10,11 @@
 namespace mlstm {
 
 /* tensor-core path: T in {__half, __nv_bfloat16}, D in {64, 128, 256}, DQK = DV = D, 16-byte aligned rows;
- * SMALL: the small-grid tile variant (tile_config.h; bwd only where TileCfg<D>::BWD_SMALL) */
-template <typename T, int D, bool SMALL> cudaError_t run_fwd_tc(const KArgs &a, cudaStream_t st);
-template <typename T, int D, bool SMALL> cudaError_t setup_fwd_tc();
+ * forward VAR: FWD_DEFAULT, FWD_SMALL (small-grid tiles) or FWD_SPLIT (key split), tile_config.h; backward
+ * SMALL: the small-grid tile variant (only where TileCfg<D>::BWD_SMALL) */
+enum { FWD_DEFAULT = 0, FWD_SMALL = 1, FWD_SPLIT = 2 };
+template <typename T, int D, int VAR> cudaError_t run_fwd_tc(const KArgs &a, cudaStream_t st);
+template <typename T, int D, int VAR> cudaError_t setup_fwd_tc();
 template <typename T, int D, bool SMALL> cudaError_t run_bwd_dkdv_tc(const KArgs &a, cudaStream_t st);
 template <typename T, int D, bool SMALL> cudaError_t setup_bwd_dkdv_tc();
 template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStream_t st);

@@ -28,11 +28,13 @@ static inline bool grid_ok(int64_t n) { return n > 0 && n <= INT_MAX; }
     } while (0)
 
 /* ---- tensor-core path (separate structs so a forward file never instantiates backward kernels) ----
- * SMALL: the small-grid tile variants of TileCfg (FwdS, DkdvS; dQ is the same kernel either way). */
-template <typename T, int D, bool SMALL> struct TcFwd {
-    using C = typename std::conditional<SMALL, typename TileCfg<D>::FwdS, typename TileCfg<D>::Fwd>::type;
-    using F = tc::FwdCfg<D, C::MT, C::NW, C::BN>;
-    static constexpr auto fwd = tc::mlstm_fwd_kernel<T, D, C::MT, C::NW, C::BN, SMALL>;
+ * forward VAR (launch.h): Fwd, FwdS or FwdK of TileCfg; backward SMALL: DkdvS (dQ is the same kernel either way). */
+template <typename T, int D, int VAR> struct TcFwd {
+    using C = typename std::conditional<
+        VAR == FWD_SPLIT, typename TileCfg<D>::FwdK,
+        typename std::conditional<VAR == FWD_SMALL, typename TileCfg<D>::FwdS, typename TileCfg<D>::Fwd>::type>::type;
+    using F = tc::FwdCfg<D, C::MT, C::NW, C::BN, C::KS>;
+    static constexpr auto fwd = tc::mlstm_fwd_kernel<T, D, C::MT, C::NW, C::BN, VAR != FWD_DEFAULT, C::KS>;
 };
 template <typename T, int D, bool SMALL> struct TcBwd {
     using CK = typename std::conditional<SMALL, typename TileCfg<D>::DkdvS, typename TileCfg<D>::Dkdv>::type;
@@ -45,15 +47,15 @@ template <typename T, int D> struct TcDq {
     static constexpr auto dq = tc::mlstm_bwd_dq_kernel<T, D, CQ::NW, CQ::BN>;
 };
 
-template <typename T, int D, bool SMALL> cudaError_t setup_fwd_tc()
+template <typename T, int D, int VAR> cudaError_t setup_fwd_tc()
 {
-    using KK = TcFwd<T, D, SMALL>;
+    using KK = TcFwd<T, D, VAR>;
     return cudaFuncSetAttribute(KK::fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::F::SMEM);
 }
 
-template <typename T, int D, bool SMALL> cudaError_t run_fwd_tc(const KArgs &a, cudaStream_t st)
+template <typename T, int D, int VAR> cudaError_t run_fwd_tc(const KArgs &a, cudaStream_t st)
 {
-    using KK = TcFwd<T, D, SMALL>;
+    using KK = TcFwd<T, D, VAR>;
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
     if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
     KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
@@ -165,9 +167,9 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 } // namespace mlstm
 
 /* explicit instantiation helpers for the generated files */
-#define MLSTM_INSTANTIATE_FWD_TC(T, D, SMALL)                                                                    \
-    template cudaError_t mlstm::run_fwd_tc<T, D, SMALL>(const mlstm::KArgs &, cudaStream_t);                     \
-    template cudaError_t mlstm::setup_fwd_tc<T, D, SMALL>();
+#define MLSTM_INSTANTIATE_FWD_TC(T, D, VAR)                                                                      \
+    template cudaError_t mlstm::run_fwd_tc<T, D, VAR>(const mlstm::KArgs &, cudaStream_t);                       \
+    template cudaError_t mlstm::setup_fwd_tc<T, D, VAR>();
 #define MLSTM_INSTANTIATE_BWD_TC(T, D)                                                                           \
     template cudaError_t mlstm::run_bwd_dkdv_tc<T, D, false>(const mlstm::KArgs &, cudaStream_t);                \
     template cudaError_t mlstm::setup_bwd_dkdv_tc<T, D, false>();                                                \

@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 float p = (ld[j] == -INFINITY) ? 0.0f : fast_exp2(__fmul_rn(__fsub_rn(ld[j], mnew), MLSTM_LOG2E));
-                float c = s[i][j] * scale * p;
+                float c = p != 0.0f ? s[i][j] * scale * p : 0.0f; /* masked: 0 even for s = inf */
                 s[i][j] = c;
                 lrun[i] += c;
             }
@@ -453,8 +453,9 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
                         ? fast_exp2(__fmul_rn(__fsub_rn(cgate_logd(sQh[u], sQl[u], kgh[i], kgl[i]), sMt[u]), MLSTM_LOG2E))
                         : 0.0f;
                 const float inv = sInv[u];
+                /* a masked element (dp = 0) is exactly 0, whatever its operands (an inf h_t, hence delta_t) */
                 if (is_dk) {
-                    const float p = __fmul_rn(__fmul_rn(dpt[i][c], inv), dp); /* delta inside dpt (exact) or 0 */
+                    const float p = dp != 0.0f ? __fmul_rn(__fmul_rn(dpt[i][c], inv), dp) : 0.0f; /* delta inside dpt */
                     if (ch == 0) {
                         if (CMP)
                             cadd(di[i], dil[i], m_elem(p, st[i][c], scale), 0.0f);
@@ -463,7 +464,7 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
                     }
                     mv[i][c] = p;
                 } else {
-                    mv[i][c] = st[i][c] * scale * dp * inv;
+                    mv[i][c] = dp != 0.0f ? st[i][c] * scale * dp * inv : 0.0f;
                 }
             }
         }
@@ -630,7 +631,7 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
                                   __fsub_rn(cgate_logd(rqh[i], rql[i], sGh[tx * 4 + c], sGl[tx * 4 + c]), rm[i]),
                                   MLSTM_LOG2E))
                             : 0.0f;
-                    dp[i][c] = __fmul_rn(__fmul_rn(dp[i][c], inv[i]), d); /* delta inside dp (exact) or 0 */
+                    dp[i][c] = d != 0.0f ? __fmul_rn(__fmul_rn(dp[i][c], inv[i]), d) : 0.0f; /* delta inside dp */
                     if (need_m) cadd(msh[i], msl[i], m_elem(dp[i][c], sq[i][c], scale), 0.0f);
                 }
             }

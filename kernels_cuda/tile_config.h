@@ -5,13 +5,16 @@
 
 namespace mlstm {
 
-/* FWD: (MT, NW, BN): 16*MT query rows per warp, NW warps, BN keys per tile.
+/* FWD: (MT, NW, BN[, KS]): 16*MT query rows per warp, NW warps, BN keys per tile; KS key groups (default 1:
+ * the NW warps split into KS groups that each cover all BM = 16*MT*NW/KS rows and take every KS-th key tile).
  * DKDV: (NW, BMQ, DOUT): 16 keys per warp, NW warps, BMQ queries per tile, DOUT output columns per CTA.
  * DQ: (NW, BN): 16 query rows per warp, NW warps, BN keys per tile.
  * Each choice can be overridden at build time for tuning runs, packed into one integer (nvcc splits -D
- * values at commas): FWD = MT*10000 + NW*100 + BN, DKDV = NW*100000 + BMQ*1000 + DOUT, DQ = NW*1000 + BN,
+ * values at commas): FWD = KS*1000000 + MT*10000 + NW*100 + BN (KS omitted: 1), DKDV = NW*100000 + BMQ*1000 + DOUT, DQ = NW*1000 + BN,
  * e.g. -DMLSTM_TC128_FWD=10864 for (1, 8, 64). */
-template <int MT_, int NW_, int BN_> struct FwdTile { static constexpr int MT = MT_, NW = NW_, BN = BN_; };
+template <int MT_, int NW_, int BN_, int KS_ = 1> struct FwdTile {
+    static constexpr int MT = MT_, NW = NW_, BN = BN_, KS = KS_, BM = 16 * MT_ * NW_ / KS_;
+};
 template <int NW_, int BMQ_, int DOUT_> struct DkdvTile { static constexpr int NW = NW_, BMQ = BMQ_, DOUT = DOUT_; };
 template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = BN_; };
 
@@ -82,35 +85,55 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 #ifndef MLSTM_TC256_FWD_S
 #define MLSTM_TC256_FWD_S 10432
 #endif
+/* Key-split forward (KS = 2: two groups of 4 warps on the same 64 query rows, alternate key tiles; halves the
+ * serial chain of key tiles per CTA), chosen instead of the small tiles when even their grid has fewer than
+ * MLSTM_SPLIT_CTAS_PER_SM CTAs per SM. H200, bf16, B1 NH8 (bench/RESULTS.md, 2026-11-26): faster than the small
+ * tiles at S <= 2048 (256 CTAs: D128 S2048 0.081 -> 0.065 ms, D256 0.150 -> 0.116), slower at S = 4096 (512
+ * CTAs: D128 0.176 -> 0.225). */
+#ifndef MLSTM_SPLIT_CTAS_PER_SM
+#define MLSTM_SPLIT_CTAS_PER_SM 3
+#endif
+#ifndef MLSTM_TC64_FWD_K
+#define MLSTM_TC64_FWD_K 2010864
+#endif
+#ifndef MLSTM_TC128_FWD_K
+#define MLSTM_TC128_FWD_K 2010864
+#endif
+#ifndef MLSTM_TC256_FWD_K
+#define MLSTM_TC256_FWD_K 2010832
+#endif
 #ifndef MLSTM_TC256_DKDV_S
 #define MLSTM_TC256_DKDV_S MLSTM_TC256_DKDV
 #endif
 
-#define MLSTM_FWD_TILE(X) FwdTile<(X) / 10000, (X) / 100 % 100, (X) % 100>
+#define MLSTM_FWD_TILE(X) FwdTile<(X) / 10000 % 100, (X) / 100 % 100, (X) % 100, ((X) / 1000000 ? (X) / 1000000 : 1)>
 #define MLSTM_DKDV_TILE(X) DkdvTile<(X) / 100000, (X) / 1000 % 100, (X) % 1000>
 
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
-    using Fwd = FwdTile<MLSTM_TC64_FWD / 10000, MLSTM_TC64_FWD / 100 % 100, MLSTM_TC64_FWD % 100>;
+    using Fwd = MLSTM_FWD_TILE(MLSTM_TC64_FWD);
     using Dkdv = DkdvTile<MLSTM_TC64_DKDV / 100000, MLSTM_TC64_DKDV / 1000 % 100, MLSTM_TC64_DKDV % 1000>;
     using Dq = DqTile<MLSTM_TC64_DQ / 1000, MLSTM_TC64_DQ % 1000>;
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC64_FWD_S);
+    using FwdK = MLSTM_FWD_TILE(MLSTM_TC64_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV_S);
     static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
 };
 template <> struct TileCfg<128> {
-    using Fwd = FwdTile<MLSTM_TC128_FWD / 10000, MLSTM_TC128_FWD / 100 % 100, MLSTM_TC128_FWD % 100>;
+    using Fwd = MLSTM_FWD_TILE(MLSTM_TC128_FWD);
     using Dkdv = DkdvTile<MLSTM_TC128_DKDV / 100000, MLSTM_TC128_DKDV / 1000 % 100, MLSTM_TC128_DKDV % 1000>;
     using Dq = DqTile<MLSTM_TC128_DQ / 1000, MLSTM_TC128_DQ % 1000>;
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC128_FWD_S);
+    using FwdK = MLSTM_FWD_TILE(MLSTM_TC128_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV_S);
     static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
 };
 template <> struct TileCfg<256> {
-    using Fwd = FwdTile<MLSTM_TC256_FWD / 10000, MLSTM_TC256_FWD / 100 % 100, MLSTM_TC256_FWD % 100>;
+    using Fwd = MLSTM_FWD_TILE(MLSTM_TC256_FWD);
     using Dkdv = DkdvTile<MLSTM_TC256_DKDV / 100000, MLSTM_TC256_DKDV / 1000 % 100, MLSTM_TC256_DKDV % 1000>;
     using Dq = DqTile<MLSTM_TC256_DQ / 1000, MLSTM_TC256_DQ % 1000>;
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC256_FWD_S);
+    using FwdK = MLSTM_FWD_TILE(MLSTM_TC256_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV_S);
     static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct small dK/dV */
 };
@@ -130,7 +153,7 @@ template <> struct TileCfg<256> {
 #define MLSTM_TF32_256_FWD 10416
 #endif
 /* Whether the f32 forward uses these kernels when env MLSTM_CUDA_F32_TC is unset: 0 until they have passed the
- * conformance suite on a GPU (NOTES.md history 6; MLSTM_CUDA_F32_TC=1 turns them on, =0 off), then 1. */
+ * conformance suite on a GPU (NOTES.md history 7; MLSTM_CUDA_F32_TC=1 turns them on, =0 off), then 1. */
 #ifndef MLSTM_F32_TC_DEFAULT
 #define MLSTM_F32_TC_DEFAULT 0
 #endif

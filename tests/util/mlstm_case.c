@@ -219,19 +219,26 @@ void mc_reference(const mc_case *c, const mc_inputs *in, int grad_mode, mc_outpu
     mlstm_ref_shape s = { c->B, c->NH, c->S, c->DQK, c->DV, (double)c->eps, (double)sc, grad_mode };
     outputs_alloc(c, out);
     mlstm_ref_fwd(&s, in->q, in->k, in->v, in->i, in->f, out->t[MC_OUT_H], out->t[MC_OUT_M], out->t[MC_OUT_N]);
-    if (c->bwd) {
-        /* The backward reads h as stored (in the storage dtype), like every other input: the reference
-         * backward gets the reference h rounded to that dtype, so the rounding of its input h is not counted
-         * as the backward's error (the forward's own h error is checked on h). m, n are f32 in both. */
-        size_t nh = mc_output_count(c, MC_OUT_H);
-        double *h_stored = xmalloc_d(nh);
-        for (size_t e = 0; e < nh; e++)
-            h_stored[e] = tu_round_to_dtype(out->t[MC_OUT_H][e], c->dtype);
-        mlstm_ref_bwd(&s, in->q, in->k, in->v, in->i, in->f, h_stored, out->t[MC_OUT_M], out->t[MC_OUT_N],
-                      in->dh, out->t[MC_OUT_DQ], out->t[MC_OUT_DK], out->t[MC_OUT_DV], out->t[MC_OUT_DI],
-                      out->t[MC_OUT_DF]);
-        free(h_stored);
-    }
+    if (c->bwd)
+        mc_reference_bwd_at(c, in, grad_mode, out->t[MC_OUT_M], out->t[MC_OUT_N], out);
+}
+
+void mc_reference_bwd_at(const mc_case *c, const mc_inputs *in, int grad_mode, const double *m, const double *n,
+                         mc_outputs *out)
+{
+    const float sc = c->scale != 0.0f ? c->scale : (float)(1.0 / sqrt((double)c->DQK));
+    mlstm_ref_shape s = { c->B, c->NH, c->S, c->DQK, c->DV, (double)c->eps, (double)sc, grad_mode };
+    /* The backward reads h as stored (in the storage dtype), like every other input: the reference backward
+     * gets the reference h rounded to that dtype, so the rounding of its input h is not counted as the
+     * backward's error (the forward's own h error is checked on h). Likewise m and n are whatever the caller
+     * passes (the reference's own, or the f32 values the backend's forward stored). */
+    size_t nh = mc_output_count(c, MC_OUT_H);
+    double *h_stored = xmalloc_d(nh);
+    for (size_t e = 0; e < nh; e++)
+        h_stored[e] = tu_round_to_dtype(out->t[MC_OUT_H][e], c->dtype);
+    mlstm_ref_bwd(&s, in->q, in->k, in->v, in->i, in->f, h_stored, m, n, in->dh, out->t[MC_OUT_DQ],
+                  out->t[MC_OUT_DK], out->t[MC_OUT_DV], out->t[MC_OUT_DI], out->t[MC_OUT_DF]);
+    free(h_stored);
 }
 
 /* ---- device run ---- */

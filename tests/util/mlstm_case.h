@@ -68,6 +68,10 @@ void mc_outputs_free(mc_outputs *o);
 
 /* The float64 reference of the case (backward in grad_mode, from the reference's own h, m, n). */
 void mc_reference(const mc_case *c, const mc_inputs *in, int grad_mode, mc_outputs *out);
+/* Recomputes the backward outputs of out (filled by mc_reference) at the given m, n: the f32 values the
+ * backward under test actually receives from its own forward. */
+void mc_reference_bwd_at(const mc_case *c, const mc_inputs *in, int grad_mode, const double *m, const double *n,
+                         mc_outputs *out);
 
 /* The desc of the case (sizes, dtype, eps, scale, mode, layout strides). */
 void mc_desc(const mc_case *c, mlstm_desc *d);
