@@ -86,12 +86,15 @@ template <int D> int fwd_variant(const KArgs &a, int t)
         return FWD_SPLIT;
     return FWD_SMALL;
 }
+/* the alternative dK/dV tiles: by grid size (D = 64/128), or whenever available unless the env variable says
+ * never (D = 256: the sm_90 8-warp variant, tile_config.h) */
 template <int D> bool bwd_small(const KArgs &a, int t)
 {
     using C = typename TileCfg<D>::Dkdv;
     constexpr int BNK = 16 * C::NW;
-    return TileCfg<D>::BWD_SMALL && g_tc_small_ok[1][t][dim_index(D)] &&
-           use_small((a.S + BNK - 1) / BNK * (D / C::DOUT) * a.B * a.NH);
+    if (!TileCfg<D>::BWD_SMALL || !g_tc_small_ok[1][t][dim_index(D)]) return false;
+    if (TileCfg<D>::BWD_ALT_ALWAYS) return g_small_mode != 0;
+    return use_small((a.S + BNK - 1) / BNK * (D / C::DOUT) * a.B * a.NH);
 }
 
 /* f32 tensor-core forward (fwd_tf32.cuh) instances the device accepted at setup, [mode 3xTF32=0 / TF32=1][D 64/128/256
@@ -268,12 +271,12 @@ template <typename T> static void tc_setup_all(int t, bool sm90)
     tc_split_setup(t, 2, setup_fwd_tc<T, 256, FWD_SPLIT>());
     tc_small_setup(true, t, 0, setup_bwd_dkdv_tc<T, 64, true>());
     tc_small_setup(true, t, 1, setup_bwd_dkdv_tc<T, 128, true>());
-    g_tc_small_ok[1][t][2] = false; /* D=256: the default dK/dV tiles are already the small ones */
+    tc_small_setup(true, t, 2, setup_bwd_dkdv_tc<T, 256, true>());
 }
 
 extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc)
 {
-    static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && !TileCfg<256>::BWD_SMALL,
+    static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && TileCfg<256>::BWD_SMALL,
                   "small dK/dV instances (gen_instances.py BWD_SMALL_DIMS) out of step with tile_config.h");
     int dev = 0, sms = 0, major = 0;
     if (cudaGetDevice(&dev) == cudaSuccess &&

@@ -60,7 +60,9 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
  * at run time when the default grid has fewer than MLSTM_SMALL_CTAS_PER_SM CTAs per SM (dispatch.cu; env
  * MLSTM_CUDA_SMALL_TILES=0/1/auto: never/always/by grid size; unset: MLSTM_SMALL_TILES_DEFAULT).
  * NOTES.md history 2: fwd (1,4,64) was ~25% faster at S=2048.
- * D = 256 dK/dV already uses 64-key CTAs (x2 column split): its small variant is the default itself. */
+ * D = 256 dK/dV is different: its default (64-key CTAs, x2 column split, 128 KB so that sm_80 takes it) already
+ * makes a large grid, but shared memory allows one 4-warp CTA per SM. Its "small" slot holds the sm_90 variant
+ * with 8 warps (128 keys, 192 KB: twice the warps per SM), used whenever the device runs it (BWD_ALT_ALWAYS). */
 /* Default policy when the env variable is unset: -1 auto, 0 never. Auto since the small-grid instances passed
  * the conformance suite on an H100 (194/194 with MLSTM_CUDA_SMALL_TILES=auto, 2026-11-25) and ran faster at
  * every S <= 4096 measured (bench/RESULTS.md: D128 S4096 fwd 0.237 -> 0.169 ms, fwd+bwd 0.756 -> 0.678 ms). */
@@ -102,8 +104,10 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 #ifndef MLSTM_TC256_FWD_K
 #define MLSTM_TC256_FWD_K 2010832
 #endif
+/* H200, bf16, B1 NH8, fwd+bwd (bench/RESULTS.md, 2026-11-26): S2048 0.733 -> 0.543 ms, S4096 2.412 -> 1.660,
+ * S8192 9.257 -> 6.307 (ncu, default: 6.25% warps active, tensor pipe 19% busy) */
 #ifndef MLSTM_TC256_DKDV_S
-#define MLSTM_TC256_DKDV_S MLSTM_TC256_DKDV
+#define MLSTM_TC256_DKDV_S 832128
 #endif
 
 #define MLSTM_FWD_TILE(X) FwdTile<(X) / 10000 % 100, (X) / 100 % 100, (X) % 100, ((X) / 1000000 ? (X) / 1000000 : 1)>
@@ -118,6 +122,7 @@ template <> struct TileCfg<64> {
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC64_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV_S);
     static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
+    static constexpr bool BWD_ALT_ALWAYS = false;                            /* chosen by grid size */
 };
 template <> struct TileCfg<128> {
     using Fwd = MLSTM_FWD_TILE(MLSTM_TC128_FWD);
@@ -127,6 +132,7 @@ template <> struct TileCfg<128> {
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC128_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV_S);
     static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
+    static constexpr bool BWD_ALT_ALWAYS = false;                              /* chosen by grid size */
 };
 template <> struct TileCfg<256> {
     using Fwd = MLSTM_FWD_TILE(MLSTM_TC256_FWD);
@@ -135,7 +141,8 @@ template <> struct TileCfg<256> {
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC256_FWD_S);
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC256_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV_S);
-    static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct small dK/dV */
+    static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct sm_90 dK/dV */
+    static constexpr bool BWD_ALT_ALWAYS = true;                               /* whenever the device runs it */
 };
 
 /* f32 storage on tensor cores (fwd_tf32.cuh), forward only: (MT, NW, BN) packed as the FWD entries above. f32
@@ -153,7 +160,7 @@ template <> struct TileCfg<256> {
 #define MLSTM_TF32_256_FWD 10416
 #endif
 /* Whether the f32 forward uses these kernels when env MLSTM_CUDA_F32_TC is unset: 0 until they have passed the
- * conformance suite on a GPU (NOTES.md history 7; MLSTM_CUDA_F32_TC=1 turns them on, =0 off), then 1. */
+ * conformance suite on a GPU (NOTES.md history 8; MLSTM_CUDA_F32_TC=1 turns them on, =0 off), then 1. */
 #ifndef MLSTM_F32_TC_DEFAULT
 #define MLSTM_F32_TC_DEFAULT 0
 #endif
