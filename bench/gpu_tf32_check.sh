@@ -1,30 +1,21 @@
 #!/bin/bash
-# One-call check of the CUDA f32 tensor-core forward (kernels_cuda/fwd_tf32.cuh) on a GPU machine: uses a build
-# carried in $BUILD if it runs there (else builds sm_90), then the f32 conformance cases on CUDA (default set and
-# the slow set's f32 forward cases), test_extreme and test_determinism on CUDA, compute-sanitizer on small f32
-# forward cases, and bench_mlstm's f32 forward on the anchor shapes three ways in one run: SIMT
-# (MLSTM_CUDA_F32_TC=0, the baseline), 3xTF32, TF32.
-# The tensor-core path is forced on (MLSTM_CUDA_F32_TC=1) whatever its build default (tile_config.h).
-# Usage (repository root): bash bench/gpu_tf32_check.sh [steps]   steps: test,slow,sanitize,bench   logs: $LOGDIR
+# One-call GPU check of the CUDA f32 tensor-core forward (kernels_cuda/fwd_tf32.cuh, forced on: MLSTM_CUDA_F32_TC=1):
+# builds sm_90 in $BUILD (default build-gpu), runs the f32 conformance cases (default set, slow-set f32 forward),
+# test_extreme, test_determinism, compute-sanitizer, and bench_mlstm f32 forward as SIMT vs 3xTF32 vs TF32.
+# Usage (repository root, after `. .gpu-deps/gpu-env.sh`): bash bench/gpu_tf32_check.sh [test,slow,sanitize,bench]
 set -o pipefail
 export MLSTM_CUDA_F32_TC=1
 STEPS=${1:-test,slow,sanitize,bench}
 LOG=${LOGDIR:-gpu-logs}
-BUILD=${BUILD:-build}
 mkdir -p "$LOG"
 export PATH=/usr/local/cuda/bin:$PATH
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 date -u; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
-export LD_LIBRARY_PATH="$PWD/$BUILD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-if ! "$BUILD/tests/test_conformance" --list > /dev/null 2>&1; then
-  echo "carried build in $BUILD does not run here; building build-gpu (sm_90)"
-  BUILD=build-gpu
-  export LD_LIBRARY_PATH="$PWD/$BUILD:$LD_LIBRARY_PATH"
-  t0=$(date +%s)
-  { cmake -S . -B "$BUILD" -DMLSTM_CUDA_ARCHS=90 -DMLSTM_SLOW_TESTS=ON -DCMAKE_BUILD_TYPE=Release &&
-    cmake --build "$BUILD" -j "$(nproc)"; } > "$LOG/build.log" 2>&1 || { echo "BUILD FAILED"; tail -30 "$LOG/build.log"; exit 1; }
-  echo "build ok ($(( $(date +%s) - t0 )) s)"
-fi
+BUILD=${BUILD:-build-gpu}
+t0=$(date +%s)
+{ cmake -S . -B "$BUILD" -DMLSTM_CUDA_ARCHS="${MLSTM_CUDA_ARCHS:-90}" -DMLSTM_SLOW_TESTS=ON -DCMAKE_BUILD_TYPE=Release &&
+  cmake --build "$BUILD" -j "$(nproc)"; } > "$LOG/build.log" 2>&1 || { echo "BUILD FAILED"; tail -30 "$LOG/build.log"; exit 1; }
+echo "build ok ($(( $(date +%s) - t0 )) s)"
 T="$BUILD/tests/test_conformance"
 summary() { grep -E "^\[  PASSED|^\[  FAILED|^\[  SKIPPED" "$1" | head -12; }
 if has test; then
