@@ -147,11 +147,13 @@ template <> struct TileCfg<256> {
 
 /* f32 storage on tensor cores (fwd_tf32.cuh), forward only: (MT, NW, BN) packed as the FWD entries above. f32
  * tiles take twice the shared memory of f16/bf16 and the 3xTF32 operand split needs registers, so:
- * D = 64: (2, 4, 32), 64 KB, K/V fragments shared by two m16 tiles; D = 128: (1, 8, 32), 130 KB (one CTA of 8
- * warps per SM; K/V tiles shared by 128 query rows); D = 256: (1, 4, 16), 129 KB (O alone is 128 floats per
- * thread). All fit sm_80's 163 KB. */
+ * D = 64: (1, 4, 64), 80 KB: 64-row query tiles (twice the CTAs of (2, 4, 32)); H200 A/B, 3xTF32 forward B1 NH8
+ * (bench/RESULTS.md 2026-11-26): S1024 0.123 -> 0.085 ms, S4096 0.538 -> 0.425, S8192 1.500 -> 1.638 (slower).
+ * D = 128: (1, 8, 32), 130 KB (one CTA of 8 warps per SM; K/V tiles shared by 128 query rows); (1, 8, 64) was 5%
+ * faster on the H200 but needs 194 KB, more than sm_80's 163 KB. D = 256: (1, 4, 16), 129 KB (O alone is 128
+ * floats per thread). All fit sm_80. */
 #ifndef MLSTM_TF32_64_FWD
-#define MLSTM_TF32_64_FWD 20432
+#define MLSTM_TF32_64_FWD 10464
 #endif
 #ifndef MLSTM_TF32_128_FWD
 #define MLSTM_TF32_128_FWD 10832
