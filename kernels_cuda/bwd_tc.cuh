@@ -1,7 +1,8 @@
 /* libmlstm CUDA kernels: tensor-core backward for f16/bf16 storage, D in {64, 128, 256} (DQK = DV = D).
  *   mlstm_bwd_dkdv_kernel: one CTA per (key tile of 16*NW keys, output column block, batch*head); each warp
  *     owns 16 keys and computes S^T = K Q^T and dP^T = V dH^T for query tiles walked from the diagonal
- *     forwards, then dV += (C/n)^T dH and dK += P^T Q; writes dk, dv and di_j = k_j . dk_j.
+ *     forwards, then dV += (C/n)^T dH and dK += P^T Q; writes dk, dv and di_j = k_j . dk_j. PAIR variant (D=256,
+ *     sm_90): two warps per 16 keys split S^T / dP^T and the output columns, exchanging tiles in smem.
  *   mlstm_bwd_dq_kernel: one CTA per (query tile, batch*head); dP = dH V^T, dQ += P K over key tiles walked
  *     from the diagonal backwards; reads delta_t from df and overwrites df_t with q_t . dq_t. */
 #pragma once
@@ -13,10 +14,27 @@
 namespace mlstm {
 namespace tc {
 
+/* the two floats of a pack2<T> word (lo, hi) */
+template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t u);
+template <> __device__ __forceinline__ float2 unpack2<__half>(uint32_t u)
+{
+    return __half22float2(*reinterpret_cast<const __half2 *>(&u));
+}
+template <> __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t u)
+{
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u));
+}
+
+/* barrier of the 64 threads of warp pair `pair` (named barriers 1.., 0 is __syncthreads) */
+__device__ __forceinline__ void pair_sync(int pair) { asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory"); }
+
 /* ---------------------------------------------------------------------------------------------------- */
-template <int D, int NW, int BMQ, int DOUT>
+/* PAIR (D = 256 on sm_90): the warps form NW/2 pairs on the same 16 keys; in a pair, warp 0 computes S^T and
+ * warp 1 dP^T, they exchange the rounded C/n and P tiles through shared memory, and each accumulates dK and dV for
+ * its half of the columns (DOUT = D/2): S^T and dP^T are computed once instead of once per column block. */
+template <int D, int NW, int BMQ, int DOUT, bool PAIR = false>
 struct DkdvCfg {
-    static constexpr int BNK = 16 * NW; /* keys per CTA */
+    static constexpr int BNK = 16 * (PAIR ? NW / 2 : NW); /* keys per CTA */
     static constexpr int NT = 32 * NW;
     static constexpr int KV_BYTES = BNK * D * 2;
     static constexpr int QT_BYTES = BMQ * D * 2;
@@ -26,13 +44,17 @@ struct DkdvCfg {
     static constexpr int DH_OFF = Q_OFF + 2 * QT_BYTES;   /* [2] buffers */
     static constexpr int NKB = BNK / 64;                  /* 64-blocks of keys per CTA */
     static constexpr int G_OFF = DH_OFF + 2 * QT_BYTES;   /* floats: sA[2][BMQ], sDel[2][BMQ], sOf[2][NKB] */
-    static constexpr int SMEM = G_OFF + (4 * BMQ + 2 * NKB) * 4;
+    static constexpr int X_OFF = G_OFF + (4 * BMQ + 2 * NKB) * 4; /* PAIR: [NW][BMQ/16][4][32] u32 tiles, then
+                                                                      [NW][2][32] floats row maxima */
+    static constexpr int SMEM = X_OFF + (PAIR ? NW * (BMQ / 16 * 4 + 2) * 32 * 4 : 0);
+    static constexpr int NGRID = PAIR ? 1 : D / DOUT; /* CTAs per key tile */
     static constexpr bool SPLIT = DOUT < D;
+    static_assert(!PAIR || (DOUT * 2 == D && NW % 2 == 0), "a pair covers D with two column halves");
     static_assert(BNK % 64 == 0 && 64 % BMQ == 0 && BMQ % 32 == 0, "tiles vs the 64-blocks of the gate cumsums");
     static_assert(D % DOUT == 0 && DOUT % 16 == 0, "output block");
 };
 
-template <typename T, int D, int NW, int BMQ, int DOUT, bool SM90 = false>
+template <typename T, int D, int NW, int BMQ, int DOUT, bool SM90 = false, bool PAIR = false>
 __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_constant__ KArgs args)
 {
     /* SM90: a small-grid variant that dispatch.cu uses on sm_90+ only; its sm_80 image is an empty stub, which
@@ -43,9 +65,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     } else
 #endif
     {
-    using Cfg = DkdvCfg<D, NW, BMQ, DOUT>;
+    using Cfg = DkdvCfg<D, NW, BMQ, DOUT, PAIR>;
     constexpr int BNK = Cfg::BNK, NT = Cfg::NT;
-    constexpr int NSPLIT = D / DOUT;
+    constexpr int NSPLIT = Cfg::NGRID;
     extern __shared__ __align__(128) unsigned char smem[];
     T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF);
     T *sV = reinterpret_cast<T *>(smem + Cfg::V_OFF);
@@ -63,7 +85,6 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     const int64_t kt = rest / NSPLIT; /* lowest key tiles (most work) first */
     const int64_t b = bh / args.NH, hh = bh % args.NH;
     const int64_t ks = kt * BNK;
-    const int c0 = dc * DOUT; /* first output column */
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
@@ -76,7 +97,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     const float *gdel = bh_ptr<float>(tdf, b, hh);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    const int wk0 = warp * 16; /* first key row of this warp within the tile */
+    /* PAIR: warp = role * NW/2 + pair; role 0 computes S^T, role 1 dP^T, each owns output columns role * DOUT */
+    const int pair = PAIR ? warp % (NW / 2) : warp, role = PAIR ? warp / (NW / 2) : 0;
+    const int wk0 = pair * 16;                 /* first key row of this warp within the tile */
+    const int c0 = (PAIR ? role : dc) * DOUT;  /* first output column */
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ; /* == first query tile touching the key tile (BNK % BMQ == 0) */
     const float eps = args.eps;
@@ -193,6 +217,21 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
             for (int n = 0; n < BMQ / 8; ++n)
 #pragma unroll
                 for (int c = 0; c < 4; ++c) st[n][c] = dpt[n][c] = 0.0f;
+            if constexpr (PAIR) { /* this warp's product only: S^T = K Q^T (role 0) or dP^T = V dH^T (role 1) */
+                const uint32_t aA = role ? aV : aK, cB = role ? cH : cQ;
+#pragma unroll
+                for (int kk = 0; kk < D / 16; ++kk) {
+                    uint32_t a4[4];
+                    load_a<D>(a4, aA, fb, wk0, kk * 16);
+#pragma unroll
+                    for (int np = 0; np < BMQ / 16; ++np) {
+                        uint32_t b4[4];
+                        load_b_nk<D>(b4, cB, fb, np * 16, kk * 16);
+                        MmaOp<T>::run(st[2 * np], a4, b4[0], b4[1]);
+                        MmaOp<T>::run(st[2 * np + 1], a4, b4[2], b4[3]);
+                    }
+                }
+            } else
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) {
                 uint32_t ak[4], av[4];
@@ -218,6 +257,31 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 gb2[1] = __fsub_rn(gb2[1], esc[1]);
             }
             float mx[2] = {0.0f, 0.0f};
+            /* PAIR: role 0 turns its S^T tile into C/n (and keeps S in dpt for di), role 1 its dP^T tile into P */
+            auto elementwise_pair = [&](auto maskc) {
+                constexpr bool MASK = decltype(maskc)::value;
+#pragma unroll
+                for (int n = 0; n < BMQ / 8; ++n) {
+                    const int u0 = n * 8 + 2 * q4;
+                    const float2 cb = *reinterpret_cast<const float2 *>(cCb + u0);
+                    const float2 dl = *reinterpret_cast<const float2 *>(cDel + u0);
+#pragma unroll
+                    for (int rr = 0; rr < 2; ++rr) {
+                        const int jr = wk0 + g + rr * 8;
+#pragma unroll
+                        for (int cc = 0; cc < 2; ++cc) {
+                            const bool dead = MASK && jr > qrel + u0 + cc;
+                            const float e = dead ? 0.0f : fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
+                            const float x = dead ? 0.0f : st[n][rr * 2 + cc];
+                            const float y = dead ? 0.0f
+                                                 : (role ? __fmul_rn(__fsub_rn(x, cc ? dl.y : dl.x), e) : x * e);
+                            dpt[n][rr * 2 + cc] = x; /* role 0: S, for di */
+                            st[n][rr * 2 + cc] = y;
+                            if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(y));
+                        }
+                    }
+                }
+            };
             auto elementwise = [&](auto maskc) {
                 constexpr bool MASK = decltype(maskc)::value;
 #pragma unroll
@@ -251,21 +315,86 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                     }
                 }
             };
-            if (qs < ks + wk0 + 15)
-                elementwise(std::true_type{});
-            else
-                elementwise(std::false_type{});
+            if constexpr (PAIR) {
+                if (qs < ks + wk0 + 15)
+                    elementwise_pair(std::true_type{});
+                else
+                    elementwise_pair(std::false_type{});
+            } else {
+                if (qs < ks + wk0 + 15)
+                    elementwise(std::true_type{});
+                else
+                    elementwise(std::false_type{});
+            }
+            uint32_t *xt = reinterpret_cast<uint32_t *>(smem + Cfg::X_OFF); /* PAIR exchange */
+            float *xm = reinterpret_cast<float *>(xt + NW * (BMQ / 16) * 4 * 32);
+            const int partner = PAIR ? (warp + NW / 2) % NW : warp;
+            if constexpr (PAIR && GUARD) { /* one range-guard exponent per key row for both tiles of the pair */
+                xm[(warp * 2 + 0) * 32 + lane] = mx[0];
+                xm[(warp * 2 + 1) * 32 + lane] = mx[1];
+                pair_sync(pair);
+                mx[0] = fmaxf(mx[0], xm[(partner * 2 + 0) * 32 + lane]);
+                mx[1] = fmaxf(mx[1], xm[(partner * 2 + 1) * 32 + lane]);
+            }
             if constexpr (GUARD) {
                 float fac[2];
                 if (range_guard_raise(mx, esc, fac)) {
                     range_guard_scale(st, fac);
-                    range_guard_scale(dpt, fac);
+                    if (!PAIR) range_guard_scale(dpt, fac); /* PAIR: dpt holds raw S (role 0) */
                     range_guard_scale(adk, fac);
                     range_guard_scale(adv, fac);
                     di_ps[0] *= fac[0];
                     di_ps[1] *= fac[1];
                 }
             }
+            if constexpr (PAIR) {
+                /* exchange the rounded tiles (mma A fragments, the same lane layout in both warps); role 0 forms
+                 * di from the rounded P it receives (as the dK product uses it) and the S it kept */
+                uint32_t own[BMQ / 16][4], oth[BMQ / 16][4];
+#pragma unroll
+                for (int kk = 0; kk < BMQ / 16; ++kk) {
+                    own[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+                    own[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+                    own[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+                    own[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) xt[((warp * (BMQ / 16) + kk) * 4 + r) * 32 + lane] = own[kk][r];
+                }
+                pair_sync(pair);
+#pragma unroll
+                for (int kk = 0; kk < BMQ / 16; ++kk)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) oth[kk][r] = xt[((partner * (BMQ / 16) + kk) * 4 + r) * 32 + lane];
+                if (role == 0) {
+#pragma unroll
+                    for (int kk = 0; kk < BMQ / 16; ++kk)
+#pragma unroll
+                        for (int r = 0; r < 4; ++r) {
+                            const float2 p2 = unpack2<T>(oth[kk][r]); /* elements (n = 2kk + r/2, c = 2(r%2) + 0/1) */
+                            const int n = 2 * kk + (r >> 1), c = 2 * (r & 1);
+                            di_ps[r & 1] += p2.x * dpt[n][c] + p2.y * dpt[n][c + 1];
+                        }
+                }
+#pragma unroll
+                for (int kk = 0; kk < BMQ / 16; ++kk) {
+                    uint32_t ac4[4], ap4[4];
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        ac4[r] = role ? oth[kk][r] : own[kk][r];
+                        ap4[r] = role ? own[kk][r] : oth[kk][r];
+                    }
+#pragma unroll
+                    for (int dp = 0; dp < DOUT / 16; ++dp) {
+                        uint32_t bh4[4], bq[4];
+                        load_b_kn<D>(bh4, cH + c0 * 2, fb, kk * 16, dp * 16);
+                        load_b_kn<D>(bq, cQ + c0 * 2, fb, kk * 16, dp * 16);
+                        MmaOp<T>::run(adv[2 * dp], ac4, bh4[0], bh4[1]);
+                        MmaOp<T>::run(adv[2 * dp + 1], ac4, bh4[2], bh4[3]);
+                        MmaOp<T>::run(adk[2 * dp], ap4, bq[0], bq[1]);
+                        MmaOp<T>::run(adk[2 * dp + 1], ap4, bq[2], bq[3]);
+                    }
+                }
+            } else
             /* dV += (C/n)^T dH ; dK += P^T Q  (k = query index) */
 #pragma unroll
             for (int kk = 0; kk < BMQ / 16; ++kk) {
@@ -326,7 +455,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
                     pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
             }
-            if (q4 == 0 && dc == 0) gdi[j * tdi.ss] = di;
+            if (q4 == 0 && (PAIR ? role : dc) == 0) gdi[j * tdi.ss] = di;
         }
     }
     } /* SM90 guard */

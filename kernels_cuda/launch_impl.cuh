@@ -38,8 +38,8 @@ template <typename T, int D, int VAR> struct TcFwd {
 };
 template <typename T, int D, bool SMALL> struct TcBwd {
     using CK = typename std::conditional<SMALL, typename TileCfg<D>::DkdvS, typename TileCfg<D>::Dkdv>::type;
-    using K = tc::DkdvCfg<D, CK::NW, CK::BMQ, CK::DOUT>;
-    static constexpr auto dkdv = tc::mlstm_bwd_dkdv_kernel<T, D, CK::NW, CK::BMQ, CK::DOUT, SMALL>;
+    using K = tc::DkdvCfg<D, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>;
+    static constexpr auto dkdv = tc::mlstm_bwd_dkdv_kernel<T, D, CK::NW, CK::BMQ, CK::DOUT, SMALL, CK::PAIR>;
 };
 template <typename T, int D> struct TcDq {
     using CQ = typename TileCfg<D>::Dq;
@@ -71,7 +71,7 @@ template <typename T, int D, bool SMALL> cudaError_t setup_bwd_dkdv_tc()
 template <typename T, int D, bool SMALL> cudaError_t run_bwd_dkdv_tc(const KArgs &a, cudaStream_t st)
 {
     using KK = TcBwd<T, D, SMALL>;
-    const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * (D / KK::CK::DOUT) * a.B * a.NH;
+    const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * KK::K::NGRID * a.B * a.NH;
     if (!grid_ok(nk)) return cudaErrorInvalidConfiguration;
     KK::dkdv<<<(unsigned)nk, KK::K::NT, KK::K::SMEM, st>>>(a);
     return cudaGetLastError();

@@ -15,7 +15,10 @@ namespace mlstm {
 template <int MT_, int NW_, int BN_, int KS_ = 1> struct FwdTile {
     static constexpr int MT = MT_, NW = NW_, BN = BN_, KS = KS_, BM = 16 * MT_ * NW_ / KS_;
 };
-template <int NW_, int BMQ_, int DOUT_> struct DkdvTile { static constexpr int NW = NW_, BMQ = BMQ_, DOUT = DOUT_; };
+template <int NW_, int BMQ_, int DOUT_, bool PAIR_ = false> struct DkdvTile {
+    static constexpr int NW = NW_, BMQ = BMQ_, DOUT = DOUT_;
+    static constexpr bool PAIR = PAIR_; /* warp pairs share S^T / dP^T (bwd_tc.cuh) */
+};
 template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = BN_; };
 
 /* D = 64: small accumulators, so each warp takes 32 query rows (MT = 2) and shares every K/V fragment
@@ -61,8 +64,10 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
  * MLSTM_CUDA_SMALL_TILES=0/1/auto: never/always/by grid size; unset: MLSTM_SMALL_TILES_DEFAULT).
  * NOTES.md history 2: fwd (1,4,64) was ~25% faster at S=2048.
  * D = 256 dK/dV is different: its default (64-key CTAs, x2 column split, 128 KB so that sm_80 takes it) already
- * makes a large grid, but shared memory allows one 4-warp CTA per SM. Its "small" slot holds the sm_90 variant
- * with 8 warps (128 keys, 192 KB: twice the warps per SM), used whenever the device runs it (BWD_ALT_ALWAYS). */
+ * makes a large grid, but shared memory allows one 4-warp CTA per SM. Its "small" slot holds the sm_90 variant,
+ * used whenever the device runs it (BWD_ALT_ALWAYS): 8 warps in 4 pairs on 64 keys (PAIR: one warp of a pair
+ * computes S^T, the other dP^T, they swap the rounded tiles through shared memory and each accumulates one column
+ * half of dK and dV), ~139 KB, so neither the column split's recomputation nor a 4-warp SM remains. */
 /* Default policy when the env variable is unset: -1 auto, 0 never. Auto since the small-grid instances passed
  * the conformance suite on an H100 (194/194 with MLSTM_CUDA_SMALL_TILES=auto, 2026-11-25) and ran faster at
  * every S <= 4096 measured (bench/RESULTS.md: D128 S4096 fwd 0.237 -> 0.169 ms, fwd+bwd 0.756 -> 0.678 ms). */
@@ -104,14 +109,15 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 #ifndef MLSTM_TC256_FWD_K
 #define MLSTM_TC256_FWD_K 2010832
 #endif
-/* H200, bf16, B1 NH8, fwd+bwd (bench/RESULTS.md, 2026-11-26): S2048 0.733 -> 0.543 ms, S4096 2.412 -> 1.660,
- * S8192 9.257 -> 6.307 (ncu, default: 6.25% warps active, tensor pipe 19% busy) */
+/* H200, bf16, B1 NH8, fwd+bwd (bench/RESULTS.md, 2026-11-26): default -> 8 warps, no pairs (832128) -> pairs:
+ * S2048 0.733 -> 0.542 -> 0.477 ms, S4096 2.412 -> 1.663 -> 1.428, S8192 9.257 -> 6.315 -> 5.429. Packed as
+ * PAIR*10000000 + NW*100000 + BMQ*1000 + DOUT. */
 #ifndef MLSTM_TC256_DKDV_S
-#define MLSTM_TC256_DKDV_S 832128
+#define MLSTM_TC256_DKDV_S 10832128
 #endif
 
 #define MLSTM_FWD_TILE(X) FwdTile<(X) / 10000 % 100, (X) / 100 % 100, (X) % 100, ((X) / 1000000 ? (X) / 1000000 : 1)>
-#define MLSTM_DKDV_TILE(X) DkdvTile<(X) / 100000, (X) / 1000 % 100, (X) % 1000>
+#define MLSTM_DKDV_TILE(X) DkdvTile<(X) / 100000 % 100, (X) / 1000 % 100, (X) % 1000, ((X) / 10000000) != 0>
 
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
