@@ -257,8 +257,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 gb2[1] = __fsub_rn(gb2[1], esc[1]);
             }
             float mx[2] = {0.0f, 0.0f};
-            /* PAIR: role 0 turns its S^T tile into C/n (and keeps S in dpt for di), role 1 its dP^T tile into P */
-            auto elementwise_pair = [&](auto maskc) {
+            /* visits every element (n, c = 2 rr + cc) of the tile with its D' factor e (rows = keys j, cols = queries
+             * t) and delta_t; a masked element is exactly 0, whatever its operands (an inf h_t, hence delta_t) */
+            auto for_each_element = [&](auto maskc, auto &&body) {
                 constexpr bool MASK = decltype(maskc)::value;
 #pragma unroll
                 for (int n = 0; n < BMQ / 8; ++n) {
@@ -272,59 +273,44 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                         for (int cc = 0; cc < 2; ++cc) {
                             const bool dead = MASK && jr > qrel + u0 + cc;
                             const float e = dead ? 0.0f : fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
-                            const float x = dead ? 0.0f : st[n][rr * 2 + cc];
-                            const float y = dead ? 0.0f
-                                                 : (role ? __fmul_rn(__fsub_rn(x, cc ? dl.y : dl.x), e) : x * e);
-                            dpt[n][rr * 2 + cc] = x; /* role 0: S, for di */
-                            st[n][rr * 2 + cc] = y;
-                            if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(y));
+                            body(n, rr * 2 + cc, rr, dead, e, cc ? dl.y : dl.x);
                         }
                     }
                 }
             };
-            auto elementwise = [&](auto maskc) {
-                constexpr bool MASK = decltype(maskc)::value;
-#pragma unroll
-                for (int n = 0; n < BMQ / 8; ++n) {
-                    const int u0 = n * 8 + 2 * q4;
-                    const float2 cb = *reinterpret_cast<const float2 *>(cCb + u0);
-                    const float2 dl = *reinterpret_cast<const float2 *>(cDel + u0);
-#pragma unroll
-                    for (int rr = 0; rr < 2; ++rr) {
-                        const int jr = wk0 + g + rr * 8;
-#pragma unroll
-                        for (int cc = 0; cc < 2; ++cc) {
-                            /* a masked element is exactly 0, whatever its operands (an inf h_t, hence delta_t) */
-                            const bool dead = MASK && jr > qrel + u0 + cc;
-                            const float e = dead ? 0.0f : fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
-                            const float sv = dead ? 0.0f : st[n][rr * 2 + cc];
-                            const float p =
-                                dead ? 0.0f : __fmul_rn(__fsub_rn(dpt[n][rr * 2 + cc], cc ? dl.y : dl.x), e);
-                            /* di from the T-rounded P the dK product uses (as k.dk would), so it cancels
-                             * against q.dq of the dQ kernel */
-                            if (Cfg::SPLIT) {
-                                float pr = to_f32(from_f32<T>(p));
-                                if (GUARD && isinf(pr)) pr = p; /* this tile is about to be rescaled */
-                                di_ps[rr] += pr * sv;
-                            }
-                            const float cn = sv * e;
-                            st[n][rr * 2 + cc] = cn; /* (C/n) / sgn for dV */
-                            dpt[n][rr * 2 + cc] = p; /* scale P / sgn for dK */
-                            if (GUARD) mx[rr] = fmaxf(mx[rr], fmaxf(fabsf(cn), fabsf(p)));
-                        }
-                    }
+            /* PAIR: role 0 turns its S^T tile into C/n (and keeps S in dpt for di), role 1 its dP^T tile into P */
+            auto pair_element = [&](int n, int c, int rr, bool dead, float e, float del) {
+                const float x = dead ? 0.0f : st[n][c];
+                const float y = dead ? 0.0f : (role ? __fmul_rn(__fsub_rn(x, del), e) : x * e);
+                dpt[n][c] = x;
+                st[n][c] = y;
+                if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(y));
+            };
+            auto element = [&](int n, int c, int rr, bool dead, float e, float del) {
+                const float sv = dead ? 0.0f : st[n][c];
+                const float p = dead ? 0.0f : __fmul_rn(__fsub_rn(dpt[n][c], del), e);
+                /* di from the T-rounded P the dK product uses (as k.dk would), so it cancels against q.dq of the
+                 * dQ kernel */
+                if (Cfg::SPLIT) {
+                    float pr = to_f32(from_f32<T>(p));
+                    if (GUARD && isinf(pr)) pr = p; /* this tile is about to be rescaled */
+                    di_ps[rr] += pr * sv;
                 }
+                const float cn = sv * e;
+                st[n][c] = cn; /* (C/n) / sgn for dV */
+                dpt[n][c] = p; /* scale P / sgn for dK */
+                if (GUARD) mx[rr] = fmaxf(mx[rr], fmaxf(fabsf(cn), fabsf(p)));
             };
             if constexpr (PAIR) {
                 if (qs < ks + wk0 + 15)
-                    elementwise_pair(std::true_type{});
+                    for_each_element(std::true_type{}, pair_element);
                 else
-                    elementwise_pair(std::false_type{});
+                    for_each_element(std::false_type{}, pair_element);
             } else {
                 if (qs < ks + wk0 + 15)
-                    elementwise(std::true_type{});
+                    for_each_element(std::true_type{}, element);
                 else
-                    elementwise(std::false_type{});
+                    for_each_element(std::false_type{}, element);
             }
             uint32_t *xt = reinterpret_cast<uint32_t *>(smem + Cfg::X_OFF); /* PAIR exchange */
             float *xm = reinterpret_cast<float *>(xt + NW * (BMQ / 16) * 4 * 32);
