@@ -325,10 +325,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
             if constexpr (GUARD) {
                 float fac[2];
                 if (range_guard_raise(mx, esc, fac)) {
-                    range_guard_scale(st, fac);
-                    if (!PAIR) range_guard_scale(dpt, fac); /* PAIR: dpt holds raw S (role 0) */
-                    range_guard_scale(adk, fac);
-                    range_guard_scale(adv, fac);
+                    scale_frag_rows(st, fac);
+                    if (!PAIR) scale_frag_rows(dpt, fac); /* PAIR: dpt holds raw S (role 0) */
+                    scale_frag_rows(adk, fac);
+                    scale_frag_rows(adv, fac);
                     di_ps[0] *= fac[0];
                     di_ps[1] *= fac[1];
                 }
@@ -628,8 +628,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
             if constexpr (GUARD) {
                 float fac[2];
                 if (range_guard_raise(mx, esc, fac)) {
-                    range_guard_scale(dp, fac);
-                    range_guard_scale(adq, fac);
+                    scale_frag_rows(dp, fac);
+                    scale_frag_rows(adq, fac);
                 }
             }
 #pragma unroll

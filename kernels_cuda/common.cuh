@@ -59,6 +59,19 @@ template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, f
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
+/* x *= f[row] for an mma accumulator fragment array (per thread: rows g and g+8, elements 0,1 and 2,3) */
+template <int N>
+__device__ __forceinline__ void scale_frag_rows(float (&x)[N][4], const float *f)
+{
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+        x[n][0] *= f[0];
+        x[n][1] *= f[0];
+        x[n][2] *= f[1];
+        x[n][3] *= f[1];
+    }
+}
+
 /* ---- math ------------------------------------------------------------------------------------------ */
 
 #define MLSTM_LOG2E 1.4426950408889634f

@@ -58,14 +58,7 @@ __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (
     }
     if (__any_sync(0xffffffffu, raised)) {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                o[mt][n][0] *= alpha[mt][0];
-                o[mt][n][1] *= alpha[mt][0];
-                o[mt][n][2] *= alpha[mt][1];
-                o[mt][n][3] *= alpha[mt][1];
-            }
+        for (int mt = 0; mt < MT; ++mt) scale_frag_rows(o[mt], alpha[mt]);
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -308,8 +301,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                 if (range_guard_raise(mx, esc, fac)) {
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
-                        range_guard_scale(s[mt], fac + mt * 2);
-                        range_guard_scale(o[mt], fac + mt * 2);
+                        scale_frag_rows(s[mt], fac + mt * 2);
+                        scale_frag_rows(o[mt], fac + mt * 2);
                         lrun[mt][0] *= fac[mt * 2];
                         lrun[mt][1] *= fac[mt * 2 + 1];
                     }

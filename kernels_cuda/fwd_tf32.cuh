@@ -192,14 +192,7 @@ __device__ __forceinline__ void fwd_gate_tile32(float (&s)[MT][BN / 8][4], float
     }
     if (__any_sync(0xffffffffu, raised)) {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                o[mt][n][0] *= alpha[mt][0];
-                o[mt][n][1] *= alpha[mt][0];
-                o[mt][n][2] *= alpha[mt][1];
-                o[mt][n][3] *= alpha[mt][1];
-            }
+        for (int mt = 0; mt < MT; ++mt) scale_frag_rows(o[mt], alpha[mt]);
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {

@@ -8,6 +8,7 @@
 
 #include <type_traits>
 #include <cuda_fp16.h>
+#include "common.cuh"
 
 namespace mlstm {
 namespace tc {
@@ -40,19 +41,6 @@ __device__ __forceinline__ bool range_guard_raise(const float (&mx)[R], float (&
         esc[r] += (float)k;
     }
     return true;
-}
-
-/* x *= fac of its row, for an mma fragment array (rows g and g+8: elements 0,1 and 2,3) */
-template <int N>
-__device__ __forceinline__ void range_guard_scale(float (&x)[N][4], const float *fac)
-{
-#pragma unroll
-    for (int n = 0; n < N; ++n) {
-        x[n][0] *= fac[0];
-        x[n][1] *= fac[0];
-        x[n][2] *= fac[1];
-        x[n][3] *= fac[1];
-    }
 }
 
 } // namespace tc
