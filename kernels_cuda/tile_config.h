@@ -122,7 +122,7 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
     using Fwd = MLSTM_FWD_TILE(MLSTM_TC64_FWD);
-    using Dkdv = DkdvTile<MLSTM_TC64_DKDV / 100000, MLSTM_TC64_DKDV / 1000 % 100, MLSTM_TC64_DKDV % 1000>;
+    using Dkdv = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV);
     using Dq = DqTile<MLSTM_TC64_DQ / 1000, MLSTM_TC64_DQ % 1000>;
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC64_FWD_S);
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC64_FWD_K);
@@ -132,7 +132,7 @@ template <> struct TileCfg<64> {
 };
 template <> struct TileCfg<128> {
     using Fwd = MLSTM_FWD_TILE(MLSTM_TC128_FWD);
-    using Dkdv = DkdvTile<MLSTM_TC128_DKDV / 100000, MLSTM_TC128_DKDV / 1000 % 100, MLSTM_TC128_DKDV % 1000>;
+    using Dkdv = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV);
     using Dq = DqTile<MLSTM_TC128_DQ / 1000, MLSTM_TC128_DQ % 1000>;
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC128_FWD_S);
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC128_FWD_K);
@@ -142,7 +142,7 @@ template <> struct TileCfg<128> {
 };
 template <> struct TileCfg<256> {
     using Fwd = MLSTM_FWD_TILE(MLSTM_TC256_FWD);
-    using Dkdv = DkdvTile<MLSTM_TC256_DKDV / 100000, MLSTM_TC256_DKDV / 1000 % 100, MLSTM_TC256_DKDV % 1000>;
+    using Dkdv = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV);
     using Dq = DqTile<MLSTM_TC256_DQ / 1000, MLSTM_TC256_DQ % 1000>;
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC256_FWD_S);
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC256_FWD_K);
