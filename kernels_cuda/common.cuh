@@ -194,34 +194,66 @@ __device__ __forceinline__ void cnorm(float &h, float &l)
     h = s;
 }
 
+/* Online max of the forward kernels: raises each row's running max mrun to at least mx, scales l by
+ * exp(old - new) and, unless no row of the warp rose (the usual case walking away from the diagonal), the O
+ * fragments too. */
+template <int MT, int ND>
+__device__ __forceinline__ void online_max_raise(const float (&mx)[MT][2], float (&mrun)[MT][2], float (&lrun)[MT][2],
+                                                 float (&o)[MT][ND][4])
+{
+    float alpha[MT][2];
+    bool raised = false;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const float mnew = fmaxf(mrun[mt][rr], mx[mt][rr]);
+            alpha[mt][rr] = fast_exp2((mrun[mt][rr] - mnew) * MLSTM_LOG2E);
+            raised |= mnew > mrun[mt][rr];
+            mrun[mt][rr] = mnew;
+            lrun[mt][rr] *= alpha[mt][rr];
+        }
+    if (__any_sync(0xffffffffu, raised)) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) scale_frag_rows(o[mt], alpha[mt]);
+    }
+}
+
 /* Compensated gates of an aligned 64-block [s0, s0+64) for the f32 path (one warp; lane l owns 2l, 2l+1):
  * (ch, cl) = inclusive cumsum of a = logsigmoid(f) in canonical (hi, lo) form, (th, tl) the block total.
  * With the tile offset O = (Oh, Ol) between key block and query block (canonical), the pair term is
  *   logD_tj = (qh_t + gh_j) + (ql_t + gl_j),  gh_j + e = Oh - kh_j (TwoSum), gl_j = ((Ol - kl_j) + e) + i_j,
  * whose first sum is exact-ish (nearby values) or about logD itself: F_t - F_j keeps its relative precision
- * even where |F| within the block reaches ~45 (f ~ N(0,1)), which a plain f32 cumsum does not. */
-struct CGate64 {
-    float f[2], i[2];
+ * even where |F| within the block reaches ~45 (f ~ N(0,1)), which a plain f32 cumsum does not.
+ * Any tile size N (16 or a multiple of 32): lane l owns the E consecutive positions l*E ... l*E+E-1 (N = 16:
+ * lanes 0..15, one each); (ch, cl) the tile-local inclusive cumsum, (th, tl) the tile total. CGate64 is N = 64. */
+template <int N>
+struct CGateTile {
+    static_assert(N == 16 || N % 32 == 0, "gate tile size");
+    static constexpr int E = N >= 32 ? N / 32 : 1;
+    static constexpr int LANES = N / E; /* lanes that own positions */
+    float f[E], i[E];
     __device__ __forceinline__ void load(const float *__restrict__ fg, int64_t fs, const float *__restrict__ ig,
                                          int64_t is, int64_t s0, int64_t S)
     {
         const int lane = threadIdx.x & 31;
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int64_t s = s0 + lane * 2 + e;
-            const bool ok = s < S;
+        for (int e = 0; e < E; ++e) {
+            const int64_t s = s0 + lane * E + e;
+            const bool ok = lane < LANES && s < S;
             f[e] = ok ? fg[s * fs] : 0.0f;
             i[e] = (ok && ig) ? ig[s * is] : 0.0f;
         }
     }
-    __device__ __forceinline__ void scan(float *ch, float *cl, float &th, float &tl, int64_t s0, int64_t S) const
+    __device__ __forceinline__ void scan(float (&ch)[E], float (&cl)[E], float &th, float &tl, int64_t s0,
+                                         int64_t S) const
     {
         const int lane = threadIdx.x & 31;
-        float h = 0.0f, l = 0.0f, lh[2], ll[2];
+        float h = 0.0f, l = 0.0f, lh[E], ll[E];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int64_t s = s0 + lane * 2 + e;
-            cadd(h, l, (s < S) ? logsigmoid(f[e]) : 0.0f, 0.0f);
+        for (int e = 0; e < E; ++e) {
+            const int64_t s = s0 + lane * E + e;
+            cadd(h, l, (lane < LANES && s < S) ? logsigmoid(f[e]) : 0.0f, 0.0f);
             lh[e] = h;
             ll[e] = l;
         }
@@ -238,17 +270,19 @@ struct CGate64 {
         float eh = __shfl_up_sync(0xffffffffu, ih, 1), el = __shfl_up_sync(0xffffffffu, il, 1);
         if (lane == 0) eh = el = 0.0f;
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
+        for (int e = 0; e < E; ++e) {
             float h2 = eh, l2 = el;
             cadd(h2, l2, lh[e], ll[e]);
             cnorm(h2, l2);
             ch[e] = h2;
             cl[e] = l2;
         }
-        th = __shfl_sync(0xffffffffu, ch[1], 31);
-        tl = __shfl_sync(0xffffffffu, cl[1], 31);
+        th = __shfl_sync(0xffffffffu, ch[E - 1], LANES - 1);
+        tl = __shfl_sync(0xffffffffu, cl[E - 1], LANES - 1);
     }
 };
+using CGate64 = CGateTile<64>;
+
 /* key-side pair terms for offset (oh, ol) */
 __device__ __forceinline__ void cgate_key(float kh, float kl, float iv, float oh, float ol, float &gh, float &gl)
 {

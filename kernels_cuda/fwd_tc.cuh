@@ -41,25 +41,15 @@ __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (
                                               const float (&g2)[BN / 8][2], const float *pm, int lim0, int q4,
                                               float lsc, const float (&esc)[MT * 2], float (&mx)[MT * 2])
 {
-    float alpha[MT][2];
-    bool raised = false;
+    float rmx[MT][2];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
             const int lim = lim0 + mt * 16 + rr * 8; /* last valid key column of the row (>= BN-1: all) */
-            const float mx = lim < 0 ? -INFINITY : rowF[mt][rr] + pm[min(lim, BN - 1)];
-            const float mnew = fmaxf(mrun[mt][rr], mx);
-            alpha[mt][rr] = fast_exp2((mrun[mt][rr] - mnew) * MLSTM_LOG2E);
-            raised |= mnew > mrun[mt][rr];
-            mrun[mt][rr] = mnew;
-            lrun[mt][rr] *= alpha[mt][rr];
+            rmx[mt][rr] = lim < 0 ? -INFINITY : rowF[mt][rr] + pm[min(lim, BN - 1)];
         }
-    }
-    if (__any_sync(0xffffffffu, raised)) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) scale_frag_rows(o[mt], alpha[mt]);
-    }
+    online_max_raise(rmx, mrun, lrun, o);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll

@@ -80,65 +80,6 @@ __device__ __forceinline__ void mma_f32(float (&c)[4], float (&cc)[4], const uin
     mma_tf32(c, ab, bb0, bb1);
 }
 
-/* ---- compensated gates of one tile of N positions [s0, s0+N) (N = 16 or a multiple of 32), one warp ----
- * The f32 path's CGate64 (common.cuh) for any tile size: lane l owns the E consecutive positions l*E ... l*E+E-1
- * (N = 16: lanes 0..15, one each). (ch, cl): tile-local inclusive cumsum of a = logsigmoid(f) in canonical
- * (hi, lo) form; (th, tl): the tile total. */
-template <int N>
-struct CGateTile {
-    static_assert(N == 16 || N % 32 == 0, "gate tile size");
-    static constexpr int E = N >= 32 ? N / 32 : 1;
-    static constexpr int LANES = N / E; /* lanes that own positions */
-    float f[E], i[E];
-    __device__ __forceinline__ void load(const float *__restrict__ fg, int64_t fs, const float *__restrict__ ig,
-                                         int64_t is, int64_t s0, int64_t S)
-    {
-        const int lane = threadIdx.x & 31;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const int64_t s = s0 + lane * E + e;
-            const bool ok = lane < LANES && s < S;
-            f[e] = ok ? fg[s * fs] : 0.0f;
-            i[e] = (ok && ig) ? ig[s * is] : 0.0f;
-        }
-    }
-    __device__ __forceinline__ void scan(float (&ch)[E], float (&cl)[E], float &th, float &tl, int64_t s0,
-                                         int64_t S) const
-    {
-        const int lane = threadIdx.x & 31;
-        float h = 0.0f, l = 0.0f, lh[E], ll[E];
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const int64_t s = s0 + lane * E + e;
-            cadd(h, l, (lane < LANES && s < S) ? logsigmoid(f[e]) : 0.0f, 0.0f);
-            lh[e] = h;
-            ll[e] = l;
-        }
-        float ih = h, il = l;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            float yh = __shfl_up_sync(0xffffffffu, ih, o), yl = __shfl_up_sync(0xffffffffu, il, o);
-            if (lane >= o) {
-                cadd(yh, yl, ih, il);
-                ih = yh;
-                il = yl;
-            }
-        }
-        float eh = __shfl_up_sync(0xffffffffu, ih, 1), el = __shfl_up_sync(0xffffffffu, il, 1);
-        if (lane == 0) eh = el = 0.0f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            float h2 = eh, l2 = el;
-            cadd(h2, l2, lh[e], ll[e]);
-            cnorm(h2, l2);
-            ch[e] = h2;
-            cl[e] = l2;
-        }
-        th = __shfl_sync(0xffffffffu, ch[E - 1], LANES - 1);
-        tl = __shfl_sync(0xffffffffu, cl[E - 1], LANES - 1);
-    }
-};
-
 template <int D, int MT, int NW, int BN>
 struct FwdCfg {
     static constexpr int BM = 16 * MT * NW;
@@ -155,7 +96,7 @@ struct FwdCfg {
 };
 
 /* The gate part of one (warp rows x BN keys) tile, compensated as in the SIMT f32 forward: with the query-row
- * cumsum (qh, ql) and the key terms (gh, gl) (see CGate64), logD = (qh + gh) + (ql + gl), evaluated here as
+ * cumsum (qh, ql) and the key terms (gh, gl) (see CGate64, common.cuh), logD = (qh + gh) + (ql + gl), evaluated here as
  * ld = (qh + gh) + gl with ql moved to the row side: the row max is max_j ld + ql, and the exponent of element j
  * is (ld - (m - ql)) log2e + log2|scale|. The max comes from these exact per-element values (not from a prefix-max
  * lookup, whose single f32 sum Fq + G would carry ulp(|G|) into m and n); the O rescale is skipped when no row of
@@ -166,8 +107,7 @@ __device__ __forceinline__ void fwd_gate_tile32(float (&s)[MT][BN / 8][4], float
                                                 const float (&rql)[MT][2], const float (&gkh)[BN / 8][2],
                                                 const float (&gkl)[BN / 8][2], int lim0, int q4, float lsc)
 {
-    float alpha[MT][2];
-    bool raised = false;
+    float rmx[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -183,17 +123,10 @@ __device__ __forceinline__ void fwd_gate_tile32(float (&s)[MT][BN / 8][4], float
                 }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(mrun[mt][rr], __fadd_rn(mx, rql[mt][rr]));
-            alpha[mt][rr] = fast_exp2((mrun[mt][rr] - mnew) * MLSTM_LOG2E);
-            raised |= mnew > mrun[mt][rr];
-            mrun[mt][rr] = mnew;
-            lrun[mt][rr] *= alpha[mt][rr];
+            rmx[mt][rr] = __fadd_rn(mx, rql[mt][rr]);
         }
     }
-    if (__any_sync(0xffffffffu, raised)) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) scale_frag_rows(o[mt], alpha[mt]);
-    }
+    online_max_raise(rmx, mrun, lrun, o);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -237,7 +170,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     float *sV = reinterpret_cast<float *>(smem + Cfg::V_OFF);
     float *sQh = reinterpret_cast<float *>(smem + Cfg::G_OFF);
     float *sQl = sQh + BM;
-    float *sGh = sQl + BM;     /* [2][BN] key terms gh (see CGate64) */
+    float *sGh = sQl + BM;     /* [2][BN] key terms gh (see CGate64, common.cuh) */
     float *sGl = sGh + 2 * BN; /* [2][BN] key terms gl */
 
     const int64_t S = args.S, BH = args.B * args.NH;
