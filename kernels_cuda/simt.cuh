@@ -25,36 +25,52 @@ constexpr int G_OFF = W_OFF + DC * LDS; /* 8 x [TB]   gate vectors */
 constexpr int SMEM_FLOATS = G_OFF + 8 * TB;
 constexpr int SMEM_BYTES = SMEM_FLOATS * 4;
 
-/* sm[d][r] = g[(r0 + r) * ld + d0 + d] for a TB x DC block; zero outside rows < nrows, cols < ncols. */
+/* A TB x COLS block g[(r0 + r) * ld + c0 + c] into shared memory, zero outside rows < nrows, cols < ncols:
+ * TR: transposed, sm[c][r]; else sm[r][c]. */
+template <typename T, bool TR, int COLS>
+__device__ __forceinline__ void load_block(float *sm, const T *__restrict__ g, int64_t ld, int64_t r0, int64_t nrows,
+                                           int c0, int ncols)
+{
+#pragma unroll
+    for (int it = 0; it < TB * COLS / NT; ++it) {
+        int e = it * NT + threadIdx.x;
+        int r = e / COLS, c = e % COLS;
+        int64_t gr = r0 + r;
+        float x = 0.0f;
+        if (gr < nrows && c0 + c < ncols) x = to_f32(g[gr * ld + c0 + c]);
+        sm[TR ? c * LDS + r : r * LDS + c] = x;
+    }
+}
+/* sm[d][r] for a TB x DC chunk of the reduction dim; sm[r][c] for a TB x TB block */
 template <typename T>
 __device__ __forceinline__ void load_chunk_t(float *sm, const T *__restrict__ g, int64_t ld, int64_t r0,
                                              int64_t nrows, int d0, int ncols)
 {
-#pragma unroll
-    for (int it = 0; it < TB * DC / NT; ++it) {
-        int e = it * NT + threadIdx.x;
-        int r = e / DC, d = e % DC;
-        int64_t gr = r0 + r;
-        float x = 0.0f;
-        if (gr < nrows && d0 + d < ncols) x = to_f32(g[gr * ld + d0 + d]);
-        sm[d * LDS + r] = x;
-    }
+    load_block<T, true, DC>(sm, g, ld, r0, nrows, d0, ncols);
 }
-
-/* sm[r][c] = g[(r0 + r) * ld + c0 + c] for a TB x TB block; zero outside. */
 template <typename T>
 __device__ __forceinline__ void load_chunk_n(float *sm, const T *__restrict__ g, int64_t ld, int64_t r0,
                                              int64_t nrows, int c0, int ncols)
 {
+    load_block<T, false, TB>(sm, g, ld, r0, nrows, c0, ncols);
+}
+
+/* One warp, walking key tiles downwards from the query tile at qs: the key-side pair terms (gh, gl) of the key
+ * tile at ks into sGh/sGl (see CGate64), after adding the tile's gate total to the running compensated offset
+ * (offh, offl) when the tile lies before the query tile. */
+__device__ __forceinline__ void key_pair_terms(const float *gf, int64_t fs, const float *gi, int64_t is, int64_t ks,
+                                               int64_t qs, int64_t S, float &offh, float &offl, float *sGh, float *sGl)
+{
+    const int lane = threadIdx.x & 31;
+    CGate64 gt;
+    gt.load(gf, fs, gi, is, ks, S);
+    float ch[2], cl[2], th, tl;
+    gt.scan(ch, cl, th, tl, ks, S);
+    if (ks < qs) cadd(offh, offl, th, tl);
+    float oh = offh, ol = offl;
+    cnorm(oh, ol);
 #pragma unroll
-    for (int it = 0; it < TB * TB / NT; ++it) {
-        int e = it * NT + threadIdx.x;
-        int r = e / TB, c = e % TB;
-        int64_t gr = r0 + r;
-        float x = 0.0f;
-        if (gr < nrows && c0 + c < ncols) x = to_f32(g[gr * ld + c0 + c]);
-        sm[r * LDS + c] = x;
-    }
+    for (int e = 0; e < 2; ++e) cgate_key(ch[e], cl[e], gt.i[e], oh, ol, sGh[lane * 2 + e], sGl[lane * 2 + e]);
 }
 
 /* acc[i][j] += sum_k A[k][ty*4+i] * B[k][tx*4+j] */
@@ -237,18 +253,7 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
 
     for (int64_t kt = qt; kt >= 0; --kt) {
         const int64_t ks = kt * TB;
-        if (warp == 0) { /* key-side pair terms of this tile (see CGate64) */
-            CGate64 gt;
-            gt.load(gf, tf.ss, gi, ti.ss, ks, S);
-            float ch[2], cl[2], th, tl;
-            gt.scan(ch, cl, th, tl, ks, S);
-            if (ks < qs) cadd(offh, offl, th, tl);
-            float oh = offh, ol = offl;
-            cnorm(oh, ol);
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-                cgate_key(ch[e], cl[e], gt.i[e], oh, ol, sGh[lane * 2 + e], sGl[lane * 2 + e]);
-        }
+        if (warp == 0) key_pair_terms(gf, tf.ss, gi, ti.ss, ks, qs, S, offh, offl, sGh, sGl);
         float s[4][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
@@ -595,18 +600,7 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
         float offh = 0.0f, offl = 0.0f;
         for (int64_t kt = qt; kt >= 0; --kt) {
             const int64_t ks = kt * TB;
-            if (warp == 0) {
-                CGate64 gt;
-                gt.load(gf, tf.ss, gi, ti.ss, ks, S);
-                float ch[2], cl[2], th, tl;
-                gt.scan(ch, cl, th, tl, ks, S);
-                if (ks < qs) cadd(offh, offl, th, tl);
-                float oh = offh, ol = offl;
-                cnorm(oh, ol);
-#pragma unroll
-                for (int e = 0; e < 2; ++e)
-                    cgate_key(ch[e], cl[e], gt.i[e], oh, ol, sGh[lane * 2 + e], sGl[lane * 2 + e]);
-            }
+            if (warp == 0) key_pair_terms(gf, tf.ss, gi, ti.ss, ks, qs, S, offh, offl, sGh, sGl);
             float dp[4][4], sq[4][4];
 #pragma unroll
             for (int i = 0; i < 4; ++i)
