@@ -77,6 +77,23 @@ typedef struct {
     float eps, scale;
 } shape;
 
+/* the forward case of shape s in dtype, seeded */
+static mc_case shape_case(shape s, int dtype, uint64_t seed)
+{
+    mc_case c;
+    memset(&c, 0, sizeof c);
+    c.grad_mode = MLSTM_GRAD_EXACT;
+    c.dtype = dtype;
+    c.B = s.B; c.NH = s.NH; c.S = s.S; c.DQK = s.DQK; c.DV = s.DV;
+    c.gates = s.gates;
+    c.layout = s.layout;
+    c.odd_offsets = s.odd;
+    c.eps = s.eps != 0.0f ? s.eps : 1e-6f;
+    c.scale = s.scale;
+    c.seed = seed;
+    return c;
+}
+
 static void add_shape(shape s, unsigned combos, uint64_t seed)
 {
     static const int dts[3] = { MLSTM_DTYPE_F32, MLSTM_DTYPE_F16, MLSTM_DTYPE_BF16 };
@@ -84,33 +101,15 @@ static void add_shape(shape s, unsigned combos, uint64_t seed)
         for (int d = 0; d < 3; d++) {
             if (!(combos & (1u << (kind * 3 + d))))
                 continue;
-            mc_case c;
-            memset(&c, 0, sizeof c);
+            mc_case c = shape_case(s, dts[d], seed);
             c.bwd = kind > 0;
             c.grad_mode = kind == 2 ? MLSTM_GRAD_NORMALIZER_DETACHED : MLSTM_GRAD_EXACT;
-            c.dtype = dts[d];
-            c.B = s.B; c.NH = s.NH; c.S = s.S; c.DQK = s.DQK; c.DV = s.DV;
-            c.gates = s.gates;
-            c.layout = s.layout;
-            c.odd_offsets = s.odd;
-            c.eps = s.eps != 0.0f ? s.eps : 1e-6f;
-            c.scale = s.scale;
-            c.seed = seed;
             push(KIND_CASE, c);
         }
     }
     if (combos & FWD_TF32) {
-        mc_case c;
-        memset(&c, 0, sizeof c);
-        c.dtype = MLSTM_DTYPE_F32;
+        mc_case c = shape_case(s, MLSTM_DTYPE_F32, seed);
         c.math_mode = MLSTM_MATH_TF32;
-        c.B = s.B; c.NH = s.NH; c.S = s.S; c.DQK = s.DQK; c.DV = s.DV;
-        c.gates = s.gates;
-        c.layout = s.layout;
-        c.odd_offsets = s.odd;
-        c.eps = s.eps != 0.0f ? s.eps : 1e-6f;
-        c.scale = s.scale;
-        c.seed = seed;
         push(KIND_CASE, c);
     }
 }
