@@ -1,6 +1,6 @@
 /* The only file of libmlstm that reads the environment: MLSTM_BACKEND, MLSTM_DEVICE,
- * MLSTM_OPENCL_PLATFORM, MLSTM_OPENCL_KERNEL_DIR and the tuning switches MLSTM_CUDA_SMALL_TILES and
- * MLSTM_CUDA_F32_TC. Values are read at context creation, never cached. */
+ * MLSTM_OPENCL_PLATFORM, MLSTM_OPENCL_KERNEL_DIR and the tuning switches MLSTM_CUDA_SMALL_TILES,
+ * MLSTM_CUDA_F32_TC and MLSTM_CUDA_WGMMA. Values are read at context creation, never cached. */
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>

@@ -112,7 +112,8 @@ int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
     if (name == NULL)
         name = "auto";
     mlstm_backend_config cfg = {o.device, o.opencl_platform, mlstm_env_tristate("MLSTM_CUDA_SMALL_TILES"),
-                                mlstm_env_tristate("MLSTM_CUDA_F32_TC"), ""};
+                                mlstm_env_tristate("MLSTM_CUDA_F32_TC"),
+                                mlstm_env_tristate("MLSTM_CUDA_WGMMA"), ""};
     const char *kdir = mlstm_env_string("MLSTM_OPENCL_KERNEL_DIR");
     if (kdir != NULL) {
         if (strlen(kdir) >= sizeof cfg.opencl_kernel_dir) {

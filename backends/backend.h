@@ -16,6 +16,7 @@ typedef struct mlstm_backend_config {
     int opencl_platform;   /* OpenCL platform index, or -1 for "first platform with a device" */
     int cuda_small_tiles;  /* tuning: CUDA small-grid tile dispatch, -1 auto, 0 off, 1 on, -2 build default */
     int cuda_f32_tc;       /* tuning: CUDA f32 forward on tensor cores, 0 off, 1 or -1 on, -2 build default */
+    int cuda_wgmma;        /* tuning: CUDA sm_90a warpgroup-MMA forward, -1 auto, 0 off, 1 on, -2 build default */
     char opencl_kernel_dir[1024]; /* development: load common.cl, fwd.cl, bwd.cl from here ("" = embedded) */
 } mlstm_backend_config;
 

@@ -15,7 +15,7 @@ has() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 if has build; then
   t0=$(date +%s)
-  cmake -S . -B $BUILD -DMLSTM_CUDA_ARCHS=90 -DMLSTM_ENABLE_OPENCL=OFF -DCMAKE_BUILD_TYPE=Release > "$OUT/build.log" 2>&1 \
+  cmake -S . -B $BUILD -DMLSTM_CUDA_ARCHS=90a -DMLSTM_ENABLE_OPENCL=OFF -DCMAKE_BUILD_TYPE=Release > "$OUT/build.log" 2>&1 \
     && cmake --build $BUILD -j16 >> "$OUT/build.log" 2>&1 || { echo "BUILD FAILED"; tail -40 "$OUT/build.log"; exit 1; }
   echo "build ok ($(( $(date +%s) - t0 )) s)"
 fi
@@ -54,7 +54,7 @@ if has variants; then
   for v in "${VS[@]}"; do
     name=${v%%:*}; flags=${v#*:}
     echo "== variant $name: $flags" | tee -a "$OUT/variants.log"
-    cmake -S . -B build-$name -DMLSTM_CUDA_ARCHS=90 -DMLSTM_ENABLE_OPENCL=OFF -DMLSTM_BUILD_TESTS=OFF \
+    cmake -S . -B build-$name -DMLSTM_CUDA_ARCHS=90a -DMLSTM_ENABLE_OPENCL=OFF -DMLSTM_BUILD_TESTS=OFF \
       -DMLSTM_BUILD_BENCH=OFF "-DCMAKE_CUDA_FLAGS=$flags" > /dev/null 2>&1 && cmake --build build-$name -j16 --target mlstm > /dev/null 2>&1 \
       || { echo "variant build failed" | tee -a "$OUT/variants.log"; continue; }
     timeout 120 python3 bench/compare_torch.py --lib build-$name/libmlstm.so --bench --dtypes bf16 \

@@ -8,7 +8,7 @@ set -o pipefail
 STEPS=${1:-build,test,bench,torch,sanitize,slow}
 LOG=${LOGDIR:-gpu-logs}
 BUILD=${BUILD:-build-gpu}
-ARCH=${MLSTM_CUDA_ARCHS:-90}
+ARCH=${MLSTM_CUDA_ARCHS:-90a}
 mkdir -p "$LOG"
 export PATH=/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1
 has() { [[ ",$STEPS," == *",$1,"* ]]; }

@@ -13,7 +13,7 @@ has() { [[ ",$STEPS," == *",$1,"* ]]; }
 date -u; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 BUILD=${BUILD:-build-gpu}
 t0=$(date +%s)
-{ cmake -S . -B "$BUILD" -DMLSTM_CUDA_ARCHS="${MLSTM_CUDA_ARCHS:-90}" -DMLSTM_SLOW_TESTS=ON -DCMAKE_BUILD_TYPE=Release &&
+{ cmake -S . -B "$BUILD" -DMLSTM_CUDA_ARCHS="${MLSTM_CUDA_ARCHS:-90a}" -DMLSTM_SLOW_TESTS=ON -DCMAKE_BUILD_TYPE=Release &&
   cmake --build "$BUILD" -j "$(nproc)"; } > "$LOG/build.log" 2>&1 || { echo "BUILD FAILED"; tail -30 "$LOG/build.log"; exit 1; }
 echo "build ok ($(( $(date +%s) - t0 )) s)"
 T="$BUILD/tests/test_conformance"

@@ -97,6 +97,21 @@ template <int D> bool bwd_small(const KArgs &a, int t)
     return use_small((a.S + BNK - 1) / BNK * (D / C::DOUT) * a.B * a.NH);
 }
 
+/* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): instances the device accepted ([dtype][D]; only on compute
+ * capability 9.0 with a build that includes sm_90a, MLSTM_HAVE_SM90A), and the policy: -1 auto, 0 never, 1 whenever
+ * eligible (env MLSTM_CUDA_WGMMA, unset: MLSTM_WGMMA_DEFAULT) */
+bool g_wg_ok[2][3];
+int g_wg_mode = -1;
+
+template <int D> bool use_wgmma(int t, int variant)
+{
+    if (!g_wg_ok[t][dim_index(D)] || g_wg_mode == 0) return false;
+    if (g_wg_mode == 1) return true;
+    /* auto: everywhere but D = 64 with the default (full-grid) tiles, where the mma.sync kernel is faster: its
+     * 4-warp CTAs share an SM several at a time, the wgmma kernel runs one 8-warp CTA per SM in lockstep */
+    return !(D == 64 && variant == FWD_DEFAULT);
+}
+
 /* f32 tensor-core forward (fwd_tf32.cuh) instances the device accepted at setup, [mode 3xTF32=0 / TF32=1][D 64/128/256
  * -> 0/1/2], and whether that path is on at all (env MLSTM_CUDA_F32_TC=0/1, unset: MLSTM_F32_TC_DEFAULT) */
 bool g_tc32_ok[2][3];
@@ -155,7 +170,9 @@ template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16
 
 template <typename T, int D> cudaError_t fwd_tc(const KArgs &a, cudaStream_t st)
 {
-    switch (fwd_variant<D>(a, tix<T>())) {
+    const int variant = fwd_variant<D>(a, tix<T>());
+    if (use_wgmma<D>(tix<T>(), variant)) return run_fwd_wgmma<T, D>(a, st);
+    switch (variant) {
     case FWD_SPLIT: return run_fwd_tc<T, D, FWD_SPLIT>(a, st);
     case FWD_SMALL: return run_fwd_tc<T, D, FWD_SMALL>(a, st);
     default: return run_fwd_tc<T, D, FWD_DEFAULT>(a, st);
@@ -243,6 +260,12 @@ static void tc_split_setup(int t, int di, cudaError_t e)
     if (e != cudaSuccess) (void)cudaGetLastError();
 }
 
+static void wg_setup(int t, int di, cudaError_t e)
+{
+    g_wg_ok[t][di] = e == cudaSuccess;
+    if (e != cudaSuccess) (void)cudaGetLastError();
+}
+
 static cudaError_t bwd_setup(cudaError_t dkdv, cudaError_t dq) { return dkdv != cudaSuccess ? dkdv : dq; }
 
 /* f32 tensor-core forward: a refused shared-memory size only disables that instance (SIMT serves it) */
@@ -252,8 +275,14 @@ static void tc32_setup(int mode, int di, cudaError_t e)
     if (e != cudaSuccess) (void)cudaGetLastError();
 }
 
-template <typename T> static void tc_setup_all(int t, bool sm90)
+template <typename T> static void tc_setup_all(int t, bool sm90, bool sm90a)
 {
+    for (int di = 0; di < 3; ++di) g_wg_ok[t][di] = false;
+    if (sm90a) {
+        wg_setup(t, 0, setup_fwd_wgmma<T, 64>());
+        wg_setup(t, 1, setup_fwd_wgmma<T, 128>());
+        wg_setup(t, 2, setup_fwd_wgmma<T, 256>());
+    }
     tc_setup(false, t, 0, setup_fwd_tc<T, 64, FWD_DEFAULT>());
     tc_setup(false, t, 1, setup_fwd_tc<T, 128, FWD_DEFAULT>());
     tc_setup(false, t, 2, setup_fwd_tc<T, 256, FWD_DEFAULT>());
@@ -274,22 +303,29 @@ template <typename T> static void tc_setup_all(int t, bool sm90)
     tc_small_setup(true, t, 2, setup_bwd_dkdv_tc<T, 256, true>());
 }
 
-extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc)
+extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma)
 {
     static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && TileCfg<256>::BWD_SMALL,
                   "small dK/dV instances (gen_instances.py BWD_SMALL_DIMS) out of step with tile_config.h");
-    int dev = 0, sms = 0, major = 0;
+    int dev = 0, sms = 0, major = 0, minor = 0;
     if (cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess) {
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess) {
         if (sms > 0) g_sms = sms;
     } else {
         (void)cudaGetLastError();
-        major = 0;
+        major = minor = 0;
     }
     g_small_mode = small_tiles >= -1 ? small_tiles : MLSTM_SMALL_TILES_DEFAULT;
-    tc_setup_all<__half>(0, major >= 9);
-    tc_setup_all<__nv_bfloat16>(1, major >= 9);
+    g_wg_mode = wgmma >= -1 ? wgmma : MLSTM_WGMMA_DEFAULT;
+#ifdef MLSTM_HAVE_SM90A
+    const bool sm90a = major == 9 && minor == 0; /* sm_90a code runs on exactly this compute capability */
+#else
+    const bool sm90a = false;
+#endif
+    tc_setup_all<__half>(0, major >= 9, sm90a);
+    tc_setup_all<__nv_bfloat16>(1, major >= 9, sm90a);
     g_f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;
     tc32_setup(0, 0, setup_fwd_tf32<64, 0>());
     tc32_setup(0, 1, setup_fwd_tf32<128, 0>());

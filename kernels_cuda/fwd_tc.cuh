@@ -75,6 +75,95 @@ __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (
     }
 }
 
+/* The gate warp's part of the forward: for the key tile at ks (gates gn loaded), with query tile at qs whose
+ * local cumsum is sFq, writes G_j log2e to g2[j] and the prefix max of G_j (natural units) to pm[j], G_j the key
+ * gate with the offset between key and query tile included: off accumulates (compensated) the totals of the
+ * tiles before qs, which must therefore be finished in descending order. One warp. */
+template <int BN>
+__device__ __forceinline__ void fwd_key_gates(const GateTile<BN> &gn, Comp &off, int64_t ks, int64_t qs, int64_t S,
+                                              const float *sFq, float *g2, float *pm)
+{
+    constexpr int E = GateTile<BN>::E;
+    const int lane = threadIdx.x & 31;
+    float cum[E];
+    float tot = gn.scan(cum, ks, S);
+    float ohi, olo;
+    if (ks >= qs) {
+        ohi = (ks > qs) ? -sFq[ks - 1 - qs] : 0.0f;
+        olo = 0.0f;
+    } else {
+        comp_add(off, tot);
+        ohi = off.hi;
+        olo = off.lo;
+    }
+    float gv[E], pmx = -INFINITY;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        gv[e] = ((gn.i[e] - cum[e]) + olo) + ohi;
+        pmx = fmaxf(pmx, gv[e]);
+    }
+    /* exclusive prefix max over lanes, then running max within the lane */
+    float incl = pmx;
+#pragma unroll
+    for (int o2 = 1; o2 < 32; o2 <<= 1) {
+        float y = __shfl_up_sync(0xffffffffu, incl, o2);
+        if (lane >= o2) incl = fmaxf(incl, y);
+    }
+    float run = __shfl_up_sync(0xffffffffu, incl, 1);
+    if (lane == 0) run = -INFINITY;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        run = fmaxf(run, gv[e]);
+        g2[lane * E + e] = gv[e] * MLSTM_LOG2E;
+        pm[lane * E + e] = run;
+    }
+}
+
+/* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h, m, n. */
+template <typename T, int MT, int D, bool GUARD>
+__device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
+                                             const float (&o)[MT][D / 8][4], const float (&mrun)[MT][2],
+                                             const float (&lrun)[MT][2], const float (&esc)[MT * 2])
+{
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+    const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
+    T *gh = bh_ptr<T>(th, b, hh);
+    float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
+    const int64_t S = args.S;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            float l = lrun[mt][rr];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            l *= sgn;
+            float sc = 1.0f; /* undoes the range guard: l and O are scaled by 2^-esc */
+            if (GUARD) {
+                sc = exp2f(esc[mt * 2 + rr]);
+                l *= sc;
+            }
+            const float m = mrun[mt][rr];
+            const float em = expf(-m);
+            const float nsig = (fabsf(l) > em) ? l : em;
+            const float inv = sgn * sc / (fabsf(nsig) + args.eps);
+            const int64_t t = qs + wr0 + mt * 16 + g + rr * 8;
+            if (t < S) {
+                T *row = gh + t * th.ss;
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n)
+                    *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * q4) =
+                        pack2<T>(o[mt][n][rr * 2] * inv, o[mt][n][rr * 2 + 1] * inv);
+                if (q4 == 0) {
+                    gm[t * tm.ss] = m;
+                    gn[t * tn.ss] = nsig;
+                }
+            }
+        }
+    }
+}
+
 /* h = mLSTM(q, k, v, i, f) for one query tile; also writes m and signed n (see api/mlstm.h).
  * KS > 1 (key split, for grids too small to fill the GPU): the NW warps form KS groups that each cover all BM
  * query rows and take every KS-th key tile (group g: kt_hi - g, kt_hi - g - KS, ...), which divides the serial
@@ -143,39 +232,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     Comp off = {0.0f, 0.0f};
     GateTile<BN> gnext[KS];
     auto gate_finish = [&](const GateTile<BN> &gn, int64_t ks, int slot) {
-        constexpr int E = GateTile<BN>::E;
-        float cum[E];
-        float tot = gn.scan(cum, ks, S);
-        float ohi, olo;
-        if (ks >= qs) {
-            ohi = (ks > qs) ? -sFq[ks - 1 - qs] : 0.0f;
-            olo = 0.0f;
-        } else {
-            comp_add(off, tot);
-            ohi = off.hi;
-            olo = off.lo;
-        }
-        float gv[E], pmx = -INFINITY;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            gv[e] = ((gn.i[e] - cum[e]) + olo) + ohi;
-            pmx = fmaxf(pmx, gv[e]);
-        }
-        /* exclusive prefix max over lanes, then running max within the lane */
-        float incl = pmx;
-#pragma unroll
-        for (int o2 = 1; o2 < 32; o2 <<= 1) {
-            float y = __shfl_up_sync(0xffffffffu, incl, o2);
-            if (lane >= o2) incl = fmaxf(incl, y);
-        }
-        float run = __shfl_up_sync(0xffffffffu, incl, 1);
-        if (lane == 0) run = -INFINITY;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            run = fmaxf(run, gv[e]);
-            sG2[slot * BN + lane * E + e] = gv[e] * MLSTM_LOG2E;
-            sPM[slot * BN + lane * E + e] = run;
-        }
+        fwd_key_gates<BN>(gn, off, ks, qs, S, sFq, sG2 + slot * BN, sPM + slot * BN);
     };
     if (warp == GW) {
 #pragma unroll
@@ -209,7 +266,6 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     /* C = scale * S * D' is computed as sign(scale) * S * 2^(log2(|scale|) + log2(D')): |scale| rides in the
      * exponent, the sign is applied to l and O at the end */
     const float lsc = log2f(fabsf(args.scale));
-    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
     constexpr bool GUARD = NeedsRangeGuard<T>::value;
     float esc[MT * 2]; /* range-guard exponents of the rows (range_guard.cuh) */
 #pragma unroll
@@ -380,41 +436,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             }
     }
 
-    /* epilogue: normaliser, h, m, n */
-    const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
-    T *gh = bh_ptr<T>(th, b, hh);
-    float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-            float l = lrun[mt][rr];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            l *= sgn;
-            float sc = 1.0f; /* undoes the range guard: l and O are scaled by 2^-esc */
-            if (GUARD) {
-                sc = exp2f(esc[mt * 2 + rr]);
-                l *= sc;
-            }
-            const float m = mrun[mt][rr];
-            const float em = expf(-m);
-            const float nsig = (fabsf(l) > em) ? l : em;
-            const float inv = sgn * sc / (fabsf(nsig) + args.eps);
-            const int64_t t = qs + wr0 + mt * 16 + g + rr * 8;
-            if (t < S) {
-                T *row = gh + t * th.ss;
-#pragma unroll
-                for (int n = 0; n < D / 8; ++n)
-                    *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * q4) =
-                        pack2<T>(o[mt][n][rr * 2] * inv, o[mt][n][rr * 2 + 1] * inv);
-                if (q4 == 0) {
-                    gm[t * tm.ss] = m;
-                    gn[t * tn.ss] = nsig;
-                }
-            }
-        }
-    }
+    fwd_epilogue<T, MT, D, GUARD>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
     } /* SM90 guard */
 }
 

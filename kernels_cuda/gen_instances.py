@@ -37,6 +37,8 @@ def main():
                                f"MLSTM_INSTANTIATE_FWD_TC({TYPES[t]}, {d}, mlstm::FWD_SMALL)\n"))
             files.append(write(f"mlstm_fwd_dh{d}_{t}_split.cu", f"Tensor-core forward, D={d}, {t}, key split.",
                                f"MLSTM_INSTANTIATE_FWD_TC({TYPES[t]}, {d}, mlstm::FWD_SPLIT)\n"))
+            files.append(write(f"mlstm_fwd_dh{d}_{t}_wgmma.cu", f"sm_90a warpgroup-MMA forward, D={d}, {t}.",
+                               f"MLSTM_INSTANTIATE_FWD_WGMMA({TYPES[t]}, {d})\n", pre="#define MLSTM_INST_WGMMA 1\n"))
             if d in BWD_SMALL_DIMS:
                 files.append(write(f"mlstm_bwd_dh{d}_{t}_small.cu",
                                    f"Tensor-core backward dK/dV, D={d}, {t}, "

@@ -12,6 +12,9 @@
 #ifdef MLSTM_INST_TF32 /* only the f32 tensor-core instance files compile that kernel */
 #include "fwd_tf32.cuh"
 #endif
+#ifdef MLSTM_INST_WGMMA /* only the sm_90a forward instance files compile that kernel */
+#include "fwd_wgmma.cuh"
+#endif
 #ifdef MLSTM_INST_AUX /* only inst/mlstm_bwd_aux.cu compiles the light passes */
 #include "aux.cuh"
 #endif
@@ -91,6 +94,30 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
     KK::dq<<<(unsigned)nq, KK::Q::NT, KK::Q::SMEM, st>>>(a);
     return cudaGetLastError();
 }
+
+#ifdef MLSTM_INST_WGMMA
+/* ---- sm_90a warpgroup-MMA forward ---- */
+template <typename T, int D> struct WgFwd {
+    using C = typename TileCfg<D>::FwdWg;
+    using F = wg::FwdCfg<D, C::BN, C::NWG>;
+    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::NWG>;
+};
+
+template <typename T, int D> cudaError_t setup_fwd_wgmma()
+{
+    using KK = WgFwd<T, D>;
+    return cudaFuncSetAttribute(KK::fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::F::SMEM);
+}
+
+template <typename T, int D> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
+{
+    using KK = WgFwd<T, D>;
+    const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
+    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
+    KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
+    return cudaGetLastError();
+}
+#endif
 
 #ifdef MLSTM_INST_TF32
 /* ---- tensor-core path for f32 storage (forward) ---- */
@@ -178,6 +205,9 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 #define MLSTM_INSTANTIATE_BWD_DKDV_SMALL_TC(T, D)                                                                \
     template cudaError_t mlstm::run_bwd_dkdv_tc<T, D, true>(const mlstm::KArgs &, cudaStream_t);                 \
     template cudaError_t mlstm::setup_bwd_dkdv_tc<T, D, true>();
+#define MLSTM_INSTANTIATE_FWD_WGMMA(T, D)                                                                       \
+    template cudaError_t mlstm::run_fwd_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                         \
+    template cudaError_t mlstm::setup_fwd_wgmma<T, D>();
 #define MLSTM_INSTANTIATE_FWD_TF32(D, MODE)                                                                     \
     template cudaError_t mlstm::run_fwd_tf32<D, MODE>(const mlstm::KArgs &, cudaStream_t);                       \
     template cudaError_t mlstm::setup_fwd_tf32<D, MODE>();

@@ -119,6 +119,30 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 #define MLSTM_FWD_TILE(X) FwdTile<(X) / 10000 % 100, (X) / 100 % 100, (X) % 100, ((X) / 1000000 ? (X) / 1000000 : 1)>
 #define MLSTM_DKDV_TILE(X) DkdvTile<(X) / 100000 % 100, (X) / 1000 % 100, (X) % 1000, ((X) / 10000000) != 0>
 
+/* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): (NWG, BN) packed as NWG * 1000 + BN: NWG warpgroups of 64 query
+ * rows each, BN keys per tile. D = 64/128: S = 64 x 128 per warpgroup (64 floats per thread), O 32/64 floats;
+ * D = 256: O is 128 floats per thread, so 64-key tiles. Shared memory (Q + double-buffered K/V): 80 / 160 / 192 KB. */
+template <int NWG_, int BN_> struct WgTile { static constexpr int NWG = NWG_, BN = BN_; };
+#ifndef MLSTM_TC64_FWD_WG
+#define MLSTM_TC64_FWD_WG 2128
+#endif
+#ifndef MLSTM_TC128_FWD_WG
+#define MLSTM_TC128_FWD_WG 2128
+#endif
+#ifndef MLSTM_TC256_FWD_WG
+#define MLSTM_TC256_FWD_WG 2064
+#endif
+/* Policy when env MLSTM_CUDA_WGMMA is unset: -1 auto (dispatch.cu use_wgmma), 0 never, 1 whenever eligible.
+ * Auto since the kernels passed the conformance forward set, test_extreme and test_determinism on an H200 and ran
+ * faster than the mma.sync forward at every measured shape except D = 64 with a full grid (bench/RESULTS.md,
+ * 2026-11-26: bf16 B1 NH8 D128 S4096 0.177 -> 0.123 ms, D256 S8192 1.286 -> 0.766 ms; D64 S8192 0.317 -> 0.338).
+ * Variants measured and dropped: one warpgroup of 64 rows per CTA for small grids (two CTAs per SM; slower at
+ * every S), 64-key tiles for D = 64 (S8192 0.338 -> 0.411 ms). */
+#ifndef MLSTM_WGMMA_DEFAULT
+#define MLSTM_WGMMA_DEFAULT (-1)
+#endif
+#define MLSTM_WG_TILE(X) WgTile<(X) / 1000, (X) % 1000>
+
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
     using Fwd = MLSTM_FWD_TILE(MLSTM_TC64_FWD);
@@ -127,6 +151,7 @@ template <> struct TileCfg<64> {
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC64_FWD_S);
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC64_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV_S);
+    using FwdWg = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG);
     static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = false;                            /* chosen by grid size */
 };
@@ -137,6 +162,7 @@ template <> struct TileCfg<128> {
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC128_FWD_S);
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC128_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV_S);
+    using FwdWg = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG);
     static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = false;                              /* chosen by grid size */
 };
@@ -147,6 +173,7 @@ template <> struct TileCfg<256> {
     using FwdS = MLSTM_FWD_TILE(MLSTM_TC256_FWD_S);
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC256_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV_S);
+    using FwdWg = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG);
     static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct sm_90 dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = true;                               /* whenever the device runs it */
 };

@@ -9,7 +9,7 @@ if(NOT CMAKE_CUDA_COMPILER)
   enable_language(CUDA)
 endif()
 if(NOT DEFINED MLSTM_CUDA_ARCHS)
-  set(MLSTM_CUDA_ARCHS "80;90" CACHE STRING "CUDA architectures of the kernels (sm_80+)")
+  set(MLSTM_CUDA_ARCHS "80;90a-real;90-virtual" CACHE STRING "CUDA architectures of the kernels (sm_80+)")
 endif()
 if(NOT TARGET CUDA::cudart_static)
   find_package(CUDAToolkit REQUIRED)
@@ -33,6 +33,11 @@ set_target_properties(${MLSTM_LIB_TARGET} PROPERTIES
 target_include_directories(${MLSTM_LIB_TARGET} PRIVATE
   ${_mlstm_cuda_root}/api ${_mlstm_cuda_root}/backends ${_mlstm_cuda_root}/kernels_cuda)
 target_compile_definitions(${MLSTM_LIB_TARGET} PRIVATE MLSTM_HAVE_CUDA=1)
+# sm_90a (Hopper's warpgroup MMA): the wgmma forward is enabled at run time only when the build has sm_90a code
+# (an sm_90 cubin holds a trapping stub of it; the dispatch cannot tell which cubin the driver loaded)
+if(";${MLSTM_CUDA_ARCHS};" MATCHES ";90a(-real)?;")
+  target_compile_definitions(${MLSTM_LIB_TARGET} PRIVATE MLSTM_HAVE_SM90A=1)
+endif()
 # -O3 for device code; keep kernel symbols hidden like the C code (only mlstm_* API functions are exported)
 target_compile_options(${MLSTM_LIB_TARGET} PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:-O3 -Xcompiler=-fvisibility=hidden>)

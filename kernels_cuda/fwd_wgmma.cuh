@@ -1,0 +1,186 @@
+/* libmlstm CUDA kernels: the sm_90a forward for f16/bf16 storage on warpgroup MMA (wgmma.mma_async, f32
+ * accumulation), head dims DQK = DV = D in {64, 128, 256}. One CTA per (query tile of 64*NWG rows, batch*head);
+ * each warpgroup owns 64 query rows. Per key tile of BN keys: S = Q K^T with Q and K read from swizzled shared
+ * memory, the gate / online-max / masking step of the mma.sync forward (fwd_tc.cuh) on the accumulator (same
+ * fragment layout), then O += C V with C from registers. K/V double-buffered through cp.async. */
+#pragma once
+
+#include "fwd_tc.cuh"
+#include "wgmma.cuh"
+
+namespace mlstm {
+namespace wg {
+
+template <int D, int BN, int NWG>
+struct FwdCfg {
+    static constexpr int BM = 64 * NWG;
+    static constexpr int NT = 128 * NWG;
+    static constexpr int Q_BYTES = BM * D * 2;
+    static constexpr int KV_BYTES = BN * D * 2;
+    static constexpr int K_OFF = Q_BYTES;
+    static constexpr int V_OFF = K_OFF + 2 * KV_BYTES;
+    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sFq[BM], sG2[2][BN], sPM[2][BN] */
+    static constexpr int SMEM = G_OFF + (BM + 4 * BN) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "tiles start on 1024-byte boundaries");
+    static_assert(BM % BN == 0 && BN % 64 == 0 && D % 64 == 0, "tile sizes");
+};
+
+template <typename T, int D, int BN, int NWG>
+__global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args)
+{
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    /* built for an architecture without wgmma: never launched (dispatch.cu enables it on sm_90 builds only) */
+    __trap();
+#else
+    using Cfg = FwdCfg<D, BN, NWG>;
+    constexpr int BM = Cfg::BM, NT = Cfg::NT, NW = 4 * NWG;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t raw = smem_u32(smem_raw);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = smem_raw + (base - raw);
+    const uint32_t aQ = base, aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF;
+    float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
+    float *sG2 = sFq + BM;    /* [2][BN] G_j log2e */
+    float *sPM = sG2 + 2 * BN; /* [2][BN] prefix max of G_j over the tile */
+
+    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t nqt = (S + BM - 1) / BM;
+    const int64_t bh = blockIdx.x % BH;
+    const int64_t qt = nqt - 1 - (int64_t)(blockIdx.x / BH); /* heaviest (last) query tiles first */
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t qs = qt * BM;
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const int wgi = warp >> 2;     /* warpgroup: query rows [64 wgi, 64 wgi + 64) of the tile */
+    const int wr0 = warp * 16;     /* first row of this warp within the tile */
+    constexpr int GW = NW - 1;     /* gate warp */
+
+    const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
+
+    load_tile_sw128<T, BM, D, NT>(aQ, gq, tq.ss, qs, S);
+    load_tile_sw128<T, BN, D, NT>(aK, gk, tk.ss, kt_hi * BN, S);
+    load_tile_sw128<T, BN, D, NT>(aV, gv, tv.ss, kt_hi * BN, S);
+    cp_async_commit();
+
+    if (warp == 0) { /* query-tile local cumsum */
+        GateTile<BM> gt;
+        gt.load(gf, tf.ss, nullptr, 0, qs, S);
+        float cum[GateTile<BM>::E];
+        gt.scan(cum, qs, S);
+#pragma unroll
+        for (int e = 0; e < GateTile<BM>::E; ++e) sFq[lane * GateTile<BM>::E + e] = cum[e];
+    }
+    __syncthreads();
+
+    Comp off = {0.0f, 0.0f};
+    GateTile<BN> gnext;
+    if (warp == GW) {
+        gnext.load(gf, tf.ss, gi, ti.ss, kt_hi * BN, S);
+        tc::fwd_key_gates<BN>(gnext, off, kt_hi * BN, qs, S, sFq, sG2, sPM);
+    }
+
+    float rowF[1][2];
+    rowF[0][0] = sFq[wr0 + g];
+    rowF[0][1] = sFq[wr0 + g + 8];
+
+    float o[1][D / 8][4];
+    float(&oacc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+    float mrun[1][2] = {{MLSTM_FLOOR, MLSTM_FLOOR}}, lrun[1][2] = {{0.0f, 0.0f}};
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) oacc[i] = 0.0f;
+    const float lsc = log2f(fabsf(args.scale));
+    constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
+    float esc[2] = {0.0f, 0.0f};
+
+    /* K-major descriptors of this warpgroup's Q rows and of the K stages advance by 32 bytes per k16 slice
+     * inside a 64-column block, by (rows * 128) bytes per block */
+    const uint32_t aQw = aQ + wgi * 64 * 128;
+
+    int buf = 0;
+    for (int64_t it = 0; it <= kt_hi; ++it, buf ^= 1) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        const int64_t knext = kt_hi - it - 1;
+        if (knext >= 0) {
+            load_tile_sw128<T, BN, D, NT>(aK + (buf ^ 1) * Cfg::KV_BYTES, gk, tk.ss, knext * BN, S);
+            load_tile_sw128<T, BN, D, NT>(aV + (buf ^ 1) * Cfg::KV_BYTES, gv, tv.ss, knext * BN, S);
+            cp_async_commit();
+            if (warp == GW) gnext.load(gf, tf.ss, gi, ti.ss, knext * BN, S);
+        }
+        const int64_t ks = (kt_hi - it) * BN;
+        const uint32_t cK = aK + buf * Cfg::KV_BYTES, cV = aV + buf * Cfg::KV_BYTES;
+        const float *cG = sG2 + buf * BN, *cPM = sPM + buf * BN;
+
+        /* every key of the tile after every row of the warpgroup: nothing to do (warpgroup-uniform) */
+        if (ks <= qs + wgi * 64 + 63) {
+            float s[1][BN / 8][4];
+            float(&sacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
+            reg_fence(sacc);
+            fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                const uint32_t koff = (kk & 3) * 32; /* k16 slice within the 64-column block */
+                const uint64_t da = desc_sw128(aQw + (kk >> 2) * BM * 128 + koff, 16);
+                const uint64_t db = desc_sw128(cK + (kk >> 2) * BN * 128 + koff, 16);
+                WgmmaSS<T, BN>::run(sacc, da, db, kk > 0);
+            }
+            commit();
+            wait<0>();
+            reg_fence(sacc);
+
+            float gkv[BN / 8][2];
+#pragma unroll
+            for (int n = 0; n < BN / 8; ++n) {
+                const float2 v2 = *reinterpret_cast<const float2 *>(cG + n * 8 + 2 * q4);
+                gkv[n][0] = v2.x;
+                gkv[n][1] = v2.y;
+            }
+            const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN);
+            float mx[2];
+            if (ks + BN - 1 > qs + wr0)
+                tc::fwd_gate_tile<true, GUARD, 1, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
+            else
+                tc::fwd_gate_tile<false, GUARD, 1, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
+            if constexpr (GUARD) {
+                float fac[2];
+                if (tc::range_guard_raise(mx, esc, fac)) {
+                    scale_frag_rows(s[0], fac);
+                    scale_frag_rows(o[0], fac);
+                    lrun[0][0] *= fac[0];
+                    lrun[0][1] *= fac[1];
+                }
+            }
+
+            uint32_t pa[BN / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                pa[kk][0] = pack2<T>(s[0][2 * kk][0], s[0][2 * kk][1]);
+                pa[kk][1] = pack2<T>(s[0][2 * kk][2], s[0][2 * kk][3]);
+                pa[kk][2] = pack2<T>(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+                pa[kk][3] = pack2<T>(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+            }
+            reg_fence(oacc);
+            fence();
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk)
+                WgmmaRS<T, D>::run(oacc, pa[kk], desc_sw128(cV + kk * 16 * 128, BN * 128), 1);
+            commit();
+            wait<0>();
+            reg_fence(oacc);
+        }
+        if (knext >= 0 && warp == GW)
+            tc::fwd_key_gates<BN>(gnext, off, knext * BN, qs, S, sFq, sG2 + (buf ^ 1) * BN, sPM + (buf ^ 1) * BN);
+    }
+
+    tc::fwd_epilogue<T, 1, D, GUARD>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
+#endif
+}
+
+} // namespace wg
+} // namespace mlstm
