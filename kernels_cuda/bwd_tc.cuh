@@ -448,6 +448,111 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* dQ kernel parts shared by the mma.sync and the wgmma versions. */
+
+/* The gate warp's part: key gates B_j of the tile at ks (BN keys inside the aligned 64-block whose gates gnext
+ * holds) into g[0..BN), with O the sum of the totals of the blocks between key and query block (compensated in
+ * off, walked downwards, each block added when first entered). One warp. */
+template <int BN>
+__device__ __forceinline__ void dq_key_gates(const GateTile<64> &gnext, Comp &off, int64_t ks, int64_t qs, int64_t S,
+                                             float *g)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t kbs = ks & ~(int64_t)63;
+    float cum[2];
+    const float tot = gnext.scan(cum, kbs, S);
+    if (kbs < qs && (ks - kbs) + BN == 64) comp_add(off, tot);
+    const float of = kbs < qs ? off.hi + off.lo : 0.0f;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        const int u = 2 * lane + e - (int)(ks - kbs);
+        if (u >= 0 && u < BN) g[u] = bwd_col_b(gnext.i[e] - cum[e], of);
+    }
+}
+
+/* Per-row state of the thread's rows wr0 + g, wr0 + g + 8 of the query tile at qs (sFq: its local cumsum):
+ * rb2 = (Fq_t - m_t) log2e + log2(|scale| / (|n_t|+eps)) (-inf for rows >= S), del = delta_t (read from df).
+ * e = 2^(rb2_t + B_j) = |scale| D'_tj / (|n_t|+eps), and scale P = sgn (dP - delta) e. */
+__device__ __forceinline__ void dq_row_state(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
+                                             const float *sFq, float (&rb2)[2], float (&del)[2])
+{
+    const TArg &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N], &tdf = args.t[MLSTM_TENSOR_DF];
+    const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
+    const float *gdf = bh_ptr<float>(tdf, b, hh);
+    const float lsc = log2f(fabsf(args.scale));
+    const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int r = wr0 + g + rr * 8;
+        const int64_t t = qs + r;
+        const bool ok = t < args.S;
+        const float m = ok ? gm[t * tm.ss] : 0.0f;
+        const float n = ok ? gn[t * tn.ss] : 0.0f;
+        rb2[rr] = ok ? bwd_row_a(sFq[r], m, n, args.eps, lsc) : -INFINITY;
+        del[rr] = ok ? gdf[t * tdf.ss] : 0.0f;
+    }
+}
+
+/* dP tile (rows g, g+8 of a warp, BN key columns) -> scale P / sgn = (dP - delta) e in place; key column c of
+ * row r is masked when c > lim0 + r (MASK); a masked element is exactly 0, whatever its operands (an inf h_t,
+ * hence delta_t). GUARD: mx gets each row's largest |P|. */
+template <bool MASK, bool GUARD, int BN>
+__device__ __forceinline__ void dq_elementwise(float (&dp)[BN / 8][4], const float *cG, const float (&rbs)[2],
+                                               const float (&del)[2], int lim0, float (&mx)[2])
+{
+    const int q4 = threadIdx.x & 3;
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+        const float2 gv2 = *reinterpret_cast<const float2 *>(cG + n * 8 + 2 * q4);
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+#pragma unroll
+            for (int cc = 0; cc < 2; ++cc) {
+                const bool dead = MASK && n * 8 + 2 * q4 + cc > lim0 + rr * 8;
+                const float e = fast_exp2(__fadd_rn(rbs[rr], cc ? gv2.y : gv2.x));
+                const float p = dead ? 0.0f : __fmul_rn(__fsub_rn(dp[n][rr * 2 + cc], del[rr]), e);
+                dp[n][rr * 2 + cc] = p;
+                if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(p));
+            }
+        }
+    }
+}
+
+/* dQ epilogue of a warp's rows: dq = sgn * acc (range guard undone); df_t = q_t . dq_t (from the f32 accumulator) */
+template <typename T, int D, bool GUARD>
+__device__ __forceinline__ void dq_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
+                                            const float (&adq)[D / 8][4], const float (&esc)[2])
+{
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tdf = args.t[MLSTM_TENSOR_DF], &tdq = args.t[MLSTM_TENSOR_DQ];
+    const T *gq = bh_ptr<T>(tq, b, hh);
+    float *gdf = bh_ptr<float>(tdf, b, hh);
+    T *gdq = bh_ptr<T>(tdq, b, hh);
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int64_t t = qs + wr0 + g + rr * 8;
+        const bool ok = t < args.S;
+        const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
+        float qd = 0.0f;
+        T *row = gdq + (ok ? t : 0) * tdq.ss;
+        const T *qrow = gq + (ok ? t : 0) * tq.ss;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const int col = n * 8 + 2 * q4;
+            const float x0 = adq[n][rr * 2] * osc, x1 = adq[n][rr * 2 + 1] * osc;
+            if (ok) {
+                qd += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1;
+                *reinterpret_cast<uint32_t *>(row + col) = pack2<T>(x0, x1);
+            }
+        }
+        qd += __shfl_xor_sync(0xffffffffu, qd, 1);
+        qd += __shfl_xor_sync(0xffffffffu, qd, 2);
+        if (ok && q4 == 0) gdf[t * tdf.ss] = qd;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 template <int D, int NW, int BN>
 struct DqCfg {
     static constexpr int BM = 16 * NW;
@@ -480,18 +585,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     const int64_t b = bh / args.NH, hh = bh % args.NH;
     const int64_t qs = qt * BM;
 
-    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
-    const TArg &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N], &tdh = args.t[MLSTM_TENSOR_DH];
-    const TArg &tdf = args.t[MLSTM_TENSOR_DF], &tdq = args.t[MLSTM_TENSOR_DQ];
-    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const TArg &tdh = args.t[MLSTM_TENSOR_DH];
+    const T *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
     const T *gdh = bh_ptr<T>(tdh, b, hh);
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
-    const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
-    float *gdf = bh_ptr<float>(tdf, b, hh);
-    T *gdq = bh_ptr<T>(tdq, b, hh);
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
     const int wr0 = warp * 16;
     constexpr int GW = NW - 1;
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
@@ -513,36 +614,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
 
     /* per-row state: rb2 = (Fq_t - m_t) log2e + log2(|scale| / (|n_t|+eps)) (-inf for rows >= S), del = delta_t.
      * e = 2^(rb2_t + G2_j) = |scale| D'_tj / (|n_t|+eps), and scale P = sgn (dP - delta) e. */
-    const float lsc = log2f(fabsf(args.scale));
-    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
     float rb2[2], del[2];
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        const int r = wr0 + g + rr * 8;
-        const int64_t t = qs + r;
-        const bool ok = t < S;
-        const float m = ok ? gm[t * tm.ss] : 0.0f;
-        const float n = ok ? gn[t * tn.ss] : 0.0f;
-        rb2[rr] = ok ? bwd_row_a(sFq[r], m, n, args.eps, lsc) : -INFINITY;
-        del[rr] = ok ? gdf[t * tdf.ss] : 0.0f;
-    }
+    dq_row_state(args, b, hh, qs, wr0, sFq, rb2, del);
 
     /* key gates of a tile by the gate warp, from the scan of its aligned 64-block: sG = B_j; O = the sum of the
      * totals of the blocks between (compensated, walked downwards, each block added when first entered) */
     Comp off = {0.0f, 0.0f};
     GateTile<64> gnext;
-    auto gate_finish = [&](int64_t ks, int bsel) {
-        const int64_t kbs = ks & ~(int64_t)63;
-        float cum[2];
-        const float tot = gnext.scan(cum, kbs, S);
-        if (kbs < qs && (ks - kbs) + BN == 64) comp_add(off, tot);
-        const float of = kbs < qs ? off.hi + off.lo : 0.0f;
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int u = 2 * lane + e - (int)(ks - kbs);
-            if (u >= 0 && u < BN) sG[bsel * BN + u] = bwd_col_b(gnext.i[e] - cum[e], of);
-        }
-    };
+    auto gate_finish = [&](int64_t ks, int bsel) { dq_key_gates<BN>(gnext, off, ks, qs, S, sG + bsel * BN); };
     if (warp == GW) {
         gnext.load(gf, tf.ss, gi, ti.ss, (kt_hi * BN) & ~(int64_t)63, S);
         gate_finish(kt_hi * BN, 0);
@@ -602,29 +681,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
                 rbs[1] = __fsub_rn(rbs[1], esc[1]);
             }
             float mx[2] = {0.0f, 0.0f};
-            auto elementwise = [&](auto maskc) {
-                constexpr bool MASK = decltype(maskc)::value;
-#pragma unroll
-                for (int n = 0; n < BN / 8; ++n) {
-                    const float2 gv2 = *reinterpret_cast<const float2 *>(cG + n * 8 + 2 * q4);
-#pragma unroll
-                    for (int rr = 0; rr < 2; ++rr) {
-#pragma unroll
-                        for (int cc = 0; cc < 2; ++cc) {
-                            /* a masked element is exactly 0, whatever its operands (an inf h_t, hence delta_t) */
-                            const bool dead = MASK && n * 8 + 2 * q4 + cc > lim0 + rr * 8;
-                            const float e = fast_exp2(__fadd_rn(rbs[rr], cc ? gv2.y : gv2.x));
-                            const float p = dead ? 0.0f : __fmul_rn(__fsub_rn(dp[n][rr * 2 + cc], del[rr]), e);
-                            dp[n][rr * 2 + cc] = p;
-                            if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(p));
-                        }
-                    }
-                }
-            };
             if (ks + BN - 1 > qs + wr0)
-                elementwise(std::true_type{});
+                dq_elementwise<true, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
             else
-                elementwise(std::false_type{});
+                dq_elementwise<false, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
             if constexpr (GUARD) {
                 float fac[2];
                 if (range_guard_raise(mx, esc, fac)) {
@@ -651,28 +711,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
         if (kt > 0 && warp == GW) gate_finish((kt - 1) * BN, buf ^ 1);
     }
 
-    /* epilogue: dq = sgn * acc; df_t = q_t . dq_t (from the f32 accumulator) */
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        const int64_t t = qs + wr0 + g + rr * 8;
-        const bool ok = t < S;
-        const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
-        float qd = 0.0f;
-        T *row = gdq + (ok ? t : 0) * tdq.ss;
-        const T *qrow = gq + (ok ? t : 0) * tq.ss;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            const int col = n * 8 + 2 * q4;
-            const float x0 = adq[n][rr * 2] * osc, x1 = adq[n][rr * 2 + 1] * osc;
-            if (ok) {
-                qd += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1;
-                *reinterpret_cast<uint32_t *>(row + col) = pack2<T>(x0, x1);
-            }
-        }
-        qd += __shfl_xor_sync(0xffffffffu, qd, 1);
-        qd += __shfl_xor_sync(0xffffffffu, qd, 2);
-        if (ok && q4 == 0) gdf[t * tdf.ss] = qd;
-    }
+    dq_epilogue<T, D, GUARD>(args, b, hh, qs, wr0, adq, esc);
 }
 
 } // namespace tc

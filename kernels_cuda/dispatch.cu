@@ -101,6 +101,7 @@ template <int D> bool bwd_small(const KArgs &a, int t)
  * capability 9.0 with a build that includes sm_90a, MLSTM_HAVE_SM90A), and the policy: -1 auto, 0 never, 1 whenever
  * eligible (env MLSTM_CUDA_WGMMA, unset: MLSTM_WGMMA_DEFAULT) */
 bool g_wg_ok[2][3];
+bool g_wgq_ok[2][3]; /* the dQ kernel (bwd_wgmma.cuh), [dtype][D] */
 int g_wg_mode = -1;
 
 template <int D> bool use_wgmma(int t, int variant)
@@ -186,6 +187,7 @@ template <typename T, int D> cudaError_t bwd_tc(const KArgs &a, cudaStream_t st)
     else
         e = run_bwd_dkdv_tc<T, D, false>(a, st);
     if (e != cudaSuccess) return e;
+    if (g_wgq_ok[tix<T>()][dim_index(D)] && g_wg_mode != 0) return run_bwd_dq_wgmma<T, D>(a, st);
     return run_bwd_dq_tc<T, D>(a, st);
 }
 
@@ -260,10 +262,11 @@ static void tc_split_setup(int t, int di, cudaError_t e)
     if (e != cudaSuccess) (void)cudaGetLastError();
 }
 
-static void wg_setup(int t, int di, cudaError_t e)
+static void wg_setup(int t, int di, cudaError_t e, cudaError_t eq)
 {
     g_wg_ok[t][di] = e == cudaSuccess;
-    if (e != cudaSuccess) (void)cudaGetLastError();
+    g_wgq_ok[t][di] = eq == cudaSuccess;
+    if (e != cudaSuccess || eq != cudaSuccess) (void)cudaGetLastError();
 }
 
 static cudaError_t bwd_setup(cudaError_t dkdv, cudaError_t dq) { return dkdv != cudaSuccess ? dkdv : dq; }
@@ -277,11 +280,11 @@ static void tc32_setup(int mode, int di, cudaError_t e)
 
 template <typename T> static void tc_setup_all(int t, bool sm90, bool sm90a)
 {
-    for (int di = 0; di < 3; ++di) g_wg_ok[t][di] = false;
+    for (int di = 0; di < 3; ++di) g_wg_ok[t][di] = g_wgq_ok[t][di] = false;
     if (sm90a) {
-        wg_setup(t, 0, setup_fwd_wgmma<T, 64>());
-        wg_setup(t, 1, setup_fwd_wgmma<T, 128>());
-        wg_setup(t, 2, setup_fwd_wgmma<T, 256>());
+        wg_setup(t, 0, setup_fwd_wgmma<T, 64>(), setup_bwd_dq_wgmma<T, 64>());
+        wg_setup(t, 1, setup_fwd_wgmma<T, 128>(), setup_bwd_dq_wgmma<T, 128>());
+        wg_setup(t, 2, setup_fwd_wgmma<T, 256>(), setup_bwd_dq_wgmma<T, 256>());
     }
     tc_setup(false, t, 0, setup_fwd_tc<T, 64, FWD_DEFAULT>());
     tc_setup(false, t, 1, setup_fwd_tc<T, 128, FWD_DEFAULT>());

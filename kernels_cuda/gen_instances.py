@@ -39,6 +39,8 @@ def main():
                                f"MLSTM_INSTANTIATE_FWD_TC({TYPES[t]}, {d}, mlstm::FWD_SPLIT)\n"))
             files.append(write(f"mlstm_fwd_dh{d}_{t}_wgmma.cu", f"sm_90a warpgroup-MMA forward, D={d}, {t}.",
                                f"MLSTM_INSTANTIATE_FWD_WGMMA({TYPES[t]}, {d})\n", pre="#define MLSTM_INST_WGMMA 1\n"))
+            files.append(write(f"mlstm_bwd_dq_dh{d}_{t}_wgmma.cu", f"sm_90a warpgroup-MMA dQ kernel, D={d}, {t}.",
+                               f"MLSTM_INSTANTIATE_BWD_DQ_WGMMA({TYPES[t]}, {d})\n", pre="#define MLSTM_INST_WGMMA 1\n"))
             if d in BWD_SMALL_DIMS:
                 files.append(write(f"mlstm_bwd_dh{d}_{t}_small.cu",
                                    f"Tensor-core backward dK/dV, D={d}, {t}, "

@@ -5,7 +5,7 @@ rerun after changing the shape list). Usage: python3 kernels_cuda/gen_wgmma.py""
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SS_N = [64, 128]        # S = Q K^T: A (Q) and B (K) both K-major in shared memory, N = keys per tile
+SS_N = [32, 64, 128]    # S = Q K^T (or dP = dH V^T ...): A and B both K-major in shared memory, N = keys per tile
 RS_N = [64, 128, 256]   # O += P V: A (P) from registers, B (V) N-major ("transposed") in shared memory, N = D
 TYPES = {"f16": "__half", "bf16": "__nv_bfloat16"}
 

@@ -12,8 +12,9 @@
 #ifdef MLSTM_INST_TF32 /* only the f32 tensor-core instance files compile that kernel */
 #include "fwd_tf32.cuh"
 #endif
-#ifdef MLSTM_INST_WGMMA /* only the sm_90a forward instance files compile that kernel */
+#ifdef MLSTM_INST_WGMMA /* only the sm_90a instance files compile those kernels */
 #include "fwd_wgmma.cuh"
+#include "bwd_wgmma.cuh"
 #endif
 #ifdef MLSTM_INST_AUX /* only inst/mlstm_bwd_aux.cu compiles the light passes */
 #include "aux.cuh"
@@ -117,6 +118,26 @@ template <typename T, int D> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStrea
     KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
     return cudaGetLastError();
 }
+
+template <typename T, int D> struct WgDq {
+    using Q = wg::DqCfg<D, TileCfg<D>::DQ_WG_BN>;
+    static constexpr auto dq = wg::mlstm_bwd_dq_wgmma_kernel<T, D, TileCfg<D>::DQ_WG_BN>;
+};
+
+template <typename T, int D> cudaError_t setup_bwd_dq_wgmma()
+{
+    using KK = WgDq<T, D>;
+    return cudaFuncSetAttribute(KK::dq, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::Q::SMEM);
+}
+
+template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st)
+{
+    using KK = WgDq<T, D>;
+    const int64_t nq = (a.S + KK::Q::BM - 1) / KK::Q::BM * a.B * a.NH;
+    if (!grid_ok(nq)) return cudaErrorInvalidConfiguration;
+    KK::dq<<<(unsigned)nq, KK::Q::NT, KK::Q::SMEM, st>>>(a);
+    return cudaGetLastError();
+}
 #endif
 
 #ifdef MLSTM_INST_TF32
@@ -208,6 +229,9 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 #define MLSTM_INSTANTIATE_FWD_WGMMA(T, D)                                                                       \
     template cudaError_t mlstm::run_fwd_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                         \
     template cudaError_t mlstm::setup_fwd_wgmma<T, D>();
+#define MLSTM_INSTANTIATE_BWD_DQ_WGMMA(T, D)                                                                    \
+    template cudaError_t mlstm::run_bwd_dq_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                      \
+    template cudaError_t mlstm::setup_bwd_dq_wgmma<T, D>();
 #define MLSTM_INSTANTIATE_FWD_TF32(D, MODE)                                                                     \
     template cudaError_t mlstm::run_fwd_tf32<D, MODE>(const mlstm::KArgs &, cudaStream_t);                       \
     template cudaError_t mlstm::setup_fwd_tf32<D, MODE>();

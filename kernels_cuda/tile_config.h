@@ -142,6 +142,18 @@ template <int NWG_, int BN_> struct WgTile { static constexpr int NWG = NWG_, BN
 #define MLSTM_WGMMA_DEFAULT (-1)
 #endif
 #define MLSTM_WG_TILE(X) WgTile<(X) / 1000, (X) % 1000>
+/* sm_90a dQ kernel (bwd_wgmma.cuh): one warpgroup per 64-row query tile, BN keys per tile (at most 64: the tile
+ * stays inside one 64-block of the gate cumsums). Shared memory 41 / 82 / 99 KB with 64 / 64 / 32 keys: two CTAs per
+ * SM (by registers). */
+#ifndef MLSTM_TC64_DQ_WG
+#define MLSTM_TC64_DQ_WG 64
+#endif
+#ifndef MLSTM_TC128_DQ_WG
+#define MLSTM_TC128_DQ_WG 64
+#endif
+#ifndef MLSTM_TC256_DQ_WG
+#define MLSTM_TC256_DQ_WG 32
+#endif
 
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
@@ -152,6 +164,7 @@ template <> struct TileCfg<64> {
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC64_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG);
+    static constexpr int DQ_WG_BN = MLSTM_TC64_DQ_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = false;                            /* chosen by grid size */
 };
@@ -163,6 +176,7 @@ template <> struct TileCfg<128> {
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC128_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG);
+    static constexpr int DQ_WG_BN = MLSTM_TC128_DQ_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = false;                              /* chosen by grid size */
 };
@@ -174,6 +188,7 @@ template <> struct TileCfg<256> {
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC256_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG);
+    static constexpr int DQ_WG_BN = MLSTM_TC256_DQ_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct sm_90 dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = true;                               /* whenever the device runs it */
 };
