@@ -29,6 +29,194 @@ template <> __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t u)
 __device__ __forceinline__ void pair_sync(int pair) { asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory"); }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* dK/dV kernel parts shared by the mma.sync and the wgmma versions. */
+
+/* Key gates (see bwd_row_a / bwd_col_b) of a warp's two key rows wk0 + g, wk0 + g + 8 of the key tile at ks: the
+ * warp scans the aligned 64-block holding its keys and keeps i_j - Fk_j of its rows in gkn. */
+__device__ __forceinline__ void dkdv_key_gates(const float *gf, int64_t fs, const float *gi, int64_t is, int64_t ks,
+                                               int wk0, int64_t S, float (&gkn)[2])
+{
+    const int g = (threadIdx.x & 31) >> 2;
+    GateTile<64> gt;
+    const int64_t kbs = ks + (wk0 / 64) * 64;
+    gt.load(gf, fs, gi, is, kbs, S);
+    float cum[2];
+    gt.scan(cum, kbs, S);
+    const float x0 = gt.i[0] - cum[0], x1 = gt.i[1] - cum[1];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int u = (wk0 & 63) + g + rr * 8;
+        const float v0 = __shfl_sync(0xffffffffu, x0, u >> 1), v1 = __shfl_sync(0xffffffffu, x1, u >> 1);
+        gkn[rr] = (u & 1) ? v1 : v0;
+    }
+}
+
+/* Query gates of the query tiles a dK/dV CTA walks upwards (one warp; load() early, finish() later), for a key tile
+ * of NKB 64-blocks at ks: cb = A_t (-inf for t >= S), del = delta_t, of[kb] = O between key block kb and the query
+ * block (compensated, walked upwards). e = 2^(A_t + B_j) = |scale| D'_tj / (|n_t|+eps); with sgn = sign(scale):
+ * C/n = sgn S e, scale P = sgn (dP - delta) e. */
+template <int NKB, int BMQ>
+struct DkdvQueryGates {
+    const float *gf, *gm, *gn, *gdel;
+    int64_t fs, ms, ns, dls, ks, S;
+    float eps, lsc, prev_tot = 0.0f;
+    Comp offk[NKB];
+    GateTile<64> gq_next;
+    float nm[2], nn[2], nd[2];
+    __device__ __forceinline__ DkdvQueryGates(const KArgs &args, int64_t b, int64_t hh, int64_t ks_)
+    {
+        const TArg &tf = args.t[MLSTM_TENSOR_F], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
+        const TArg &tdf = args.t[MLSTM_TENSOR_DF];
+        gf = bh_ptr<float>(tf, b, hh);
+        gm = bh_ptr<float>(tm, b, hh);
+        gn = bh_ptr<float>(tn, b, hh);
+        gdel = bh_ptr<float>(tdf, b, hh);
+        fs = tf.ss;
+        ms = tm.ss;
+        ns = tn.ss;
+        dls = tdf.ss;
+        ks = ks_;
+        S = args.S;
+        eps = args.eps;
+        lsc = log2f(fabsf(args.scale));
+#pragma unroll
+        for (int kb = 0; kb < NKB; ++kb) offk[kb] = Comp{0.0f, 0.0f};
+    }
+    __device__ __forceinline__ void load(int64_t qs)
+    {
+        const int lane = threadIdx.x & 31;
+        const int64_t qbs = qs & ~(int64_t)63;
+        gq_next.load(gf, fs, nullptr, 0, qbs, S);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int64_t t = qbs + 2 * lane + e;
+            const bool ok = t < S && t >= qs && t < qs + BMQ;
+            nm[e] = ok ? gm[t * ms] : 0.0f;
+            nn[e] = ok ? gn[t * ns] : 0.0f;
+            nd[e] = ok ? gdel[t * dls] : 0.0f;
+        }
+    }
+    __device__ __forceinline__ void finish(int64_t qs, float *cb, float *del, float *of)
+    {
+        const int lane = threadIdx.x & 31;
+        const int64_t qbs = qs & ~(int64_t)63;
+        float cum[2];
+        const float tot = gq_next.scan(cum, qbs, S);
+        if ((qs & 63) == 0 && qs > ks) { /* entering query block qb: add the total of block qb-1 */
+#pragma unroll
+            for (int kb = 0; kb < NKB; ++kb)
+                if (ks + kb * 64 <= qbs - 64) comp_add(offk[kb], prev_tot);
+        }
+        prev_tot = tot;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int u = 2 * lane + e - (int)(qs - qbs);
+            if (u >= 0 && u < BMQ) {
+                const bool ok = qs + u < S;
+                cb[u] = ok ? bwd_row_a(cum[e], nm[e], nn[e], eps, lsc) : -INFINITY;
+                del[u] = nd[e];
+            }
+        }
+#pragma unroll
+        for (int kb = 0; kb < NKB; ++kb)
+            if (lane == kb) of[kb] = (qbs > ks + kb * 64) ? offk[kb].hi + offk[kb].lo : 0.0f;
+    }
+};
+
+/* Visits every element (n, c = 2 rr + cc) of a warp's (16 keys x BMQ queries) tile with its D' factor e and
+ * delta_t: body(n, c, rr, dead, e, delta). Key row jr = wk0 + g + 8 rr is masked for query column u when
+ * jr > qrel + u (MASK); a masked element must come out exactly 0, whatever its operands (an inf h_t, hence delta_t). */
+template <bool MASK, int BMQ, typename Body>
+__device__ __forceinline__ void dkdv_for_each_element(const float *cCb, const float *cDel, const float (&gb2)[2],
+                                                      int wk0, int qrel, Body &&body)
+{
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+#pragma unroll
+    for (int n = 0; n < BMQ / 8; ++n) {
+        const int u0 = n * 8 + 2 * q4;
+        const float2 cb = *reinterpret_cast<const float2 *>(cCb + u0);
+        const float2 dl = *reinterpret_cast<const float2 *>(cDel + u0);
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int jr = wk0 + g + rr * 8;
+#pragma unroll
+            for (int cc = 0; cc < 2; ++cc) {
+                const bool dead = MASK && jr > qrel + u0 + cc;
+                const float e = dead ? 0.0f : fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
+                body(n, rr * 2 + cc, rr, dead, e, cc ? dl.y : dl.x);
+            }
+        }
+    }
+}
+
+/* One element of the S^T / dP^T tiles -> (C/n) / sgn in st (for dV) and scale P / sgn in dpt (for dK). SPLIT (the
+ * output columns split over CTAs): di accumulates from the T-rounded P the dK product uses (as k.dk would), so it
+ * cancels against q.dq of the dQ kernel. GUARD: mx gets each row's largest |entry|. */
+template <typename T, bool SPLIT, bool GUARD, int BMQ>
+__device__ __forceinline__ void dkdv_element(float (&st)[BMQ / 8][4], float (&dpt)[BMQ / 8][4], int n, int c, int rr,
+                                             bool dead, float e, float del, float (&di_ps)[2], float (&mx)[2])
+{
+    const float sv = dead ? 0.0f : st[n][c];
+    const float p = dead ? 0.0f : __fmul_rn(__fsub_rn(dpt[n][c], del), e);
+    if (SPLIT) {
+        float pr = to_f32(from_f32<T>(p));
+        if (GUARD && isinf(pr)) pr = p; /* this tile is about to be rescaled */
+        di_ps[rr] += pr * sv;
+    }
+    const float cn = sv * e;
+    st[n][c] = cn;
+    dpt[n][c] = p;
+    if (GUARD) mx[rr] = fmaxf(mx[rr], fmaxf(fabsf(cn), fabsf(p)));
+}
+
+/* dK/dV epilogue of a warp's key rows wk0 + g, wk0 + g + 8 (output columns [c0, c0 + DOUT)): dk, dv = sgn * acc
+ * (range guard undone) and, where write_di, di_j = k_j . dk_j (from the f32 accumulator; kval(row, col) gives
+ * k at (row, col), (row, col + 1) of the tile) or, SPLIT, from di_ps. */
+template <typename T, int DOUT, bool GUARD, bool SPLIT, typename KVal>
+__device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t ks, int wk0, int c0,
+                                              bool write_di, const float (&adk)[DOUT / 8][4],
+                                              const float (&adv)[DOUT / 8][4], const float (&esc)[2],
+                                              const float (&di_ps)[2], KVal &&kval)
+{
+    const TArg &tdk = args.t[MLSTM_TENSOR_DK], &tdv = args.t[MLSTM_TENSOR_DV], &tdi = args.t[MLSTM_TENSOR_DI];
+    T *gdk = bh_ptr<T>(tdk, b, hh), *gdv = bh_ptr<T>(tdv, b, hh);
+    float *gdi = bh_ptr<float>(tdi, b, hh);
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int kr = wk0 + g + rr * 8;
+        const int64_t j = ks + kr;
+        const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
+        float di = 0.0f;
+        if (!SPLIT) {
+#pragma unroll
+            for (int n = 0; n < DOUT / 8; ++n) {
+                const float2 k2 = kval(kr, n * 8 + 2 * q4);
+                di += k2.x * adk[n][rr * 2] + k2.y * adk[n][rr * 2 + 1];
+            }
+            di *= osc;
+        } else {
+            di = di_ps[rr] * osc;
+        }
+        di += __shfl_xor_sync(0xffffffffu, di, 1);
+        di += __shfl_xor_sync(0xffffffffu, di, 2);
+        if (j < args.S) {
+            T *rk = gdk + j * tdk.ss + c0;
+            T *rv = gdv + j * tdv.ss + c0;
+#pragma unroll
+            for (int n = 0; n < DOUT / 8; ++n) {
+                *reinterpret_cast<uint32_t *>(rk + n * 8 + 2 * q4) =
+                    pack2<T>(adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
+                *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
+                    pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
+            }
+            if (q4 == 0 && write_di) gdi[j * tdi.ss] = di;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* PAIR (D = 256 on sm_90): the warps form NW/2 pairs on the same 16 keys; in a pair, warp 0 computes S^T and
  * warp 1 dP^T, they exchange the rounded C/n and P tiles through shared memory, and each accumulates dK and dV for
  * its half of the columns (DOUT = D/2): S^T and dP^T are computed once instead of once per column block. */
@@ -87,23 +275,18 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     const int64_t ks = kt * BNK;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
-    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
-    const TArg &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N], &tdh = args.t[MLSTM_TENSOR_DH];
-    const TArg &tdf = args.t[MLSTM_TENSOR_DF];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
     const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
     const T *gdh = bh_ptr<T>(tdh, b, hh);
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
-    const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
-    const float *gdel = bh_ptr<float>(tdf, b, hh);
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     /* PAIR: warp = role * NW/2 + pair; role 0 computes S^T, role 1 dP^T, each owns output columns role * DOUT */
     const int pair = PAIR ? warp % (NW / 2) : warp, role = PAIR ? warp / (NW / 2) : 0;
     const int wk0 = pair * 16;                 /* first key row of this warp within the tile */
     const int c0 = (PAIR ? role : dc) * DOUT;  /* first output column */
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ; /* == first query tile touching the key tile (BNK % BMQ == 0) */
-    const float eps = args.eps;
 
     load_tile_async<T, BNK, D, NT>(sK, gk, tk.ss, ks, S);
     load_tile_async<T, BNK, D, NT>(sV, gv, tv.ss, ks, S);
@@ -115,71 +298,13 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
      * i_j - Fk_j of its two rows */
     const int kbw = wk0 / 64; /* key block of this warp within the CTA (ks % 64 == 0) */
     float gkn[2];
-    {
-        GateTile<64> gt;
-        const int64_t kbs = ks + kbw * 64;
-        gt.load(gf, tf.ss, gi, ti.ss, kbs, S);
-        float cum[2];
-        gt.scan(cum, kbs, S);
-        const float x0 = gt.i[0] - cum[0], x1 = gt.i[1] - cum[1];
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-            const int u = (wk0 & 63) + g + rr * 8;
-            const float v0 = __shfl_sync(0xffffffffu, x0, u >> 1), v1 = __shfl_sync(0xffffffffu, x1, u >> 1);
-            gkn[rr] = (u & 1) ? v1 : v0;
-        }
-    }
+    dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
 
-    /* query gates of a tile, by warp 0, from the scan of its aligned 64-block: sA = A_t (-inf for t >= S),
-     * sDel = delta_t, sOf[kb] = O between the key block kb and the query block (compensated, walked upwards).
-     * e = 2^(A_t + B_j) = |scale| D'_tj / (|n_t|+eps); with sgn = sign(scale): C/n = sgn S e,
-     * scale P = sgn (dP - delta) e. */
-    const float lsc = log2f(fabsf(args.scale));
-    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
-    Comp offk[NKB];
-#pragma unroll
-    for (int kb = 0; kb < NKB; ++kb) offk[kb] = Comp{0.0f, 0.0f};
-    float prev_tot = 0.0f;
-    GateTile<64> gq_next;
-    float nm[2], nn[2], nd[2];
-    auto qgate_load = [&](int64_t qs) {
-        const int64_t qbs = qs & ~(int64_t)63;
-        gq_next.load(gf, tf.ss, nullptr, 0, qbs, S);
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int64_t t = qbs + 2 * lane + e;
-            const bool ok = t < S && t >= qs && t < qs + BMQ;
-            nm[e] = ok ? gm[t * tm.ss] : 0.0f;
-            nn[e] = ok ? gn[t * tn.ss] : 0.0f;
-            nd[e] = ok ? gdel[t * tdf.ss] : 0.0f;
-        }
-    };
-    auto qgate_finish = [&](int64_t qs, int bsel) {
-        const int64_t qbs = qs & ~(int64_t)63;
-        float cum[2];
-        const float tot = gq_next.scan(cum, qbs, S);
-        if ((qs & 63) == 0 && qs > ks) { /* entering query block qb: add the total of block qb-1 */
-#pragma unroll
-            for (int kb = 0; kb < NKB; ++kb)
-                if (ks + kb * 64 <= qbs - 64) comp_add(offk[kb], prev_tot);
-        }
-        prev_tot = tot;
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int u = 2 * lane + e - (int)(qs - qbs);
-            if (u >= 0 && u < BMQ) {
-                const bool ok = qs + u < S;
-                sCb[bsel * BMQ + u] = ok ? bwd_row_a(cum[e], nm[e], nn[e], eps, lsc) : -INFINITY;
-                sDel[bsel * BMQ + u] = nd[e];
-            }
-        }
-#pragma unroll
-        for (int kb = 0; kb < NKB; ++kb)
-            if (lane == kb) sOf[bsel * NKB + kb] = (qbs > ks + kb * 64) ? offk[kb].hi + offk[kb].lo : 0.0f;
-    };
+    /* query gates of a tile, by warp 0 (DkdvQueryGates): sCb = A_t, sDel = delta_t, sOf[kb] = O */
+    DkdvQueryGates<NKB, BMQ> qg(args, b, hh, ks);
     if (warp == 0) {
-        qgate_load(qt0 * BMQ);
-        qgate_finish(qt0 * BMQ, 0);
+        qg.load(qt0 * BMQ);
+        qg.finish(qt0 * BMQ, sCb, sDel, sOf);
     }
 
     const FragBase<D> fb;
@@ -203,7 +328,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
             load_tile_async<T, BMQ, D, NT>(sQ + (buf ^ 1) * BMQ * D, gq, tq.ss, qs + BMQ, S);
             load_tile_async<T, BMQ, D, NT>(sH + (buf ^ 1) * BMQ * D, gdh, tdh.ss, qs + BMQ, S);
             cp_async_commit();
-            if (warp == 0) qgate_load(qs + BMQ);
+            if (warp == 0) qg.load(qs + BMQ);
         }
         const uint32_t cQ = aQ + buf * BMQ * D * 2;
         const uint32_t cH = aH + buf * BMQ * D * 2;
@@ -260,23 +385,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
             /* visits every element (n, c = 2 rr + cc) of the tile with its D' factor e (rows = keys j, cols = queries
              * t) and delta_t; a masked element is exactly 0, whatever its operands (an inf h_t, hence delta_t) */
             auto for_each_element = [&](auto maskc, auto &&body) {
-                constexpr bool MASK = decltype(maskc)::value;
-#pragma unroll
-                for (int n = 0; n < BMQ / 8; ++n) {
-                    const int u0 = n * 8 + 2 * q4;
-                    const float2 cb = *reinterpret_cast<const float2 *>(cCb + u0);
-                    const float2 dl = *reinterpret_cast<const float2 *>(cDel + u0);
-#pragma unroll
-                    for (int rr = 0; rr < 2; ++rr) {
-                        const int jr = wk0 + g + rr * 8;
-#pragma unroll
-                        for (int cc = 0; cc < 2; ++cc) {
-                            const bool dead = MASK && jr > qrel + u0 + cc;
-                            const float e = dead ? 0.0f : fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
-                            body(n, rr * 2 + cc, rr, dead, e, cc ? dl.y : dl.x);
-                        }
-                    }
-                }
+                dkdv_for_each_element<decltype(maskc)::value, BMQ>(cCb, cDel, gb2, wk0, qrel, body);
             };
             /* PAIR: role 0 turns its S^T tile into C/n (and keeps S in dpt for di), role 1 its dP^T tile into P */
             auto pair_element = [&](int n, int c, int rr, bool dead, float e, float del) {
@@ -287,19 +396,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(y));
             };
             auto element = [&](int n, int c, int rr, bool dead, float e, float del) {
-                const float sv = dead ? 0.0f : st[n][c];
-                const float p = dead ? 0.0f : __fmul_rn(__fsub_rn(dpt[n][c], del), e);
-                /* di from the T-rounded P the dK product uses (as k.dk would), so it cancels against q.dq of the
-                 * dQ kernel */
-                if (Cfg::SPLIT) {
-                    float pr = to_f32(from_f32<T>(p));
-                    if (GUARD && isinf(pr)) pr = p; /* this tile is about to be rescaled */
-                    di_ps[rr] += pr * sv;
-                }
-                const float cn = sv * e;
-                st[n][c] = cn; /* (C/n) / sgn for dV */
-                dpt[n][c] = p; /* scale P / sgn for dK */
-                if (GUARD) mx[rr] = fmaxf(mx[rr], fmaxf(fabsf(cn), fabsf(p)));
+                dkdv_element<T, Cfg::SPLIT, GUARD, BMQ>(st, dpt, n, c, rr, dead, e, del, di_ps, mx);
             };
             if constexpr (PAIR) {
                 if (qs < ks + wk0 + 15)
@@ -405,45 +502,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 }
             }
         }
-        if (qt + 1 < nqt && warp == 0) qgate_finish(qs + BMQ, buf ^ 1);
+        if (qt + 1 < nqt && warp == 0) qg.finish(qs + BMQ, sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1) * NKB);
     }
 
-    /* epilogue */
-    const TArg &tdk = args.t[MLSTM_TENSOR_DK], &tdv = args.t[MLSTM_TENSOR_DV], &tdi = args.t[MLSTM_TENSOR_DI];
-    T *gdk = bh_ptr<T>(tdk, b, hh), *gdv = bh_ptr<T>(tdv, b, hh);
-    float *gdi = bh_ptr<float>(tdi, b, hh);
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        const int kr = wk0 + g + rr * 8;
-        const int64_t j = ks + kr;
-        const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
-        float di = 0.0f;
-        if (!Cfg::SPLIT) { /* di_j = k_j . dk_j from the f32 accumulator */
-#pragma unroll
-            for (int n = 0; n < DOUT / 8; ++n) {
-                const int col = n * 8 + 2 * q4;
-                const T *kp = sK + swz<D>(kr, col);
-                di += to_f32(kp[0]) * adk[n][rr * 2] + to_f32(kp[1]) * adk[n][rr * 2 + 1];
-            }
-            di *= osc;
-        } else {
-            di = di_ps[rr] * osc;
-        }
-        di += __shfl_xor_sync(0xffffffffu, di, 1);
-        di += __shfl_xor_sync(0xffffffffu, di, 2);
-        if (j < S) {
-            T *rk = gdk + j * tdk.ss + c0;
-            T *rv = gdv + j * tdv.ss + c0;
-#pragma unroll
-            for (int n = 0; n < DOUT / 8; ++n) {
-                *reinterpret_cast<uint32_t *>(rk + n * 8 + 2 * q4) =
-                    pack2<T>(adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
-                *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
-                    pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
-            }
-            if (q4 == 0 && (PAIR ? role : dc) == 0) gdi[j * tdi.ss] = di;
-        }
-    }
+    dkdv_epilogue<T, DOUT, GUARD, Cfg::SPLIT>(args, b, hh, ks, wk0, c0, (PAIR ? role : dc) == 0, adk, adv, esc, di_ps,
+                                             [&](int kr, int col) {
+                                                 const T *kp = sK + swz<D>(kr, col);
+                                                 return make_float2(to_f32(kp[0]), to_f32(kp[1]));
+                                             });
     } /* SM90 guard */
 }
 

@@ -1,8 +1,9 @@
-/* libmlstm CUDA kernels: the sm_90a dQ kernel for f16/bf16 storage on warpgroup MMA (wgmma.mma_async, f32
- * accumulation), D in {64, 128, 256}. One CTA = one warpgroup = one 64-row query tile (one aligned block of the gate
- * cumsums, as in the mma.sync dQ kernel of bwd_tc.cuh, whose gate, elementwise and epilogue code it shares, so both
- * produce bitwise the same P); per key tile of BN keys: dP = dH V^T from swizzled shared memory, P in registers,
- * dQ += P K with P as the register operand. K/V double-buffered through cp.async. */
+/* libmlstm CUDA kernels: the sm_90a backward kernels for f16/bf16 storage on warpgroup MMA (wgmma.mma_async, f32
+ * accumulation). Each CTA is one warpgroup on one aligned 64-block of the gate cumsums, and shares its gate,
+ * elementwise and epilogue code with the mma.sync kernel of bwd_tc.cuh it replaces, so P comes out bitwise the same.
+ *   dQ (D 64/128/256): 64 query rows; per key tile of BN keys dP = dH V^T, then dQ += P K with P from registers.
+ *   dK/dV (D 64/128): 64 keys; per query tile of BMQ queries S^T = K Q^T and dP^T = V dH^T, then dV += (C/n)^T dH
+ *   and dK += P^T Q with the tiles from registers. The streamed tiles are double-buffered through cp.async. */
 #pragma once
 
 #include "bwd_tc.cuh"
@@ -156,6 +157,175 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
     }
 
     tc::dq_epilogue<T, D, GUARD>(args, b, hh, qs, wr0, adq, esc);
+#endif
+}
+
+template <int D, int BMQ>
+struct DkdvCfg {
+    static constexpr int BNK = 64;
+    static constexpr int NT = 128;
+    static constexpr int KV_BYTES = BNK * D * 2;
+    static constexpr int QT_BYTES = BMQ * D * 2;
+    static constexpr int K_OFF = 0;
+    static constexpr int V_OFF = KV_BYTES;
+    static constexpr int Q_OFF = 2 * KV_BYTES;           /* [2] buffers */
+    static constexpr int DH_OFF = Q_OFF + 2 * QT_BYTES; /* [2] buffers */
+    static constexpr int G_OFF = DH_OFF + 2 * QT_BYTES; /* floats: sCb[2][BMQ], sDel[2][BMQ], sOf[2] */
+    static constexpr int SMEM = G_OFF + (4 * BMQ + 2) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    static_assert(64 % BMQ == 0 && BMQ % 32 == 0 && QT_BYTES % 1024 == 0, "query tile within one 64-block");
+};
+
+template <typename T, int D, int BMQ>
+__global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_constant__ KArgs args)
+{
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap(); /* built for an architecture without wgmma: never launched (dispatch.cu) */
+#else
+    using Cfg = DkdvCfg<D, BMQ>;
+    constexpr int BNK = Cfg::BNK, NT = Cfg::NT;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t raw = smem_u32(smem_raw);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = smem_raw + (base - raw);
+    const uint32_t aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF, aQ = base + Cfg::Q_OFF, aH = base + Cfg::DH_OFF;
+    float *sCb = reinterpret_cast<float *>(smem + Cfg::G_OFF); /* A_t */
+    float *sDel = sCb + 2 * BMQ;
+    float *sOf = sDel + 2 * BMQ;
+
+    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t bh = blockIdx.x % BH;
+    const int64_t kt = blockIdx.x / BH; /* lowest key tiles (most work) first */
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t ks = kt * BNK;
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const T *gdh = bh_ptr<T>(tdh, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+
+    const int warp = threadIdx.x >> 5;
+    const int wk0 = warp * 16; /* first key row of this warp within the tile */
+    const int64_t nqt = (S + BMQ - 1) / BMQ;
+    const int64_t qt0 = ks / BMQ;
+
+    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S);
+    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S);
+    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S);
+    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S);
+    cp_async_commit();
+
+    float gkn[2];
+    tc::dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
+    tc::DkdvQueryGates<1, BMQ> qg(args, b, hh, ks);
+    if (warp == 0) {
+        qg.load(qt0 * BMQ);
+        qg.finish(qt0 * BMQ, sCb, sDel, sOf);
+    }
+
+    float adk[D / 8][4], adv[D / 8][4];
+    float(&acck)[D / 2] = reinterpret_cast<float(&)[D / 2]>(adk);
+    float(&accv)[D / 2] = reinterpret_cast<float(&)[D / 2]>(adv);
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) acck[i] = accv[i] = 0.0f;
+    float di_ps[2] = {0.0f, 0.0f}; /* unused: no column split */
+    constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
+    float esc[2] = {0.0f, 0.0f};
+
+    int buf = 0;
+    for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        const int64_t qs = qt * BMQ;
+        if (qt + 1 < nqt) {
+            load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S);
+            load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S);
+            cp_async_commit();
+            if (warp == 0) qg.load(qs + BMQ);
+        }
+        const uint32_t cQ = aQ + buf * Cfg::QT_BYTES, cH = aH + buf * Cfg::QT_BYTES;
+        const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
+        const float of = sOf[buf];
+
+        float st[BMQ / 8][4], dpt[BMQ / 8][4];
+        float(&sacc)[BMQ / 2] = reinterpret_cast<float(&)[BMQ / 2]>(st);
+        float(&pacc)[BMQ / 2] = reinterpret_cast<float(&)[BMQ / 2]>(dpt);
+        reg_fence(sacc);
+        reg_fence(pacc);
+        fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) { /* S^T = K Q^T */
+            const uint32_t koff = (kk & 3) * 32;
+            WgmmaSS<T, BMQ>::run(sacc, desc_sw128(aK + (kk >> 2) * BNK * 128 + koff, 16),
+                                 desc_sw128(cQ + (kk >> 2) * BMQ * 128 + koff, 16), kk > 0);
+        }
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) { /* dP^T = V dH^T */
+            const uint32_t koff = (kk & 3) * 32;
+            WgmmaSS<T, BMQ>::run(pacc, desc_sw128(aV + (kk >> 2) * BNK * 128 + koff, 16),
+                                 desc_sw128(cH + (kk >> 2) * BMQ * 128 + koff, 16), kk > 0);
+        }
+        commit();
+        wait<0>();
+        reg_fence(sacc);
+        reg_fence(pacc);
+
+        /* rows = keys j (g, g+8 of each warp), cols = queries t */
+        const int qrel = (int)(qs - ks);
+        float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+        if (GUARD) {
+            gb2[0] = __fsub_rn(gb2[0], esc[0]);
+            gb2[1] = __fsub_rn(gb2[1], esc[1]);
+        }
+        float mx[2] = {0.0f, 0.0f};
+        auto element = [&](int n, int c, int rr, bool dead, float e, float del) {
+            tc::dkdv_element<T, false, GUARD, BMQ>(st, dpt, n, c, rr, dead, e, del, di_ps, mx);
+        };
+        if (qs < ks + wk0 + 15)
+            tc::dkdv_for_each_element<true, BMQ>(cCb, cDel, gb2, wk0, qrel, element);
+        else
+            tc::dkdv_for_each_element<false, BMQ>(cCb, cDel, gb2, wk0, qrel, element);
+        if constexpr (GUARD) {
+            float fac[2];
+            if (tc::range_guard_raise(mx, esc, fac)) {
+                scale_frag_rows(st, fac);
+                scale_frag_rows(dpt, fac);
+                scale_frag_rows(adk, fac);
+                scale_frag_rows(adv, fac);
+            }
+        }
+        uint32_t ac[BMQ / 16][4], ap[BMQ / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BMQ / 16; ++kk) {
+            ac[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+            ac[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+            ac[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+            ac[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+            ap[kk][0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
+            ap[kk][1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
+            ap[kk][2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+            ap[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+        }
+        reg_fence(acck);
+        reg_fence(accv);
+        fence();
+#pragma unroll
+        for (int kk = 0; kk < BMQ / 16; ++kk) { /* dV += (C/n)^T dH ; dK += P^T Q  (k = query index) */
+            WgmmaRS<T, D>::run(accv, ac[kk], desc_sw128(cH + kk * 16 * 128, BMQ * 128), 1);
+            WgmmaRS<T, D>::run(acck, ap[kk], desc_sw128(cQ + kk * 16 * 128, BMQ * 128), 1);
+        }
+        commit();
+        wait<0>();
+        reg_fence(acck);
+        reg_fence(accv);
+        if (qt + 1 < nqt && warp == 0) qg.finish(qs + BMQ, sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1));
+    }
+
+    tc::dkdv_epilogue<T, D, GUARD, false>(args, b, hh, ks, wk0, 0, true, adk, adv, esc, di_ps, [&](int kr, int col) {
+        const T *kp = reinterpret_cast<const T *>(smem + Cfg::K_OFF + sw128_off<BNK>(kr, col));
+        return make_float2(to_f32(kp[0]), to_f32(kp[1]));
+    });
 #endif
 }
 

@@ -102,6 +102,7 @@ template <int D> bool bwd_small(const KArgs &a, int t)
  * eligible (env MLSTM_CUDA_WGMMA, unset: MLSTM_WGMMA_DEFAULT) */
 bool g_wg_ok[2][3];
 bool g_wgq_ok[2][3]; /* the dQ kernel (bwd_wgmma.cuh), [dtype][D] */
+bool g_wgk_ok[2][3]; /* the dK/dV kernel (bwd_wgmma.cuh), [dtype][D] */
 int g_wg_mode = -1;
 
 template <int D> bool use_wgmma(int t, int variant)
@@ -182,6 +183,13 @@ template <typename T, int D> cudaError_t fwd_tc(const KArgs &a, cudaStream_t st)
 template <typename T, int D> cudaError_t bwd_tc(const KArgs &a, cudaStream_t st)
 {
     cudaError_t e;
+    if constexpr (TileCfg<D>::DKDV_WG) {
+        if (g_wgk_ok[tix<T>()][dim_index(D)] && g_wg_mode != 0) {
+            e = run_bwd_dkdv_wgmma<T, D>(a, st);
+            if (e != cudaSuccess) return e;
+            return g_wgq_ok[tix<T>()][dim_index(D)] ? run_bwd_dq_wgmma<T, D>(a, st) : run_bwd_dq_tc<T, D>(a, st);
+        }
+    }
     if constexpr (TileCfg<D>::BWD_SMALL)
         e = bwd_small<D>(a, tix<T>()) ? run_bwd_dkdv_tc<T, D, true>(a, st) : run_bwd_dkdv_tc<T, D, false>(a, st);
     else
@@ -262,11 +270,12 @@ static void tc_split_setup(int t, int di, cudaError_t e)
     if (e != cudaSuccess) (void)cudaGetLastError();
 }
 
-static void wg_setup(int t, int di, cudaError_t e, cudaError_t eq)
+static void wg_setup(int t, int di, cudaError_t e, cudaError_t eq, cudaError_t ek)
 {
     g_wg_ok[t][di] = e == cudaSuccess;
     g_wgq_ok[t][di] = eq == cudaSuccess;
-    if (e != cudaSuccess || eq != cudaSuccess) (void)cudaGetLastError();
+    g_wgk_ok[t][di] = ek == cudaSuccess;
+    if (e != cudaSuccess || eq != cudaSuccess || ek != cudaSuccess) (void)cudaGetLastError();
 }
 
 static cudaError_t bwd_setup(cudaError_t dkdv, cudaError_t dq) { return dkdv != cudaSuccess ? dkdv : dq; }
@@ -280,11 +289,11 @@ static void tc32_setup(int mode, int di, cudaError_t e)
 
 template <typename T> static void tc_setup_all(int t, bool sm90, bool sm90a)
 {
-    for (int di = 0; di < 3; ++di) g_wg_ok[t][di] = g_wgq_ok[t][di] = false;
+    for (int di = 0; di < 3; ++di) g_wg_ok[t][di] = g_wgq_ok[t][di] = g_wgk_ok[t][di] = false;
     if (sm90a) {
-        wg_setup(t, 0, setup_fwd_wgmma<T, 64>(), setup_bwd_dq_wgmma<T, 64>());
-        wg_setup(t, 1, setup_fwd_wgmma<T, 128>(), setup_bwd_dq_wgmma<T, 128>());
-        wg_setup(t, 2, setup_fwd_wgmma<T, 256>(), setup_bwd_dq_wgmma<T, 256>());
+        wg_setup(t, 0, setup_fwd_wgmma<T, 64>(), setup_bwd_dq_wgmma<T, 64>(), setup_bwd_dkdv_wgmma<T, 64>());
+        wg_setup(t, 1, setup_fwd_wgmma<T, 128>(), setup_bwd_dq_wgmma<T, 128>(), setup_bwd_dkdv_wgmma<T, 128>());
+        wg_setup(t, 2, setup_fwd_wgmma<T, 256>(), setup_bwd_dq_wgmma<T, 256>(), cudaErrorNotSupported);
     }
     tc_setup(false, t, 0, setup_fwd_tc<T, 64, FWD_DEFAULT>());
     tc_setup(false, t, 1, setup_fwd_tc<T, 128, FWD_DEFAULT>());
@@ -310,6 +319,8 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
 {
     static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && TileCfg<256>::BWD_SMALL,
                   "small dK/dV instances (gen_instances.py BWD_SMALL_DIMS) out of step with tile_config.h");
+    static_assert(TileCfg<64>::DKDV_WG && TileCfg<128>::DKDV_WG && !TileCfg<256>::DKDV_WG,
+                  "wgmma dK/dV instances (gen_instances.py WG_DKDV_DIMS) out of step with tile_config.h");
     int dev = 0, sms = 0, major = 0, minor = 0;
     if (cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&

@@ -11,6 +11,7 @@ TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 TC_TYPES = ["f16", "bf16"]
 TC_DIMS = [64, 128, 256]
 BWD_SMALL_DIMS = [64, 128, 256]  # must match TileCfg<D>::BWD_SMALL (dispatch.cu checks)
+WG_DKDV_DIMS = [64, 128]  # must match TileCfg<D>::DKDV_WG (dispatch.cu checks)
 TF32_DIMS = [64, 128, 256]  # f32 tensor-core forward (fwd_tf32.cuh)
 TF32_MODES = {"3xtf32": 0, "tf32": 1}  # tc32::MODE_3XTF32 (default), MODE_TF32 (MLSTM_MATH_TF32)
 
@@ -41,6 +42,11 @@ def main():
                                f"MLSTM_INSTANTIATE_FWD_WGMMA({TYPES[t]}, {d})\n", pre="#define MLSTM_INST_WGMMA 1\n"))
             files.append(write(f"mlstm_bwd_dq_dh{d}_{t}_wgmma.cu", f"sm_90a warpgroup-MMA dQ kernel, D={d}, {t}.",
                                f"MLSTM_INSTANTIATE_BWD_DQ_WGMMA({TYPES[t]}, {d})\n", pre="#define MLSTM_INST_WGMMA 1\n"))
+            if d in WG_DKDV_DIMS:
+                files.append(write(f"mlstm_bwd_dkdv_dh{d}_{t}_wgmma.cu",
+                                   f"sm_90a warpgroup-MMA dK/dV kernel, D={d}, {t}.",
+                                   f"MLSTM_INSTANTIATE_BWD_DKDV_WGMMA({TYPES[t]}, {d})\n",
+                                   pre="#define MLSTM_INST_WGMMA 1\n"))
             if d in BWD_SMALL_DIMS:
                 files.append(write(f"mlstm_bwd_dh{d}_{t}_small.cu",
                                    f"Tensor-core backward dK/dV, D={d}, {t}, "

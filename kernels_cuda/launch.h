@@ -24,9 +24,12 @@ template <typename T, int D> cudaError_t setup_bwd_dq_tc();
  * inputs as the tensor-core path; only for devices of compute capability 9.0 and builds that include sm_90a */
 template <typename T, int D> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st);
 template <typename T, int D> cudaError_t setup_fwd_wgmma();
-/* sm_90a warpgroup-MMA dQ kernel (bwd_wgmma.cuh), same conditions; replaces run_bwd_dq_tc */
+/* sm_90a warpgroup-MMA dQ and dK/dV kernels (bwd_wgmma.cuh), same conditions; replace run_bwd_dq_tc and
+ * run_bwd_dkdv_tc (dK/dV: D in {64, 128} only, TileCfg<D>::DKDV_WG) */
 template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st);
 template <typename T, int D> cudaError_t setup_bwd_dq_wgmma();
+template <typename T, int D> cudaError_t run_bwd_dkdv_wgmma(const KArgs &a, cudaStream_t st);
+template <typename T, int D> cudaError_t setup_bwd_dkdv_wgmma();
 
 /* tensor-core path for f32 storage (forward only): D in {64, 128, 256}, DQK = DV = D, 16-byte aligned rows;
  * MODE 0: 3xTF32 (IEEE-f32-grade, the default), 1: TF32 (MLSTM_MATH_TF32) */

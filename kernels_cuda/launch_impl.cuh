@@ -138,6 +138,26 @@ template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaSt
     KK::dq<<<(unsigned)nq, KK::Q::NT, KK::Q::SMEM, st>>>(a);
     return cudaGetLastError();
 }
+
+template <typename T, int D> struct WgDkdv {
+    using K = wg::DkdvCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
+    static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ>;
+};
+
+template <typename T, int D> cudaError_t setup_bwd_dkdv_wgmma()
+{
+    using KK = WgDkdv<T, D>;
+    return cudaFuncSetAttribute(KK::dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::K::SMEM);
+}
+
+template <typename T, int D> cudaError_t run_bwd_dkdv_wgmma(const KArgs &a, cudaStream_t st)
+{
+    using KK = WgDkdv<T, D>;
+    const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * a.B * a.NH;
+    if (!grid_ok(nk)) return cudaErrorInvalidConfiguration;
+    KK::dkdv<<<(unsigned)nk, KK::K::NT, KK::K::SMEM, st>>>(a);
+    return cudaGetLastError();
+}
 #endif
 
 #ifdef MLSTM_INST_TF32
@@ -232,6 +252,9 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 #define MLSTM_INSTANTIATE_BWD_DQ_WGMMA(T, D)                                                                    \
     template cudaError_t mlstm::run_bwd_dq_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                      \
     template cudaError_t mlstm::setup_bwd_dq_wgmma<T, D>();
+#define MLSTM_INSTANTIATE_BWD_DKDV_WGMMA(T, D)                                                                  \
+    template cudaError_t mlstm::run_bwd_dkdv_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                    \
+    template cudaError_t mlstm::setup_bwd_dkdv_wgmma<T, D>();
 #define MLSTM_INSTANTIATE_FWD_TF32(D, MODE)                                                                     \
     template cudaError_t mlstm::run_fwd_tf32<D, MODE>(const mlstm::KArgs &, cudaStream_t);                       \
     template cudaError_t mlstm::setup_fwd_tf32<D, MODE>();

@@ -154,6 +154,15 @@ template <int NWG_, int BN_> struct WgTile { static constexpr int NWG = NWG_, BN
 #ifndef MLSTM_TC256_DQ_WG
 #define MLSTM_TC256_DQ_WG 32
 #endif
+/* sm_90a dK/dV kernel: one warpgroup per 64 keys, BMQ queries per tile (dK and dV accumulators are D/2 floats per
+ * thread each, so D = 128 takes 32-query tiles; D = 256 would need 256 and keeps the mma.sync warp pairs). Shared
+ * memory 49 / 97 KB. */
+#ifndef MLSTM_TC64_DKDV_WG
+#define MLSTM_TC64_DKDV_WG 64
+#endif
+#ifndef MLSTM_TC128_DKDV_WG
+#define MLSTM_TC128_DKDV_WG 32
+#endif
 
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
@@ -165,6 +174,8 @@ template <> struct TileCfg<64> {
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG);
     static constexpr int DQ_WG_BN = MLSTM_TC64_DQ_WG;
+    static constexpr bool DKDV_WG = true;
+    static constexpr int DKDV_WG_BMQ = MLSTM_TC64_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = false;                            /* chosen by grid size */
 };
@@ -177,6 +188,8 @@ template <> struct TileCfg<128> {
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG);
     static constexpr int DQ_WG_BN = MLSTM_TC128_DQ_WG;
+    static constexpr bool DKDV_WG = true;
+    static constexpr int DKDV_WG_BMQ = MLSTM_TC128_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = false;                              /* chosen by grid size */
 };
@@ -189,6 +202,8 @@ template <> struct TileCfg<256> {
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG);
     static constexpr int DQ_WG_BN = MLSTM_TC256_DQ_WG;
+    static constexpr bool DKDV_WG = false;
+    static constexpr int DKDV_WG_BMQ = 32;
     static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct sm_90 dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = true;                               /* whenever the device runs it */
 };

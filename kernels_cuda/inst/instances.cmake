@@ -6,6 +6,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_f16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh64_f16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dkdv_dh64_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh64_f16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_bf16.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh64_bf16.cu
@@ -13,6 +14,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_bf16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh64_bf16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dkdv_dh64_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh64_bf16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_f16.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh128_f16.cu
@@ -20,6 +22,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_f16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh128_f16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dkdv_dh128_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh128_f16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_bf16.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh128_bf16.cu
@@ -27,6 +30,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_bf16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh128_bf16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dkdv_dh128_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh128_bf16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_f16.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh256_f16.cu
