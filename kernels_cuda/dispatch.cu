@@ -101,9 +101,20 @@ template <int D> bool bwd_small(const KArgs &a, int t)
  * capability 9.0 with a build that includes sm_90a, MLSTM_HAVE_SM90A), and the policy: -1 auto, 0 never, 1 whenever
  * eligible (env MLSTM_CUDA_WGMMA, unset: MLSTM_WGMMA_DEFAULT) */
 bool g_wg_ok[2][3];
+bool g_wgs_ok[2][3]; /* the key-split forward, [dtype][D] */
 bool g_wgq_ok[2][3]; /* the dQ kernel (bwd_wgmma.cuh), [dtype][D] */
 bool g_wgk_ok[2][3]; /* the dK/dV kernel (bwd_wgmma.cuh), [dtype][D] */
 int g_wg_mode = -1;
+
+/* the key-split wgmma forward: when its default grid has fewer than MLSTM_WG_SPLIT_CTAS_PER_SM CTAs per SM (or always /
+ * never under MLSTM_CUDA_SMALL_TILES=1 / 0) */
+template <int D> bool use_wgmma_split(const KArgs &a, int t)
+{
+    if (!g_wgs_ok[t][dim_index(D)] || g_small_mode == 0) return false;
+    if (g_small_mode == 1) return true;
+    using C = typename TileCfg<D>::FwdWg;
+    return (a.S + 64 * C::NWG - 1) / (64 * C::NWG) * a.B * a.NH < (int64_t)MLSTM_WG_SPLIT_CTAS_PER_SM * g_sms;
+}
 
 template <int D> bool use_wgmma(int t, int variant)
 {
@@ -173,7 +184,8 @@ template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16
 template <typename T, int D> cudaError_t fwd_tc(const KArgs &a, cudaStream_t st)
 {
     const int variant = fwd_variant<D>(a, tix<T>());
-    if (use_wgmma<D>(tix<T>(), variant)) return run_fwd_wgmma<T, D>(a, st);
+    if (use_wgmma<D>(tix<T>(), variant))
+        return use_wgmma_split<D>(a, tix<T>()) ? run_fwd_wgmma<T, D, true>(a, st) : run_fwd_wgmma<T, D, false>(a, st);
     switch (variant) {
     case FWD_SPLIT: return run_fwd_tc<T, D, FWD_SPLIT>(a, st);
     case FWD_SMALL: return run_fwd_tc<T, D, FWD_SMALL>(a, st);
@@ -270,12 +282,13 @@ static void tc_split_setup(int t, int di, cudaError_t e)
     if (e != cudaSuccess) (void)cudaGetLastError();
 }
 
-static void wg_setup(int t, int di, cudaError_t e, cudaError_t eq, cudaError_t ek)
+static void wg_setup(int t, int di, cudaError_t e, cudaError_t es, cudaError_t eq, cudaError_t ek)
 {
     g_wg_ok[t][di] = e == cudaSuccess;
+    g_wgs_ok[t][di] = es == cudaSuccess && g_wg_ok[t][di];
     g_wgq_ok[t][di] = eq == cudaSuccess;
     g_wgk_ok[t][di] = ek == cudaSuccess;
-    if (e != cudaSuccess || eq != cudaSuccess || ek != cudaSuccess) (void)cudaGetLastError();
+    if (e != cudaSuccess || es != cudaSuccess || eq != cudaSuccess || ek != cudaSuccess) (void)cudaGetLastError();
 }
 
 static cudaError_t bwd_setup(cudaError_t dkdv, cudaError_t dq) { return dkdv != cudaSuccess ? dkdv : dq; }
@@ -289,11 +302,14 @@ static void tc32_setup(int mode, int di, cudaError_t e)
 
 template <typename T> static void tc_setup_all(int t, bool sm90, bool sm90a)
 {
-    for (int di = 0; di < 3; ++di) g_wg_ok[t][di] = g_wgq_ok[t][di] = g_wgk_ok[t][di] = false;
+    for (int di = 0; di < 3; ++di) g_wg_ok[t][di] = g_wgs_ok[t][di] = g_wgq_ok[t][di] = g_wgk_ok[t][di] = false;
     if (sm90a) {
-        wg_setup(t, 0, setup_fwd_wgmma<T, 64>(), setup_bwd_dq_wgmma<T, 64>(), setup_bwd_dkdv_wgmma<T, 64>());
-        wg_setup(t, 1, setup_fwd_wgmma<T, 128>(), setup_bwd_dq_wgmma<T, 128>(), setup_bwd_dkdv_wgmma<T, 128>());
-        wg_setup(t, 2, setup_fwd_wgmma<T, 256>(), setup_bwd_dq_wgmma<T, 256>(), cudaErrorNotSupported);
+        wg_setup(t, 0, setup_fwd_wgmma<T, 64, false>(), setup_fwd_wgmma<T, 64, true>(), setup_bwd_dq_wgmma<T, 64>(),
+                 setup_bwd_dkdv_wgmma<T, 64>());
+        wg_setup(t, 1, setup_fwd_wgmma<T, 128, false>(), setup_fwd_wgmma<T, 128, true>(), setup_bwd_dq_wgmma<T, 128>(),
+                 setup_bwd_dkdv_wgmma<T, 128>());
+        wg_setup(t, 2, setup_fwd_wgmma<T, 256, false>(), setup_fwd_wgmma<T, 256, true>(), setup_bwd_dq_wgmma<T, 256>(),
+                 cudaErrorNotSupported);
     }
     tc_setup(false, t, 0, setup_fwd_tc<T, 64, FWD_DEFAULT>());
     tc_setup(false, t, 1, setup_fwd_tc<T, 128, FWD_DEFAULT>());

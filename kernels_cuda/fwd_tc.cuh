@@ -164,6 +164,63 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
     }
 }
 
+/* Key split (two groups of warps on the same BM query rows, each having walked every other key tile): merges
+ * group 1's (O, l, m, esc) into group 0 through shared memory buf (floats; O [BM][D], l [BM][4], m [BM], esc [BM]),
+ * which the caller has freed (a __syncthreads() after the last use). Every thread calls it; returns true in
+ * group 0, which then holds the merged state and writes the epilogue. */
+template <int MT, int D, bool GUARD>
+__device__ __forceinline__ bool fwd_split_merge(float *buf, int BM, int grp, int wr0, float (&o)[MT][D / 8][4],
+                                                float (&mrun)[MT][2], float (&lrun)[MT][2], float (&esc)[MT * 2])
+{
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    float *cO = buf;          /* [BM][D] */
+    float *cL = cO + BM * D;  /* [BM][4] per-lane partial l */
+    float *cM = cL + BM * 4;  /* [BM] */
+    float *cE = cM + BM;      /* [BM] */
+    if (grp == 1) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int r = wr0 + mt * 16 + g + rr * 8;
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n)
+                    *reinterpret_cast<float2 *>(cO + r * D + n * 8 + 2 * q4) =
+                        make_float2(o[mt][n][rr * 2], o[mt][n][rr * 2 + 1]);
+                cL[r * 4 + q4] = lrun[mt][rr];
+                if (q4 == 0) {
+                    cM[r] = mrun[mt][rr];
+                    cE[r] = esc[mt * 2 + rr];
+                }
+            }
+    }
+    __syncthreads();
+    if (grp == 1) return false;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int r = wr0 + mt * 16 + g + rr * 8;
+            const float m1 = cM[r], m0 = mrun[mt][rr], mm = fmaxf(m0, m1);
+            float f0 = expf(m0 - mm), f1 = expf(m1 - mm);
+            if (GUARD) {
+                const float e0 = esc[mt * 2 + rr], e1 = cE[r], ee = fmaxf(e0, e1);
+                f0 *= exp2f(e0 - ee);
+                f1 *= exp2f(e1 - ee);
+                esc[mt * 2 + rr] = ee;
+            }
+            mrun[mt][rr] = mm;
+            lrun[mt][rr] = lrun[mt][rr] * f0 + cL[r * 4 + q4] * f1;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                const float2 p = *reinterpret_cast<const float2 *>(cO + r * D + n * 8 + 2 * q4);
+                o[mt][n][rr * 2] = o[mt][n][rr * 2] * f0 + p.x * f1;
+                o[mt][n][rr * 2 + 1] = o[mt][n][rr * 2 + 1] * f0 + p.y * f1;
+            }
+        }
+    return true;
+}
+
 /* h = mLSTM(q, k, v, i, f) for one query tile; also writes m and signed n (see api/mlstm.h).
  * KS > 1 (key split, for grids too small to fill the GPU): the NW warps form KS groups that each cover all BM
  * query rows and take every KS-th key tile (group g: kt_hi - g, kt_hi - g - KS, ...), which divides the serial
@@ -385,55 +442,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     }
 
     if constexpr (KS > 1) {
-        /* merge the groups into group 0: (O, l) scaled to the common max m and range exponent. The K/V stages
-         * are free now; group g > 0 writes its per-lane state there, group 0 folds it in, group by group. */
-        static_assert(KS == 2, "the merge below handles two key groups");
-        float *cO = reinterpret_cast<float *>(smem); /* [BM][D] */
-        float *cL = cO + BM * D;                     /* [BM][4] per-lane partial l */
-        float *cM = cL + BM * 4;                     /* [BM] */
-        float *cE = cM + BM;                         /* [BM] */
-        __syncthreads(); /* every warp is done with sQ / sK / sV */
-        if (grp == 1) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int rr = 0; rr < 2; ++rr) {
-                    const int r = wr0 + mt * 16 + g + rr * 8;
-#pragma unroll
-                    for (int n = 0; n < D / 8; ++n)
-                        *reinterpret_cast<float2 *>(cO + r * D + n * 8 + 2 * q4) =
-                            make_float2(o[mt][n][rr * 2], o[mt][n][rr * 2 + 1]);
-                    cL[r * 4 + q4] = lrun[mt][rr];
-                    if (q4 == 0) {
-                        cM[r] = mrun[mt][rr];
-                        cE[r] = esc[mt * 2 + rr];
-                    }
-                }
-        }
-        __syncthreads();
-        if (grp == 1) return; /* no further barrier below */
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int rr = 0; rr < 2; ++rr) {
-                const int r = wr0 + mt * 16 + g + rr * 8;
-                const float m1 = cM[r], m0 = mrun[mt][rr], mm = fmaxf(m0, m1);
-                float f0 = expf(m0 - mm), f1 = expf(m1 - mm);
-                if (GUARD) {
-                    const float e0 = esc[mt * 2 + rr], e1 = cE[r], ee = fmaxf(e0, e1);
-                    f0 *= exp2f(e0 - ee);
-                    f1 *= exp2f(e1 - ee);
-                    esc[mt * 2 + rr] = ee;
-                }
-                mrun[mt][rr] = mm;
-                lrun[mt][rr] = lrun[mt][rr] * f0 + cL[r * 4 + q4] * f1;
-#pragma unroll
-                for (int n = 0; n < D / 8; ++n) {
-                    const float2 p = *reinterpret_cast<const float2 *>(cO + r * D + n * 8 + 2 * q4);
-                    o[mt][n][rr * 2] = o[mt][n][rr * 2] * f0 + p.x * f1;
-                    o[mt][n][rr * 2 + 1] = o[mt][n][rr * 2 + 1] * f0 + p.y * f1;
-                }
-            }
+        static_assert(KS == 2, "fwd_split_merge handles two key groups");
+        __syncthreads(); /* every warp is done with sQ / sK / sV: the merge reuses them */
+        if (!fwd_split_merge<MT, D, GUARD>(reinterpret_cast<float *>(smem), BM, grp, wr0, o, mrun, lrun, esc))
+            return; /* group 1: no further barrier below */
     }
 
     fwd_epilogue<T, MT, D, GUARD>(args, b, hh, qs, wr0, o, mrun, lrun, esc);

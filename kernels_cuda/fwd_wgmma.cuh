@@ -2,7 +2,9 @@
  * accumulation), head dims DQK = DV = D in {64, 128, 256}. One CTA per (query tile of 64*NWG rows, batch*head);
  * each warpgroup owns 64 query rows. Per key tile of BN keys: S = Q K^T with Q and K read from swizzled shared
  * memory, the gate / online-max / masking step of the mma.sync forward (fwd_tc.cuh) on the accumulator (same
- * fragment layout), then O += C V with C from registers. K/V double-buffered through cp.async. */
+ * fragment layout), then O += C V with C from registers. K/V double-buffered through cp.async.
+ * KS = 2 (key split, for grids too small to fill the GPU): both warpgroups cover the same 64 rows and take every
+ * other key tile; their states are merged at the end (fwd_split_merge), which halves the CTA's serial chain. */
 #pragma once
 
 #include "fwd_tc.cuh"
@@ -11,28 +13,29 @@
 namespace mlstm {
 namespace wg {
 
-template <int D, int BN, int NWG>
+template <int D, int BN, int NWG, int KS = 1>
 struct FwdCfg {
-    static constexpr int BM = 64 * NWG;
+    static constexpr int BM = 64 * NWG / KS;
     static constexpr int NT = 128 * NWG;
     static constexpr int Q_BYTES = BM * D * 2;
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = Q_BYTES;
-    static constexpr int V_OFF = K_OFF + 2 * KV_BYTES;
-    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sFq[BM], sG2[2][BN], sPM[2][BN] */
-    static constexpr int SMEM = G_OFF + (BM + 4 * BN) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    static constexpr int V_OFF = K_OFF + 2 * KS * KV_BYTES;      /* K, V: [2 stages][KS groups] tiles */
+    static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES; /* floats: sFq[BM], sG2[2][KS][BN], sPM[2][KS][BN] */
+    static constexpr int SMEM = G_OFF + (BM + 4 * KS * BN) * 4 + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "tiles start on 1024-byte boundaries");
-    static_assert(BM % BN == 0 && BN % 64 == 0 && D % 64 == 0, "tile sizes");
+    static_assert(BM % BN == 0 && BN % 32 == 0 && D % 64 == 0, "tile sizes");
+    static_assert(KS == 1 || (KS == 2 && NWG == 2 && (BM * D + 6 * BM) * 4 <= G_OFF), "key split: merge buffer");
 };
 
-template <typename T, int D, int BN, int NWG>
+template <typename T, int D, int BN, int NWG, int KS = 1>
 __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     /* built for an architecture without wgmma: never launched (dispatch.cu enables it on sm_90 builds only) */
     __trap();
 #else
-    using Cfg = FwdCfg<D, BN, NWG>;
+    using Cfg = FwdCfg<D, BN, NWG, KS>;
     constexpr int BM = Cfg::BM, NT = Cfg::NT, NW = 4 * NWG;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const uint32_t raw = smem_u32(smem_raw);
@@ -40,8 +43,8 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     unsigned char *smem = smem_raw + (base - raw);
     const uint32_t aQ = base, aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF;
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
-    float *sG2 = sFq + BM;    /* [2][BN] G_j log2e */
-    float *sPM = sG2 + 2 * BN; /* [2][BN] prefix max of G_j over the tile */
+    float *sG2 = sFq + BM;         /* [2][KS][BN] G_j log2e */
+    float *sPM = sG2 + 2 * KS * BN; /* [2][KS][BN] prefix max of G_j over the tile */
 
     const int64_t S = args.S, BH = args.B * args.NH;
     const int64_t nqt = (S + BM - 1) / BM;
@@ -56,15 +59,21 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    const int wgi = warp >> 2;     /* warpgroup: query rows [64 wgi, 64 wgi + 64) of the tile */
-    const int wr0 = warp * 16;     /* first row of this warp within the tile */
-    constexpr int GW = NW - 1;     /* gate warp */
+    const int wgi = warp >> 2;                       /* warpgroup */
+    const int grp = KS > 1 ? wgi : 0;                /* key group */
+    const int wgr = KS > 1 ? 0 : wgi * 64;           /* its first query row within the tile */
+    const int wr0 = wgr + (warp & 3) * 16;           /* first row of this warp within the tile */
+    constexpr int GW = NW - 1;                       /* gate warp (writes the gates of every group's tiles) */
 
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
 
     load_tile_sw128<T, BM, D, NT>(aQ, gq, tq.ss, qs, S);
-    load_tile_sw128<T, BN, D, NT>(aK, gk, tk.ss, kt_hi * BN, S);
-    load_tile_sw128<T, BN, D, NT>(aV, gv, tv.ss, kt_hi * BN, S);
+#pragma unroll
+    for (int gs = 0; gs < KS; ++gs)
+        if (kt_hi - gs >= 0) {
+            load_tile_sw128<T, BN, D, NT>(aK + gs * Cfg::KV_BYTES, gk, tk.ss, (kt_hi - gs) * BN, S);
+            load_tile_sw128<T, BN, D, NT>(aV + gs * Cfg::KV_BYTES, gv, tv.ss, (kt_hi - gs) * BN, S);
+        }
     cp_async_commit();
 
     if (warp == 0) { /* query-tile local cumsum */
@@ -77,11 +86,16 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     }
     __syncthreads();
 
+    /* the gate warp finishes the tiles in descending order (all groups' tiles of a step, group 0 first) */
     Comp off = {0.0f, 0.0f};
-    GateTile<BN> gnext;
+    GateTile<BN> gnext[KS];
     if (warp == GW) {
-        gnext.load(gf, tf.ss, gi, ti.ss, kt_hi * BN, S);
-        tc::fwd_key_gates<BN>(gnext, off, kt_hi * BN, qs, S, sFq, sG2, sPM);
+#pragma unroll
+        for (int gs = 0; gs < KS; ++gs)
+            if (kt_hi - gs >= 0) {
+                gnext[gs].load(gf, tf.ss, gi, ti.ss, (kt_hi - gs) * BN, S);
+                tc::fwd_key_gates<BN>(gnext[gs], off, (kt_hi - gs) * BN, qs, S, sFq, sG2 + gs * BN, sPM + gs * BN);
+            }
     }
 
     float rowF[1][2];
@@ -99,26 +113,38 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
 
     /* K-major descriptors of this warpgroup's Q rows and of the K stages advance by 32 bytes per k16 slice
      * inside a 64-column block, by (rows * 128) bytes per block */
-    const uint32_t aQw = aQ + wgi * 64 * 128;
+    const uint32_t aQw = aQ + wgr * 128;
 
+    const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
     int buf = 0;
-    for (int64_t it = 0; it <= kt_hi; ++it, buf ^= 1) {
+    for (int64_t it = 0; it < nsteps; ++it, buf ^= 1) {
         cp_async_wait<0>();
         fence_proxy_async();
         __syncthreads();
-        const int64_t knext = kt_hi - it - 1;
+        const int64_t knext = kt_hi - (it + 1) * KS; /* group 0's tile of the next step */
         if (knext >= 0) {
-            load_tile_sw128<T, BN, D, NT>(aK + (buf ^ 1) * Cfg::KV_BYTES, gk, tk.ss, knext * BN, S);
-            load_tile_sw128<T, BN, D, NT>(aV + (buf ^ 1) * Cfg::KV_BYTES, gv, tv.ss, knext * BN, S);
+#pragma unroll
+            for (int gs = 0; gs < KS; ++gs)
+                if (knext - gs >= 0) {
+                    const int sl = (buf ^ 1) * KS + gs;
+                    load_tile_sw128<T, BN, D, NT>(aK + sl * Cfg::KV_BYTES, gk, tk.ss, (knext - gs) * BN, S);
+                    load_tile_sw128<T, BN, D, NT>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, (knext - gs) * BN, S);
+                }
             cp_async_commit();
-            if (warp == GW) gnext.load(gf, tf.ss, gi, ti.ss, knext * BN, S);
+            if (warp == GW) {
+#pragma unroll
+                for (int gs = 0; gs < KS; ++gs)
+                    if (knext - gs >= 0) gnext[gs].load(gf, tf.ss, gi, ti.ss, (knext - gs) * BN, S);
+            }
         }
-        const int64_t ks = (kt_hi - it) * BN;
-        const uint32_t cK = aK + buf * Cfg::KV_BYTES, cV = aV + buf * Cfg::KV_BYTES;
-        const float *cG = sG2 + buf * BN, *cPM = sPM + buf * BN;
+        const int64_t kt = kt_hi - it * KS - grp; /* this warpgroup's key tile (< 0: none left for its group) */
+        const int64_t ks = kt * BN;
+        const int slot = buf * KS + grp;
+        const uint32_t cK = aK + slot * Cfg::KV_BYTES, cV = aV + slot * Cfg::KV_BYTES;
+        const float *cG = sG2 + slot * BN, *cPM = sPM + slot * BN;
 
-        /* every key of the tile after every row of the warpgroup: nothing to do (warpgroup-uniform) */
-        if (ks <= qs + wgi * 64 + 63) {
+        /* no tile, or every key of the tile after every row of the warpgroup: nothing to do (warpgroup-uniform) */
+        if (kt >= 0 && ks <= qs + wgr + 63) {
             float s[1][BN / 8][4];
             float(&sacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
             reg_fence(sacc);
@@ -174,10 +200,21 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
             wait<0>();
             reg_fence(oacc);
         }
-        if (knext >= 0 && warp == GW)
-            tc::fwd_key_gates<BN>(gnext, off, knext * BN, qs, S, sFq, sG2 + (buf ^ 1) * BN, sPM + (buf ^ 1) * BN);
+        if (knext >= 0 && warp == GW) {
+#pragma unroll
+            for (int gs = 0; gs < KS; ++gs)
+                if (knext - gs >= 0) {
+                    const int sl = (buf ^ 1) * KS + gs;
+                    tc::fwd_key_gates<BN>(gnext[gs], off, (knext - gs) * BN, qs, S, sFq, sG2 + sl * BN, sPM + sl * BN);
+                }
+        }
     }
 
+    if constexpr (KS > 1) {
+        __syncthreads(); /* every warp is done with the Q / K / V tiles: the merge reuses them */
+        if (!tc::fwd_split_merge<1, D, GUARD>(reinterpret_cast<float *>(smem), BM, grp, wr0, o, mrun, lrun, esc))
+            return; /* group 1: no further barrier below */
+    }
     tc::fwd_epilogue<T, 1, D, GUARD>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
 #endif
 }

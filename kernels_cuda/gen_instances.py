@@ -39,7 +39,10 @@ def main():
             files.append(write(f"mlstm_fwd_dh{d}_{t}_split.cu", f"Tensor-core forward, D={d}, {t}, key split.",
                                f"MLSTM_INSTANTIATE_FWD_TC({TYPES[t]}, {d}, mlstm::FWD_SPLIT)\n"))
             files.append(write(f"mlstm_fwd_dh{d}_{t}_wgmma.cu", f"sm_90a warpgroup-MMA forward, D={d}, {t}.",
-                               f"MLSTM_INSTANTIATE_FWD_WGMMA({TYPES[t]}, {d})\n", pre="#define MLSTM_INST_WGMMA 1\n"))
+                               f"MLSTM_INSTANTIATE_FWD_WGMMA({TYPES[t]}, {d}, false)\n", pre="#define MLSTM_INST_WGMMA 1\n"))
+            files.append(write(f"mlstm_fwd_dh{d}_{t}_wgmma_split.cu",
+                               f"sm_90a warpgroup-MMA forward, D={d}, {t}, key split.",
+                               f"MLSTM_INSTANTIATE_FWD_WGMMA({TYPES[t]}, {d}, true)\n", pre="#define MLSTM_INST_WGMMA 1\n"))
             files.append(write(f"mlstm_bwd_dq_dh{d}_{t}_wgmma.cu", f"sm_90a warpgroup-MMA dQ kernel, D={d}, {t}.",
                                f"MLSTM_INSTANTIATE_BWD_DQ_WGMMA({TYPES[t]}, {d})\n", pre="#define MLSTM_INST_WGMMA 1\n"))
             if d in WG_DKDV_DIMS:

@@ -21,9 +21,10 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
 template <typename T, int D> cudaError_t setup_bwd_dq_tc();
 
 /* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): T in {__half, __nv_bfloat16}, D in {64, 128, 256}, the same
- * inputs as the tensor-core path; only for devices of compute capability 9.0 and builds that include sm_90a */
-template <typename T, int D> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st);
-template <typename T, int D> cudaError_t setup_fwd_wgmma();
+ * inputs as the tensor-core path; only for devices of compute capability 9.0 and builds that include sm_90a.
+ * SPLIT: the key-split variant for small grids (TileCfg<D>::FwdWgK) */
+template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st);
+template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma();
 /* sm_90a warpgroup-MMA dQ and dK/dV kernels (bwd_wgmma.cuh), same conditions; replace run_bwd_dq_tc and
  * run_bwd_dkdv_tc (dK/dV: D in {64, 128} only, TileCfg<D>::DKDV_WG) */
 template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st);

@@ -98,21 +98,21 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
 
 #ifdef MLSTM_INST_WGMMA
 /* ---- sm_90a warpgroup-MMA forward ---- */
-template <typename T, int D> struct WgFwd {
-    using C = typename TileCfg<D>::FwdWg;
-    using F = wg::FwdCfg<D, C::BN, C::NWG>;
-    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::NWG>;
+template <typename T, int D, bool SPLIT> struct WgFwd {
+    using C = typename std::conditional<SPLIT, typename TileCfg<D>::FwdWgK, typename TileCfg<D>::FwdWg>::type;
+    using F = wg::FwdCfg<D, C::BN, C::NWG, C::KS>;
+    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::NWG, C::KS>;
 };
 
-template <typename T, int D> cudaError_t setup_fwd_wgmma()
+template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma()
 {
-    using KK = WgFwd<T, D>;
+    using KK = WgFwd<T, D, SPLIT>;
     return cudaFuncSetAttribute(KK::fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::F::SMEM);
 }
 
-template <typename T, int D> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
+template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
 {
-    using KK = WgFwd<T, D>;
+    using KK = WgFwd<T, D, SPLIT>;
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
     if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
     KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
@@ -246,9 +246,9 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 #define MLSTM_INSTANTIATE_BWD_DKDV_SMALL_TC(T, D)                                                                \
     template cudaError_t mlstm::run_bwd_dkdv_tc<T, D, true>(const mlstm::KArgs &, cudaStream_t);                 \
     template cudaError_t mlstm::setup_bwd_dkdv_tc<T, D, true>();
-#define MLSTM_INSTANTIATE_FWD_WGMMA(T, D)                                                                       \
-    template cudaError_t mlstm::run_fwd_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                         \
-    template cudaError_t mlstm::setup_fwd_wgmma<T, D>();
+#define MLSTM_INSTANTIATE_FWD_WGMMA(T, D, SPLIT)                                                                \
+    template cudaError_t mlstm::run_fwd_wgmma<T, D, SPLIT>(const mlstm::KArgs &, cudaStream_t);                  \
+    template cudaError_t mlstm::setup_fwd_wgmma<T, D, SPLIT>();
 #define MLSTM_INSTANTIATE_BWD_DQ_WGMMA(T, D)                                                                    \
     template cudaError_t mlstm::run_bwd_dq_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                      \
     template cudaError_t mlstm::setup_bwd_dq_wgmma<T, D>();

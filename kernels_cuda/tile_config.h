@@ -122,7 +122,7 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 /* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): (NWG, BN) packed as NWG * 1000 + BN: NWG warpgroups of 64 query
  * rows each, BN keys per tile. D = 64/128: S = 64 x 128 per warpgroup (64 floats per thread), O 32/64 floats;
  * D = 256: O is 128 floats per thread, so 64-key tiles. Shared memory (Q + double-buffered K/V): 80 / 160 / 192 KB. */
-template <int NWG_, int BN_> struct WgTile { static constexpr int NWG = NWG_, BN = BN_; };
+template <int NWG_, int BN_, int KS_ = 1> struct WgTile { static constexpr int NWG = NWG_, BN = BN_, KS = KS_; };
 #ifndef MLSTM_TC64_FWD_WG
 #define MLSTM_TC64_FWD_WG 2128
 #endif
@@ -141,7 +141,22 @@ template <int NWG_, int BN_> struct WgTile { static constexpr int NWG = NWG_, BN
 #ifndef MLSTM_WGMMA_DEFAULT
 #define MLSTM_WGMMA_DEFAULT (-1)
 #endif
-#define MLSTM_WG_TILE(X) WgTile<(X) / 1000, (X) % 1000>
+#define MLSTM_WG_TILE(X) WgTile<(X) / 1000 % 10, (X) % 1000, ((X) / 10000 > 0 ? (X) / 10000 : 1)>
+/* Key-split variant (KS = 2, packed as 20000 + NWG * 1000 + BN): both warpgroups on the same 64 query rows, each
+ * taking every other key tile, for grids below MLSTM_WG_SPLIT_CTAS_PER_SM default-tile CTAs per SM. Two K/V tiles
+ * per stage, so 64 / 64 / 32-key tiles keep shared memory at 72 / 144 / 160 KB. */
+#ifndef MLSTM_TC64_FWD_WG_K
+#define MLSTM_TC64_FWD_WG_K 22064
+#endif
+#ifndef MLSTM_TC128_FWD_WG_K
+#define MLSTM_TC128_FWD_WG_K 22064
+#endif
+#ifndef MLSTM_TC256_FWD_WG_K
+#define MLSTM_TC256_FWD_WG_K 22032
+#endif
+#ifndef MLSTM_WG_SPLIT_CTAS_PER_SM
+#define MLSTM_WG_SPLIT_CTAS_PER_SM 2
+#endif
 /* sm_90a dQ kernel (bwd_wgmma.cuh): one warpgroup per 64-row query tile, BN keys per tile (at most 64: the tile
  * stays inside one 64-block of the gate cumsums). Shared memory 41 / 82 / 99 KB with 64 / 64 / 32 keys: two CTAs per
  * SM (by registers). */
@@ -173,6 +188,7 @@ template <> struct TileCfg<64> {
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC64_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG);
+    using FwdWgK = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG_K);
     static constexpr int DQ_WG_BN = MLSTM_TC64_DQ_WG;
     static constexpr bool DKDV_WG = true;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC64_DKDV_WG;
@@ -187,6 +203,7 @@ template <> struct TileCfg<128> {
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC128_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG);
+    using FwdWgK = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG_K);
     static constexpr int DQ_WG_BN = MLSTM_TC128_DQ_WG;
     static constexpr bool DKDV_WG = true;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC128_DKDV_WG;
@@ -201,6 +218,7 @@ template <> struct TileCfg<256> {
     using FwdK = MLSTM_FWD_TILE(MLSTM_TC256_FWD_K);
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG);
+    using FwdWgK = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG_K);
     static constexpr int DQ_WG_BN = MLSTM_TC256_DQ_WG;
     static constexpr bool DKDV_WG = false;
     static constexpr int DKDV_WG_BMQ = 32;

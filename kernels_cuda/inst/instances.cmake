@@ -5,6 +5,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_f16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_f16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_f16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_f16_wgmma_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh64_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dkdv_dh64_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh64_f16_small.cu
@@ -13,6 +14,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_bf16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_bf16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_bf16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_bf16_wgmma_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh64_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dkdv_dh64_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh64_bf16_small.cu
@@ -21,6 +23,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_f16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_f16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_f16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_f16_wgmma_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh128_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dkdv_dh128_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh128_f16_small.cu
@@ -29,6 +32,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_bf16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_bf16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_bf16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_bf16_wgmma_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh128_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dkdv_dh128_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh128_bf16_small.cu
@@ -37,6 +41,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_f16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_f16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_f16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_f16_wgmma_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh256_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh256_f16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_bf16.cu
@@ -44,6 +49,7 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_bf16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_bf16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_bf16_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_bf16_wgmma_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dq_dh256_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh256_bf16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_f32_3xtf32.cu

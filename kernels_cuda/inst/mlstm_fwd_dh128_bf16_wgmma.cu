@@ -2,4 +2,4 @@
 #define MLSTM_INST_WGMMA 1
 #include "../launch_impl.cuh"
 
-MLSTM_INSTANTIATE_FWD_WGMMA(__nv_bfloat16, 128)
+MLSTM_INSTANTIATE_FWD_WGMMA(__nv_bfloat16, 128, false)
