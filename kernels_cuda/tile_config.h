@@ -144,7 +144,9 @@ template <int NWG_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #define MLSTM_WG_TILE(X) WgTile<(X) / 1000 % 10, (X) % 1000, ((X) / 10000 > 0 ? (X) / 10000 : 1)>
 /* Key-split variant (KS = 2, packed as 20000 + NWG * 1000 + BN): both warpgroups on the same 64 query rows, each
  * taking every other key tile, for grids below MLSTM_WG_SPLIT_CTAS_PER_SM default-tile CTAs per SM. Two K/V tiles
- * per stage, so 64 / 64 / 32-key tiles keep shared memory at 72 / 144 / 160 KB. */
+ * per stage, so 64 / 64 / 32-key tiles keep shared memory at 72 / 144 / 160 KB. H200, bf16 B1 NH8 (bench/RESULTS.md,
+ * 2026-11-26): faster at S <= 2048 (D128 S2048 0.062 -> 0.054 ms, S1024 0.034 -> 0.028), slower at S = 4096 (0.122 ->
+ * 0.190: 256 default CTAs, about one per SM, already fill the GPU), hence the threshold of one CTA per SM. */
 #ifndef MLSTM_TC64_FWD_WG_K
 #define MLSTM_TC64_FWD_WG_K 22064
 #endif
@@ -155,7 +157,7 @@ template <int NWG_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #define MLSTM_TC256_FWD_WG_K 22032
 #endif
 #ifndef MLSTM_WG_SPLIT_CTAS_PER_SM
-#define MLSTM_WG_SPLIT_CTAS_PER_SM 2
+#define MLSTM_WG_SPLIT_CTAS_PER_SM 1
 #endif
 /* sm_90a dQ kernel (bwd_wgmma.cuh): one warpgroup per 64-row query tile, BN keys per tile (at most 64: the tile
  * stays inside one 64-block of the gate cumsums). Shared memory 41 / 82 / 99 KB with 64 / 64 / 32 keys: two CTAs per
