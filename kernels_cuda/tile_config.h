@@ -172,13 +172,14 @@ template <int NWG_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #define MLSTM_TC256_DQ_WG 32
 #endif
 /* sm_90a dK/dV kernel: one warpgroup per 64 keys, BMQ queries per tile (dK and dV accumulators are D/2 floats per
- * thread each, so D = 128 takes 32-query tiles; D = 256 would need 256 and keeps the mma.sync warp pairs). Shared
- * memory 49 / 97 KB. */
+ * thread each; D = 256 would need 256 and keeps the mma.sync warp pairs). Shared memory 49 / 97 KB. H200, bf16 B1 NH8
+ * fwd+bwd (bench/RESULTS.md, 2026-11-26): D = 128 with 64-query tiles (a few spilled registers) against 32: S2048
+ * 0.250 -> 0.233 ms, S8192 1.990 -> 1.877; D = 64 with 32-query tiles against 64: S8192 1.173 -> 1.486 (slower). */
 #ifndef MLSTM_TC64_DKDV_WG
 #define MLSTM_TC64_DKDV_WG 64
 #endif
 #ifndef MLSTM_TC128_DKDV_WG
-#define MLSTM_TC128_DKDV_WG 32
+#define MLSTM_TC128_DKDV_WG 64
 #endif
 
 template <int D> struct TileCfg;
