@@ -3,7 +3,11 @@
  * elementwise and epilogue code with the mma.sync kernel of bwd_tc.cuh it replaces, so P comes out bitwise the same.
  *   dQ (D 64/128/256): 64 query rows; per key tile of BN keys dP = dH V^T, then dQ += P K with P from registers.
  *   dK/dV (D 64/128): 64 keys; per query tile of BMQ queries S^T = K Q^T and dP^T = V dH^T, then dV += (C/n)^T dH
- *   and dK += P^T Q with the tiles from registers. The streamed tiles are double-buffered through cp.async. */
+ *   and dK += P^T Q with the tiles from registers.
+ *   dK/dV pairs (D 256, whose dK and dV would take 256 accumulator floats per thread): two warpgroups on 64 keys; one
+ *   computes S^T and turns it into C/n, the other dP^T into P, they swap the packed tiles through shared memory, and
+ *   each accumulates dV and dK for one half of the columns.
+ * The streamed tiles are double-buffered through cp.async. */
 #pragma once
 
 #include "bwd_tc.cuh"
@@ -326,6 +330,221 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
         const T *kp = reinterpret_cast<const T *>(smem + Cfg::K_OFF + sw128_off<BNK>(kr, col));
         return make_float2(to_f32(kp[0]), to_f32(kp[1]));
     });
+#endif
+}
+
+template <int D, int BMQ>
+struct DkdvPairCfg {
+    static constexpr int BNK = 64;
+    static constexpr int NT = 256;
+    static constexpr int KV_BYTES = BNK * D * 2;
+    static constexpr int QT_BYTES = BMQ * D * 2;
+    static constexpr int K_OFF = 0;
+    static constexpr int V_OFF = KV_BYTES;
+    static constexpr int Q_OFF = 2 * KV_BYTES;           /* [2] buffers */
+    static constexpr int DH_OFF = Q_OFF + 2 * QT_BYTES; /* [2] buffers */
+    static constexpr int X_OFF = DH_OFF + 2 * QT_BYTES; /* u32 [2 roles][BMQ/16][4][128] packed tiles */
+    static constexpr int XM_OFF = X_OFF + 2 * (BMQ / 16) * 4 * 128 * 4; /* floats [2 roles][2][128]: row maxima, di */
+    static constexpr int G_OFF = XM_OFF + 2 * 2 * 128 * 4; /* floats: sCb[2][BMQ], sDel[2][BMQ], sOf[2] */
+    static constexpr int SMEM = G_OFF + (4 * BMQ + 2) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    static_assert(64 % BMQ == 0 && BMQ % 32 == 0 && QT_BYTES % 1024 == 0 && D % 128 == 0, "tiles");
+};
+
+/* named barrier of all 256 threads (barrier 1; __syncthreads is 0) */
+__device__ __forceinline__ void pair_bar() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+
+template <typename T, int D, int BMQ>
+__global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const __grid_constant__ KArgs args)
+{
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap(); /* built for an architecture without wgmma: never launched (dispatch.cu) */
+#else
+    using Cfg = DkdvPairCfg<D, BMQ>;
+    constexpr int BNK = Cfg::BNK, NT = Cfg::NT, DOUT = D / 2, NKK = BMQ / 16;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t raw = smem_u32(smem_raw);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = smem_raw + (base - raw);
+    const uint32_t aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF, aQ = base + Cfg::Q_OFF, aH = base + Cfg::DH_OFF;
+    uint32_t *xt = reinterpret_cast<uint32_t *>(smem + Cfg::X_OFF);
+    float *xm = reinterpret_cast<float *>(smem + Cfg::XM_OFF);
+    float *sCb = reinterpret_cast<float *>(smem + Cfg::G_OFF);
+    float *sDel = sCb + 2 * BMQ;
+    float *sOf = sDel + 2 * BMQ;
+
+    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t bh = blockIdx.x % BH;
+    const int64_t kt = blockIdx.x / BH; /* lowest key tiles (most work) first */
+    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t ks = kt * BNK;
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const T *gdh = bh_ptr<T>(tdh, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+
+    const int warp = threadIdx.x >> 5, tid = threadIdx.x & 127;
+    const int role = warp >> 2;          /* 0: S^T -> C/n, 1: dP^T -> P */
+    const int wk0 = (warp & 3) * 16;     /* first key row of this warp within the tile */
+    const int c0 = role * DOUT;          /* this warpgroup's output columns */
+    const int64_t nqt = (S + BMQ - 1) / BMQ;
+    const int64_t qt0 = ks / BMQ;
+
+    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S);
+    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S);
+    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S);
+    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S);
+    cp_async_commit();
+
+    float gkn[2];
+    tc::dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
+    tc::DkdvQueryGates<1, BMQ> qg(args, b, hh, ks);
+    if (warp == 0) {
+        qg.load(qt0 * BMQ);
+        qg.finish(qt0 * BMQ, sCb, sDel, sOf);
+    }
+
+    float adk[DOUT / 8][4], adv[DOUT / 8][4];
+    float(&acck)[DOUT / 2] = reinterpret_cast<float(&)[DOUT / 2]>(adk);
+    float(&accv)[DOUT / 2] = reinterpret_cast<float(&)[DOUT / 2]>(adv);
+#pragma unroll
+    for (int i = 0; i < DOUT / 2; ++i) acck[i] = accv[i] = 0.0f;
+    constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
+    float esc[2] = {0.0f, 0.0f};
+    /* this warpgroup's product: S^T = K Q^T or dP^T = V dH^T (selected addresses: no branch around the MMA) */
+    const uint32_t aA = role ? aV : aK, aB = role ? aH : aQ;
+
+    int buf = 0;
+    for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        const int64_t qs = qt * BMQ;
+        if (qt + 1 < nqt) {
+            load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S);
+            load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S);
+            cp_async_commit();
+            if (warp == 0) qg.load(qs + BMQ);
+        }
+        const uint32_t cQ = aQ + buf * Cfg::QT_BYTES, cH = aH + buf * Cfg::QT_BYTES;
+        const uint32_t cB = aB + buf * Cfg::QT_BYTES;
+        const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
+        const float of = sOf[buf];
+
+        float st[BMQ / 8][4];
+        float(&sacc)[BMQ / 2] = reinterpret_cast<float(&)[BMQ / 2]>(st);
+        reg_fence(sacc);
+        fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const uint32_t koff = (kk & 3) * 32;
+            WgmmaSS<T, BMQ>::run(sacc, desc_sw128(aA + (kk >> 2) * BNK * 128 + koff, 16),
+                                 desc_sw128(cB + (kk >> 2) * BMQ * 128 + koff, 16), kk > 0);
+        }
+        commit();
+        wait<0>();
+        reg_fence(sacc);
+
+        /* rows = keys j (g, g+8 of each warp), cols = queries t: C/n = S e (role 0), P = (dP - delta) e (role 1),
+         * with the operation order of tc::dkdv_element (bitwise the P of the dQ kernel) */
+        const int qrel = (int)(qs - ks);
+        float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+        if (GUARD) {
+            gb2[0] = __fsub_rn(gb2[0], esc[0]);
+            gb2[1] = __fsub_rn(gb2[1], esc[1]);
+        }
+        float mx[2] = {0.0f, 0.0f};
+        auto element = [&](int n, int c, int rr, bool dead, float e, float del) {
+            const float x = st[n][c];
+            const float y = dead ? 0.0f : (role ? __fmul_rn(__fsub_rn(x, del), e) : x * e);
+            st[n][c] = y;
+            if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(y));
+        };
+        if (qs < ks + wk0 + 15)
+            tc::dkdv_for_each_element<true, BMQ>(cCb, cDel, gb2, wk0, qrel, element);
+        else
+            tc::dkdv_for_each_element<false, BMQ>(cCb, cDel, gb2, wk0, qrel, element);
+        if constexpr (GUARD) { /* one range-guard exponent per key row for both tiles (and both warpgroups) */
+            xm[(role * 2 + 0) * 128 + tid] = mx[0];
+            xm[(role * 2 + 1) * 128 + tid] = mx[1];
+            pair_bar();
+            mx[0] = fmaxf(mx[0], xm[((role ^ 1) * 2 + 0) * 128 + tid]);
+            mx[1] = fmaxf(mx[1], xm[((role ^ 1) * 2 + 1) * 128 + tid]);
+            float fac[2];
+            if (tc::range_guard_raise(mx, esc, fac)) {
+                scale_frag_rows(st, fac);
+                scale_frag_rows(adk, fac);
+                scale_frag_rows(adv, fac);
+            }
+        }
+        uint32_t own[NKK][4], oth[NKK][4];
+#pragma unroll
+        for (int kk = 0; kk < NKK; ++kk) {
+            own[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+            own[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+            own[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+            own[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) xt[((role * NKK + kk) * 4 + r) * 128 + tid] = own[kk][r];
+        }
+        pair_bar();
+#pragma unroll
+        for (int kk = 0; kk < NKK; ++kk)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) oth[kk][r] = xt[(((role ^ 1) * NKK + kk) * 4 + r) * 128 + tid];
+        uint32_t ac[NKK][4], ap[NKK][4]; /* C/n and P as register operands */
+#pragma unroll
+        for (int kk = 0; kk < NKK; ++kk)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                ac[kk][r] = role ? oth[kk][r] : own[kk][r];
+                ap[kk][r] = role ? own[kk][r] : oth[kk][r];
+            }
+        reg_fence(acck);
+        reg_fence(accv);
+        fence();
+        /* dV[:, c0:] += (C/n)^T dH[:, c0:] ; dK[:, c0:] += P^T Q[:, c0:]  (column block c0 / 64 of the tiles) */
+#pragma unroll
+        for (int kk = 0; kk < NKK; ++kk) {
+            WgmmaRS<T, DOUT>::run(accv, ac[kk], desc_sw128(cH + (c0 / 64) * BMQ * 128 + kk * 16 * 128, BMQ * 128), 1);
+            WgmmaRS<T, DOUT>::run(acck, ap[kk], desc_sw128(cQ + (c0 / 64) * BMQ * 128 + kk * 16 * 128, BMQ * 128), 1);
+        }
+        commit();
+        wait<0>();
+        reg_fence(acck);
+        reg_fence(accv);
+        if (qt + 1 < nqt && warp == 0) qg.finish(qs + BMQ, sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1));
+    }
+
+    /* di_j = k_j . dk_j over both column halves: per-thread partial sums, role 1's added to role 0's (the epilogue's
+     * SPLIT form then reduces over the quad and applies the sign and range-guard factor) */
+    const int lane = threadIdx.x & 31, q4 = lane & 3, g = lane >> 2;
+    float di_ps[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int kr = wk0 + g + rr * 8;
+        float d = 0.0f;
+#pragma unroll
+        for (int n = 0; n < DOUT / 8; ++n) {
+            const int col = c0 + n * 8 + 2 * q4;
+            const T *kp = reinterpret_cast<const T *>(smem + Cfg::K_OFF + sw128_off<BNK>(kr, col));
+            d += to_f32(kp[0]) * adk[n][rr * 2] + to_f32(kp[1]) * adk[n][rr * 2 + 1];
+        }
+        di_ps[rr] = d;
+    }
+    __syncthreads(); /* xm is free */
+    if (role == 1) {
+        xm[tid] = di_ps[0];
+        xm[128 + tid] = di_ps[1];
+    }
+    __syncthreads();
+    if (role == 0) {
+        di_ps[0] += xm[tid];
+        di_ps[1] += xm[128 + tid];
+    }
+    tc::dkdv_epilogue<T, DOUT, GUARD, true>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ps,
+                                             [](int, int) { return make_float2(0.0f, 0.0f); });
 #endif
 }
 

@@ -309,7 +309,7 @@ template <typename T> static void tc_setup_all(int t, bool sm90, bool sm90a)
         wg_setup(t, 1, setup_fwd_wgmma<T, 128, false>(), setup_fwd_wgmma<T, 128, true>(), setup_bwd_dq_wgmma<T, 128>(),
                  setup_bwd_dkdv_wgmma<T, 128>());
         wg_setup(t, 2, setup_fwd_wgmma<T, 256, false>(), setup_fwd_wgmma<T, 256, true>(), setup_bwd_dq_wgmma<T, 256>(),
-                 cudaErrorNotSupported);
+                 setup_bwd_dkdv_wgmma<T, 256>());
     }
     tc_setup(false, t, 0, setup_fwd_tc<T, 64, FWD_DEFAULT>());
     tc_setup(false, t, 1, setup_fwd_tc<T, 128, FWD_DEFAULT>());
@@ -335,7 +335,7 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
 {
     static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && TileCfg<256>::BWD_SMALL,
                   "small dK/dV instances (gen_instances.py BWD_SMALL_DIMS) out of step with tile_config.h");
-    static_assert(TileCfg<64>::DKDV_WG && TileCfg<128>::DKDV_WG && !TileCfg<256>::DKDV_WG,
+    static_assert(TileCfg<64>::DKDV_WG && TileCfg<128>::DKDV_WG && TileCfg<256>::DKDV_WG,
                   "wgmma dK/dV instances (gen_instances.py WG_DKDV_DIMS) out of step with tile_config.h");
     int dev = 0, sms = 0, major = 0, minor = 0;
     if (cudaGetDevice(&dev) == cudaSuccess &&

@@ -11,7 +11,7 @@ TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 TC_TYPES = ["f16", "bf16"]
 TC_DIMS = [64, 128, 256]
 BWD_SMALL_DIMS = [64, 128, 256]  # must match TileCfg<D>::BWD_SMALL (dispatch.cu checks)
-WG_DKDV_DIMS = [64, 128]  # must match TileCfg<D>::DKDV_WG (dispatch.cu checks)
+WG_DKDV_DIMS = [64, 128, 256]  # must match TileCfg<D>::DKDV_WG (dispatch.cu checks)
 TF32_DIMS = [64, 128, 256]  # f32 tensor-core forward (fwd_tf32.cuh)
 TF32_MODES = {"3xtf32": 0, "tf32": 1}  # tc32::MODE_3XTF32 (default), MODE_TF32 (MLSTM_MATH_TF32)
 

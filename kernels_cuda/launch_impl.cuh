@@ -139,9 +139,13 @@ template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaSt
     return cudaGetLastError();
 }
 
-template <typename T, int D> struct WgDkdv {
+template <typename T, int D, bool PAIR = TileCfg<D>::DKDV_WG_PAIR> struct WgDkdv {
     using K = wg::DkdvCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
     static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ>;
+};
+template <typename T, int D> struct WgDkdv<T, D, true> { /* two warpgroups per 64 keys (bwd_wgmma.cuh) */
+    using K = wg::DkdvPairCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
+    static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_pair_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ>;
 };
 
 template <typename T, int D> cudaError_t setup_bwd_dkdv_wgmma()

@@ -181,6 +181,11 @@ template <int NWG_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #ifndef MLSTM_TC128_DKDV_WG
 #define MLSTM_TC128_DKDV_WG 64
 #endif
+/* D = 256: two warpgroups per 64 keys (DKDV_WG_PAIR, bwd_wgmma.cuh), each accumulating dK and dV for 128 columns;
+ * 64-query tiles, ~212 KB of shared memory (sm_90 only). */
+#ifndef MLSTM_TC256_DKDV_WG
+#define MLSTM_TC256_DKDV_WG 64
+#endif
 
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
@@ -193,7 +198,7 @@ template <> struct TileCfg<64> {
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG);
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG_K);
     static constexpr int DQ_WG_BN = MLSTM_TC64_DQ_WG;
-    static constexpr bool DKDV_WG = true;
+    static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC64_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = false;                            /* chosen by grid size */
@@ -208,7 +213,7 @@ template <> struct TileCfg<128> {
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG);
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG_K);
     static constexpr int DQ_WG_BN = MLSTM_TC128_DQ_WG;
-    static constexpr bool DKDV_WG = true;
+    static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC128_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = false;                              /* chosen by grid size */
@@ -223,8 +228,8 @@ template <> struct TileCfg<256> {
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG);
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG_K);
     static constexpr int DQ_WG_BN = MLSTM_TC256_DQ_WG;
-    static constexpr bool DKDV_WG = false;
-    static constexpr int DKDV_WG_BMQ = 32;
+    static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = true;
+    static constexpr int DKDV_WG_BMQ = MLSTM_TC256_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct sm_90 dK/dV */
     static constexpr bool BWD_ALT_ALWAYS = true;                               /* whenever the device runs it */
 };
