@@ -668,14 +668,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     load_tile_async<T, BN, D, NT>(sV, gv, tv.ss, kt_hi * BN, S);
     cp_async_commit();
 
-    if (warp == 0) {
-        GateTile<BM> gt;
-        gt.load(gf, tf.ss, nullptr, 0, qs, S);
-        float cum[GateTile<BM>::E];
-        gt.scan(cum, qs, S);
-#pragma unroll
-        for (int e = 0; e < GateTile<BM>::E; ++e) sFq[lane * GateTile<BM>::E + e] = cum[e];
-    }
+    if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
     __syncthreads();
 
     /* per-row state: rb2 = (Fq_t - m_t) log2e + log2(|scale| / (|n_t|+eps)) (-inf for rows >= S), del = delta_t.

@@ -38,9 +38,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
     using Cfg = DqCfg<D, BN>;
     constexpr int BM = Cfg::BM, NT = Cfg::NT;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const uint32_t raw = smem_u32(smem_raw);
-    const uint32_t base = (raw + 1023u) & ~1023u;
-    unsigned char *smem = smem_raw + (base - raw);
+    unsigned char *smem = smem_aligned_1024(smem_raw);
+    const uint32_t base = smem_u32(smem);
     const uint32_t aH = base, aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF;
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
     float *sG = sFq + BM;
@@ -67,14 +66,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
     load_tile_sw128<T, BN, D, NT>(aV, gv, tv.ss, kt_hi * BN, S);
     cp_async_commit();
 
-    if (warp == 0) {
-        GateTile<BM> gt;
-        gt.load(gf, tf.ss, nullptr, 0, qs, S);
-        float cum[GateTile<BM>::E];
-        gt.scan(cum, qs, S);
-#pragma unroll
-        for (int e = 0; e < GateTile<BM>::E; ++e) sFq[lane * GateTile<BM>::E + e] = cum[e];
-    }
+    if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
     __syncthreads();
 
     float rb2[2], del[2];
@@ -188,9 +180,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
     using Cfg = DkdvCfg<D, BMQ>;
     constexpr int BNK = Cfg::BNK, NT = Cfg::NT;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const uint32_t raw = smem_u32(smem_raw);
-    const uint32_t base = (raw + 1023u) & ~1023u;
-    unsigned char *smem = smem_raw + (base - raw);
+    unsigned char *smem = smem_aligned_1024(smem_raw);
+    const uint32_t base = smem_u32(smem);
     const uint32_t aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF, aQ = base + Cfg::Q_OFF, aH = base + Cfg::DH_OFF;
     float *sCb = reinterpret_cast<float *>(smem + Cfg::G_OFF); /* A_t */
     float *sDel = sCb + 2 * BMQ;
@@ -362,9 +353,8 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
     using Cfg = DkdvPairCfg<D, BMQ>;
     constexpr int BNK = Cfg::BNK, NT = Cfg::NT, DOUT = D / 2, NKK = BMQ / 16;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const uint32_t raw = smem_u32(smem_raw);
-    const uint32_t base = (raw + 1023u) & ~1023u;
-    unsigned char *smem = smem_raw + (base - raw);
+    unsigned char *smem = smem_aligned_1024(smem_raw);
+    const uint32_t base = smem_u32(smem);
     const uint32_t aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF, aQ = base + Cfg::Q_OFF, aH = base + Cfg::DH_OFF;
     uint32_t *xt = reinterpret_cast<uint32_t *>(smem + Cfg::X_OFF);
     float *xm = reinterpret_cast<float *>(smem + Cfg::XM_OFF);

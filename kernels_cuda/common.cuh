@@ -170,6 +170,20 @@ struct GateTile {
     }
 };
 
+/* The query-tile local cumsum of the tensor-core kernels: sF[r] = a_qs + ... + a_{qs+r} for r < N (one warp). */
+template <int N>
+__device__ __forceinline__ void store_tile_cumsum(const float *__restrict__ gf, int64_t fs, int64_t qs, int64_t S,
+                                                  float *sF)
+{
+    const int lane = threadIdx.x & 31;
+    GateTile<N> gt;
+    gt.load(gf, fs, nullptr, 0, qs, S);
+    float cum[GateTile<N>::E];
+    gt.scan(cum, qs, S);
+#pragma unroll
+    for (int e = 0; e < GateTile<N>::E; ++e) sF[lane * GateTile<N>::E + e] = cum[e];
+}
+
 /* ---- compensated (hi, lo) arithmetic for the f32 path's cumsums ---- */
 /* s + e == a + b exactly (Knuth's TwoSum); no FMA contraction. */
 __device__ __forceinline__ float two_sum(float a, float b, float &e)

@@ -274,14 +274,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
         }
     cp_async_commit();
 
-    if (warp == 0) { /* query-tile local cumsum */
-        GateTile<BM> gt;
-        gt.load(gf, tf.ss, nullptr, 0, qs, S);
-        float cum[GateTile<BM>::E];
-        gt.scan(cum, qs, S);
-#pragma unroll
-        for (int e = 0; e < GateTile<BM>::E; ++e) sFq[lane * GateTile<BM>::E + e] = cum[e];
-    }
+    if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
     __syncthreads();
 
     /* gate warp state: the compensated offset sum_{u in [ks, qs)} a_u of the tile whose gates it writes; the

@@ -38,9 +38,8 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     using Cfg = FwdCfg<D, BN, NWG, KS>;
     constexpr int BM = Cfg::BM, NT = Cfg::NT, NW = 4 * NWG;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const uint32_t raw = smem_u32(smem_raw);
-    const uint32_t base = (raw + 1023u) & ~1023u;
-    unsigned char *smem = smem_raw + (base - raw);
+    unsigned char *smem = smem_aligned_1024(smem_raw);
+    const uint32_t base = smem_u32(smem);
     const uint32_t aQ = base, aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF;
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
     float *sG2 = sFq + BM;         /* [2][KS][BN] G_j log2e */
@@ -76,14 +75,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
         }
     cp_async_commit();
 
-    if (warp == 0) { /* query-tile local cumsum */
-        GateTile<BM> gt;
-        gt.load(gf, tf.ss, nullptr, 0, qs, S);
-        float cum[GateTile<BM>::E];
-        gt.scan(cum, qs, S);
-#pragma unroll
-        for (int e = 0; e < GateTile<BM>::E; ++e) sFq[lane * GateTile<BM>::E + e] = cum[e];
-    }
+    if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
     __syncthreads();
 
     /* the gate warp finishes the tiles in descending order (all groups' tiles of a step, group 0 first) */

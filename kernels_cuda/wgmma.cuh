@@ -40,6 +40,14 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restri
     }
 }
 
+/* The dynamic shared memory of a wgmma kernel from its first 1024-byte boundary (the swizzle atoms' alignment; the
+ * kernels request 1024 bytes more than they use). */
+__device__ __forceinline__ unsigned char *smem_aligned_1024(unsigned char *raw)
+{
+    const uint32_t a = smem_u32(raw);
+    return raw + (((a + 1023u) & ~1023u) - a);
+}
+
 /* Matrix descriptor of a swizzled tile (PTX ISA, "matrix descriptor"): start address, leading and stride byte
  * offsets (all >> 4), swizzle mode 1 = 128 bytes in bits 62-63.
  * K-major operand (rows = M or N, columns = K; Q and K tiles): SBO = 1024 (next 8 rows), LBO unused (one
