@@ -155,11 +155,18 @@ struct GateTile {
     __device__ __forceinline__ float scan(float *cum, int64_t s0, int64_t S) const
     {
         const int lane = threadIdx.x & 31;
+        float a[E];
+#pragma unroll
+        for (int e = 0; e < E; ++e) a[e] = (s0 + lane * E + e < S) ? logsigmoid(f[e]) : 0.0f;
+        return scan_values(cum, a);
+    }
+    /* the same from the a values of the lane's positions (0 beyond S), e.g. computed by other threads */
+    static __device__ __forceinline__ float scan_values(float *cum, const float (&a)[E])
+    {
         float run = 0.0f;
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-            int64_t s = s0 + lane * E + e;
-            run += (s < S) ? logsigmoid(f[e]) : 0.0f;
+            run += a[e];
             cum[e] = run;
         }
         float incl = warp_incl_scan(run);

@@ -80,13 +80,25 @@ __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (
  * gate with the offset between key and query tile included: off accumulates (compensated) the totals of the
  * tiles before qs, which must therefore be finished in descending order. One warp. */
 template <int BN>
+__device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32], float tot, const float (&iv)[BN / 32],
+                                                      Comp &off, int64_t ks, int64_t qs, const float *sFq, float *g2,
+                                                      float *pm);
+template <int BN>
 __device__ __forceinline__ void fwd_key_gates(const GateTile<BN> &gn, Comp &off, int64_t ks, int64_t qs, int64_t S,
                                               const float *sFq, float *g2, float *pm)
 {
-    constexpr int E = GateTile<BN>::E;
+    float cum[GateTile<BN>::E];
+    const float tot = gn.scan(cum, ks, S);
+    fwd_key_gates_scanned<BN>(cum, tot, gn.i, off, ks, qs, sFq, g2, pm);
+}
+/* the same from the tile-local cumsum (cum, tot) and the i values of the lane's positions */
+template <int BN>
+__device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32], float tot, const float (&iv)[BN / 32],
+                                                      Comp &off, int64_t ks, int64_t qs, const float *sFq, float *g2,
+                                                      float *pm)
+{
+    constexpr int E = BN / 32;
     const int lane = threadIdx.x & 31;
-    float cum[E];
-    float tot = gn.scan(cum, ks, S);
     float ohi, olo;
     if (ks >= qs) {
         ohi = (ks > qs) ? -sFq[ks - 1 - qs] : 0.0f;
@@ -99,7 +111,7 @@ __device__ __forceinline__ void fwd_key_gates(const GateTile<BN> &gn, Comp &off,
     float gv[E], pmx = -INFINITY;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-        gv[e] = ((gn.i[e] - cum[e]) + olo) + ohi;
+        gv[e] = ((iv[e] - cum[e]) + olo) + ohi;
         pmx = fmaxf(pmx, gv[e]);
     }
     /* exclusive prefix max over lanes, then running max within the lane */

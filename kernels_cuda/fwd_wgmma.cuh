@@ -21,10 +21,12 @@ struct FwdCfg {
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = Q_BYTES;
     static constexpr int V_OFF = K_OFF + 2 * KS * KV_BYTES;      /* K, V: [2 stages][KS groups] tiles */
-    static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES; /* floats: sFq[BM], sG2[2][KS][BN], sPM[2][KS][BN] */
-    static constexpr int SMEM = G_OFF + (BM + 4 * KS * BN) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    /* floats: sFq[BM], then [2 slots][KS][BN] each of sG2, sPM, sA (logsigmoid f), sI (i) */
+    static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES;
+    static constexpr int SMEM = G_OFF + (BM + 8 * KS * BN) * 4 + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "tiles start on 1024-byte boundaries");
     static_assert(BM % BN == 0 && BN % 32 == 0 && D % 64 == 0, "tile sizes");
+    static_assert(KS * BN <= NT, "one gate producer thread per key of a step");
     static_assert(KS == 1 || (KS == 2 && NWG == 2 && (BM * D + 6 * BM) * 4 <= G_OFF), "key split: merge buffer");
 };
 
@@ -44,6 +46,8 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
     float *sG2 = sFq + BM;         /* [2][KS][BN] G_j log2e */
     float *sPM = sG2 + 2 * KS * BN; /* [2][KS][BN] prefix max of G_j over the tile */
+    float *sA = sPM + 2 * KS * BN;  /* [2][KS][BN] logsigmoid(f_j) (0 beyond S) */
+    float *sI = sA + 2 * KS * BN;   /* [2][KS][BN] i_j */
 
     const int64_t S = args.S, BH = args.B * args.NH;
     const int64_t nqt = (S + BM - 1) / BM;
@@ -78,17 +82,51 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
     __syncthreads();
 
-    /* the gate warp finishes the tiles in descending order (all groups' tiles of a step, group 0 first) */
+    /* Key gates, one step ahead: the first KS * BN threads (the gate producers, one key each) load f and i of a
+     * step early and store logsigmoid(f) and i late in the step before; the gate warp turns them into G2 and the
+     * prefix maxima at the end of the step before the one that uses them, walking the tiles in descending order
+     * (all groups' tiles of a step, group 0 first) for the compensated offset. Slots: step st in st & 1. */
+    const int ptile = (int)threadIdx.x / BN, ppos = (int)threadIdx.x % BN; /* producer: group, key in the tile */
+    const bool producer = (int)threadIdx.x < KS * BN;
+    float pf = 0.0f, pi = 0.0f;
+    auto produce_load = [&](int64_t st) { /* step st = it: tiles kt_hi - it * KS - gs */
+        const int64_t kt = kt_hi - st * KS - ptile, s = kt * BN + ppos;
+        const bool ok = producer && kt >= 0 && s < S;
+        pf = ok ? gf[s * tf.ss] : 0.0f;
+        pi = ok ? gi[s * ti.ss] : 0.0f;
+    };
+    auto produce_store = [&](int64_t st) {
+        const int64_t kt = kt_hi - st * KS - ptile, s = kt * BN + ppos;
+        if (producer) {
+            const int o = ((int)(st & 1) * KS + ptile) * BN + ppos;
+            sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf) : 0.0f;
+            sI[o] = pi;
+        }
+    };
     Comp off = {0.0f, 0.0f};
-    GateTile<BN> gnext[KS];
-    if (warp == GW) {
+    auto gates_finish = [&](int64_t st) { /* the gate warp */
+        constexpr int E = BN / 32;
 #pragma unroll
-        for (int gs = 0; gs < KS; ++gs)
-            if (kt_hi - gs >= 0) {
-                gnext[gs].load(gf, tf.ss, gi, ti.ss, (kt_hi - gs) * BN, S);
-                tc::fwd_key_gates<BN>(gnext[gs], off, (kt_hi - gs) * BN, qs, S, sFq, sG2 + gs * BN, sPM + gs * BN);
+        for (int gs = 0; gs < KS; ++gs) {
+            const int64_t kt = kt_hi - st * KS - gs;
+            if (kt < 0) continue;
+            const int sl = (int)(st & 1) * KS + gs;
+            float a[E], iv[E], cum[E];
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                a[e] = sA[sl * BN + lane * E + e];
+                iv[e] = sI[sl * BN + lane * E + e];
             }
-    }
+            const float tot = GateTile<BN>::scan_values(cum, a);
+            tc::fwd_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sFq, sG2 + sl * BN, sPM + sl * BN);
+        }
+    };
+    produce_load(0);
+    produce_store(0);
+    produce_load(1);
+    produce_store(1);
+    __syncthreads();
+    if (warp == GW) gates_finish(0);
 
     float rowF[1][2];
     rowF[0][0] = sFq[wr0 + g];
@@ -123,12 +161,8 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
                     load_tile_sw128<T, BN, D, NT>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, (knext - gs) * BN, S);
                 }
             cp_async_commit();
-            if (warp == GW) {
-#pragma unroll
-                for (int gs = 0; gs < KS; ++gs)
-                    if (knext - gs >= 0) gnext[gs].load(gf, tf.ss, gi, ti.ss, (knext - gs) * BN, S);
-            }
         }
+        produce_load(it + 2);
         const int64_t kt = kt_hi - it * KS - grp; /* this warpgroup's key tile (< 0: none left for its group) */
         const int64_t ks = kt * BN;
         const int slot = buf * KS + grp;
@@ -192,14 +226,8 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
             wait<0>();
             reg_fence(oacc);
         }
-        if (knext >= 0 && warp == GW) {
-#pragma unroll
-            for (int gs = 0; gs < KS; ++gs)
-                if (knext - gs >= 0) {
-                    const int sl = (buf ^ 1) * KS + gs;
-                    tc::fwd_key_gates<BN>(gnext[gs], off, (knext - gs) * BN, qs, S, sFq, sG2 + sl * BN, sPM + sl * BN);
-                }
-        }
+        produce_store(it + 2); /* into the slot of step it, which the gate warp finished reading in step it - 1 */
+        if (knext >= 0 && warp == GW) gates_finish(it + 1);
     }
 
     if constexpr (KS > 1) {
