@@ -119,10 +119,8 @@ template <int D> bool use_wgmma_split(const KArgs &a, int t)
 template <int D> bool use_wgmma(int t, int variant)
 {
     if (!g_wg_ok[t][dim_index(D)] || g_wg_mode == 0) return false;
-    if (g_wg_mode == 1) return true;
-    /* auto: everywhere but D = 64 with the default (full-grid) tiles, where the mma.sync kernel is faster: its
-     * 4-warp CTAs share an SM several at a time, the wgmma kernel runs one 8-warp CTA per SM in lockstep */
-    return !(D == 64 && variant == FWD_DEFAULT);
+    (void)variant; /* auto: everywhere (measured faster at every shape, bench/RESULTS.md 2026-11-26 03:27) */
+    return true;
 }
 
 /* f32 tensor-core forward (fwd_tf32.cuh) instances the device accepted at setup, [mode 3xTF32=0 / TF32=1][D 64/128/256

@@ -133,9 +133,10 @@ template <int NWG_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #define MLSTM_TC256_FWD_WG 2064
 #endif
 /* Policy when env MLSTM_CUDA_WGMMA is unset: -1 auto (dispatch.cu use_wgmma), 0 never, 1 whenever eligible.
- * Auto since the kernels passed the conformance forward set, test_extreme and test_determinism on an H200 and ran
- * faster than the mma.sync forward at every measured shape except D = 64 with a full grid (bench/RESULTS.md,
- * 2026-11-26: bf16 B1 NH8 D128 S4096 0.177 -> 0.123 ms, D256 S8192 1.286 -> 0.766 ms; D64 S8192 0.317 -> 0.338).
+ * Auto since the kernels passed the conformance set, test_extreme, test_determinism and the sanitizers on an H200 and
+ * ran faster than the mma.sync kernels at every measured shape (bench/RESULTS.md, 2026-11-26: bf16 B1 NH8 forward
+ * D128 S4096 0.177 -> 0.112 ms, D256 S8192 1.286 -> 0.718, D64 S8192 0.316 -> 0.303 once the key gates came from
+ * distributed producers; before that D64 S8192 was the one exception, 0.338 ms).
  * Variants measured and dropped: one warpgroup of 64 rows per CTA for small grids (two CTAs per SM; slower at
  * every S), 64-key tiles for D = 64 (S8192 0.338 -> 0.411 ms). */
 #ifndef MLSTM_WGMMA_DEFAULT
