@@ -98,10 +98,21 @@ struct DkdvQueryGates {
     }
     __device__ __forceinline__ void finish(int64_t qs, float *cb, float *del, float *of)
     {
+        const int64_t qbs = qs & ~(int64_t)63;
+        float cum[2], t2[2];
+        const float tot = gq_next.scan(cum, qbs, S);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) t2[e] = row_term(nn[e]);
+        finish_scanned(qs, cum, tot, nm, t2, nd, cb, del, of);
+    }
+    /* the n-dependent half of bwd_row_a (the same operations, so the same A_t) */
+    __device__ __forceinline__ float row_term(float n) const { return __fsub_rn(lsc, log2f(__fadd_rn(fabsf(n), eps))); }
+    __device__ __forceinline__ void finish_scanned(int64_t qs, const float (&cum)[2], float tot, const float (&m)[2],
+                                                   const float (&t2)[2], const float (&d)[2], float *cb, float *del,
+                                                   float *of)
+    {
         const int lane = threadIdx.x & 31;
         const int64_t qbs = qs & ~(int64_t)63;
-        float cum[2];
-        const float tot = gq_next.scan(cum, qbs, S);
         if ((qs & 63) == 0 && qs > ks) { /* entering query block qb: add the total of block qb-1 */
 #pragma unroll
             for (int kb = 0; kb < NKB; ++kb)
@@ -113,13 +124,47 @@ struct DkdvQueryGates {
             const int u = 2 * lane + e - (int)(qs - qbs);
             if (u >= 0 && u < BMQ) {
                 const bool ok = qs + u < S;
-                cb[u] = ok ? bwd_row_a(cum[e], nm[e], nn[e], eps, lsc) : -INFINITY;
-                del[u] = nd[e];
+                cb[u] = ok ? __fadd_rn(__fmul_rn(__fsub_rn(cum[e], m[e]), MLSTM_LOG2E), t2[e]) : -INFINITY;
+                del[u] = d[e];
             }
         }
 #pragma unroll
         for (int kb = 0; kb < NKB; ++kb)
             if (lane == kb) of[kb] = (qbs > ks + kb * 64) ? offk[kb].hi + offk[kb].lo : 0.0f;
+    }
+    /* Distributed form (the wgmma kernels): 64 producer threads, p = 0..63 the position in the query tile's 64-block,
+     * load a step early and store late in the step before: pr = {logsigmoid(f), m, row_term(n), delta} x 64 (one
+     * slot); then one warp runs finish_from on that slot. */
+    __device__ __forceinline__ void produce_load(int64_t qs, int p, float (&r)[4]) const
+    {
+        const int64_t qbs = qs & ~(int64_t)63, t = qbs + p;
+        const bool in = t < S, ok = in && t >= qs && t < qs + BMQ;
+        r[0] = in ? gf[t * fs] : 0.0f;
+        r[1] = ok ? gm[t * ms] : 0.0f;
+        r[2] = ok ? gn[t * ns] : 0.0f;
+        r[3] = ok ? gdel[t * dls] : 0.0f;
+    }
+    __device__ __forceinline__ void produce_store(int64_t qs, int p, const float (&r)[4], float *pr) const
+    {
+        const int64_t t = (qs & ~(int64_t)63) + p;
+        pr[p] = t < S ? logsigmoid(r[0]) : 0.0f;
+        pr[64 + p] = r[1];
+        pr[128 + p] = row_term(r[2]);
+        pr[192 + p] = r[3];
+    }
+    __device__ __forceinline__ void finish_from(int64_t qs, const float *pr, float *cb, float *del, float *of)
+    {
+        const int lane = threadIdx.x & 31;
+        float a[2], m[2], t2[2], d[2], cum[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            a[e] = pr[2 * lane + e];
+            m[e] = pr[64 + 2 * lane + e];
+            t2[e] = pr[128 + 2 * lane + e];
+            d[e] = pr[192 + 2 * lane + e];
+        }
+        const float tot = GateTile<64>::scan_values(cum, a);
+        finish_scanned(qs, cum, tot, m, t2, d, cb, del, of);
     }
 };
 
@@ -520,19 +565,29 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
  * holds) into g[0..BN), with O the sum of the totals of the blocks between key and query block (compensated in
  * off, walked downwards, each block added when first entered). One warp. */
 template <int BN>
+__device__ __forceinline__ void dq_key_gates_scanned(const float (&cum)[2], float tot, const float (&iv)[2], Comp &off,
+                                                     int64_t ks, int64_t qs, float *g);
+template <int BN>
 __device__ __forceinline__ void dq_key_gates(const GateTile<64> &gnext, Comp &off, int64_t ks, int64_t qs, int64_t S,
                                              float *g)
 {
+    float cum[2];
+    const float tot = gnext.scan(cum, ks & ~(int64_t)63, S);
+    dq_key_gates_scanned<BN>(cum, tot, gnext.i, off, ks, qs, g);
+}
+/* the same from the block-local cumsum (cum, tot) and the i values of the lane's two positions */
+template <int BN>
+__device__ __forceinline__ void dq_key_gates_scanned(const float (&cum)[2], float tot, const float (&iv)[2], Comp &off,
+                                                     int64_t ks, int64_t qs, float *g)
+{
     const int lane = threadIdx.x & 31;
     const int64_t kbs = ks & ~(int64_t)63;
-    float cum[2];
-    const float tot = gnext.scan(cum, kbs, S);
     if (kbs < qs && (ks - kbs) + BN == 64) comp_add(off, tot);
     const float of = kbs < qs ? off.hi + off.lo : 0.0f;
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
         const int u = 2 * lane + e - (int)(ks - kbs);
-        if (u >= 0 && u < BN) g[u] = bwd_col_b(gnext.i[e] - cum[e], of);
+        if (u >= 0 && u < BN) g[u] = bwd_col_b(iv[e] - cum[e], of);
     }
 }
 

@@ -24,8 +24,8 @@ struct DqCfg {
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = H_BYTES;
     static constexpr int V_OFF = K_OFF + 2 * KV_BYTES;
-    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sFq[BM], sG[2][BN] */
-    static constexpr int SMEM = G_OFF + (BM + 2 * BN) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sFq[BM], sG[2][BN], sA[2][64], sI[2][64] */
+    static constexpr int SMEM = G_OFF + (BM + 2 * BN + 4 * 64) * 4 + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(64 % BN == 0 && BN % 32 == 0 && (BN * 128) % 1024 == 0, "key tile within one 64-block");
 };
 
@@ -43,6 +43,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
     const uint32_t aH = base, aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF;
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
     float *sG = sFq + BM;
+    float *sA = sG + 2 * BN; /* [2][64] logsigmoid(f) of a key tile's 64-block (0 beyond S) */
+    float *sI = sA + 2 * 64; /* [2][64] its i */
 
     const int64_t S = args.S, BH = args.B * args.NH;
     const int64_t nqt = (S + BM - 1) / BM;
@@ -66,18 +68,44 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
     load_tile_sw128<T, BN, D, NT>(aV, gv, tv.ss, kt_hi * BN, S);
     cp_async_commit();
 
+    /* Key gates one step ahead (as in the wgmma forward): threads 0..63 load f and i of the 64-block of step st's key
+     * tile a step early and store logsigmoid(f) and i late in the step before; the gate warp scans them at the end of
+     * the step before their use. Step st = kt_hi - kt; slots st & 1. */
+    const bool producer = threadIdx.x < 64;
+    float pf = 0.0f, pi = 0.0f;
+    auto produce_load = [&](int64_t st) {
+        const int64_t kt = kt_hi - st, s = ((kt * BN) & ~(int64_t)63) + threadIdx.x;
+        const bool ok = producer && kt >= 0 && s < S;
+        pf = ok ? gf[s * tf.ss] : 0.0f;
+        pi = ok ? gi[s * ti.ss] : 0.0f;
+    };
+    auto produce_store = [&](int64_t st) {
+        const int64_t kt = kt_hi - st, s = ((kt * BN) & ~(int64_t)63) + threadIdx.x;
+        if (producer) {
+            sA[(st & 1) * 64 + threadIdx.x] = (kt >= 0 && s < S) ? logsigmoid(pf) : 0.0f;
+            sI[(st & 1) * 64 + threadIdx.x] = pi;
+        }
+    };
+    Comp off = {0.0f, 0.0f};
+    auto gates_finish = [&](int64_t st) { /* the gate warp */
+        const int sl = (int)(st & 1);
+        const float a[2] = {sA[sl * 64 + 2 * lane], sA[sl * 64 + 2 * lane + 1]};
+        const float iv[2] = {sI[sl * 64 + 2 * lane], sI[sl * 64 + 2 * lane + 1]};
+        float cum[2];
+        const float tot = GateTile<64>::scan_values(cum, a);
+        tc::dq_key_gates_scanned<BN>(cum, tot, iv, off, (kt_hi - st) * BN, qs, sG + sl * BN);
+    };
+
     if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
+    produce_load(0);
+    produce_store(0);
+    produce_load(1);
+    produce_store(1);
     __syncthreads();
 
     float rb2[2], del[2];
     tc::dq_row_state(args, b, hh, qs, wr0, sFq, rb2, del);
-
-    Comp off = {0.0f, 0.0f};
-    GateTile<64> gnext;
-    if (warp == GW) {
-        gnext.load(gf, tf.ss, gi, ti.ss, (kt_hi * BN) & ~(int64_t)63, S);
-        tc::dq_key_gates<BN>(gnext, off, kt_hi * BN, qs, S, sG);
-    }
+    if (warp == GW) gates_finish(0);
 
     float adq[D / 8][4];
     float(&acc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(adq);
@@ -97,8 +125,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
             load_tile_sw128<T, BN, D, NT>(aK + (buf ^ 1) * Cfg::KV_BYTES, gk, tk.ss, kn, S);
             load_tile_sw128<T, BN, D, NT>(aV + (buf ^ 1) * Cfg::KV_BYTES, gv, tv.ss, kn, S);
             cp_async_commit();
-            if (warp == GW) gnext.load(gf, tf.ss, gi, ti.ss, kn & ~(int64_t)63, S);
         }
+        produce_load(kt_hi - kt + 2);
         const uint32_t cK = aK + buf * Cfg::KV_BYTES, cV = aV + buf * Cfg::KV_BYTES;
         const float *cG = sG + buf * BN;
 
@@ -149,7 +177,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
         commit();
         wait<0>();
         reg_fence(acc);
-        if (kt > 0 && warp == GW) tc::dq_key_gates<BN>(gnext, off, (kt - 1) * BN, qs, S, sG + (buf ^ 1) * BN);
+        produce_store(kt_hi - kt + 2); /* into the slot of this step, which the gate warp read in the step before */
+        if (kt > 0 && warp == GW) gates_finish(kt_hi - kt + 1);
     }
 
     tc::dq_epilogue<T, D, GUARD>(args, b, hh, qs, wr0, adq, esc);
@@ -166,8 +195,8 @@ struct DkdvCfg {
     static constexpr int V_OFF = KV_BYTES;
     static constexpr int Q_OFF = 2 * KV_BYTES;           /* [2] buffers */
     static constexpr int DH_OFF = Q_OFF + 2 * QT_BYTES; /* [2] buffers */
-    static constexpr int G_OFF = DH_OFF + 2 * QT_BYTES; /* floats: sCb[2][BMQ], sDel[2][BMQ], sOf[2] */
-    static constexpr int SMEM = G_OFF + (4 * BMQ + 2) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    static constexpr int G_OFF = DH_OFF + 2 * QT_BYTES; /* floats: sCb[2][BMQ], sDel[2][BMQ], sOf[2], sPr[2][256] */
+    static constexpr int SMEM = G_OFF + (4 * BMQ + 2 + 512) * 4 + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(64 % BMQ == 0 && BMQ % 32 == 0 && QT_BYTES % 1024 == 0, "query tile within one 64-block");
 };
 
@@ -179,6 +208,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
 #else
     using Cfg = DkdvCfg<D, BMQ>;
     constexpr int BNK = Cfg::BNK, NT = Cfg::NT;
+    constexpr int PW = 2; /* first producer warp */
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned char *smem = smem_aligned_1024(smem_raw);
     const uint32_t base = smem_u32(smem);
@@ -186,6 +216,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
     float *sCb = reinterpret_cast<float *>(smem + Cfg::G_OFF); /* A_t */
     float *sDel = sCb + 2 * BMQ;
     float *sOf = sDel + 2 * BMQ;
+    float *sPr = sOf + 2; /* [2][256]: the query gates' producer values (DkdvQueryGates::produce_store) */
 
     const int64_t S = args.S, BH = args.B * args.NH;
     const int64_t bh = blockIdx.x % BH;
@@ -212,11 +243,23 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
 
     float gkn[2];
     tc::dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
+    /* query gates one step ahead: 64 producer threads (warps PW, PW + 1) load a step early and store late in the step
+     * before; warp 0 scans them at the end of the step before their use (slots (qt - qt0) & 1) */
     tc::DkdvQueryGates<1, BMQ> qg(args, b, hh, ks);
-    if (warp == 0) {
-        qg.load(qt0 * BMQ);
-        qg.finish(qt0 * BMQ, sCb, sDel, sOf);
+    const int pidx = (int)threadIdx.x - 32 * PW;
+    const bool producer = pidx >= 0 && pidx < 64;
+    float pr4[4];
+    auto pslot = [&](int64_t q) { return sPr + ((q - qt0) & 1) * 256; };
+    if (producer) {
+        qg.produce_load(qt0 * BMQ, pidx, pr4);
+        qg.produce_store(qt0 * BMQ, pidx, pr4, pslot(qt0));
+        if (qt0 + 1 < nqt) {
+            qg.produce_load((qt0 + 1) * BMQ, pidx, pr4);
+            qg.produce_store((qt0 + 1) * BMQ, pidx, pr4, pslot(qt0 + 1));
+        }
     }
+    __syncthreads();
+    if (warp == 0) qg.finish_from(qt0 * BMQ, pslot(qt0), sCb, sDel, sOf);
 
     float adk[D / 8][4], adv[D / 8][4];
     float(&acck)[D / 2] = reinterpret_cast<float(&)[D / 2]>(adk);
@@ -237,8 +280,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
             load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S);
             load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S);
             cp_async_commit();
-            if (warp == 0) qg.load(qs + BMQ);
         }
+        if (producer && qt + 2 < nqt) qg.produce_load(qs + 2 * BMQ, pidx, pr4);
         const uint32_t cQ = aQ + buf * Cfg::QT_BYTES, cH = aH + buf * Cfg::QT_BYTES;
         const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
         const float of = sOf[buf];
@@ -314,7 +357,9 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
         wait<0>();
         reg_fence(acck);
         reg_fence(accv);
-        if (qt + 1 < nqt && warp == 0) qg.finish(qs + BMQ, sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1));
+        if (producer && qt + 2 < nqt) qg.produce_store(qs + 2 * BMQ, pidx, pr4, pslot(qt + 2));
+        if (qt + 1 < nqt && warp == 0)
+            qg.finish_from(qs + BMQ, pslot(qt + 1), sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1));
     }
 
     tc::dkdv_epilogue<T, D, GUARD, false>(args, b, hh, ks, wk0, 0, true, adk, adv, esc, di_ps, [&](int kr, int col) {
@@ -336,8 +381,8 @@ struct DkdvPairCfg {
     static constexpr int DH_OFF = Q_OFF + 2 * QT_BYTES; /* [2] buffers */
     static constexpr int X_OFF = DH_OFF + 2 * QT_BYTES; /* u32 [2 roles][BMQ/16][4][128] packed tiles */
     static constexpr int XM_OFF = X_OFF + 2 * (BMQ / 16) * 4 * 128 * 4; /* floats [2 roles][2][128]: row maxima, di */
-    static constexpr int G_OFF = XM_OFF + 2 * 2 * 128 * 4; /* floats: sCb[2][BMQ], sDel[2][BMQ], sOf[2] */
-    static constexpr int SMEM = G_OFF + (4 * BMQ + 2) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    static constexpr int G_OFF = XM_OFF + 2 * 2 * 128 * 4; /* floats: sCb[2][BMQ], sDel[2][BMQ], sOf[2], sPr[2][256] */
+    static constexpr int SMEM = G_OFF + (4 * BMQ + 2 + 512) * 4 + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(64 % BMQ == 0 && BMQ % 32 == 0 && QT_BYTES % 1024 == 0 && D % 128 == 0, "tiles");
 };
 
@@ -352,6 +397,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
 #else
     using Cfg = DkdvPairCfg<D, BMQ>;
     constexpr int BNK = Cfg::BNK, NT = Cfg::NT, DOUT = D / 2, NKK = BMQ / 16;
+    constexpr int PW = 6; /* first producer warp */
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned char *smem = smem_aligned_1024(smem_raw);
     const uint32_t base = smem_u32(smem);
@@ -361,6 +407,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
     float *sCb = reinterpret_cast<float *>(smem + Cfg::G_OFF);
     float *sDel = sCb + 2 * BMQ;
     float *sOf = sDel + 2 * BMQ;
+    float *sPr = sOf + 2; /* [2][256]: the query gates' producer values (DkdvQueryGates::produce_store) */
 
     const int64_t S = args.S, BH = args.B * args.NH;
     const int64_t bh = blockIdx.x % BH;
@@ -389,11 +436,23 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
 
     float gkn[2];
     tc::dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
+    /* query gates one step ahead: 64 producer threads (warps PW, PW + 1) load a step early and store late in the step
+     * before; warp 0 scans them at the end of the step before their use (slots (qt - qt0) & 1) */
     tc::DkdvQueryGates<1, BMQ> qg(args, b, hh, ks);
-    if (warp == 0) {
-        qg.load(qt0 * BMQ);
-        qg.finish(qt0 * BMQ, sCb, sDel, sOf);
+    const int pidx = (int)threadIdx.x - 32 * PW;
+    const bool producer = pidx >= 0 && pidx < 64;
+    float pr4[4];
+    auto pslot = [&](int64_t q) { return sPr + ((q - qt0) & 1) * 256; };
+    if (producer) {
+        qg.produce_load(qt0 * BMQ, pidx, pr4);
+        qg.produce_store(qt0 * BMQ, pidx, pr4, pslot(qt0));
+        if (qt0 + 1 < nqt) {
+            qg.produce_load((qt0 + 1) * BMQ, pidx, pr4);
+            qg.produce_store((qt0 + 1) * BMQ, pidx, pr4, pslot(qt0 + 1));
+        }
     }
+    __syncthreads();
+    if (warp == 0) qg.finish_from(qt0 * BMQ, pslot(qt0), sCb, sDel, sOf);
 
     float adk[DOUT / 8][4], adv[DOUT / 8][4];
     float(&acck)[DOUT / 2] = reinterpret_cast<float(&)[DOUT / 2]>(adk);
@@ -415,8 +474,8 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
             load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S);
             load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S);
             cp_async_commit();
-            if (warp == 0) qg.load(qs + BMQ);
         }
+        if (producer && qt + 2 < nqt) qg.produce_load(qs + 2 * BMQ, pidx, pr4);
         const uint32_t cQ = aQ + buf * Cfg::QT_BYTES, cH = aH + buf * Cfg::QT_BYTES;
         const uint32_t cB = aB + buf * Cfg::QT_BYTES;
         const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
@@ -504,7 +563,9 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         wait<0>();
         reg_fence(acck);
         reg_fence(accv);
-        if (qt + 1 < nqt && warp == 0) qg.finish(qs + BMQ, sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1));
+        if (producer && qt + 2 < nqt) qg.produce_store(qs + 2 * BMQ, pidx, pr4, pslot(qt + 2));
+        if (qt + 1 < nqt && warp == 0)
+            qg.finish_from(qs + BMQ, pslot(qt + 1), sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1));
     }
 
     /* di_j = k_j . dk_j over both column halves: per-thread partial sums, role 1's added to role 0's (the epilogue's

@@ -116,12 +116,9 @@ template <int D> bool use_wgmma_split(const KArgs &a, int t)
     return (a.S + 64 * C::NWG - 1) / (64 * C::NWG) * a.B * a.NH < (int64_t)MLSTM_WG_SPLIT_CTAS_PER_SM * g_sms;
 }
 
-template <int D> bool use_wgmma(int t, int variant)
-{
-    if (!g_wg_ok[t][dim_index(D)] || g_wg_mode == 0) return false;
-    (void)variant; /* auto: everywhere (measured faster at every shape, bench/RESULTS.md 2026-11-26 03:27) */
-    return true;
-}
+/* auto and 1 alike: wherever the instance is available (measured faster at every shape, bench/RESULTS.md
+ * 2026-11-26 03:27) */
+template <int D> bool use_wgmma(int t) { return g_wg_ok[t][dim_index(D)] && g_wg_mode != 0; }
 
 /* f32 tensor-core forward (fwd_tf32.cuh) instances the device accepted at setup, [mode 3xTF32=0 / TF32=1][D 64/128/256
  * -> 0/1/2], and whether that path is on at all (env MLSTM_CUDA_F32_TC=0/1, unset: MLSTM_F32_TC_DEFAULT) */
@@ -182,7 +179,7 @@ template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16
 template <typename T, int D> cudaError_t fwd_tc(const KArgs &a, cudaStream_t st)
 {
     const int variant = fwd_variant<D>(a, tix<T>());
-    if (use_wgmma<D>(tix<T>(), variant))
+    if (use_wgmma<D>(tix<T>()))
         return use_wgmma_split<D>(a, tix<T>()) ? run_fwd_wgmma<T, D, true>(a, st) : run_fwd_wgmma<T, D, false>(a, st);
     switch (variant) {
     case FWD_SPLIT: return run_fwd_tc<T, D, FWD_SPLIT>(a, st);
