@@ -27,8 +27,8 @@ int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc)
 /* Enqueues the forward / backward of p on stream (a cudaStream_t). Asynchronous; no allocation. */
 int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);
 int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);
-/* Which path a call takes (for logs and tests): "tc" (f16/bf16 tensor cores), "tc32" (f32 forward, 3xTF32 tensor
- * cores), "tf32" (f32 forward, TF32 tensor cores, MLSTM_MATH_TF32) or "simt". */
+/* Which path a call takes (for logs and tests): "tc" (f16/bf16 tensor cores), "tc32" (f32, 3xTF32 tensor
+ * cores), "tf32" (f32, TF32 tensor cores, MLSTM_MATH_TF32) or "simt". */
 const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward);
 
 #ifdef __cplusplus

@@ -234,7 +234,7 @@ static int g_backend_tf32; /* the backend honours MLSTM_MATH_TF32 (CUDA): TF32 c
 
 /* Resources of the running test, released by the per-test teardown (cmocka failures longjmp). */
 static mc_inputs g_in;
-static mc_outputs g_ref, g_ref_det, g_dev, g_dev2;
+static mc_outputs g_ref, g_dev, g_dev2;
 static void *g_host_mem[MLSTM_TENSOR_COUNT];
 
 static int case_teardown(void **state)
@@ -242,7 +242,6 @@ static int case_teardown(void **state)
     (void)state;
     mc_inputs_free(&g_in);
     mc_outputs_free(&g_ref);
-    mc_outputs_free(&g_ref_det);
     mc_outputs_free(&g_dev);
     mc_outputs_free(&g_dev2);
     for (size_t k = 0; k < sizeof g_host_mem / sizeof g_host_mem[0]; k++) {
@@ -286,42 +285,9 @@ static void test_case(void **state)
     mc_inputs_make(c, &g_in);
     mc_reference(c, &g_in, c->grad_mode, &g_ref);
 
-    /* Degenerate gradients (see tolerances.h): at S = 1 and, in exact mode, with extreme gates, the gradients
-     * are near-total cancellations, so their error is measured against the size of the cancelling terms. */
-    const int degenerate = c->bwd && (c->S == 1 || (c->grad_mode == MLSTM_GRAD_EXACT &&
-                                                     (c->gates == MC_GATES_EXT_U || c->gates == MC_GATES_EXT_N)));
+    /* Degenerate gradients (see tolerances.h): their error is measured against the size of the cancelling terms */
     double mag_den[MC_OUT_COUNT] = { 0 };
-    if (degenerate) {
-        const mc_outputs *det = &g_ref;
-        if (c->grad_mode == MLSTM_GRAD_EXACT) {
-            mc_reference(c, &g_in, MLSTM_GRAD_NORMALIZER_DETACHED, &g_ref_det);
-            det = &g_ref_det;
-        }
-        for (int o = MC_OUT_DQ; o < MC_OUT_COUNT; o++)
-            mag_den[o] = tu_l2(det->t[o], mc_output_count(c, o));
-        /* df_u = sigmoid(-f_u) * sum_{v>=u} (q_v.dq_v - k_v.dk_v): the terms' size, with detached dq, dk */
-        const size_t rows = mc_output_count(c, MC_OUT_DF);
-        double *mag = malloc(rows * sizeof *mag);
-        if (!mag)
-            abort();
-        for (int64_t bh = 0; bh < c->B * c->NH; bh++) {
-            double acc = 0.0;
-            for (int64_t u = c->S - 1; u >= 0; u--) {
-                const size_t r = (size_t)(bh * c->S + u);
-                double qd = 0.0, kd = 0.0;
-                for (int64_t d = 0; d < c->DQK; d++) {
-                    qd += g_in.q[r * (size_t)c->DQK + (size_t)d] * det->t[MC_OUT_DQ][r * (size_t)c->DQK + (size_t)d];
-                    kd += g_in.k[r * (size_t)c->DQK + (size_t)d] * det->t[MC_OUT_DK][r * (size_t)c->DQK + (size_t)d];
-                }
-                acc += fabs(qd) + fabs(kd);
-                const double fu = g_in.f[r];
-                mag[r] = acc * (fu >= 0 ? exp(-fu) / (1.0 + exp(-fu)) : 1.0 / (1.0 + exp(fu)));
-            }
-        }
-        mag_den[MC_OUT_DF] = fmax(mag_den[MC_OUT_DF], tu_l2(mag, rows));
-        free(mag);
-    }
-
+    const int degenerate = mc_degenerate_scales(c, &g_in, &g_ref, mag_den);
     /* the case itself must be representable: reference outputs within the storage dtype's finite range */
     for (int o = 0; o < MC_OUT_COUNT; o++) {
         size_t n = mc_output_count(c, o);

@@ -49,6 +49,7 @@ inline void warp_bar() { yield_state(WAIT_WARP); }
 #define blockIdx (emu::block)
 
 inline void __syncthreads() { emu::yield_state(emu::WAIT_BLOCK); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_bar(); }
 inline int emu_lane() { return threadIdx.x & 31; }
 inline int emu_warp() { return threadIdx.x >> 5; }
 inline float __shfl_xor_sync(unsigned, float v, int m)
