@@ -22,92 +22,6 @@ namespace tc32 {
 
 /* ---- pieces shared by the two kernels ---- */
 
-/* s = A B^T over the D columns for one warp's block: rows 16 mt + g (+8) of sA, rows 8 n + g of sB (sA, sB: the first
- * row of the block in a swizzled tile, a multiple of 8; aoff = g D + ((q4 ^ sw32(g)) << 2)). Operands and accumulation
- * as fwd_tf32.cuh's S = Q K^T: 3XTF32 sums big*big per 16-column slab in a fresh accumulator added to s in f32, the
- * corrections in their own accumulator added at the end. Each element's operation sequence is independent of MT, NB. */
-template <int D, int MODE, int MT, int NB>
-__device__ __forceinline__ void score_tile(float (&s)[MT][NB][4], const float *sA, const float *sB, int aoff)
-{
-    float sc[MT][NB][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int n = 0; n < NB; ++n)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) s[mt][n][c] = sc[mt][n][c] = 0.0f;
-#pragma unroll 1
-    for (int kk2 = 0; kk2 < D / 16; ++kk2) {
-        const int off = (aoff ^ ((kk2 & 1) << 4)) + 32 * (kk2 >> 1);
-        uint32_t ab[MT][2][4], as[MT][2][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            const float4 x = *reinterpret_cast<const float4 *>(sA + off + mt * 16 * D);
-            const float4 y = *reinterpret_cast<const float4 *>(sA + off + (mt * 16 + 8) * D);
-            split_tf32<MODE>(x.x, ab[mt][0][0], as[mt][0][0]);
-            split_tf32<MODE>(y.x, ab[mt][0][1], as[mt][0][1]);
-            split_tf32<MODE>(x.y, ab[mt][0][2], as[mt][0][2]);
-            split_tf32<MODE>(y.y, ab[mt][0][3], as[mt][0][3]);
-            split_tf32<MODE>(x.z, ab[mt][1][0], as[mt][1][0]);
-            split_tf32<MODE>(y.z, ab[mt][1][1], as[mt][1][1]);
-            split_tf32<MODE>(x.w, ab[mt][1][2], as[mt][1][2]);
-            split_tf32<MODE>(y.w, ab[mt][1][3], as[mt][1][3]);
-        }
-        float t[MT][NB][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int n = 0; n < NB; ++n)
-#pragma unroll
-                for (int c = 0; c < 4; ++c) t[mt][n][c] = 0.0f;
-#pragma unroll
-        for (int n = 0; n < NB; ++n) {
-            const float4 z = *reinterpret_cast<const float4 *>(sB + off + n * 8 * D);
-            uint32_t bb[2][2], bs[2][2];
-            split_tf32<MODE>(z.x, bb[0][0], bs[0][0]);
-            split_tf32<MODE>(z.y, bb[0][1], bs[0][1]);
-            split_tf32<MODE>(z.z, bb[1][0], bs[1][0]);
-            split_tf32<MODE>(z.w, bb[1][1], bs[1][1]);
-#pragma unroll
-            for (int st = 0; st < 2; ++st)
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-                    mma_f32<MODE>(MODE == MODE_3XTF32 ? t[mt][n] : s[mt][n], sc[mt][n], ab[mt][st], as[mt][st],
-                                  bb[st][0], bb[st][1], bs[st][0], bs[st][1]);
-        }
-        if (MODE == MODE_3XTF32) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int n = 0; n < NB; ++n)
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) s[mt][n][c] += t[mt][n][c];
-        }
-    }
-    if (MODE == MODE_3XTF32) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int n = 0; n < NB; ++n)
-#pragma unroll
-                for (int c = 0; c < 4; ++c) s[mt][n][c] += sc[mt][n][c];
-    }
-}
-
-/* Per-lane offsets of the B fragment of a second product (fwd_tf32.cuh's V operand): rows 2 q4 (as k = q4) and
- * 2 q4 + 1 (as k = q4 + 4) of an 8-row group of a swizzled tile, column 8 dt + g at o0/o1[dt & 3] + 32 (dt >> 2). */
-template <int D>
-__device__ __forceinline__ void brow_offsets(int g, int q4, int (&o0)[4], int (&o1)[4])
-{
-    const int b0 = ((g >> 2) ^ sw32(2 * q4)) << 2, b1 = ((g >> 2) ^ sw32(2 * q4 + 1)) << 2;
-    const int row0 = 2 * q4 * D + (g & 3);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        o0[j] = row0 + ((8 * j) ^ b0);
-        o1[j] = row0 + D + ((8 * j) ^ b1);
-    }
-}
-
 /* acc[dt] += A B[:, 8 dt .. 8 dt + 7] for dt < NDT: A a 16 x 8 fragment (big, small; k = q4 <-> row 2 q4 of B,
  * k = q4 + 4 <-> row 2 q4 + 1), B the 8 rows at sB (swizzled tile, offset to the first output column, a multiple of
  * 32). The corrections go into the same accumulator (as fwd_tf32.cuh's O). */
@@ -238,30 +152,15 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     load_tile32_async<BMQ, D, NT>(sQ, gq, tq.ss, ks, S);
     load_tile32_async<BMQ, D, NT>(sDh, gdh, tdh.ss, ks, S);
     cp_async_commit();
-    if (warp == 0) { /* key block: compensated cumsum and i */
-        CGate64 gt;
-        gt.load(bh_ptr<float>(tf, b, hh), tf.ss, bh_ptr<float>(ti, b, hh), ti.ss, ks, S);
-        float ch[2], cl[2], th, tl;
-        gt.scan(ch, cl, th, tl, ks, S);
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            sKh[lane * 2 + e] = ch[e];
-            sKl[lane * 2 + e] = cl[e];
-            sKi[lane * 2 + e] = gt.i[e];
-        }
-    }
+    if (warp == 0) /* key block: compensated cumsum and i */
+        gate_block_terms(bh_ptr<float>(tf, b, hh), tf.ss, bh_ptr<float>(ti, b, hh), ti.ss, ks, S, sKh, sKl, sKi);
 
     const int aoff = g * D + ((q4 ^ sw32(g)) << 2);
     int o0[4], o1[4];
     brow_offsets<D>(g, q4, o0, o1);
 
     float acc[NA][NDT][4];
-#pragma unroll
-    for (int a = 0; a < NA; ++a)
-#pragma unroll
-        for (int n = 0; n < NDT; ++n)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[a][n][c] = 0.0f;
+    frag_zero(acc);
     float dih[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}}, dil[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}}; /* keys [n][cc] */
     float offh = 0.0f, offl = 0.0f, pth = 0.0f, ptl = 0.0f; /* warp 0: O and the previous query block's total */
     const float scale = args.scale;
@@ -313,7 +212,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
 #pragma unroll
             for (int n = 0; n < 2; ++n)
 #pragma unroll
-                for (int c = 0; c < 4; ++c) {
+                for (int c = 0; c < 4; ++c) { /* the row terms are re-read per element: registers are tight */
                     const int rr = c >> 1, cc = c & 1;
                     const int tr = mq * 16 + g + 8 * rr, tl = tb + tr; /* row within the step / the query block */
                     const int jw = n * 8 + 2 * q4 + cc;                  /* key within the warp */
@@ -461,11 +360,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     int o0[4], o1[4];
     brow_offsets<D>(g, q4, o0, o1);
 
-    float acc[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[n][c] = 0.0f;
+    float acc[1][D / 8][4];
+    frag_zero(acc);
     float mh[2] = {0.0f, 0.0f}, ml[2] = {0.0f, 0.0f}; /* sum_j M_tj of rows g, g + 8 (compensated) */
     float offh = 0.0f, offl = 0.0f;                   /* warp 0: O of the key block */
     const float scale = args.scale;
@@ -492,23 +388,27 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
         score_tile<D, MODE, 1, NB>(s, sQ + wr0 * D, cK, aoff);
         const int jb = (int)(ks & 63); /* first key of the step within the key block */
 #pragma unroll
-        for (int n = 0; n < NB; ++n)
+        for (int rr = 0; rr < 2; ++rr) {
+            const int tl = wr0 + g + 8 * rr;
+            const int64_t t = qs + tl;
+            const float qh = sQh[tl], ql = sQl[tl], mt = sMt[tl], inv = sInv[tl], del = sDel[tl];
 #pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                const int rr = c >> 1, cc = c & 1;
-                const int tl = wr0 + g + 8 * rr, jl = jb + n * 8 + 2 * q4 + cc;
-                const int64_t t = qs + tl, j = ks + n * 8 + 2 * q4 + cc;
-                const float d = bwd_dprime(j <= t && t < S, sQh[tl], sQl[tl], sGh[jl], sGl[jl], sMt[tl]);
-                const float p = bwd_p(dp[0][n][c], sDel[tl], sInv[tl], d);
-                cadd(mh[rr], ml[rr], m_elem(p, s[0][n][c], scale), 0.0f);
-                dp[0][n][c] = p;
-            }
+            for (int n = 0; n < NB; ++n)
+#pragma unroll
+                for (int cc = 0; cc < 2; ++cc) {
+                    const int c = rr * 2 + cc, jl = jb + n * 8 + 2 * q4 + cc;
+                    const float d = bwd_dprime(ks + n * 8 + 2 * q4 + cc <= t && t < S, qh, ql, sGh[jl], sGl[jl], mt);
+                    const float p = bwd_p(dp[0][n][c], del, inv, d);
+                    cadd(mh[rr], ml[rr], m_elem(p, s[0][n][c], scale), 0.0f);
+                    dp[0][n][c] = p;
+                }
+        }
         /* dq += P K: the P accumulator of key group n is the A fragment {c0, c2, c1, c3} (key 2 q4 as k = q4) */
 #pragma unroll
         for (int n = 0; n < NB; ++n) {
             uint32_t ab[4], as[4];
             split_frag<MODE>(dp[0][n][0], dp[0][n][2], dp[0][n][1], dp[0][n][3], ab, as);
-            mma_brows<MODE, D / 8>(acc, ab, as, cK + n * 8 * D, o0, o1);
+            mma_brows<MODE, D / 8>(acc[0], ab, as, cK + n * 8 * D, o0, o1);
         }
     }
 
@@ -522,7 +422,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
 #pragma unroll
             for (int n = 0; n < D / 8; ++n)
                 *reinterpret_cast<float2 *>(gdq + t * tdq.ss + n * 8 + 2 * q4) =
-                    make_float2(acc[n][rr * 2] * scale, acc[n][rr * 2 + 1] * scale);
+                    make_float2(acc[0][n][rr * 2] * scale, acc[0][n][rr * 2 + 1] * scale);
         }
         float h = mh[rr], l = ml[rr];
 #pragma unroll

@@ -324,6 +324,24 @@ __device__ __forceinline__ void key_pair_terms(const float *gf, int64_t fs, cons
     for (int e = 0; e < 2; ++e) cgate_key(ch[e], cl[e], gt.i[e], oh, ol, sGh[lane * 2 + e], sGl[lane * 2 + e]);
 }
 
+/* One warp: the compensated cumsum (ch, cl) of the 64-block at s0 into sH, sL and, where gi is given, i into sI (the
+ * query side of the SIMT forward; the key side of the dK/dV kernels, where cgate_key turns them into pair terms once
+ * the offset to a query block is known). */
+__device__ __forceinline__ void gate_block_terms(const float *gf, int64_t fs, const float *gi, int64_t is, int64_t s0,
+                                                 int64_t S, float *sH, float *sL, float *sI)
+{
+    const int lane = threadIdx.x & 31;
+    CGate64 gt;
+    gt.load(gf, fs, gi, is, s0, S);
+    float ch[2], cl[2], th, tl;
+    gt.scan(ch, cl, th, tl, s0, S);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        sH[lane * 2 + e] = ch[e];
+        sL[lane * 2 + e] = cl[e];
+        if (gi) sI[lane * 2 + e] = gt.i[e];
+    }
+}
 /* M_tj = P_tj * (scale * S_tj): the dK/dV and dQ kernels evaluate it bitwise identically (f32 gate gradients) */
 __device__ __forceinline__ float m_elem(float p, float s, float scale) { return __fmul_rn(p, __fmul_rn(scale, s)); }
 

@@ -36,21 +36,25 @@ KArgs make_args(const mlstm_params *p)
     return a;
 }
 
-/* 16-byte aligned rows for every 2-byte tensor the tensor-core kernels touch with cp.async / 32-bit stores */
-bool tc_aligned(const KArgs &a, bool backward)
+/* 16-byte aligned rows (base address, and every stride a multiple of elems elements = 16 bytes) for every tensor the
+ * tensor-core kernels touch with cp.async / vector stores: forward q, k, v, h; backward q, k, v, dh, dq, dk, dv */
+bool rows_aligned(const KArgs &a, bool backward, int elems)
 {
     static const int fwd_t[] = {MLSTM_TENSOR_Q, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_H};
     static const int bwd_t[] = {MLSTM_TENSOR_Q,  MLSTM_TENSOR_K,  MLSTM_TENSOR_V, MLSTM_TENSOR_DH,
                                 MLSTM_TENSOR_DQ, MLSTM_TENSOR_DK, MLSTM_TENSOR_DV};
     const int *list = backward ? bwd_t : fwd_t;
     const int n = backward ? 7 : 4;
+    const int64_t m = elems - 1;
     for (int i = 0; i < n; ++i) {
         const TArg &t = a.t[list[i]];
         if (((uintptr_t)t.p & 15) != 0) return false;
-        if ((t.sb & 7) != 0 || (t.sh & 7) != 0 || (t.ss & 7) != 0) return false;
+        if ((t.sb & m) != 0 || (t.sh & m) != 0 || (t.ss & m) != 0) return false;
     }
     return true;
 }
+/* the 2-byte tensor-core path */
+bool tc_aligned(const KArgs &a, bool backward) { return rows_aligned(a, backward, 8); }
 
 /* Tensor-core instances whose shared-memory request the device accepted at setup, indexed
  * [backward][dtype f16=0 / bf16=1][D 64/128/256 -> 0/1/2]. A device with less shared memory per block
@@ -103,22 +107,8 @@ template <int D> bool bwd_small(const KArgs &a, int t)
 bool g_tc32_ok[2][2][3];
 bool g_f32_tc = false;
 
-/* 16-byte aligned rows for the f32 tensor-core kernels (cp.async of the row operands, 64-bit stores of the row
- * outputs): forward q, k, v, h; backward q, k, v, dh, dq, dk, dv */
-bool tc32_aligned(const KArgs &a, bool backward)
-{
-    static const int fwd_t[] = {MLSTM_TENSOR_Q, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_H};
-    static const int bwd_t[] = {MLSTM_TENSOR_Q,  MLSTM_TENSOR_K,  MLSTM_TENSOR_V, MLSTM_TENSOR_DH,
-                                MLSTM_TENSOR_DQ, MLSTM_TENSOR_DK, MLSTM_TENSOR_DV};
-    const int *list = backward ? bwd_t : fwd_t;
-    const int n = backward ? 7 : 4;
-    for (int i = 0; i < n; ++i) {
-        const TArg &t = a.t[list[i]];
-        if (((uintptr_t)t.p & 15) != 0) return false;
-        if ((t.sb & 3) != 0 || (t.sh & 3) != 0 || (t.ss & 3) != 0) return false;
-    }
-    return true;
-}
+/* the f32 tensor-core kernels */
+bool tc32_aligned(const KArgs &a, bool backward) { return rows_aligned(a, backward, 4); }
 
 int tc32_mode(const mlstm_params *p) { return p->math_mode == MLSTM_MATH_TF32 ? 1 : 0; }
 

@@ -20,8 +20,8 @@ typedef struct mlstm_cuda_fail {
 
 /* Raises the dynamic shared-memory limit of every kernel on the current device. Call once per device
  * (at context init) before the first launch. small_tiles: the small-grid dispatch, -1 auto, 0 off, 1 on,
- * -2 the build default (MLSTM_SMALL_TILES_DEFAULT). f32_tc: 0 keeps the f32 forward on the SIMT path, 1 or -1
- * lets eligible calls use the tensor-core f32 forward (3xTF32, or TF32 under MLSTM_MATH_TF32), -2 the build default
+ * -2 the build default (MLSTM_SMALL_TILES_DEFAULT). f32_tc: 0 keeps f32 on the SIMT path, 1 or -1 lets eligible
+ * calls use the tensor-core f32 forward and backward (3xTF32, or TF32 under MLSTM_MATH_TF32), -2 the build default
  * (MLSTM_F32_TC_DEFAULT). */
 int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc);
 /* Enqueues the forward / backward of p on stream (a cudaStream_t). Asynchronous; no allocation. */

@@ -198,20 +198,10 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
     const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int tid = threadIdx.x, warp = tid >> 5;
     const int ty = tid >> 4, tx = tid & 15;
 
-    if (warp == 0) { /* compensated query-block cumsum (see CGate64) */
-        CGate64 gt;
-        gt.load(gf, tf.ss, nullptr, 0, qs, S);
-        float ch[2], cl[2], th, tl;
-        gt.scan(ch, cl, th, tl, qs, S);
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            sQh[lane * 2 + e] = ch[e];
-            sQl[lane * 2 + e] = cl[e];
-        }
-    }
+    if (warp == 0) gate_block_terms(gf, tf.ss, nullptr, 0, qs, S, sQh, sQl, nullptr); /* compensated (CGate64) */
     __syncthreads();
     float rqh[4], rql[4];
 #pragma unroll
@@ -346,18 +336,7 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
     const int ty = tid >> 4, tx = tid & 15;
     const float eps = args.eps, scale = args.scale;
 
-    if (warp == 0) {
-        CGate64 gt;
-        gt.load(gf, tf.ss, gi, ti.ss, ks, S);
-        float kch[2], kcl[2], kth, ktl;
-        gt.scan(kch, kcl, kth, ktl, ks, S);
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            sKh[lane * 2 + e] = kch[e];
-            sKl[lane * 2 + e] = kcl[e];
-            sKi[lane * 2 + e] = gt.i[e];
-        }
-    }
+    if (warp == 0) gate_block_terms(gf, tf.ss, gi, ti.ss, ks, S, sKh, sKl, sKi);
     __syncthreads();
     float rkh[4], rkl[4], rki[4];
 #pragma unroll

@@ -33,7 +33,10 @@ enum {
     FWD_F32 = 1 << 0, FWD_F16 = 1 << 1, FWD_BF16 = 1 << 2,
     BWX_F32 = 1 << 3, BWX_F16 = 1 << 4, BWX_BF16 = 1 << 5,  /* backward, exact gradients */
     BWD_F32 = 1 << 6, BWD_F16 = 1 << 7, BWD_BF16 = 1 << 8,  /* backward, normalizer-detached */
-    FWD_TF32 = 1 << 9,                                       /* f32 forward with math_mode = MLSTM_MATH_TF32 */
+    FWD_TF32 = 1 << 9,                                       /* f32 with math_mode = MLSTM_MATH_TF32: forward, */
+    BWX_TF32 = 1 << 10,                                      /* backward exact, */
+    BWD_TF32 = 1 << 11,                                      /* backward normalizer-detached */
+    TF32_ALL = FWD_TF32 | BWX_TF32 | BWD_TF32,
     FWD_ALL = FWD_F32 | FWD_F16 | FWD_BF16,
     BWX_ALL = BWX_F32 | BWX_F16 | BWX_BF16,
     BWD_ALL = BWD_F32 | BWD_F16 | BWD_BF16,
@@ -107,8 +110,13 @@ static void add_shape(shape s, unsigned combos, uint64_t seed)
             push(KIND_CASE, c);
         }
     }
-    if (combos & FWD_TF32) {
+    static const unsigned tf32_kinds[3] = { FWD_TF32, BWX_TF32, BWD_TF32 };
+    for (int kind = 0; kind < 3; kind++) {
+        if (!(combos & tf32_kinds[kind]))
+            continue;
         mc_case c = shape_case(s, MLSTM_DTYPE_F32, seed);
+        c.bwd = kind > 0;
+        c.grad_mode = kind == 2 ? MLSTM_GRAD_NORMALIZER_DETACHED : MLSTM_GRAD_EXACT;
         c.math_mode = MLSTM_MATH_TF32;
         push(KIND_CASE, c);
     }
@@ -125,7 +133,7 @@ static void add_shape(shape s, unsigned combos, uint64_t seed)
 static void build_default_table(void)
 {
     /* S: 1, tiny, both neighbours of every power-of-two tile size, long; head dims 64 */
-    add_shape(SH(1, 1, 1, 64, 64, STD), ALL_SET, 1);
+    add_shape(SH(1, 1, 1, 64, 64, STD), ALL_SET | BWX_TF32, 1);
     add_shape(SH(1, 1, 2, 64, 64, NORMAL), STD_SET, 2);
     add_shape(SH(1, 1, 3, 64, 64, STD), STD_SET, 3);
     add_shape(SH(1, 2, 17, 64, 64, STD), STD_SET, 4);
@@ -133,7 +141,7 @@ static void build_default_table(void)
     add_shape(SH(1, 1, 64, 64, 64, STD), STD_SET, 6);
     add_shape(SH(2, 1, 65, 64, 64, STD), STD_SET, 7);
     add_shape(SH(1, 1, 127, 64, 64, NORMAL), STD_SET, 8);
-    add_shape(SH(2, 3, 129, 64, 64, STD), STD_SET | FWD_TF32, 9);
+    add_shape(SH(2, 3, 129, 64, 64, STD), STD_SET | TF32_ALL, 9);
     add_shape(SH(1, 1, 1000, 64, 64, STD), FWD_ALL | BWX_ALL | BWD_F32, 10);
     add_shape(SH(1, 1, 1000, 64, 64, NORMAL), FWD_F32 | FWD_TF32 | BWX_BF16 | BWD_F16, 11);
     add_shape(SH(1, 1, 2048, 64, 64, STD), BWX_F32 | BWX_BF16, 12);
@@ -150,20 +158,20 @@ static void build_default_table(void)
     add_shape(SH(2, 1, 127, 100, 160, NORMAL), BWX_F32, 21);
     /* large head dims, and the extremes of DQK != DV */
     add_shape(SH(1, 1, 33, 256, 256, STD), BWX_F32 | BWX_BF16, 22);
-    add_shape(SH(1, 1, 129, 256, 256, NORMAL), FWD_F32 | FWD_TF32 | FWD_BF16 | BWX_F32, 23);
-    /* f32 head dim 128 (the CUDA f32 tensor-core forward serves 64, 128, 256; IEEE 3xTF32 and TF32) */
-    add_shape(SH(1, 1, 200, 128, 128, STD), FWD_F32 | FWD_TF32, 45);
+    add_shape(SH(1, 1, 129, 256, 256, NORMAL), FWD_F32 | FWD_BF16 | BWX_F32 | TF32_ALL, 23);
+    /* f32 head dim 128 (the CUDA f32 tensor-core kernels serve 64, 128, 256; IEEE 3xTF32 and TF32) */
+    add_shape(SH(1, 1, 200, 128, 128, STD), FWD_F32 | BWX_F32 | BWD_F32 | TF32_ALL, 45);
     add_shape(SH(1, 1, 130, 512, 512, NORMAL), FWD_F32 | BWX_F32 | BWX_F16, 24);
     add_shape(SH(1, 1, 17, 512, 512, STD), BWX_F16, 25);
     add_shape(SH(1, 1, 40, 512, 1, STD), FWD_F32 | BWX_F32, 26);
     add_shape(SH(1, 1, 40, 1, 512, NORMAL), FWD_BF16 | BWX_BF16, 27);
     /* extreme gates (|i|, |f| up to 1e3): no NaN/Inf, every output compared */
     add_shape(SH(1, 2, 129, 48, 96, EXT_U), FWD_ALL | BWX_ALL | BWD_F32, 28);
-    add_shape(SH(1, 1, 200, 64, 64, EXT_N), ALL_SET | FWD_TF32, 29);
+    add_shape(SH(1, 1, 200, 64, 64, EXT_N), ALL_SET | TF32_ALL, 29);
     add_shape(SH(2, 1, 17, 3, 5, EXT_U), FWD_F32 | BWX_F32 | BWX_BF16, 30);
     /* closed input gates: every row on the m floor. No f16: |h| ~ e^-20 lies below f16's smallest
      * subnormal (2^-24), so f16 storage cannot hold the result (bf16 has f32's exponent range). */
-    add_shape(SH(2, 1, 65, 64, 64, CLOSED), NO_F16 | FWD_TF32, 31);
+    add_shape(SH(2, 1, 65, 64, 64, CLOSED), NO_F16 | FWD_TF32 | BWX_TF32, 31);
     /* strided layouts and view offsets */
     add_shape(SHL(2, 3, 129, 48, 96, STD, BSND, 0), FWD_ALL | BWX_ALL | BWD_F32, 32);
     add_shape(SHL(2, 2, 65, 64, 64, NORMAL, PADDED, 0), STD_SET, 33);
@@ -175,7 +183,7 @@ static void build_default_table(void)
     shape s = SH(1, 2, 70, 64, 64, STD);
     s.eps = 1e-2f;
     s.scale = 0.5f;
-    add_shape(s, FWD_F32 | FWD_TF32 | FWD_BF16 | BWX_F32 | BWX_F16 | BWD_F32, 38);
+    add_shape(s, FWD_F32 | FWD_TF32 | FWD_BF16 | BWX_F32 | BWX_F16 | BWD_F32 | BWX_TF32, 38);
 
     /* bitwise determinism, run after run */
     mc_case c;
@@ -217,10 +225,10 @@ static void build_slow_table(void)
     add_shape(SH(1, 1, 8192, 64, 64, NORMAL), BWX_F32, 112);
     add_shape(SH(1, 1, 4096, 64, 64, EXT_U), BWX_F32 | BWD_F32, 113);
     add_shape(SHL(1, 2, 4096, 64, 64, STD, BSND, 1), BWX_BF16, 114);
-    /* forward only, f32 (IEEE, and TF32 on CUDA): the anchor shapes' head dims at full length, cheap to check */
+    /* f32 (IEEE, and TF32 on CUDA) at the anchor shapes' head dims, full length: forward (cheap), one TF32 backward */
     add_shape(SH(1, 1, 8192, 64, 64, STD), FWD_F32 | FWD_TF32, 115);
     add_shape(SH(1, 1, 8192, 64, 64, NORMAL), FWD_F32, 116);
-    add_shape(SH(1, 1, 4096, 128, 128, STD), FWD_F32 | FWD_TF32, 117);
+    add_shape(SH(1, 1, 4096, 128, 128, STD), FWD_F32 | FWD_TF32 | BWX_TF32, 117);
     add_shape(SH(1, 1, 8192, 128, 128, NORMAL), FWD_F32 | FWD_TF32, 118);
     add_shape(SH(1, 1, 4096, 256, 256, STD), FWD_F32 | FWD_TF32, 119);
     add_shape(SHL(2, 4, 2048, 64, 64, STD, BSND, 0), FWD_F32, 120);
@@ -299,8 +307,8 @@ static void test_case(void **state)
 
     /* extreme gates: the f32 gate math's own error allowance (tolerances.h) */
     const double gate_allowance = tol_gate_allowance(mc_extreme_gate_magnitude(c, &g_in));
-    /* TF32 forward on a backend that honours it: the TF32 row of tolerances.h, n by magnitude */
-    const int tf32 = c->math_mode == MLSTM_MATH_TF32 && c->dtype == MLSTM_DTYPE_F32 && !c->bwd && g_backend_tf32;
+    /* TF32 on a backend that honours it: the TF32 row of tolerances.h, n by magnitude */
+    const int tf32 = c->math_mode == MLSTM_MATH_TF32 && c->dtype == MLSTM_DTYPE_F32 && g_backend_tf32;
 
     double ms[2];
     device_run_or_skip(c, e->name, &g_dev, ms);

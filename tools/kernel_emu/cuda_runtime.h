@@ -24,6 +24,7 @@ typedef void *cudaStream_t;
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 static inline float2 make_float2(float x, float y) { return float2{x, y}; }
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 struct EmuIdx { int x, y, z; };
 
 namespace emu {

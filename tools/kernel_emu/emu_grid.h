@@ -112,22 +112,54 @@ static bool parse_case(int argc, char **argv, mc_case &c)
     return c.DQK == 64 || c.DQK == 128 || c.DQK == 256;
 }
 
-/* Kernel arguments over contiguous (B, NH, S, D) f32 arrays ptrs[tensor] (D 1 for i, f, m, n, di, df) */
-static mlstm::KArgs contiguous_args(const mc_case &c, void *const *ptrs)
+/* Finishes the case, makes its storage-rounded inputs and its float64 reference */
+static void case_data(mc_case &c, mc_inputs &in, mc_outputs &ref)
+{
+    mc_case_finish(&c);
+    mc_inputs_make(&c, &in);
+    mc_reference(&c, &in, c.grad_mode, &ref);
+}
+
+/* Where tensor t's element (b, h, s, d) lives: contiguous (B, NH, S, w) with w = D (1 for i, f, m, n, di, df), or,
+ * padded, (B, S, NH, pitch) with pitch = D + 4 (2) so that every stride differs from the contiguous one and the
+ * rows stay 16-byte aligned (the tensor-core kernels' predicate); the gaps are canaries. */
+struct EmuLayout {
+    bool padded;
+    int64_t B, NH, S, D;
+    static bool row_tensor(int t)
+    {
+        return t == MLSTM_TENSOR_I || t == MLSTM_TENSOR_F || t == MLSTM_TENSOR_M || t == MLSTM_TENSOR_N ||
+               t == MLSTM_TENSOR_DI || t == MLSTM_TENSOR_DF;
+    }
+    int64_t width(int t) const { return row_tensor(t) ? 1 : D; }
+    int64_t pitch(int t) const { return padded ? width(t) + (row_tensor(t) ? 1 : 4) : width(t); }
+    size_t size(int t) const { return (size_t)(B * NH * S * pitch(t)); }
+    void strides(int t, int64_t &sb, int64_t &sh, int64_t &ss) const
+    {
+        const int64_t p = pitch(t);
+        if (padded) { sb = S * NH * p; sh = p; ss = NH * p; }
+        else { sb = NH * S * p; sh = S * p; ss = p; }
+    }
+    /* offset of element e of the contiguous (B, NH, S, width) order */
+    size_t at(int t, size_t e) const
+    {
+        const int64_t w = width(t), d = (int64_t)e % w, r = (int64_t)e / w, s = r % S, h = r / S % NH, b = r / S / NH;
+        int64_t sb, sh, ss;
+        strides(t, sb, sh, ss);
+        return (size_t)(b * sb + h * sh + s * ss + d);
+    }
+};
+
+/* Kernel arguments over the arrays ptrs[tensor] laid out as l says */
+static mlstm::KArgs layout_args(const mc_case &c, void *const *ptrs, const EmuLayout &l)
 {
     mlstm::KArgs a{};
-    const int64_t D = c.DQK, S = c.S;
     for (int t = 0; t < MLSTM_TENSOR_COUNT; ++t) {
-        const bool row = t == MLSTM_TENSOR_I || t == MLSTM_TENSOR_F || t == MLSTM_TENSOR_M || t == MLSTM_TENSOR_N ||
-                         t == MLSTM_TENSOR_DI || t == MLSTM_TENSOR_DF;
-        const int64_t d = row ? 1 : D;
         a.t[t].p = ptrs[t];
-        a.t[t].ss = d;
-        a.t[t].sh = S * d;
-        a.t[t].sb = c.NH * S * d;
+        l.strides(t, a.t[t].sb, a.t[t].sh, a.t[t].ss);
     }
-    a.B = c.B; a.NH = c.NH; a.S = S; a.DQK = D; a.DV = D;
-    a.scale = c.scale != 0.0f ? c.scale : (float)(1.0 / std::sqrt((double)D)); /* as api/validate.c resolves it */
+    a.B = c.B; a.NH = c.NH; a.S = c.S; a.DQK = c.DQK; a.DV = c.DV;
+    a.scale = c.scale != 0.0f ? c.scale : (float)(1.0 / std::sqrt((double)c.DQK)); /* as api/validate.c resolves it */
     a.eps = c.eps;
     a.grad_mode = c.grad_mode;
     return a;

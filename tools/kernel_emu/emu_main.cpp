@@ -14,18 +14,16 @@ int main(int argc, char **argv)
         std::fprintf(stderr, "usage: emu_fwd_tf32 mode D S B NH gates seed [eps] [scale]\n");
         return 2;
     }
-    mc_case_finish(&c);
+    mc_inputs in;
+    mc_outputs ref;
+    case_data(c, in, ref);
     const int mode = c.math_mode == MLSTM_MATH_TF32;
     const int D = (int)c.DQK;
-    mc_inputs in;
-    mc_inputs_make(&c, &in);
-    mc_outputs ref;
-    mc_reference(&c, &in, c.grad_mode, &ref);
     const size_t rows = (size_t)(c.B * c.NH * c.S), nq = rows * D;
     std::vector<float> q(in.q, in.q + nq), k(in.k, in.k + nq), v(in.v, in.v + nq), i(in.i, in.i + rows),
         f(in.f, in.f + rows), h(nq, NAN), m(rows, NAN), n(rows, NAN);
     void *ptrs[MLSTM_TENSOR_COUNT] = {q.data(), k.data(), v.data(), i.data(), f.data(), h.data(), m.data(), n.data()};
-    const mlstm::KArgs a = contiguous_args(c, ptrs);
+    const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK});
     std::printf("emu %s\n", c.name);
     switch (D * 2 + mode) {
     case 128: launch_fwd<64, 0>(a); break;

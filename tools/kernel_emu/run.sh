@@ -6,7 +6,10 @@
 # link of the test utilities).
 # Usage (repository root): bash tools/kernel_emu/run.sh [quick | acc | bwd | bwd-quick | bwd-det]
 #   (none) the default set's f32 forward cases; bwd: its f32 backward cases (both gradient and math modes);
-#   bwd-det: two runs of backward cases, digests compared. EMU_TC_TRUNC=1: truncating tensor-core accumulation.
+#   bwd-det: backward cases run twice and in a strided layout, digests compared. EMU_TC_TRUNC=1: truncating
+#   tensor-core accumulation; EMU_REF_FWD=1: the backward gets the reference's h, m, n (f32) instead of the emulated
+#   forward's, so that its errors are its own (exact mode amplifies the forward's h error through dP - delta);
+#   EMU_SIMT=1: the SIMT f32 backward kernels (simt.cuh) instead of the tensor-core ones, for comparison.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 W=${EMU_DIR:-build-emu} # a separate EMU_DIR per concurrent run
@@ -23,6 +26,10 @@ new, k = re.subn(r'asm\("mma\.sync\.aligned\.m16n8k8.*?"r"\(b1\)\);', "emu_mma_t
 assert k == 1
 open(f"{W}/fwd_tf32.cuh", "w").write(new)
 open(f"{W}/bwd_tf32.cuh", "w").write(open("kernels_cuda/bwd_tf32.cuh").read())  # includes the copy above
+src = open("kernels_cuda/simt.cuh").read()  # for EMU_SIMT=1: extern smem -> simt::sm (emu_bwd_main.cpp), the rest static
+src = src.replace("extern __shared__ ", "extern ")
+new, k = re.subn(r'^(\s+)__shared__ ', r'\1static ', src, flags=re.M)
+open(f"{W}/simt.cuh", "w").write(new)
 src = open("kernels_cuda/aux.cuh").read()
 new, k = re.subn(r'^(\s+)__shared__ ', r'\1static ', src, flags=re.M)
 assert k >= 2
@@ -94,12 +101,16 @@ bwd)
     run exact $mode 64 2048 1 1 std 12
   done
   exit $fail ;;
-bwd-det) # determinism: the same case twice, digests equal
+bwd-det) # determinism: the same case twice, digests equal; and the strided layout (EMU_LAYOUT=padded: (B, S, NH,
+  # D + 4) rows, gaps checked) must pass and give the same digest as the contiguous one
   E=$W/emu_bwd_tf32
-  for args in "exact 0 64 129 2 3 std 9" "detached 0 128 130 1 1 normal 46" "exact 1 256 33 1 1 std 22"; do
+  for args in "exact 0 64 129 2 3 std 9" "detached 0 128 130 1 2 normal 46" "exact 1 256 33 2 1 std 22" \
+              "exact 0 256 70 1 2 normal 47" "detached 1 64 65 2 2 normal 33"; do
     d1=$($E $args | grep digest); d2=$($E $args | grep digest)
-    echo "$args: $d1 / $d2"
-    [ "$d1" = "$d2" ] || fail=1
+    r=0; EMU_LAYOUT=padded $E $args > $W/last.log 2>&1 || r=1
+    d3=$(grep digest $W/last.log)
+    echo "$args: $d1 / $d2 / padded$d3 $(grep -o 'canaries [a-z]*' $W/last.log) rc=$r"
+    [ "$d1" = "$d2" ] && [ "$d1" = "$d3" ] && [ $r = 0 ] || fail=1
   done
   exit $fail ;;
 esac
