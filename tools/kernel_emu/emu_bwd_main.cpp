@@ -96,6 +96,11 @@ int main(int argc, char **argv)
         for (int o = 0; o < 3; ++o)
             for (size_t e = 0; e < (size_t)(c.B * c.NH * c.S * L.width(fwd_t[o])); ++e)
                 buf[fwd_t[o]][L.at(fwd_t[o], e)] = (float)ref.t[o][e];
+        /* a row on the exp(-m) branch stores n = exp(-m) exactly; the kernels find that branch by comparing n with
+         * expf(-m) of the stored f32 m (as the forward writes it), so store that value, not exp(-m) rounded */
+        for (size_t r = 0; r < (size_t)(c.B * c.NH * c.S); ++r)
+            if (ref.t[MC_OUT_N][r] == std::exp(-ref.t[MC_OUT_M][r]))
+                buf[MLSTM_TENSOR_N][L.at(MLSTM_TENSOR_N, r)] = std::exp(-buf[MLSTM_TENSOR_M][L.at(MLSTM_TENSOR_M, r)]);
     }
     switch (D * 2 + mode) {
     case 128: launch_bwd<64, 0>(a); break;

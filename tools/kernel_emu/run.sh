@@ -4,8 +4,9 @@
 # static storage) and runs conformance cases against the float64 reference. No GPU needed; slow (every CUDA thread is
 # a coroutine): small shapes only. Needs g++ and a built libmlstm in build/ (or MLSTM_LIB_DIR; only to satisfy the
 # link of the test utilities).
-# Usage (repository root): bash tools/kernel_emu/run.sh [quick | acc | bwd | bwd-quick | bwd-det]
+# Usage (repository root): bash tools/kernel_emu/run.sh [quick | acc | bwd | bwd-quick | bwd-sweep | bwd-det]
 #   (none) the default set's f32 forward cases; bwd: its f32 backward cases (both gradient and math modes);
+#   bwd-sweep: more sequence lengths for every head dim (3xTF32);
 #   bwd-det: backward cases run twice and in a strided layout, digests compared. EMU_TC_TRUNC=1: truncating
 #   tensor-core accumulation; EMU_REF_FWD=1: the backward gets the reference's h, m, n (f32) instead of the emulated
 #   forward's, so that its errors are its own (exact mode amplifies the forward's h error through dP - delta);
@@ -99,6 +100,19 @@ bwd)
       run $g $mode 128 130 1 1 normal 46
     done
     run exact $mode 64 2048 1 1 std 12
+  done
+  exit $fail ;;
+bwd-sweep) # more lengths around the tile sizes (16/32-row steps, 64-row gate blocks), every head dim, 3xTF32
+  E=$W/emu_bwd_tf32
+  seed=200
+  for D in 64 128 256; do
+    for S in 5 31 33 95 97 160 191; do
+      for g in exact detached; do
+        seed=$((seed + 1))
+        gates=std; [ $((seed % 2)) = 0 ] && gates=normal
+        run $g 0 $D $S 1 2 $gates $seed
+      done
+    done
   done
   exit $fail ;;
 bwd-det) # determinism: the same case twice, digests equal; and the strided layout (EMU_LAYOUT=padded: (B, S, NH,
