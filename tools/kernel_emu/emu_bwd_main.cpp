@@ -81,14 +81,7 @@ int main(int argc, char **argv)
     }
     const mlstm::KArgs a = layout_args(c, ptrs, L);
     std::printf("emu %s\n", c.name);
-    switch (D * 2 + mode) {
-    case 128: launch_fwd<64, 0>(a); break;
-    case 129: launch_fwd<64, 1>(a); break;
-    case 256: launch_fwd<128, 0>(a); break;
-    case 257: launch_fwd<128, 1>(a); break;
-    case 512: launch_fwd<256, 0>(a); break;
-    case 513: launch_fwd<256, 1>(a); break;
-    }
+    launch_fwd_for(a, D, mode);
     const char *refh = std::getenv("EMU_REF_FWD"); /* 1: the backward gets the reference's h, m, n (rounded to f32)
                                                     * instead of the forward's, so its errors are its own */
     if (refh && refh[0] == '1') {
@@ -102,14 +95,9 @@ int main(int argc, char **argv)
             if (ref.t[MC_OUT_N][r] == std::exp(-ref.t[MC_OUT_M][r]))
                 buf[MLSTM_TENSOR_N][L.at(MLSTM_TENSOR_N, r)] = std::exp(-buf[MLSTM_TENSOR_M][L.at(MLSTM_TENSOR_M, r)]);
     }
-    switch (D * 2 + mode) {
-    case 128: launch_bwd<64, 0>(a); break;
-    case 129: launch_bwd<64, 1>(a); break;
-    case 256: launch_bwd<128, 0>(a); break;
-    case 257: launch_bwd<128, 1>(a); break;
-    case 512: launch_bwd<256, 0>(a); break;
-    case 513: launch_bwd<256, 1>(a); break;
-    }
+    if (D == 64) mode ? launch_bwd<64, 1>(a) : launch_bwd<64, 0>(a);
+    else if (D == 128) mode ? launch_bwd<128, 1>(a) : launch_bwd<128, 0>(a);
+    else mode ? launch_bwd<256, 1>(a) : launch_bwd<256, 0>(a);
     /* outputs back in contiguous order; every gap still a canary */
     static const int out_tensor[MC_OUT_COUNT] = {MLSTM_TENSOR_H,  MLSTM_TENSOR_M,  MLSTM_TENSOR_N,  MLSTM_TENSOR_DQ,
                                                  MLSTM_TENSOR_DK, MLSTM_TENSOR_DV, MLSTM_TENSOR_DI, MLSTM_TENSOR_DF};

@@ -90,6 +90,19 @@ static void launch_fwd(const mlstm::KArgs &a)
     run_grid(mlstm::tc32::mlstm_fwd_kernel<D, MODE, C::MT, C::NW, C::BN>, a, n, F::NT);
 }
 
+/* the forward instance of head dim D (64, 128, 256) and mode (0 3xTF32, 1 TF32) */
+static void launch_fwd_for(const mlstm::KArgs &a, int D, int mode)
+{
+    switch (D * 2 + mode) {
+    case 128: launch_fwd<64, 0>(a); break;
+    case 129: launch_fwd<64, 1>(a); break;
+    case 256: launch_fwd<128, 0>(a); break;
+    case 257: launch_fwd<128, 1>(a); break;
+    case 512: launch_fwd<256, 0>(a); break;
+    case 513: launch_fwd<256, 1>(a); break;
+    }
+}
+
 /* An f32 conformance case from argv[0..]: mode(0 3xTF32 | 1 TF32) D S B NH gates seed [eps] [scale]; returns false
  * on a bad argument. */
 static bool parse_case(int argc, char **argv, mc_case &c)

@@ -25,14 +25,7 @@ int main(int argc, char **argv)
     void *ptrs[MLSTM_TENSOR_COUNT] = {q.data(), k.data(), v.data(), i.data(), f.data(), h.data(), m.data(), n.data()};
     const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK});
     std::printf("emu %s\n", c.name);
-    switch (D * 2 + mode) {
-    case 128: launch_fwd<64, 0>(a); break;
-    case 129: launch_fwd<64, 1>(a); break;
-    case 256: launch_fwd<128, 0>(a); break;
-    case 257: launch_fwd<128, 1>(a); break;
-    case 512: launch_fwd<256, 0>(a); break;
-    case 513: launch_fwd<256, 1>(a); break;
-    }
+    launch_fwd_for(a, D, mode);
     const float *dev[3] = {h.data(), m.data(), n.data()};
     const size_t cnt[3] = {nq, rows, rows};
     const double gate_allowance = tol_gate_allowance(mc_extreme_gate_magnitude(&c, &in));
