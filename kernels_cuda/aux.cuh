@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(GATES_NT) mlstm_bwd_gates_kernel(const __grid_
     }
 }
 
-constexpr int GATES_TILE = 64; /* == simt::TB (checked in launch_impl.cuh) */
+constexpr int GATES_TILE = DF_TILE; /* the dQ kernels' df tiles (common.cuh; simt::TB, checked in launch_impl.cuh) */
 constexpr int GATES_TNT = 256; /* threads; also the tiles per chunk */
 
 /* One CTA per (b, h), for the SIMT f32 backward: the dQ kernel left in df, per 64-row tile, the suffix sums

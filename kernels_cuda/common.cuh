@@ -327,6 +327,70 @@ __device__ __forceinline__ float bwd_row_a(float cum, float m, float n, float ep
 }
 __device__ __forceinline__ float bwd_col_b(float gkn, float of) { return __fmul_rn(__fadd_rn(gkn, of), MLSTM_LOG2E); }
 
+/* One warp, walking key tiles downwards from the query tile at qs: the key-side pair terms (gh, gl) of the key
+ * tile at ks into sGh/sGl (see CGate64), after adding the tile's gate total to the running compensated offset
+ * (offh, offl) when the tile lies before the query tile. */
+__device__ __forceinline__ void key_pair_terms(const float *gf, int64_t fs, const float *gi, int64_t is, int64_t ks,
+                                               int64_t qs, int64_t S, float &offh, float &offl, float *sGh, float *sGl)
+{
+    const int lane = threadIdx.x & 31;
+    CGate64 gt;
+    gt.load(gf, fs, gi, is, ks, S);
+    float ch[2], cl[2], th, tl;
+    gt.scan(ch, cl, th, tl, ks, S);
+    if (ks < qs) cadd(offh, offl, th, tl);
+    float oh = offh, ol = offl;
+    cnorm(oh, ol);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) cgate_key(ch[e], cl[e], gt.i[e], oh, ol, sGh[lane * 2 + e], sGl[lane * 2 + e]);
+}
+
+/* One warp: the compensated cumsum (ch, cl) of the 64-block at s0 into sH, sL and, where gi is given, i into sI (the
+ * query side of the SIMT forward; the key side of the dK/dV kernels, where cgate_key turns them into pair terms once
+ * the offset to a query block is known). */
+__device__ __forceinline__ void gate_block_terms(const float *gf, int64_t fs, const float *gi, int64_t is, int64_t s0,
+                                                 int64_t S, float *sH, float *sL, float *sI)
+{
+    const int lane = threadIdx.x & 31;
+    CGate64 gt;
+    gt.load(gf, fs, gi, is, s0, S);
+    float ch[2], cl[2], th, tl;
+    gt.scan(ch, cl, th, tl, s0, S);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        sH[lane * 2 + e] = ch[e];
+        sL[lane * 2 + e] = cl[e];
+        if (gi) sI[lane * 2 + e] = gt.i[e];
+    }
+}
+/* M_tj = P_tj * (scale * S_tj): the dK/dV and dQ kernels evaluate it bitwise identically (f32 gate gradients) */
+__device__ __forceinline__ float m_elem(float p, float s, float scale) { return __fmul_rn(p, __fmul_rn(scale, s)); }
+
+/* The dQ side of the f32 df scheme (simt.cuh, bwd_tf32.cuh; 64-row query tiles, DF_TILE == GATES_TILE of aux.cuh).
+ * df_row_terms: row u of the tile at qs, with (h, l) = sum_j M_tj (compensated): dF_t = sum_j M_tj - di_t - r_t, r_t
+ * the residual of di_t that the dK/dV kernel left in dq[t][0], kept as (hi, lo) in buf[u], buf[DF_TILE + u] (0 past S).
+ * df_tile_suffix (one thread, after a barrier): the tile-local suffix sums of dF into df, for
+ * mlstm_bwd_gates_tiled_kernel to add the later tiles' totals. */
+constexpr int DF_TILE = 64;
+__device__ __forceinline__ void df_row_terms(float *buf, int u, int64_t qs, int64_t S, float h, float l,
+                                             const float *gdi, int64_t dis, float res)
+{
+    const bool ok = qs + u < S;
+    cadd(h, l, ok ? -gdi[(qs + u) * dis] : 0.0f, 0.0f);
+    cadd(h, l, -res, 0.0f);
+    buf[u] = ok ? h : 0.0f;
+    buf[DF_TILE + u] = ok ? l : 0.0f;
+}
+__device__ __forceinline__ void df_tile_suffix(const float *buf, float *gdf, int64_t dfs, int64_t qs, int64_t S)
+{
+    const int nq = (int)(S - qs < DF_TILE ? S - qs : DF_TILE);
+    float rh = 0.0f, rl = 0.0f;
+    for (int u = nq - 1; u >= 0; --u) {
+        cadd(rh, rl, buf[u], buf[DF_TILE + u]);
+        gdf[(qs + u) * dfs] = __fadd_rn(rh, rl);
+    }
+}
+
 /* Suffix sums over a block: returns the sum of v over all threads with a larger threadIdx.x, and the block
  * total in *total. sw: NW floats of shared scratch. All threads must call it. */
 template <int NW>

@@ -36,21 +36,25 @@ KArgs make_args(const mlstm_params *p)
     return a;
 }
 
-/* 16-byte aligned rows for every 2-byte tensor the tensor-core kernels touch with cp.async / 32-bit stores */
-bool tc_aligned(const KArgs &a, bool backward)
+/* 16-byte aligned rows (base address, and every stride a multiple of elems elements = 16 bytes) for every tensor the
+ * tensor-core kernels touch with cp.async / vector stores: forward q, k, v, h; backward q, k, v, dh, dq, dk, dv */
+bool rows_aligned(const KArgs &a, bool backward, int elems)
 {
     static const int fwd_t[] = {MLSTM_TENSOR_Q, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_H};
     static const int bwd_t[] = {MLSTM_TENSOR_Q,  MLSTM_TENSOR_K,  MLSTM_TENSOR_V, MLSTM_TENSOR_DH,
                                 MLSTM_TENSOR_DQ, MLSTM_TENSOR_DK, MLSTM_TENSOR_DV};
     const int *list = backward ? bwd_t : fwd_t;
     const int n = backward ? 7 : 4;
+    const int64_t m = elems - 1;
     for (int i = 0; i < n; ++i) {
         const TArg &t = a.t[list[i]];
         if (((uintptr_t)t.p & 15) != 0) return false;
-        if ((t.sb & 7) != 0 || (t.sh & 7) != 0 || (t.ss & 7) != 0) return false;
+        if ((t.sb & m) != 0 || (t.sh & m) != 0 || (t.ss & m) != 0) return false;
     }
     return true;
 }
+/* the 2-byte tensor-core path */
+bool tc_aligned(const KArgs &a, bool backward) { return rows_aligned(a, backward, 8); }
 
 /* Tensor-core instances whose shared-memory request the device accepted at setup, indexed
  * [backward][dtype f16=0 / bf16=1][D 64/128/256 -> 0/1/2]. A device with less shared memory per block
@@ -120,32 +124,24 @@ template <int D> bool use_wgmma_split(const KArgs &a, int t)
  * 2026-11-26 03:27) */
 template <int D> bool use_wgmma(int t) { return g_wg_ok[t][dim_index(D)] && g_wg_mode != 0; }
 
-/* f32 tensor-core forward (fwd_tf32.cuh) instances the device accepted at setup, [mode 3xTF32=0 / TF32=1][D 64/128/256
- * -> 0/1/2], and whether that path is on at all (env MLSTM_CUDA_F32_TC=0/1, unset: MLSTM_F32_TC_DEFAULT) */
-bool g_tc32_ok[2][3];
+/* f32 tensor-core forward (fwd_tf32.cuh) and backward (bwd_tf32.cuh) instances the device accepted at setup,
+ * [backward][mode 3xTF32=0 / TF32=1][D 64/128/256 -> 0/1/2], and whether that path is on at all (env
+ * MLSTM_CUDA_F32_TC=0/1, unset: MLSTM_F32_TC_DEFAULT) */
+bool g_tc32_ok[2][2][3];
 bool g_f32_tc = false;
 
-/* 16-byte aligned rows for the f32 tensor-core forward (cp.async of q, k, v; 64-bit stores of h) */
-bool tc32_aligned(const KArgs &a)
-{
-    static const int fwd_t[] = {MLSTM_TENSOR_Q, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_H};
-    for (int i = 0; i < 4; ++i) {
-        const TArg &t = a.t[fwd_t[i]];
-        if (((uintptr_t)t.p & 15) != 0) return false;
-        if ((t.sb & 3) != 0 || (t.sh & 3) != 0 || (t.ss & 3) != 0) return false;
-    }
-    return true;
-}
+/* the f32 tensor-core kernels */
+bool tc32_aligned(const KArgs &a, bool backward) { return rows_aligned(a, backward, 4); }
 
 int tc32_mode(const mlstm_params *p) { return p->math_mode == MLSTM_MATH_TF32 ? 1 : 0; }
 
-/* head dim served by the f32 tensor-core forward, or 0 */
-int tc32_dim(const mlstm_params *p, const KArgs &a)
+/* head dim served by the f32 tensor-core forward (or backward), or 0 */
+int tc32_dim(const mlstm_params *p, const KArgs &a, bool backward = false)
 {
     if (p->dtype != MLSTM_DTYPE_F32 || !g_f32_tc || p->dqk != p->dv) return 0;
     const int di = dim_index(p->dqk);
-    if (di < 0 || !g_tc32_ok[tc32_mode(p)][di]) return 0;
-    if (!tc32_aligned(a)) return 0;
+    if (di < 0 || !g_tc32_ok[backward ? 1 : 0][tc32_mode(p)][di]) return 0;
+    if (!tc32_aligned(a, backward)) return 0;
     return (int)p->dqk;
 }
 
@@ -246,11 +242,20 @@ template <typename T> int bwd_t(const mlstm_params *p, const KArgs &a, cudaStrea
     MLSTM_RUN(run_bwd_gates(a, st), "mlstm_bwd_gates_kernel launch");
     return 0;
 }
-template <> int bwd_t<float>(const mlstm_params *, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
+template <int D> cudaError_t bwd_tf32(const mlstm_params *p, const KArgs &a, cudaStream_t st)
+{
+    return tc32_mode(p) == 1 ? run_bwd_tf32<D, 1>(a, st) : run_bwd_tf32<D, 0>(a, st);
+}
+template <> int bwd_t<float>(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
 {
     MLSTM_RUN(run_bwd_prep<float>(a, st), "mlstm_bwd_prep_kernel launch");
-    MLSTM_RUN(run_bwd_simt<float>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch");
-    MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch"); /* df as simt f32 leaves it */
+    switch (tc32_dim(p, a, true)) { /* both leave df as mlstm_bwd_gates_tiled_kernel expects it */
+    case 64: MLSTM_RUN(bwd_tf32<64>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=64) launch"); break;
+    case 128: MLSTM_RUN(bwd_tf32<128>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=128) launch"); break;
+    case 256: MLSTM_RUN(bwd_tf32<256>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=256) launch"); break;
+    default: MLSTM_RUN(run_bwd_simt<float>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch"); break;
+    }
+    MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch");
     return 0;
 }
 
@@ -288,10 +293,10 @@ static void wg_setup(int t, int di, cudaError_t e, cudaError_t es, cudaError_t e
 
 static cudaError_t bwd_setup(cudaError_t dkdv, cudaError_t dq) { return dkdv != cudaSuccess ? dkdv : dq; }
 
-/* f32 tensor-core forward: a refused shared-memory size only disables that instance (SIMT serves it) */
-static void tc32_setup(int mode, int di, cudaError_t e)
+/* f32 tensor-core kernels: a refused shared-memory size only disables that instance (SIMT serves it) */
+static void tc32_setup(bool backward, int mode, int di, cudaError_t e)
 {
-    g_tc32_ok[mode][di] = e == cudaSuccess;
+    g_tc32_ok[backward][mode][di] = e == cudaSuccess;
     if (e != cudaSuccess) (void)cudaGetLastError();
 }
 
@@ -352,12 +357,18 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
     tc_setup_all<__half>(0, major >= 9, sm90a);
     tc_setup_all<__nv_bfloat16>(1, major >= 9, sm90a);
     g_f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;
-    tc32_setup(0, 0, setup_fwd_tf32<64, 0>());
-    tc32_setup(0, 1, setup_fwd_tf32<128, 0>());
-    tc32_setup(0, 2, setup_fwd_tf32<256, 0>());
-    tc32_setup(1, 0, setup_fwd_tf32<64, 1>());
-    tc32_setup(1, 1, setup_fwd_tf32<128, 1>());
-    tc32_setup(1, 2, setup_fwd_tf32<256, 1>());
+    tc32_setup(false, 0, 0, setup_fwd_tf32<64, 0>());
+    tc32_setup(false, 0, 1, setup_fwd_tf32<128, 0>());
+    tc32_setup(false, 0, 2, setup_fwd_tf32<256, 0>());
+    tc32_setup(false, 1, 0, setup_fwd_tf32<64, 1>());
+    tc32_setup(false, 1, 1, setup_fwd_tf32<128, 1>());
+    tc32_setup(false, 1, 2, setup_fwd_tf32<256, 1>());
+    tc32_setup(true, 0, 0, setup_bwd_tf32<64, 0>());
+    tc32_setup(true, 0, 1, setup_bwd_tf32<128, 0>());
+    tc32_setup(true, 0, 2, setup_bwd_tf32<256, 0>());
+    tc32_setup(true, 1, 0, setup_bwd_tf32<64, 1>());
+    tc32_setup(true, 1, 1, setup_bwd_tf32<128, 1>());
+    tc32_setup(true, 1, 2, setup_bwd_tf32<256, 1>());
     /* the SIMT path (63 KB) is the fallback for everything: its setup must succeed */
     MLSTM_RUN(setup_fwd_simt<float>(), "cudaFuncSetAttribute(fwd simt f32)");
     MLSTM_RUN(setup_fwd_simt<__half>(), "cudaFuncSetAttribute(fwd simt f16)");
@@ -395,7 +406,7 @@ extern "C" int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm
 extern "C" const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward)
 {
     const KArgs a = make_args(p);
-    if (p->dtype == MLSTM_DTYPE_F32) /* the f32 backward is SIMT */
-        return !backward && tc32_dim(p, a) ? (tc32_mode(p) == 1 ? "tf32" : "tc32") : "simt";
+    if (p->dtype == MLSTM_DTYPE_F32)
+        return tc32_dim(p, a, backward != 0) ? (tc32_mode(p) == 1 ? "tf32" : "tc32") : "simt";
     return tc_dim(p, a, backward != 0) ? "tc" : "simt";
 }

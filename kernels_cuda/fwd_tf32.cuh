@@ -80,6 +80,95 @@ __device__ __forceinline__ void mma_f32(float (&c)[4], float (&cc)[4], const uin
     mma_tf32(c, ab, bb0, bb1);
 }
 
+/* mma accumulator fragment arrays: x = 0, x += y */
+template <int MT, int NB>
+__device__ __forceinline__ void frag_zero(float (&x)[MT][NB][4])
+{
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int n = 0; n < NB; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) x[mt][n][c] = 0.0f;
+}
+template <int MT, int NB>
+__device__ __forceinline__ void frag_add(float (&x)[MT][NB][4], const float (&y)[MT][NB][4])
+{
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int n = 0; n < NB; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) x[mt][n][c] += y[mt][n][c];
+}
+
+/* s = A B^T over the D columns for one warp's block (S = Q K^T, and dP = dh V^T in bwd_tf32.cuh): rows 16 mt + g (+8)
+ * of sA, rows 8 n + g of sB (sA, sB: the first row of the block in a swizzled tile, a multiple of 8; aoff = g D +
+ * ((q4 ^ sw32(g)) << 2)). 3XTF32: big*big of each 16-column slab is summed in a fresh accumulator added to s in f32
+ * (truncation relative to the slab's terms, not to the running sum), the corrections in their own accumulator added
+ * at the end. Each element's operation sequence is independent of MT and NB (the backward kernels rely on it).
+ * k order: in slab kk2, step 0 takes columns 4 q4 (as k = q4) and 4 q4 + 1 (as k = q4 + 4), step 1 columns 4 q4 + 2
+ * and 4 q4 + 3, so one 128-bit load of a row gives a lane its entries of both steps. The slab loop is not unrolled
+ * (unrolled, ptxas spilled with the three accumulator sets). */
+template <int D, int MODE, int MT, int NB>
+__device__ __forceinline__ void score_tile(float (&s)[MT][NB][4], const float *sA, const float *sB, int aoff)
+{
+    float sc[MT][NB][4];
+    frag_zero(s);
+    frag_zero(sc);
+#pragma unroll 1
+    for (int kk2 = 0; kk2 < D / 16; ++kk2) {
+        const int off = (aoff ^ ((kk2 & 1) << 4)) + 32 * (kk2 >> 1);
+        uint32_t ab[MT][2][4], as[MT][2][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            const float4 x = *reinterpret_cast<const float4 *>(sA + off + mt * 16 * D);
+            const float4 y = *reinterpret_cast<const float4 *>(sA + off + (mt * 16 + 8) * D);
+            split_tf32<MODE>(x.x, ab[mt][0][0], as[mt][0][0]);
+            split_tf32<MODE>(y.x, ab[mt][0][1], as[mt][0][1]);
+            split_tf32<MODE>(x.y, ab[mt][0][2], as[mt][0][2]);
+            split_tf32<MODE>(y.y, ab[mt][0][3], as[mt][0][3]);
+            split_tf32<MODE>(x.z, ab[mt][1][0], as[mt][1][0]);
+            split_tf32<MODE>(y.z, ab[mt][1][1], as[mt][1][1]);
+            split_tf32<MODE>(x.w, ab[mt][1][2], as[mt][1][2]);
+            split_tf32<MODE>(y.w, ab[mt][1][3], as[mt][1][3]);
+        }
+        float t[MT][NB][4];
+        frag_zero(t);
+#pragma unroll
+        for (int n = 0; n < NB; ++n) {
+            const float4 z = *reinterpret_cast<const float4 *>(sB + off + n * 8 * D);
+            uint32_t bb[2][2], bs[2][2];
+            split_tf32<MODE>(z.x, bb[0][0], bs[0][0]);
+            split_tf32<MODE>(z.y, bb[0][1], bs[0][1]);
+            split_tf32<MODE>(z.z, bb[1][0], bs[1][0]);
+            split_tf32<MODE>(z.w, bb[1][1], bs[1][1]);
+#pragma unroll
+            for (int st = 0; st < 2; ++st)
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+                    mma_f32<MODE>(MODE == MODE_3XTF32 ? t[mt][n] : s[mt][n], sc[mt][n], ab[mt][st], as[mt][st],
+                                  bb[st][0], bb[st][1], bs[st][0], bs[st][1]);
+        }
+        if (MODE == MODE_3XTF32) frag_add(s, t);
+    }
+    if (MODE == MODE_3XTF32) frag_add(s, sc);
+}
+
+/* Per-lane offsets of the B fragment of a second product (fwd_tf32.cuh's V operand): rows 2 q4 (as k = q4) and
+ * 2 q4 + 1 (as k = q4 + 4) of an 8-row group of a swizzled tile, column 8 dt + g at o0/o1[dt & 3] + 32 (dt >> 2). */
+template <int D>
+__device__ __forceinline__ void brow_offsets(int g, int q4, int (&o0)[4], int (&o1)[4])
+{
+    const int b0 = ((g >> 2) ^ sw32(2 * q4)) << 2, b1 = ((g >> 2) ^ sw32(2 * q4 + 1)) << 2;
+    const int row0 = 2 * q4 * D + (g & 3);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        o0[j] = row0 + ((8 * j) ^ b0);
+        o1[j] = row0 + D + ((8 * j) ^ b1);
+    }
+}
+
 template <int D, int MT, int NW, int BN>
 struct FwdCfg {
     static constexpr int BM = 16 * MT * NW;
@@ -155,8 +244,7 @@ __device__ __forceinline__ void fwd_gate_tile32(float (&s)[MT][BN / 8][4], float
  * Fragment layouts (PTX ISA, mma.m16n8k8 tf32; g = lane/4, q4 = lane%4): A a0 (g, q4), a1 (g+8, q4), a2 (g, q4+4),
  * a3 (g+8, q4+4); B b0 (k q4, n g), b1 (k q4+4, n g); C c0, c1 (g, 2q4 + {0,1}), c2, c3 (g+8, ...).
  * The k index of a product may be permuted freely as long as A and B agree:
- *   S = Q K^T: in the 16-column slab kk2, step 0 takes columns 4q4 (as k = q4) and 4q4+1 (as k = q4+4), step 1
- *     columns 4q4+2 and 4q4+3, so one 128-bit load of row g gives a lane its A (or B) entries of both steps;
+ *   S = Q K^T: see score_tile;
  *   O += C V: the C accumulator of key tile n holds keys 2q4, 2q4+1 of rows g, g+8; taking key 2q4 as k = q4 and
  *     2q4+1 as k = q4+4 makes it the A fragment as is ({c0, c2, c1, c3}), and V's B fragment rows 2q4, 2q4+1. */
 template <int D, int MODE, int MT, int NW, int BN>
@@ -248,14 +336,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
      * voff0/1[dt & 3] + 32 (dt >> 2) (+ key0 D) */
     const int xb = (q4 ^ sw32(g)) << 2;
     const int aoff = g * D + xb; /* g D is a multiple of 64: the xor touches xb only */
-    const int vb0 = ((g >> 2) ^ sw32(2 * q4)) << 2, vb1 = ((g >> 2) ^ sw32(2 * q4 + 1)) << 2;
-    const int vrow0 = 2 * q4 * D + (g & 3);
     int voff0[4], voff1[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        voff0[j] = vrow0 + ((8 * j) ^ vb0);
-        voff1[j] = vrow0 + D + ((8 * j) ^ vb1);
-    }
+    brow_offsets<D>(g, q4, voff0, voff1);
 
     float o[MT][D / 8][4];
     float mrun[MT][2], lrun[MT][2];
@@ -289,71 +371,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
 
         const bool skip = ks > qs + wr0 + 16 * MT - 1; /* every key of the tile is after every row of the warp */
         if (!skip) {
-            float s[MT][BN / 8][4], sc[MT][BN / 8][4]; /* S = s + sc: big*big, corrections (3XTF32) */
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) s[mt][n][c] = sc[mt][n][c] = 0.0f;
-            /* S = Q K^T */
-#pragma unroll 1 /* unrolled, ptxas spilled (3 accumulator sets below) */
-            for (int kk2 = 0; kk2 < D / 16; ++kk2) {
-                const int off = (aoff ^ ((kk2 & 1) << 4)) + 32 * (kk2 >> 1);
-                uint32_t ab[MT][2][4], as[MT][2][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    const float4 x = *reinterpret_cast<const float4 *>(sQ + off + (wr0 + mt * 16) * D);
-                    const float4 y = *reinterpret_cast<const float4 *>(sQ + off + (wr0 + mt * 16 + 8) * D);
-                    split_tf32<MODE>(x.x, ab[mt][0][0], as[mt][0][0]);
-                    split_tf32<MODE>(y.x, ab[mt][0][1], as[mt][0][1]);
-                    split_tf32<MODE>(x.y, ab[mt][0][2], as[mt][0][2]);
-                    split_tf32<MODE>(y.y, ab[mt][0][3], as[mt][0][3]);
-                    split_tf32<MODE>(x.z, ab[mt][1][0], as[mt][1][0]);
-                    split_tf32<MODE>(y.z, ab[mt][1][1], as[mt][1][1]);
-                    split_tf32<MODE>(x.w, ab[mt][1][2], as[mt][1][2]);
-                    split_tf32<MODE>(y.w, ab[mt][1][3], as[mt][1][3]);
-                }
-                /* 3XTF32: big*big of this slab into a fresh accumulator t, added to s in f32 below */
-                float t[MT][BN / 8][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-                        for (int c = 0; c < 4; ++c) t[mt][n][c] = 0.0f;
-#pragma unroll
-                for (int n = 0; n < BN / 8; ++n) {
-                    const float4 z = *reinterpret_cast<const float4 *>(cK + off + n * 8 * D);
-                    uint32_t bb[2][2], bs[2][2];
-                    split_tf32<MODE>(z.x, bb[0][0], bs[0][0]);
-                    split_tf32<MODE>(z.y, bb[0][1], bs[0][1]);
-                    split_tf32<MODE>(z.z, bb[1][0], bs[1][0]);
-                    split_tf32<MODE>(z.w, bb[1][1], bs[1][1]);
-#pragma unroll
-                    for (int st = 0; st < 2; ++st)
-#pragma unroll
-                        for (int mt = 0; mt < MT; ++mt)
-                            mma_f32<MODE>(MODE == MODE_3XTF32 ? t[mt][n] : s[mt][n], sc[mt][n], ab[mt][st], as[mt][st],
-                                          bb[st][0], bb[st][1], bs[st][0], bs[st][1]);
-                }
-                if (MODE == MODE_3XTF32) {
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                        for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-                            for (int c = 0; c < 4; ++c) s[mt][n][c] += t[mt][n][c];
-                }
-            }
-            if (MODE == MODE_3XTF32) {
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-                        for (int c = 0; c < 4; ++c) s[mt][n][c] += sc[mt][n][c];
-            }
+            float s[MT][BN / 8][4]; /* S = Q K^T */
+            score_tile<D, MODE, MT, BN / 8>(s, sQ + wr0 * D, cK, aoff);
 
             float gkh[BN / 8][2], gkl[BN / 8][2];
 #pragma unroll

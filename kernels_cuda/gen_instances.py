@@ -12,7 +12,7 @@ TC_TYPES = ["f16", "bf16"]
 TC_DIMS = [64, 128, 256]
 BWD_SMALL_DIMS = [64, 128, 256]  # must match TileCfg<D>::BWD_SMALL (dispatch.cu checks)
 WG_DKDV_DIMS = [64, 128, 256]  # must match TileCfg<D>::DKDV_WG (dispatch.cu checks)
-TF32_DIMS = [64, 128, 256]  # f32 tensor-core forward (fwd_tf32.cuh)
+TF32_DIMS = [64, 128, 256]  # f32 tensor-core forward and backward (fwd_tf32.cuh, bwd_tf32.cuh)
 TF32_MODES = {"3xtf32": 0, "tf32": 1}  # tc32::MODE_3XTF32 (default), MODE_TF32 (MLSTM_MATH_TF32)
 
 
@@ -59,6 +59,8 @@ def main():
         for mname, mode in TF32_MODES.items():
             files.append(write(f"mlstm_fwd_dh{d}_f32_{mname}.cu", f"Tensor-core forward, D={d}, f32, {mname}.",
                                f"MLSTM_INSTANTIATE_FWD_TF32({d}, {mode})\n", pre="#define MLSTM_INST_TF32 1\n"))
+            files.append(write(f"mlstm_bwd_dh{d}_f32_{mname}.cu", f"Tensor-core backward (dK/dV, dQ), D={d}, f32, {mname}.",
+                               f"MLSTM_INSTANTIATE_BWD_TF32({d}, {mode})\n", pre="#define MLSTM_INST_TF32 1\n"))
     for t in TYPES:
         files.append(write(f"mlstm_fwd_generic_{t}.cu", f"Generic SIMT forward, any D, {t}.",
                            f"MLSTM_INSTANTIATE_FWD_SIMT({TYPES[t]})\n"))

@@ -32,10 +32,13 @@ template <typename T, int D> cudaError_t setup_bwd_dq_wgmma();
 template <typename T, int D> cudaError_t run_bwd_dkdv_wgmma(const KArgs &a, cudaStream_t st);
 template <typename T, int D> cudaError_t setup_bwd_dkdv_wgmma();
 
-/* tensor-core path for f32 storage (forward only): D in {64, 128, 256}, DQK = DV = D, 16-byte aligned rows;
- * MODE 0: 3xTF32 (IEEE-f32-grade, the default), 1: TF32 (MLSTM_MATH_TF32) */
+/* tensor-core path for f32 storage: D in {64, 128, 256}, DQK = DV = D, 16-byte aligned rows;
+ * MODE 0: 3xTF32 (IEEE-f32-grade, the default), 1: TF32 (MLSTM_MATH_TF32). The backward (dK/dV + dQ) runs between
+ * run_bwd_prep<float> and run_bwd_gates_tiled, as run_bwd_simt<float> does. */
 template <int D, int MODE> cudaError_t run_fwd_tf32(const KArgs &a, cudaStream_t st);
 template <int D, int MODE> cudaError_t setup_fwd_tf32();
+template <int D, int MODE> cudaError_t run_bwd_tf32(const KArgs &a, cudaStream_t st);
+template <int D, int MODE> cudaError_t setup_bwd_tf32();
 
 /* generic SIMT path: any T, any DQK/DV, any strides */
 template <typename T> cudaError_t run_fwd_simt(const KArgs &a, cudaStream_t st);

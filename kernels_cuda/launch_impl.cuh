@@ -9,8 +9,9 @@
 #include "fwd_tc.cuh"
 #include "bwd_tc.cuh"
 #include "simt.cuh"
-#ifdef MLSTM_INST_TF32 /* only the f32 tensor-core instance files compile that kernel */
+#ifdef MLSTM_INST_TF32 /* only the f32 tensor-core instance files compile those kernels */
 #include "fwd_tf32.cuh"
+#include "bwd_tf32.cuh"
 #endif
 #ifdef MLSTM_INST_WGMMA /* only the sm_90a instance files compile those kernels */
 #include "fwd_wgmma.cuh"
@@ -186,6 +187,35 @@ template <int D, int MODE> cudaError_t run_fwd_tf32(const KArgs &a, cudaStream_t
     KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
     return cudaGetLastError();
 }
+
+/* ---- tensor-core path for f32 storage (backward: dK/dV then dQ) ---- */
+template <int D, int MODE> struct Tc32Bwd {
+    using CK = typename TileCfg32<D>::Dkdv;
+    using CQ = typename TileCfg32<D>::Dq;
+    using K = tc32::DkdvCfg32<D, CK::NW, CK::BMQ, CK::SPLIT>;
+    using Q = tc32::DqCfg32<D, CQ::NW, CQ::BN>;
+    static constexpr auto dkdv = tc32::mlstm_bwd_dkdv_kernel<D, MODE, CK::NW, CK::BMQ, CK::SPLIT>;
+    static constexpr auto dq = tc32::mlstm_bwd_dq_kernel<D, MODE, CQ::NW, CQ::BN>;
+};
+
+template <int D, int MODE> cudaError_t setup_bwd_tf32()
+{
+    using KK = Tc32Bwd<D, MODE>;
+    MLSTM_TRY(cudaFuncSetAttribute(KK::dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::K::SMEM));
+    return cudaFuncSetAttribute(KK::dq, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::Q::SMEM);
+}
+
+template <int D, int MODE> cudaError_t run_bwd_tf32(const KArgs &a, cudaStream_t st)
+{
+    using KK = Tc32Bwd<D, MODE>;
+    const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * KK::K::NCTA * a.B * a.NH;
+    const int64_t nq = (a.S + KK::Q::BM - 1) / KK::Q::BM * a.B * a.NH;
+    if (!grid_ok(nk) || !grid_ok(nq)) return cudaErrorInvalidConfiguration;
+    KK::dkdv<<<(unsigned)nk, KK::K::NT, KK::K::SMEM, st>>>(a);
+    MLSTM_TRY(cudaGetLastError());
+    KK::dq<<<(unsigned)nq, KK::Q::NT, KK::Q::SMEM, st>>>(a);
+    return cudaGetLastError();
+}
 #endif
 
 /* ---- generic SIMT path ---- */
@@ -225,7 +255,7 @@ template <typename T> cudaError_t run_bwd_simt(const KArgs &a, cudaStream_t st)
 
 #ifdef MLSTM_INST_AUX
 /* ---- light passes ---- */
-static_assert(GATES_TILE == simt::TB, "mlstm_bwd_gates_tiled_kernel walks the SIMT dQ kernel's tiles");
+static_assert(DF_TILE == simt::TB, "mlstm_bwd_gates_tiled_kernel walks the SIMT dQ kernel's tiles");
 template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 {
     const int64_t n = (a.B * a.NH * a.S + 7) / 8;
@@ -262,6 +292,9 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 #define MLSTM_INSTANTIATE_FWD_TF32(D, MODE)                                                                     \
     template cudaError_t mlstm::run_fwd_tf32<D, MODE>(const mlstm::KArgs &, cudaStream_t);                       \
     template cudaError_t mlstm::setup_fwd_tf32<D, MODE>();
+#define MLSTM_INSTANTIATE_BWD_TF32(D, MODE)                                                                     \
+    template cudaError_t mlstm::run_bwd_tf32<D, MODE>(const mlstm::KArgs &, cudaStream_t);                       \
+    template cudaError_t mlstm::setup_bwd_tf32<D, MODE>();
 #define MLSTM_INSTANTIATE_FWD_SIMT(T)                                                                            \
     template cudaError_t mlstm::run_fwd_simt<T>(const mlstm::KArgs &, cudaStream_t);                             \
     template cudaError_t mlstm::setup_fwd_simt<T>();

@@ -20,16 +20,16 @@ typedef struct mlstm_cuda_fail {
 
 /* Raises the dynamic shared-memory limit of every kernel on the current device. Call once per device
  * (at context init) before the first launch. small_tiles: the small-grid dispatch, -1 auto, 0 off, 1 on,
- * -2 the build default (MLSTM_SMALL_TILES_DEFAULT). f32_tc: 0 keeps the f32 forward on the SIMT path, 1 or -1
- * lets eligible calls use the tensor-core f32 forward (3xTF32, or TF32 under MLSTM_MATH_TF32), -2 the build default
- * (MLSTM_F32_TC_DEFAULT). wgmma: the sm_90a warpgroup-MMA forward for f16/bf16 (compute capability 9.0, builds that
- * include sm_90a), -1 auto (by grid size), 0 off, 1 whenever eligible, -2 the build default (MLSTM_WGMMA_DEFAULT). */
+ * -2 the build default (MLSTM_SMALL_TILES_DEFAULT). f32_tc: 0 keeps f32 on the SIMT path, 1 or -1 lets eligible
+ * calls use the tensor-core f32 forward and backward (3xTF32, or TF32 under MLSTM_MATH_TF32), -2 the build default
+ * (MLSTM_F32_TC_DEFAULT). wgmma: the sm_90a warpgroup-MMA kernels for f16/bf16 (compute capability 9.0, builds that
+ * include sm_90a), 0 off, 1 or -1 whenever eligible, -2 the build default (MLSTM_WGMMA_DEFAULT). */
 int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma);
 /* Enqueues the forward / backward of p on stream (a cudaStream_t). Asynchronous; no allocation. */
 int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);
 int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);
-/* Which path a call takes (for logs and tests): "tc" (f16/bf16 tensor cores), "tc32" (f32 forward, 3xTF32 tensor
- * cores), "tf32" (f32 forward, TF32 tensor cores, MLSTM_MATH_TF32) or "simt". */
+/* Which path a call takes (for logs and tests): "tc" (f16/bf16 tensor cores), "tc32" (f32, 3xTF32 tensor
+ * cores), "tf32" (f32, TF32 tensor cores, MLSTM_MATH_TF32) or "simt". */
 const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward);
 
 #ifdef __cplusplus

@@ -55,24 +55,6 @@ __device__ __forceinline__ void load_chunk_n(float *sm, const T *__restrict__ g,
     load_block<T, false, TB>(sm, g, ld, r0, nrows, c0, ncols);
 }
 
-/* One warp, walking key tiles downwards from the query tile at qs: the key-side pair terms (gh, gl) of the key
- * tile at ks into sGh/sGl (see CGate64), after adding the tile's gate total to the running compensated offset
- * (offh, offl) when the tile lies before the query tile. */
-__device__ __forceinline__ void key_pair_terms(const float *gf, int64_t fs, const float *gi, int64_t is, int64_t ks,
-                                               int64_t qs, int64_t S, float &offh, float &offl, float *sGh, float *sGl)
-{
-    const int lane = threadIdx.x & 31;
-    CGate64 gt;
-    gt.load(gf, fs, gi, is, ks, S);
-    float ch[2], cl[2], th, tl;
-    gt.scan(ch, cl, th, tl, ks, S);
-    if (ks < qs) cadd(offh, offl, th, tl);
-    float oh = offh, ol = offl;
-    cnorm(oh, ol);
-#pragma unroll
-    for (int e = 0; e < 2; ++e) cgate_key(ch[e], cl[e], gt.i[e], oh, ol, sGh[lane * 2 + e], sGl[lane * 2 + e]);
-}
-
 /* acc[i][j] += sum_k A[k][ty*4+i] * B[k][tx*4+j] */
 template <int K>
 __device__ __forceinline__ void mm_acc(float (&acc)[4][4], const float *A, const float *B, int ty, int tx)
@@ -189,8 +171,6 @@ __device__ __forceinline__ void red16_csum(float &h, float &l)
         cadd(h, l, yh, yl);
     }
 }
-/* M_tj = P_tj * (scale * S_tj): the dK/dV and dQ kernels evaluate it bitwise identically (f32 gate gradients) */
-__device__ __forceinline__ float m_elem(float p, float s, float scale) { return __fmul_rn(p, __fmul_rn(scale, s)); }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* Forward: CTA = (query tile, 64-column block of h, batch*head). */
@@ -218,20 +198,10 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
     const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int tid = threadIdx.x, warp = tid >> 5;
     const int ty = tid >> 4, tx = tid & 15;
 
-    if (warp == 0) { /* compensated query-block cumsum (see CGate64) */
-        CGate64 gt;
-        gt.load(gf, tf.ss, nullptr, 0, qs, S);
-        float ch[2], cl[2], th, tl;
-        gt.scan(ch, cl, th, tl, qs, S);
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            sQh[lane * 2 + e] = ch[e];
-            sQl[lane * 2 + e] = cl[e];
-        }
-    }
+    if (warp == 0) gate_block_terms(gf, tf.ss, nullptr, 0, qs, S, sQh, sQl, nullptr); /* compensated (CGate64) */
     __syncthreads();
     float rqh[4], rql[4];
 #pragma unroll
@@ -366,18 +336,7 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
     const int ty = tid >> 4, tx = tid & 15;
     const float eps = args.eps, scale = args.scale;
 
-    if (warp == 0) {
-        CGate64 gt;
-        gt.load(gf, tf.ss, gi, ti.ss, ks, S);
-        float kch[2], kcl[2], kth, ktl;
-        gt.scan(kch, kcl, kth, ktl, ks, S);
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            sKh[lane * 2 + e] = kch[e];
-            sKl[lane * 2 + e] = kcl[e];
-            sKi[lane * 2 + e] = gt.i[e];
-        }
-    }
+    if (warp == 0) gate_block_terms(gf, tf.ss, gi, ti.ss, ks, S, sKh, sKl, sKi);
     __syncthreads();
     float rkh[4], rkl[4], rki[4];
 #pragma unroll
@@ -660,23 +619,10 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
             const int u = ty * 4 + i;
             float h = msh[i], l = msl[i];
             red16_csum(h, l);
-            if (tx == 0) {
-                const bool ok = qs + u < S;
-                cadd(h, l, ok ? -gdi[(qs + u) * tdi.ss] : 0.0f, 0.0f);
-                cadd(h, l, -sE[u], 0.0f);
-                sA[u] = ok ? h : 0.0f;
-                sA[TB + u] = ok ? l : 0.0f;
-            }
+            if (tx == 0) df_row_terms(sA, u, qs, S, h, l, gdi, tdi.ss, sE[u]);
         }
         __syncthreads();
-        if (tid == 0) {
-            const int nq = (int)(S - qs < TB ? S - qs : TB);
-            float rh = 0.0f, rl = 0.0f;
-            for (int u = nq - 1; u >= 0; --u) {
-                cadd(rh, rl, sA[u], sA[TB + u]);
-                gdf[(qs + u) * tdf.ss] = __fadd_rn(rh, rl);
-            }
-        }
+        if (tid == 0) df_tile_suffix(sA, gdf, tdf.ss, qs, S);
     } else {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {

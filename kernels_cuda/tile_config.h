@@ -257,9 +257,54 @@ template <> struct TileCfg<256> {
 #ifndef MLSTM_F32_TC_DEFAULT
 #define MLSTM_F32_TC_DEFAULT 1
 #endif
+/* f32 backward on tensor cores (bwd_tf32.cuh): dK/dV (NW, BMQ, SPLIT) packed as SPLIT*100000 + NW*1000 + BMQ, dQ
+ * (NW, BN) as DQ above; NW = 4 (64-key / 64-row CTAs: one gate block, one df tile). dK/dV: K and V tiles of 64 keys
+ * stay in shared memory while BMQ query rows per step stream through two buffers; the dK and dV accumulators take
+ * D / 4 floats per thread each, so D = 256 splits by output (SPLIT: one CTA per key tile for dV, one for dK and di).
+ * dQ: Q and dh of 64 rows stay, BN keys per step in two buffers. ptxas (NOTES.md history 11) drove the step sizes:
+ * D = 128 dK/dV with 32-row steps spilled 244 B (16: none), D = 256 dQ with 16-key steps 56 B (8: none).
+ * Shared memory (occupancy on an H100, 228 KB and 64K registers per SM): D64 dK/dV 86 KB (2 CTAs), dQ 66.5 KB (3);
+ * D128 dK/dV 110 KB (2), dQ 98.5 KB (2); D256 dK/dV 206 KB (1; sm_90 only: on sm_80 the setup refuses it and the
+ * SIMT kernels serve D = 256), dQ 162.5 KB (1). */
+template <int NW_, int BMQ_, bool SPLIT_> struct Dkdv32Tile {
+    static constexpr int NW = NW_, BMQ = BMQ_;
+    static constexpr bool SPLIT = SPLIT_;
+};
+#ifndef MLSTM_TF32_64_DKDV
+#define MLSTM_TF32_64_DKDV 4032
+#endif
+#ifndef MLSTM_TF32_64_DQ
+#define MLSTM_TF32_64_DQ 4032
+#endif
+#ifndef MLSTM_TF32_128_DKDV
+#define MLSTM_TF32_128_DKDV 4016
+#endif
+#ifndef MLSTM_TF32_128_DQ
+#define MLSTM_TF32_128_DQ 4016
+#endif
+#ifndef MLSTM_TF32_256_DKDV
+#define MLSTM_TF32_256_DKDV 104016
+#endif
+#ifndef MLSTM_TF32_256_DQ
+#define MLSTM_TF32_256_DQ 4008
+#endif
+#define MLSTM_DKDV32_TILE(X) Dkdv32Tile<(X) / 1000 % 100, (X) % 1000, ((X) / 100000) != 0>
+#define MLSTM_DQ_TILE(X) DqTile<(X) / 1000, (X) % 1000>
 template <int D> struct TileCfg32;
-template <> struct TileCfg32<64> { using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_64_FWD); };
-template <> struct TileCfg32<128> { using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_128_FWD); };
-template <> struct TileCfg32<256> { using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_256_FWD); };
+template <> struct TileCfg32<64> {
+    using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_64_FWD);
+    using Dkdv = MLSTM_DKDV32_TILE(MLSTM_TF32_64_DKDV);
+    using Dq = MLSTM_DQ_TILE(MLSTM_TF32_64_DQ);
+};
+template <> struct TileCfg32<128> {
+    using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_128_FWD);
+    using Dkdv = MLSTM_DKDV32_TILE(MLSTM_TF32_128_DKDV);
+    using Dq = MLSTM_DQ_TILE(MLSTM_TF32_128_DQ);
+};
+template <> struct TileCfg32<256> {
+    using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_256_FWD);
+    using Dkdv = MLSTM_DKDV32_TILE(MLSTM_TF32_256_DKDV);
+    using Dq = MLSTM_DQ_TILE(MLSTM_TF32_256_DQ);
+};
 
 } // namespace mlstm

@@ -33,7 +33,10 @@ enum {
     FWD_F32 = 1 << 0, FWD_F16 = 1 << 1, FWD_BF16 = 1 << 2,
     BWX_F32 = 1 << 3, BWX_F16 = 1 << 4, BWX_BF16 = 1 << 5,  /* backward, exact gradients */
     BWD_F32 = 1 << 6, BWD_F16 = 1 << 7, BWD_BF16 = 1 << 8,  /* backward, normalizer-detached */
-    FWD_TF32 = 1 << 9,                                       /* f32 forward with math_mode = MLSTM_MATH_TF32 */
+    FWD_TF32 = 1 << 9,                                       /* f32 with math_mode = MLSTM_MATH_TF32: forward, */
+    BWX_TF32 = 1 << 10,                                      /* backward exact, */
+    BWD_TF32 = 1 << 11,                                      /* backward normalizer-detached */
+    TF32_ALL = FWD_TF32 | BWX_TF32 | BWD_TF32,
     FWD_ALL = FWD_F32 | FWD_F16 | FWD_BF16,
     BWX_ALL = BWX_F32 | BWX_F16 | BWX_BF16,
     BWD_ALL = BWD_F32 | BWD_F16 | BWD_BF16,
@@ -107,8 +110,13 @@ static void add_shape(shape s, unsigned combos, uint64_t seed)
             push(KIND_CASE, c);
         }
     }
-    if (combos & FWD_TF32) {
+    static const unsigned tf32_kinds[3] = { FWD_TF32, BWX_TF32, BWD_TF32 };
+    for (int kind = 0; kind < 3; kind++) {
+        if (!(combos & tf32_kinds[kind]))
+            continue;
         mc_case c = shape_case(s, MLSTM_DTYPE_F32, seed);
+        c.bwd = kind > 0;
+        c.grad_mode = kind == 2 ? MLSTM_GRAD_NORMALIZER_DETACHED : MLSTM_GRAD_EXACT;
         c.math_mode = MLSTM_MATH_TF32;
         push(KIND_CASE, c);
     }
@@ -125,7 +133,7 @@ static void add_shape(shape s, unsigned combos, uint64_t seed)
 static void build_default_table(void)
 {
     /* S: 1, tiny, both neighbours of every power-of-two tile size, long; head dims 64 */
-    add_shape(SH(1, 1, 1, 64, 64, STD), ALL_SET, 1);
+    add_shape(SH(1, 1, 1, 64, 64, STD), ALL_SET | BWX_TF32, 1);
     add_shape(SH(1, 1, 2, 64, 64, NORMAL), STD_SET, 2);
     add_shape(SH(1, 1, 3, 64, 64, STD), STD_SET, 3);
     add_shape(SH(1, 2, 17, 64, 64, STD), STD_SET, 4);
@@ -133,7 +141,7 @@ static void build_default_table(void)
     add_shape(SH(1, 1, 64, 64, 64, STD), STD_SET, 6);
     add_shape(SH(2, 1, 65, 64, 64, STD), STD_SET, 7);
     add_shape(SH(1, 1, 127, 64, 64, NORMAL), STD_SET, 8);
-    add_shape(SH(2, 3, 129, 64, 64, STD), STD_SET | FWD_TF32, 9);
+    add_shape(SH(2, 3, 129, 64, 64, STD), STD_SET | TF32_ALL, 9);
     add_shape(SH(1, 1, 1000, 64, 64, STD), FWD_ALL | BWX_ALL | BWD_F32, 10);
     add_shape(SH(1, 1, 1000, 64, 64, NORMAL), FWD_F32 | FWD_TF32 | BWX_BF16 | BWD_F16, 11);
     add_shape(SH(1, 1, 2048, 64, 64, STD), BWX_F32 | BWX_BF16, 12);
@@ -150,20 +158,20 @@ static void build_default_table(void)
     add_shape(SH(2, 1, 127, 100, 160, NORMAL), BWX_F32, 21);
     /* large head dims, and the extremes of DQK != DV */
     add_shape(SH(1, 1, 33, 256, 256, STD), BWX_F32 | BWX_BF16, 22);
-    add_shape(SH(1, 1, 129, 256, 256, NORMAL), FWD_F32 | FWD_TF32 | FWD_BF16 | BWX_F32, 23);
-    /* f32 head dim 128 (the CUDA f32 tensor-core forward serves 64, 128, 256; IEEE 3xTF32 and TF32) */
-    add_shape(SH(1, 1, 200, 128, 128, STD), FWD_F32 | FWD_TF32, 45);
+    add_shape(SH(1, 1, 129, 256, 256, NORMAL), FWD_F32 | FWD_BF16 | BWX_F32 | TF32_ALL, 23);
+    /* f32 head dim 128 (the CUDA f32 tensor-core kernels serve 64, 128, 256; IEEE 3xTF32 and TF32) */
+    add_shape(SH(1, 1, 200, 128, 128, STD), FWD_F32 | BWX_F32 | BWD_F32 | TF32_ALL, 45);
     add_shape(SH(1, 1, 130, 512, 512, NORMAL), FWD_F32 | BWX_F32 | BWX_F16, 24);
     add_shape(SH(1, 1, 17, 512, 512, STD), BWX_F16, 25);
     add_shape(SH(1, 1, 40, 512, 1, STD), FWD_F32 | BWX_F32, 26);
     add_shape(SH(1, 1, 40, 1, 512, NORMAL), FWD_BF16 | BWX_BF16, 27);
     /* extreme gates (|i|, |f| up to 1e3): no NaN/Inf, every output compared */
     add_shape(SH(1, 2, 129, 48, 96, EXT_U), FWD_ALL | BWX_ALL | BWD_F32, 28);
-    add_shape(SH(1, 1, 200, 64, 64, EXT_N), ALL_SET | FWD_TF32, 29);
+    add_shape(SH(1, 1, 200, 64, 64, EXT_N), ALL_SET | TF32_ALL, 29);
     add_shape(SH(2, 1, 17, 3, 5, EXT_U), FWD_F32 | BWX_F32 | BWX_BF16, 30);
     /* closed input gates: every row on the m floor. No f16: |h| ~ e^-20 lies below f16's smallest
      * subnormal (2^-24), so f16 storage cannot hold the result (bf16 has f32's exponent range). */
-    add_shape(SH(2, 1, 65, 64, 64, CLOSED), NO_F16 | FWD_TF32, 31);
+    add_shape(SH(2, 1, 65, 64, 64, CLOSED), NO_F16 | FWD_TF32 | BWX_TF32, 31);
     /* strided layouts and view offsets */
     add_shape(SHL(2, 3, 129, 48, 96, STD, BSND, 0), FWD_ALL | BWX_ALL | BWD_F32, 32);
     add_shape(SHL(2, 2, 65, 64, 64, NORMAL, PADDED, 0), STD_SET, 33);
@@ -175,7 +183,7 @@ static void build_default_table(void)
     shape s = SH(1, 2, 70, 64, 64, STD);
     s.eps = 1e-2f;
     s.scale = 0.5f;
-    add_shape(s, FWD_F32 | FWD_TF32 | FWD_BF16 | BWX_F32 | BWX_F16 | BWD_F32, 38);
+    add_shape(s, FWD_F32 | FWD_TF32 | FWD_BF16 | BWX_F32 | BWX_F16 | BWD_F32 | BWX_TF32, 38);
 
     /* bitwise determinism, run after run */
     mc_case c;
@@ -217,10 +225,10 @@ static void build_slow_table(void)
     add_shape(SH(1, 1, 8192, 64, 64, NORMAL), BWX_F32, 112);
     add_shape(SH(1, 1, 4096, 64, 64, EXT_U), BWX_F32 | BWD_F32, 113);
     add_shape(SHL(1, 2, 4096, 64, 64, STD, BSND, 1), BWX_BF16, 114);
-    /* forward only, f32 (IEEE, and TF32 on CUDA): the anchor shapes' head dims at full length, cheap to check */
+    /* f32 (IEEE, and TF32 on CUDA) at the anchor shapes' head dims, full length: forward (cheap), one TF32 backward */
     add_shape(SH(1, 1, 8192, 64, 64, STD), FWD_F32 | FWD_TF32, 115);
     add_shape(SH(1, 1, 8192, 64, 64, NORMAL), FWD_F32, 116);
-    add_shape(SH(1, 1, 4096, 128, 128, STD), FWD_F32 | FWD_TF32, 117);
+    add_shape(SH(1, 1, 4096, 128, 128, STD), FWD_F32 | FWD_TF32 | BWX_TF32, 117);
     add_shape(SH(1, 1, 8192, 128, 128, NORMAL), FWD_F32 | FWD_TF32, 118);
     add_shape(SH(1, 1, 4096, 256, 256, STD), FWD_F32 | FWD_TF32, 119);
     add_shape(SHL(2, 4, 2048, 64, 64, STD, BSND, 0), FWD_F32, 120);
@@ -234,7 +242,7 @@ static int g_backend_tf32; /* the backend honours MLSTM_MATH_TF32 (CUDA): TF32 c
 
 /* Resources of the running test, released by the per-test teardown (cmocka failures longjmp). */
 static mc_inputs g_in;
-static mc_outputs g_ref, g_ref_det, g_dev, g_dev2;
+static mc_outputs g_ref, g_dev, g_dev2;
 static void *g_host_mem[MLSTM_TENSOR_COUNT];
 
 static int case_teardown(void **state)
@@ -242,7 +250,6 @@ static int case_teardown(void **state)
     (void)state;
     mc_inputs_free(&g_in);
     mc_outputs_free(&g_ref);
-    mc_outputs_free(&g_ref_det);
     mc_outputs_free(&g_dev);
     mc_outputs_free(&g_dev2);
     for (size_t k = 0; k < sizeof g_host_mem / sizeof g_host_mem[0]; k++) {
@@ -286,42 +293,9 @@ static void test_case(void **state)
     mc_inputs_make(c, &g_in);
     mc_reference(c, &g_in, c->grad_mode, &g_ref);
 
-    /* Degenerate gradients (see tolerances.h): at S = 1 and, in exact mode, with extreme gates, the gradients
-     * are near-total cancellations, so their error is measured against the size of the cancelling terms. */
-    const int degenerate = c->bwd && (c->S == 1 || (c->grad_mode == MLSTM_GRAD_EXACT &&
-                                                     (c->gates == MC_GATES_EXT_U || c->gates == MC_GATES_EXT_N)));
+    /* Degenerate gradients (see tolerances.h): their error is measured against the size of the cancelling terms */
     double mag_den[MC_OUT_COUNT] = { 0 };
-    if (degenerate) {
-        const mc_outputs *det = &g_ref;
-        if (c->grad_mode == MLSTM_GRAD_EXACT) {
-            mc_reference(c, &g_in, MLSTM_GRAD_NORMALIZER_DETACHED, &g_ref_det);
-            det = &g_ref_det;
-        }
-        for (int o = MC_OUT_DQ; o < MC_OUT_COUNT; o++)
-            mag_den[o] = tu_l2(det->t[o], mc_output_count(c, o));
-        /* df_u = sigmoid(-f_u) * sum_{v>=u} (q_v.dq_v - k_v.dk_v): the terms' size, with detached dq, dk */
-        const size_t rows = mc_output_count(c, MC_OUT_DF);
-        double *mag = malloc(rows * sizeof *mag);
-        if (!mag)
-            abort();
-        for (int64_t bh = 0; bh < c->B * c->NH; bh++) {
-            double acc = 0.0;
-            for (int64_t u = c->S - 1; u >= 0; u--) {
-                const size_t r = (size_t)(bh * c->S + u);
-                double qd = 0.0, kd = 0.0;
-                for (int64_t d = 0; d < c->DQK; d++) {
-                    qd += g_in.q[r * (size_t)c->DQK + (size_t)d] * det->t[MC_OUT_DQ][r * (size_t)c->DQK + (size_t)d];
-                    kd += g_in.k[r * (size_t)c->DQK + (size_t)d] * det->t[MC_OUT_DK][r * (size_t)c->DQK + (size_t)d];
-                }
-                acc += fabs(qd) + fabs(kd);
-                const double fu = g_in.f[r];
-                mag[r] = acc * (fu >= 0 ? exp(-fu) / (1.0 + exp(-fu)) : 1.0 / (1.0 + exp(fu)));
-            }
-        }
-        mag_den[MC_OUT_DF] = fmax(mag_den[MC_OUT_DF], tu_l2(mag, rows));
-        free(mag);
-    }
-
+    const int degenerate = mc_degenerate_scales(c, &g_in, &g_ref, mag_den);
     /* the case itself must be representable: reference outputs within the storage dtype's finite range */
     for (int o = 0; o < MC_OUT_COUNT; o++) {
         size_t n = mc_output_count(c, o);
@@ -333,8 +307,8 @@ static void test_case(void **state)
 
     /* extreme gates: the f32 gate math's own error allowance (tolerances.h) */
     const double gate_allowance = tol_gate_allowance(mc_extreme_gate_magnitude(c, &g_in));
-    /* TF32 forward on a backend that honours it: the TF32 row of tolerances.h, n by magnitude */
-    const int tf32 = c->math_mode == MLSTM_MATH_TF32 && c->dtype == MLSTM_DTYPE_F32 && !c->bwd && g_backend_tf32;
+    /* TF32 on a backend that honours it: the TF32 row of tolerances.h, n by magnitude */
+    const int tf32 = c->math_mode == MLSTM_MATH_TF32 && c->dtype == MLSTM_DTYPE_F32 && g_backend_tf32;
 
     double ms[2];
     device_run_or_skip(c, e->name, &g_dev, ms);

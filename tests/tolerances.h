@@ -45,7 +45,7 @@ static inline double tol_max_rel_l2(int dtype, int output)
     }
 }
 
-/* MLSTM_MATH_TF32 (f32 storage, forward: h, m, n), applied only where the backend honours the mode (CUDA); a
+/* MLSTM_MATH_TF32 (f32 storage), applied only where the backend honours the mode (CUDA); a
  * backend that ignores it computes IEEE f32 and is held to the f32 row above. TF32 keeps 10 explicit mantissa bits:
  * an operand rounded to nearest carries a relative error of up to u = 2^-11 = 4.9e-4, so each term of q.k and of
  * C.v carries up to 2u, and the score q.k, a sum of D terms of random sign, has an error of about u sqrt(2D)
@@ -55,13 +55,22 @@ static inline double tol_max_rel_l2(int dtype, int output)
  * (TF32) reaches 1.4e-3 .. 1.9e-3 for h (anchors). Allowed: 5e-3 (~10u) for h and n, 2.5x the peers' worst;
  * m takes no product, so it stays at the f32 value. n is compared by magnitude: its sign records the branch
  * |l| > exp(-m), which TF32 rounding flips where |l| and exp(-m) lie within ~1e-3 of each other (2 rows in 1000 in
- * the emulation, f ~ N(0,1)), a jump of 2|n| that says nothing about accuracy. */
-static const double tol_tf32_table[3] = { 5e-3, 1e-5, 5e-3 }; /* h, m, |n| */
+ * the emulation, f ~ N(0,1)), a jump of 2|n| that says nothing about accuracy.
+ * Gradients (dq, dk, dv, di, df; the CUDA f32 tensor-core backward): every gradient passes through two chained TF32
+ * products (S or dP, then P K, P^T Q or C^T dh), ~2-3u each as above, and two effects amplify that where the
+ * gradient is small against its terms: in exact mode dP_tj - delta_t (dh_t.v_j against the f32 dh_t.h_t) cancels
+ * wherever one key dominates a row (h_t ~ sigma_t v_j), and with extreme gates D' is ~one-hot, so a single score's
+ * TF32 error (relative u sqrt(D) |q||k| / |q.k|, large for a score that nearly cancels) is not averaged. A float64-
+ * checked CPU emulation of the kernels on this suite's shapes gave 3e-4 .. 9e-4 in normalizer-detached mode, 6e-4 ..
+ * 4e-3 in exact mode, 1.1e-2 .. 1.3e-2 for the exact-mode cases with a dominant key per row (S = 17 with 3 heads;
+ * eps 0.01, scale 0.5) and 1.4e-2 for extreme gates (dv). Allowed: 2e-2 (~40u); the f32 rows above stay the contract
+ * of MLSTM_MATH_DEFAULT. */
+static const double tol_tf32_table[TOL_COUNT] = { 5e-3, 1e-5, 5e-3, 2e-2, 2e-2, 2e-2, 2e-2, 2e-2 }; /* h m |n| dq dk dv di df */
 
-/* Maximum relative L2 error of forward output h, m or n (TOL_H .. TOL_N) under MLSTM_MATH_TF32; -1 otherwise. */
+/* Maximum relative L2 error of output o under MLSTM_MATH_TF32; -1 for an unknown output. */
 static inline double tol_max_rel_l2_tf32(int output)
 {
-    return (output >= TOL_H && output <= TOL_N) ? tol_tf32_table[output] : -1.0;
+    return (output >= 0 && output < TOL_COUNT) ? tol_tf32_table[output] : -1.0;
 }
 
 /* Extreme gates (|i|, |f| up to G ~ 1e3). The contract's numbers hold for gates of order 1 (DESIGN.md section 2).

@@ -470,3 +470,45 @@ double mc_extreme_gate_magnitude(const mc_case *c, const mc_inputs *in)
         g = fmax(g, fmax(fabs(in->i[x]), fabs(in->f[x])));
     return g;
 }
+
+int mc_degenerate_scales(const mc_case *c, const mc_inputs *in, const mc_outputs *ref, double *mag_den)
+{
+    for (int o = 0; o < MC_OUT_COUNT; o++)
+        mag_den[o] = 0.0;
+    const int degenerate = c->bwd && (c->S == 1 || (c->grad_mode == MLSTM_GRAD_EXACT &&
+                                                     (c->gates == MC_GATES_EXT_U || c->gates == MC_GATES_EXT_N)));
+    if (!degenerate)
+        return 0;
+    mc_outputs det_own;
+    memset(&det_own, 0, sizeof det_own);
+    const mc_outputs *det = ref;
+    if (c->grad_mode == MLSTM_GRAD_EXACT) {
+        mc_reference(c, in, MLSTM_GRAD_NORMALIZER_DETACHED, &det_own);
+        det = &det_own;
+    }
+    for (int o = MC_OUT_DQ; o < MC_OUT_COUNT; o++)
+        mag_den[o] = tu_l2(det->t[o], mc_output_count(c, o));
+    /* df_u = sigmoid(-f_u) * sum_{v>=u} (q_v.dq_v - k_v.dk_v): the terms' size, with detached dq, dk */
+    const size_t rows = mc_output_count(c, MC_OUT_DF);
+    double *mag = malloc(rows * sizeof *mag);
+    if (!mag)
+        abort();
+    for (int64_t bh = 0; bh < c->B * c->NH; bh++) {
+        double acc = 0.0;
+        for (int64_t u = c->S - 1; u >= 0; u--) {
+            const size_t r = (size_t)(bh * c->S + u);
+            double qd = 0.0, kd = 0.0;
+            for (int64_t d = 0; d < c->DQK; d++) {
+                qd += in->q[r * (size_t)c->DQK + (size_t)d] * det->t[MC_OUT_DQ][r * (size_t)c->DQK + (size_t)d];
+                kd += in->k[r * (size_t)c->DQK + (size_t)d] * det->t[MC_OUT_DK][r * (size_t)c->DQK + (size_t)d];
+            }
+            acc += fabs(qd) + fabs(kd);
+            const double fu = in->f[r];
+            mag[r] = acc * (fu >= 0 ? exp(-fu) / (1.0 + exp(-fu)) : 1.0 / (1.0 + exp(fu)));
+        }
+    }
+    mag_den[MC_OUT_DF] = fmax(mag_den[MC_OUT_DF], tu_l2(mag, rows));
+    free(mag);
+    mc_outputs_free(&det_own);
+    return 1;
+}

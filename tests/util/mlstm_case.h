@@ -89,4 +89,10 @@ int mc_run_device(mlstm_context *ctx, const mc_case *c, const mc_inputs *in, mc_
  * 0 for every other regime. */
 double mc_extreme_gate_magnitude(const mc_case *c, const mc_inputs *in);
 
+/* Degenerate gradients (tests/tolerances.h): at S = 1 and, in exact mode, with extreme gates, the gradients are
+ * near-total cancellations. Returns 1 for such a case and fills mag_den[MC_OUT_COUNT] with the size of the
+ * cancelling terms per output (the denominators to use where they exceed the reference's norm; 0 for h, m, n);
+ * else returns 0 with mag_den all 0. ref: the case's mc_reference outputs. */
+int mc_degenerate_scales(const mc_case *c, const mc_inputs *in, const mc_outputs *ref, double *mag_den);
+
 #endif /* MLSTM_TEST_CASE_H */

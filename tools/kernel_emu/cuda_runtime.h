@@ -24,6 +24,7 @@ typedef void *cudaStream_t;
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 static inline float2 make_float2(float x, float y) { return float2{x, y}; }
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 struct EmuIdx { int x, y, z; };
 
 namespace emu {
@@ -49,6 +50,7 @@ inline void warp_bar() { yield_state(WAIT_WARP); }
 #define blockIdx (emu::block)
 
 inline void __syncthreads() { emu::yield_state(emu::WAIT_BLOCK); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_bar(); }
 inline int emu_lane() { return threadIdx.x & 31; }
 inline int emu_warp() { return threadIdx.x >> 5; }
 inline float __shfl_xor_sync(unsigned, float v, int m)

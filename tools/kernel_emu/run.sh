@@ -1,32 +1,53 @@
 #!/bin/bash
-# kernel_emu: builds the CPU emulation of tc32::mlstm_fwd_kernel from the real kernels_cuda/fwd_tf32.cuh and
-# common.cuh (two mechanical substitutions: the mma.sync asm -> emu_mma_tf32, ex2.approx -> exp2f) and runs a set
-# of cases against the float64 reference. No GPU needed; slow (every CUDA thread is a coroutine): small shapes only.
-# Needs g++ and a built libmlstm in build/ (or MLSTM_LIB_DIR; only to satisfy the link of the test utilities).
-# Usage (repository root): bash tools/kernel_emu/run.sh [quick]
+# kernel_emu: builds the CPU emulation of the f32 tensor-core kernels from the real kernels_cuda sources (mechanical
+# substitutions only: the mma.sync asm -> emu_mma_tf32, ex2.approx -> exp2f, aux.cuh's static __shared__ arrays ->
+# static storage) and runs conformance cases against the float64 reference. No GPU needed; slow (every CUDA thread is
+# a coroutine): small shapes only. Needs g++ and a built libmlstm in build/ (or MLSTM_LIB_DIR; only to satisfy the
+# link of the test utilities).
+# Usage (repository root): bash tools/kernel_emu/run.sh [quick | acc | bwd | bwd-quick | bwd-sweep | bwd-det]
+#   (none) the default set's f32 forward cases; bwd: its f32 backward cases (both gradient and math modes);
+#   bwd-sweep: more sequence lengths for every head dim (3xTF32);
+#   bwd-det: backward cases run twice and in a strided layout, digests compared. EMU_TC_TRUNC=1: truncating
+#   tensor-core accumulation; EMU_REF_FWD=1: the backward gets the reference's h, m, n (f32) instead of the emulated
+#   forward's, so that its errors are its own (exact mode amplifies the forward's h error through dP - delta);
+#   EMU_SIMT=1: the SIMT f32 backward kernels (simt.cuh) instead of the tensor-core ones, for comparison.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-W=build-emu
+W=${EMU_DIR:-build-emu} # a separate EMU_DIR per concurrent run
 mkdir -p $W
-python3 - <<'PY'
-import re
+EMU_DIR=$W python3 - <<'PY'
+import os, re
+W = os.environ["EMU_DIR"]
 src = open("kernels_cuda/common.cuh").read()
 old = 'asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));'
 assert src.count(old) == 1
-open("build-emu/common.cuh", "w").write(src.replace(old, "y = exp2f(x);"))
+open(f"{W}/common.cuh", "w").write(src.replace(old, "y = exp2f(x);"))
 src = open("kernels_cuda/fwd_tf32.cuh").read()
 new, k = re.subn(r'asm\("mma\.sync\.aligned\.m16n8k8.*?"r"\(b1\)\);', "emu_mma_tf32(c, a, b0, b1);", src, flags=re.S)
 assert k == 1
-open("build-emu/fwd_tf32.cuh", "w").write(new)
+open(f"{W}/fwd_tf32.cuh", "w").write(new)
+open(f"{W}/bwd_tf32.cuh", "w").write(open("kernels_cuda/bwd_tf32.cuh").read())  # includes the copy above
+src = open("kernels_cuda/simt.cuh").read()  # for EMU_SIMT=1: extern smem -> simt::sm (emu_bwd_main.cpp), the rest static
+src = src.replace("extern __shared__ ", "extern ")
+new, k = re.subn(r'^(\s+)__shared__ ', r'\1static ', src, flags=re.M)
+open(f"{W}/simt.cuh", "w").write(new)
+src = open("kernels_cuda/aux.cuh").read()
+new, k = re.subn(r'^(\s+)__shared__ ', r'\1static ', src, flags=re.M)
+assert k >= 2
+open(f"{W}/aux.cuh", "w").write(new)
 PY
 # inputs and reference from the test utilities (tests/util, tests/ref); libmlstm only to satisfy the link
 gcc -std=c11 -O2 -fopenmp -I api -I tests/util -I tests/ref -c tests/util/mlstm_case.c -o $W/mlstm_case.o
 gcc -std=c11 -O2 -fopenmp -I api -I tests/util -I tests/ref -c tests/util/test_util.c -o $W/test_util.o
 gcc -std=c11 -O2 -fopenmp -I api -c tests/ref/mlstm_ref.c -o $W/mlstm_ref.o
-g++ -std=c++17 -O2 -ffp-contract=off -w ${EMU_CXXFLAGS:-} -I $W -I tools/kernel_emu -I kernels_cuda -I backends -I api -I tests/ref \
-  -I tests/util -I tests tools/kernel_emu/emu_main.cpp $W/mlstm_case.o $W/test_util.o $W/mlstm_ref.o \
-  -L "${MLSTM_LIB_DIR:-build}" -Wl,-rpath,"$PWD/${MLSTM_LIB_DIR:-build}" -lmlstm -fopenmp -lm -o $W/emu_fwd_tf32
-E=$W/emu_fwd_tf32
+for t in fwd bwd; do
+  src=tools/kernel_emu/emu_main.cpp; [ $t = bwd ] && src=tools/kernel_emu/emu_bwd_main.cpp
+  if [ ! -x $W/emu_${t}_tf32 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/emu_${t}_tf32 -name '*.[ch]*')" ]; then
+    g++ -std=c++17 -O2 -ffp-contract=off -w ${EMU_CXXFLAGS:-} -I $W -I tools/kernel_emu -I kernels_cuda -I backends -I api \
+      -I tests/ref -I tests/util -I tests $src $W/mlstm_case.o $W/test_util.o $W/mlstm_ref.o \
+      -L "${MLSTM_LIB_DIR:-build}" -Wl,-rpath,"$PWD/${MLSTM_LIB_DIR:-build}" -lmlstm -fopenmp -lm -o $W/emu_${t}_tf32
+  fi
+done
 fail=0
 run() {
   local rc=0
@@ -34,18 +55,79 @@ run() {
   grep -v tiles $W/last.log
   [ $rc = 0 ] || fail=1
 }
-if [ "${1:-}" = quick ]; then
+E=$W/emu_fwd_tf32
+case "${1:-}" in
+quick)
   run 0 64 129 2 3 std 9
-  exit $fail
-fi
-if [ "${1:-}" = acc ]; then # the 3xTF32 accuracy-sensitive cases
+  exit $fail ;;
+acc) # the 3xTF32 accuracy-sensitive cases
   run 0 64 70 1 2 std 38 0.01 0.5
   run 0 64 64 1 1 std 6
   run 0 64 1000 1 1 std 10
   run 0 128 200 1 1 std 45
   run 0 256 33 1 1 std 22
-  exit $fail
-fi
+  exit $fail ;;
+bwd-quick)
+  E=$W/emu_bwd_tf32
+  run exact 0 64 129 2 3 std 9
+  run detached 0 64 65 2 1 std 7
+  exit $fail ;;
+bwd)
+  # every f32 backward case of the default conformance set that the tensor-core backward serves (DQK = DV in 64/128/256;
+  # layouts as BNSD), in both math modes (args: grad mode D S B NH gates seed [eps scale]), plus D = 128 shapes
+  # (the default set has no f32 D = 128 backward case)
+  E=$W/emu_bwd_tf32
+  for mode in 0 1; do
+    for g in exact detached; do
+      run $g $mode 64 1 1 1 std 1
+      run $g $mode 64 2 1 1 normal 2
+      run $g $mode 64 3 1 1 std 3
+      run $g $mode 64 17 1 2 std 4
+      run $g $mode 64 63 1 2 normal 5
+      run $g $mode 64 64 1 1 std 6
+      run $g $mode 64 65 2 1 std 7
+      run $g $mode 64 127 1 1 normal 8
+      run $g $mode 64 129 2 3 std 9
+      run $g $mode 64 1000 1 1 std 10
+      run $g $mode 64 200 1 1 ext_n 29
+      run $g $mode 64 65 2 1 closed 31
+      run $g $mode 64 65 2 2 normal 33
+      run $g $mode 64 17 1 3 std 34
+      run $g $mode 64 70 1 2 std 38 0.01 0.5
+      run $g $mode 256 33 1 1 std 22
+      run $g $mode 256 129 1 1 normal 23
+      run $g $mode 128 200 1 1 std 45
+      run $g $mode 128 130 1 1 normal 46
+    done
+    run exact $mode 64 2048 1 1 std 12
+  done
+  exit $fail ;;
+bwd-sweep) # more lengths around the tile sizes (16/32-row steps, 64-row gate blocks), every head dim, 3xTF32
+  E=$W/emu_bwd_tf32
+  seed=200
+  for D in 64 128 256; do
+    for S in 5 31 33 95 97 160 191; do
+      for g in exact detached; do
+        seed=$((seed + 1))
+        gates=std; [ $((seed % 2)) = 0 ] && gates=normal
+        run $g 0 $D $S 1 2 $gates $seed
+      done
+    done
+  done
+  exit $fail ;;
+bwd-det) # determinism: the same case twice, digests equal; and the strided layout (EMU_LAYOUT=padded: (B, S, NH,
+  # D + 4) rows, gaps checked) must pass and give the same digest as the contiguous one
+  E=$W/emu_bwd_tf32
+  for args in "exact 0 64 129 2 3 std 9" "detached 0 128 130 1 2 normal 46" "exact 1 256 33 2 1 std 22" \
+              "exact 0 256 70 1 2 normal 47" "detached 1 64 65 2 2 normal 33"; do
+    d1=$($E $args | grep digest); d2=$($E $args | grep digest)
+    r=0; EMU_LAYOUT=padded $E $args > $W/last.log 2>&1 || r=1
+    d3=$(grep digest $W/last.log)
+    echo "$args: $d1 / $d2 / padded$d3 $(grep -o 'canaries [a-z]*' $W/last.log) rc=$r"
+    [ "$d1" = "$d2" ] && [ "$d1" = "$d3" ] && [ $r = 0 ] || fail=1
+  done
+  exit $fail ;;
+esac
 # every f32 forward case of the default conformance set that the tensor-core kernel serves (BNSD, D 64/128/256),
 # in both modes (args: mode D S B NH gates seed [eps scale])
 for mode in 0 1; do
