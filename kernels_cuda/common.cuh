@@ -270,21 +270,11 @@ struct CGateTile {
                                          int64_t S) const
     {
         const int lane = threadIdx.x & 31;
-        float a[E];
-#pragma unroll
-        for (int e = 0; e < E; ++e) a[e] = (lane < LANES && s0 + lane * E + e < S) ? logsigmoid(f[e]) : 0.0f;
-        scan_values(a, ch, cl, th, tl);
-    }
-    /* the same from the a values of the lane's positions (0 beyond S and for lanes >= LANES), e.g. computed by
-     * other threads */
-    static __device__ __forceinline__ void scan_values(const float (&a)[E], float (&ch)[E], float (&cl)[E], float &th,
-                                                       float &tl)
-    {
-        const int lane = threadIdx.x & 31;
         float h = 0.0f, l = 0.0f, lh[E], ll[E];
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-            cadd(h, l, a[e], 0.0f);
+            const int64_t s = s0 + lane * E + e;
+            cadd(h, l, (lane < LANES && s < S) ? logsigmoid(f[e]) : 0.0f, 0.0f);
             lh[e] = h;
             ll[e] = l;
         }

@@ -177,13 +177,11 @@ struct FwdCfg {
     static constexpr int KV_BYTES = BN * D * 4;
     static constexpr int K_OFF = Q_BYTES;
     static constexpr int V_OFF = K_OFF + 2 * KV_BYTES;
-    /* floats: sQh[BM], sQl[BM], sGh[2][BN], sGl[2][BN], sPa[2][BN], sPi[2][BN] */
-    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES;
-    static constexpr int SMEM = G_OFF + (2 * BM + 8 * BN) * 4;
+    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sQh[BM], sQl[BM], sGh[2][BN], sGl[2][BN] */
+    static constexpr int SMEM = G_OFF + (2 * BM + 4 * BN) * 4;
     static_assert(BM % BN == 0, "query tile must be a multiple of the key tile");
     static_assert(BM % 32 == 0 && BN % 16 == 0, "tile sizes");
     static_assert(D % 32 == 0, "swizzle groups of 32 floats");
-    static_assert(BN <= NT, "one gate producer thread per key of a tile");
 };
 
 /* The gate part of one (warp rows x BN keys) tile, compensated as in the SIMT f32 forward: with the query-row
@@ -262,8 +260,6 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     float *sQl = sQh + BM;
     float *sGh = sQl + BM;     /* [2][BN] key terms gh (see CGate64, common.cuh) */
     float *sGl = sGh + 2 * BN; /* [2][BN] key terms gl */
-    float *sPa = sGl + 2 * BN; /* [2][BN] logsigmoid(f) of a key tile (0 beyond S), from the producer threads */
-    float *sPi = sPa + 2 * BN; /* [2][BN] its i */
 
     const int64_t S = args.S, BH = args.B * args.NH;
     const int64_t nqt = (S + BM - 1) / BM;
@@ -288,30 +284,6 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     load_tile32_async<BN, D, NT>(sV, gv, tv.ss, kt_hi * BN, S);
     cp_async_commit();
 
-    /* Key gates one step ahead (as in the wgmma forward): threads 0..BN-1 load f and i of the key tile two steps
-     * ahead early in a step and store logsigmoid(f) and i late in it; the gate warp only scans them. Slot of the
-     * tile at step st = kt_hi - kt: st & 1. */
-    const bool producer = (int)threadIdx.x < BN;
-    float pf = 0.0f, pi = 0.0f;
-    auto produce_load = [&](int64_t kt) {
-        const int64_t s = kt * BN + threadIdx.x;
-        const bool ok = producer && kt >= 0 && s < S;
-        pf = ok ? gf[s * tf.ss] : 0.0f;
-        pi = ok ? gi[s * ti.ss] : 0.0f;
-    };
-    auto produce_store = [&](int64_t kt) {
-        const int64_t s = kt * BN + threadIdx.x;
-        if (producer && kt >= 0) {
-            const int o = (int)((kt_hi - kt) & 1) * BN + threadIdx.x;
-            sPa[o] = s < S ? logsigmoid(pf) : 0.0f;
-            sPi[o] = pi;
-        }
-    };
-    produce_load(kt_hi);
-    produce_store(kt_hi);
-    produce_load(kt_hi - 1);
-    produce_store(kt_hi - 1);
-
     if (warp == 0) { /* compensated query-tile cumsum */
         constexpr int E = CGateTile<BM>::E;
         CGateTile<BM> gt;
@@ -328,16 +300,11 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
 
     /* gate warp state: the compensated offset O = sum_{u in [ks, qs)} a_u of the key tiles below the query tile */
     float offh = 0.0f, offl = 0.0f;
-    auto gate_finish = [&](int64_t ks, int bsel) { /* bsel: the slot of the tile at ks */
+    CGateTile<BN> gnext;
+    auto gate_finish = [&](int64_t ks, int bsel) {
         constexpr int E = CGateTile<BN>::E;
-        float ch[E], cl[E], th, tl, a[E], iv[E];
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const int idx = lane * E + e;
-            a[e] = idx < BN ? sPa[bsel * BN + idx] : 0.0f;
-            iv[e] = idx < BN ? sPi[bsel * BN + idx] : 0.0f;
-        }
-        CGateTile<BN>::scan_values(a, ch, cl, th, tl);
+        float ch[E], cl[E], th, tl;
+        gnext.scan(ch, cl, th, tl, ks, S);
         float oh = 0.0f, ol = 0.0f;
         if (ks > qs) { /* key tile inside the query tile: F_t - F_j = Fq_t - (Fq_{ks-1} + Fk_j) */
             oh = -sQh[ks - 1 - qs];
@@ -353,13 +320,16 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             const int idx = lane * E + e;
             if (idx < BN) {
                 float kgh, kgl;
-                cgate_key(ch[e], cl[e], iv[e], oh, ol, kgh, kgl);
+                cgate_key(ch[e], cl[e], gnext.i[e], oh, ol, kgh, kgl);
                 sGh[bsel * BN + idx] = kgh;
                 sGl[bsel * BN + idx] = kgl;
             }
         }
     };
-    if (warp == GW) gate_finish(kt_hi * BN, 0);
+    if (warp == GW) {
+        gnext.load(gf, tf.ss, gi, ti.ss, kt_hi * BN, S);
+        gate_finish(kt_hi * BN, 0);
+    }
 
     /* per-lane fragment offsets (floats) into the swizzled tiles, kept out of the unrolled loops:
      * Q/K: row g, slab kk2 -> (aoff ^ 16 (kk2 & 1)) + 32 (kk2 >> 1) (+ row0 D); V: key row 2q4 (+1), column 8 dt + g ->
@@ -394,8 +364,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             load_tile32_async<BN, D, NT>(sK + (buf ^ 1) * BN * D, gk, tk.ss, kn, S);
             load_tile32_async<BN, D, NT>(sV + (buf ^ 1) * BN * D, gv, tv.ss, kn, S);
             cp_async_commit();
+            if (warp == GW) gnext.load(gf, tf.ss, gi, ti.ss, kn, S);
         }
-        produce_load(kt - 2);
         const float *cK = sK + buf * BN * D;
         const float *cV = sV + buf * BN * D;
 
@@ -459,7 +429,6 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                 }
             }
         }
-        produce_store(kt - 2); /* into the slot of this step's tile, which the gate warp read in the step before */
         if (kt > 0 && warp == GW) gate_finish((kt - 1) * BN, buf ^ 1);
     }
 
