@@ -82,16 +82,12 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
     __syncthreads();
 
-    /* Key gates, one step ahead: KS * BN producer threads (one key each) load f and i of a step early and store
-     * logsigmoid(f) and i late in the step before; the gate warp turns them into G2 and the prefix maxima at the end
-     * of the step before the one that uses them, walking the tiles in descending order (all groups' tiles of a step,
-     * group 0 first) for the compensated offset. Slots: step st in st & 1.
-     * KS = 2: each group has its own gate warp (the last warp of its warpgroup) for its own tile, and the producers
-     * are warps 0, 1, 2 and 4, so that no warp carries more than one of the three extra jobs per step. */
-    constexpr int GW0 = KS > 1 ? 3 : GW;        /* gate warp of group 0's tiles */
-    const int prank = KS > 1 ? (warp < 3 ? warp * 32 + lane : warp == 4 ? 96 + lane : 1 << 20) : (int)threadIdx.x;
-    const int ptile = prank / BN, ppos = prank % BN; /* producer: group, key in the tile */
-    const bool producer = prank < KS * BN;
+    /* Key gates, one step ahead: the first KS * BN threads (the gate producers, one key each) load f and i of a
+     * step early and store logsigmoid(f) and i late in the step before; the gate warp turns them into G2 and the
+     * prefix maxima at the end of the step before the one that uses them, walking the tiles in descending order
+     * (all groups' tiles of a step, group 0 first) for the compensated offset. Slots: step st in st & 1. */
+    const int ptile = (int)threadIdx.x / BN, ppos = (int)threadIdx.x % BN; /* producer: group, key in the tile */
+    const bool producer = (int)threadIdx.x < KS * BN;
     float pf = 0.0f, pi = 0.0f;
     auto produce_load = [&](int64_t st) { /* step st = it: tiles kt_hi - it * KS - gs */
         const int64_t kt = kt_hi - st * KS - ptile, s = kt * BN + ppos;
@@ -108,11 +104,8 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
         }
     };
     Comp off = {0.0f, 0.0f};
-    /* a gate warp; KS = 2: warp GW0 finishes group 0's tile, warp GW group 1's, and both add both tiles' totals to
-     * their copy of the offset, as a butterfly sum of the a values, so that the two copies stay equal */
-    auto gates_finish = [&](int64_t st) {
+    auto gates_finish = [&](int64_t st) { /* the gate warp */
         constexpr int E = BN / 32;
-        const int mine = KS > 1 ? (warp == GW ? 1 : 0) : -1;
 #pragma unroll
         for (int gs = 0; gs < KS; ++gs) {
             const int64_t kt = kt_hi - st * KS - gs;
@@ -120,23 +113,11 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
             const int sl = (int)(st & 1) * KS + gs;
             float a[E], iv[E], cum[E];
 #pragma unroll
-            for (int e = 0; e < E; ++e) a[e] = sA[sl * BN + lane * E + e];
-            if (KS > 1 && gs != mine) {
-                float t = 0.0f;
-#pragma unroll
-                for (int e = 0; e < E; ++e) t += a[e];
-                if (kt * BN < qs) comp_add(off, warp_sum(t)); /* as fwd_key_gates_scanned does for its tile */
-                continue;
+            for (int e = 0; e < E; ++e) {
+                a[e] = sA[sl * BN + lane * E + e];
+                iv[e] = sI[sl * BN + lane * E + e];
             }
-#pragma unroll
-            for (int e = 0; e < E; ++e) iv[e] = sI[sl * BN + lane * E + e];
-            float tot = GateTile<BN>::scan_values(cum, a);
-            if (KS > 1) {
-                float t = 0.0f;
-#pragma unroll
-                for (int e = 0; e < E; ++e) t += a[e];
-                tot = warp_sum(t);
-            }
+            const float tot = GateTile<BN>::scan_values(cum, a);
             tc::fwd_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sFq, sG2 + sl * BN, sPM + sl * BN);
         }
     };
@@ -145,7 +126,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     produce_load(1);
     produce_store(1);
     __syncthreads();
-    if (warp == GW || warp == GW0) gates_finish(0);
+    if (warp == GW) gates_finish(0);
 
     float rowF[1][2];
     rowF[0][0] = sFq[wr0 + g];
@@ -246,7 +227,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
             reg_fence(oacc);
         }
         produce_store(it + 2); /* into the slot of step it, which the gate warp finished reading in step it - 1 */
-        if (knext >= 0 && (warp == GW || warp == GW0)) gates_finish(it + 1);
+        if (knext >= 0 && warp == GW) gates_finish(it + 1);
     }
 
     if constexpr (KS > 1) {
