@@ -34,7 +34,8 @@ template <typename T, int D, int BN, int NWG, int KS = 1>
 __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    /* built for an architecture without wgmma: never launched (dispatch.cu enables it on sm_90 builds only) */
+    /* built for an architecture without wgmma: never launched (dispatch.cu enables it on compute capability 9.0
+     * in builds that include sm_90a) */
     __trap();
 #else
     using Cfg = FwdCfg<D, BN, NWG, KS>;
