@@ -311,12 +311,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     float *sOf = sDel + 2 * BMQ;
     constexpr int NKB = Cfg::NKB;
 
-    const int64_t S = args.S, BH = args.B * args.NH;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t rest = blockIdx.x / BH;
-    const int dc = (int)(rest % NSPLIT);
-    const int64_t kt = rest / NSPLIT; /* lowest key tiles (most work) first */
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t S = args.S;
+    const CtaPos cp = cta_pos(args, NSPLIT);
+    const int dc = cp.sub;
+    const int64_t b = cp.b, hh = cp.hh, kt = cp.rank; /* lowest key tiles (most work) first */
     const int64_t ks = kt * BNK;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
@@ -481,10 +479,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 uint32_t own[BMQ / 16][4], oth[BMQ / 16][4];
 #pragma unroll
                 for (int kk = 0; kk < BMQ / 16; ++kk) {
-                    own[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
-                    own[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
-                    own[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-                    own[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+                    acc_to_a<T>(st, kk, own[kk]);
 #pragma unroll
                     for (int r = 0; r < 4; ++r) xt[((warp * (BMQ / 16) + kk) * 4 + r) * 32 + lane] = own[kk][r];
                 }
@@ -527,14 +522,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
 #pragma unroll
             for (int kk = 0; kk < BMQ / 16; ++kk) {
                 uint32_t ac[4], ap[4];
-                ac[0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
-                ac[1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
-                ac[2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-                ac[3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-                ap[0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
-                ap[1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
-                ap[2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-                ap[3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+                acc_to_a<T>(st, kk, ac);
+                acc_to_a<T>(dpt, kk, ap);
 #pragma unroll
                 for (int dp = 0; dp < DOUT / 16; ++dp) {
                     uint32_t bh4[4], bq[4];
@@ -699,11 +688,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
     float *sG = sFq + BM;
 
-    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t qt = nqt - 1 - (int64_t)(blockIdx.x / BH);
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
     const int64_t qs = qt * BM;
 
     const TArg &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
@@ -809,10 +797,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
 #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
                 uint32_t a[4];
-                a[0] = pack2<T>(dp[2 * kk][0], dp[2 * kk][1]);
-                a[1] = pack2<T>(dp[2 * kk][2], dp[2 * kk][3]);
-                a[2] = pack2<T>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-                a[3] = pack2<T>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+                acc_to_a<T>(dp, kk, a);
 #pragma unroll
                 for (int dn = 0; dn < D / 16; ++dn) {
                     uint32_t bb[4];

@@ -128,11 +128,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     float *sKl = sKh + 64, *sKi = sKl + 64, *sQh = sKi + 64, *sQl = sQh + 64, *sMt = sQl + 64, *sInv = sMt + 64;
     float *sDel = sInv + 64, *sOf = sDel + 64;
 
-    const int64_t S = args.S, BH = args.B * args.NH;
-    const int64_t bh = blockIdx.x % BH, rest = blockIdx.x / BH;
-    const int role = (int)(rest % Cfg::NCTA);
-    const int64_t kt = rest / Cfg::NCTA;
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t S = args.S;
+    const CtaPos cp = cta_pos(args, Cfg::NCTA);
+    const int role = cp.sub;
+    const int64_t b = cp.b, hh = cp.hh, kt = cp.rank;
     const int64_t ks = kt * 64;
     const bool do_dv = !SPLIT || role == 0, do_dk = !SPLIT || role == 1;
 
@@ -324,11 +323,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     float *sQl = sQh + 64, *sMt = sQl + 64, *sInv = sMt + 64, *sDel = sInv + 64, *sE = sDel + 64;
     float *sGh = sE + 64, *sGl = sGh + 64, *sF = sGl + 64;
 
-    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t qt = nqt - 1 - (int64_t)(blockIdx.x / BH);
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
     const int64_t qs = qt * BM;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];

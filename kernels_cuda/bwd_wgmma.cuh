@@ -46,11 +46,10 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
     float *sA = sG + 2 * BN; /* [2][64] logsigmoid(f) of a key tile's 64-block (0 beyond S) */
     float *sI = sA + 2 * 64; /* [2][64] its i */
 
-    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t qt = nqt - 1 - (int64_t)(blockIdx.x / BH);
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
     const int64_t qs = qt * BM;
 
     const TArg &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
@@ -165,10 +164,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
         uint32_t pa[BN / 16][4];
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
-            pa[kk][0] = pack2<T>(dp[2 * kk][0], dp[2 * kk][1]);
-            pa[kk][1] = pack2<T>(dp[2 * kk][2], dp[2 * kk][3]);
-            pa[kk][2] = pack2<T>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-            pa[kk][3] = pack2<T>(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+            acc_to_a<T>(dp, kk, pa[kk]);
         }
         reg_fence(acc);
         fence();
@@ -184,6 +180,49 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
     tc::dq_epilogue<T, D, GUARD>(args, b, hh, qs, wr0, adq, esc);
 #endif
 }
+
+/* The query gates of the wgmma dK/dV kernels, one query tile ahead: 64 producer threads (warps pw, pw + 1) load a
+ * tile's values early in a step and store them late in the step before (tc::DkdvQueryGates::produce_*); warp 0 scans
+ * them at the end of the step before their use. Slots (qt - qt0) & 1 of pr [2][256]; outputs cb, del [2][BMQ], of [2]. */
+template <int BMQ>
+struct DkdvGatePipe {
+    tc::DkdvQueryGates<1, BMQ> qg;
+    float *pr, *cb, *del, *of;
+    int64_t qt0, nqt;
+    int pidx;
+    bool producer;
+    float r[4];
+    __device__ __forceinline__ DkdvGatePipe(const KArgs &args, int64_t b, int64_t hh, int64_t ks, int pw, float *pr_,
+                                            float *cb_, float *del_, float *of_, int64_t qt0_, int64_t nqt_)
+        : qg(args, b, hh, ks), pr(pr_), cb(cb_), del(del_), of(of_), qt0(qt0_), nqt(nqt_)
+    {
+        pidx = (int)threadIdx.x - 32 * pw;
+        producer = pidx >= 0 && pidx < 64;
+    }
+    __device__ __forceinline__ float *slot(int64_t q) const { return pr + ((q - qt0) & 1) * 256; }
+    /* the first two tiles' values, then tile qt0's gates (contains a __syncthreads) */
+    __device__ __forceinline__ void prologue()
+    {
+        for (int64_t q = qt0; q < qt0 + 2 && q < nqt; ++q)
+            if (producer) {
+                qg.produce_load(q * BMQ, pidx, r);
+                qg.produce_store(q * BMQ, pidx, r, slot(q));
+            }
+        __syncthreads();
+        if (threadIdx.x < 32) qg.finish_from(qt0 * BMQ, slot(qt0), cb, del, of);
+    }
+    /* in step qt (buffer buf): early, the loads for tile qt + 2; late, their store, and tile qt + 1's gates */
+    __device__ __forceinline__ void early(int64_t qt)
+    {
+        if (producer && qt + 2 < nqt) qg.produce_load((qt + 2) * BMQ, pidx, r);
+    }
+    __device__ __forceinline__ void late(int64_t qt, int buf)
+    {
+        if (producer && qt + 2 < nqt) qg.produce_store((qt + 2) * BMQ, pidx, r, slot(qt + 2));
+        if (qt + 1 < nqt && threadIdx.x < 32)
+            qg.finish_from((qt + 1) * BMQ, slot(qt + 1), cb + (buf ^ 1) * BMQ, del + (buf ^ 1) * BMQ, of + (buf ^ 1));
+    }
+};
 
 template <int D, int BMQ>
 struct DkdvCfg {
@@ -218,10 +257,9 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
     float *sOf = sDel + 2 * BMQ;
     float *sPr = sOf + 2; /* [2][256]: the query gates' producer values (DkdvQueryGates::produce_store) */
 
-    const int64_t S = args.S, BH = args.B * args.NH;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t kt = blockIdx.x / BH; /* lowest key tiles (most work) first */
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t S = args.S;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, kt = cp.rank; /* lowest key tiles (most work) first */
     const int64_t ks = kt * BNK;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
@@ -243,23 +281,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
 
     float gkn[2];
     tc::dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
-    /* query gates one step ahead: 64 producer threads (warps PW, PW + 1) load a step early and store late in the step
-     * before; warp 0 scans them at the end of the step before their use (slots (qt - qt0) & 1) */
-    tc::DkdvQueryGates<1, BMQ> qg(args, b, hh, ks);
-    const int pidx = (int)threadIdx.x - 32 * PW;
-    const bool producer = pidx >= 0 && pidx < 64;
-    float pr4[4];
-    auto pslot = [&](int64_t q) { return sPr + ((q - qt0) & 1) * 256; };
-    if (producer) {
-        qg.produce_load(qt0 * BMQ, pidx, pr4);
-        qg.produce_store(qt0 * BMQ, pidx, pr4, pslot(qt0));
-        if (qt0 + 1 < nqt) {
-            qg.produce_load((qt0 + 1) * BMQ, pidx, pr4);
-            qg.produce_store((qt0 + 1) * BMQ, pidx, pr4, pslot(qt0 + 1));
-        }
-    }
-    __syncthreads();
-    if (warp == 0) qg.finish_from(qt0 * BMQ, pslot(qt0), sCb, sDel, sOf);
+    DkdvGatePipe<BMQ> gp(args, b, hh, ks, PW, sPr, sCb, sDel, sOf, qt0, nqt);
+    gp.prologue();
 
     float adk[D / 8][4], adv[D / 8][4];
     float(&acck)[D / 2] = reinterpret_cast<float(&)[D / 2]>(adk);
@@ -281,7 +304,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
             load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S);
             cp_async_commit();
         }
-        if (producer && qt + 2 < nqt) qg.produce_load(qs + 2 * BMQ, pidx, pr4);
+        gp.early(qt);
         const uint32_t cQ = aQ + buf * Cfg::QT_BYTES, cH = aH + buf * Cfg::QT_BYTES;
         const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
         const float of = sOf[buf];
@@ -336,14 +359,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
         uint32_t ac[BMQ / 16][4], ap[BMQ / 16][4];
 #pragma unroll
         for (int kk = 0; kk < BMQ / 16; ++kk) {
-            ac[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
-            ac[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
-            ac[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-            ac[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-            ap[kk][0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
-            ap[kk][1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
-            ap[kk][2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-            ap[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+            acc_to_a<T>(st, kk, ac[kk]);
+            acc_to_a<T>(dpt, kk, ap[kk]);
         }
         reg_fence(acck);
         reg_fence(accv);
@@ -357,9 +374,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
         wait<0>();
         reg_fence(acck);
         reg_fence(accv);
-        if (producer && qt + 2 < nqt) qg.produce_store(qs + 2 * BMQ, pidx, pr4, pslot(qt + 2));
-        if (qt + 1 < nqt && warp == 0)
-            qg.finish_from(qs + BMQ, pslot(qt + 1), sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1));
+        gp.late(qt, buf);
     }
 
     tc::dkdv_epilogue<T, D, GUARD, false>(args, b, hh, ks, wk0, 0, true, adk, adv, esc, di_ps, [&](int kr, int col) {
@@ -409,10 +424,9 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
     float *sOf = sDel + 2 * BMQ;
     float *sPr = sOf + 2; /* [2][256]: the query gates' producer values (DkdvQueryGates::produce_store) */
 
-    const int64_t S = args.S, BH = args.B * args.NH;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t kt = blockIdx.x / BH; /* lowest key tiles (most work) first */
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const int64_t S = args.S;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, kt = cp.rank; /* lowest key tiles (most work) first */
     const int64_t ks = kt * BNK;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
@@ -436,23 +450,8 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
 
     float gkn[2];
     tc::dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
-    /* query gates one step ahead: 64 producer threads (warps PW, PW + 1) load a step early and store late in the step
-     * before; warp 0 scans them at the end of the step before their use (slots (qt - qt0) & 1) */
-    tc::DkdvQueryGates<1, BMQ> qg(args, b, hh, ks);
-    const int pidx = (int)threadIdx.x - 32 * PW;
-    const bool producer = pidx >= 0 && pidx < 64;
-    float pr4[4];
-    auto pslot = [&](int64_t q) { return sPr + ((q - qt0) & 1) * 256; };
-    if (producer) {
-        qg.produce_load(qt0 * BMQ, pidx, pr4);
-        qg.produce_store(qt0 * BMQ, pidx, pr4, pslot(qt0));
-        if (qt0 + 1 < nqt) {
-            qg.produce_load((qt0 + 1) * BMQ, pidx, pr4);
-            qg.produce_store((qt0 + 1) * BMQ, pidx, pr4, pslot(qt0 + 1));
-        }
-    }
-    __syncthreads();
-    if (warp == 0) qg.finish_from(qt0 * BMQ, pslot(qt0), sCb, sDel, sOf);
+    DkdvGatePipe<BMQ> gp(args, b, hh, ks, PW, sPr, sCb, sDel, sOf, qt0, nqt);
+    gp.prologue();
 
     float adk[DOUT / 8][4], adv[DOUT / 8][4];
     float(&acck)[DOUT / 2] = reinterpret_cast<float(&)[DOUT / 2]>(adk);
@@ -475,7 +474,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
             load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S);
             cp_async_commit();
         }
-        if (producer && qt + 2 < nqt) qg.produce_load(qs + 2 * BMQ, pidx, pr4);
+        gp.early(qt);
         const uint32_t cQ = aQ + buf * Cfg::QT_BYTES, cH = aH + buf * Cfg::QT_BYTES;
         const uint32_t cB = aB + buf * Cfg::QT_BYTES;
         const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
@@ -530,10 +529,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         uint32_t own[NKK][4], oth[NKK][4];
 #pragma unroll
         for (int kk = 0; kk < NKK; ++kk) {
-            own[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
-            own[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
-            own[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-            own[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+            acc_to_a<T>(st, kk, own[kk]);
 #pragma unroll
             for (int r = 0; r < 4; ++r) xt[((role * NKK + kk) * 4 + r) * 128 + tid] = own[kk][r];
         }
@@ -563,9 +559,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         wait<0>();
         reg_fence(acck);
         reg_fence(accv);
-        if (producer && qt + 2 < nqt) qg.produce_store(qs + 2 * BMQ, pidx, pr4, pslot(qt + 2));
-        if (qt + 1 < nqt && warp == 0)
-            qg.finish_from(qs + BMQ, pslot(qt + 1), sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1));
+        gp.late(qt, buf);
     }
 
     /* di_j = k_j . dk_j over both column halves: per-thread partial sums, role 1's added to role 0's (the epilogue's

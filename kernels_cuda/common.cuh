@@ -28,6 +28,18 @@ struct KArgs {
     int grad_mode;
 };
 
+/* Where a CTA of the kernels' 1-D grids sits: blockIdx.x = (rank * nsub + sub) * B*NH + batch*head, with nsub CTAs
+ * per tile (output-column blocks or roles). The kernels map rank to a tile so that the heaviest tiles come first. */
+struct CtaPos {
+    int64_t b, hh, rank;
+    int sub;
+};
+__device__ __forceinline__ CtaPos cta_pos(const KArgs &a, int nsub = 1)
+{
+    const int64_t BH = a.B * a.NH, bh = blockIdx.x % BH, r = blockIdx.x / BH;
+    return CtaPos{bh / a.NH, bh % a.NH, r / nsub, (int)(r % nsub)};
+}
+
 /* Base of tensor x for (batch b, head h), typed. */
 template <typename T>
 __device__ __forceinline__ T *bh_ptr(const TArg &x, int64_t b, int64_t h)

@@ -258,11 +258,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     float *sG2 = sFq + BM;          /* [2][KS][BN] G_j log2e */
     float *sPM = sG2 + 2 * KS * BN; /* [2][KS][BN] prefix max of G_j over the tile (natural units) */
 
-    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t qt = nqt - 1 - (int64_t)(blockIdx.x / BH); /* heaviest (last) query tiles first */
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
     const int64_t qs = qt * BM;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
@@ -422,10 +421,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                 uint32_t a[MT][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    a[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                    a[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                    a[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                    a[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                    acc_to_a<T>(s[mt], kk, a[mt]);
                 }
 #pragma unroll
                 for (int dp = 0; dp < D / 16; ++dp) {

@@ -261,11 +261,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     float *sGh = sQl + BM;     /* [2][BN] key terms gh (see CGate64, common.cuh) */
     float *sGl = sGh + 2 * BN; /* [2][BN] key terms gl */
 
-    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t qt = nqt - 1 - (int64_t)(blockIdx.x / BH); /* heaviest (last) query tiles first */
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
     const int64_t qs = qt * BM;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];

@@ -50,11 +50,10 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     float *sA = sPM + 2 * KS * BN;  /* [2][KS][BN] logsigmoid(f_j) (0 beyond S) */
     float *sI = sA + 2 * KS * BN;   /* [2][KS][BN] i_j */
 
-    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t qt = nqt - 1 - (int64_t)(blockIdx.x / BH); /* heaviest (last) query tiles first */
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
     const int64_t qs = qt * BM;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
@@ -213,10 +212,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
             uint32_t pa[BN / 16][4];
 #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
-                pa[kk][0] = pack2<T>(s[0][2 * kk][0], s[0][2 * kk][1]);
-                pa[kk][1] = pack2<T>(s[0][2 * kk][2], s[0][2 * kk][3]);
-                pa[kk][2] = pack2<T>(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
-                pa[kk][3] = pack2<T>(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+                acc_to_a<T>(s[0], kk, pa[kk]);
             }
             reg_fence(oacc);
             fence();

@@ -69,15 +69,9 @@ def main():
     body = "".join(f"template cudaError_t mlstm::run_bwd_prep<{TYPES[t]}>(const mlstm::KArgs &, cudaStream_t);\n"
                    for t in TYPES)
     body += ("\ncudaError_t mlstm::run_bwd_gates(const mlstm::KArgs &a, cudaStream_t st)\n{\n"
-             "    const int64_t n = a.B * a.NH;\n"
-             "    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;\n"
-             "    mlstm::mlstm_bwd_gates_kernel<<<(unsigned)n, mlstm::GATES_NT, 0, st>>>(a);\n"
-             "    return cudaGetLastError();\n}\n")
+             "    return mlstm::launch_1d(mlstm::mlstm_bwd_gates_kernel, a.B * a.NH, mlstm::GATES_NT, 0, st, a);\n}\n")
     body += ("\ncudaError_t mlstm::run_bwd_gates_tiled(const mlstm::KArgs &a, cudaStream_t st)\n{\n"
-             "    const int64_t n = a.B * a.NH;\n"
-             "    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;\n"
-             "    mlstm::mlstm_bwd_gates_tiled_kernel<<<(unsigned)n, mlstm::GATES_TNT, 0, st>>>(a);\n"
-             "    return cudaGetLastError();\n}\n")
+             "    return mlstm::launch_1d(mlstm::mlstm_bwd_gates_tiled_kernel, a.B * a.NH, mlstm::GATES_TNT, 0, st, a);\n}\n")
     files.append(write("mlstm_bwd_aux.cu", "Backward prep (delta) and gate-gradient passes, all dtypes.", body,
                        pre="#define MLSTM_INST_AUX 1\n"))
     with open(os.path.join(OUT, "instances.cmake"), "w") as f:

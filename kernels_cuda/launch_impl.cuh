@@ -26,6 +26,19 @@ namespace mlstm {
 /* 1-D grid of n CTAs; fails cleanly instead of launching a truncated grid. */
 static inline bool grid_ok(int64_t n) { return n > 0 && n <= INT_MAX; }
 
+/* the dynamic shared-memory limit of kernel k raised to bytes */
+template <typename K> static inline cudaError_t set_smem(K k, int bytes)
+{
+    return cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+/* k<<<n, nt, smem, st>>>(a), refusing a grid that does not fit */
+template <typename K> static inline cudaError_t launch_1d(K k, int64_t n, int nt, int smem, cudaStream_t st, const KArgs &a)
+{
+    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
+    k<<<(unsigned)n, nt, smem, st>>>(a);
+    return cudaGetLastError();
+}
+
 #define MLSTM_TRY(x)                                                                                             \
     do {                                                                                                         \
         cudaError_t e_ = (x);                                                                                    \
@@ -55,46 +68,40 @@ template <typename T, int D> struct TcDq {
 template <typename T, int D, int VAR> cudaError_t setup_fwd_tc()
 {
     using KK = TcFwd<T, D, VAR>;
-    return cudaFuncSetAttribute(KK::fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::F::SMEM);
+    return set_smem(KK::fwd, KK::F::SMEM);
 }
 
 template <typename T, int D, int VAR> cudaError_t run_fwd_tc(const KArgs &a, cudaStream_t st)
 {
     using KK = TcFwd<T, D, VAR>;
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
-    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
-    KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
-    return cudaGetLastError();
+    return launch_1d(KK::fwd, n, KK::F::NT, KK::F::SMEM, st, a);
 }
 
 template <typename T, int D, bool SMALL> cudaError_t setup_bwd_dkdv_tc()
 {
     using KK = TcBwd<T, D, SMALL>;
-    return cudaFuncSetAttribute(KK::dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::K::SMEM);
+    return set_smem(KK::dkdv, KK::K::SMEM);
 }
 
 template <typename T, int D, bool SMALL> cudaError_t run_bwd_dkdv_tc(const KArgs &a, cudaStream_t st)
 {
     using KK = TcBwd<T, D, SMALL>;
     const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * KK::K::NGRID * a.B * a.NH;
-    if (!grid_ok(nk)) return cudaErrorInvalidConfiguration;
-    KK::dkdv<<<(unsigned)nk, KK::K::NT, KK::K::SMEM, st>>>(a);
-    return cudaGetLastError();
+    return launch_1d(KK::dkdv, nk, KK::K::NT, KK::K::SMEM, st, a);
 }
 
 template <typename T, int D> cudaError_t setup_bwd_dq_tc()
 {
     using KK = TcDq<T, D>;
-    return cudaFuncSetAttribute(KK::dq, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::Q::SMEM);
+    return set_smem(KK::dq, KK::Q::SMEM);
 }
 
 template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStream_t st)
 {
     using KK = TcDq<T, D>;
     const int64_t nq = (a.S + KK::Q::BM - 1) / KK::Q::BM * a.B * a.NH;
-    if (!grid_ok(nq)) return cudaErrorInvalidConfiguration;
-    KK::dq<<<(unsigned)nq, KK::Q::NT, KK::Q::SMEM, st>>>(a);
-    return cudaGetLastError();
+    return launch_1d(KK::dq, nq, KK::Q::NT, KK::Q::SMEM, st, a);
 }
 
 #ifdef MLSTM_INST_WGMMA
@@ -108,16 +115,14 @@ template <typename T, int D, bool SPLIT> struct WgFwd {
 template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma()
 {
     using KK = WgFwd<T, D, SPLIT>;
-    return cudaFuncSetAttribute(KK::fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::F::SMEM);
+    return set_smem(KK::fwd, KK::F::SMEM);
 }
 
 template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
 {
     using KK = WgFwd<T, D, SPLIT>;
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
-    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
-    KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
-    return cudaGetLastError();
+    return launch_1d(KK::fwd, n, KK::F::NT, KK::F::SMEM, st, a);
 }
 
 template <typename T, int D> struct WgDq {
@@ -128,16 +133,14 @@ template <typename T, int D> struct WgDq {
 template <typename T, int D> cudaError_t setup_bwd_dq_wgmma()
 {
     using KK = WgDq<T, D>;
-    return cudaFuncSetAttribute(KK::dq, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::Q::SMEM);
+    return set_smem(KK::dq, KK::Q::SMEM);
 }
 
 template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st)
 {
     using KK = WgDq<T, D>;
     const int64_t nq = (a.S + KK::Q::BM - 1) / KK::Q::BM * a.B * a.NH;
-    if (!grid_ok(nq)) return cudaErrorInvalidConfiguration;
-    KK::dq<<<(unsigned)nq, KK::Q::NT, KK::Q::SMEM, st>>>(a);
-    return cudaGetLastError();
+    return launch_1d(KK::dq, nq, KK::Q::NT, KK::Q::SMEM, st, a);
 }
 
 template <typename T, int D, bool PAIR = TileCfg<D>::DKDV_WG_PAIR> struct WgDkdv {
@@ -152,16 +155,14 @@ template <typename T, int D> struct WgDkdv<T, D, true> { /* two warpgroups per 6
 template <typename T, int D> cudaError_t setup_bwd_dkdv_wgmma()
 {
     using KK = WgDkdv<T, D>;
-    return cudaFuncSetAttribute(KK::dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::K::SMEM);
+    return set_smem(KK::dkdv, KK::K::SMEM);
 }
 
 template <typename T, int D> cudaError_t run_bwd_dkdv_wgmma(const KArgs &a, cudaStream_t st)
 {
     using KK = WgDkdv<T, D>;
     const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * a.B * a.NH;
-    if (!grid_ok(nk)) return cudaErrorInvalidConfiguration;
-    KK::dkdv<<<(unsigned)nk, KK::K::NT, KK::K::SMEM, st>>>(a);
-    return cudaGetLastError();
+    return launch_1d(KK::dkdv, nk, KK::K::NT, KK::K::SMEM, st, a);
 }
 #endif
 
@@ -176,16 +177,14 @@ template <int D, int MODE> struct Tc32Fwd {
 template <int D, int MODE> cudaError_t setup_fwd_tf32()
 {
     using KK = Tc32Fwd<D, MODE>;
-    return cudaFuncSetAttribute(KK::fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::F::SMEM);
+    return set_smem(KK::fwd, KK::F::SMEM);
 }
 
 template <int D, int MODE> cudaError_t run_fwd_tf32(const KArgs &a, cudaStream_t st)
 {
     using KK = Tc32Fwd<D, MODE>;
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
-    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
-    KK::fwd<<<(unsigned)n, KK::F::NT, KK::F::SMEM, st>>>(a);
-    return cudaGetLastError();
+    return launch_1d(KK::fwd, n, KK::F::NT, KK::F::SMEM, st, a);
 }
 
 /* ---- tensor-core path for f32 storage (backward: dK/dV then dQ) ---- */
@@ -201,8 +200,8 @@ template <int D, int MODE> struct Tc32Bwd {
 template <int D, int MODE> cudaError_t setup_bwd_tf32()
 {
     using KK = Tc32Bwd<D, MODE>;
-    MLSTM_TRY(cudaFuncSetAttribute(KK::dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::K::SMEM));
-    return cudaFuncSetAttribute(KK::dq, cudaFuncAttributeMaxDynamicSharedMemorySize, KK::Q::SMEM);
+    MLSTM_TRY(set_smem(KK::dkdv, KK::K::SMEM));
+    return set_smem(KK::dq, KK::Q::SMEM);
 }
 
 template <int D, int MODE> cudaError_t run_bwd_tf32(const KArgs &a, cudaStream_t st)
@@ -210,35 +209,28 @@ template <int D, int MODE> cudaError_t run_bwd_tf32(const KArgs &a, cudaStream_t
     using KK = Tc32Bwd<D, MODE>;
     const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * KK::K::NCTA * a.B * a.NH;
     const int64_t nq = (a.S + KK::Q::BM - 1) / KK::Q::BM * a.B * a.NH;
-    if (!grid_ok(nk) || !grid_ok(nq)) return cudaErrorInvalidConfiguration;
-    KK::dkdv<<<(unsigned)nk, KK::K::NT, KK::K::SMEM, st>>>(a);
-    MLSTM_TRY(cudaGetLastError());
-    KK::dq<<<(unsigned)nq, KK::Q::NT, KK::Q::SMEM, st>>>(a);
-    return cudaGetLastError();
+    if (!grid_ok(nq)) return cudaErrorInvalidConfiguration; /* both grids checked before either launches */
+    MLSTM_TRY(launch_1d(KK::dkdv, nk, KK::K::NT, KK::K::SMEM, st, a));
+    return launch_1d(KK::dq, nq, KK::Q::NT, KK::Q::SMEM, st, a);
 }
 #endif
 
 /* ---- generic SIMT path ---- */
 template <typename T> cudaError_t setup_fwd_simt()
 {
-    return cudaFuncSetAttribute(simt::mlstm_fwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                simt::SMEM_BYTES);
+    return set_smem(simt::mlstm_fwd_kernel<T>, simt::SMEM_BYTES);
 }
 
 template <typename T> cudaError_t run_fwd_simt(const KArgs &a, cudaStream_t st)
 {
     const int64_t n = (a.S + simt::TB - 1) / simt::TB * ((a.DV + simt::TB - 1) / simt::TB) * a.B * a.NH;
-    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
-    simt::mlstm_fwd_kernel<T><<<(unsigned)n, simt::NT, simt::SMEM_BYTES, st>>>(a);
-    return cudaGetLastError();
+    return launch_1d(simt::mlstm_fwd_kernel<T>, n, simt::NT, simt::SMEM_BYTES, st, a);
 }
 
 template <typename T> cudaError_t setup_bwd_simt()
 {
-    MLSTM_TRY(cudaFuncSetAttribute(simt::mlstm_bwd_dkdv_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   simt::SMEM_BYTES));
-    return cudaFuncSetAttribute(simt::mlstm_bwd_dq_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                simt::SMEM_BYTES);
+    MLSTM_TRY(set_smem(simt::mlstm_bwd_dkdv_kernel<T>, simt::SMEM_BYTES));
+    return set_smem(simt::mlstm_bwd_dq_kernel<T>, simt::SMEM_BYTES);
 }
 
 template <typename T> cudaError_t run_bwd_simt(const KArgs &a, cudaStream_t st)
@@ -246,11 +238,9 @@ template <typename T> cudaError_t run_bwd_simt(const KArgs &a, cudaStream_t st)
     const int64_t nt = (a.S + simt::TB - 1) / simt::TB;
     const int64_t nch = (a.DQK + simt::TB - 1) / simt::TB + (a.DV + simt::TB - 1) / simt::TB;
     const int64_t nk = nt * nch * a.B * a.NH, nq = nt * a.B * a.NH;
-    if (!grid_ok(nk) || !grid_ok(nq)) return cudaErrorInvalidConfiguration;
-    simt::mlstm_bwd_dkdv_kernel<T><<<(unsigned)nk, simt::NT, simt::SMEM_BYTES, st>>>(a);
-    MLSTM_TRY(cudaGetLastError());
-    simt::mlstm_bwd_dq_kernel<T><<<(unsigned)nq, simt::NT, simt::SMEM_BYTES, st>>>(a);
-    return cudaGetLastError();
+    if (!grid_ok(nq)) return cudaErrorInvalidConfiguration; /* both grids checked before either launches */
+    MLSTM_TRY(launch_1d(simt::mlstm_bwd_dkdv_kernel<T>, nk, simt::NT, simt::SMEM_BYTES, st, a));
+    return launch_1d(simt::mlstm_bwd_dq_kernel<T>, nq, simt::NT, simt::SMEM_BYTES, st, a);
 }
 
 #ifdef MLSTM_INST_AUX
@@ -259,9 +249,7 @@ static_assert(DF_TILE == simt::TB, "mlstm_bwd_gates_tiled_kernel walks the SIMT 
 template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 {
     const int64_t n = (a.B * a.NH * a.S + 7) / 8;
-    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
-    mlstm_bwd_prep_kernel<T><<<(unsigned)n, 256, 0, st>>>(a);
-    return cudaGetLastError();
+    return launch_1d(mlstm_bwd_prep_kernel<T>, n, 256, 0, st, a);
 }
 
 #endif

@@ -18,11 +18,14 @@ __device__ __forceinline__ int swz(int row, int col) /* element offset of (row, 
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
+__device__ __forceinline__ void cp_async16(uint32_t saddr, const void *gmem, bool valid)
+{
+    const int n = valid ? 16 : 0; /* 0: zero-fill the 16 bytes, read nothing */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(gmem), "r"(n));
+}
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid)
 {
-    uint32_t s = smem_u32(smem);
-    int n = valid ? 16 : 0; /* 0: zero-fill the 16 bytes, read nothing */
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+    cp_async16(smem_u32(smem), gmem, valid);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -79,6 +82,17 @@ template <> struct MmaOp<__nv_bfloat16> {
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
 };
+
+/* The A fragment of k16 slice kk taken from an accumulator tile x of n8 blocks (blocks 2 kk and 2 kk + 1), rounded
+ * to T: the C layout of one product is the A layout of the next (rows g, g + 8; columns 2 q + {0, 1}, + 8). */
+template <typename T, int N>
+__device__ __forceinline__ void acc_to_a(const float (&x)[N][4], int kk, uint32_t (&a)[4])
+{
+    a[0] = pack2<T>(x[2 * kk][0], x[2 * kk][1]);
+    a[1] = pack2<T>(x[2 * kk][2], x[2 * kk][3]);
+    a[2] = pack2<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    a[3] = pack2<T>(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+}
 
 /* Fragment loads by ldmatrix from a swizzled tile. A load touches rows row0 + lr and 16-byte chunks
  * chunk0 + lc, where (lr, lc) depend on the lane only and row0 % 8 == 0, chunk0 even. Because the tile rows

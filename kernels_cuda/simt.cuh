@@ -181,15 +181,13 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
     float *sA = sm + A_OFF, *sB = sm + B_OFF, *sC = sm + M_OFF, *sV = sm + X_OFF;
     float *sQh = sm + G_OFF, *sQl = sQh + TB, *sGh = sQl + TB, *sGl = sGh + TB;
 
-    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t S = args.S;
     const int DQK = (int)args.DQK, DV = (int)args.DV;
     const int64_t nqt = (S + TB - 1) / TB;
     const int nvc = (DV + TB - 1) / TB;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t rest = blockIdx.x / BH;
-    const int vc = (int)(rest % nvc);
-    const int64_t qt = nqt - 1 - rest / nvc;
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const CtaPos cp = cta_pos(args, nvc);
+    const int vc = cp.sub;
+    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank;
     const int64_t qs = qt * TB;
     const int c0 = vc * TB;
 
@@ -304,15 +302,13 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
     const bool exact = args.grad_mode == MLSTM_GRAD_EXACT;
     const TArg &th = args.t[MLSTM_TENSOR_H];
 
-    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t S = args.S;
     const int DQK = (int)args.DQK, DV = (int)args.DV;
     const int64_t nt = (S + TB - 1) / TB;
     const int nqc = (DQK + TB - 1) / TB, nvc = (DV + TB - 1) / TB, nch = nqc + nvc;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t rest = blockIdx.x / BH;
-    const int ch = (int)(rest % nch);
-    const int64_t kt = rest / nch;
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const CtaPos cp = cta_pos(args, nch);
+    const int ch = cp.sub;
+    const int64_t b = cp.b, hh = cp.hh, kt = cp.rank;
     const int64_t ks = kt * TB;
     const bool is_dk = ch < nqc;
     const int col0 = (is_dk ? ch : ch - nqc) * TB;
@@ -493,12 +489,11 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
      * kernel's, di's residual read from dq[t][0]); else df_t = q_t . dq_t (aux.cuh subtracts di) */
     constexpr bool CMP = std::is_same<T, float>::value;
 
-    const int64_t S = args.S, BH = args.B * args.NH;
+    const int64_t S = args.S;
     const int DQK = (int)args.DQK, DV = (int)args.DV;
     const int64_t nt = (S + TB - 1) / TB;
-    const int64_t bh = blockIdx.x % BH;
-    const int64_t qt = nt - 1 - (int64_t)(blockIdx.x / BH);
-    const int64_t b = bh / args.NH, hh = bh % args.NH;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, qt = nt - 1 - cp.rank;
     const int64_t qs = qt * TB;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];

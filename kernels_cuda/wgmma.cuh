@@ -36,7 +36,7 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restri
         const bool ok = gr < nrows;
         const T *src = g + (ok ? gr : 0) * ld + cb * 64 + c8 * 8;
         const uint32_t dst = tile + (uint32_t)(cb * R * 128 + r * 128 + ((c8 ^ (r & 7)) << 4));
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+        cp_async16(dst, src, ok);
     }
 }
 

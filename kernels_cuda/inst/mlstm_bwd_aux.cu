@@ -8,16 +8,10 @@ template cudaError_t mlstm::run_bwd_prep<__nv_bfloat16>(const mlstm::KArgs &, cu
 
 cudaError_t mlstm::run_bwd_gates(const mlstm::KArgs &a, cudaStream_t st)
 {
-    const int64_t n = a.B * a.NH;
-    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
-    mlstm::mlstm_bwd_gates_kernel<<<(unsigned)n, mlstm::GATES_NT, 0, st>>>(a);
-    return cudaGetLastError();
+    return mlstm::launch_1d(mlstm::mlstm_bwd_gates_kernel, a.B * a.NH, mlstm::GATES_NT, 0, st, a);
 }
 
 cudaError_t mlstm::run_bwd_gates_tiled(const mlstm::KArgs &a, cudaStream_t st)
 {
-    const int64_t n = a.B * a.NH;
-    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
-    mlstm::mlstm_bwd_gates_tiled_kernel<<<(unsigned)n, mlstm::GATES_TNT, 0, st>>>(a);
-    return cudaGetLastError();
+    return mlstm::launch_1d(mlstm::mlstm_bwd_gates_tiled_kernel, a.B * a.NH, mlstm::GATES_TNT, 0, st, a);
 }
