@@ -18,8 +18,9 @@ struct FwdCfg {
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = Q_BYTES;
     static constexpr int V_OFF = K_OFF + 2 * KS * KV_BYTES;
-    static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES; /* floats: sFq[BM], sG2[2][KS][BN], sPM[2][KS][BN] */
-    static constexpr int SMEM = G_OFF + (BM + 4 * KS * BN) * 4;
+    /* floats: sFq[BM], then [2][KS][BN] each of sG2, sPM, sE */
+    static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES;
+    static constexpr int SMEM = G_OFF + (BM + 6 * KS * BN) * 4;
     /* KS > 1: the groups' merge reuses [0, G_OFF) for O [BM][D], l [BM][4], m [BM], esc [BM] (floats) */
     static_assert(KS == 1 || (BM * D + 6 * BM) * 4 <= G_OFF, "merge buffer");
     static_assert(NW % KS == 0, "warps per key group");
@@ -28,17 +29,32 @@ struct FwdCfg {
     static_assert(D % 64 == 0, "swizzle needs D >= 64");
 };
 
+/* the per-key values of the fragment columns a lane holds (columns n * 8 + 2 * q4 + {0, 1}) */
+template <int BN> __device__ __forceinline__ void load_key_row(float (&v)[BN / 8][2], const float *src, int q4)
+{
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+        const float2 v2 = *reinterpret_cast<const float2 *>(src + n * 8 + 2 * q4);
+        v[n][0] = v2.x;
+        v[n][1] = v2.y;
+    }
+}
+
 /* The gate part of one (warp rows x BN keys) tile. With G_j the key gate (offset included) and Fq_t the
  * query-local cumsum, logD_tj = Fq_t + G_j, so the row max over the valid keys (j <= t) is Fq_t + PM[t - ks]
  * with PM the prefix max of G over the tile (rounding is monotone, so this equals the max of the rounded
  * sums). The online max m (floored at -10 by its initial value) costs one lookup per row; per element:
  * C = S 2^(G2_j + rb2_t) with G2 = G log2e, rb2 = (Fq - m) log2e + log2|scale|, then l += C. The O rescale
  * is skipped when no row of the warp raised its max (the usual case walking away from the diagonal).
+ * A tile with no masked element factors the weight: 2^(G2_j + rb2_t) = E_j 2^(X + rb2_t), E_j = 2^(G2_j - X)
+ * from the gate warp, X = PM[BN-1] log2e the tile's largest G2 (so E_j <= 1 and X + rb2_t <= log2|scale|):
+ * one exp per row instead of one per element (the exp unit is the scarce one next to the tensor cores).
+ * gv holds G2_j when MASK, E_j otherwise.
  * GUARD (f16): the row's range-guard exponent esc is subtracted too, and mx gets the row's largest |C|. */
 template <bool MASK, bool GUARD, int MT, int BN, int D>
 __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (&o)[MT][D / 8][4],
                                               float (&mrun)[MT][2], float (&lrun)[MT][2], const float (&rowF)[MT][2],
-                                              const float (&g2)[BN / 8][2], const float *pm, int lim0, int q4,
+                                              const float (&gv)[BN / 8][2], const float *pm, int lim0, int q4,
                                               float lsc, const float (&esc)[MT * 2], float (&mx)[MT * 2])
 {
     float rmx[MT][2];
@@ -58,11 +74,12 @@ __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (
             float rb2 = (rowF[mt][rr] - mrun[mt][rr]) * MLSTM_LOG2E + lsc;
             if (GUARD) rb2 -= esc[mt * 2 + rr];
             float l = lrun[mt][rr], amx = 0.0f;
+            const float rf = MASK ? 0.0f : fast_exp2(pm[BN - 1] * MLSTM_LOG2E + rb2);
 #pragma unroll
             for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
                 for (int cc = 0; cc < 2; ++cc) {
-                    const float p = fast_exp2(g2[n][cc] + rb2);
+                    const float p = MASK ? fast_exp2(gv[n][cc] + rb2) : gv[n][cc] * rf;
                     /* masked: exactly 0 (also for an overflowed score) */
                     const float cv = (MASK && n * 8 + 2 * q4 + cc > lim) ? 0.0f : s[mt][n][rr * 2 + cc] * p;
                     s[mt][n][rr * 2 + cc] = cv;
@@ -76,26 +93,27 @@ __device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (
 }
 
 /* The gate warp's part of the forward: for the key tile at ks (gates gn loaded), with query tile at qs whose
- * local cumsum is sFq, writes G_j log2e to g2[j] and the prefix max of G_j (natural units) to pm[j], G_j the key
- * gate with the offset between key and query tile included: off accumulates (compensated) the totals of the
- * tiles before qs, which must therefore be finished in descending order. One warp. */
+ * local cumsum is sFq, writes G_j log2e to g2[j], the prefix max of G_j (natural units) to pm[j] and
+ * 2^(G_j log2e - X), X = pm[BN-1] log2e, to ex[j] (fwd_gate_tile), G_j the key gate with the offset between key
+ * and query tile included: off accumulates (compensated) the totals of the tiles before qs, which must
+ * therefore be finished in descending order. One warp. */
 template <int BN>
 __device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32], float tot, const float (&iv)[BN / 32],
                                                       Comp &off, int64_t ks, int64_t qs, const float *sFq, float *g2,
-                                                      float *pm);
+                                                      float *pm, float *ex);
 template <int BN>
 __device__ __forceinline__ void fwd_key_gates(const GateTile<BN> &gn, Comp &off, int64_t ks, int64_t qs, int64_t S,
-                                              const float *sFq, float *g2, float *pm)
+                                              const float *sFq, float *g2, float *pm, float *ex)
 {
     float cum[GateTile<BN>::E];
     const float tot = gn.scan(cum, ks, S);
-    fwd_key_gates_scanned<BN>(cum, tot, gn.i, off, ks, qs, sFq, g2, pm);
+    fwd_key_gates_scanned<BN>(cum, tot, gn.i, off, ks, qs, sFq, g2, pm, ex);
 }
 /* the same from the tile-local cumsum (cum, tot) and the i values of the lane's positions */
 template <int BN>
 __device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32], float tot, const float (&iv)[BN / 32],
                                                       Comp &off, int64_t ks, int64_t qs, const float *sFq, float *g2,
-                                                      float *pm)
+                                                      float *pm, float *ex)
 {
     constexpr int E = BN / 32;
     const int lane = threadIdx.x & 31;
@@ -129,6 +147,9 @@ __device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32
         g2[lane * E + e] = gv[e] * MLSTM_LOG2E;
         pm[lane * E + e] = run;
     }
+    const float x2 = __shfl_sync(0xffffffffu, run, 31) * MLSTM_LOG2E; /* pm[BN - 1] log2e */
+#pragma unroll
+    for (int e = 0; e < E; ++e) ex[lane * E + e] = fast_exp2(gv[e] * MLSTM_LOG2E - x2);
 }
 
 /* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h, m, n. */
@@ -257,6 +278,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
     float *sG2 = sFq + BM;          /* [2][KS][BN] G_j log2e */
     float *sPM = sG2 + 2 * KS * BN; /* [2][KS][BN] prefix max of G_j over the tile (natural units) */
+    float *sE = sPM + 2 * KS * BN;  /* [2][KS][BN] 2^(G_j log2e - X), X the tile's largest */
 
     const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
@@ -293,7 +315,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     Comp off = {0.0f, 0.0f};
     GateTile<BN> gnext[KS];
     auto gate_finish = [&](const GateTile<BN> &gn, int64_t ks, int slot) {
-        fwd_key_gates<BN>(gn, off, ks, qs, S, sFq, sG2 + slot * BN, sPM + slot * BN);
+        fwd_key_gates<BN>(gn, off, ks, qs, S, sFq, sG2 + slot * BN, sPM + slot * BN, sE + slot * BN);
     };
     if (warp == GW) {
 #pragma unroll
@@ -357,7 +379,6 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
         const int slot = buf * KS + grp;
         const uint32_t cK = aK + slot * BN * D * 2;
         const uint32_t cV = aV + slot * BN * D * 2;
-        const float *cG = sG2 + slot * BN;
         const float *cPM = sPM + slot * BN;
         const int64_t ks = kt * BN;
 
@@ -388,18 +409,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                 }
             }
 
-            float gkv[BN / 8][2];
-#pragma unroll
-            for (int n = 0; n < BN / 8; ++n) {
-                float2 v2 = *reinterpret_cast<const float2 *>(cG + n * 8 + 2 * q4);
-                gkv[n][0] = v2.x;
-                gkv[n][1] = v2.y;
-            }
             /* key column c of row r (within the tiles) is masked when ks + c > qs + r; only tiles that reach
              * past the warp's first row need the mask (diagonal region, or keys >= S) */
+            const bool masked = ks + BN - 1 > qs + wr0;
+            float gkv[BN / 8][2]; /* G2 (masked) or E (fwd_gate_tile) */
+            load_key_row<BN>(gkv, (masked ? sG2 : sE) + slot * BN, q4);
             const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN); /* clamped: far tiles are all valid */
             float mx[MT * 2];
-            if (ks + BN - 1 > qs + wr0)
+            if (masked)
                 fwd_gate_tile<true, GUARD, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
             else
                 fwd_gate_tile<false, GUARD, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);

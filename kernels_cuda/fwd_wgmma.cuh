@@ -21,9 +21,9 @@ struct FwdCfg {
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = Q_BYTES;
     static constexpr int V_OFF = K_OFF + 2 * KS * KV_BYTES;      /* K, V: [2 stages][KS groups] tiles */
-    /* floats: sFq[BM], then [2 slots][KS][BN] each of sG2, sPM, sA (logsigmoid f), sI (i) */
+    /* floats: sFq[BM], then [2 slots][KS][BN] each of sG2, sPM, sA (logsigmoid f), sI (i), sE */
     static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES;
-    static constexpr int SMEM = G_OFF + (BM + 8 * KS * BN) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    static constexpr int SMEM = G_OFF + (BM + 10 * KS * BN) * 4 + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "tiles start on 1024-byte boundaries");
     static_assert(BM % BN == 0 && BN % 32 == 0 && D % 64 == 0, "tile sizes");
     static_assert(KS * BN <= NT, "one gate producer thread per key of a step");
@@ -49,6 +49,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     float *sPM = sG2 + 2 * KS * BN; /* [2][KS][BN] prefix max of G_j over the tile */
     float *sA = sPM + 2 * KS * BN;  /* [2][KS][BN] logsigmoid(f_j) (0 beyond S) */
     float *sI = sA + 2 * KS * BN;   /* [2][KS][BN] i_j */
+    float *sE = sI + 2 * KS * BN;   /* [2][KS][BN] 2^(G_j log2e - X), X the tile's largest (fwd_gate_tile) */
 
     const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
@@ -118,7 +119,8 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
                 iv[e] = sI[sl * BN + lane * E + e];
             }
             const float tot = GateTile<BN>::scan_values(cum, a);
-            tc::fwd_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sFq, sG2 + sl * BN, sPM + sl * BN);
+            tc::fwd_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sFq, sG2 + sl * BN, sPM + sl * BN,
+                                          sE + sl * BN);
         }
     };
     produce_load(0);
@@ -167,7 +169,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
         const int64_t ks = kt * BN;
         const int slot = buf * KS + grp;
         const uint32_t cK = aK + slot * Cfg::KV_BYTES, cV = aV + slot * Cfg::KV_BYTES;
-        const float *cG = sG2 + slot * BN, *cPM = sPM + slot * BN;
+        const float *cPM = sPM + slot * BN;
 
         /* no tile, or every key of the tile after every row of the warpgroup: nothing to do (warpgroup-uniform) */
         if (kt >= 0 && ks <= qs + wgr + 63) {
@@ -186,16 +188,12 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
             wait<0>();
             reg_fence(sacc);
 
-            float gkv[BN / 8][2];
-#pragma unroll
-            for (int n = 0; n < BN / 8; ++n) {
-                const float2 v2 = *reinterpret_cast<const float2 *>(cG + n * 8 + 2 * q4);
-                gkv[n][0] = v2.x;
-                gkv[n][1] = v2.y;
-            }
+            const bool masked = ks + BN - 1 > qs + wr0;
+            float gkv[BN / 8][2]; /* G2 (masked) or E (tc::fwd_gate_tile) */
+            tc::load_key_row<BN>(gkv, (masked ? sG2 : sE) + slot * BN, q4);
             const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN);
             float mx[2];
-            if (ks + BN - 1 > qs + wr0)
+            if (masked)
                 tc::fwd_gate_tile<true, GUARD, 1, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
             else
                 tc::fwd_gate_tile<false, GUARD, 1, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
