@@ -116,8 +116,7 @@ template <int D> bool use_wgmma_split(const KArgs &a, int t)
 {
     if (!g_wgs_ok[t][dim_index(D)] || g_small_mode == 0) return false;
     if (g_small_mode == 1) return true;
-    using C = typename TileCfg<D>::FwdWg;
-    return (a.S + 64 * C::NWG - 1) / (64 * C::NWG) * a.B * a.NH < (int64_t)MLSTM_WG_SPLIT_CTAS_PER_SM * g_sms;
+    return (a.S + 127) / 128 * a.B * a.NH < (int64_t)MLSTM_WG_SPLIT_CTAS_PER_SM * g_sms; /* default tiles: 128 rows */
 }
 
 /* auto and 1 alike: wherever the instance is available (measured faster at every shape, bench/RESULTS.md

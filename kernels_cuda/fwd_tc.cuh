@@ -199,9 +199,10 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
 
 /* Key split (two groups of warps on the same BM query rows, each having walked every other key tile): merges
  * group 1's (O, l, m, esc) into group 0 through shared memory buf (floats; O [BM][D], l [BM][4], m [BM], esc [BM]),
- * which the caller has freed (a __syncthreads() after the last use). Every thread calls it; returns true in
+ * which the caller has freed (a __syncthreads() after the last use). Every thread calls it (SYNC_N > 0: only the
+ * first SYNC_N threads, which then meet at barrier 2 instead of __syncthreads); returns true in
  * group 0, which then holds the merged state and writes the epilogue. */
-template <int MT, int D, bool GUARD>
+template <int MT, int D, bool GUARD, int SYNC_N = 0>
 __device__ __forceinline__ bool fwd_split_merge(float *buf, int BM, int grp, int wr0, float (&o)[MT][D / 8][4],
                                                 float (&mrun)[MT][2], float (&lrun)[MT][2], float (&esc)[MT * 2])
 {
@@ -227,7 +228,10 @@ __device__ __forceinline__ bool fwd_split_merge(float *buf, int BM, int grp, int
                 }
             }
     }
-    __syncthreads();
+    if (SYNC_N > 0)
+        named_sync(2, SYNC_N);
+    else
+        __syncthreads();
     if (grp == 1) return false;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)

@@ -1,10 +1,16 @@
 /* libmlstm CUDA kernels: the sm_90a forward for f16/bf16 storage on warpgroup MMA (wgmma.mma_async, f32
- * accumulation), head dims DQK = DV = D in {64, 128, 256}. One CTA per (query tile of 64*NWG rows, batch*head);
- * each warpgroup owns 64 query rows. Per key tile of BN keys: S = Q K^T with Q and K read from swizzled shared
- * memory, the gate / online-max / masking step of the mma.sync forward (fwd_tc.cuh) on the accumulator (same
- * fragment layout), then O += C V with C from registers. K/V double-buffered through cp.async.
- * KS = 2 (key split, for grids too small to fill the GPU): both warpgroups cover the same 64 rows and take every
- * other key tile; their states are merged at the end (fwd_split_merge), which halves the CTA's serial chain. */
+ * accumulation), head dims DQK = DV = D in {64, 128, 256}, warp-specialised: per CTA one producer warpgroup and
+ * two consumer warpgroups that meet only at mbarriers, never at a CTA-wide barrier inside the key loop.
+ * - The producer loads K/V tiles into NST stages (cp.async into 128-byte-swizzled tiles) and computes the key gates
+ *   of each stage (one thread per key loads f and i a step ahead and evaluates logsigmoid; one warp scans); the
+ *   stage's "full" mbarrier completes once every copy has landed (cp.async.mbarrier.arrive) and the scan warp has
+ *   written the gates; the producer waits for "empty" before refilling a stage, up to NST steps ahead.
+ * - Each consumer warpgroup owns 64 query rows: per key tile of BN keys S = Q K^T from shared memory, the gate /
+ *   online-max / masking step of the mma.sync forward (fwd_tc.cuh) on the accumulator, then O += C V with C from
+ *   registers, and marks the stage empty.
+ * - KS = 2 (key split, for grids too small to fill the GPU): both consumers cover the same 64 rows and take every
+ *   other key tile (a stage holds two); their states are merged at the end (fwd_split_merge).
+ * Registers: the producer gives its warpgroup's share back (setmaxnreg) so that the consumers hold 232 each. */
 #pragma once
 
 #include "fwd_tc.cuh"
@@ -13,43 +19,51 @@
 namespace mlstm {
 namespace wg {
 
-template <int D, int BN, int NWG, int KS = 1>
+template <int D, int BN, int KS, int NST>
 struct FwdCfg {
-    static constexpr int BM = 64 * NWG / KS;
-    static constexpr int NT = 128 * NWG;
+    static constexpr int BM = 128 / KS;      /* query rows of a CTA (two consumer warpgroups) */
+    static constexpr int NT = 384;           /* consumers: threads 0..255, producer: 256..383 */
+    static constexpr int PROD_REGS = 56, CONS_REGS = 224; /* 128 * 40 + 256 * 232 <= 65536 */
     static constexpr int Q_BYTES = BM * D * 2;
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = Q_BYTES;
-    static constexpr int V_OFF = K_OFF + 2 * KS * KV_BYTES;      /* K, V: [2 stages][KS groups] tiles */
-    /* floats: sFq[BM], then [2 slots][KS][BN] each of sG2, sPM, sA (logsigmoid f), sI (i), sE */
-    static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES;
-    static constexpr int SMEM = G_OFF + (BM + 10 * KS * BN) * 4 + 1024; /* + 1024: the base is aligned up at run time */
+    static constexpr int V_OFF = K_OFF + NST * KS * KV_BYTES; /* K, V: [NST stages][KS groups] tiles */
+    static constexpr int G_OFF = V_OFF + NST * KS * KV_BYTES;
+    /* floats: sFq[BM]; [NST][KS][BN] each of sG2, sPM, sE (consumed with the stage); [2][KS][BN] each of sA
+     * (logsigmoid f), sI (i) (the producer's scratch) */
+    static constexpr int G_FLOATS = BM + 3 * NST * KS * BN + 4 * KS * BN;
+    static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4; /* mbarriers: full[NST], empty[NST] */
+    static constexpr int SMEM = BAR_OFF + 16 * NST + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "tiles start on 1024-byte boundaries");
     static_assert(BM % BN == 0 && BN % 32 == 0 && D % 64 == 0, "tile sizes");
-    static_assert(KS * BN <= NT, "one gate producer thread per key of a step");
-    static_assert(KS == 1 || (KS == 2 && NWG == 2 && (BM * D + 6 * BM) * 4 <= G_OFF), "key split: merge buffer");
+    static_assert(KS * BN <= 128, "one producer thread per key of a step");
+    static_assert(BAR_OFF % 8 == 0, "mbarrier alignment");
+    static_assert(NST >= 2, "stages");
+    static_assert(KS == 1 || (KS == 2 && (BM * D + 6 * BM) * 4 <= G_OFF), "key split: merge buffer");
+    static_assert(SMEM <= 232448, "shared memory per block");
 };
 
-template <typename T, int D, int BN, int NWG, int KS = 1>
-__global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args)
+template <typename T, int D, int BN, int KS, int NST>
+__global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     /* built for an architecture without wgmma: never launched (dispatch.cu enables it on compute capability 9.0
      * in builds that include sm_90a) */
     __trap();
 #else
-    using Cfg = FwdCfg<D, BN, NWG, KS>;
-    constexpr int BM = Cfg::BM, NT = Cfg::NT, NW = 4 * NWG;
+    using Cfg = FwdCfg<D, BN, KS, NST>;
+    constexpr int BM = Cfg::BM;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned char *smem = smem_aligned_1024(smem_raw);
     const uint32_t base = smem_u32(smem);
     const uint32_t aQ = base, aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF;
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
-    float *sG2 = sFq + BM;         /* [2][KS][BN] G_j log2e */
-    float *sPM = sG2 + 2 * KS * BN; /* [2][KS][BN] prefix max of G_j over the tile */
-    float *sA = sPM + 2 * KS * BN;  /* [2][KS][BN] logsigmoid(f_j) (0 beyond S) */
-    float *sI = sA + 2 * KS * BN;   /* [2][KS][BN] i_j */
-    float *sE = sI + 2 * KS * BN;   /* [2][KS][BN] 2^(G_j log2e - X), X the tile's largest (fwd_gate_tile) */
+    float *sG2 = sFq + BM;            /* [NST][KS][BN] G_j log2e */
+    float *sPM = sG2 + NST * KS * BN; /* [NST][KS][BN] prefix max of G_j over the tile */
+    float *sE = sPM + NST * KS * BN;  /* [NST][KS][BN] 2^(G_j log2e - X), X the tile's largest (fwd_gate_tile) */
+    float *sA = sE + NST * KS * BN;   /* [2][KS][BN] logsigmoid(f_j) (0 beyond S) */
+    float *sI = sA + 2 * KS * BN;     /* [2][KS][BN] i_j */
+    const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
 
     const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
@@ -63,72 +77,89 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    const int wgi = warp >> 2;                       /* warpgroup */
-    const int grp = KS > 1 ? wgi : 0;                /* key group */
-    const int wgr = KS > 1 ? 0 : wgi * 64;           /* its first query row within the tile */
-    const int wr0 = wgr + (warp & 3) * 16;           /* first row of this warp within the tile */
-    constexpr int GW = NW - 1;                       /* gate warp (writes the gates of every group's tiles) */
+    const int wgi = warp >> 2; /* 0, 1: consumers; 2: producer */
 
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
+    const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
 
-    load_tile_sw128<T, BM, D, NT>(aQ, gq, tq.ss, qs, S);
-#pragma unroll
-    for (int gs = 0; gs < KS; ++gs)
-        if (kt_hi - gs >= 0) {
-            load_tile_sw128<T, BN, D, NT>(aK + gs * Cfg::KV_BYTES, gk, tk.ss, (kt_hi - gs) * BN, S);
-            load_tile_sw128<T, BN, D, NT>(aV + gs * Cfg::KV_BYTES, gv, tv.ss, (kt_hi - gs) * BN, S);
-        }
+    load_tile_sw128<T, BM, D, Cfg::NT>(aQ, gq, tq.ss, qs, S);
     cp_async_commit();
-
     if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
+    if (threadIdx.x == 32) {
+        for (int st = 0; st < NST; ++st) {
+            mbar_init(bFull + 8 * st, 160);  /* every producer thread once its copies landed, the scan warp */
+            mbar_init(bEmpty + 8 * st, 256); /* every consumer thread, after its last read of the stage */
+        }
+        mbar_init_fence();
+    }
+    cp_async_wait<0>();
+    fence_proxy_async();
     __syncthreads();
 
-    /* Key gates, one step ahead: the first KS * BN threads (the gate producers, one key each) load f and i of a
-     * step early and store logsigmoid(f) and i late in the step before; the gate warp turns them into G2 and the
-     * prefix maxima at the end of the step before the one that uses them, walking the tiles in descending order
-     * (all groups' tiles of a step, group 0 first) for the compensated offset. Slots: step st in st & 1. */
-    const int ptile = (int)threadIdx.x / BN, ppos = (int)threadIdx.x % BN; /* producer: group, key in the tile */
-    const bool producer = (int)threadIdx.x < KS * BN;
-    float pf = 0.0f, pi = 0.0f;
-    auto produce_load = [&](int64_t st) { /* step st = it: tiles kt_hi - it * KS - gs */
-        const int64_t kt = kt_hi - st * KS - ptile, s = kt * BN + ppos;
-        const bool ok = producer && kt >= 0 && s < S;
-        pf = ok ? gf[s * tf.ss] : 0.0f;
-        pi = ok ? gi[s * ti.ss] : 0.0f;
-    };
-    auto produce_store = [&](int64_t st) {
-        const int64_t kt = kt_hi - st * KS - ptile, s = kt * BN + ppos;
-        if (producer) {
-            const int o = ((int)(st & 1) * KS + ptile) * BN + ppos;
-            sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf) : 0.0f;
-            sI[o] = pi;
-        }
-    };
-    Comp off = {0.0f, 0.0f};
-    auto gates_finish = [&](int64_t st) { /* the gate warp */
-        constexpr int E = BN / 32;
+    if (wgi == 2) {
+        /* ---- producer warpgroup ---- */
+        setmaxnreg_dec<Cfg::PROD_REGS>();
+        const int pt = (int)threadIdx.x - 256;
+        const int ptile = pt / BN, ppos = pt % BN; /* gate producer: group, key in the tile */
+        const bool producer = pt < KS * BN;
+        float pf = 0.0f, pi = 0.0f;
+        auto gate_load = [&](int64_t st) { /* step st: tiles kt_hi - st * KS - gs */
+            const int64_t kt = kt_hi - st * KS - ptile, s = kt * BN + ppos;
+            const bool ok = producer && st < nsteps && kt >= 0 && s < S;
+            pf = ok ? gf[s * tf.ss] : 0.0f;
+            pi = ok ? gi[s * ti.ss] : 0.0f;
+        };
+        Comp off = {0.0f, 0.0f};
+        gate_load(0);
+        for (int64_t it = 0; it < nsteps; ++it) {
+            const int stage = (int)(it % NST);
+            if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
 #pragma unroll
-        for (int gs = 0; gs < KS; ++gs) {
-            const int64_t kt = kt_hi - st * KS - gs;
-            if (kt < 0) continue;
-            const int sl = (int)(st & 1) * KS + gs;
-            float a[E], iv[E], cum[E];
-#pragma unroll
-            for (int e = 0; e < E; ++e) {
-                a[e] = sA[sl * BN + lane * E + e];
-                iv[e] = sI[sl * BN + lane * E + e];
+            for (int gs = 0; gs < KS; ++gs) {
+                const int64_t kt = kt_hi - it * KS - gs;
+                if (kt >= 0) {
+                    const int sl = stage * KS + gs;
+                    load_tile_sw128<T, BN, D, 128, 2>(aK + sl * Cfg::KV_BYTES, gk, tk.ss, kt * BN, S, pt);
+                    load_tile_sw128<T, BN, D, 128, 2>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, kt * BN, S, pt);
+                }
             }
-            const float tot = GateTile<BN>::scan_values(cum, a);
-            tc::fwd_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sFq, sG2 + sl * BN, sPM + sl * BN,
-                                          sE + sl * BN);
+            mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
+            if (producer) {
+                const int64_t kt = kt_hi - it * KS - ptile, s = kt * BN + ppos;
+                const int o = ((int)(it & 1) * KS + ptile) * BN + ppos;
+                sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf) : 0.0f;
+                sI[o] = pi;
+            }
+            gate_load(it + 1);
+            named_sync(1, 128);
+            if (pt < 32) { /* the scan warp: the step's tiles in descending order, for the compensated offset */
+                constexpr int E = BN / 32;
+#pragma unroll
+                for (int gs = 0; gs < KS; ++gs) {
+                    const int64_t kt = kt_hi - it * KS - gs;
+                    if (kt < 0) continue;
+                    const int src = ((int)(it & 1) * KS + gs) * BN, dst = (stage * KS + gs) * BN;
+                    float a[E], iv[E], cum[E];
+#pragma unroll
+                    for (int e = 0; e < E; ++e) {
+                        a[e] = sA[src + lane * E + e];
+                        iv[e] = sI[src + lane * E + e];
+                    }
+                    const float tot = GateTile<BN>::scan_values(cum, a);
+                    tc::fwd_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sFq, sG2 + dst, sPM + dst, sE + dst);
+                }
+                mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
+            }
         }
-    };
-    produce_load(0);
-    produce_store(0);
-    produce_load(1);
-    produce_store(1);
-    __syncthreads();
-    if (warp == GW) gates_finish(0);
+        cp_async_wait<0>(); /* no copy outlives its thread */
+        return;
+    }
+
+    /* ---- consumer warpgroups ---- */
+    setmaxnreg_inc<Cfg::CONS_REGS>();
+    const int grp = KS > 1 ? wgi : 0;       /* key group */
+    const int wgr = KS > 1 ? 0 : wgi * 64;  /* its first query row within the tile */
+    const int wr0 = wgr + (warp & 3) * 16;  /* first row of this warp within the tile */
 
     float rowF[1][2];
     rowF[0][0] = sFq[wr0 + g];
@@ -147,29 +178,15 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
      * inside a 64-column block, by (rows * 128) bytes per block */
     const uint32_t aQw = aQ + wgr * 128;
 
-    const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
-    int buf = 0;
-    for (int64_t it = 0; it < nsteps; ++it, buf ^= 1) {
-        cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();
-        const int64_t knext = kt_hi - (it + 1) * KS; /* group 0's tile of the next step */
-        if (knext >= 0) {
-#pragma unroll
-            for (int gs = 0; gs < KS; ++gs)
-                if (knext - gs >= 0) {
-                    const int sl = (buf ^ 1) * KS + gs;
-                    load_tile_sw128<T, BN, D, NT>(aK + sl * Cfg::KV_BYTES, gk, tk.ss, (knext - gs) * BN, S);
-                    load_tile_sw128<T, BN, D, NT>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, (knext - gs) * BN, S);
-                }
-            cp_async_commit();
-        }
-        produce_load(it + 2);
+    for (int64_t it = 0; it < nsteps; ++it) {
+        const int stage = (int)(it % NST);
         const int64_t kt = kt_hi - it * KS - grp; /* this warpgroup's key tile (< 0: none left for its group) */
         const int64_t ks = kt * BN;
-        const int slot = buf * KS + grp;
+        const int slot = stage * KS + grp;
         const uint32_t cK = aK + slot * Cfg::KV_BYTES, cV = aV + slot * Cfg::KV_BYTES;
         const float *cPM = sPM + slot * BN;
+        mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
+        fence_proxy_async(); /* the producer's cp.async / st.shared writes before the wgmma's async-proxy reads */
 
         /* no tile, or every key of the tile after every row of the warpgroup: nothing to do (warpgroup-uniform) */
         if (kt >= 0 && ks <= qs + wgr + 63) {
@@ -221,13 +238,13 @@ __global__ void __launch_bounds__(128 * NWG, 1) mlstm_fwd_wgmma_kernel(const __g
             wait<0>();
             reg_fence(oacc);
         }
-        produce_store(it + 2); /* into the slot of step it, which the gate warp finished reading in step it - 1 */
-        if (knext >= 0 && warp == GW) gates_finish(it + 1);
+        mbar_arrive(bEmpty + 8 * stage);
     }
 
     if constexpr (KS > 1) {
-        __syncthreads(); /* every warp is done with the Q / K / V tiles: the merge reuses them */
-        if (!tc::fwd_split_merge<1, D, GUARD>(reinterpret_cast<float *>(smem), BM, grp, wr0, o, mrun, lrun, esc))
+        named_sync(2, 256); /* both consumers are done with the Q / K / V tiles (all loads have landed): the merge
+                             * reuses them */
+        if (!tc::fwd_split_merge<1, D, GUARD, 256>(reinterpret_cast<float *>(smem), BM, grp, wr0, o, mrun, lrun, esc))
             return; /* group 1: no further barrier below */
     }
     tc::fwd_epilogue<T, 1, D, GUARD>(args, b, hh, qs, wr0, o, mrun, lrun, esc);

@@ -108,8 +108,8 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
 /* ---- sm_90a warpgroup-MMA forward ---- */
 template <typename T, int D, bool SPLIT> struct WgFwd {
     using C = typename std::conditional<SPLIT, typename TileCfg<D>::FwdWgK, typename TileCfg<D>::FwdWg>::type;
-    using F = wg::FwdCfg<D, C::BN, C::NWG, C::KS>;
-    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::NWG, C::KS>;
+    using F = wg::FwdCfg<D, C::BN, C::KS, C::NST>;
+    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST>;
 };
 
 template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma()

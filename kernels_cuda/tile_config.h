@@ -119,12 +119,13 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 #define MLSTM_FWD_TILE(X) FwdTile<(X) / 10000 % 100, (X) / 100 % 100, (X) % 100, ((X) / 1000000 ? (X) / 1000000 : 1)>
 #define MLSTM_DKDV_TILE(X) DkdvTile<(X) / 100000 % 100, (X) / 1000 % 100, (X) % 1000, ((X) / 10000000) != 0>
 
-/* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): (NWG, BN) packed as NWG * 1000 + BN: NWG warpgroups of 64 query
- * rows each, BN keys per tile. D = 64/128: S = 64 x 128 per warpgroup (64 floats per thread), O 32/64 floats;
- * D = 256: O is 128 floats per thread, so 64-key tiles. Shared memory (Q + double-buffered K/V): 80 / 160 / 192 KB. */
-template <int NWG_, int BN_, int KS_ = 1> struct WgTile { static constexpr int NWG = NWG_, BN = BN_, KS = KS_; };
+/* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): (NST, BN) packed as NST * 1000 + BN: two consumer warpgroups of 64
+ * query rows each and a producer warpgroup, BN keys per tile, NST K/V stages. D = 64/128: S = 64 x 128 per warpgroup
+ * (64 floats per thread), O 32/64 floats; D = 256: O is 128 floats per thread, so 64-key tiles. Shared memory (Q +
+ * NST K/V stages + gates): 153 / 168 / 201 KB. */
+template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int NST = NST_, BN = BN_, KS = KS_; };
 #ifndef MLSTM_TC64_FWD_WG
-#define MLSTM_TC64_FWD_WG 2128
+#define MLSTM_TC64_FWD_WG 4128
 #endif
 #ifndef MLSTM_TC128_FWD_WG
 #define MLSTM_TC128_FWD_WG 2128
@@ -143,16 +144,16 @@ template <int NWG_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #define MLSTM_WGMMA_DEFAULT (-1)
 #endif
 #define MLSTM_WG_TILE(X) WgTile<(X) / 1000 % 10, (X) % 1000, ((X) / 10000 > 0 ? (X) / 10000 : 1)>
-/* Key-split variant (KS = 2, packed as 20000 + NWG * 1000 + BN): both warpgroups on the same 64 query rows, each
+/* Key-split variant (KS = 2, packed as 20000 + NST * 1000 + BN): both consumer warpgroups on the same 64 query rows, each
  * taking every other key tile, for grids below MLSTM_WG_SPLIT_CTAS_PER_SM default-tile CTAs per SM. Two K/V tiles
- * per stage, so 64 / 64 / 32-key tiles keep shared memory at 72 / 144 / 160 KB. H200, bf16 B1 NH8 (bench/RESULTS.md,
+ * per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 140 / 217 / 164 KB. H200, bf16 B1 NH8 (bench/RESULTS.md,
  * 2026-11-26): faster at S <= 2048 (D128 S2048 0.062 -> 0.054 ms, S1024 0.034 -> 0.028), slower at S = 4096 (0.122 ->
  * 0.190: 256 default CTAs, about one per SM, already fill the GPU), hence the threshold of one CTA per SM. */
 #ifndef MLSTM_TC64_FWD_WG_K
-#define MLSTM_TC64_FWD_WG_K 22064
+#define MLSTM_TC64_FWD_WG_K 24064
 #endif
 #ifndef MLSTM_TC128_FWD_WG_K
-#define MLSTM_TC128_FWD_WG_K 22064
+#define MLSTM_TC128_FWD_WG_K 23064
 #endif
 #ifndef MLSTM_TC256_FWD_WG_K
 #define MLSTM_TC256_FWD_WG_K 22032

@@ -19,16 +19,36 @@ __device__ __forceinline__ uint32_t sw128_off(int r, int c)
 }
 
 /* Rows [r0, r0+R) of a (rows x D) global matrix (row stride ld elements, 16-byte aligned rows) into an R-row
- * swizzled tile; rows >= nrows are zero-filled. All NT threads take part. */
-template <typename T, int R, int D, int NT>
+ * swizzled tile; rows >= nrows are zero-filled. NT threads take part (tid: 0..NT-1); UNROLL bounds the unrolling
+ * (register pressure of a producer warp). */
+template <typename T, int R, int D, int NT, int UNROLL = 64>
 __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restrict__ g, int64_t ld, int64_t r0,
-                                                int64_t nrows)
+                                                int64_t nrows, int tid = (int)threadIdx.x)
 {
     constexpr int CH = D / 8; /* 16-byte chunks per row */
     constexpr int TOTAL = R * CH;
+    constexpr int RPP = NT / 8; /* rows per pass when every thread keeps one 16-byte column of a 64-column block */
+    if constexpr (NT % 64 == 0 && R % RPP == 0) {
+        /* thread: column chunk c8, rows rr + RPP j (same r & 7, so the same swizzle); pointers advance by adds */
+        const int c8 = tid & 7, rr = tid >> 3;
+        const int64_t left = nrows - r0 - rr; /* row rr + RPP j exists iff RPP j < left */
+        const T *row = g + (left > 0 ? r0 + rr : 0) * ld + c8 * 8;
+        const uint32_t d0 = tile + (uint32_t)(rr * 128 + ((c8 ^ (rr & 7)) << 4));
 #pragma unroll
+        for (int cb = 0; cb < D / 64; ++cb) {
+            const T *p = row + cb * 64;
+#pragma unroll UNROLL
+            for (int j = 0; j < R / RPP; ++j) {
+                const bool ok = (int64_t)j * RPP < left;
+                cp_async16(d0 + (uint32_t)(cb * R * 128 + j * RPP * 128), ok ? p : g, ok);
+                p += (int64_t)RPP * ld;
+            }
+        }
+        return;
+    }
+#pragma unroll UNROLL
     for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
-        const int idx = it * NT + threadIdx.x;
+        const int idx = it * NT + tid;
         if (TOTAL % NT != 0 && idx >= TOTAL) break;
         /* consecutive threads take consecutive 16-byte chunks of a 128-byte row segment: conflict-free stores */
         const int c8 = idx % 8, rest = idx / 8, r = rest % R, cb = rest / R;
@@ -64,6 +84,39 @@ __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 /* makes this thread's completed generic-proxy shared-memory writes (cp.async included) visible to wgmma */
+/* mbarriers in shared memory (PTX ISA "mbarrier"), CTA scope: arrive has release, the wait acquire semantics.
+ * A wait for parity p returns once the phase with that parity has completed (phases alternate 0, 1, 0, ...). */
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
+{
+    asm volatile("{\n"
+                 ".reg .pred P1;\n"
+                 "LAB_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+                 "@P1 bra DONE;\n"
+                 "bra LAB_WAIT;\n"
+                 "DONE:\n"
+                 "}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+/* an arrive on bar once every cp.async this thread issued before has landed (counts against the init count) */
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+/* per-warpgroup register budget (all four warps execute it): producers give registers back, consumers take them */
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 /* Keeps the compiler from moving accesses of the accumulators across the asynchronous MMA's issue and wait. */
