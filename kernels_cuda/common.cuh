@@ -112,6 +112,8 @@ __device__ __forceinline__ float fast_exp2(float x)
 
 /* Barrier among the first n threads' warps of a CTA that use barrier id (1..15; 0 is __syncthreads). */
 __device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+/* The arriving side of named_sync: counts towards barrier id's n threads without waiting (release). */
+__device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
 
 /* Compensated sum (hi, lo): hi + lo carries the exact sum of the terms added so far, up to O(eps^2). */
 struct Comp {

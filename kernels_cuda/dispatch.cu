@@ -110,13 +110,14 @@ bool g_wgq_ok[2][3]; /* the dQ kernel (bwd_wgmma.cuh), [dtype][D] */
 bool g_wgk_ok[2][3]; /* the dK/dV kernel (bwd_wgmma.cuh), [dtype][D] */
 int g_wg_mode = -1;
 
-/* the key-split wgmma forward: when its default grid has fewer than MLSTM_WG_SPLIT_CTAS_PER_SM CTAs per SM (or always /
+/* the key-split wgmma forward: when its default grid has fewer CTAs than FWD_WG_SPLIT_PCT percent of the SMs (or always /
  * never under MLSTM_CUDA_SMALL_TILES=1 / 0) */
 template <int D> bool use_wgmma_split(const KArgs &a, int t)
 {
     if (!g_wgs_ok[t][dim_index(D)] || g_small_mode == 0) return false;
     if (g_small_mode == 1) return true;
-    return (a.S + 127) / 128 * a.B * a.NH < (int64_t)MLSTM_WG_SPLIT_CTAS_PER_SM * g_sms; /* default tiles: 128 rows */
+    /* default tiles: 128 rows */
+    return (a.S + 127) / 128 * a.B * a.NH * 100 < (int64_t)TileCfg<D>::FWD_WG_SPLIT_PCT * g_sms;
 }
 
 /* auto and 1 alike: wherever the instance is available (measured faster at every shape, bench/RESULTS.md

@@ -23,7 +23,7 @@ template <int D, int BN, int KS, int NST>
 struct FwdCfg {
     static constexpr int BM = 128 / KS;      /* query rows of a CTA (two consumer warpgroups) */
     static constexpr int NT = 384;           /* consumers: threads 0..255, producer: 256..383 */
-    static constexpr int PROD_REGS = 56, CONS_REGS = 224; /* 128 * 40 + 256 * 232 <= 65536 */
+    static constexpr int PROD_REGS = 56, CONS_REGS = 224; /* 128 * 56 + 256 * 224 = 384 * 168, the launch allocation */
     static constexpr int Q_BYTES = BM * D * 2;
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = Q_BYTES;
@@ -82,19 +82,14 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
     const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
 
-    load_tile_sw128<T, BM, D, Cfg::NT>(aQ, gq, tq.ss, qs, S);
-    cp_async_commit();
-    if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
-    if (threadIdx.x == 32) {
+    if (threadIdx.x == 0) {
         for (int st = 0; st < NST; ++st) {
             mbar_init(bFull + 8 * st, 160);  /* every producer thread once its copies landed, the scan warp */
             mbar_init(bEmpty + 8 * st, 256); /* every consumer thread, after its last read of the stage */
         }
         mbar_init_fence();
     }
-    cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
+    __syncthreads(); /* the only CTA-wide barrier: from here on the first K/V tiles, Q and the query gates load at once */
 
     if (wgi == 2) {
         /* ---- producer warpgroup ---- */
@@ -133,6 +128,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
             gate_load(it + 1);
             named_sync(1, 128);
             if (pt < 32) { /* the scan warp: the step's tiles in descending order, for the compensated offset */
+                if (it == 0) named_sync(3, 64); /* consumer warp 0 has written sFq */
                 constexpr int E = BN / 32;
 #pragma unroll
                 for (int gs = 0; gs < KS; ++gs) {
@@ -157,13 +153,18 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
 
     /* ---- consumer warpgroups ---- */
     setmaxnreg_inc<Cfg::CONS_REGS>();
+    load_tile_sw128<T, BM, D, 256, 2>(aQ, gq, tq.ss, qs, S);
+    cp_async_commit();
+    if (warp == 0) { /* query-tile local cumsum, for the producer's scan warp (barrier 3) and, after their first
+                      * full-stage wait, the consumers */
+        store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq);
+        named_arrive(3, 64);
+    }
     const int grp = KS > 1 ? wgi : 0;       /* key group */
     const int wgr = KS > 1 ? 0 : wgi * 64;  /* its first query row within the tile */
     const int wr0 = wgr + (warp & 3) * 16;  /* first row of this warp within the tile */
 
-    float rowF[1][2];
-    rowF[0][0] = sFq[wr0 + g];
-    rowF[0][1] = sFq[wr0 + g + 8];
+    float rowF[1][2] = {{0.0f, 0.0f}}; /* sFq of the thread's rows, read after the first full-stage wait */
 
     float o[1][D / 8][4];
     float(&oacc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
@@ -177,6 +178,9 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
     /* K-major descriptors of this warpgroup's Q rows and of the K stages advance by 32 bytes per k16 slice
      * inside a 64-column block, by (rows * 128) bytes per block */
     const uint32_t aQw = aQ + wgr * 128;
+    cp_async_wait<0>();
+    fence_proxy_async();
+    named_sync(2, 256); /* Q is in shared memory */
 
     for (int64_t it = 0; it < nsteps; ++it) {
         const int stage = (int)(it % NST);
@@ -187,6 +191,10 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
         const float *cPM = sPM + slot * BN;
         mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
         fence_proxy_async(); /* the producer's cp.async / st.shared writes before the wgmma's async-proxy reads */
+        if (it == 0) {
+            rowF[0][0] = sFq[wr0 + g];
+            rowF[0][1] = sFq[wr0 + g + 8];
+        }
 
         /* no tile, or every key of the tile after every row of the warpgroup: nothing to do (warpgroup-uniform) */
         if (kt >= 0 && ks <= qs + wgr + 63) {

@@ -144,11 +144,11 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #define MLSTM_WGMMA_DEFAULT (-1)
 #endif
 #define MLSTM_WG_TILE(X) WgTile<(X) / 1000 % 10, (X) % 1000, ((X) / 10000 > 0 ? (X) / 10000 : 1)>
-/* Key-split variant (KS = 2, packed as 20000 + NST * 1000 + BN): both consumer warpgroups on the same 64 query rows, each
- * taking every other key tile, for grids below MLSTM_WG_SPLIT_CTAS_PER_SM default-tile CTAs per SM. Two K/V tiles
- * per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 140 / 217 / 164 KB. H200, bf16 B1 NH8 (bench/RESULTS.md,
- * 2026-11-26): faster at S <= 2048 (D128 S2048 0.062 -> 0.054 ms, S1024 0.034 -> 0.028), slower at S = 4096 (0.122 ->
- * 0.190: 256 default CTAs, about one per SM, already fill the GPU), hence the threshold of one CTA per SM. */
+/* Key-split variant (KS = 2, packed as 20000 + NST * 1000 + BN): both consumer warpgroups on the same 64 query
+ * rows, each taking every other key tile, for grids below MLSTM_TC{D}_FWD_WG_SPLIT_PCT percent of the SMs (default
+ * tiles). Two K/V tiles per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 140 / 217 /
+ * 164 KB. It halves the serial chain of key tiles of a CTA; once the default grid fills the GPU it only adds the
+ * merge (H200, bf16 B1 NH8, first split kernel: D128 S4096 0.122 -> 0.190 ms). */
 #ifndef MLSTM_TC64_FWD_WG_K
 #define MLSTM_TC64_FWD_WG_K 24064
 #endif
@@ -158,8 +158,17 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #ifndef MLSTM_TC256_FWD_WG_K
 #define MLSTM_TC256_FWD_WG_K 22032
 #endif
-#ifndef MLSTM_WG_SPLIT_CTAS_PER_SM
-#define MLSTM_WG_SPLIT_CTAS_PER_SM 1
+/* the split's threshold in percent of the SMs per D: H200, bf16 B1 NH8 S2048 (128 default CTAs) with the
+ * warp-specialised kernel (bench/RESULTS.md, 2026-11-26 05:02): unsplit D64 0.035 / D128 0.047 ms against split 0.041 /
+ * 0.051, but D256 0.087 against 0.075; at S1024 (64 CTAs) the split is as fast or faster for every D. */
+#ifndef MLSTM_TC64_FWD_WG_SPLIT_PCT
+#define MLSTM_TC64_FWD_WG_SPLIT_PCT 75
+#endif
+#ifndef MLSTM_TC128_FWD_WG_SPLIT_PCT
+#define MLSTM_TC128_FWD_WG_SPLIT_PCT 75
+#endif
+#ifndef MLSTM_TC256_FWD_WG_SPLIT_PCT
+#define MLSTM_TC256_FWD_WG_SPLIT_PCT 100
 #endif
 /* sm_90a dQ kernel (bwd_wgmma.cuh): one warpgroup per 64-row query tile, BN keys per tile (at most 64: the tile
  * stays inside one 64-block of the gate cumsums). Shared memory 41 / 82 / 99 KB with 64 / 64 / 32 keys: two CTAs per
@@ -199,6 +208,7 @@ template <> struct TileCfg<64> {
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG);
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG_K);
+    static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC64_FWD_WG_SPLIT_PCT;
     static constexpr int DQ_WG_BN = MLSTM_TC64_DQ_WG;
     static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC64_DKDV_WG;
@@ -214,6 +224,7 @@ template <> struct TileCfg<128> {
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG);
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG_K);
+    static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC128_FWD_WG_SPLIT_PCT;
     static constexpr int DQ_WG_BN = MLSTM_TC128_DQ_WG;
     static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC128_DKDV_WG;
@@ -229,6 +240,7 @@ template <> struct TileCfg<256> {
     using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV_S);
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG);
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG_K);
+    static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC256_FWD_WG_SPLIT_PCT;
     static constexpr int DQ_WG_BN = MLSTM_TC256_DQ_WG;
     static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = true;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC256_DKDV_WG;
