@@ -38,6 +38,20 @@ __device__ __forceinline__ void load_tile_async(T *sm, const T *__restrict__ g, 
 {
     constexpr int CH = D / 8; /* 16-byte chunks per row */
     constexpr int TOTAL = R * CH;
+    if constexpr (NT % CH == 0 && R % (NT / CH) == 0) {
+        /* each thread keeps one column chunk c of rows rr + RPP j: the source pointer advances by adds */
+        constexpr int RPP = NT / CH;
+        const int c = (int)threadIdx.x % CH, rr = (int)threadIdx.x / CH;
+        const int64_t left = nrows - r0 - rr; /* row rr + RPP j exists iff RPP j < left */
+        const T *p = g + (left > 0 ? r0 + rr : 0) * ld + c * 8;
+#pragma unroll
+        for (int j = 0; j < R / RPP; ++j) {
+            const bool ok = (int64_t)j * RPP < left;
+            cp_async16(sm + swz<D>(rr + j * RPP, c * 8), ok ? p : g, ok);
+            p += (int64_t)RPP * ld;
+        }
+        return;
+    }
 #pragma unroll
     for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
         int idx = it * NT + threadIdx.x;
