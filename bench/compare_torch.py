@@ -351,10 +351,10 @@ def bench_all(lib, shapes, dtypes):
                 r["ratio_fw"] = r["sdpa_fw_ms"] / r["mlstm_fw_ms"]
                 r["ratio_fwbw"] = r["sdpa_fwbw_ms"] / r["mlstm_fwbw_ms"]
             rows.append(r)
-            print("%-5s B%d NH%d S%-5d D%-3d | mlstm fw %7.3f ms %6.1f TF  fwbw %7.3f ms %6.1f TF | sdpa fw %s fwbw %s | ratio fw %s fwbw %s"
+            print("%-5s B%d NH%d S%-5d D%-3d | mlstm fw %7.4f ms %6.1f TF  fwbw %7.3f ms %6.1f TF | sdpa fw %s fwbw %s | ratio fw %s fwbw %s"
                   % (r["dtype"], B, NH, S, D, r.get("mlstm_fw_ms", float("nan")), r.get("mlstm_fw_tflops", 0),
                      r.get("mlstm_fwbw_ms", float("nan")), r.get("mlstm_fwbw_tflops", 0),
-                     "%.3f ms %.0f TF" % (r["sdpa_fw_ms"], r["sdpa_fw_tflops"]) if "sdpa_fw_ms" in r else "-",
+                     "%.4f ms %.0f TF" % (r["sdpa_fw_ms"], r["sdpa_fw_tflops"]) if "sdpa_fw_ms" in r else "-",
                      "%.3f ms %.0f TF" % (r["sdpa_fwbw_ms"], r["sdpa_fwbw_tflops"]) if "sdpa_fwbw_ms" in r else "-",
                      "%.2f" % r["ratio_fw"] if "ratio_fw" in r else "-",
                      "%.2f" % r["ratio_fwbw"] if "ratio_fwbw" in r else "-"), flush=True)

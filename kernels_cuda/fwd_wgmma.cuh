@@ -97,35 +97,30 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
         const int pt = (int)threadIdx.x - 256;
         const int ptile = pt / BN, ppos = pt % BN; /* gate producer: group, key in the tile */
         const bool producer = pt < KS * BN;
-        float pf = 0.0f, pi = 0.0f;
-        auto gate_load = [&](int64_t st) { /* step st: tiles kt_hi - st * KS - gs */
+        /* f and i of the thread's key two steps ahead (the loads overtake the K/V copies issued in between) */
+        float pf0 = 0.0f, pi0 = 0.0f, pf1 = 0.0f, pi1 = 0.0f;
+        auto gate_load = [&](int64_t st, float &f, float &i) { /* step st: tiles kt_hi - st * KS - gs */
             const int64_t kt = kt_hi - st * KS - ptile, s = kt * BN + ppos;
             const bool ok = producer && st < nsteps && kt >= 0 && s < S;
-            pf = ok ? gf[s * tf.ss] : 0.0f;
-            pi = ok ? gi[s * ti.ss] : 0.0f;
+            f = ok ? gf[s * tf.ss] : 0.0f;
+            i = ok ? gi[s * ti.ss] : 0.0f;
         };
         Comp off = {0.0f, 0.0f};
-        gate_load(0);
+        gate_load(0, pf0, pi0);
+        gate_load(1, pf1, pi1);
         for (int64_t it = 0; it < nsteps; ++it) {
             const int stage = (int)(it % NST);
             if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
-#pragma unroll
-            for (int gs = 0; gs < KS; ++gs) {
-                const int64_t kt = kt_hi - it * KS - gs;
-                if (kt >= 0) {
-                    const int sl = stage * KS + gs;
-                    load_tile_sw128<T, BN, D, 128, 2>(aK + sl * Cfg::KV_BYTES, gk, tk.ss, kt * BN, S, pt);
-                    load_tile_sw128<T, BN, D, 128, 2>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, kt * BN, S, pt);
-                }
-            }
-            mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
+            /* gates first, so that the scan warp writes them while the K/V copies are being issued */
             if (producer) {
                 const int64_t kt = kt_hi - it * KS - ptile, s = kt * BN + ppos;
                 const int o = ((int)(it & 1) * KS + ptile) * BN + ppos;
-                sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf) : 0.0f;
-                sI[o] = pi;
+                sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf0) : 0.0f;
+                sI[o] = pi0;
             }
-            gate_load(it + 1);
+            pf0 = pf1;
+            pi0 = pi1;
+            gate_load(it + 2, pf1, pi1);
             named_sync(1, 128);
             if (pt < 32) { /* the scan warp: the step's tiles in descending order, for the compensated offset */
                 if (it == 0) named_sync(3, 64); /* consumer warp 0 has written sFq */
@@ -146,6 +141,16 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
+#pragma unroll
+            for (int gs = 0; gs < KS; ++gs) {
+                const int64_t kt = kt_hi - it * KS - gs;
+                if (kt >= 0) {
+                    const int sl = stage * KS + gs;
+                    load_tile_sw128<T, BN, D, 128, 2>(aK + sl * Cfg::KV_BYTES, gk, tk.ss, kt * BN, S, pt);
+                    load_tile_sw128<T, BN, D, 128, 2>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, kt * BN, S, pt);
+                }
+            }
+            mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
         }
         cp_async_wait<0>(); /* no copy outlives its thread */
         return;
