@@ -2,9 +2,10 @@
  * accumulation), head dims DQK = DV = D in {64, 128, 256}, warp-specialised: per CTA one producer warpgroup and
  * two consumer warpgroups that meet only at mbarriers, never at a CTA-wide barrier inside the key loop.
  * - The producer loads K/V tiles into NST stages (cp.async into 128-byte-swizzled tiles) and computes the key gates
- *   of each stage (one thread per key loads f and i a step ahead and evaluates logsigmoid; one warp scans); the
- *   stage's "full" mbarrier completes once every copy has landed (cp.async.mbarrier.arrive) and the scan warp has
- *   written the gates; the producer waits for "empty" before refilling a stage, up to NST steps ahead.
+ *   of each stage (one thread per key loads f and i two steps ahead and evaluates logsigmoid; one warp per key tile
+ *   of the step scans); the stage's "full" mbarrier completes once every copy has landed (cp.async.mbarrier.arrive)
+ *   and the scan warps have written the gates; the producer waits for "empty" before refilling a stage, up to NST
+ *   steps ahead.
  * - Each consumer warpgroup owns 64 query rows: per key tile of BN keys S = Q K^T from shared memory, the gate /
  *   online-max / masking step of the mma.sync forward (fwd_tc.cuh) on the accumulator, then O += C V with C from
  *   registers, and marks the stage empty.
@@ -84,7 +85,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
 
     if (threadIdx.x == 0) {
         for (int st = 0; st < NST; ++st) {
-            mbar_init(bFull + 8 * st, 160);  /* every producer thread once its copies landed, the scan warp */
+            mbar_init(bFull + 8 * st, 128 + 32 * KS); /* every producer thread once its copies landed, the scan warps */
             mbar_init(bEmpty + 8 * st, 256); /* every consumer thread, after its last read of the stage */
         }
         mbar_init_fence();
@@ -122,9 +123,11 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
             pi0 = pi1;
             gate_load(it + 2, pf1, pi1);
             named_sync(1, 128);
-            if (pt < 32) { /* the scan warp: the step's tiles in descending order, for the compensated offset */
-                if (it == 0) named_sync(3, 64); /* consumer warp 0 has written sFq */
+            if (pt < 32 * KS) { /* scan warp w writes the gates of tile gs = w; every scan warp walks the step's tiles
+                                  * in descending order and keeps the same compensated offset */
+                if (it == 0) named_sync(3, 32 * (KS + 1)); /* consumer warp 0 has written sFq */
                 constexpr int E = BN / 32;
+                const int w = pt >> 5;
 #pragma unroll
                 for (int gs = 0; gs < KS; ++gs) {
                     const int64_t kt = kt_hi - it * KS - gs;
@@ -132,12 +135,16 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
                     const int src = ((int)(it & 1) * KS + gs) * BN, dst = (stage * KS + gs) * BN;
                     float a[E], iv[E], cum[E];
 #pragma unroll
-                    for (int e = 0; e < E; ++e) {
-                        a[e] = sA[src + lane * E + e];
-                        iv[e] = sI[src + lane * E + e];
-                    }
+                    for (int e = 0; e < E; ++e) a[e] = sA[src + lane * E + e];
                     const float tot = GateTile<BN>::scan_values(cum, a);
-                    tc::fwd_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sFq, sG2 + dst, sPM + dst, sE + dst);
+                    if (gs == w) {
+#pragma unroll
+                        for (int e = 0; e < E; ++e) iv[e] = sI[src + lane * E + e];
+                        tc::fwd_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sFq, sG2 + dst, sPM + dst,
+                                                      sE + dst);
+                    } else if (kt * BN < qs) {
+                        comp_add(off, tot); /* what fwd_key_gates_scanned does to the offset */
+                    }
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
@@ -146,8 +153,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
                 const int64_t kt = kt_hi - it * KS - gs;
                 if (kt >= 0) {
                     const int sl = stage * KS + gs;
-                    load_tile_sw128<T, BN, D, 128, 2>(aK + sl * Cfg::KV_BYTES, gk, tk.ss, kt * BN, S, pt);
-                    load_tile_sw128<T, BN, D, 128, 2>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, kt * BN, S, pt);
+                    load_tile_sw128<T, BN, D, 128>(aK + sl * Cfg::KV_BYTES, gk, tk.ss, kt * BN, S, pt);
+                    load_tile_sw128<T, BN, D, 128>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, kt * BN, S, pt);
                 }
             }
             mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
@@ -160,10 +167,10 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
     setmaxnreg_inc<Cfg::CONS_REGS>();
     load_tile_sw128<T, BM, D, 256, 2>(aQ, gq, tq.ss, qs, S);
     cp_async_commit();
-    if (warp == 0) { /* query-tile local cumsum, for the producer's scan warp (barrier 3) and, after their first
+    if (warp == 0) { /* query-tile local cumsum, for the producer's scan warps (barrier 3) and, after their first
                       * full-stage wait, the consumers */
         store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq);
-        named_arrive(3, 64);
+        named_arrive(3, 32 * (KS + 1));
     }
     const int grp = KS > 1 ? wgi : 0;       /* key group */
     const int wgr = KS > 1 ? 0 : wgi * 64;  /* its first query row within the tile */
