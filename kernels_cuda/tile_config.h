@@ -158,14 +158,14 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #ifndef MLSTM_TC256_FWD_WG_K
 #define MLSTM_TC256_FWD_WG_K 22032
 #endif
-/* the split's threshold in percent of the SMs per D: H200, bf16 B1 NH8 S2048 (128 default CTAs) with the
- * warp-specialised kernel (bench/RESULTS.md, 2026-11-26 05:02): unsplit D64 0.035 / D128 0.047 ms against split 0.041 /
- * 0.051, but D256 0.087 against 0.075; at S1024 (64 CTAs) the split is as fast or faster for every D. */
+/* the split's threshold in percent of the SMs, per D. H200, bf16 B1 NH8 S2048 (128 default CTAs; bench/RESULTS.md,
+ * 2026-11-26 05:22): split 0.0299 / 0.0373 / 0.0688 ms against unsplit 0.0312 / 0.0392 / 0.0699 for D = 64 / 128 / 256,
+ * and the split wins by more at S <= 1024; at S4096 (256 CTAs) the default tiles fill the GPU. */
 #ifndef MLSTM_TC64_FWD_WG_SPLIT_PCT
-#define MLSTM_TC64_FWD_WG_SPLIT_PCT 75
+#define MLSTM_TC64_FWD_WG_SPLIT_PCT 100
 #endif
 #ifndef MLSTM_TC128_FWD_WG_SPLIT_PCT
-#define MLSTM_TC128_FWD_WG_SPLIT_PCT 75
+#define MLSTM_TC128_FWD_WG_SPLIT_PCT 100
 #endif
 #ifndef MLSTM_TC256_FWD_WG_SPLIT_PCT
 #define MLSTM_TC256_FWD_WG_SPLIT_PCT 100
