@@ -122,7 +122,8 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 /* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): (NST, BN) packed as NST * 1000 + BN: two consumer warpgroups of 64
  * query rows each and a producer warpgroup, BN keys per tile, NST K/V stages. D = 64/128: S = 64 x 128 per warpgroup
  * (64 floats per thread), O 32/64 floats; D = 256: O is 128 floats per thread, so 64-key tiles. Shared memory (Q +
- * NST K/V stages + gates): 153 / 168 / 201 KB. */
+ * NST K/V stages + gates): 154 / 167 / 196 KB. H200 (bench/RESULTS.md 05:02): 64-key tiles slower at S8192 (D64
+ * 0.248 -> 0.338 ms), fewer or more stages within noise. */
 template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int NST = NST_, BN = BN_, KS = KS_; };
 #ifndef MLSTM_TC64_FWD_WG
 #define MLSTM_TC64_FWD_WG 4128
@@ -146,7 +147,7 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #define MLSTM_WG_TILE(X) WgTile<(X) / 1000 % 10, (X) % 1000, ((X) / 10000 > 0 ? (X) / 10000 : 1)>
 /* Key-split variant (KS = 2, packed as 20000 + NST * 1000 + BN): both consumer warpgroups on the same 64 query
  * rows, each taking every other key tile, for grids below MLSTM_TC{D}_FWD_WG_SPLIT_PCT percent of the SMs (default
- * tiles). Two K/V tiles per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 140 / 217 /
+ * tiles). Two K/V tiles per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 146 / 216 /
  * 164 KB. It halves the serial chain of key tiles of a CTA; once the default grid fills the GPU it only adds the
  * merge (H200, bf16 B1 NH8, first split kernel: D128 S4096 0.122 -> 0.190 ms). */
 #ifndef MLSTM_TC64_FWD_WG_K
