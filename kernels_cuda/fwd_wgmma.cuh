@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
 
     /* ---- consumer warpgroups ---- */
     setmaxnreg_inc<Cfg::CONS_REGS>();
-    load_tile_sw128<T, BM, D, 256, 2>(aQ, gq, tq.ss, qs, S);
+    load_tile_sw128<T, BM, D, 256>(aQ, gq, tq.ss, qs, S);
     cp_async_commit();
     if (warp == 0) { /* query-tile local cumsum, for the producer's scan warps (barrier 3) and, after their first
                       * full-stage wait, the consumers */

@@ -50,17 +50,17 @@ __device__ __forceinline__ void load_tile_async(T *sm, const T *__restrict__ g, 
             cp_async16(sm + swz<D>(rr + j * RPP, c * 8), ok ? p : g, ok);
             p += (int64_t)RPP * ld;
         }
-        return;
-    }
+    } else {
 #pragma unroll
-    for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
-        int idx = it * NT + threadIdx.x;
-        if (TOTAL % NT != 0 && idx >= TOTAL) break;
-        int r = idx / CH, c = idx % CH;
-        int64_t gr = r0 + r;
-        bool ok = gr < nrows;
-        const T *src = g + (ok ? gr : 0) * ld + c * 8;
-        cp_async16(sm + swz<D>(r, c * 8), src, ok);
+        for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
+            int idx = it * NT + threadIdx.x;
+            if (TOTAL % NT != 0 && idx >= TOTAL) break;
+            int r = idx / CH, c = idx % CH;
+            int64_t gr = r0 + r;
+            bool ok = gr < nrows;
+            const T *src = g + (ok ? gr : 0) * ld + c * 8;
+            cp_async16(sm + swz<D>(r, c * 8), src, ok);
+        }
     }
 }
 

@@ -19,9 +19,8 @@ __device__ __forceinline__ uint32_t sw128_off(int r, int c)
 }
 
 /* Rows [r0, r0+R) of a (rows x D) global matrix (row stride ld elements, 16-byte aligned rows) into an R-row
- * swizzled tile; rows >= nrows are zero-filled. NT threads take part (tid: 0..NT-1); UNROLL bounds the unrolling
- * (register pressure of a producer warp). */
-template <typename T, int R, int D, int NT, int UNROLL = 64>
+ * swizzled tile; rows >= nrows are zero-filled. NT threads take part (tid: 0..NT-1). */
+template <typename T, int R, int D, int NT>
 __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restrict__ g, int64_t ld, int64_t r0,
                                                 int64_t nrows, int tid = (int)threadIdx.x)
 {
@@ -37,26 +36,26 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restri
 #pragma unroll
         for (int cb = 0; cb < D / 64; ++cb) {
             const T *p = row + cb * 64;
-#pragma unroll UNROLL
+#pragma unroll
             for (int j = 0; j < R / RPP; ++j) {
                 const bool ok = (int64_t)j * RPP < left;
                 cp_async16(d0 + (uint32_t)(cb * R * 128 + j * RPP * 128), ok ? p : g, ok);
                 p += (int64_t)RPP * ld;
             }
         }
-        return;
-    }
-#pragma unroll UNROLL
-    for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
-        const int idx = it * NT + tid;
-        if (TOTAL % NT != 0 && idx >= TOTAL) break;
-        /* consecutive threads take consecutive 16-byte chunks of a 128-byte row segment: conflict-free stores */
-        const int c8 = idx % 8, rest = idx / 8, r = rest % R, cb = rest / R;
-        const int64_t gr = r0 + r;
-        const bool ok = gr < nrows;
-        const T *src = g + (ok ? gr : 0) * ld + cb * 64 + c8 * 8;
-        const uint32_t dst = tile + (uint32_t)(cb * R * 128 + r * 128 + ((c8 ^ (r & 7)) << 4));
-        cp_async16(dst, src, ok);
+    } else {
+#pragma unroll
+        for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
+            const int idx = it * NT + tid;
+            if (TOTAL % NT != 0 && idx >= TOTAL) break;
+            /* consecutive threads take consecutive 16-byte chunks of a 128-byte row segment: conflict-free stores */
+            const int c8 = idx % 8, rest = idx / 8, r = rest % R, cb = rest / R;
+            const int64_t gr = r0 + r;
+            const bool ok = gr < nrows;
+            const T *src = g + (ok ? gr : 0) * ld + cb * 64 + c8 * 8;
+            const uint32_t dst = tile + (uint32_t)(cb * R * 128 + r * 128 + ((c8 ^ (r & 7)) << 4));
+            cp_async16(dst, src, ok);
+        }
     }
 }
 
