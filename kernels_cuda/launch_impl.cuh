@@ -128,18 +128,24 @@ template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &
 template <typename T, int D> struct WgDq {
     using Q = wg::DqCfg<D, TileCfg<D>::DQ_WG_BN>;
     static constexpr auto dq = wg::mlstm_bwd_dq_wgmma_kernel<T, D, TileCfg<D>::DQ_WG_BN>;
+    using QS = wg::DqWsCfg<D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST>;
+    static constexpr auto dq_ws = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST>;
 };
 
 template <typename T, int D> cudaError_t setup_bwd_dq_wgmma()
 {
     using KK = WgDq<T, D>;
-    return set_smem(KK::dq, KK::Q::SMEM);
+    MLSTM_TRY(set_smem(KK::dq, KK::Q::SMEM));
+    return set_smem(KK::dq_ws, KK::QS::SMEM);
 }
 
-template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st)
+/* ws: the warp-specialised kernel (grids of at most a few CTAs per SM, dispatch.cu) */
+template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool ws)
 {
     using KK = WgDq<T, D>;
+    static_assert(KK::Q::BM == KK::QS::BM, "both dQ kernels take 64-row query tiles");
     const int64_t nq = (a.S + KK::Q::BM - 1) / KK::Q::BM * a.B * a.NH;
+    if (ws) return launch_1d(KK::dq_ws, nq, KK::QS::NT, KK::QS::SMEM, st, a);
     return launch_1d(KK::dq, nq, KK::Q::NT, KK::Q::SMEM, st, a);
 }
 
@@ -272,7 +278,7 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
     template cudaError_t mlstm::run_fwd_wgmma<T, D, SPLIT>(const mlstm::KArgs &, cudaStream_t);                  \
     template cudaError_t mlstm::setup_fwd_wgmma<T, D, SPLIT>();
 #define MLSTM_INSTANTIATE_BWD_DQ_WGMMA(T, D)                                                                    \
-    template cudaError_t mlstm::run_bwd_dq_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                      \
+    template cudaError_t mlstm::run_bwd_dq_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t, bool);                \
     template cudaError_t mlstm::setup_bwd_dq_wgmma<T, D>();
 #define MLSTM_INSTANTIATE_BWD_DKDV_WGMMA(T, D)                                                                  \
     template cudaError_t mlstm::run_bwd_dkdv_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                    \

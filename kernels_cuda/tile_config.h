@@ -183,6 +183,23 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #ifndef MLSTM_TC256_DQ_WG
 #define MLSTM_TC256_DQ_WG 32
 #endif
+/* Its warp-specialised version for small grids, packed as NST * 1000 + BN: a producer warpgroup and two consumer
+ * warpgroups on one 64-row query tile taking every other key tile of BN keys, NST stages of two K/V tiles each;
+ * shared memory 141 / 213 / 164 KB. Used while the dQ grid has at most MLSTM_DQ_WS_CTAS_PER_SM tiles per SM: H200,
+ * bf16 B1 NH8 fwd+bwd (bench/RESULTS.md 05:34-05:38) S1024 D128 0.083 -> 0.079 ms, S2048 0.167 -> 0.158 (two tiles per SM),
+ * but S8192 1.300 -> 1.337 (eight per SM, where the two-CTA kernel overlaps more). */
+#ifndef MLSTM_TC64_DQ_WS
+#define MLSTM_TC64_DQ_WS 4064
+#endif
+#ifndef MLSTM_TC128_DQ_WS
+#define MLSTM_TC128_DQ_WS 3064
+#endif
+#ifndef MLSTM_TC256_DQ_WS
+#define MLSTM_TC256_DQ_WS 2032
+#endif
+#ifndef MLSTM_DQ_WS_CTAS_PER_SM
+#define MLSTM_DQ_WS_CTAS_PER_SM 2
+#endif
 /* sm_90a dK/dV kernel: one warpgroup per 64 keys, BMQ queries per tile (dK and dV accumulators are D/2 floats per
  * thread each; D = 256 would need 256 and keeps the mma.sync warp pairs). Shared memory 49 / 97 KB. H200, bf16 B1 NH8
  * fwd+bwd (bench/RESULTS.md, 2026-11-26): D = 128 with 64-query tiles (a few spilled registers) against 32: S2048
@@ -211,6 +228,7 @@ template <> struct TileCfg<64> {
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG_K);
     static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC64_FWD_WG_SPLIT_PCT;
     static constexpr int DQ_WG_BN = MLSTM_TC64_DQ_WG;
+    static constexpr int DQ_WS_BN = MLSTM_TC64_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC64_DQ_WS / 1000;
     static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC64_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
@@ -227,6 +245,7 @@ template <> struct TileCfg<128> {
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG_K);
     static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC128_FWD_WG_SPLIT_PCT;
     static constexpr int DQ_WG_BN = MLSTM_TC128_DQ_WG;
+    static constexpr int DQ_WS_BN = MLSTM_TC128_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC128_DQ_WS / 1000;
     static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC128_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
@@ -243,6 +262,7 @@ template <> struct TileCfg<256> {
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG_K);
     static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC256_FWD_WG_SPLIT_PCT;
     static constexpr int DQ_WG_BN = MLSTM_TC256_DQ_WG;
+    static constexpr int DQ_WS_BN = MLSTM_TC256_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC256_DQ_WS / 1000;
     static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = true;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC256_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct sm_90 dK/dV */
