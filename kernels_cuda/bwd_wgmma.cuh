@@ -18,6 +18,61 @@
 namespace mlstm {
 namespace wg {
 
+/* One dQ step of a warpgroup on the key tile at ks (K, V tiles at cK, cV, its gates at cG): dP = dH V^T from shared
+ * memory, P = (dP - delta) e in registers (tc::dq_elementwise; range guard for f16), then adq += P K. */
+template <typename T, int D, int BN, int BM, bool GUARD>
+__device__ __forceinline__ void dq_step(uint32_t aH, uint32_t cK, uint32_t cV, const float *cG, int64_t ks, int64_t qs,
+                                        int wr0, const float (&rb2)[2], const float (&del)[2], float (&esc)[2],
+                                        float (&adq)[D / 8][4])
+{
+    const int g = (threadIdx.x & 31) >> 2;
+    float(&acc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(adq);
+    float dp[BN / 8][4];
+    float(&dacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(dp);
+    reg_fence(dacc);
+    fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t koff = (kk & 3) * 32;
+        WgmmaSS<T, BN>::run(dacc, desc_sw128(aH + (kk >> 2) * BM * 128 + koff, 16),
+                            desc_sw128(cV + (kk >> 2) * BN * 128 + koff, 16), kk > 0);
+    }
+    commit();
+    wait<0>();
+    reg_fence(dacc);
+
+    const int lim0 = wr0 + g - (int)(ks - qs);
+    float rbs[2] = {rb2[0], rb2[1]};
+    if (GUARD) {
+        rbs[0] = __fsub_rn(rbs[0], esc[0]);
+        rbs[1] = __fsub_rn(rbs[1], esc[1]);
+    }
+    float mx[2] = {0.0f, 0.0f};
+    if (ks + BN - 1 > qs + wr0)
+        tc::dq_elementwise<true, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
+    else
+        tc::dq_elementwise<false, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
+    if constexpr (GUARD) {
+        float fac[2];
+        if (tc::range_guard_raise(mx, esc, fac)) {
+            scale_frag_rows(dp, fac);
+            scale_frag_rows(adq, fac);
+        }
+    }
+    uint32_t pa[BN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+        acc_to_a<T>(dp, kk, pa[kk]);
+    }
+    reg_fence(acc);
+    fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) WgmmaRS<T, D>::run(acc, pa[kk], desc_sw128(cK + kk * 16 * 128, BN * 128), 1);
+    commit();
+    wait<0>();
+    reg_fence(acc);
+}
+
 template <int D, int BN>
 struct DqCfg {
     static constexpr int BM = 64;
@@ -59,7 +114,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
     const T *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh), *gdh = bh_ptr<T>(tdh, b, hh);
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wr0 = warp * 16;
     constexpr int GW = 3;
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
@@ -131,50 +186,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
         const uint32_t cK = aK + buf * Cfg::KV_BYTES, cV = aV + buf * Cfg::KV_BYTES;
         const float *cG = sG + buf * BN;
 
-        float dp[BN / 8][4];
-        float(&dacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(dp);
-        reg_fence(dacc);
-        fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const uint32_t koff = (kk & 3) * 32;
-            WgmmaSS<T, BN>::run(dacc, desc_sw128(aH + (kk >> 2) * BM * 128 + koff, 16),
-                                desc_sw128(cV + (kk >> 2) * BN * 128 + koff, 16), kk > 0);
-        }
-        commit();
-        wait<0>();
-        reg_fence(dacc);
-
-        const int lim0 = wr0 + g - (int)(ks - qs);
-        float rbs[2] = {rb2[0], rb2[1]};
-        if (GUARD) {
-            rbs[0] = __fsub_rn(rbs[0], esc[0]);
-            rbs[1] = __fsub_rn(rbs[1], esc[1]);
-        }
-        float mx[2] = {0.0f, 0.0f};
-        if (ks + BN - 1 > qs + wr0)
-            tc::dq_elementwise<true, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
-        else
-            tc::dq_elementwise<false, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
-        if constexpr (GUARD) {
-            float fac[2];
-            if (tc::range_guard_raise(mx, esc, fac)) {
-                scale_frag_rows(dp, fac);
-                scale_frag_rows(adq, fac);
-            }
-        }
-        uint32_t pa[BN / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            acc_to_a<T>(dp, kk, pa[kk]);
-        }
-        reg_fence(acc);
-        fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) WgmmaRS<T, D>::run(acc, pa[kk], desc_sw128(cK + kk * 16 * 128, BN * 128), 1);
-        commit();
-        wait<0>();
-        reg_fence(acc);
+        dq_step<T, D, BN, BM, GUARD>(aH, cK, cV, cG, ks, qs, wr0, rb2, del, esc, adq);
         produce_store(kt_hi - kt + 2); /* into the slot of this step, which the gate warp read in the step before */
         if (kt > 0 && warp == GW) gates_finish(kt_hi - kt + 1);
     }
@@ -237,7 +249,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
     const T *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh), *gdh = bh_ptr<T>(tdh, b, hh);
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wgi = warp >> 2; /* 0, 1: consumers (key groups); 2: producer */
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
     const int64_t nsteps = kt_hi / 2 + 1; /* steps of two key tiles, from the diagonal down */
@@ -301,15 +313,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
-#pragma unroll
-            for (int gs = 0; gs < 2; ++gs) {
-                const int64_t kt = kt_hi - 2 * it - gs;
-                if (kt >= 0) {
-                    const int sl = stage * 2 + gs;
-                    load_tile_sw128<T, BN, D, 128>(aK + sl * Cfg::KV_BYTES, gk, tk.ss, kt * BN, S, pt);
-                    load_tile_sw128<T, BN, D, 128>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, kt * BN, S, pt);
-                }
-            }
+            ws_copy_stage<T, BN, D, 2>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - 2 * it, gk, tk.ss, gv, tv.ss, S, pt);
             mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
         }
         cp_async_wait<0>(); /* no copy outlives its thread */
@@ -346,54 +350,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
         fence_proxy_async(); /* the producer's cp.async / st.shared writes before the wgmma's async-proxy reads */
         if (it == 0) tc::dq_row_state(args, b, hh, qs, wr0, sFq, rb2, del);
         if (kt >= 0) {
-            const int64_t ks = kt * BN;
-            const uint32_t cK = aK + slot * Cfg::KV_BYTES, cV = aV + slot * Cfg::KV_BYTES;
-            const float *cG = sG + slot * BN;
-            float dp[BN / 8][4];
-            float(&dacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(dp);
-            reg_fence(dacc);
-            fence();
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                const uint32_t koff = (kk & 3) * 32;
-                WgmmaSS<T, BN>::run(dacc, desc_sw128(aH + (kk >> 2) * BM * 128 + koff, 16),
-                                    desc_sw128(cV + (kk >> 2) * BN * 128 + koff, 16), kk > 0);
-            }
-            commit();
-            wait<0>();
-            reg_fence(dacc);
-
-            const int lim0 = wr0 + g - (int)(ks - qs);
-            float rbs[2] = {rb2[0], rb2[1]};
-            if (GUARD) {
-                rbs[0] = __fsub_rn(rbs[0], esc[0]);
-                rbs[1] = __fsub_rn(rbs[1], esc[1]);
-            }
-            float mx[2] = {0.0f, 0.0f};
-            if (ks + BN - 1 > qs + wr0)
-                tc::dq_elementwise<true, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
-            else
-                tc::dq_elementwise<false, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
-            if constexpr (GUARD) {
-                float fac[2];
-                if (tc::range_guard_raise(mx, esc, fac)) {
-                    scale_frag_rows(dp, fac);
-                    scale_frag_rows(adq, fac);
-                }
-            }
-            uint32_t pa[BN / 16][4];
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                acc_to_a<T>(dp, kk, pa[kk]);
-            }
-            reg_fence(acc);
-            fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk)
-                WgmmaRS<T, D>::run(acc, pa[kk], desc_sw128(cK + kk * 16 * 128, BN * 128), 1);
-            commit();
-            wait<0>();
-            reg_fence(acc);
+            dq_step<T, D, BN, BM, GUARD>(aH, aK + slot * Cfg::KV_BYTES, aV + slot * Cfg::KV_BYTES, sG + slot * BN,
+                                         kt * BN, qs, wr0, rb2, del, esc, adq);
         }
         mbar_arrive(bEmpty + 8 * stage);
     }

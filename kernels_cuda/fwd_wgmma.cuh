@@ -148,15 +148,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
-#pragma unroll
-            for (int gs = 0; gs < KS; ++gs) {
-                const int64_t kt = kt_hi - it * KS - gs;
-                if (kt >= 0) {
-                    const int sl = stage * KS + gs;
-                    load_tile_sw128<T, BN, D, 128>(aK + sl * Cfg::KV_BYTES, gk, tk.ss, kt * BN, S, pt);
-                    load_tile_sw128<T, BN, D, 128>(aV + sl * Cfg::KV_BYTES, gv, tv.ss, kt * BN, S, pt);
-                }
-            }
+            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * KS, gk, tk.ss, gv, tv.ss, S, pt);
             mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
         }
         cp_async_wait<0>(); /* no copy outlives its thread */

@@ -59,6 +59,23 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restri
     }
 }
 
+/* A warp-specialised kernel's producer copies one stage: key tiles kt0, kt0 - 1, ..., kt0 - KS + 1 (none below 0) of
+ * K and V into slots stage * KS + gs (tiles of BN rows, kv_bytes each); the 128 producer threads (pt) take part. */
+template <typename T, int BN, int D, int KS>
+__device__ __forceinline__ void ws_copy_stage(uint32_t aK, uint32_t aV, int kv_bytes, int stage, int64_t kt0,
+                                              const T *gk, int64_t k_ss, const T *gv, int64_t v_ss, int64_t S, int pt)
+{
+#pragma unroll
+    for (int gs = 0; gs < KS; ++gs) {
+        const int64_t kt = kt0 - gs;
+        if (kt >= 0) {
+            const int sl = stage * KS + gs;
+            load_tile_sw128<T, BN, D, 128>(aK + sl * kv_bytes, gk, k_ss, kt * BN, S, pt);
+            load_tile_sw128<T, BN, D, 128>(aV + sl * kv_bytes, gv, v_ss, kt * BN, S, pt);
+        }
+    }
+}
+
 /* The dynamic shared memory of a wgmma kernel from its first 1024-byte boundary (the swizzle atoms' alignment; the
  * kernels request 1024 bytes more than they use). */
 __device__ __forceinline__ unsigned char *smem_aligned_1024(unsigned char *raw)
