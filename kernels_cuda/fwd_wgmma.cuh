@@ -11,7 +11,9 @@
  *   registers, and marks the stage empty.
  * - KS = 2 (key split, for grids too small to fill the GPU): both consumers cover the same 64 rows and take every
  *   other key tile (a stage holds two); their states are merged at the end (fwd_split_merge).
- * Registers: the producer gives its warpgroup's share back (setmaxnreg) so that the consumers hold 232 each. */
+ * Registers: the producer gives its warpgroup's share back (setmaxnreg) so that the consumers hold 224 each.
+ * Named barriers: 1 the producer warpgroup (its gate scratch), 2 the two consumer warpgroups (Q loaded; the split's
+ * merge), 3 consumer warp 0 (query cumsum written) and the scan warps. */
 #pragma once
 
 #include "fwd_tc.cuh"
