@@ -2,8 +2,8 @@
  * accumulation). Each CTA works on one aligned 64-block of the gate cumsums, and shares its gate, elementwise and
  * epilogue code with the mma.sync kernel of bwd_tc.cuh it replaces, so P comes out bitwise the same.
  *   dQ (D 64/128/256): 64 query rows; per key tile of BN keys dP = dH V^T, then dQ += P K with P from registers.
- *   For small grids a warp-specialised version (a producer warpgroup, two consumer warpgroups taking every other
- *   key tile).
+ *   Warp-specialised versions (a producer warpgroup, two consumer warpgroups) for small grids (key split) and for
+ *   the rest (two query tiles sharing the K/V stages).
  *   dK/dV (D 64/128): 64 keys; per query tile of BMQ queries S^T = K Q^T and dP^T = V dH^T, then dV += (C/n)^T dH
  *   and dK += P^T Q with the tiles from registers.
  *   dK/dV pairs (D 256, whose dK and dV would take 256 accumulator floats per thread): two warpgroups on 64 keys; one
@@ -195,45 +195,47 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_co
 #endif
 }
 
-/* dQ for grids of at most two CTAs per SM, warp-specialised like the forward (fwd_wgmma.cuh): a producer warpgroup
- * copies K/V tiles into NST stages (two key tiles per stage) and computes their key gates (one scan warp per tile);
- * two consumer warpgroups cover the same 64 query rows (one aligned 64-block of the gate cumsums) and take every
- * other key tile, meeting the producer only at mbarriers, which halves the CTA's serial chain; their dQ accumulators
- * are added at the end (fwd_split_merge with equal maxima). */
-template <int D, int BN, int NST>
+/* dQ warp-specialised like the forward (fwd_wgmma.cuh): a producer warpgroup copies K/V tiles into NST stages and
+ * computes their key gates (two scan warps); two consumer warpgroups meet it only at mbarriers.
+ *   KS = 2 (small grids): both consumers on the same 64 query rows (one aligned 64-block of the gate cumsums), taking
+ *   every other key tile (two per stage; scan warp w writes tile w's gates), which halves the CTA's serial chain; their
+ *   dQ accumulators are added at the end (fwd_split_merge with equal maxima).
+ *   KS = 1: consumer w on its own 64-row block, both reading each stage's key tile (scan warp w writes the tile's gates
+ *   relative to block w). */
+template <int D, int BN, int NST, int KS>
 struct DqWsCfg {
-    static constexpr int BM = 64;
+    static constexpr int BM = 128 / KS; /* KS = 2: one 64-row tile for both consumers; 1: one each */
     static constexpr int NT = 384;           /* consumers: threads 0..255, producer: 256..383 */
     static constexpr int PROD_REGS = 56, CONS_REGS = 224; /* 128 * 56 + 256 * 224 = 384 * 168 */
     static constexpr int H_BYTES = BM * D * 2;
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = H_BYTES;
-    static constexpr int V_OFF = K_OFF + NST * 2 * KV_BYTES; /* K, V: [NST stages][2 groups] tiles */
-    static constexpr int G_OFF = V_OFF + NST * 2 * KV_BYTES;
-    /* floats: sFq[BM]; sG[NST][2][BN]; producer scratch sA, sI [2][2][64] (the tiles' 64-blocks) */
+    static constexpr int V_OFF = K_OFF + NST * KS * KV_BYTES; /* K, V: [NST stages][KS groups] tiles */
+    static constexpr int G_OFF = V_OFF + NST * KS * KV_BYTES;
+    /* floats: sFq[BM]; sG[NST][2 consumers][BN]; producer scratch sA, sI [2][2][64] (the tiles' 64-blocks) */
     static constexpr int G_FLOATS = BM + NST * 2 * BN + 2 * 2 * 2 * 64;
     static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4;
     static constexpr int SMEM = BAR_OFF + 16 * NST + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(64 % BN == 0 && BN % 32 == 0 && (BN * 128) % 1024 == 0, "key tile within one 64-block");
     static_assert(NST >= 2 && BAR_OFF % 8 == 0, "stages, mbarrier alignment");
-    static_assert((BM * D + 6 * BM) * 4 <= G_OFF, "merge buffer");
+    static_assert(KS == 1 || (KS == 2 && (BM * D + 6 * BM) * 4 <= G_OFF), "merge buffer");
     static_assert(SMEM <= 232448, "shared memory per block");
 };
 
-template <typename T, int D, int BN, int NST>
+template <typename T, int D, int BN, int NST, int KS>
 __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_constant__ KArgs args)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); /* built for an architecture without wgmma: never launched (dispatch.cu) */
 #else
-    using Cfg = DqWsCfg<D, BN, NST>;
+    using Cfg = DqWsCfg<D, BN, NST, KS>;
     constexpr int BM = Cfg::BM;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned char *smem = smem_aligned_1024(smem_raw);
     const uint32_t base = smem_u32(smem);
     const uint32_t aH = base, aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF;
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
-    float *sG = sFq + BM;             /* [NST][2][BN] key gates B_j */
+    float *sG = sFq + BM;             /* [NST][2][BN] key gates B_j of each consumer's tile */
     float *sA = sG + NST * 2 * BN;    /* [2][2][64] logsigmoid(f) of a key tile's 64-block (0 beyond S) */
     float *sI = sA + 2 * 2 * 64;      /* [2][2][64] its i */
     const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
@@ -250,9 +252,9 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wgi = warp >> 2; /* 0, 1: consumers (key groups); 2: producer */
+    const int wgi = warp >> 2; /* 0, 1: consumers; 2: producer */
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
-    const int64_t nsteps = kt_hi / 2 + 1; /* steps of two key tiles, from the diagonal down */
+    const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
 
     if (threadIdx.x == 0) {
         for (int st = 0; st < NST; ++st) {
@@ -264,14 +266,15 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
     __syncthreads();
 
     if (wgi == 2) {
-        /* ---- producer warpgroup: thread pt loads f and i of position pt % 64 of tile group pt / 64's 64-block ---- */
+        /* ---- producer warpgroup: thread pt < 64 KS loads f and i of position pt % 64 of tile pt / 64's 64-block ---- */
         setmaxnreg_dec<Cfg::PROD_REGS>();
         const int pt = (int)threadIdx.x - 256;
         const int ptile = pt >> 6, ppos = pt & 63;
+        const bool gprod = pt < 64 * KS;
         float pf0 = 0.0f, pi0 = 0.0f, pf1 = 0.0f, pi1 = 0.0f;
         auto gate_load = [&](int64_t st, float &f, float &i) {
-            const int64_t kt = kt_hi - 2 * st - ptile, s = ((kt * BN) & ~(int64_t)63) + ppos;
-            const bool ok = st < nsteps && kt >= 0 && s < S;
+            const int64_t kt = kt_hi - KS * st - ptile, s = ((kt * BN) & ~(int64_t)63) + ppos;
+            const bool ok = gprod && st < nsteps && kt >= 0 && s < S;
             f = ok ? gf[s * tf.ss] : 0.0f;
             i = ok ? gi[s * ti.ss] : 0.0f;
         };
@@ -281,8 +284,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
         for (int64_t it = 0; it < nsteps; ++it) {
             const int stage = (int)(it % NST);
             if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
-            {
-                const int64_t kt = kt_hi - 2 * it - ptile, s = ((kt * BN) & ~(int64_t)63) + ppos;
+            if (gprod) {
+                const int64_t kt = kt_hi - KS * it - ptile, s = ((kt * BN) & ~(int64_t)63) + ppos;
                 const int o = ((int)(it & 1) * 2 + ptile) * 64 + ppos;
                 sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf0) : 0.0f;
                 sI[o] = pi0;
@@ -291,29 +294,40 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
             pi0 = pi1;
             gate_load(it + 2, pf1, pi1);
             named_sync(1, 128);
-            if (pt < 64) { /* scan warp w writes the gates of tile gs = w; both walk the step's tiles in descending
-                            * order and keep the same compensated offset (dq_key_gates_scanned's update) */
-                if (it == 0) named_sync(3, 96); /* consumer warp 0 has written sFq */
+            if (pt < 64) {
                 const int w = pt >> 5;
+                if constexpr (KS == 2) {
+                    /* scan warp w writes the gates of tile gs = w; both walk the step's tiles in descending order and
+                     * keep the same compensated offset (dq_key_gates_scanned's update) */
 #pragma unroll
-                for (int gs = 0; gs < 2; ++gs) {
-                    const int64_t kt = kt_hi - 2 * it - gs;
-                    if (kt < 0) continue;
-                    const int src = ((int)(it & 1) * 2 + gs) * 64;
+                    for (int gs = 0; gs < 2; ++gs) {
+                        const int64_t kt = kt_hi - 2 * it - gs;
+                        if (kt < 0) continue;
+                        const int src = ((int)(it & 1) * 2 + gs) * 64;
+                        const float a[2] = {sA[src + 2 * lane], sA[src + 2 * lane + 1]};
+                        float cum[2];
+                        const float tot = GateTile<64>::scan_values(cum, a);
+                        if (gs == w) {
+                            const float iv[2] = {sI[src + 2 * lane], sI[src + 2 * lane + 1]};
+                            tc::dq_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sG + (stage * 2 + gs) * BN);
+                        } else {
+                            const int64_t ks = kt * BN, kbs = ks & ~(int64_t)63;
+                            if (kbs < qs && (ks - kbs) + BN == 64) comp_add(off, tot);
+                        }
+                    }
+                } else {
+                    /* scan warp w writes the step's tile's gates for consumer w's query block (its own offset) */
+                    const int64_t kt = kt_hi - it;
+                    const int src = (int)(it & 1) * 2 * 64;
                     const float a[2] = {sA[src + 2 * lane], sA[src + 2 * lane + 1]};
+                    const float iv[2] = {sI[src + 2 * lane], sI[src + 2 * lane + 1]};
                     float cum[2];
                     const float tot = GateTile<64>::scan_values(cum, a);
-                    if (gs == w) {
-                        const float iv[2] = {sI[src + 2 * lane], sI[src + 2 * lane + 1]};
-                        tc::dq_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sG + (stage * 2 + gs) * BN);
-                    } else {
-                        const int64_t ks = kt * BN, kbs = ks & ~(int64_t)63;
-                        if (kbs < qs && (ks - kbs) + BN == 64) comp_add(off, tot);
-                    }
+                    tc::dq_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs + 64 * w, sG + (stage * 2 + w) * BN);
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
-            ws_copy_stage<T, BN, D, 2>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - 2 * it, gk, tk.ss, gv, tv.ss, S, pt);
+            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - KS * it, gk, tk.ss, gv, tv.ss, S, pt);
             mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
         }
         cp_async_wait<0>(); /* no copy outlives its thread */
@@ -324,15 +338,14 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
     setmaxnreg_inc<Cfg::CONS_REGS>();
     load_tile_sw128<T, BM, D, 256>(aH, gdh, tdh.ss, qs, S);
     cp_async_commit();
-    if (warp == 0) { /* query-tile local cumsum, for the scan warps (barrier 3) and the consumers' row state */
-        store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq);
-        named_arrive(3, 96);
-    }
-    const int grp = wgi;
-    const int wr0 = (warp & 3) * 16;
+    if ((warp & 3) == 0 && (KS == 1 || wgi == 0)) /* the 64-block local cumsum of each consumer's query rows */
+        store_tile_cumsum<64>(gf, tf.ss, qs + (KS > 1 ? 0 : 64 * wgi), S, sFq + (KS > 1 ? 0 : 64 * wgi));
+    const int grp = KS > 1 ? wgi : 0;      /* key group */
+    const int wgr = KS > 1 ? 0 : 64 * wgi; /* the warpgroup's first query row within the tile: a 64-block */
+    const int wr0 = (warp & 3) * 16;       /* first row of this warp within the 64-block */
     cp_async_wait<0>();
     fence_proxy_async();
-    named_sync(2, 256); /* dH is in shared memory */
+    named_sync(2, 256); /* dH and the cumsums are in shared memory */
 
     float rb2[2] = {0.0f, 0.0f}, del[2] = {0.0f, 0.0f};
     float adq[D / 8][4];
@@ -344,24 +357,27 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
 
     for (int64_t it = 0; it < nsteps; ++it) {
         const int stage = (int)(it % NST);
-        const int64_t kt = kt_hi - 2 * it - grp; /* this warpgroup's key tile (< 0: none left for its group) */
-        const int slot = stage * 2 + grp;
+        const int64_t kt = kt_hi - KS * it - grp; /* this warpgroup's key tile (< 0: none left for its group) */
+        const int slot = stage * KS + grp;
         mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
         fence_proxy_async(); /* the producer's cp.async / st.shared writes before the wgmma's async-proxy reads */
-        if (it == 0) tc::dq_row_state(args, b, hh, qs, wr0, sFq, rb2, del);
-        if (kt >= 0) {
-            dq_step<T, D, BN, BM, GUARD>(aH, aK + slot * Cfg::KV_BYTES, aV + slot * Cfg::KV_BYTES, sG + slot * BN,
-                                         kt * BN, qs, wr0, rb2, del, esc, adq);
+        if (it == 0) tc::dq_row_state(args, b, hh, qs + wgr, wr0, sFq + wgr, rb2, del);
+        /* no tile, or every key of the tile after every row of the warpgroup: nothing to do (warpgroup-uniform) */
+        if (kt >= 0 && kt * BN <= qs + wgr + 63) {
+            dq_step<T, D, BN, BM, GUARD>(aH + wgr * 128, aK + slot * Cfg::KV_BYTES, aV + slot * Cfg::KV_BYTES,
+                                         sG + (stage * 2 + wgi) * BN, kt * BN, qs + wgr, wr0, rb2, del, esc, adq);
         }
         mbar_arrive(bEmpty + 8 * stage);
     }
 
-    named_sync(2, 256); /* both consumers are done with the tiles (all copies have landed): the merge reuses them */
-    float m0[1][2] = {{0.0f, 0.0f}}, l0[1][2] = {{0.0f, 0.0f}}; /* equal maxima: the merge adds the accumulators */
-    float(&o1)[1][D / 8][4] = reinterpret_cast<float(&)[1][D / 8][4]>(adq);
-    if (!tc::fwd_split_merge<1, D, GUARD, 256>(reinterpret_cast<float *>(smem), BM, grp, wr0, o1, m0, l0, esc))
-        return; /* group 1 */
-    tc::dq_epilogue<T, D, GUARD>(args, b, hh, qs, wr0, adq, esc);
+    if constexpr (KS > 1) {
+        named_sync(2, 256); /* both consumers are done with the tiles (all copies have landed): the merge reuses them */
+        float m0[1][2] = {{0.0f, 0.0f}}, l0[1][2] = {{0.0f, 0.0f}}; /* equal maxima: the merge adds the accumulators */
+        float(&o1)[1][D / 8][4] = reinterpret_cast<float(&)[1][D / 8][4]>(adq);
+        if (!tc::fwd_split_merge<1, D, GUARD, 256>(reinterpret_cast<float *>(smem), BM, grp, wr0, o1, m0, l0, esc))
+            return; /* group 1 */
+    }
+    tc::dq_epilogue<T, D, GUARD>(args, b, hh, qs + wgr, wr0, adq, esc);
 #endif
 }
 

@@ -200,6 +200,22 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #ifndef MLSTM_DQ_WS_CTAS_PER_SM
 #define MLSTM_DQ_WS_CTAS_PER_SM 2
 #endif
+/* Above that: the warp-specialised dQ with the two consumers on two 64-row query tiles sharing the K/V stages
+ * (MLSTM_DQ_WS_LARGE 1) or the one-warpgroup kernel (0); packed as NST * 1000 + BN; shared memory 86 / 166 / 197 KB.
+ * H200, bf16 B1 NH8 fwd+bwd (bench/RESULTS.md 06:08), one-warpgroup -> this: S4096 D64 0.271 -> 0.260 ms, D128 0.366
+ * -> 0.347, D256 0.723 -> 0.701; S8192 0.896 -> 0.913, 1.296 -> 1.248, 2.677 -> 2.569. */
+#ifndef MLSTM_DQ_WS_LARGE
+#define MLSTM_DQ_WS_LARGE 1
+#endif
+#ifndef MLSTM_TC64_DQ_WSL
+#define MLSTM_TC64_DQ_WSL 4064
+#endif
+#ifndef MLSTM_TC128_DQ_WSL
+#define MLSTM_TC128_DQ_WSL 4064
+#endif
+#ifndef MLSTM_TC256_DQ_WSL
+#define MLSTM_TC256_DQ_WSL 4032
+#endif
 /* sm_90a dK/dV kernel: one warpgroup per 64 keys, BMQ queries per tile (dK and dV accumulators are D/2 floats per
  * thread each; D = 256 would need 256 and keeps the mma.sync warp pairs). Shared memory 49 / 97 KB. H200, bf16 B1 NH8
  * fwd+bwd (bench/RESULTS.md, 2026-11-26): D = 128 with 64-query tiles (a few spilled registers) against 32: S2048
@@ -229,6 +245,7 @@ template <> struct TileCfg<64> {
     static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC64_FWD_WG_SPLIT_PCT;
     static constexpr int DQ_WG_BN = MLSTM_TC64_DQ_WG;
     static constexpr int DQ_WS_BN = MLSTM_TC64_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC64_DQ_WS / 1000;
+    static constexpr int DQ_WSL_BN = MLSTM_TC64_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC64_DQ_WSL / 1000;
     static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC64_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
@@ -246,6 +263,7 @@ template <> struct TileCfg<128> {
     static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC128_FWD_WG_SPLIT_PCT;
     static constexpr int DQ_WG_BN = MLSTM_TC128_DQ_WG;
     static constexpr int DQ_WS_BN = MLSTM_TC128_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC128_DQ_WS / 1000;
+    static constexpr int DQ_WSL_BN = MLSTM_TC128_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC128_DQ_WSL / 1000;
     static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC128_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
@@ -263,6 +281,7 @@ template <> struct TileCfg<256> {
     static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC256_FWD_WG_SPLIT_PCT;
     static constexpr int DQ_WG_BN = MLSTM_TC256_DQ_WG;
     static constexpr int DQ_WS_BN = MLSTM_TC256_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC256_DQ_WS / 1000;
+    static constexpr int DQ_WSL_BN = MLSTM_TC256_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC256_DQ_WSL / 1000;
     static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = true;
     static constexpr int DKDV_WG_BMQ = MLSTM_TC256_DKDV_WG;
     static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct sm_90 dK/dV */
