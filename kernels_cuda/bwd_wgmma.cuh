@@ -1,9 +1,9 @@
 /* libmlstm CUDA kernels: the sm_90a backward kernels for f16/bf16 storage on warpgroup MMA (wgmma.mma_async, f32
  * accumulation). Each CTA works on one aligned 64-block of the gate cumsums, and shares its gate, elementwise and
  * epilogue code with the mma.sync kernel of bwd_tc.cuh it replaces, so P comes out bitwise the same.
- *   dQ (D 64/128/256): 64 query rows; per key tile of BN keys dP = dH V^T, then dQ += P K with P from registers.
- *   Warp-specialised versions (a producer warpgroup, two consumer warpgroups) for small grids (key split) and for
- *   the rest (two query tiles sharing the K/V stages).
+ *   dQ (D 64/128/256): warp-specialised (a producer warpgroup, two consumer warpgroups of 64 query rows); per key
+ *   tile of BN keys dP = dH V^T, then dQ += P K with P from registers. Key split for small grids, else two query
+ *   tiles sharing the K/V stages.
  *   dK/dV (D 64/128): 64 keys; per query tile of BMQ queries S^T = K Q^T and dP^T = V dH^T, then dV += (C/n)^T dH
  *   and dK += P^T Q with the tiles from registers.
  *   dK/dV pairs (D 256, whose dK and dV would take 256 accumulator floats per thread): two warpgroups on 64 keys; one
@@ -18,7 +18,7 @@
 namespace mlstm {
 namespace wg {
 
-/* One dQ step of a warpgroup on the key tile at ks (K, V tiles at cK, cV, its gates at cG): dP = dH V^T from shared
+/* One dQ step of a consumer warpgroup on the key tile at ks (K, V tiles at cK, cV, its gates at cG): dP = dH V^T from shared
  * memory, P = (dP - delta) e in registers (tc::dq_elementwise; range guard for f16), then adq += P K. */
 template <typename T, int D, int BN, int BM, bool GUARD>
 __device__ __forceinline__ void dq_step(uint32_t aH, uint32_t cK, uint32_t cV, const float *cG, int64_t ks, int64_t qs,
@@ -71,128 +71,6 @@ __device__ __forceinline__ void dq_step(uint32_t aH, uint32_t cK, uint32_t cV, c
     commit();
     wait<0>();
     reg_fence(acc);
-}
-
-template <int D, int BN>
-struct DqCfg {
-    static constexpr int BM = 64;
-    static constexpr int NT = 128;
-    static constexpr int H_BYTES = BM * D * 2;
-    static constexpr int KV_BYTES = BN * D * 2;
-    static constexpr int K_OFF = H_BYTES;
-    static constexpr int V_OFF = K_OFF + 2 * KV_BYTES;
-    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sFq[BM], sG[2][BN], sA[2][64], sI[2][64] */
-    static constexpr int SMEM = G_OFF + (BM + 2 * BN + 4 * 64) * 4 + 1024; /* + 1024: the base is aligned up at run time */
-    static_assert(64 % BN == 0 && BN % 32 == 0 && (BN * 128) % 1024 == 0, "key tile within one 64-block");
-};
-
-template <typename T, int D, int BN>
-__global__ void __launch_bounds__(128) mlstm_bwd_dq_wgmma_kernel(const __grid_constant__ KArgs args)
-{
-#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    __trap(); /* built for an architecture without wgmma: never launched (dispatch.cu) */
-#else
-    using Cfg = DqCfg<D, BN>;
-    constexpr int BM = Cfg::BM, NT = Cfg::NT;
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    unsigned char *smem = smem_aligned_1024(smem_raw);
-    const uint32_t base = smem_u32(smem);
-    const uint32_t aH = base, aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF;
-    float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
-    float *sG = sFq + BM;
-    float *sA = sG + 2 * BN; /* [2][64] logsigmoid(f) of a key tile's 64-block (0 beyond S) */
-    float *sI = sA + 2 * 64; /* [2][64] its i */
-
-    const int64_t S = args.S;
-    const int64_t nqt = (S + BM - 1) / BM;
-    const CtaPos cp = cta_pos(args);
-    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
-    const int64_t qs = qt * BM;
-
-    const TArg &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
-    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
-    const T *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh), *gdh = bh_ptr<T>(tdh, b, hh);
-    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
-
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wr0 = warp * 16;
-    constexpr int GW = 3;
-    const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
-
-    load_tile_sw128<T, BM, D, NT>(aH, gdh, tdh.ss, qs, S);
-    load_tile_sw128<T, BN, D, NT>(aK, gk, tk.ss, kt_hi * BN, S);
-    load_tile_sw128<T, BN, D, NT>(aV, gv, tv.ss, kt_hi * BN, S);
-    cp_async_commit();
-
-    /* Key gates one step ahead (as in the wgmma forward): threads 0..63 load f and i of the 64-block of step st's key
-     * tile a step early and store logsigmoid(f) and i late in the step before; the gate warp scans them at the end of
-     * the step before their use. Step st = kt_hi - kt; slots st & 1. */
-    const bool producer = threadIdx.x < 64;
-    float pf = 0.0f, pi = 0.0f;
-    auto produce_load = [&](int64_t st) {
-        const int64_t kt = kt_hi - st, s = ((kt * BN) & ~(int64_t)63) + threadIdx.x;
-        const bool ok = producer && kt >= 0 && s < S;
-        pf = ok ? gf[s * tf.ss] : 0.0f;
-        pi = ok ? gi[s * ti.ss] : 0.0f;
-    };
-    auto produce_store = [&](int64_t st) {
-        const int64_t kt = kt_hi - st, s = ((kt * BN) & ~(int64_t)63) + threadIdx.x;
-        if (producer) {
-            sA[(st & 1) * 64 + threadIdx.x] = (kt >= 0 && s < S) ? logsigmoid(pf) : 0.0f;
-            sI[(st & 1) * 64 + threadIdx.x] = pi;
-        }
-    };
-    Comp off = {0.0f, 0.0f};
-    auto gates_finish = [&](int64_t st) { /* the gate warp */
-        const int sl = (int)(st & 1);
-        const float a[2] = {sA[sl * 64 + 2 * lane], sA[sl * 64 + 2 * lane + 1]};
-        const float iv[2] = {sI[sl * 64 + 2 * lane], sI[sl * 64 + 2 * lane + 1]};
-        float cum[2];
-        const float tot = GateTile<64>::scan_values(cum, a);
-        tc::dq_key_gates_scanned<BN>(cum, tot, iv, off, (kt_hi - st) * BN, qs, sG + sl * BN);
-    };
-
-    if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
-    produce_load(0);
-    produce_store(0);
-    produce_load(1);
-    produce_store(1);
-    __syncthreads();
-
-    float rb2[2], del[2];
-    tc::dq_row_state(args, b, hh, qs, wr0, sFq, rb2, del);
-    if (warp == GW) gates_finish(0);
-
-    float adq[D / 8][4];
-    float(&acc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(adq);
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) acc[i] = 0.0f;
-    constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
-    float esc[2] = {0.0f, 0.0f};
-
-    int buf = 0;
-    for (int64_t kt = kt_hi; kt >= 0; --kt, buf ^= 1) {
-        cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();
-        const int64_t ks = kt * BN;
-        if (kt > 0) {
-            const int64_t kn = (kt - 1) * BN;
-            load_tile_sw128<T, BN, D, NT>(aK + (buf ^ 1) * Cfg::KV_BYTES, gk, tk.ss, kn, S);
-            load_tile_sw128<T, BN, D, NT>(aV + (buf ^ 1) * Cfg::KV_BYTES, gv, tv.ss, kn, S);
-            cp_async_commit();
-        }
-        produce_load(kt_hi - kt + 2);
-        const uint32_t cK = aK + buf * Cfg::KV_BYTES, cV = aV + buf * Cfg::KV_BYTES;
-        const float *cG = sG + buf * BN;
-
-        dq_step<T, D, BN, BM, GUARD>(aH, cK, cV, cG, ks, qs, wr0, rb2, del, esc, adq);
-        produce_store(kt_hi - kt + 2); /* into the slot of this step, which the gate warp read in the step before */
-        if (kt > 0 && warp == GW) gates_finish(kt_hi - kt + 1);
-    }
-
-    tc::dq_epilogue<T, D, GUARD>(args, b, hh, qs, wr0, adq, esc);
-#endif
 }
 
 /* dQ warp-specialised like the forward (fwd_wgmma.cuh): a producer warpgroup copies K/V tiles into NST stages and

@@ -183,14 +183,12 @@ template <typename T, int D> cudaError_t fwd_tc(const KArgs &a, cudaStream_t st)
     default: return run_fwd_tc<T, D, FWD_DEFAULT>(a, st);
     }
 }
-/* the dQ kernel: the warp-specialised key split while the dQ grid has at most MLSTM_DQ_WS_CTAS_PER_SM 64-row tiles
- * per SM (always / never under MLSTM_CUDA_SMALL_TILES=1 / 0), else the warp-specialised pair of query tiles
- * (MLSTM_DQ_WS_LARGE) or one warpgroup per CTA */
-static int dq_mode(const KArgs &a)
+/* the sm_90a dQ: its key split while the dQ grid has at most MLSTM_DQ_WS_CTAS_PER_SM 64-row tiles per SM (always /
+ * never under MLSTM_CUDA_SMALL_TILES=1 / 0), else two query tiles per CTA */
+static bool dq_split(const KArgs &a)
 {
-    const bool split = g_small_mode >= 0 ? g_small_mode == 1
-                                         : (a.S + 63) / 64 * a.B * a.NH <= (int64_t)MLSTM_DQ_WS_CTAS_PER_SM * g_sms;
-    return split ? DQ_WS_SPLIT : (MLSTM_DQ_WS_LARGE ? DQ_WS : DQ_WG);
+    if (g_small_mode >= 0) return g_small_mode == 1;
+    return (a.S + 63) / 64 * a.B * a.NH <= (int64_t)MLSTM_DQ_WS_CTAS_PER_SM * g_sms;
 }
 template <typename T, int D> cudaError_t bwd_tc(const KArgs &a, cudaStream_t st)
 {
@@ -199,7 +197,7 @@ template <typename T, int D> cudaError_t bwd_tc(const KArgs &a, cudaStream_t st)
         if (g_wgk_ok[tix<T>()][dim_index(D)] && g_wg_mode != 0) {
             e = run_bwd_dkdv_wgmma<T, D>(a, st);
             if (e != cudaSuccess) return e;
-            return g_wgq_ok[tix<T>()][dim_index(D)] ? run_bwd_dq_wgmma<T, D>(a, st, dq_mode(a)) : run_bwd_dq_tc<T, D>(a, st);
+            return g_wgq_ok[tix<T>()][dim_index(D)] ? run_bwd_dq_wgmma<T, D>(a, st, dq_split(a)) : run_bwd_dq_tc<T, D>(a, st);
         }
     }
     if constexpr (TileCfg<D>::BWD_SMALL)
@@ -207,7 +205,7 @@ template <typename T, int D> cudaError_t bwd_tc(const KArgs &a, cudaStream_t st)
     else
         e = run_bwd_dkdv_tc<T, D, false>(a, st);
     if (e != cudaSuccess) return e;
-    if (g_wgq_ok[tix<T>()][dim_index(D)] && g_wg_mode != 0) return run_bwd_dq_wgmma<T, D>(a, st, dq_mode(a));
+    if (g_wgq_ok[tix<T>()][dim_index(D)] && g_wg_mode != 0) return run_bwd_dq_wgmma<T, D>(a, st, dq_split(a));
     return run_bwd_dq_tc<T, D>(a, st);
 }
 

@@ -27,9 +27,7 @@ template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &
 template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma();
 /* sm_90a warpgroup-MMA dQ and dK/dV kernels (bwd_wgmma.cuh), same conditions; replace run_bwd_dq_tc and
  * run_bwd_dkdv_tc (dK/dV: D = 256 as warpgroup pairs, TileCfg<D>::DKDV_WG_PAIR) */
-/* the sm_90a dQ kernel variants (launch_impl.cuh run_bwd_dq_wgmma) */
-enum { DQ_WG = 0, DQ_WS_SPLIT = 1, DQ_WS = 2 };
-template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, int mode);
+template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool split);
 template <typename T, int D> cudaError_t setup_bwd_dq_wgmma();
 template <typename T, int D> cudaError_t run_bwd_dkdv_wgmma(const KArgs &a, cudaStream_t st);
 template <typename T, int D> cudaError_t setup_bwd_dkdv_wgmma();

@@ -126,31 +126,26 @@ template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &
 }
 
 template <typename T, int D> struct WgDq {
-    using Q = wg::DqCfg<D, TileCfg<D>::DQ_WG_BN>;
-    static constexpr auto dq = wg::mlstm_bwd_dq_wgmma_kernel<T, D, TileCfg<D>::DQ_WG_BN>;
     using QS = wg::DqWsCfg<D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2>;
-    static constexpr auto dq_ws = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2>;
+    static constexpr auto dq_split = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2>;
     using QL = wg::DqWsCfg<D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1>;
-    static constexpr auto dq_wsl = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1>;
+    static constexpr auto dq = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1>;
 };
 
 template <typename T, int D> cudaError_t setup_bwd_dq_wgmma()
 {
     using KK = WgDq<T, D>;
-    MLSTM_TRY(set_smem(KK::dq, KK::Q::SMEM));
-    MLSTM_TRY(set_smem(KK::dq_wsl, KK::QL::SMEM));
-    return set_smem(KK::dq_ws, KK::QS::SMEM);
+    MLSTM_TRY(set_smem(KK::dq, KK::QL::SMEM));
+    return set_smem(KK::dq_split, KK::QS::SMEM);
 }
 
-/* mode (dispatch.cu): DQ_WG one warpgroup per CTA, DQ_WS_SPLIT the warp-specialised key split (small grids),
- * DQ_WS two warp-specialised consumers on two query tiles */
-template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, int mode)
+/* split (dispatch.cu): the key split of one query tile per CTA (small grids), else two query tiles per CTA */
+template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool split)
 {
     using KK = WgDq<T, D>;
     const auto tiles = [&](int bm) { return (a.S + bm - 1) / bm * a.B * a.NH; };
-    if (mode == DQ_WS_SPLIT) return launch_1d(KK::dq_ws, tiles(KK::QS::BM), KK::QS::NT, KK::QS::SMEM, st, a);
-    if (mode == DQ_WS) return launch_1d(KK::dq_wsl, tiles(KK::QL::BM), KK::QL::NT, KK::QL::SMEM, st, a);
-    return launch_1d(KK::dq, tiles(KK::Q::BM), KK::Q::NT, KK::Q::SMEM, st, a);
+    if (split) return launch_1d(KK::dq_split, tiles(KK::QS::BM), KK::QS::NT, KK::QS::SMEM, st, a);
+    return launch_1d(KK::dq, tiles(KK::QL::BM), KK::QL::NT, KK::QL::SMEM, st, a);
 }
 
 template <typename T, int D, bool PAIR = TileCfg<D>::DKDV_WG_PAIR> struct WgDkdv {
@@ -282,7 +277,7 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
     template cudaError_t mlstm::run_fwd_wgmma<T, D, SPLIT>(const mlstm::KArgs &, cudaStream_t);                  \
     template cudaError_t mlstm::setup_fwd_wgmma<T, D, SPLIT>();
 #define MLSTM_INSTANTIATE_BWD_DQ_WGMMA(T, D)                                                                    \
-    template cudaError_t mlstm::run_bwd_dq_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t, int);                 \
+    template cudaError_t mlstm::run_bwd_dq_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t, bool);                \
     template cudaError_t mlstm::setup_bwd_dq_wgmma<T, D>();
 #define MLSTM_INSTANTIATE_BWD_DKDV_WGMMA(T, D)                                                                  \
     template cudaError_t mlstm::run_bwd_dkdv_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                    \

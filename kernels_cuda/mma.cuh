@@ -36,31 +36,17 @@ template <typename T, int R, int D, int NT>
 __device__ __forceinline__ void load_tile_async(T *sm, const T *__restrict__ g, int64_t ld, int64_t r0,
                                                 int64_t nrows)
 {
-    constexpr int CH = D / 8; /* 16-byte chunks per row */
-    constexpr int TOTAL = R * CH;
-    if constexpr (NT % CH == 0 && R % (NT / CH) == 0) {
-        /* each thread keeps one column chunk c of rows rr + RPP j: the source pointer advances by adds */
-        constexpr int RPP = NT / CH;
-        const int c = (int)threadIdx.x % CH, rr = (int)threadIdx.x / CH;
-        const int64_t left = nrows - r0 - rr; /* row rr + RPP j exists iff RPP j < left */
-        const T *p = g + (left > 0 ? r0 + rr : 0) * ld + c * 8;
+    constexpr int CH = D / 8;    /* 16-byte chunks per row */
+    constexpr int RPP = NT / CH; /* rows per pass: each thread keeps one column chunk c of rows rr + RPP j */
+    static_assert(NT % CH == 0 && R % RPP == 0, "whole passes of NT / CH rows");
+    const int c = (int)threadIdx.x % CH, rr = (int)threadIdx.x / CH;
+    const int64_t left = nrows - r0 - rr; /* row rr + RPP j exists iff RPP j < left */
+    const T *p = g + (left > 0 ? r0 + rr : 0) * ld + c * 8; /* advances by adds */
 #pragma unroll
-        for (int j = 0; j < R / RPP; ++j) {
-            const bool ok = (int64_t)j * RPP < left;
-            cp_async16(sm + swz<D>(rr + j * RPP, c * 8), ok ? p : g, ok);
-            p += (int64_t)RPP * ld;
-        }
-    } else {
-#pragma unroll
-        for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
-            int idx = it * NT + threadIdx.x;
-            if (TOTAL % NT != 0 && idx >= TOTAL) break;
-            int r = idx / CH, c = idx % CH;
-            int64_t gr = r0 + r;
-            bool ok = gr < nrows;
-            const T *src = g + (ok ? gr : 0) * ld + c * 8;
-            cp_async16(sm + swz<D>(r, c * 8), src, ok);
-        }
+    for (int j = 0; j < R / RPP; ++j) {
+        const bool ok = (int64_t)j * RPP < left;
+        cp_async16(sm + swz<D>(rr + j * RPP, c * 8), ok ? p : g, ok);
+        p += (int64_t)RPP * ld;
     }
 }
 

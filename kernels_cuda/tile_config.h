@@ -171,23 +171,12 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #ifndef MLSTM_TC256_FWD_WG_SPLIT_PCT
 #define MLSTM_TC256_FWD_WG_SPLIT_PCT 100
 #endif
-/* sm_90a dQ kernel (bwd_wgmma.cuh): one warpgroup per 64-row query tile, BN keys per tile (at most 64: the tile
- * stays inside one 64-block of the gate cumsums). Shared memory 41 / 82 / 99 KB with 64 / 64 / 32 keys: two CTAs per
- * SM (by registers). */
-#ifndef MLSTM_TC64_DQ_WG
-#define MLSTM_TC64_DQ_WG 64
-#endif
-#ifndef MLSTM_TC128_DQ_WG
-#define MLSTM_TC128_DQ_WG 64
-#endif
-#ifndef MLSTM_TC256_DQ_WG
-#define MLSTM_TC256_DQ_WG 32
-#endif
-/* Its warp-specialised version for small grids, packed as NST * 1000 + BN: a producer warpgroup and two consumer
- * warpgroups on one 64-row query tile taking every other key tile of BN keys, NST stages of two K/V tiles each;
- * shared memory 141 / 213 / 164 KB. Used while the dQ grid has at most MLSTM_DQ_WS_CTAS_PER_SM tiles per SM: H200,
- * bf16 B1 NH8 fwd+bwd (bench/RESULTS.md 05:34-05:38) S1024 D128 0.083 -> 0.079 ms, S2048 0.167 -> 0.158 (two tiles per SM),
- * but S8192 1.300 -> 1.337 (eight per SM, where the two-CTA kernel overlaps more). */
+/* sm_90a dQ kernel (bwd_wgmma.cuh, warp-specialised: a producer warpgroup and two consumer warpgroups of 64 query
+ * rows), tiles packed as NST * 1000 + BN (BN at most 64: a key tile stays inside one 64-block of the gate cumsums).
+ * Key split for small grids (DQ_WS): both consumers on one query tile taking every other key tile, NST stages of two
+ * K/V tiles; shared memory 141 / 213 / 164 KB. Used while the dQ grid has at most MLSTM_DQ_WS_CTAS_PER_SM tiles per SM:
+ * H200, bf16 B1 NH8 fwd+bwd against the former one-warpgroup kernel (bench/RESULTS.md 05:34-05:38) S1024 D128 0.083
+ * -> 0.079 ms, S2048 0.167 -> 0.158 (two tiles per SM), but S8192 1.300 -> 1.337 (eight per SM). */
 #ifndef MLSTM_TC64_DQ_WS
 #define MLSTM_TC64_DQ_WS 4064
 #endif
@@ -200,13 +189,9 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #ifndef MLSTM_DQ_WS_CTAS_PER_SM
 #define MLSTM_DQ_WS_CTAS_PER_SM 2
 #endif
-/* Above that: the warp-specialised dQ with the two consumers on two 64-row query tiles sharing the K/V stages
- * (MLSTM_DQ_WS_LARGE 1) or the one-warpgroup kernel (0); packed as NST * 1000 + BN; shared memory 86 / 166 / 197 KB.
- * H200, bf16 B1 NH8 fwd+bwd (bench/RESULTS.md 06:08), one-warpgroup -> this: S4096 D64 0.271 -> 0.260 ms, D128 0.366
- * -> 0.347, D256 0.723 -> 0.701; S8192 0.896 -> 0.913, 1.296 -> 1.248, 2.677 -> 2.569. */
-#ifndef MLSTM_DQ_WS_LARGE
-#define MLSTM_DQ_WS_LARGE 1
-#endif
+/* Above that (DQ_WSL): the consumers on two 64-row query tiles sharing each stage's K/V tile; shared memory 86 / 166 /
+ * 197 KB. H200, bf16 B1 NH8 fwd+bwd against the former one-warpgroup kernel (bench/RESULTS.md 06:08): S4096 D64 0.271
+ * -> 0.260 ms, D128 0.366 -> 0.347, D256 0.723 -> 0.701; S8192 0.896 -> 0.913, 1.296 -> 1.248, 2.677 -> 2.569. */
 #ifndef MLSTM_TC64_DQ_WSL
 #define MLSTM_TC64_DQ_WSL 4064
 #endif
@@ -232,60 +217,38 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #define MLSTM_TC256_DKDV_WG 64
 #endif
 
+/* the members every TileCfg<D> takes from its MLSTM_TC{D}_* entries above */
+#define MLSTM_TILE_CFG_MEMBERS(D)                                                                                \
+    using Fwd = MLSTM_FWD_TILE(MLSTM_TC##D##_FWD);                                                             \
+    using Dkdv = MLSTM_DKDV_TILE(MLSTM_TC##D##_DKDV);                                                          \
+    using Dq = DqTile<MLSTM_TC##D##_DQ / 1000, MLSTM_TC##D##_DQ % 1000>;                                       \
+    using FwdS = MLSTM_FWD_TILE(MLSTM_TC##D##_FWD_S);                                                          \
+    using FwdK = MLSTM_FWD_TILE(MLSTM_TC##D##_FWD_K);                                                          \
+    using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC##D##_DKDV_S);                                                       \
+    using FwdWg = MLSTM_WG_TILE(MLSTM_TC##D##_FWD_WG);                                                         \
+    using FwdWgK = MLSTM_WG_TILE(MLSTM_TC##D##_FWD_WG_K);                                                      \
+    static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC##D##_FWD_WG_SPLIT_PCT;                                    \
+    static constexpr int DQ_WS_BN = MLSTM_TC##D##_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC##D##_DQ_WS / 1000;        \
+    static constexpr int DQ_WSL_BN = MLSTM_TC##D##_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC##D##_DQ_WSL / 1000;    \
+    static constexpr int DKDV_WG_BMQ = MLSTM_TC##D##_DKDV_WG;                                                  \
+    static constexpr bool DKDV_WG = true;                                                                      \
+    static constexpr bool BWD_SMALL = MLSTM_TC##D##_DKDV_S != MLSTM_TC##D##_DKDV; /* a distinct small dK/dV */
+
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
-    using Fwd = MLSTM_FWD_TILE(MLSTM_TC64_FWD);
-    using Dkdv = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV);
-    using Dq = DqTile<MLSTM_TC64_DQ / 1000, MLSTM_TC64_DQ % 1000>;
-    using FwdS = MLSTM_FWD_TILE(MLSTM_TC64_FWD_S);
-    using FwdK = MLSTM_FWD_TILE(MLSTM_TC64_FWD_K);
-    using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC64_DKDV_S);
-    using FwdWg = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG);
-    using FwdWgK = MLSTM_WG_TILE(MLSTM_TC64_FWD_WG_K);
-    static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC64_FWD_WG_SPLIT_PCT;
-    static constexpr int DQ_WG_BN = MLSTM_TC64_DQ_WG;
-    static constexpr int DQ_WS_BN = MLSTM_TC64_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC64_DQ_WS / 1000;
-    static constexpr int DQ_WSL_BN = MLSTM_TC64_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC64_DQ_WSL / 1000;
-    static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
-    static constexpr int DKDV_WG_BMQ = MLSTM_TC64_DKDV_WG;
-    static constexpr bool BWD_SMALL = MLSTM_TC64_DKDV_S != MLSTM_TC64_DKDV; /* a distinct small dK/dV */
-    static constexpr bool BWD_ALT_ALWAYS = false;                            /* chosen by grid size */
+    MLSTM_TILE_CFG_MEMBERS(64)
+    static constexpr bool DKDV_WG_PAIR = false;
+    static constexpr bool BWD_ALT_ALWAYS = false; /* the small dK/dV chosen by grid size */
 };
 template <> struct TileCfg<128> {
-    using Fwd = MLSTM_FWD_TILE(MLSTM_TC128_FWD);
-    using Dkdv = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV);
-    using Dq = DqTile<MLSTM_TC128_DQ / 1000, MLSTM_TC128_DQ % 1000>;
-    using FwdS = MLSTM_FWD_TILE(MLSTM_TC128_FWD_S);
-    using FwdK = MLSTM_FWD_TILE(MLSTM_TC128_FWD_K);
-    using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC128_DKDV_S);
-    using FwdWg = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG);
-    using FwdWgK = MLSTM_WG_TILE(MLSTM_TC128_FWD_WG_K);
-    static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC128_FWD_WG_SPLIT_PCT;
-    static constexpr int DQ_WG_BN = MLSTM_TC128_DQ_WG;
-    static constexpr int DQ_WS_BN = MLSTM_TC128_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC128_DQ_WS / 1000;
-    static constexpr int DQ_WSL_BN = MLSTM_TC128_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC128_DQ_WSL / 1000;
-    static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = false;
-    static constexpr int DKDV_WG_BMQ = MLSTM_TC128_DKDV_WG;
-    static constexpr bool BWD_SMALL = MLSTM_TC128_DKDV_S != MLSTM_TC128_DKDV; /* a distinct small dK/dV */
-    static constexpr bool BWD_ALT_ALWAYS = false;                              /* chosen by grid size */
+    MLSTM_TILE_CFG_MEMBERS(128)
+    static constexpr bool DKDV_WG_PAIR = false;
+    static constexpr bool BWD_ALT_ALWAYS = false; /* the small dK/dV chosen by grid size */
 };
 template <> struct TileCfg<256> {
-    using Fwd = MLSTM_FWD_TILE(MLSTM_TC256_FWD);
-    using Dkdv = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV);
-    using Dq = DqTile<MLSTM_TC256_DQ / 1000, MLSTM_TC256_DQ % 1000>;
-    using FwdS = MLSTM_FWD_TILE(MLSTM_TC256_FWD_S);
-    using FwdK = MLSTM_FWD_TILE(MLSTM_TC256_FWD_K);
-    using DkdvS = MLSTM_DKDV_TILE(MLSTM_TC256_DKDV_S);
-    using FwdWg = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG);
-    using FwdWgK = MLSTM_WG_TILE(MLSTM_TC256_FWD_WG_K);
-    static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC256_FWD_WG_SPLIT_PCT;
-    static constexpr int DQ_WG_BN = MLSTM_TC256_DQ_WG;
-    static constexpr int DQ_WS_BN = MLSTM_TC256_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC256_DQ_WS / 1000;
-    static constexpr int DQ_WSL_BN = MLSTM_TC256_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC256_DQ_WSL / 1000;
-    static constexpr bool DKDV_WG = true, DKDV_WG_PAIR = true;
-    static constexpr int DKDV_WG_BMQ = MLSTM_TC256_DKDV_WG;
-    static constexpr bool BWD_SMALL = MLSTM_TC256_DKDV_S != MLSTM_TC256_DKDV; /* a distinct sm_90 dK/dV */
-    static constexpr bool BWD_ALT_ALWAYS = true;                               /* whenever the device runs it */
+    MLSTM_TILE_CFG_MEMBERS(256)
+    static constexpr bool DKDV_WG_PAIR = true;   /* two warpgroups per 64 keys (bwd_wgmma.cuh) */
+    static constexpr bool BWD_ALT_ALWAYS = true; /* the sm_90 dK/dV whenever the device runs it */
 };
 
 /* f32 storage on tensor cores (fwd_tf32.cuh), forward only: (MT, NW, BN) packed as the FWD entries above. f32

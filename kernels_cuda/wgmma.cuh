@@ -24,37 +24,21 @@ template <typename T, int R, int D, int NT>
 __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restrict__ g, int64_t ld, int64_t r0,
                                                 int64_t nrows, int tid = (int)threadIdx.x)
 {
-    constexpr int CH = D / 8; /* 16-byte chunks per row */
-    constexpr int TOTAL = R * CH;
-    constexpr int RPP = NT / 8; /* rows per pass when every thread keeps one 16-byte column of a 64-column block */
-    if constexpr (NT % 64 == 0 && R % RPP == 0) {
-        /* thread: column chunk c8, rows rr + RPP j (same r & 7, so the same swizzle); pointers advance by adds */
-        const int c8 = tid & 7, rr = tid >> 3;
-        const int64_t left = nrows - r0 - rr; /* row rr + RPP j exists iff RPP j < left */
-        const T *row = g + (left > 0 ? r0 + rr : 0) * ld + c8 * 8;
-        const uint32_t d0 = tile + (uint32_t)(rr * 128 + ((c8 ^ (rr & 7)) << 4));
+    constexpr int RPP = NT / 8; /* rows per pass: every thread keeps one 16-byte column of a 64-column block */
+    static_assert(NT % 64 == 0 && R % RPP == 0, "whole passes of NT / 8 rows");
+    /* thread: column chunk c8, rows rr + RPP j (same r & 7, so the same swizzle); pointers advance by adds */
+    const int c8 = tid & 7, rr = tid >> 3;
+    const int64_t left = nrows - r0 - rr; /* row rr + RPP j exists iff RPP j < left */
+    const T *row = g + (left > 0 ? r0 + rr : 0) * ld + c8 * 8;
+    const uint32_t d0 = tile + (uint32_t)(rr * 128 + ((c8 ^ (rr & 7)) << 4));
 #pragma unroll
-        for (int cb = 0; cb < D / 64; ++cb) {
-            const T *p = row + cb * 64;
+    for (int cb = 0; cb < D / 64; ++cb) {
+        const T *p = row + cb * 64;
 #pragma unroll
-            for (int j = 0; j < R / RPP; ++j) {
-                const bool ok = (int64_t)j * RPP < left;
-                cp_async16(d0 + (uint32_t)(cb * R * 128 + j * RPP * 128), ok ? p : g, ok);
-                p += (int64_t)RPP * ld;
-            }
-        }
-    } else {
-#pragma unroll
-        for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
-            const int idx = it * NT + tid;
-            if (TOTAL % NT != 0 && idx >= TOTAL) break;
-            /* consecutive threads take consecutive 16-byte chunks of a 128-byte row segment: conflict-free stores */
-            const int c8 = idx % 8, rest = idx / 8, r = rest % R, cb = rest / R;
-            const int64_t gr = r0 + r;
-            const bool ok = gr < nrows;
-            const T *src = g + (ok ? gr : 0) * ld + cb * 64 + c8 * 8;
-            const uint32_t dst = tile + (uint32_t)(cb * R * 128 + r * 128 + ((c8 ^ (r & 7)) << 4));
-            cp_async16(dst, src, ok);
+        for (int j = 0; j < R / RPP; ++j) {
+            const bool ok = (int64_t)j * RPP < left;
+            cp_async16(d0 + (uint32_t)(cb * R * 128 + j * RPP * 128), ok ? p : g, ok);
+            p += (int64_t)RPP * ld;
         }
     }
 }
