@@ -124,6 +124,10 @@ template <int D> bool use_wgmma_split(const KArgs &a, int t)
  * 2026-11-26 03:27) */
 template <int D> bool use_wgmma(int t) { return g_wg_ok[t][dim_index(D)] && g_wg_mode != 0; }
 
+/* the sm_90a f32 forward on split f16 wgmma (fwd_wgmma_f32.cuh), [D 64/128 -> 0/1]: the device accepted it; used for
+ * the default f32 math wherever the tf32 forward would run, unless MLSTM_CUDA_WGMMA=0 */
+bool g_wgf_ok[2];
+
 /* f32 tensor-core forward (fwd_tf32.cuh) and backward (bwd_tf32.cuh) instances the device accepted at setup,
  * [backward][mode 3xTF32=0 / TF32=1][D 64/128/256 -> 0/1/2], and whether that path is on at all (env
  * MLSTM_CUDA_F32_TC=0/1, unset: MLSTM_F32_TC_DEFAULT) */
@@ -221,7 +225,13 @@ template <typename T> int fwd_t(const mlstm_params *p, const KArgs &a, cudaStrea
 template <> int fwd_t<float>(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
 {
     const bool tf32 = tc32_mode(p) == 1;
-    switch (tc32_dim(p, a)) {
+    const int d = tc32_dim(p, a);
+    if (!tf32 && g_wg_mode != 0 && (d == 64 || d == 128) && g_wgf_ok[d == 128]) {
+        MLSTM_RUN((d == 64 ? run_fwd_wgmma_f32<64>(a, st) : run_fwd_wgmma_f32<128>(a, st)),
+                  "mlstm_fwd_wgmma_f32_kernel launch");
+        return 0;
+    }
+    switch (d) {
     case 64:
         MLSTM_RUN((tf32 ? run_fwd_tf32<64, 1>(a, st) : run_fwd_tf32<64, 0>(a, st)), "mlstm_fwd_kernel (tc32, D=64) launch");
         return 0;
@@ -364,6 +374,12 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
     tc_setup_all<__half>(0, major >= 9, sm90a);
     tc_setup_all<__nv_bfloat16>(1, major >= 9, sm90a);
     g_f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;
+    g_wgf_ok[0] = g_wgf_ok[1] = false;
+    if (sm90a) {
+        g_wgf_ok[0] = setup_fwd_wgmma_f32<64>() == cudaSuccess;
+        g_wgf_ok[1] = setup_fwd_wgmma_f32<128>() == cudaSuccess;
+        (void)cudaGetLastError();
+    }
     tc32_setup(false, 0, 0, setup_fwd_tf32<64, 0>());
     tc32_setup(false, 0, 1, setup_fwd_tf32<128, 0>());
     tc32_setup(false, 0, 2, setup_fwd_tf32<256, 0>());

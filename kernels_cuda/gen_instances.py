@@ -13,6 +13,7 @@ TC_DIMS = [64, 128, 256]
 BWD_SMALL_DIMS = [64, 128, 256]  # must match TileCfg<D>::BWD_SMALL (dispatch.cu checks)
 WG_DKDV_DIMS = [64, 128, 256]  # must match TileCfg<D>::DKDV_WG (dispatch.cu checks)
 TF32_DIMS = [64, 128, 256]  # f32 tensor-core forward and backward (fwd_tf32.cuh, bwd_tf32.cuh)
+WG_F32_DIMS = [64, 128]  # sm_90a f32 forward on split f16 wgmma (fwd_wgmma_f32.cuh)
 TF32_MODES = {"3xtf32": 0, "tf32": 1}  # tc32::MODE_3XTF32 (default), MODE_TF32 (MLSTM_MATH_TF32)
 
 
@@ -61,6 +62,9 @@ def main():
                                f"MLSTM_INSTANTIATE_FWD_TF32({d}, {mode})\n", pre="#define MLSTM_INST_TF32 1\n"))
             files.append(write(f"mlstm_bwd_dh{d}_f32_{mname}.cu", f"Tensor-core backward (dK/dV, dQ), D={d}, f32, {mname}.",
                                f"MLSTM_INSTANTIATE_BWD_TF32({d}, {mode})\n", pre="#define MLSTM_INST_TF32 1\n"))
+    for d in WG_F32_DIMS:
+        files.append(write(f"mlstm_fwd_dh{d}_f32_wgmma.cu", f"sm_90a f32 forward on split f16 warpgroup MMA, D={d}.",
+                           f"MLSTM_INSTANTIATE_FWD_WGMMA_F32({d})\n", pre="#define MLSTM_INST_WGMMA_F32 1\n"))
     for t in TYPES:
         files.append(write(f"mlstm_fwd_generic_{t}.cu", f"Generic SIMT forward, any D, {t}.",
                            f"MLSTM_INSTANTIATE_FWD_SIMT({TYPES[t]})\n"))

@@ -40,6 +40,11 @@ template <int D, int MODE> cudaError_t setup_fwd_tf32();
 template <int D, int MODE> cudaError_t run_bwd_tf32(const KArgs &a, cudaStream_t st);
 template <int D, int MODE> cudaError_t setup_bwd_tf32();
 
+/* sm_90a f32 forward on split f16 warpgroup MMA (fwd_wgmma_f32.cuh): D in {64, 128}, the default (IEEE-grade)
+ * f32 math, the same inputs as run_fwd_tf32; only where the sm_90a wgmma kernels run */
+template <int D> cudaError_t run_fwd_wgmma_f32(const KArgs &a, cudaStream_t st);
+template <int D> cudaError_t setup_fwd_wgmma_f32();
+
 /* generic SIMT path: any T, any DQK/DV, any strides */
 template <typename T> cudaError_t run_fwd_simt(const KArgs &a, cudaStream_t st);
 template <typename T> cudaError_t setup_fwd_simt();

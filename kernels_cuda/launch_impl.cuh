@@ -17,6 +17,9 @@
 #include "fwd_wgmma.cuh"
 #include "bwd_wgmma.cuh"
 #endif
+#ifdef MLSTM_INST_WGMMA_F32 /* only the sm_90a f32 instance files */
+#include "fwd_wgmma_f32.cuh"
+#endif
 #ifdef MLSTM_INST_AUX /* only inst/mlstm_bwd_aux.cu compiles the light passes */
 #include "aux.cuh"
 #endif
@@ -220,6 +223,28 @@ template <int D, int MODE> cudaError_t run_bwd_tf32(const KArgs &a, cudaStream_t
 }
 #endif
 
+#ifdef MLSTM_INST_WGMMA_F32
+/* ---- sm_90a f32 forward on split f16 warpgroup MMA ---- */
+template <int D> struct WgFwdF32 {
+    using C = typename TileCfg32<D>::FwdWg;
+    using F = wg::FwdF32Cfg<D, C::BN, C::NST>;
+    static constexpr auto fwd = wg::mlstm_fwd_wgmma_f32_kernel<D, C::BN, C::NST>;
+};
+
+template <int D> cudaError_t setup_fwd_wgmma_f32()
+{
+    using KK = WgFwdF32<D>;
+    return set_smem(KK::fwd, KK::F::SMEM);
+}
+
+template <int D> cudaError_t run_fwd_wgmma_f32(const KArgs &a, cudaStream_t st)
+{
+    using KK = WgFwdF32<D>;
+    const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
+    return launch_1d(KK::fwd, n, KK::F::NT, KK::F::SMEM, st, a);
+}
+#endif
+
 /* ---- generic SIMT path ---- */
 template <typename T> cudaError_t setup_fwd_simt()
 {
@@ -288,6 +313,9 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 #define MLSTM_INSTANTIATE_BWD_TF32(D, MODE)                                                                     \
     template cudaError_t mlstm::run_bwd_tf32<D, MODE>(const mlstm::KArgs &, cudaStream_t);                       \
     template cudaError_t mlstm::setup_bwd_tf32<D, MODE>();
+#define MLSTM_INSTANTIATE_FWD_WGMMA_F32(D)                                                                      \
+    template cudaError_t mlstm::run_fwd_wgmma_f32<D>(const mlstm::KArgs &, cudaStream_t);                        \
+    template cudaError_t mlstm::setup_fwd_wgmma_f32<D>();
 #define MLSTM_INSTANTIATE_FWD_SIMT(T)                                                                            \
     template cudaError_t mlstm::run_fwd_simt<T>(const mlstm::KArgs &, cudaStream_t);                             \
     template cudaError_t mlstm::setup_fwd_simt<T>();

@@ -306,13 +306,25 @@ template <int NW_, int BMQ_, bool SPLIT_> struct Dkdv32Tile {
 #endif
 #define MLSTM_DKDV32_TILE(X) Dkdv32Tile<(X) / 1000 % 100, (X) % 1000, ((X) / 100000) != 0>
 #define MLSTM_DQ_TILE(X) DqTile<(X) / 1000, (X) % 1000>
+/* sm_90a f32 forward on split f16 warpgroup MMA (fwd_wgmma_f32.cuh), D = 64 / 128: (NST, BN) packed as NST * 1000
+ * + BN like FWD_WG. Q and every K/V stage hold a hi and a lo tile, twice fwd_wgmma.cuh's bytes: 64-key tiles with 4 /
+ * 2 stages take 163 / 196 KB. */
+#ifndef MLSTM_F32_64_FWD_WG
+#define MLSTM_F32_64_FWD_WG 4064
+#endif
+#ifndef MLSTM_F32_128_FWD_WG
+#define MLSTM_F32_128_FWD_WG 2064
+#endif
+
 template <int D> struct TileCfg32;
 template <> struct TileCfg32<64> {
+    using FwdWg = MLSTM_WG_TILE(MLSTM_F32_64_FWD_WG);
     using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_64_FWD);
     using Dkdv = MLSTM_DKDV32_TILE(MLSTM_TF32_64_DKDV);
     using Dq = MLSTM_DQ_TILE(MLSTM_TF32_64_DQ);
 };
 template <> struct TileCfg32<128> {
+    using FwdWg = MLSTM_WG_TILE(MLSTM_F32_128_FWD_WG);
     using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_128_FWD);
     using Dkdv = MLSTM_DKDV32_TILE(MLSTM_TF32_128_DKDV);
     using Dq = MLSTM_DQ_TILE(MLSTM_TF32_128_DQ);

@@ -66,6 +66,8 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh256_f32_3xtf32.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh256_f32_tf32.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_dh256_f32_tf32.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh64_f32_wgmma.cu
+    ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_dh128_f32_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_generic_f32.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_bwd_generic_f32.cu
     ${CMAKE_CURRENT_LIST_DIR}/../../kernels_cuda/inst/mlstm_fwd_generic_f16.cu
