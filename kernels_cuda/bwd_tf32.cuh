@@ -63,30 +63,50 @@ __device__ __forceinline__ float bwd_p(float dp, float delta, float inv, float d
 
 /* One warp: the query-side terms of the 64-row gate block at qs: compensated cumsum (qh, ql), m, 1 / (|n| + eps) and
  * delta (df, as mlstm_bwd_prep_kernel left it; 0 in normalizer-detached mode), rows >= S all 0 (as simt.cuh).
- * Returns the block total (th, tl). */
+ * load() issues the global reads (a caller may do so a step early), finish() scans and writes them and returns the
+ * block total (th, tl). */
+struct BwdQueryTerms {
+    CGate64 gt;
+    float m[2], inv[2], del[2];
+    __device__ __forceinline__ void load(const KArgs &args, int64_t b, int64_t hh, int64_t qs)
+    {
+        const TArg &tf = args.t[MLSTM_TENSOR_F], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
+        const TArg &tdf = args.t[MLSTM_TENSOR_DF];
+        const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh), *gdel = bh_ptr<float>(tdf, b, hh);
+        const int lane = threadIdx.x & 31;
+        gt.load(bh_ptr<float>(tf, b, hh), tf.ss, nullptr, 0, qs, args.S);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int64_t t = qs + lane * 2 + e;
+            const bool ok = t < args.S;
+            m[e] = ok ? gm[t * tm.ss] : 0.0f;
+            inv[e] = ok ? 1.0f / (fabsf(gn[t * tn.ss]) + args.eps) : 0.0f;
+            del[e] = ok ? gdel[t * tdf.ss] : 0.0f;
+        }
+    }
+    __device__ __forceinline__ void finish(int64_t qs, int64_t S, float *sQh, float *sQl, float *sMt, float *sInv,
+                                           float *sDel, float &th, float &tl) const
+    {
+        const int lane = threadIdx.x & 31;
+        float ch[2], cl[2];
+        gt.scan(ch, cl, th, tl, qs, S);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int u = lane * 2 + e;
+            sQh[u] = ch[e];
+            sQl[u] = cl[e];
+            sMt[u] = m[e];
+            sInv[u] = inv[e];
+            sDel[u] = del[e];
+        }
+    }
+};
 __device__ __forceinline__ void bwd_query_terms(const KArgs &args, int64_t b, int64_t hh, int64_t qs, float *sQh,
                                                 float *sQl, float *sMt, float *sInv, float *sDel, float &th, float &tl)
 {
-    const TArg &tf = args.t[MLSTM_TENSOR_F], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
-    const TArg &tdf = args.t[MLSTM_TENSOR_DF];
-    const float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh), *gdel = bh_ptr<float>(tdf, b, hh);
-    const int lane = threadIdx.x & 31;
-    const int64_t S = args.S;
-    CGate64 gt;
-    gt.load(bh_ptr<float>(tf, b, hh), tf.ss, nullptr, 0, qs, S);
-    float ch[2], cl[2];
-    gt.scan(ch, cl, th, tl, qs, S);
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        const int u = lane * 2 + e;
-        const int64_t t = qs + u;
-        const bool ok = t < S;
-        sQh[u] = ch[e];
-        sQl[u] = cl[e];
-        sMt[u] = ok ? gm[t * tm.ss] : 0.0f;
-        sInv[u] = ok ? 1.0f / (fabsf(gn[t * tn.ss]) + args.eps) : 0.0f;
-        sDel[u] = ok ? gdel[t * tdf.ss] : 0.0f;
-    }
+    BwdQueryTerms q;
+    q.load(args, b, hh, qs);
+    q.finish(qs, args.S, sQh, sQl, sMt, sInv, sDel, th, tl);
 }
 
 /* ---- dK/dV ---- */

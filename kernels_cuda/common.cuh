@@ -347,12 +347,20 @@ __device__ __forceinline__ float bwd_col_b(float gkn, float of) { return __fmul_
 /* One warp, walking key tiles downwards from the query tile at qs: the key-side pair terms (gh, gl) of the key
  * tile at ks into sGh/sGl (see CGate64), after adding the tile's gate total to the running compensated offset
  * (offh, offl) when the tile lies before the query tile. */
+__device__ __forceinline__ void key_pair_finish(const CGate64 &gt, int64_t ks, int64_t qs, int64_t S, float &offh,
+                                                float &offl, float *sGh, float *sGl);
 __device__ __forceinline__ void key_pair_terms(const float *gf, int64_t fs, const float *gi, int64_t is, int64_t ks,
                                                int64_t qs, int64_t S, float &offh, float &offl, float *sGh, float *sGl)
 {
-    const int lane = threadIdx.x & 31;
     CGate64 gt;
     gt.load(gf, fs, gi, is, ks, S);
+    key_pair_finish(gt, ks, qs, S, offh, offl, sGh, sGl);
+}
+/* the same from f and i loaded by the caller (gt.load(gf, fs, gi, is, ks, S), possibly a step early) */
+__device__ __forceinline__ void key_pair_finish(const CGate64 &gt, int64_t ks, int64_t qs, int64_t S, float &offh,
+                                                float &offl, float *sGh, float *sGl)
+{
+    const int lane = threadIdx.x & 31;
     float ch[2], cl[2], th, tl;
     gt.scan(ch, cl, th, tl, ks, S);
     if (ks < qs) cadd(offh, offl, th, tl);

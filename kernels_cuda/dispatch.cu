@@ -127,6 +127,7 @@ template <int D> bool use_wgmma(int t) { return g_wg_ok[t][dim_index(D)] && g_wg
 /* the sm_90a f32 forward on split f16 wgmma (fwd_wgmma_f32.cuh), [D 64/128 -> 0/1]: the device accepted it; used for
  * the default f32 math wherever the tf32 forward would run, unless MLSTM_CUDA_WGMMA=0 */
 bool g_wgf_ok[2];
+bool g_wgfb_ok[2]; /* its backward (bwd_wgmma_f32.cuh) */
 
 /* f32 tensor-core forward (fwd_tf32.cuh) and backward (bwd_tf32.cuh) instances the device accepted at setup,
  * [backward][mode 3xTF32=0 / TF32=1][D 64/128/256 -> 0/1/2], and whether that path is on at all (env
@@ -266,7 +267,14 @@ template <int D> cudaError_t bwd_tf32(const mlstm_params *p, const KArgs &a, cud
 template <> int bwd_t<float>(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
 {
     MLSTM_RUN(run_bwd_prep<float>(a, st), "mlstm_bwd_prep_kernel launch");
-    switch (tc32_dim(p, a, true)) { /* both leave df as mlstm_bwd_gates_tiled_kernel expects it */
+    const int d = tc32_dim(p, a, true);
+    if (tc32_mode(p) == 0 && g_wg_mode != 0 && (d == 64 || d == 128) && g_wgfb_ok[d == 128]) {
+        MLSTM_RUN((d == 64 ? run_bwd_wgmma_f32<64>(a, st) : run_bwd_wgmma_f32<128>(a, st)),
+                  "mlstm_bwd_dkdv/dq_wgmma_f32_kernel launch");
+        MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch");
+        return 0;
+    }
+    switch (d) { /* both leave df as mlstm_bwd_gates_tiled_kernel expects it */
     case 64: MLSTM_RUN(bwd_tf32<64>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=64) launch"); break;
     case 128: MLSTM_RUN(bwd_tf32<128>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=128) launch"); break;
     case 256: MLSTM_RUN(bwd_tf32<256>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=256) launch"); break;
@@ -374,10 +382,12 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
     tc_setup_all<__half>(0, major >= 9, sm90a);
     tc_setup_all<__nv_bfloat16>(1, major >= 9, sm90a);
     g_f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;
-    g_wgf_ok[0] = g_wgf_ok[1] = false;
+    g_wgf_ok[0] = g_wgf_ok[1] = g_wgfb_ok[0] = g_wgfb_ok[1] = false;
     if (sm90a) {
         g_wgf_ok[0] = setup_fwd_wgmma_f32<64>() == cudaSuccess;
         g_wgf_ok[1] = setup_fwd_wgmma_f32<128>() == cudaSuccess;
+        g_wgfb_ok[0] = setup_bwd_wgmma_f32<64>() == cudaSuccess;
+        g_wgfb_ok[1] = setup_bwd_wgmma_f32<128>() == cudaSuccess;
         (void)cudaGetLastError();
     }
     tc32_setup(false, 0, 0, setup_fwd_tf32<64, 0>());

@@ -204,27 +204,21 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_f32_kernel(const __gri
         fence_proxy_async();
 
         if (ks <= qs + wgr + 63) { /* warpgroup-uniform: some key of the tile is at or before a row of ours */
-            float s[1][BN / 8][4], c[1][BN / 8][4];
+            float s[1][BN / 8][4], c[1][BN / 8][4], s2[1][BN / 8][4];
             float(&sacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
             float(&cacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(c);
+            float(&s2acc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s2);
             reg_fence(sacc);
+            reg_fence(s2acc);
             reg_fence(cacc);
             fence();
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                const uint32_t koff = (kk & 3) * 32; /* k16 slice within the 64-column block */
-                const uint64_t dqh = desc_sw128(aQhi + (kk >> 2) * BM * 128 + koff, 16);
-                const uint64_t dql = desc_sw128(aQlo + (kk >> 2) * BM * 128 + koff, 16);
-                const uint64_t dkh = desc_sw128(cKhi + (kk >> 2) * BN * 128 + koff, 16);
-                const uint64_t dkl = desc_sw128(cKlo + (kk >> 2) * BN * 128 + koff, 16);
-                WgmmaSS<__half, BN>::run(sacc, dqh, dkh, kk > 0);
-                WgmmaSS<__half, BN>::run(cacc, dqh, dkl, kk > 0);
-                WgmmaSS<__half, BN>::run(cacc, dql, dkh, 1);
-            }
+            split_score<BN, D, BM, BN, true>(sacc, s2acc, cacc, aQhi, aQlo, cKhi, cKlo);
             commit();
             wait<0>();
             reg_fence(sacc);
+            reg_fence(s2acc);
             reg_fence(cacc);
+            split_merge<D>(sacc, s2acc, cacc);
 
             /* S = (S' + corrections) / (k's row scale); the rows keep q's scale (undone in the epilogue) */
             float kb[BN / 8][2], gkh[BN / 8][2], gkl[BN / 8][2];
@@ -234,7 +228,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_f32_kernel(const __gri
 #pragma unroll
             for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[0][n][e] = (s[0][n][e] + c[0][n][e]) * kb[n][e & 1];
+                for (int e = 0; e < 4; ++e) s[0][n][e] *= kb[n][e & 1];
 
             const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN);
             if (ks + BN - 1 > qs + wr0)
@@ -263,14 +257,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_f32_kernel(const __gri
             for (int kk = 0; kk < BN / 16; ++kk) split_acc_to_a(s[0], kk, psc, ph[kk], pl[kk]);
             reg_fence(oacc);
             fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                const uint64_t dvh = desc_sw128(cVhi + kk * 16 * 128, BN * 128);
-                const uint64_t dvl = desc_sw128(cVlo + kk * 16 * 128, BN * 128);
-                WgmmaRS<__half, D>::run(oacc, ph[kk], dvh, 1);
-                WgmmaRS<__half, D>::run(oacc, ph[kk], dvl, 1);
-                WgmmaRS<__half, D>::run(oacc, pl[kk], dvh, 1);
-            }
+            split_rs<D, BN / 16, BN>(oacc, ph, pl, cVhi, cVlo);
             commit();
             wait<0>();
             reg_fence(oacc);

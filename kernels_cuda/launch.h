@@ -44,6 +44,9 @@ template <int D, int MODE> cudaError_t setup_bwd_tf32();
  * f32 math, the same inputs as run_fwd_tf32; only where the sm_90a wgmma kernels run */
 template <int D> cudaError_t run_fwd_wgmma_f32(const KArgs &a, cudaStream_t st);
 template <int D> cudaError_t setup_fwd_wgmma_f32();
+/* and its backward (bwd_wgmma_f32.cuh: dK/dV then dQ, between run_bwd_prep<float> and run_bwd_gates_tiled) */
+template <int D> cudaError_t run_bwd_wgmma_f32(const KArgs &a, cudaStream_t st);
+template <int D> cudaError_t setup_bwd_wgmma_f32();
 
 /* generic SIMT path: any T, any DQK/DV, any strides */
 template <typename T> cudaError_t run_fwd_simt(const KArgs &a, cudaStream_t st);

@@ -19,6 +19,7 @@
 #endif
 #ifdef MLSTM_INST_WGMMA_F32 /* only the sm_90a f32 instance files */
 #include "fwd_wgmma_f32.cuh"
+#include "bwd_wgmma_f32.cuh"
 #endif
 #ifdef MLSTM_INST_AUX /* only inst/mlstm_bwd_aux.cu compiles the light passes */
 #include "aux.cuh"
@@ -243,6 +244,29 @@ template <int D> cudaError_t run_fwd_wgmma_f32(const KArgs &a, cudaStream_t st)
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
     return launch_1d(KK::fwd, n, KK::F::NT, KK::F::SMEM, st, a);
 }
+
+template <int D> struct WgBwdF32 {
+    static constexpr int NST = TileCfg32<D>::BWD_WG_NST;
+    using K = wg::BwdDkdvF32Cfg<D, NST>;
+    using Q = wg::BwdDqF32Cfg<D, NST>;
+    static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_f32_kernel<D, NST>;
+    static constexpr auto dq = wg::mlstm_bwd_dq_wgmma_f32_kernel<D, NST>;
+};
+
+template <int D> cudaError_t setup_bwd_wgmma_f32()
+{
+    using KK = WgBwdF32<D>;
+    MLSTM_TRY(set_smem(KK::dkdv, KK::K::SMEM));
+    return set_smem(KK::dq, KK::Q::SMEM);
+}
+
+template <int D> cudaError_t run_bwd_wgmma_f32(const KArgs &a, cudaStream_t st)
+{
+    using KK = WgBwdF32<D>;
+    const int64_t n = (a.S + 63) / 64 * a.B * a.NH; /* both: 64-row tiles */
+    MLSTM_TRY(launch_1d(KK::dkdv, n, KK::K::NT, KK::K::SMEM, st, a));
+    return launch_1d(KK::dq, n, KK::Q::NT, KK::Q::SMEM, st, a);
+}
 #endif
 
 /* ---- generic SIMT path ---- */
@@ -315,7 +339,9 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
     template cudaError_t mlstm::setup_bwd_tf32<D, MODE>();
 #define MLSTM_INSTANTIATE_FWD_WGMMA_F32(D)                                                                      \
     template cudaError_t mlstm::run_fwd_wgmma_f32<D>(const mlstm::KArgs &, cudaStream_t);                        \
-    template cudaError_t mlstm::setup_fwd_wgmma_f32<D>();
+    template cudaError_t mlstm::setup_fwd_wgmma_f32<D>();                                                        \
+    template cudaError_t mlstm::run_bwd_wgmma_f32<D>(const mlstm::KArgs &, cudaStream_t);                        \
+    template cudaError_t mlstm::setup_bwd_wgmma_f32<D>();
 #define MLSTM_INSTANTIATE_FWD_SIMT(T)                                                                            \
     template cudaError_t mlstm::run_fwd_simt<T>(const mlstm::KArgs &, cudaStream_t);                             \
     template cudaError_t mlstm::setup_fwd_simt<T>();

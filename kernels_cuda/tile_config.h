@@ -316,15 +316,26 @@ template <int NW_, int BMQ_, bool SPLIT_> struct Dkdv32Tile {
 #define MLSTM_F32_128_FWD_WG 2064
 #endif
 
+/* its backward (bwd_wgmma_f32.cuh): K/V (dK/dV) or Q/dh (dQ) of 64 rows resident, NST stages of the other pair of
+ * 64-row tiles: 4 / 2 stages for D = 64 / 128 (170 / 198 KB) */
+#ifndef MLSTM_F32_64_BWD_WG_NST
+#define MLSTM_F32_64_BWD_WG_NST 4
+#endif
+#ifndef MLSTM_F32_128_BWD_WG_NST
+#define MLSTM_F32_128_BWD_WG_NST 2
+#endif
+
 template <int D> struct TileCfg32;
 template <> struct TileCfg32<64> {
     using FwdWg = MLSTM_WG_TILE(MLSTM_F32_64_FWD_WG);
+    static constexpr int BWD_WG_NST = MLSTM_F32_64_BWD_WG_NST;
     using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_64_FWD);
     using Dkdv = MLSTM_DKDV32_TILE(MLSTM_TF32_64_DKDV);
     using Dq = MLSTM_DQ_TILE(MLSTM_TF32_64_DQ);
 };
 template <> struct TileCfg32<128> {
     using FwdWg = MLSTM_WG_TILE(MLSTM_F32_128_FWD_WG);
+    static constexpr int BWD_WG_NST = MLSTM_F32_128_BWD_WG_NST;
     using Fwd = MLSTM_FWD_TILE(MLSTM_TF32_128_FWD);
     using Dkdv = MLSTM_DKDV32_TILE(MLSTM_TF32_128_DKDV);
     using Dq = MLSTM_DQ_TILE(MLSTM_TF32_128_DQ);

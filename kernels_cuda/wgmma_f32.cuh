@@ -103,6 +103,64 @@ __device__ __forceinline__ void split_convert(uint32_t aHi, uint32_t aLo, float 
     }
 }
 
+/* s = X Y^T and its corrections c over D columns, from split tiles (A: RA-row tiles at aHi / aLo, the warpgroup's 64
+ * rows; B: RB-row tiles, N rows): per k16 slice the main product hi*hi into s (the first 64-column block) or s2 (the
+ * second; the tensor core truncates each accumulation to the accumulator's 24-bit window, so shorter chains of main
+ * products summed in f32 lose less, as fwd_tf32.cuh's score_tile does per slab), then x_hi y_lo and x_lo y_hi into c,
+ * x being the query-side operand (Q or dh) and y the key-side one (K or V), whichever is A (A_IS_QUERY). The dQ
+ * kernel (queries as rows) and the dK/dV kernel (keys as rows) thus issue the same products in the same order, and
+ * the f32 gate gradients need bitwise the same S_tj, dP_tj in both: wgmma's f32 accumulation was measured symmetric
+ * in the operand roles and independent of N (H100, NOTES.md history 13). */
+template <int N, int D, int RA, int RB, bool A_IS_QUERY>
+__device__ __forceinline__ void split_score(float (&s)[N / 2], float (&s2)[N / 2], float (&c)[N / 2], uint32_t aHi,
+                                            uint32_t aLo, uint32_t bHi, uint32_t bLo)
+{
+    static_assert(D == 64 || D == 128, "one or two 64-column blocks");
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t ko = (kk & 3) * 32; /* k16 slice within the 64-column block */
+        const uint64_t dah = desc_sw128(aHi + (kk >> 2) * RA * 128 + ko, 16);
+        const uint64_t dal = desc_sw128(aLo + (kk >> 2) * RA * 128 + ko, 16);
+        const uint64_t dbh = desc_sw128(bHi + (kk >> 2) * RB * 128 + ko, 16);
+        const uint64_t dbl = desc_sw128(bLo + (kk >> 2) * RB * 128 + ko, 16);
+        if (kk < 4)
+            WgmmaSS<__half, N>::run(s, dah, dbh, kk > 0);
+        else
+            WgmmaSS<__half, N>::run(s2, dah, dbh, kk > 4);
+        if (A_IS_QUERY) {
+            WgmmaSS<__half, N>::run(c, dah, dbl, kk > 0);
+            WgmmaSS<__half, N>::run(c, dal, dbh, 1);
+        } else {
+            WgmmaSS<__half, N>::run(c, dal, dbh, kk > 0);
+            WgmmaSS<__half, N>::run(c, dah, dbl, 1);
+        }
+    }
+}
+
+/* s = (s + s2) + c after split_score (s2 only for D = 128), in one operation order for every kernel */
+template <int D, int M>
+__device__ __forceinline__ void split_merge(float (&s)[M], const float (&s2)[M], const float (&c)[M])
+{
+#pragma unroll
+    for (int i = 0; i < M; ++i) s[i] = __fadd_rn(D > 64 ? __fadd_rn(s[i], s2[i]) : s[i], c[i]);
+}
+
+/* acc += A B for the three products of split A fragments (hi, lo: NK k16 slices) and a split N-major B (rows = k,
+ * R-row tiles at bHi / bLo, N = the accumulator's columns) */
+template <int N, int NK, int R>
+__device__ __forceinline__ void split_rs(float (&acc)[N / 2], const uint32_t (&ah)[NK][4], const uint32_t (&al)[NK][4],
+                                         uint32_t bHi, uint32_t bLo)
+{
+#pragma unroll
+    for (int kk = 0; kk < NK; ++kk) {
+        const uint64_t dbh = desc_sw128(bHi + kk * 16 * 128, R * 128);
+        const uint64_t dbl = desc_sw128(bLo + kk * 16 * 128, R * 128);
+        WgmmaRS<__half, N>::run(acc, ah[kk], dbh, 1);
+        WgmmaRS<__half, N>::run(acc, ah[kk], dbl, 1);
+        WgmmaRS<__half, N>::run(acc, al[kk], dbh, 1);
+    }
+}
+
 /* The A fragments (hi, lo) of one k16 slice of P = x 2^-esc from an m64nN f32 accumulator x (rows g: elements 0, 1;
  * g + 8: elements 2, 3; sc[r] = 2^-esc[r]), as acc_to_a does for one product. */
 template <int N>

@@ -1,0 +1,574 @@
+/* libmlstm CUDA kernels: the sm_90a backward for f32 storage, IEEE-f32-grade on split f16 warpgroup MMA (wgmma_f32.cuh),
+ * D in {64, 128}: wg::mlstm_bwd_dkdv_wgmma_f32_kernel (CTA = 64 keys, walks 64-row query blocks upwards) and
+ * wg::mlstm_bwd_dq_wgmma_f32_kernel (CTA = 64 query rows, walks 64-key blocks downwards), each with a producer
+ * warpgroup (raw f32 copies split in place, gate terms) and two consumer warpgroups, as fwd_wgmma_f32.cuh.
+ * Math and gate-gradient scheme of bwd_tf32.cuh: D', P, M_tj = P_tj (scale S_tj) from the same element routines and
+ * compensated gate terms, di_j = sum_t M_tj (dK/dV, residual into dq[j][0]), the dQ kernel's tile-local suffix sums of
+ * dF. M must be bitwise the same in both kernels: here the dK/dV kernel forms S^T and dP^T with keys as the wgmma's
+ * rows (so P^T and (C/n)^T are A fragments in registers) and the dQ kernel S and dP with queries as rows (P is the A
+ * fragment of dQ += P K), through split_score, which issues the same products in the same order either way; wgmma's
+ * accumulation is symmetric in the operand roles (measured, NOTES.md history 13), and the scaled values are formed in
+ * one operation order, ((block sums + corrections) / (k's row scale)) / (q's row scale).
+ * Row scales: operand rows as split_copy / split_convert; each accumulator row (dV, dK: keys; dQ: queries) has its own
+ * split_guard_raise exponent for its A tiles. */
+#pragma once
+
+#include "bwd_tf32.cuh"
+#include "fwd_tc.cuh"
+#include "wgmma_f32.cuh"
+
+namespace mlstm {
+namespace wg {
+
+/* ---- dK/dV: consumer warpgroup 0 accumulates dV (from S^T), warpgroup 1 dK and di (from S^T and dP^T) ---- */
+template <int D, int NST>
+struct BwdDkdvF32Cfg {
+    static constexpr int NT = 384;
+    static constexpr int PROD_REGS = D >= 128 ? 72 : 56, CONS_REGS = D >= 128 ? 216 : 224; /* as FwdF32Cfg */
+    static constexpr int T_BYTES = 64 * D * 2;            /* one f16 tile of 64 rows */
+    static constexpr int ST_OFF = 4 * T_BYTES;            /* K hi, K lo, V hi, V lo; then stages */
+    static constexpr int G_OFF = ST_OFF + NST * 4 * T_BYTES; /* stage: Q hi, Q lo, dh hi, dh lo */
+    /* floats: sKh, sKl, sKi, sKI, sVI [64]; [NST][8][64]: sQh, sQl, sMt, sInv, sDel, sQI, sDI, sOf (2 used) */
+    static constexpr int G_FLOATS = 5 * 64 + NST * 8 * 64;
+    static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4;
+    static constexpr int SMEM = BAR_OFF + 16 * NST + 1024;
+    static_assert(T_BYTES % 1024 == 0 && BAR_OFF % 8 == 0 && NST >= 2, "alignment, stages");
+    static_assert(SMEM <= 232448, "shared memory per block");
+};
+
+template <int D, int NST>
+__global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const __grid_constant__ KArgs args)
+{
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap(); /* never launched without sm_90a (dispatch.cu) */
+#else
+    using Cfg = BwdDkdvF32Cfg<D, NST>;
+    constexpr int T = Cfg::T_BYTES;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    unsigned char *smem = smem_aligned_1024(smem_raw);
+    const uint32_t base = smem_u32(smem);
+    const uint32_t aK = base, aV = base + 2 * T, aSt = base + Cfg::ST_OFF;
+    float *sKh = reinterpret_cast<float *>(smem + Cfg::G_OFF);
+    float *sKl = sKh + 64, *sKi = sKl + 64, *sKI = sKi + 64, *sVI = sKI + 64, *sStg = sVI + 64;
+    const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
+
+    const int64_t S = args.S;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, ks = cp.rank * 64; /* heaviest (first) key tiles first */
+    const int64_t nsteps = (S - ks + 63) / 64;            /* query blocks ks, ks + 64, ... */
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
+    const float *gq = bh_ptr<float>(tq, b, hh), *gk = bh_ptr<float>(tk, b, hh), *gv = bh_ptr<float>(tv, b, hh);
+    const float *gdh = bh_ptr<float>(tdh, b, hh);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const int wgi = warp >> 2;
+
+    if (threadIdx.x == 0) {
+        for (int st = 0; st < NST; ++st) {
+            mbar_init(bFull + 8 * st, 128 + 32); /* every producer thread after its split, the gate warp */
+            mbar_init(bEmpty + 8 * st, 256);
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (wgi == 2) {
+        /* ---- producer: Q and dh rows of each query block, split; the gate warp its query terms ---- */
+        setmaxnreg_dec<Cfg::PROD_REGS>();
+        const int pt = (int)threadIdx.x - 256;
+        float offh = 0.0f, offl = 0.0f, pth = 0.0f, ptl = 0.0f; /* gate warp: offset, previous block's total */
+        tc32::BwdQueryTerms qnext; /* gate warp: the next query block's terms, loaded a step early */
+        if (pt < 32) qnext.load(args, b, hh, ks);
+        constexpr int LAG = NST >= 3 ? 1 : 0;                   /* as fwd_wgmma_f32.cuh */
+        auto split_step = [&](int64_t j) {
+            const int ps = (int)(j % NST);
+            const uint32_t st0 = aSt + ps * 4 * T;
+            float *g0 = sStg + ps * 8 * 64;
+            split_convert<64, D, 128>(st0, st0 + T, g0 + 5 * 64, pt);
+            split_convert<64, D, 128>(st0 + 2 * T, st0 + 3 * T, g0 + 6 * 64, pt);
+            mbar_arrive(bFull + 8 * ps);
+        };
+        for (int64_t it = 0; it <= nsteps; ++it) {
+            if (LAG == 0 && it >= 1) {
+                cp_async_wait<0>();
+                split_step(it - 1);
+            }
+            if (it == nsteps) break;
+            const int stage = (int)(it % NST);
+            const int64_t qs = ks + it * 64;
+            if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
+            const uint32_t st0 = aSt + stage * 4 * T;
+            split_copy<64, D, 128>(st0, st0 + T, gq, tq.ss, qs, S, pt);
+            split_copy<64, D, 128>(st0 + 2 * T, st0 + 3 * T, gdh, tdh.ss, qs, S, pt);
+            cp_async_commit();
+            if (pt < 32) {
+                float *g0 = sStg + stage * 8 * 64;
+                float th, tl;
+                qnext.finish(qs, S, g0, g0 + 64, g0 + 128, g0 + 192, g0 + 256, th, tl);
+                if (it + 1 < nsteps) qnext.load(args, b, hh, qs + 64);
+                if (qs > ks) cadd(offh, offl, pth, ptl);
+                pth = th;
+                ptl = tl;
+                if (lane == 0) {
+                    float oh = offh, ol = offl;
+                    cnorm(oh, ol);
+                    g0[7 * 64] = oh;
+                    g0[7 * 64 + 1] = ol;
+                }
+                mbar_arrive(bFull + 8 * stage);
+            }
+            if (LAG == 1 && it >= 1) {
+                cp_async_wait<1>();
+                split_step(it - 1);
+            }
+        }
+        if (LAG == 1 && nsteps >= 1) {
+            cp_async_wait<0>();
+            split_step(nsteps - 1);
+        }
+        return;
+    }
+
+    /* ---- consumers: K and V of the key tile (split), the key block's gate terms ---- */
+    setmaxnreg_inc<Cfg::CONS_REGS>();
+    const int tid = (int)threadIdx.x;
+    split_copy<64, D, 256>(aK, aK + T, gk, tk.ss, ks, S, tid);
+    split_copy<64, D, 256>(aV, aV + T, gv, tv.ss, ks, S, tid);
+    cp_async_commit();
+    if (warp == 0)
+        gate_block_terms(bh_ptr<float>(tf, b, hh), tf.ss, bh_ptr<float>(ti, b, hh), ti.ss, ks, S, sKh, sKl, sKi);
+    cp_async_wait<0>();
+    split_convert<64, D, 256>(aK, aK + T, sKI, tid);
+    split_convert<64, D, 256>(aV, aV + T, sVI, tid);
+    fence_proxy_async();
+    named_sync(2, 256);
+
+    const bool role_dk = wgi == 1;
+    const int wr0 = (warp & 3) * 16; /* this warp's keys within the tile: rows g, g + 8 of its m16 block */
+    float o[1][D / 8][4];
+    float(&oacc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) oacc[i] = 0.0f;
+    float esc[2] = {-126.0f, -126.0f};
+    float dih[2] = {0.0f, 0.0f}, dil[2] = {0.0f, 0.0f};
+    const float scale = args.scale;
+
+    for (int64_t it = 0; it < nsteps; ++it) {
+        const int stage = (int)(it % NST);
+        const int64_t qs = ks + it * 64;
+        const uint32_t st0 = aSt + stage * 4 * T;
+        const float *g0 = sStg + stage * 8 * 64;
+        const float *cQh = g0, *cQl = g0 + 64, *cMt = g0 + 128, *cInv = g0 + 192, *cDel = g0 + 256;
+        mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
+        fence_proxy_async();
+
+        /* two halves of 32 query rows (registers: S^T, dP^T, their second block and corrections of 32 columns) */
+        const float oh = g0[7 * 64], ol = g0[7 * 64 + 1];
+        float kgh[2], kgl[2], kinv[2], vinv[2];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int j = wr0 + g + 8 * rr;
+            cgate_key(sKh[j], sKl[j], sKi[j], oh, ol, kgh[rr], kgl[rr]);
+            kinv[rr] = sKI[j];
+            vinv[rr] = sVI[j];
+        }
+#pragma unroll 1
+        for (int hf = 0; hf < 2; ++hf) {
+            const uint32_t qo = hf * 32 * 128; /* the half's first row within the 64-row tiles */
+            /* S^T = K Q^T (keys as rows) */
+            float s[1][4][4], c[1][4][4], s2[1][4][4], dp[1][4][4];
+            float(&sacc)[16] = reinterpret_cast<float(&)[16]>(s);
+            float(&cacc)[16] = reinterpret_cast<float(&)[16]>(c);
+            float(&s2acc)[16] = reinterpret_cast<float(&)[16]>(s2);
+            float(&dacc)[16] = reinterpret_cast<float(&)[16]>(dp);
+            reg_fence(sacc);
+            reg_fence(s2acc);
+            reg_fence(cacc);
+            fence();
+            split_score<32, D, 64, 64, false>(sacc, s2acc, cacc, aK, aK + T, st0 + qo, st0 + T + qo);
+            commit();
+            wait<0>();
+            reg_fence(sacc);
+            reg_fence(s2acc);
+            reg_fence(cacc);
+            split_merge<D>(sacc, s2acc, cacc);
+            if (role_dk) { /* dP^T = V dh^T */
+                reg_fence(dacc);
+                reg_fence(s2acc);
+                reg_fence(cacc);
+                fence();
+                split_score<32, D, 64, 64, false>(dacc, s2acc, cacc, aV, aV + T, st0 + 2 * T + qo, st0 + 3 * T + qo);
+                commit();
+                wait<0>();
+                reg_fence(dacc);
+                reg_fence(s2acc);
+                reg_fence(cacc);
+                split_merge<D>(dacc, s2acc, cacc);
+            }
+            /* the true S^T, dP^T (same operation order as the dQ kernel), then the columns' inverse scales of the
+             * second product's B: q (dK) or dh (dV) */
+            float cs[4][2], ds[4][2];
+            tc::load_key_row<32>(cs, g0 + 5 * 64 + hf * 32, q4);
+            tc::load_key_row<32>(ds, g0 + 6 * 64 + hf * 32, q4);
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[0][n][e] = __fmul_rn(__fmul_rn(s[0][n][e], kinv[e >> 1]), cs[n][e & 1]);
+                    if (role_dk) dp[0][n][e] = __fmul_rn(__fmul_rn(dp[0][n][e], vinv[e >> 1]), ds[n][e & 1]);
+                }
+            float amx[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int rr = e >> 1, tl = hf * 32 + n * 8 + 2 * q4 + (e & 1);
+                    const int64_t t = qs + tl, j = ks + wr0 + g + 8 * rr;
+                    const float inv = cInv[tl];
+                    const float d = tc32::bwd_dprime(j <= t && t < S, cQh[tl], cQl[tl], kgh[rr], kgl[rr], cMt[tl]);
+                    float x;
+                    if (role_dk) {
+                        const float p = tc32::bwd_p(dp[0][n][e], cDel[tl], inv, d);
+                        cadd(dih[rr], dil[rr], m_elem(p, s[0][n][e], scale), 0.0f);
+                        x = p * cs[n][e & 1];
+                    } else {
+                        x = (d != 0.0f ? s[0][n][e] * scale * d * inv : 0.0f) * ds[n][e & 1];
+                    }
+                    s[0][n][e] = x;
+                    amx[rr] = fmaxf(amx[rr], fabsf(x));
+                }
+            float fac[2];
+            if (split_guard_raise(amx, esc, fac)) scale_frag_rows(o[0], fac);
+            const float psc[2] = {pow2i(-(int)esc[0]), pow2i(-(int)esc[1])};
+            uint32_t ah[2][4], al[2][4];
+#pragma unroll
+            for (int kk = 0; kk < 2; ++kk) split_acc_to_a(s[0], kk, psc, ah[kk], al[kk]);
+            reg_fence(oacc);
+            fence();
+            /* dK += (P^T / q's scale) Q', dV += ((C/n)^T / dh's scale) dh' over the half's query rows */
+            const uint32_t bB = (role_dk ? st0 : st0 + 2 * T) + qo;
+            split_rs<D, 2, 64>(oacc, ah, al, bB, bB + T);
+            commit();
+            wait<0>();
+            reg_fence(oacc);
+        }
+        mbar_arrive(bEmpty + 8 * stage);
+    }
+
+    /* epilogue: rows = keys ks + wr0 + g (+8) */
+    const TArg &tdk = args.t[MLSTM_TENSOR_DK], &tdv = args.t[MLSTM_TENSOR_DV];
+    float *gout = role_dk ? bh_ptr<float>(tdk, b, hh) : bh_ptr<float>(tdv, b, hh);
+    const int64_t oss = role_dk ? tdk.ss : tdv.ss;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int64_t j = ks + wr0 + g + 8 * rr;
+        const float f = exp2f(esc[rr]) * (role_dk ? scale : 1.0f);
+        if (j < S) {
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n)
+                *reinterpret_cast<float2 *>(gout + j * oss + n * 8 + 2 * q4) =
+                    make_float2(o[0][n][rr * 2] * f, o[0][n][rr * 2 + 1] * f);
+        }
+    }
+    if (role_dk) {
+        const TArg &tdi = args.t[MLSTM_TENSOR_DI], &tdq = args.t[MLSTM_TENSOR_DQ];
+        float *gdi = bh_ptr<float>(tdi, b, hh), *gdq = bh_ptr<float>(tdq, b, hh);
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            float h = dih[rr], l = dil[rr];
+#pragma unroll
+            for (int x = 1; x < 4; x <<= 1) { /* over the 4 column lanes q4 */
+                const float yh = __shfl_xor_sync(0xffffffffu, h, x), yl = __shfl_xor_sync(0xffffffffu, l, x);
+                cadd(h, l, yh, yl);
+            }
+            cnorm(h, l);
+            const int64_t j = ks + wr0 + g + 8 * rr;
+            if (q4 == 0 && j < S) {
+                gdi[j * tdi.ss] = h;
+                gdq[j * tdq.ss] = l; /* read (then overwritten) by the dQ kernel, launched after */
+            }
+        }
+    }
+#endif
+}
+
+/* ---- dQ: 64 query rows per CTA; each stage one 64-key block, consumer warpgroup w on its keys [32 w, 32 w + 32) ---- */
+template <int D, int NST>
+struct BwdDqF32Cfg {
+    static constexpr int NT = 384;
+    static constexpr int PROD_REGS = D >= 128 ? 72 : 56, CONS_REGS = D >= 128 ? 216 : 224;
+    static constexpr int T_BYTES = 64 * D * 2;
+    static constexpr int ST_OFF = 4 * T_BYTES;               /* Q hi, Q lo, dh hi, dh lo; then stages */
+    static constexpr int G_OFF = ST_OFF + NST * 4 * T_BYTES;    /* stage: K hi, K lo, V hi, V lo (64 keys) */
+    /* floats: sQh, sQl, sMt, sInv, sDel, sQI, sDI, sE [64], sF [2][64]; [NST][4][64]: sGh, sGl, sKI, sVI */
+    static constexpr int G_FLOATS = 10 * 64 + NST * 4 * 64;
+    static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4;
+    static constexpr int SMEM = BAR_OFF + 16 * NST + 1024;
+    static_assert(T_BYTES % 1024 == 0 && BAR_OFF % 8 == 0 && NST >= 2, "alignment, stages");
+    static_assert((64 * D + 64 * 4 * 2 + 64) * 4 <= NST * 4 * T_BYTES, "merge buffer in the stages");
+    static_assert(SMEM <= 232448, "shared memory per block");
+};
+
+template <int D, int NST>
+__global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __grid_constant__ KArgs args)
+{
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap();
+#else
+    using Cfg = BwdDqF32Cfg<D, NST>;
+    constexpr int T = Cfg::T_BYTES;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    unsigned char *smem = smem_aligned_1024(smem_raw);
+    const uint32_t base = smem_u32(smem);
+    const uint32_t aQ = base, aDh = base + 2 * T, aSt = base + Cfg::ST_OFF;
+    float *sQh = reinterpret_cast<float *>(smem + Cfg::G_OFF);
+    float *sQl = sQh + 64, *sMt = sQl + 64, *sInv = sMt + 64, *sDel = sInv + 64, *sQI = sDel + 64, *sDI = sQI + 64;
+    float *sE = sDI + 64, *sF = sE + 64, *sStg = sF + 2 * 64;
+    const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
+
+    const int64_t S = args.S;
+    const int64_t nqt = (S + 63) / 64;
+    const CtaPos cp = cta_pos(args);
+    const int64_t b = cp.b, hh = cp.hh, qs = (nqt - 1 - cp.rank) * 64; /* heaviest (last) query tiles first */
+    const int64_t kfirst = (min(qs + 63, S - 1) / 64) * 64;
+    const int64_t nsteps = kfirst / 64 + 1; /* key blocks kfirst, kfirst - 64, ..., 0 */
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
+    const TArg &tdq = args.t[MLSTM_TENSOR_DQ];
+    const float *gq = bh_ptr<float>(tq, b, hh), *gk = bh_ptr<float>(tk, b, hh), *gv = bh_ptr<float>(tv, b, hh);
+    const float *gdh = bh_ptr<float>(tdh, b, hh);
+    float *gdq = bh_ptr<float>(tdq, b, hh);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const int wgi = warp >> 2;
+
+    if (threadIdx.x == 0) {
+        for (int st = 0; st < NST; ++st) {
+            mbar_init(bFull + 8 * st, 128 + 32);
+            mbar_init(bEmpty + 8 * st, 256);
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (wgi == 2) {
+        /* ---- producer: K and V of each key block, split; the gate warp its pair terms ---- */
+        setmaxnreg_dec<Cfg::PROD_REGS>();
+        const int pt = (int)threadIdx.x - 256;
+        float offh = 0.0f, offl = 0.0f;
+        const float *gf = bh_ptr<float>(tf, b, hh), *gi = bh_ptr<float>(ti, b, hh);
+        CGate64 knext; /* gate warp: the next key block's f and i, loaded a step early */
+        if (pt < 32) knext.load(gf, tf.ss, gi, ti.ss, kfirst, S);
+        constexpr int LAG = NST >= 3 ? 1 : 0;
+        auto split_step = [&](int64_t j) {
+            const int ps = (int)(j % NST);
+            const uint32_t st0 = aSt + ps * 4 * T;
+            float *g0 = sStg + ps * 4 * 64;
+            split_convert<64, D, 128>(st0, st0 + T, g0 + 2 * 64, pt);
+            split_convert<64, D, 128>(st0 + 2 * T, st0 + 3 * T, g0 + 3 * 64, pt);
+            mbar_arrive(bFull + 8 * ps);
+        };
+        for (int64_t it = 0; it <= nsteps; ++it) {
+            if (LAG == 0 && it >= 1) {
+                cp_async_wait<0>();
+                split_step(it - 1);
+            }
+            if (it == nsteps) break;
+            const int stage = (int)(it % NST);
+            const int64_t ks = kfirst - it * 64;
+            if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
+            const uint32_t st0 = aSt + stage * 4 * T;
+            split_copy<64, D, 128>(st0, st0 + T, gk, tk.ss, ks, S, pt);
+            split_copy<64, D, 128>(st0 + 2 * T, st0 + 3 * T, gv, tv.ss, ks, S, pt);
+            cp_async_commit();
+            if (pt < 32) {
+                float *g0 = sStg + stage * 4 * 64;
+                key_pair_finish(knext, ks, qs, S, offh, offl, g0, g0 + 64);
+                if (ks > 0) knext.load(gf, tf.ss, gi, ti.ss, ks - 64, S);
+                mbar_arrive(bFull + 8 * stage);
+            }
+            if (LAG == 1 && it >= 1) {
+                cp_async_wait<1>();
+                split_step(it - 1);
+            }
+        }
+        if (LAG == 1 && nsteps >= 1) {
+            cp_async_wait<0>();
+            split_step(nsteps - 1);
+        }
+        return;
+    }
+
+    /* ---- consumers: Q and dh (split), query terms, di's residual ---- */
+    setmaxnreg_inc<Cfg::CONS_REGS>();
+    const int tid = (int)threadIdx.x;
+    split_copy<64, D, 256>(aQ, aQ + T, gq, tq.ss, qs, S, tid);
+    split_copy<64, D, 256>(aDh, aDh + T, gdh, tdh.ss, qs, S, tid);
+    cp_async_commit();
+    if (warp == 0) {
+        float th, tl;
+        tc32::bwd_query_terms(args, b, hh, qs, sQh, sQl, sMt, sInv, sDel, th, tl);
+    }
+    if (tid >= 64 && tid < 128) /* di's residual (dK/dV kernel), read before this CTA overwrites dq */
+        sE[tid - 64] = qs + tid - 64 < S ? gdq[(qs + tid - 64) * tdq.ss] : 0.0f;
+    cp_async_wait<0>();
+    split_convert<64, D, 256>(aQ, aQ + T, sQI, tid);
+    split_convert<64, D, 256>(aDh, aDh + T, sDI, tid);
+    fence_proxy_async();
+    named_sync(2, 256);
+
+    const int kh0 = wgi * 32;             /* this warpgroup's keys within a block */
+    const int tr0 = (warp & 3) * 16;      /* this warp's query rows */
+    float qinv[2], dinv[2], rqh[2], rql[2], rmt[2], rinv[2], rdel[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int t = tr0 + g + 8 * rr;
+        qinv[rr] = sQI[t];
+        dinv[rr] = sDI[t];
+        rqh[rr] = sQh[t];
+        rql[rr] = sQl[t];
+        rmt[rr] = sMt[t];
+        rinv[rr] = sInv[t];
+        rdel[rr] = sDel[t];
+    }
+    float o[1][D / 8][4];
+    float(&oacc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) oacc[i] = 0.0f;
+    float esc[2] = {-126.0f, -126.0f};
+    float mh[2] = {0.0f, 0.0f}, ml[2] = {0.0f, 0.0f}; /* sum_j M_tj of rows g, g + 8 (compensated) */
+    const float scale = args.scale;
+
+    for (int64_t it = 0; it < nsteps; ++it) {
+        const int stage = (int)(it % NST);
+        const int64_t ks = kfirst - it * 64, k0 = ks + kh0;
+        const uint32_t st0 = aSt + stage * 4 * T;
+        const float *g0 = sStg + stage * 4 * 64;
+        mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
+        fence_proxy_async();
+        if (k0 <= qs + 63 && k0 < S) { /* warpgroup-uniform: some key of ours is at or before some row */
+            float s[1][4][4], c[1][4][4], dp[1][4][4], s2[1][4][4];
+            float(&sacc)[16] = reinterpret_cast<float(&)[16]>(s);
+            float(&cacc)[16] = reinterpret_cast<float(&)[16]>(c);
+            float(&dacc)[16] = reinterpret_cast<float(&)[16]>(dp);
+            float(&s2acc)[16] = reinterpret_cast<float(&)[16]>(s2);
+            reg_fence(sacc);
+            reg_fence(s2acc);
+            reg_fence(cacc);
+            fence();
+            split_score<32, D, 64, 64, true>(sacc, s2acc, cacc, aQ, aQ + T, st0 + kh0 * 128, st0 + T + kh0 * 128);
+            commit();
+            wait<0>();
+            reg_fence(sacc);
+            reg_fence(s2acc);
+            reg_fence(cacc);
+            split_merge<D>(sacc, s2acc, cacc);
+            float kc[4][2];
+            tc::load_key_row<32>(kc, g0 + 2 * 64 + kh0, q4);
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    s[0][n][e] = __fmul_rn(__fmul_rn(s[0][n][e], kc[n][e & 1]), qinv[e >> 1]);
+            reg_fence(dacc);
+            reg_fence(s2acc);
+            reg_fence(cacc);
+            fence();
+            split_score<32, D, 64, 64, true>(dacc, s2acc, cacc, aDh, aDh + T, st0 + 2 * T + kh0 * 128,
+                                             st0 + 3 * T + kh0 * 128);
+            commit();
+            wait<0>();
+            reg_fence(dacc);
+            reg_fence(s2acc);
+            reg_fence(cacc);
+            split_merge<D>(dacc, s2acc, cacc);
+            float vc[4][2];
+            tc::load_key_row<32>(vc, g0 + 3 * 64 + kh0, q4);
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    dp[0][n][e] = __fmul_rn(__fmul_rn(dp[0][n][e], vc[n][e & 1]), dinv[e >> 1]);
+
+            float amx[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int rr = e >> 1, jl = kh0 + n * 8 + 2 * q4 + (e & 1);
+                    const int64_t t = qs + tr0 + g + 8 * rr, j = ks + jl;
+                    const float d = tc32::bwd_dprime(j <= t && t < S, rqh[rr], rql[rr], g0[jl], g0[64 + jl], rmt[rr]);
+                    const float p = tc32::bwd_p(dp[0][n][e], rdel[rr], rinv[rr], d);
+                    cadd(mh[rr], ml[rr], m_elem(p, s[0][n][e], scale), 0.0f);
+                    const float x = p * kc[n][e & 1]; /* dQ += (P / k's scale) K' */
+                    s[0][n][e] = x;
+                    amx[rr] = fmaxf(amx[rr], fabsf(x));
+                }
+            float fac[2];
+            if (split_guard_raise(amx, esc, fac)) scale_frag_rows(o[0], fac);
+            const float psc[2] = {pow2i(-(int)esc[0]), pow2i(-(int)esc[1])};
+            uint32_t ah[2][4], al[2][4];
+#pragma unroll
+            for (int kk = 0; kk < 2; ++kk) split_acc_to_a(s[0], kk, psc, ah[kk], al[kk]);
+            reg_fence(oacc);
+            fence();
+            split_rs<D, 2, 64>(oacc, ah, al, st0 + kh0 * 128, st0 + T + kh0 * 128);
+            commit();
+            wait<0>();
+            reg_fence(oacc);
+        }
+        mbar_arrive(bEmpty + 8 * stage);
+    }
+
+    /* merge warpgroup 1 into 0 through the (now idle) stages: dQ (per row exponent), the M sums */
+    named_sync(2, 256);
+    float *buf = reinterpret_cast<float *>(smem + Cfg::ST_OFF);
+    float *bO = buf, *bH = bO + 64 * D, *bL = bH + 64 * 4, *bE = bL + 64 * 4;
+    if (wgi == 1) {
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int r = tr0 + g + 8 * rr;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n)
+                *reinterpret_cast<float2 *>(bO + r * D + n * 8 + 2 * q4) = make_float2(o[0][n][rr * 2], o[0][n][rr * 2 + 1]);
+            bH[r * 4 + q4] = mh[rr];
+            bL[r * 4 + q4] = ml[rr];
+            if (q4 == 0) bE[r] = esc[rr];
+        }
+    }
+    named_sync(2, 256);
+    if (wgi == 1) return;
+    const TArg &tdi = args.t[MLSTM_TENSOR_DI], &tdf = args.t[MLSTM_TENSOR_DF];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int r = tr0 + g + 8 * rr;
+        const float e1 = bE[r], ee = fmaxf(esc[rr], e1);
+        const float f0 = exp2f(esc[rr] - ee), f1 = exp2f(e1 - ee), up = exp2f(ee) * scale;
+        const int64_t t = qs + r;
+        if (t < S) {
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                const float2 y = *reinterpret_cast<const float2 *>(bO + r * D + n * 8 + 2 * q4);
+                *reinterpret_cast<float2 *>(gdq + t * tdq.ss + n * 8 + 2 * q4) =
+                    make_float2((o[0][n][rr * 2] * f0 + y.x * f1) * up, (o[0][n][rr * 2 + 1] * f0 + y.y * f1) * up);
+            }
+        }
+        float h = mh[rr], l = ml[rr];
+        cadd(h, l, bH[r * 4 + q4], bL[r * 4 + q4]);
+#pragma unroll
+        for (int x = 1; x < 4; x <<= 1) { /* over the 4 column lanes q4 */
+            const float yh = __shfl_xor_sync(0xffffffffu, h, x), yl = __shfl_xor_sync(0xffffffffu, l, x);
+            cadd(h, l, yh, yl);
+        }
+        if (q4 == 0) df_row_terms(sF, r, qs, S, h, l, bh_ptr<float>(tdi, b, hh), tdi.ss, sE[r]);
+    }
+    named_sync(4, 128);
+    if (threadIdx.x == 0) df_tile_suffix(sF, bh_ptr<float>(tdf, b, hh), tdf.ss, qs, S);
+#endif
+}
+
+} // namespace wg
+} // namespace mlstm
