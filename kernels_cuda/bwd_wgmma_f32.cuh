@@ -20,7 +20,7 @@
 namespace mlstm {
 namespace wg {
 
-/* ---- dK/dV: consumer warpgroup 0 accumulates dV (from S^T), warpgroup 1 dK and di (from S^T and dP^T) ---- */
+/* ---- dK/dV: CTA = 64 keys; the consumer warpgroups' roles below (BOTH) ---- */
 template <int D, int NST>
 struct BwdDkdvF32Cfg {
     static constexpr int NT = 384;
@@ -33,6 +33,7 @@ struct BwdDkdvF32Cfg {
     static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4;
     static constexpr int SMEM = BAR_OFF + 16 * NST + 1024;
     static_assert(T_BYTES % 1024 == 0 && BAR_OFF % 8 == 0 && NST >= 2, "alignment, stages");
+    static_assert(D > 64 || (2 * 64 * D + 64 * 4 * 2 + 2 * 64) * 4 <= NST * 4 * T_BYTES, "merge buffer in the stages");
     static_assert(SMEM <= 232448, "shared memory per block");
 };
 
@@ -145,13 +146,23 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
     fence_proxy_async();
     named_sync(2, 256);
 
-    const bool role_dk = wgi == 1;
+    /* BOTH (D = 64: dK and dV fit one warpgroup's registers): warpgroup w takes query rows [32 w, 32 w + 32) of every
+     * block and accumulates dK, dV and di for all 64 keys (merged at the end); else warpgroup 0 accumulates dV and
+     * warpgroup 1 dK and di, each over all 64 rows of a block in two halves (S^T is formed by both) */
+    constexpr bool BOTH = D <= 64;
+    constexpr int NA = BOTH ? 2 : 1; /* accumulators: dV in acc[0], dK in acc[NA - 1] */
+    const bool do_dk = BOTH || wgi == 1, do_dv = BOTH || wgi == 0;
     const int wr0 = (warp & 3) * 16; /* this warp's keys within the tile: rows g, g + 8 of its m16 block */
-    float o[1][D / 8][4];
-    float(&oacc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+    float acc[NA][1][D / 8][4];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) oacc[i] = 0.0f;
-    float esc[2] = {-126.0f, -126.0f};
+    for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[a][0][n][e] = 0.0f;
+    float esc[NA][2];
+#pragma unroll
+    for (int a = 0; a < NA; ++a) esc[a][0] = esc[a][1] = -126.0f;
     float dih[2] = {0.0f, 0.0f}, dil[2] = {0.0f, 0.0f};
     const float scale = args.scale;
 
@@ -164,7 +175,6 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
         mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
         fence_proxy_async();
 
-        /* two halves of 32 query rows (registers: S^T, dP^T, their second block and corrections of 32 columns) */
         const float oh = g0[7 * 64], ol = g0[7 * 64 + 1];
         float kgh[2], kgl[2], kinv[2], vinv[2];
 #pragma unroll
@@ -175,7 +185,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
             vinv[rr] = sVI[j];
         }
 #pragma unroll 1
-        for (int hf = 0; hf < 2; ++hf) {
+        for (int hf = BOTH ? wgi : 0; hf < (BOTH ? wgi + 1 : 2); ++hf) {
             const uint32_t qo = hf * 32 * 128; /* the half's first row within the 64-row tiles */
             /* S^T = K Q^T (keys as rows) */
             float s[1][4][4], c[1][4][4], s2[1][4][4], dp[1][4][4];
@@ -194,7 +204,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
             reg_fence(s2acc);
             reg_fence(cacc);
             split_merge<D>(sacc, s2acc, cacc);
-            if (role_dk) { /* dP^T = V dh^T */
+            if (do_dk) { /* dP^T = V dh^T */
                 reg_fence(dacc);
                 reg_fence(s2acc);
                 reg_fence(cacc);
@@ -207,8 +217,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
                 reg_fence(cacc);
                 split_merge<D>(dacc, s2acc, cacc);
             }
-            /* the true S^T, dP^T (same operation order as the dQ kernel), then the columns' inverse scales of the
-             * second product's B: q (dK) or dh (dV) */
+            /* the true S^T, dP^T (same operation order as the dQ kernel); the columns' (query rows') inverse scales of
+             * the second products' B operands: q (dK) and dh (dV) */
             float cs[4][2], ds[4][2];
             tc::load_key_row<32>(cs, g0 + 5 * 64 + hf * 32, q4);
             tc::load_key_row<32>(ds, g0 + 6 * 64 + hf * 32, q4);
@@ -217,9 +227,12 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     s[0][n][e] = __fmul_rn(__fmul_rn(s[0][n][e], kinv[e >> 1]), cs[n][e & 1]);
-                    if (role_dk) dp[0][n][e] = __fmul_rn(__fmul_rn(dp[0][n][e], vinv[e >> 1]), ds[n][e & 1]);
+                    if (do_dk) dp[0][n][e] = __fmul_rn(__fmul_rn(dp[0][n][e], vinv[e >> 1]), ds[n][e & 1]);
                 }
-            float amx[2] = {0.0f, 0.0f};
+            /* s -> (C/n)^T / dh's scale (dV), dp -> P^T / q's scale (dK) */
+            float amx[NA][2];
+#pragma unroll
+            for (int a = 0; a < NA; ++a) amx[a][0] = amx[a][1] = 0.0f;
 #pragma unroll
             for (int n = 0; n < 4; ++n)
 #pragma unroll
@@ -228,51 +241,112 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
                     const int64_t t = qs + tl, j = ks + wr0 + g + 8 * rr;
                     const float inv = cInv[tl];
                     const float d = tc32::bwd_dprime(j <= t && t < S, cQh[tl], cQl[tl], kgh[rr], kgl[rr], cMt[tl]);
-                    float x;
-                    if (role_dk) {
+                    const float sv = s[0][n][e];
+                    if (do_dk) {
                         const float p = tc32::bwd_p(dp[0][n][e], cDel[tl], inv, d);
-                        cadd(dih[rr], dil[rr], m_elem(p, s[0][n][e], scale), 0.0f);
-                        x = p * cs[n][e & 1];
-                    } else {
-                        x = (d != 0.0f ? s[0][n][e] * scale * d * inv : 0.0f) * ds[n][e & 1];
+                        cadd(dih[rr], dil[rr], m_elem(p, sv, scale), 0.0f);
+                        const float x = p * cs[n][e & 1];
+                        dp[0][n][e] = x;
+                        amx[NA - 1][rr] = fmaxf(amx[NA - 1][rr], fabsf(x));
                     }
-                    s[0][n][e] = x;
-                    amx[rr] = fmaxf(amx[rr], fabsf(x));
+                    if (do_dv) {
+                        const float x = (d != 0.0f ? sv * scale * d * inv : 0.0f) * ds[n][e & 1];
+                        s[0][n][e] = x;
+                        amx[0][rr] = fmaxf(amx[0][rr], fabsf(x));
+                    }
                 }
-            float fac[2];
-            if (split_guard_raise(amx, esc, fac)) scale_frag_rows(o[0], fac);
-            const float psc[2] = {pow2i(-(int)esc[0]), pow2i(-(int)esc[1])};
-            uint32_t ah[2][4], al[2][4];
+            /* dV += ((C/n)^T / dh's scale) dh', dK += (P^T / q's scale) Q' over the half's query rows; x is s or
+             * dp as a fixed array at each call (a run-time choice between them would select per element) */
+            auto second = [&](float (&x)[1][4][4], int a, bool is_dk) {
+                float fac[2];
+                if (split_guard_raise(amx[a], esc[a], fac)) scale_frag_rows(acc[a][0], fac);
+                const float psc[2] = {pow2i(-(int)esc[a][0]), pow2i(-(int)esc[a][1])};
+                uint32_t ah[2][4], al[2][4];
 #pragma unroll
-            for (int kk = 0; kk < 2; ++kk) split_acc_to_a(s[0], kk, psc, ah[kk], al[kk]);
-            reg_fence(oacc);
-            fence();
-            /* dK += (P^T / q's scale) Q', dV += ((C/n)^T / dh's scale) dh' over the half's query rows */
-            const uint32_t bB = (role_dk ? st0 : st0 + 2 * T) + qo;
-            split_rs<D, 2, 64>(oacc, ah, al, bB, bB + T);
-            commit();
-            wait<0>();
-            reg_fence(oacc);
+                for (int kk = 0; kk < 2; ++kk) split_acc_to_a(x[0], kk, psc, ah[kk], al[kk]);
+                float(&oacc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(acc[a]);
+                reg_fence(oacc);
+                fence();
+                const uint32_t bB = (is_dk ? st0 : st0 + 2 * T) + qo;
+                split_rs<D, 2, 64>(oacc, ah, al, bB, bB + T);
+                commit();
+                wait<0>();
+                reg_fence(oacc);
+            };
+            if (BOTH) {
+                second(s, 0, false);
+                second(dp, NA - 1, true);
+            } else if (do_dk) {
+                second(dp, 0, true);
+            } else {
+                second(s, 0, false);
+            }
         }
         mbar_arrive(bEmpty + 8 * stage);
     }
 
-    /* epilogue: rows = keys ks + wr0 + g (+8) */
-    const TArg &tdk = args.t[MLSTM_TENSOR_DK], &tdv = args.t[MLSTM_TENSOR_DV];
-    float *gout = role_dk ? bh_ptr<float>(tdk, b, hh) : bh_ptr<float>(tdv, b, hh);
-    const int64_t oss = role_dk ? tdk.ss : tdv.ss;
+    /* BOTH: warpgroup 1's partial dK, dV (with their exponents) and di sums into warpgroup 0, through the idle stages */
+    if constexpr (BOTH) {
+        named_sync(2, 256);
+        float *buf = reinterpret_cast<float *>(smem + Cfg::ST_OFF);
+        float *bO = buf, *bH = bO + 2 * 64 * D, *bL = bH + 64 * 4, *bE = bL + 64 * 4; /* bE [2][64] */
+        if (wgi == 1) {
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        const int64_t j = ks + wr0 + g + 8 * rr;
-        const float f = exp2f(esc[rr]) * (role_dk ? scale : 1.0f);
-        if (j < S) {
+            for (int rr = 0; rr < 2; ++rr) {
+                const int r = wr0 + g + 8 * rr;
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n)
-                *reinterpret_cast<float2 *>(gout + j * oss + n * 8 + 2 * q4) =
-                    make_float2(o[0][n][rr * 2] * f, o[0][n][rr * 2 + 1] * f);
+                for (int a = 0; a < 2; ++a) {
+#pragma unroll
+                    for (int n = 0; n < D / 8; ++n)
+                        *reinterpret_cast<float2 *>(bO + (a * 64 + r) * D + n * 8 + 2 * q4) =
+                            make_float2(acc[a][0][n][rr * 2], acc[a][0][n][rr * 2 + 1]);
+                    if (q4 == 0) bE[a * 64 + r] = esc[a][rr];
+                }
+                bH[r * 4 + q4] = dih[rr];
+                bL[r * 4 + q4] = dil[rr];
+            }
+        }
+        named_sync(2, 256);
+        if (wgi == 1) return;
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int r = wr0 + g + 8 * rr;
+#pragma unroll
+            for (int a = 0; a < 2; ++a) {
+                const float e1 = bE[a * 64 + r], ee = fmaxf(esc[a][rr], e1);
+                const float f0 = exp2f(esc[a][rr] - ee), f1 = exp2f(e1 - ee);
+                esc[a][rr] = ee;
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n) {
+                    const float2 y = *reinterpret_cast<const float2 *>(bO + (a * 64 + r) * D + n * 8 + 2 * q4);
+                    acc[a][0][n][rr * 2] = acc[a][0][n][rr * 2] * f0 + y.x * f1;
+                    acc[a][0][n][rr * 2 + 1] = acc[a][0][n][rr * 2 + 1] * f0 + y.y * f1;
+                }
+            }
+            cadd(dih[rr], dil[rr], bH[r * 4 + q4], bL[r * 4 + q4]);
         }
     }
-    if (role_dk) {
+
+    /* epilogue: rows = keys ks + wr0 + g (+8) */
+    const TArg &tdk = args.t[MLSTM_TENSOR_DK], &tdv = args.t[MLSTM_TENSOR_DV];
+#pragma unroll
+    for (int a = 0; a < NA; ++a) {
+        const bool is_dk = a == NA - 1 && do_dk;
+        float *gout = is_dk ? bh_ptr<float>(tdk, b, hh) : bh_ptr<float>(tdv, b, hh);
+        const int64_t oss = is_dk ? tdk.ss : tdv.ss;
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int64_t j = ks + wr0 + g + 8 * rr;
+            const float f = exp2f(esc[a][rr]) * (is_dk ? scale : 1.0f);
+            if (j < S) {
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n)
+                    *reinterpret_cast<float2 *>(gout + j * oss + n * 8 + 2 * q4) =
+                        make_float2(acc[a][0][n][rr * 2] * f, acc[a][0][n][rr * 2 + 1] * f);
+            }
+        }
+    }
+    if (do_dk) {
         const TArg &tdi = args.t[MLSTM_TENSOR_DI], &tdq = args.t[MLSTM_TENSOR_DQ];
         float *gdi = bh_ptr<float>(tdi, b, hh), *gdq = bh_ptr<float>(tdq, b, hh);
 #pragma unroll
