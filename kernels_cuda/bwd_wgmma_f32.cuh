@@ -20,6 +20,17 @@
 namespace mlstm {
 namespace wg {
 
+/* The producer's split of one stage of 64-row tiles X (hi, lo at st0, st0 + T) and Y (st0 + 2T, st0 + 3T), their row
+ * scales into invX / invY, then its arrive on the stage's full barrier */
+template <int D>
+__device__ __forceinline__ void split_stage_xy(uint32_t st0, float *invX, float *invY, uint32_t full, int pt)
+{
+    constexpr int T = 64 * D * 2;
+    split_convert<64, D, 128>(st0, st0 + T, invX, pt);
+    split_convert<64, D, 128>(st0 + 2 * T, st0 + 3 * T, invY, pt);
+    mbar_arrive(full);
+}
+
 /* ---- dK/dV: CTA = 64 keys; the consumer warpgroups' roles below (BOTH) ---- */
 template <int D, int NST>
 struct BwdDkdvF32Cfg {
@@ -66,13 +77,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
     const int wgi = warp >> 2;
 
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < NST; ++st) {
-            mbar_init(bFull + 8 * st, 128 + 32); /* every producer thread after its split, the gate warp */
-            mbar_init(bEmpty + 8 * st, 256);
-        }
-        mbar_init_fence();
-    }
+    mbar_init_stages<NST>(bFull, 128 + 32); /* full: every producer thread after its split, the gate warp */
     __syncthreads();
 
     if (wgi == 2) {
@@ -82,53 +87,36 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
         float offh = 0.0f, offl = 0.0f, pth = 0.0f, ptl = 0.0f; /* gate warp: offset, previous block's total */
         tc32::BwdQueryTerms qnext; /* gate warp: the next query block's terms, loaded a step early */
         if (pt < 32) qnext.load(args, b, hh, ks);
-        constexpr int LAG = NST >= 3 ? 1 : 0;                   /* as fwd_wgmma_f32.cuh */
-        auto split_step = [&](int64_t j) {
-            const int ps = (int)(j % NST);
-            const uint32_t st0 = aSt + ps * 4 * T;
-            float *g0 = sStg + ps * 8 * 64;
-            split_convert<64, D, 128>(st0, st0 + T, g0 + 5 * 64, pt);
-            split_convert<64, D, 128>(st0 + 2 * T, st0 + 3 * T, g0 + 6 * 64, pt);
-            mbar_arrive(bFull + 8 * ps);
-        };
-        for (int64_t it = 0; it <= nsteps; ++it) {
-            if (LAG == 0 && it >= 1) {
-                cp_async_wait<0>();
-                split_step(it - 1);
-            }
-            if (it == nsteps) break;
-            const int stage = (int)(it % NST);
-            const int64_t qs = ks + it * 64;
-            if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
-            const uint32_t st0 = aSt + stage * 4 * T;
-            split_copy<64, D, 128>(st0, st0 + T, gq, tq.ss, qs, S, pt);
-            split_copy<64, D, 128>(st0 + 2 * T, st0 + 3 * T, gdh, tdh.ss, qs, S, pt);
-            cp_async_commit();
-            if (pt < 32) {
-                float *g0 = sStg + stage * 8 * 64;
-                float th, tl;
-                qnext.finish(qs, S, g0, g0 + 64, g0 + 128, g0 + 192, g0 + 256, th, tl);
-                if (it + 1 < nsteps) qnext.load(args, b, hh, qs + 64);
-                if (qs > ks) cadd(offh, offl, pth, ptl);
-                pth = th;
-                ptl = tl;
-                if (lane == 0) {
-                    float oh = offh, ol = offl;
-                    cnorm(oh, ol);
-                    g0[7 * 64] = oh;
-                    g0[7 * 64 + 1] = ol;
+        split_producer<NST>(
+            nsteps, bEmpty,
+            [&](int64_t it, int stage) {
+                const int64_t qs = ks + it * 64;
+                const uint32_t st0 = aSt + stage * 4 * T;
+                split_copy<64, D, 128>(st0, st0 + T, gq, tq.ss, qs, S, pt);
+                split_copy<64, D, 128>(st0 + 2 * T, st0 + 3 * T, gdh, tdh.ss, qs, S, pt);
+                cp_async_commit();
+                if (pt < 32) {
+                    float *g0 = sStg + stage * 8 * 64;
+                    float th, tl;
+                    qnext.finish(qs, S, g0, g0 + 64, g0 + 128, g0 + 192, g0 + 256, th, tl);
+                    if (it + 1 < nsteps) qnext.load(args, b, hh, qs + 64);
+                    if (qs > ks) cadd(offh, offl, pth, ptl);
+                    pth = th;
+                    ptl = tl;
+                    if (lane == 0) {
+                        float oh = offh, ol = offl;
+                        cnorm(oh, ol);
+                        g0[7 * 64] = oh;
+                        g0[7 * 64 + 1] = ol;
+                    }
+                    mbar_arrive(bFull + 8 * stage);
                 }
-                mbar_arrive(bFull + 8 * stage);
-            }
-            if (LAG == 1 && it >= 1) {
-                cp_async_wait<1>();
-                split_step(it - 1);
-            }
-        }
-        if (LAG == 1 && nsteps >= 1) {
-            cp_async_wait<0>();
-            split_step(nsteps - 1);
-        }
+            },
+            [&](int64_t j) {
+                const int ps = (int)(j % NST);
+                float *g0 = sStg + ps * 8 * 64;
+                split_stage_xy<D>(aSt + ps * 4 * T, g0 + 5 * 64, g0 + 6 * 64, bFull + 8 * ps, pt);
+            });
         return;
     }
 
@@ -193,29 +181,9 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
             float(&cacc)[16] = reinterpret_cast<float(&)[16]>(c);
             float(&s2acc)[16] = reinterpret_cast<float(&)[16]>(s2);
             float(&dacc)[16] = reinterpret_cast<float(&)[16]>(dp);
-            reg_fence(sacc);
-            reg_fence(s2acc);
-            reg_fence(cacc);
-            fence();
-            split_score<32, D, 64, 64, false>(sacc, s2acc, cacc, aK, aK + T, st0 + qo, st0 + T + qo);
-            commit();
-            wait<0>();
-            reg_fence(sacc);
-            reg_fence(s2acc);
-            reg_fence(cacc);
-            split_merge<D>(sacc, s2acc, cacc);
+            split_score_wait<32, D, 64, 64, false>(sacc, s2acc, cacc, aK, aK + T, st0 + qo, st0 + T + qo);
             if (do_dk) { /* dP^T = V dh^T */
-                reg_fence(dacc);
-                reg_fence(s2acc);
-                reg_fence(cacc);
-                fence();
-                split_score<32, D, 64, 64, false>(dacc, s2acc, cacc, aV, aV + T, st0 + 2 * T + qo, st0 + 3 * T + qo);
-                commit();
-                wait<0>();
-                reg_fence(dacc);
-                reg_fence(s2acc);
-                reg_fence(cacc);
-                split_merge<D>(dacc, s2acc, cacc);
+                split_score_wait<32, D, 64, 64, false>(dacc, s2acc, cacc, aV, aV + T, st0 + 2 * T + qo, st0 + 3 * T + qo);
             }
             /* the true S^T, dP^T (same operation order as the dQ kernel); the columns' (query rows') inverse scales of
              * the second products' B operands: q (dK) and dh (dV) */
@@ -258,20 +226,10 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
             /* dV += ((C/n)^T / dh's scale) dh', dK += (P^T / q's scale) Q' over the half's query rows; x is s or
              * dp as a fixed array at each call (a run-time choice between them would select per element) */
             auto second = [&](float (&x)[1][4][4], int a, bool is_dk) {
-                float fac[2];
-                if (split_guard_raise(amx[a], esc[a], fac)) scale_frag_rows(acc[a][0], fac);
-                const float psc[2] = {pow2i(-(int)esc[a][0]), pow2i(-(int)esc[a][1])};
                 uint32_t ah[2][4], al[2][4];
-#pragma unroll
-                for (int kk = 0; kk < 2; ++kk) split_acc_to_a(x[0], kk, psc, ah[kk], al[kk]);
-                float(&oacc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(acc[a]);
-                reg_fence(oacc);
-                fence();
+                split_p_frags(x[0], amx[a], esc[a], acc[a][0], ah, al);
                 const uint32_t bB = (is_dk ? st0 : st0 + 2 * T) + qo;
-                split_rs<D, 2, 64>(oacc, ah, al, bB, bB + T);
-                commit();
-                wait<0>();
-                reg_fence(oacc);
+                split_rs_wait<D, 2, 64>(reinterpret_cast<float(&)[D / 2]>(acc[a]), ah, al, bB, bB + T);
             };
             if (BOTH) {
                 second(s, 0, false);
@@ -419,13 +377,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
     const int wgi = warp >> 2;
 
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < NST; ++st) {
-            mbar_init(bFull + 8 * st, 128 + 32);
-            mbar_init(bEmpty + 8 * st, 256);
-        }
-        mbar_init_fence();
-    }
+    mbar_init_stages<NST>(bFull, 128 + 32); /* full: every producer thread after its split, the gate warp */
     __syncthreads();
 
     if (wgi == 2) {
@@ -436,43 +388,26 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
         const float *gf = bh_ptr<float>(tf, b, hh), *gi = bh_ptr<float>(ti, b, hh);
         CGate64 knext; /* gate warp: the next key block's f and i, loaded a step early */
         if (pt < 32) knext.load(gf, tf.ss, gi, ti.ss, kfirst, S);
-        constexpr int LAG = NST >= 3 ? 1 : 0;
-        auto split_step = [&](int64_t j) {
-            const int ps = (int)(j % NST);
-            const uint32_t st0 = aSt + ps * 4 * T;
-            float *g0 = sStg + ps * 4 * 64;
-            split_convert<64, D, 128>(st0, st0 + T, g0 + 2 * 64, pt);
-            split_convert<64, D, 128>(st0 + 2 * T, st0 + 3 * T, g0 + 3 * 64, pt);
-            mbar_arrive(bFull + 8 * ps);
-        };
-        for (int64_t it = 0; it <= nsteps; ++it) {
-            if (LAG == 0 && it >= 1) {
-                cp_async_wait<0>();
-                split_step(it - 1);
-            }
-            if (it == nsteps) break;
-            const int stage = (int)(it % NST);
-            const int64_t ks = kfirst - it * 64;
-            if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
-            const uint32_t st0 = aSt + stage * 4 * T;
-            split_copy<64, D, 128>(st0, st0 + T, gk, tk.ss, ks, S, pt);
-            split_copy<64, D, 128>(st0 + 2 * T, st0 + 3 * T, gv, tv.ss, ks, S, pt);
-            cp_async_commit();
-            if (pt < 32) {
-                float *g0 = sStg + stage * 4 * 64;
-                key_pair_finish(knext, ks, qs, S, offh, offl, g0, g0 + 64);
-                if (ks > 0) knext.load(gf, tf.ss, gi, ti.ss, ks - 64, S);
-                mbar_arrive(bFull + 8 * stage);
-            }
-            if (LAG == 1 && it >= 1) {
-                cp_async_wait<1>();
-                split_step(it - 1);
-            }
-        }
-        if (LAG == 1 && nsteps >= 1) {
-            cp_async_wait<0>();
-            split_step(nsteps - 1);
-        }
+        split_producer<NST>(
+            nsteps, bEmpty,
+            [&](int64_t it, int stage) {
+                const int64_t ks = kfirst - it * 64;
+                const uint32_t st0 = aSt + stage * 4 * T;
+                split_copy<64, D, 128>(st0, st0 + T, gk, tk.ss, ks, S, pt);
+                split_copy<64, D, 128>(st0 + 2 * T, st0 + 3 * T, gv, tv.ss, ks, S, pt);
+                cp_async_commit();
+                if (pt < 32) {
+                    float *g0 = sStg + stage * 4 * 64;
+                    key_pair_finish(knext, ks, qs, S, offh, offl, g0, g0 + 64);
+                    if (ks > 0) knext.load(gf, tf.ss, gi, ti.ss, ks - 64, S);
+                    mbar_arrive(bFull + 8 * stage);
+                }
+            },
+            [&](int64_t j) {
+                const int ps = (int)(j % NST);
+                float *g0 = sStg + ps * 4 * 64;
+                split_stage_xy<D>(aSt + ps * 4 * T, g0 + 2 * 64, g0 + 3 * 64, bFull + 8 * ps, pt);
+            });
         return;
     }
 
@@ -529,17 +464,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
             float(&cacc)[16] = reinterpret_cast<float(&)[16]>(c);
             float(&dacc)[16] = reinterpret_cast<float(&)[16]>(dp);
             float(&s2acc)[16] = reinterpret_cast<float(&)[16]>(s2);
-            reg_fence(sacc);
-            reg_fence(s2acc);
-            reg_fence(cacc);
-            fence();
-            split_score<32, D, 64, 64, true>(sacc, s2acc, cacc, aQ, aQ + T, st0 + kh0 * 128, st0 + T + kh0 * 128);
-            commit();
-            wait<0>();
-            reg_fence(sacc);
-            reg_fence(s2acc);
-            reg_fence(cacc);
-            split_merge<D>(sacc, s2acc, cacc);
+            split_score_wait<32, D, 64, 64, true>(sacc, s2acc, cacc, aQ, aQ + T, st0 + kh0 * 128, st0 + T + kh0 * 128);
             float kc[4][2];
             tc::load_key_row<32>(kc, g0 + 2 * 64 + kh0, q4);
 #pragma unroll
@@ -547,18 +472,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
                     s[0][n][e] = __fmul_rn(__fmul_rn(s[0][n][e], kc[n][e & 1]), qinv[e >> 1]);
-            reg_fence(dacc);
-            reg_fence(s2acc);
-            reg_fence(cacc);
-            fence();
-            split_score<32, D, 64, 64, true>(dacc, s2acc, cacc, aDh, aDh + T, st0 + 2 * T + kh0 * 128,
+            split_score_wait<32, D, 64, 64, true>(dacc, s2acc, cacc, aDh, aDh + T, st0 + 2 * T + kh0 * 128,
                                              st0 + 3 * T + kh0 * 128);
-            commit();
-            wait<0>();
-            reg_fence(dacc);
-            reg_fence(s2acc);
-            reg_fence(cacc);
-            split_merge<D>(dacc, s2acc, cacc);
             float vc[4][2];
             tc::load_key_row<32>(vc, g0 + 3 * 64 + kh0, q4);
 #pragma unroll
@@ -581,18 +496,9 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
                     s[0][n][e] = x;
                     amx[rr] = fmaxf(amx[rr], fabsf(x));
                 }
-            float fac[2];
-            if (split_guard_raise(amx, esc, fac)) scale_frag_rows(o[0], fac);
-            const float psc[2] = {pow2i(-(int)esc[0]), pow2i(-(int)esc[1])};
             uint32_t ah[2][4], al[2][4];
-#pragma unroll
-            for (int kk = 0; kk < 2; ++kk) split_acc_to_a(s[0], kk, psc, ah[kk], al[kk]);
-            reg_fence(oacc);
-            fence();
-            split_rs<D, 2, 64>(oacc, ah, al, st0 + kh0 * 128, st0 + T + kh0 * 128);
-            commit();
-            wait<0>();
-            reg_fence(oacc);
+            split_p_frags(s[0], amx, esc, o[0], ah, al);
+            split_rs_wait<D, 2, 64>(oacc, ah, al, st0 + kh0 * 128, st0 + T + kh0 * 128);
         }
         mbar_arrive(bEmpty + 8 * stage);
     }

@@ -240,6 +240,35 @@ __device__ __forceinline__ void fwd_gate_tile32(float (&s)[MT][BN / 8][4], float
     }
 }
 
+/* One warp: the compensated key terms (gh, gl) (cgate_key) of the key tile at ks (its f and i in gt) against the query
+ * tile at qs (query-local cumsum sQh / sQl): inside the query tile F_t - F_j = Fq_t - (Fq_{ks-1} + Fk_j); below it the
+ * tile's total joins the compensated offset (offh, offl), so the tiles must come in descending order. */
+template <int BN>
+__device__ __forceinline__ void fwd_key_terms32(const CGateTile<BN> &gt, int64_t ks, int64_t qs, int64_t S,
+                                                const float *sQh, const float *sQl, float &offh, float &offl, float *gh,
+                                                float *gl)
+{
+    constexpr int E = CGateTile<BN>::E;
+    const int lane = threadIdx.x & 31;
+    float ch[E], cl[E], th, tl;
+    gt.scan(ch, cl, th, tl, ks, S);
+    float oh = 0.0f, ol = 0.0f;
+    if (ks > qs) {
+        oh = -sQh[ks - 1 - qs];
+        ol = -sQl[ks - 1 - qs];
+    } else if (ks < qs) {
+        cadd(offh, offl, th, tl);
+        oh = offh;
+        ol = offl;
+        cnorm(oh, ol);
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const int idx = lane * E + e;
+        if (idx < BN) cgate_key(ch[e], cl[e], gt.i[e], oh, ol, gh[idx], gl[idx]);
+    }
+}
+
 /* h = mLSTM(q, k, v, i, f) for one query tile of f32 storage; also writes m and signed n (see api/mlstm.h).
  * Fragment layouts (PTX ISA, mma.m16n8k8 tf32; g = lane/4, q4 = lane%4): A a0 (g, q4), a1 (g+8, q4), a2 (g, q4+4),
  * a3 (g+8, q4+4); B b0 (k q4, n g), b1 (k q4+4, n g); C c0, c1 (g, 2q4 + {0,1}), c2, c3 (g+8, ...).
@@ -301,29 +330,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     float offh = 0.0f, offl = 0.0f;
     CGateTile<BN> gnext;
     auto gate_finish = [&](int64_t ks, int bsel) {
-        constexpr int E = CGateTile<BN>::E;
-        float ch[E], cl[E], th, tl;
-        gnext.scan(ch, cl, th, tl, ks, S);
-        float oh = 0.0f, ol = 0.0f;
-        if (ks > qs) { /* key tile inside the query tile: F_t - F_j = Fq_t - (Fq_{ks-1} + Fk_j) */
-            oh = -sQh[ks - 1 - qs];
-            ol = -sQl[ks - 1 - qs];
-        } else if (ks < qs) {
-            cadd(offh, offl, th, tl);
-            oh = offh;
-            ol = offl;
-            cnorm(oh, ol);
-        }
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const int idx = lane * E + e;
-            if (idx < BN) {
-                float kgh, kgl;
-                cgate_key(ch[e], cl[e], gnext.i[e], oh, ol, kgh, kgl);
-                sGh[bsel * BN + idx] = kgh;
-                sGl[bsel * BN + idx] = kgl;
-            }
-        }
+        fwd_key_terms32(gnext, ks, qs, S, sQh, sQl, offh, offl, sGh + bsel * BN, sGl + bsel * BN);
     };
     if (warp == GW) {
         gnext.load(gf, tf.ss, gi, ti.ss, kt_hi * BN, S);

@@ -85,13 +85,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
     const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
 
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < NST; ++st) {
-            mbar_init(bFull + 8 * st, 128 + 32 * KS); /* every producer thread once its copies landed, the scan warps */
-            mbar_init(bEmpty + 8 * st, 256); /* every consumer thread, after its last read of the stage */
-        }
-        mbar_init_fence();
-    }
+    mbar_init_stages<NST>(bFull, 128 + 32 * KS); /* full: every producer thread once its copies landed, the scan warps */
     __syncthreads(); /* the only CTA-wide barrier: from here on the first K/V tiles, Q and the query gates load at once */
 
     if (wgi == 2) {

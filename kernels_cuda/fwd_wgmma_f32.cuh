@@ -76,13 +76,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_f32_kernel(const __gri
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
     const int64_t nsteps = kt_hi + 1; /* key tiles from the diagonal down */
 
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < NST; ++st) {
-            mbar_init(bFull + 8 * st, 128 + 32); /* every producer thread once its split is written, the gate warp */
-            mbar_init(bEmpty + 8 * st, 256);
-        }
-        mbar_init_fence();
-    }
+    mbar_init_stages<NST>(bFull, 128 + 32); /* full: every producer thread once its split is written, the gate warp */
     __syncthreads();
 
     if (wgi == 2) {
@@ -92,65 +86,30 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_f32_kernel(const __gri
         float offh = 0.0f, offl = 0.0f; /* gate warp: compensated offset of the key tiles below the query tile */
         CGateTile<BN> gnext;
         if (pt < 32) gnext.load(gf, tf.ss, gi, ti.ss, kt_hi * BN, S);
-        /* the split of step j follows its copy: with two stages at once (the consumers need it as soon as they
-         * finish step j - 1, and the copy was issued when they finished j - 2), with more stages one step later, so
-         * that the copy of step j + 1 is in flight meanwhile */
-        constexpr int LAG = NST >= 3 ? 1 : 0;
-        auto split_step = [&](int64_t j) {
-            const int ps = (int)(j % NST);
-            split_convert<BN, D, 128>(aK + 2 * ps * Cfg::KV_BYTES, aK + (2 * ps + 1) * Cfg::KV_BYTES, sKB + ps * BN, pt);
-            split_convert<BN, D, 128>(aV + 2 * ps * Cfg::KV_BYTES, aV + (2 * ps + 1) * Cfg::KV_BYTES, sVS + ps * BN, pt);
-            mbar_arrive(bFull + 8 * ps);
-        };
-        for (int64_t it = 0; it <= nsteps; ++it) {
-            if (LAG == 0 && it >= 1) {
-                cp_async_wait<0>();
-                split_step(it - 1);
-            }
-            if (it == nsteps) break;
-            const int stage = (int)(it % NST);
-            const int64_t kt = kt_hi - it, ks = kt * BN;
-            if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
-            split_copy<BN, D, 128>(aK + 2 * stage * Cfg::KV_BYTES, aK + (2 * stage + 1) * Cfg::KV_BYTES, gk, tk.ss,
-                                   ks, S, pt);
-            split_copy<BN, D, 128>(aV + 2 * stage * Cfg::KV_BYTES, aV + (2 * stage + 1) * Cfg::KV_BYTES, gv, tv.ss,
-                                   ks, S, pt);
-            cp_async_commit();
-            if (pt < 32) { /* the gate warp: key terms of this step, then the next tile's f and i */
-                if (it == 0) named_sync(3, 64); /* consumer warp 0 has written sQh / sQl */
-                constexpr int E = CGateTile<BN>::E;
-                float ch[E], cl[E], th, tl;
-                gnext.scan(ch, cl, th, tl, ks, S);
-                float oh = 0.0f, ol = 0.0f;
-                if (ks > qs) { /* key tile inside the query tile: F_t - F_j = Fq_t - (Fq_{ks-1} + Fk_j) */
-                    oh = -sQh[ks - 1 - qs];
-                    ol = -sQl[ks - 1 - qs];
-                } else if (ks < qs) {
-                    cadd(offh, offl, th, tl);
-                    oh = offh;
-                    ol = offl;
-                    cnorm(oh, ol);
+        split_producer<NST>(
+            nsteps, bEmpty,
+            [&](int64_t it, int stage) {
+                const int64_t kt = kt_hi - it, ks = kt * BN;
+                split_copy<BN, D, 128>(aK + 2 * stage * Cfg::KV_BYTES, aK + (2 * stage + 1) * Cfg::KV_BYTES, gk, tk.ss,
+                                       ks, S, pt);
+                split_copy<BN, D, 128>(aV + 2 * stage * Cfg::KV_BYTES, aV + (2 * stage + 1) * Cfg::KV_BYTES, gv, tv.ss,
+                                       ks, S, pt);
+                cp_async_commit();
+                if (pt < 32) { /* the gate warp: key terms of this step, then the next tile's f and i */
+                    if (it == 0) named_sync(3, 64); /* consumer warp 0 has written sQh / sQl */
+                    tc32::fwd_key_terms32(gnext, ks, qs, S, sQh, sQl, offh, offl, sGh + stage * BN, sGl + stage * BN);
+                    if (kt > 0) gnext.load(gf, tf.ss, gi, ti.ss, ks - BN, S);
+                    mbar_arrive(bFull + 8 * stage);
                 }
-#pragma unroll
-                for (int e = 0; e < E; ++e) {
-                    const int idx = lane * E + e;
-                    float kgh, kgl;
-                    cgate_key(ch[e], cl[e], gnext.i[e], oh, ol, kgh, kgl);
-                    sGh[stage * BN + idx] = kgh;
-                    sGl[stage * BN + idx] = kgl;
-                }
-                if (kt > 0) gnext.load(gf, tf.ss, gi, ti.ss, ks - BN, S);
-                mbar_arrive(bFull + 8 * stage);
-            }
-            if (LAG == 1 && it >= 1) {
-                cp_async_wait<1>(); /* step it's copies may still be in flight */
-                split_step(it - 1);
-            }
-        }
-        if (LAG == 1 && nsteps >= 1) {
-            cp_async_wait<0>();
-            split_step(nsteps - 1);
-        }
+            },
+            [&](int64_t j) {
+                const int ps = (int)(j % NST);
+                split_convert<BN, D, 128>(aK + 2 * ps * Cfg::KV_BYTES, aK + (2 * ps + 1) * Cfg::KV_BYTES, sKB + ps * BN,
+                                          pt);
+                split_convert<BN, D, 128>(aV + 2 * ps * Cfg::KV_BYTES, aV + (2 * ps + 1) * Cfg::KV_BYTES, sVS + ps * BN,
+                                          pt);
+                mbar_arrive(bFull + 8 * ps);
+            });
         return;
     }
 
@@ -208,17 +167,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_f32_kernel(const __gri
             float(&sacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
             float(&cacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(c);
             float(&s2acc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s2);
-            reg_fence(sacc);
-            reg_fence(s2acc);
-            reg_fence(cacc);
-            fence();
-            split_score<BN, D, BM, BN, true>(sacc, s2acc, cacc, aQhi, aQlo, cKhi, cKlo);
-            commit();
-            wait<0>();
-            reg_fence(sacc);
-            reg_fence(s2acc);
-            reg_fence(cacc);
-            split_merge<D>(sacc, s2acc, cacc);
+            split_score_wait<BN, D, BM, BN, true>(sacc, s2acc, cacc, aQhi, aQlo, cKhi, cKlo);
 
             /* S = (S' + corrections) / (k's row scale); the rows keep q's scale (undone in the epilogue) */
             float kb[BN / 8][2], gkh[BN / 8][2], gkl[BN / 8][2];
@@ -248,19 +197,9 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_f32_kernel(const __gri
                     s[0][n][e] = x;
                     amx[e >> 1] = fmaxf(amx[e >> 1], fabsf(x));
                 }
-            float fac[2];
-            if (split_guard_raise(amx, esc, fac)) scale_frag_rows(o[0], fac);
-            const float psc[2] = {pow2i(-(int)esc[0]), pow2i(-(int)esc[1])};
-
             uint32_t ph[BN / 16][4], pl[BN / 16][4];
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) split_acc_to_a(s[0], kk, psc, ph[kk], pl[kk]);
-            reg_fence(oacc);
-            fence();
-            split_rs<D, BN / 16, BN>(oacc, ph, pl, cVhi, cVlo);
-            commit();
-            wait<0>();
-            reg_fence(oacc);
+            split_p_frags(s[0], amx, esc, o[0], ph, pl);
+            split_rs_wait<D, BN / 16, BN>(oacc, ph, pl, cVhi, cVlo);
         }
         mbar_arrive(bEmpty + 8 * stage);
     }

@@ -91,6 +91,19 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, int count)
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
 __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+/* A warp-specialised kernel's stage barriers, by thread 0 before the CTA's first barrier: full[NST] (the producer's
+ * arrivals, full_count) and empty[NST] (every one of the 256 consumer threads, after its last read of the stage), 8 bytes
+ * apart from bFull */
+template <int NST> __device__ __forceinline__ void mbar_init_stages(uint32_t bFull, int full_count)
+{
+    if (threadIdx.x == 0) {
+        for (int st = 0; st < NST; ++st) {
+            mbar_init(bFull + 8 * st, full_count);
+            mbar_init(bFull + 8 * (NST + st), 256);
+        }
+        mbar_init_fence();
+    }
+}
 __device__ __forceinline__ void mbar_arrive(uint32_t bar)
 {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");

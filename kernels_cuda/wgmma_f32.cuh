@@ -161,6 +161,67 @@ __device__ __forceinline__ void split_rs(float (&acc)[N / 2], const uint32_t (&a
     }
 }
 
+/* split_rs, issued and waited for */
+template <int N, int NK, int R>
+__device__ __forceinline__ void split_rs_wait(float (&acc)[N / 2], const uint32_t (&ah)[NK][4],
+                                              const uint32_t (&al)[NK][4], uint32_t bHi, uint32_t bLo)
+{
+    reg_fence(acc);
+    fence();
+    split_rs<N, NK, R>(acc, ah, al, bHi, bLo);
+    commit();
+    wait<0>();
+    reg_fence(acc);
+}
+
+/* split_score, issued and waited for, then split_merge: s holds the f32 scores (s2, c are scratch) */
+template <int N, int D, int RA, int RB, bool A_IS_QUERY>
+__device__ __forceinline__ void split_score_wait(float (&s)[N / 2], float (&s2)[N / 2], float (&c)[N / 2], uint32_t aHi,
+                                                 uint32_t aLo, uint32_t bHi, uint32_t bLo)
+{
+    reg_fence(s);
+    reg_fence(s2);
+    reg_fence(c);
+    fence();
+    split_score<N, D, RA, RB, A_IS_QUERY>(s, s2, c, aHi, aLo, bHi, bLo);
+    commit();
+    wait<0>();
+    reg_fence(s);
+    reg_fence(s2);
+    reg_fence(c);
+    split_merge<D>(s, s2, c);
+}
+
+/* The producer warpgroup's loop of the f32 kernels over nsteps steps: for each step it, wait until its stage
+ * it % NST is empty (empty barriers at bEmpty, 8 bytes apart), issue(it, stage) (the raw copies, committed as one
+ * cp.async group, and the gate terms), and once step j's copies have landed split(j) (split_convert, then the arrive on
+ * the stage's full barrier). With two stages the split of step j comes right after its copy (the consumers need it as
+ * soon as they finish step j - 1, and the copy was issued when they finished j - 2); with more stages one step later,
+ * so that the copy of step j + 1 is in flight meanwhile. */
+template <int NST, typename Issue, typename Split>
+__device__ __forceinline__ void split_producer(int64_t nsteps, uint32_t bEmpty, Issue &&issue, Split &&split)
+{
+    constexpr int LAG = NST >= 3 ? 1 : 0;
+    for (int64_t it = 0; it <= nsteps; ++it) {
+        if (LAG == 0 && it >= 1) {
+            cp_async_wait<0>();
+            split(it - 1);
+        }
+        if (it == nsteps) break;
+        const int stage = (int)(it % NST);
+        if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
+        issue(it, stage);
+        if (LAG == 1 && it >= 1) {
+            cp_async_wait<1>(); /* step it's copies may still be in flight */
+            split(it - 1);
+        }
+    }
+    if (LAG == 1 && nsteps >= 1) {
+        cp_async_wait<0>();
+        split(nsteps - 1);
+    }
+}
+
 /* The A fragments (hi, lo) of one k16 slice of P = x 2^-esc from an m64nN f32 accumulator x (rows g: elements 0, 1;
  * g + 8: elements 2, 3; sc[r] = 2^-esc[r]), as acc_to_a does for one product. */
 template <int N>
@@ -195,6 +256,20 @@ __device__ __forceinline__ bool split_guard_raise(const float (&amx)[2], float (
         }
     }
     return any;
+}
+
+/* The split A fragments of a second product: x (an m64 accumulator fragment of NK k16 slices, this lane's largest |x|
+ * per row in amx) scaled per row by 2^-esc after split_guard_raise, which rescales the rows of the product's
+ * accumulator o when their exponent grows */
+template <int NK, int NO>
+__device__ __forceinline__ void split_p_frags(const float (&x)[2 * NK][4], const float (&amx)[2], float (&esc)[2],
+                                              float (&o)[NO][4], uint32_t (&ah)[NK][4], uint32_t (&al)[NK][4])
+{
+    float fac[2];
+    if (split_guard_raise(amx, esc, fac)) scale_frag_rows(o, fac);
+    const float psc[2] = {pow2i(-(int)esc[0]), pow2i(-(int)esc[1])};
+#pragma unroll
+    for (int kk = 0; kk < NK; ++kk) split_acc_to_a(x, kk, psc, ah[kk], al[kk]);
 }
 
 } // namespace wg
