@@ -96,7 +96,7 @@ struct DqWsCfg {
     static constexpr int SMEM = BAR_OFF + 16 * NST + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(64 % BN == 0 && BN % 32 == 0 && (BN * 128) % 1024 == 0, "key tile within one 64-block");
     static_assert(NST >= 2 && BAR_OFF % 8 == 0, "stages, mbarrier alignment");
-    static_assert(KS == 1 || (KS == 2 && (BM * D + 6 * BM) * 4 <= G_OFF), "merge buffer");
+    static_assert(KS == 1 || (KS == 2 && tc::split_buf_bytes(BM, D) <= G_OFF), "merge buffer");
     static_assert(SMEM <= 232448, "shared memory per block");
 };
 

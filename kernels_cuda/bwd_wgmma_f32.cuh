@@ -15,7 +15,10 @@
 
 #include "bwd_tf32.cuh"
 #include "fwd_tc.cuh"
+#include "tile_config.h"
 #include "wgmma_f32.cuh"
+
+#include <type_traits>
 
 namespace mlstm {
 namespace wg {
@@ -201,6 +204,14 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
             float amx[NA][2];
 #pragma unroll
             for (int a = 0; a < NA; ++a) amx[a][0] = amx[a][1] = 0.0f;
+#if !defined(MLSTM_F32_M_PARTIAL) || !defined(MLSTM_F32_FULL_BLOCKS)
+#error "tile_config.h sets MLSTM_F32_M_PARTIAL and MLSTM_F32_FULL_BLOCKS"
+#endif
+#if MLSTM_F32_M_PARTIAL
+            float mpart[2] = {0.0f, 0.0f};
+#endif
+            /* masked: the diagonal block or one reaching past S (else every pair j <= t < S) */
+            auto elems = [&](auto masked) {
 #pragma unroll
             for (int n = 0; n < 4; ++n)
 #pragma unroll
@@ -208,11 +219,16 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
                     const int rr = e >> 1, tl = hf * 32 + n * 8 + 2 * q4 + (e & 1);
                     const int64_t t = qs + tl, j = ks + wr0 + g + 8 * rr;
                     const float inv = cInv[tl];
-                    const float d = tc32::bwd_dprime(j <= t && t < S, cQh[tl], cQl[tl], kgh[rr], kgl[rr], cMt[tl]);
+                    const bool valid = decltype(masked)::value ? (j <= t && t < S) : true;
+                    const float d = tc32::bwd_dprime(valid, cQh[tl], cQl[tl], kgh[rr], kgl[rr], cMt[tl]);
                     const float sv = s[0][n][e];
                     if (do_dk) {
                         const float p = tc32::bwd_p(dp[0][n][e], cDel[tl], inv, d);
+#if MLSTM_F32_M_PARTIAL
+                        mpart[rr] += m_elem(p, sv, scale);
+#else
                         cadd(dih[rr], dil[rr], m_elem(p, sv, scale), 0.0f);
+#endif
                         const float x = p * cs[n][e & 1];
                         dp[0][n][e] = x;
                         amx[NA - 1][rr] = fmaxf(amx[NA - 1][rr], fabsf(x));
@@ -223,6 +239,19 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
                         amx[0][rr] = fmaxf(amx[0][rr], fabsf(x));
                     }
                 }
+            };
+#if MLSTM_F32_FULL_BLOCKS
+            if (it > 0 && qs + 64 <= S)
+                elems(std::false_type{});
+            else
+#endif
+                elems(std::true_type{});
+#if MLSTM_F32_M_PARTIAL
+            if (do_dk) {
+                cadd(dih[0], dil[0], mpart[0], 0.0f);
+                cadd(dih[1], dil[1], mpart[1], 0.0f);
+            }
+#endif
             /* dV += ((C/n)^T / dh's scale) dh', dK += (P^T / q's scale) Q' over the half's query rows; x is s or
              * dp as a fixed array at each call (a run-time choice between them would select per element) */
             auto second = [&](float (&x)[1][4][4], int a, bool is_dk) {
@@ -483,19 +512,39 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
                     dp[0][n][e] = __fmul_rn(__fmul_rn(dp[0][n][e], vc[n][e & 1]), dinv[e >> 1]);
 
             float amx[2] = {0.0f, 0.0f};
+#if MLSTM_F32_M_PARTIAL
+            float mpart[2] = {0.0f, 0.0f};
+#endif
+            auto elems = [&](auto masked) { /* masked: as in the dK/dV kernel */
 #pragma unroll
             for (int n = 0; n < 4; ++n)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int rr = e >> 1, jl = kh0 + n * 8 + 2 * q4 + (e & 1);
                     const int64_t t = qs + tr0 + g + 8 * rr, j = ks + jl;
-                    const float d = tc32::bwd_dprime(j <= t && t < S, rqh[rr], rql[rr], g0[jl], g0[64 + jl], rmt[rr]);
+                    const bool valid = decltype(masked)::value ? (j <= t && t < S) : true;
+                    const float d = tc32::bwd_dprime(valid, rqh[rr], rql[rr], g0[jl], g0[64 + jl], rmt[rr]);
                     const float p = tc32::bwd_p(dp[0][n][e], rdel[rr], rinv[rr], d);
+#if MLSTM_F32_M_PARTIAL
+                    mpart[rr] += m_elem(p, s[0][n][e], scale);
+#else
                     cadd(mh[rr], ml[rr], m_elem(p, s[0][n][e], scale), 0.0f);
+#endif
                     const float x = p * kc[n][e & 1]; /* dQ += (P / k's scale) K' */
                     s[0][n][e] = x;
                     amx[rr] = fmaxf(amx[rr], fabsf(x));
                 }
+            };
+#if MLSTM_F32_FULL_BLOCKS
+            if (k0 + 31 <= qs && qs + 64 <= S)
+                elems(std::false_type{});
+            else
+#endif
+                elems(std::true_type{});
+#if MLSTM_F32_M_PARTIAL
+            cadd(mh[0], ml[0], mpart[0], 0.0f);
+            cadd(mh[1], ml[1], mpart[1], 0.0f);
+#endif
             uint32_t ah[2][4], al[2][4];
             split_p_frags(s[0], amx, esc, o[0], ah, al);
             split_rs_wait<D, 2, 64>(oacc, ah, al, st0 + kh0 * 128, st0 + T + kh0 * 128);

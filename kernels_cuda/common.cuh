@@ -34,9 +34,10 @@ struct CtaPos {
     int64_t b, hh, rank;
     int sub;
 };
-__device__ __forceinline__ CtaPos cta_pos(const KArgs &a, int nsub = 1)
+__device__ __forceinline__ CtaPos cta_pos(const KArgs &a, int nsub = 1, int64_t idx = -1)
 {
-    const int64_t BH = a.B * a.NH, bh = blockIdx.x % BH, r = blockIdx.x / BH;
+    if (idx < 0) idx = blockIdx.x; /* else the position of CTA index idx (e.g. a cluster's) */
+    const int64_t BH = a.B * a.NH, bh = idx % BH, r = idx / BH;
     return CtaPos{bh / a.NH, bh % a.NH, r / nsub, (int)(r % nsub)};
 }
 

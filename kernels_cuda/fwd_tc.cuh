@@ -10,6 +10,9 @@
 namespace mlstm {
 namespace tc {
 
+/* bytes of a key-split merge buffer of NR rows (fwd_split_store) */
+constexpr int split_buf_bytes(int NR, int D) { return (NR * (D + 8) + 6 * NR) * 4; }
+
 template <int D, int MT, int NW, int BN, int KS = 1>
 struct FwdCfg {
     static constexpr int BM = 16 * MT * NW / KS; /* KS key groups of NW / KS warps each cover all BM rows */
@@ -22,7 +25,7 @@ struct FwdCfg {
     static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES;
     static constexpr int SMEM = G_OFF + (BM + 6 * KS * BN) * 4;
     /* KS > 1: the groups' merge reuses [0, G_OFF) for O [BM][D], l [BM][4], m [BM], esc [BM] (floats) */
-    static_assert(KS == 1 || (BM * D + 6 * BM) * 4 <= G_OFF, "merge buffer");
+    static_assert(KS == 1 || split_buf_bytes(BM, D) <= G_OFF, "merge buffer");
     static_assert(NW % KS == 0, "warps per key group");
     static_assert(BM % BN == 0, "query tile must be a multiple of the key tile");
     static_assert(BM % 32 == 0 && BN % 32 == 0 && BN % 16 == 0, "tile sizes");
@@ -152,6 +155,15 @@ __device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32
     for (int e = 0; e < E; ++e) ex[lane * E + e] = fast_exp2(gv[e] * MLSTM_LOG2E - x2);
 }
 
+/* The forward's normaliser of a row: nsig = l if |l| > e^-m else e^-m (l signed, undone from the range guard);
+ * returns the factor of the row's O, f / (|nsig| + eps) (f: sign of the scale times the range guard's 2^esc) */
+__device__ __forceinline__ float fwd_normalizer(float l, float m, float f, float eps, float &nsig)
+{
+    const float em = expf(-m);
+    nsig = (fabsf(l) > em) ? l : em;
+    return f / (fabsf(nsig) + eps);
+}
+
 /* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h, m, n. */
 template <typename T, int MT, int D, bool GUARD>
 __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
@@ -178,9 +190,8 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
                 l *= sc;
             }
             const float m = mrun[mt][rr];
-            const float em = expf(-m);
-            const float nsig = (fabsf(l) > em) ? l : em;
-            const float inv = sgn * sc / (fabsf(nsig) + args.eps);
+            float nsig;
+            const float inv = fwd_normalizer(l, m, sgn * sc, args.eps, nsig);
             const int64_t t = qs + wr0 + mt * 16 + g + rr * 8;
             if (t < S) {
                 T *row = gh + t * th.ss;
@@ -197,47 +208,47 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
     }
 }
 
-/* Key split (two groups of warps on the same BM query rows, each having walked every other key tile): merges
- * group 1's (O, l, m, esc) into group 0 through shared memory buf (floats; O [BM][D], l [BM][4], m [BM], esc [BM]),
- * which the caller has freed (a __syncthreads() after the last use). Every thread calls it (SYNC_N > 0: only the
- * first SYNC_N threads, which then meet at barrier 2 instead of __syncthreads); returns true in
- * group 0, which then holds the merged state and writes the epilogue. */
-template <int MT, int D, bool GUARD, int SYNC_N = 0>
-__device__ __forceinline__ bool fwd_split_merge(float *buf, int BM, int grp, int wr0, float (&o)[MT][D / 8][4],
-                                                float (&mrun)[MT][2], float (&lrun)[MT][2], float (&esc)[MT * 2])
+/* Key split, the two halves of a merge of two partial states over disjoint key sets (O, l, m, esc) of the same
+ * rows, through a buffer of NR rows (floats; O [NR][D + 8], l [NR][4] per-lane partials, m [NR], esc [NR]) in which
+ * a thread's rows are wr0 - r0 + mt * 16 + g (+ 8); the 8 floats of padding per O row put the eight rows g of a
+ * warp's accesses into different banks. fwd_split_store writes the state; fwd_split_combine, once the
+ * stores are visible, folds the buffer into the caller's state (buf may be another CTA's shared memory, mapped). */
+template <int MT, int D>
+__device__ __forceinline__ void fwd_split_store(float *buf, int NR, int r0, int wr0, const float (&o)[MT][D / 8][4],
+                                                const float (&mrun)[MT][2], const float (&lrun)[MT][2],
+                                                const float (&esc)[MT * 2])
 {
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    float *cO = buf;          /* [BM][D] */
-    float *cL = cO + BM * D;  /* [BM][4] per-lane partial l */
-    float *cM = cL + BM * 4;  /* [BM] */
-    float *cE = cM + BM;      /* [BM] */
-    if (grp == 1) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int rr = 0; rr < 2; ++rr) {
-                const int r = wr0 + mt * 16 + g + rr * 8;
-#pragma unroll
-                for (int n = 0; n < D / 8; ++n)
-                    *reinterpret_cast<float2 *>(cO + r * D + n * 8 + 2 * q4) =
-                        make_float2(o[mt][n][rr * 2], o[mt][n][rr * 2 + 1]);
-                cL[r * 4 + q4] = lrun[mt][rr];
-                if (q4 == 0) {
-                    cM[r] = mrun[mt][rr];
-                    cE[r] = esc[mt * 2 + rr];
-                }
-            }
-    }
-    if (SYNC_N > 0)
-        named_sync(2, SYNC_N);
-    else
-        __syncthreads();
-    if (grp == 1) return false;
+    constexpr int DP = D + 8;
+    float *cO = buf, *cL = cO + NR * DP, *cM = cL + NR * 4, *cE = cM + NR;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-            const int r = wr0 + mt * 16 + g + rr * 8;
+            const int r = wr0 - r0 + mt * 16 + g + rr * 8;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n)
+                *reinterpret_cast<float2 *>(cO + r * DP + n * 8 + 2 * q4) = make_float2(o[mt][n][rr * 2], o[mt][n][rr * 2 + 1]);
+            cL[r * 4 + q4] = lrun[mt][rr];
+            if (q4 == 0) {
+                cM[r] = mrun[mt][rr];
+                cE[r] = esc[mt * 2 + rr];
+            }
+        }
+}
+
+template <int MT, int D, bool GUARD>
+__device__ __forceinline__ void fwd_split_combine(const float *buf, int NR, int r0, int wr0, float (&o)[MT][D / 8][4],
+                                                  float (&mrun)[MT][2], float (&lrun)[MT][2], float (&esc)[MT * 2])
+{
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    constexpr int DP = D + 8;
+    const float *cO = buf, *cL = cO + NR * DP, *cM = cL + NR * 4, *cE = cM + NR;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int r = wr0 - r0 + mt * 16 + g + rr * 8;
             const float m1 = cM[r], m0 = mrun[mt][rr], mm = fmaxf(m0, m1);
             float f0 = expf(m0 - mm), f1 = expf(m1 - mm);
             if (GUARD) {
@@ -250,11 +261,29 @@ __device__ __forceinline__ bool fwd_split_merge(float *buf, int BM, int grp, int
             lrun[mt][rr] = lrun[mt][rr] * f0 + cL[r * 4 + q4] * f1;
 #pragma unroll
             for (int n = 0; n < D / 8; ++n) {
-                const float2 p = *reinterpret_cast<const float2 *>(cO + r * D + n * 8 + 2 * q4);
+                const float2 p = *reinterpret_cast<const float2 *>(cO + r * DP + n * 8 + 2 * q4);
                 o[mt][n][rr * 2] = o[mt][n][rr * 2] * f0 + p.x * f1;
                 o[mt][n][rr * 2 + 1] = o[mt][n][rr * 2 + 1] * f0 + p.y * f1;
             }
         }
+}
+
+/* Key split inside a CTA (two groups of warps on the same BM query rows, each having walked every other key tile):
+ * merges group 1's state into group 0 through shared memory buf (BM rows, as fwd_split_store), which the caller has
+ * freed (a __syncthreads() after the last use). Every thread calls it (SYNC_N > 0: only the first SYNC_N threads,
+ * which then meet at barrier 2 instead of __syncthreads); returns true in group 0, which then holds the merged state
+ * and writes the epilogue. */
+template <int MT, int D, bool GUARD, int SYNC_N = 0>
+__device__ __forceinline__ bool fwd_split_merge(float *buf, int BM, int grp, int wr0, float (&o)[MT][D / 8][4],
+                                                float (&mrun)[MT][2], float (&lrun)[MT][2], float (&esc)[MT * 2])
+{
+    if (grp == 1) fwd_split_store<MT, D>(buf, BM, 0, wr0, o, mrun, lrun, esc);
+    if (SYNC_N > 0)
+        named_sync(2, SYNC_N);
+    else
+        __syncthreads();
+    if (grp == 1) return false;
+    fwd_split_combine<MT, D, GUARD>(buf, BM, 0, wr0, o, mrun, lrun, esc);
     return true;
 }
 

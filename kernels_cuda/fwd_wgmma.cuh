@@ -11,6 +11,10 @@
  *   registers, and marks the stage empty.
  * - KS = 2 (key split, for grids too small to fill the GPU): both consumers cover the same 64 rows and take every
  *   other key tile (a stage holds two); their states are merged at the end (fwd_split_merge).
+ * - CL = 2 (cluster pair, the other answer to small grids): two CTAs of a cluster cover the same 128 rows, CTA r
+ *   every other key tile from the diagonal's tile - r down (its scan warps walk both tiles of a step for the gate
+ *   offset); at the end the consumer warpgroup of rows 64 r.. in CTA r merges the peer's state of those rows, read
+ *   from the peer's shared memory (fwd_split_combine through cluster_map), and writes them.
  * Registers: the producer gives its warpgroup's share back (setmaxnreg) so that the consumers hold 224 each.
  * Named barriers: 1 the producer warpgroup (its gate scratch), 2 the two consumer warpgroups (Q loaded; the split's
  * merge), 3 consumer warp 0 (query cumsum written) and the scan warps. */
@@ -22,7 +26,7 @@
 namespace mlstm {
 namespace wg {
 
-template <int D, int BN, int KS, int NST>
+template <int D, int BN, int KS, int NST, int CL = 1>
 struct FwdCfg {
     static constexpr int BM = 128 / KS;      /* query rows of a CTA (two consumer warpgroups) */
     static constexpr int NT = 384;           /* consumers: threads 0..255, producer: 256..383 */
@@ -32,21 +36,85 @@ struct FwdCfg {
     static constexpr int K_OFF = Q_BYTES;
     static constexpr int V_OFF = K_OFF + NST * KS * KV_BYTES; /* K, V: [NST stages][KS groups] tiles */
     static constexpr int G_OFF = V_OFF + NST * KS * KV_BYTES;
-    /* floats: sFq[BM]; [NST][KS][BN] each of sG2, sPM, sE (consumed with the stage); [2][KS][BN] each of sA
+    static constexpr int NG = KS * CL;       /* key tiles per step, over the cluster */
+    /* floats: sFq[BM]; [NST][KS][BN] each of sG2, sPM, sE (consumed with the stage); [2][NG][BN] each of sA
      * (logsigmoid f), sI (i) (the producer's scratch) */
-    static constexpr int G_FLOATS = BM + 3 * NST * KS * BN + 4 * KS * BN;
+    static constexpr int G_FLOATS = BM + 3 * NST * KS * BN + 4 * NG * BN;
     static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4; /* mbarriers: full[NST], empty[NST] */
     static constexpr int SMEM = BAR_OFF + 16 * NST + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "tiles start on 1024-byte boundaries");
     static_assert(BM % BN == 0 && BN % 32 == 0 && D % 64 == 0, "tile sizes");
-    static_assert(KS * BN <= 128, "one producer thread per key of a step");
+    static constexpr int KPT = (NG * BN + 127) / 128; /* keys of a step per gate-producer thread */
+    static_assert(CL == 1 || ((CL == 2 || CL == 4) && KS == 1 && tc::split_buf_bytes(BM, D) <= G_OFF),
+                  "cluster: its size, the reduction buffer");
     static_assert(BAR_OFF % 8 == 0, "mbarrier alignment");
     static_assert(NST >= 2, "stages");
-    static_assert(KS == 1 || (KS == 2 && (BM * D + 6 * BM) * 4 <= G_OFF), "key split: merge buffer");
+    static_assert(KS == 1 || (KS == 2 && tc::split_buf_bytes(BM, D) <= G_OFF), "key split: merge buffer");
     static_assert(SMEM <= 232448, "shared memory per block");
 };
 
-template <typename T, int D, int BN, int KS, int NST>
+/* Cluster of CL CTAs (fwd_split_store buffers of BM rows in each CTA's shared memory at buf, visible): CTA crank
+ * reduces rows [crank NR, crank NR + NR) of the CTAs' partial states and writes h, m, n for them (the 256 consumer
+ * threads; TPR per row, each on 8-column chunks TPR * 8 apart). */
+template <typename T, int D, int BM, int CL, bool GUARD>
+__device__ __forceinline__ void fwd_cluster_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs,
+                                                     const float *buf, int crank)
+{
+    constexpr int NR = BM / CL, TPR = 256 / NR, NCH = D / (8 * TPR);
+    static_assert(256 % NR == 0 && D % (8 * TPR) == 0, "reduction layout");
+    const int tid = (int)threadIdx.x, rl = tid / TPR, r = crank * NR + rl, c8 = (tid % TPR) * 8;
+    const int64_t t = qs + r, S = args.S;
+    const float *src[CL];
+#pragma unroll
+    for (int c = 0; c < CL; ++c) src[c] = c == crank ? buf : cluster_map(buf, c);
+    /* buffer layout (fwd_split_store): O [BM][D + 8], l [BM][4], m [BM], esc [BM] */
+    constexpr int DP = D + 8, LO = BM * DP;
+    float mc[CL], f[CL], mm = MLSTM_FLOOR, ee = -1e30f;
+#pragma unroll
+    for (int c = 0; c < CL; ++c) {
+        mc[c] = src[c][LO + BM * 4 + r];
+        mm = fmaxf(mm, mc[c]);
+        if (GUARD) ee = fmaxf(ee, src[c][LO + BM * 5 + r]);
+    }
+    float l = 0.0f;
+#pragma unroll
+    for (int c = 0; c < CL; ++c) {
+        f[c] = expf(mc[c] - mm);
+        if (GUARD) f[c] *= exp2f(src[c][LO + BM * 5 + r] - ee);
+        const float4 lp = *reinterpret_cast<const float4 *>(src[c] + LO + r * 4);
+        l += f[c] * ((lp.x + lp.y) + (lp.z + lp.w));
+    }
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f, sc = GUARD ? exp2f(ee) : 1.0f;
+    float nsig;
+    const float inv = tc::fwd_normalizer(l * sgn * sc, mm, sgn * sc, args.eps, nsig);
+    if (t >= S) return;
+    const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
+    T *row = bh_ptr<T>(th, b, hh) + t * th.ss;
+#pragma unroll
+    for (int k = 0; k < NCH; ++k) {
+        const int col = k * TPR * 8 + c8;
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int c = 0; c < CL; ++c) {
+            const float4 a = *reinterpret_cast<const float4 *>(src[c] + r * DP + col);
+            const float4 z = *reinterpret_cast<const float4 *>(src[c] + r * DP + col + 4);
+            acc[0] += f[c] * a.x, acc[1] += f[c] * a.y, acc[2] += f[c] * a.z, acc[3] += f[c] * a.w;
+            acc[4] += f[c] * z.x, acc[5] += f[c] * z.y, acc[6] += f[c] * z.z, acc[7] += f[c] * z.w;
+        }
+        uint4 out;
+        out.x = pack2<T>(acc[0] * inv, acc[1] * inv);
+        out.y = pack2<T>(acc[2] * inv, acc[3] * inv);
+        out.z = pack2<T>(acc[4] * inv, acc[5] * inv);
+        out.w = pack2<T>(acc[6] * inv, acc[7] * inv);
+        *reinterpret_cast<uint4 *>(row + col) = out;
+    }
+    if (c8 == 0) {
+        bh_ptr<float>(tm, b, hh)[t * tm.ss] = mm;
+        bh_ptr<float>(tn, b, hh)[t * tn.ss] = nsig;
+    }
+}
+
+template <typename T, int D, int BN, int KS, int NST, int CL = 1>
 __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -54,8 +122,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
      * in builds that include sm_90a) */
     __trap();
 #else
-    using Cfg = FwdCfg<D, BN, KS, NST>;
-    constexpr int BM = Cfg::BM;
+    using Cfg = FwdCfg<D, BN, KS, NST, CL>;
+    constexpr int BM = Cfg::BM, NG = Cfg::NG;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned char *smem = smem_aligned_1024(smem_raw);
     const uint32_t base = smem_u32(smem);
@@ -64,13 +132,15 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
     float *sG2 = sFq + BM;            /* [NST][KS][BN] G_j log2e */
     float *sPM = sG2 + NST * KS * BN; /* [NST][KS][BN] prefix max of G_j over the tile */
     float *sE = sPM + NST * KS * BN;  /* [NST][KS][BN] 2^(G_j log2e - X), X the tile's largest (fwd_gate_tile) */
-    float *sA = sE + NST * KS * BN;   /* [2][KS][BN] logsigmoid(f_j) (0 beyond S) */
-    float *sI = sA + 2 * KS * BN;     /* [2][KS][BN] i_j */
+    float *sA = sE + NST * KS * BN;   /* [2][NG][BN] logsigmoid(f_j) (0 beyond S) */
+    float *sI = sA + 2 * NG * BN;     /* [2][NG][BN] i_j */
     const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
 
     const int64_t S = args.S;
     const int64_t nqt = (S + BM - 1) / BM;
-    const CtaPos cp = cta_pos(args);
+    const int crank = CL > 1 ? cluster_rank() : 0; /* a cluster's CTAs are consecutive in x */
+    const int g0 = crank * KS;                      /* the step's first key tile of this CTA */
+    const CtaPos cp = cta_pos(args, 1, blockIdx.x / CL);
     const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
     const int64_t qs = qt * BM;
 
@@ -83,7 +153,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
     const int wgi = warp >> 2; /* 0, 1: consumers; 2: producer */
 
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
-    const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
+    const int64_t nsteps = kt_hi / NG + 1; /* steps of NG key tiles (KS of them this CTA's), from the diagonal down */
 
     mbar_init_stages<NST>(bFull, 128 + 32 * KS); /* full: every producer thread once its copies landed, the scan warps */
     __syncthreads(); /* the only CTA-wide barrier: from here on the first K/V tiles, Q and the query gates load at once */
@@ -92,15 +162,19 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
         /* ---- producer warpgroup ---- */
         setmaxnreg_dec<Cfg::PROD_REGS>();
         const int pt = (int)threadIdx.x - 256;
-        const int ptile = pt / BN, ppos = pt % BN; /* gate producer: group, key in the tile */
-        const bool producer = pt < KS * BN;
-        /* f and i of the thread's key two steps ahead (the loads overtake the K/V copies issued in between) */
-        float pf0 = 0.0f, pi0 = 0.0f, pf1 = 0.0f, pi1 = 0.0f;
-        auto gate_load = [&](int64_t st, float &f, float &i) { /* step st: tiles kt_hi - st * KS - gs */
-            const int64_t kt = kt_hi - st * KS - ptile, s = kt * BN + ppos;
-            const bool ok = producer && st < nsteps && kt >= 0 && s < S;
-            f = ok ? gf[s * tf.ss] : 0.0f;
-            i = ok ? gi[s * ti.ss] : 0.0f;
+        /* gate producer: keys pt + 128 u (u < KPT) of the step's NG tiles; f and i of each two steps ahead (the loads
+         * overtake the K/V copies issued in between) */
+        constexpr int KPT = Cfg::KPT;
+        float pf0[KPT], pi0[KPT], pf1[KPT], pi1[KPT];
+        auto gate_load = [&](int64_t st, float(&f)[KPT], float(&i)[KPT]) { /* step st: tiles kt_hi - st * NG - gs */
+#pragma unroll
+            for (int u = 0; u < KPT; ++u) {
+                const int key = pt + 128 * u, ptile = key / BN;
+                const int64_t kt = kt_hi - st * NG - ptile, s = kt * BN + key % BN;
+                const bool ok = key < NG * BN && st < nsteps && kt >= 0 && s < S;
+                f[u] = ok ? gf[s * tf.ss] : 0.0f;
+                i[u] = ok ? gi[s * ti.ss] : 0.0f;
+            }
         };
         Comp off = {0.0f, 0.0f};
         gate_load(0, pf0, pi0);
@@ -108,32 +182,39 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
         for (int64_t it = 0; it < nsteps; ++it) {
             const int stage = (int)(it % NST);
             if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
-            /* gates first, so that the scan warp writes them while the K/V copies are being issued */
-            if (producer) {
-                const int64_t kt = kt_hi - it * KS - ptile, s = kt * BN + ppos;
-                const int o = ((int)(it & 1) * KS + ptile) * BN + ppos;
-                sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf0) : 0.0f;
-                sI[o] = pi0;
+            /* the stage's K/V copies first (in flight while the gates are staged and scanned), then the gates */
+            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * NG - g0, gk, tk.ss, gv, tv.ss, S,
+                                        pt);
+            mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
+#pragma unroll
+            for (int u = 0; u < KPT; ++u) {
+                const int key = pt + 128 * u;
+                if (key < NG * BN) {
+                    const int64_t kt = kt_hi - it * NG - key / BN, s = kt * BN + key % BN;
+                    const int o = (int)(it & 1) * NG * BN + key;
+                    sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf0[u]) : 0.0f;
+                    sI[o] = pi0[u];
+                }
+                pf0[u] = pf1[u];
+                pi0[u] = pi1[u];
             }
-            pf0 = pf1;
-            pi0 = pi1;
             gate_load(it + 2, pf1, pi1);
             named_sync(1, 128);
-            if (pt < 32 * KS) { /* scan warp w writes the gates of tile gs = w; every scan warp walks the step's tiles
-                                  * in descending order and keeps the same compensated offset */
+            if (pt < 32 * KS) { /* scan warp w writes the gates of tile gs = g0 + w; every scan warp walks the step's
+                                  * NG tiles in descending order and keeps the same compensated offset */
                 if (it == 0) named_sync(3, 32 * (KS + 1)); /* consumer warp 0 has written sFq */
                 constexpr int E = BN / 32;
                 const int w = pt >> 5;
 #pragma unroll
-                for (int gs = 0; gs < KS; ++gs) {
-                    const int64_t kt = kt_hi - it * KS - gs;
+                for (int gs = 0; gs < NG; ++gs) {
+                    const int64_t kt = kt_hi - it * NG - gs;
                     if (kt < 0) continue;
-                    const int src = ((int)(it & 1) * KS + gs) * BN, dst = (stage * KS + gs) * BN;
+                    const int src = ((int)(it & 1) * NG + gs) * BN, dst = (stage * KS + gs - g0) * BN;
                     float a[E], iv[E], cum[E];
 #pragma unroll
                     for (int e = 0; e < E; ++e) a[e] = sA[src + lane * E + e];
                     const float tot = GateTile<BN>::scan_values(cum, a);
-                    if (gs == w) {
+                    if (gs == g0 + w) {
 #pragma unroll
                         for (int e = 0; e < E; ++e) iv[e] = sI[src + lane * E + e];
                         tc::fwd_key_gates_scanned<BN>(cum, tot, iv, off, kt * BN, qs, sFq, sG2 + dst, sPM + dst,
@@ -144,10 +225,14 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
-            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * KS, gk, tk.ss, gv, tv.ss, S, pt);
-            mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
         }
         cp_async_wait<0>(); /* no copy outlives its thread */
+        if constexpr (CL > 1) { /* the merge's two cluster barriers count every thread */
+            cluster_arrive();
+            cluster_wait();
+            cluster_arrive();
+            cluster_wait();
+        }
         return;
     }
 
@@ -184,7 +269,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
 
     for (int64_t it = 0; it < nsteps; ++it) {
         const int stage = (int)(it % NST);
-        const int64_t kt = kt_hi - it * KS - grp; /* this warpgroup's key tile (< 0: none left for its group) */
+        const int64_t kt = kt_hi - it * NG - g0 - grp; /* this warpgroup's key tile (< 0: none left for its group) */
         const int64_t ks = kt * BN;
         const int slot = stage * KS + grp;
         const uint32_t cK = aK + slot * Cfg::KV_BYTES, cV = aV + slot * Cfg::KV_BYTES;
@@ -249,6 +334,19 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
         mbar_arrive(bEmpty + 8 * stage);
     }
 
+    if constexpr (CL > 1) {
+        /* every CTA stores its state of all BM rows in its (now idle) Q / K / V tiles; once all are stored, CTA r
+         * reduces rows [r BM / CL, (r + 1) BM / CL) over the cluster's buffers and writes them */
+        named_sync(2, 256); /* both consumers are done with the Q / K / V tiles */
+        float *buf = reinterpret_cast<float *>(smem);
+        tc::fwd_split_store<1, D>(buf, BM, 0, wr0, o, mrun, lrun, esc);
+        cluster_arrive();
+        cluster_wait(); /* every CTA's stores are visible */
+        fwd_cluster_epilogue<T, D, BM, CL, GUARD>(args, b, hh, qs, buf, crank);
+        cluster_arrive();
+        cluster_wait(); /* the cluster is done reading this CTA's shared memory: now it may exit */
+        return;
+    }
     if constexpr (KS > 1) {
         named_sync(2, 256); /* both consumers are done with the Q / K / V tiles (all loads have landed): the merge
                              * reuses them */

@@ -36,11 +36,28 @@ template <typename K> static inline cudaError_t set_smem(K k, int bytes)
     return cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 /* k<<<n, nt, smem, st>>>(a), refusing a grid that does not fit */
-template <typename K> static inline cudaError_t launch_1d(K k, int64_t n, int nt, int smem, cudaStream_t st, const KArgs &a)
+/* n CTAs (n clusters of cl consecutive CTAs when cl > 1) */
+template <typename K>
+static inline cudaError_t launch_1d(K k, int64_t n, int nt, int smem, cudaStream_t st, const KArgs &a, int cl = 1)
 {
-    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
-    k<<<(unsigned)n, nt, smem, st>>>(a);
-    return cudaGetLastError();
+    if (!grid_ok(n * cl)) return cudaErrorInvalidConfiguration;
+    if (cl == 1) {
+        k<<<(unsigned)n, nt, smem, st>>>(a);
+        return cudaGetLastError();
+    }
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)cl;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3((unsigned)(n * cl));
+    cfg.blockDim = dim3((unsigned)nt);
+    cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = st;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, k, a);
 }
 
 #define MLSTM_TRY(x)                                                                                             \
@@ -112,8 +129,8 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
 /* ---- sm_90a warpgroup-MMA forward ---- */
 template <typename T, int D, bool SPLIT> struct WgFwd {
     using C = typename std::conditional<SPLIT, typename TileCfg<D>::FwdWgK, typename TileCfg<D>::FwdWg>::type;
-    using F = wg::FwdCfg<D, C::BN, C::KS, C::NST>;
-    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST>;
+    using F = wg::FwdCfg<D, C::BN, C::KS, C::NST, C::CL>;
+    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST, C::CL>;
 };
 
 template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma()
@@ -126,7 +143,7 @@ template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &
 {
     using KK = WgFwd<T, D, SPLIT>;
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
-    return launch_1d(KK::fwd, n, KK::F::NT, KK::F::SMEM, st, a);
+    return launch_1d(KK::fwd, n, KK::F::NT, KK::F::SMEM, st, a, KK::C::CL);
 }
 
 template <typename T, int D> struct WgDq {

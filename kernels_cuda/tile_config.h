@@ -124,7 +124,9 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
  * (64 floats per thread), O 32/64 floats; D = 256: O is 128 floats per thread, so 64-key tiles. Shared memory (Q +
  * NST K/V stages + gates): 154 / 167 / 196 KB. H200 (bench/RESULTS.md 05:02): 64-key tiles slower at S8192 (D64
  * 0.248 -> 0.338 ms), fewer or more stages within noise. */
-template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int NST = NST_, BN = BN_, KS = KS_; };
+template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
+    static constexpr int NST = NST_, BN = BN_, KS = KS_, CL = CL_;
+};
 #ifndef MLSTM_TC64_FWD_WG
 #define MLSTM_TC64_FWD_WG 4128
 #endif
@@ -144,7 +146,8 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #ifndef MLSTM_WGMMA_DEFAULT
 #define MLSTM_WGMMA_DEFAULT (-1)
 #endif
-#define MLSTM_WG_TILE(X) WgTile<(X) / 1000 % 10, (X) % 1000, ((X) / 10000 > 0 ? (X) / 10000 : 1)>
+#define MLSTM_WG_TILE(X)                                                                                         \
+    WgTile<(X) / 1000 % 10, (X) % 1000, ((X) / 10000 % 10 > 0 ? (X) / 10000 % 10 : 1), ((X) / 100000 > 0 ? (X) / 100000 : 1)>
 /* Key-split variant (KS = 2, packed as 20000 + NST * 1000 + BN): both consumer warpgroups on the same 64 query
  * rows, each taking every other key tile, for grids below MLSTM_TC{D}_FWD_WG_SPLIT_PCT percent of the SMs (default
  * tiles). Two K/V tiles per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 146 / 216 /
@@ -157,7 +160,7 @@ template <int NST_, int BN_, int KS_ = 1> struct WgTile { static constexpr int N
 #define MLSTM_TC128_FWD_WG_K 23064
 #endif
 #ifndef MLSTM_TC256_FWD_WG_K
-#define MLSTM_TC256_FWD_WG_K 22032
+#define MLSTM_TC256_FWD_WG_K 202064
 #endif
 /* the split's threshold in percent of the SMs, per D. H200, bf16 B1 NH8 S2048 (128 default CTAs; bench/RESULTS.md,
  * 2026-11-26 05:22): split 0.0299 / 0.0373 / 0.0688 ms against unsplit 0.0312 / 0.0392 / 0.0699 for D = 64 / 128 / 256,
@@ -309,6 +312,15 @@ template <int NW_, int BMQ_, bool SPLIT_> struct Dkdv32Tile {
 /* sm_90a f32 forward on split f16 warpgroup MMA (fwd_wgmma_f32.cuh), D = 64 / 128: (NST, BN) packed as NST * 1000
  * + BN like FWD_WG. Q and every K/V stage hold a hi and a lo tile, twice fwd_wgmma.cuh's bytes: 64-key tiles with 4 /
  * 2 stages take 163 / 196 KB. */
+/* f32 split backward element loops (bwd_wgmma_f32.cuh): M_PARTIAL sums a thread's M_tj of a step in plain f32
+ * before the compensated add into di / the row sums; FULL_BLOCKS skips the per-element mask where a block is below
+ * the diagonal and inside S */
+#ifndef MLSTM_F32_M_PARTIAL
+#define MLSTM_F32_M_PARTIAL 1
+#endif
+#ifndef MLSTM_F32_FULL_BLOCKS
+#define MLSTM_F32_FULL_BLOCKS 1
+#endif
 #ifndef MLSTM_F32_64_FWD_WG
 #define MLSTM_F32_64_FWD_WG 4064
 #endif

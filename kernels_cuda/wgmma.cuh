@@ -132,6 +132,24 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile
 
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+/* Thread-block clusters: this CTA's rank in its cluster; the cluster barrier (arrive with release, wait with acquire;
+ * complete once every thread of every CTA of the cluster has arrived); another CTA's shared memory, mapped into the
+ * generic address space (p: a generic address of this CTA's shared memory). */
+__device__ __forceinline__ int cluster_rank()
+{
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return (int)r;
+}
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
+template <typename P> __device__ __forceinline__ const P *cluster_map(const P *p, int rank)
+{
+    uint64_t r;
+    asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(r) : "l"(p), "r"(rank));
+    return reinterpret_cast<const P *>(r);
+}
+
 /* Keeps the compiler from moving accesses of the accumulators across the asynchronous MMA's issue and wait. */
 template <int N>
 __device__ __forceinline__ void reg_fence(float (&d)[N])
