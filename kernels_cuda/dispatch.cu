@@ -9,6 +9,7 @@
 #include "mlstm_cuda_kernels.h"
 
 namespace mlstm {
+PFN_cuTensorMapEncodeTiled_v12000 g_tma_encode = nullptr; /* launch.h */
 namespace {
 
 KArgs make_args(const mlstm_params *p)
@@ -115,6 +116,11 @@ int g_wg_mode = -1;
 template <int D> bool use_wgmma_split(const KArgs &a, int t)
 {
     if (!g_wgs_ok[t][dim_index(D)] || g_small_mode == 0) return false;
+    if (TileCfg<D>::FwdWgK::CL > 1) { /* the cluster variant loads K/V through TMA */
+        cuuint64_t dims[4], strides[3];
+        if (!tma_shape(a.t[MLSTM_TENSOR_K], a, D, dims, strides) || !tma_shape(a.t[MLSTM_TENSOR_V], a, D, dims, strides))
+            return false;
+    }
     if (g_small_mode == 1) return true;
     /* default tiles: 128 rows */
     return (a.S + 127) / 128 * a.B * a.NH * 100 < (int64_t)TileCfg<D>::FWD_WG_SPLIT_PCT * g_sms;
@@ -379,6 +385,16 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
 #else
     const bool sm90a = false;
 #endif
+    g_tma_encode = nullptr;
+    if (sm90a) {
+        void *fn = nullptr;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            g_tma_encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+        else
+            (void)cudaGetLastError();
+    }
     tc_setup_all<__half>(0, major >= 9, sm90a);
     tc_setup_all<__nv_bfloat16>(1, major >= 9, sm90a);
     g_f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;

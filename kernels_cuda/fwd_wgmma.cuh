@@ -114,8 +114,11 @@ __device__ __forceinline__ void fwd_cluster_epilogue(const KArgs &args, int64_t 
     }
 }
 
-template <typename T, int D, int BN, int KS, int NST, int CL = 1>
-__global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args)
+/* TMA (tm: the K / V maps): producer thread 0 loads each stage with tensor copies (the cluster variant); else the
+ * 128 producer threads cp.async it and tm is unused */
+template <typename T, int D, int BN, int KS, int NST, int CL = 1, bool TMA = (CL > 1)>
+__global__ void __launch_bounds__(384, 1)
+    mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaKV tm)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     /* built for an architecture without wgmma: never launched (dispatch.cu enables it on compute capability 9.0
@@ -155,7 +158,9 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
     const int64_t nsteps = kt_hi / NG + 1; /* steps of NG key tiles (KS of them this CTA's), from the diagonal down */
 
-    mbar_init_stages<NST>(bFull, 128 + 32 * KS); /* full: every producer thread once its copies landed, the scan warps */
+    static_assert(!TMA || KS == 1, "TMA stages: one key tile");
+    /* full: every producer thread once its copies landed (TMA: thread 0's expect-tx arrival), the scan warps */
+    mbar_init_stages<NST>(bFull, (TMA ? 1 : 128) + 32 * KS);
     __syncthreads(); /* the only CTA-wide barrier: from here on the first K/V tiles, Q and the query gates load at once */
 
     if (wgi == 2) {
@@ -183,9 +188,24 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_kernel(const __grid_co
             const int stage = (int)(it % NST);
             if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
             /* the stage's K/V copies first (in flight while the gates are staged and scanned), then the gates */
-            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * NG - g0, gk, tk.ss, gv, tv.ss, S,
-                                        pt);
-            mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
+            if constexpr (TMA) {
+                const int64_t kt = kt_hi - it * NG - g0;
+                if (pt == 0 && kt >= 0) {
+                    const uint32_t full = bFull + 8 * stage, dk = aK + stage * Cfg::KV_BYTES, dv = aV + stage * Cfg::KV_BYTES;
+                    mbar_arrive_expect_tx(full, 2 * Cfg::KV_BYTES);
+#pragma unroll
+                    for (int cb = 0; cb < D / 64; ++cb) {
+                        tma_load_4d(dk + cb * BN * 128, &tm.k, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
+                        tma_load_4d(dv + cb * BN * 128, &tm.v, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
+                    }
+                } else if (pt == 0) {
+                    mbar_arrive(bFull + 8 * stage); /* no tile of this CTA in the step */
+                }
+            } else {
+                ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * NG - g0, gk, tk.ss, gv, tv.ss,
+                                            S, pt);
+                mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
+            }
 #pragma unroll
             for (int u = 0; u < KPT; ++u) {
                 const int key = pt + 128 * u;

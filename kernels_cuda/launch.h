@@ -5,9 +5,31 @@
 #pragma once
 
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled (called through cudaGetDriverEntryPointByVersion) */
 #include "common.cuh"
 
 namespace mlstm {
+
+/* The driver's tensor-map encoder, found at setup (dispatch.cu; null: none, so no TMA kernels), and the shape of a
+ * TMA map of tensor t of a (B, NH, S, D) problem with 2-byte elements (wgmma.cuh TmaKV): dims innermost first, byte
+ * strides of dims 1..3 (a dimension of size 1 gets the row stride: any legal value serves). False where the hardware's
+ * limits (strides multiples of 16 bytes below 2^40, coordinates within int32) rule TMA out. */
+extern PFN_cuTensorMapEncodeTiled_v12000 g_tma_encode;
+inline bool tma_shape(const TArg &t, const KArgs &a, int64_t D, cuuint64_t dims[4], cuuint64_t strides[3])
+{
+    const int64_t row = a.S > 1 ? t.ss * 2 : D * 2;
+    const int64_t st[3] = {row, a.NH > 1 ? t.sh * 2 : row, a.B > 1 ? t.sb * 2 : row};
+    for (int i = 0; i < 3; ++i) {
+        if (st[i] <= 0 || st[i] % 16 != 0 || st[i] >= ((int64_t)1 << 40)) return false;
+        strides[i] = (cuuint64_t)st[i];
+    }
+    if (a.S >= ((int64_t)1 << 31) || a.NH >= ((int64_t)1 << 31) || a.B >= ((int64_t)1 << 31)) return false;
+    dims[0] = (cuuint64_t)D;
+    dims[1] = (cuuint64_t)a.S;
+    dims[2] = (cuuint64_t)a.NH;
+    dims[3] = (cuuint64_t)a.B;
+    return g_tma_encode != nullptr;
+}
 
 /* tensor-core path: T in {__half, __nv_bfloat16}, D in {64, 128, 256}, DQK = DV = D, 16-byte aligned rows;
  * forward VAR: FWD_DEFAULT, FWD_SMALL (small-grid tiles) or FWD_SPLIT (key split), tile_config.h; backward
@@ -22,7 +44,8 @@ template <typename T, int D> cudaError_t setup_bwd_dq_tc();
 
 /* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): T in {__half, __nv_bfloat16}, D in {64, 128, 256}, the same
  * inputs as the tensor-core path; only for devices of compute capability 9.0 and builds that include sm_90a.
- * SPLIT: the key-split variant for small grids (TileCfg<D>::FwdWgK) */
+ * SPLIT: the small-grid variant (TileCfg<D>::FwdWgK: key split, or a cluster of CTAs, which loads K/V through TMA and
+ * so needs tma_shape of K and V) */
 template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st);
 template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma();
 /* sm_90a warpgroup-MMA dQ and dK/dV kernels (bwd_wgmma.cuh), same conditions; replace run_bwd_dq_tc and

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <limits.h>
+#include <string.h>
 #include <type_traits>
 #include "launch.h"
 #include "tile_config.h"
@@ -36,15 +37,17 @@ template <typename K> static inline cudaError_t set_smem(K k, int bytes)
     return cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 /* k<<<n, nt, smem, st>>>(a), refusing a grid that does not fit */
-/* n CTAs (n clusters of cl consecutive CTAs when cl > 1) */
-template <typename K>
-static inline cudaError_t launch_1d(K k, int64_t n, int nt, int smem, cudaStream_t st, const KArgs &a, int cl = 1)
+template <typename K> static inline cudaError_t launch_1d(K k, int64_t n, int nt, int smem, cudaStream_t st, const KArgs &a)
+{
+    if (!grid_ok(n)) return cudaErrorInvalidConfiguration;
+    k<<<(unsigned)n, nt, smem, st>>>(a);
+    return cudaGetLastError();
+}
+/* the same with more kernel arguments, in n clusters of cl consecutive CTAs (cl 1: no clusters) */
+template <typename K, typename... X>
+static inline cudaError_t launch_1d_cl(K k, int64_t n, int cl, int nt, int smem, cudaStream_t st, const X &...x)
 {
     if (!grid_ok(n * cl)) return cudaErrorInvalidConfiguration;
-    if (cl == 1) {
-        k<<<(unsigned)n, nt, smem, st>>>(a);
-        return cudaGetLastError();
-    }
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -56,8 +59,8 @@ static inline cudaError_t launch_1d(K k, int64_t n, int nt, int smem, cudaStream
     cfg.dynamicSmemBytes = (size_t)smem;
     cfg.stream = st;
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, k, a);
+    cfg.numAttrs = cl > 1 ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, x...);
 }
 
 #define MLSTM_TRY(x)                                                                                             \
@@ -130,8 +133,23 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
 template <typename T, int D, bool SPLIT> struct WgFwd {
     using C = typename std::conditional<SPLIT, typename TileCfg<D>::FwdWgK, typename TileCfg<D>::FwdWg>::type;
     using F = wg::FwdCfg<D, C::BN, C::KS, C::NST, C::CL>;
+    static constexpr bool TMA = C::CL > 1; /* the kernel's default */
     static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST, C::CL>;
 };
+
+/* the TMA map of tensor t (launch.h tma_shape; boxes of 64 columns x rows) */
+template <typename T>
+static inline cudaError_t tma_map(CUtensorMap *m, const TArg &t, const KArgs &a, int64_t D, int rows)
+{
+    cuuint64_t dims[4], strides[3];
+    if (!tma_shape(t, a, D, dims, strides)) return cudaErrorNotSupported;
+    const cuuint32_t box[4] = {64, (cuuint32_t)rows, 1, 1}, one[4] = {1, 1, 1, 1};
+    const CUresult r = g_tma_encode(
+        m, std::is_same<T, __nv_bfloat16>::value ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+        t.p, dims, strides, box, one, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
 
 template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma()
 {
@@ -143,7 +161,13 @@ template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &
 {
     using KK = WgFwd<T, D, SPLIT>;
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
-    return launch_1d(KK::fwd, n, KK::F::NT, KK::F::SMEM, st, a, KK::C::CL);
+    wg::TmaKV tm;
+    memset(&tm, 0, sizeof tm);
+    if (KK::TMA) {
+        MLSTM_TRY(tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, D, KK::C::BN));
+        MLSTM_TRY(tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, D, KK::C::BN));
+    }
+    return launch_1d_cl(KK::fwd, n, KK::C::CL, KK::F::NT, KK::F::SMEM, st, a, tm);
 }
 
 template <typename T, int D> struct WgDq {

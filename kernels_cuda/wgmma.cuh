@@ -4,11 +4,20 @@
  * and the fence / commit / wait instructions. The asm wrappers of the MMA itself are in wgmma_ops.cuh. */
 #pragma once
 
+#include <cuda.h> /* CUtensorMap (the type only: the maps are encoded on the host, launch_impl.cuh) */
+
 #include "mma.cuh"
 #include "wgmma_ops.cuh"
 
 namespace mlstm {
 namespace wg {
+
+/* Tensor-memory-accelerator maps of K and V (kernel parameter): 4-D
+ * (D, S, NH, B) with the tensors' strides, boxes of 64 columns x BN rows stored with the 128-byte swizzle, that is
+ * one 64-column block of the layout above; rows beyond S arrive as zeros. */
+struct TmaKV { /* each map 128-byte aligned (CUtensorMap) */
+    CUtensorMap k, v;
+};
 
 /* Byte offset of element (r, c) of an R-row tile of 2-byte elements in the swizzled layout: column block
  * c / 64 at (c / 64) * R * 128. Tiles must start on a 1024-byte boundary (the swizzle repeats every 8 rows). */
@@ -119,6 +128,21 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
                  "DONE:\n"
                  "}\n" ::"r"(bar),
                  "r"(parity)
+                 : "memory");
+}
+/* one arrival on bar that also expects bytes more of asynchronous copies (the phase completes once they landed) */
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+/* TMA copy of the box at coordinates (c0, c1, c2, c3) of map into this CTA's shared memory at dst; its bytes complete
+ * on bar */
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2, int c3,
+                                            uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
+                 "%5}], [%6];\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
                  : "memory");
 }
 /* an arrive on bar once every cp.async this thread issued before has landed (counts against the init count) */
