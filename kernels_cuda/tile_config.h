@@ -153,6 +153,10 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
  * tiles). Two K/V tiles per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 146 / 216 /
  * 164 KB. It halves the serial chain of key tiles of a CTA; once the default grid fills the GPU it only adds the
  * merge (H200, bf16 B1 NH8, first split kernel: D128 S4096 0.122 -> 0.190 ms). */
+/* The two consumer warpgroups of the KS = 1 forward take turns issuing their score products (fwd_wgmma.cuh PP) */
+#ifndef MLSTM_FWD_WG_PINGPONG
+#define MLSTM_FWD_WG_PINGPONG 1
+#endif
 #ifndef MLSTM_TC64_FWD_WG_K
 #define MLSTM_TC64_FWD_WG_K 24064
 #endif
