@@ -21,6 +21,7 @@
 #pragma once
 
 #include "fwd_tc.cuh"
+#include "tile_config.h"
 #include "wgmma.cuh"
 
 namespace mlstm {
@@ -44,7 +45,6 @@ struct FwdCfg {
     static constexpr int SMEM = BAR_OFF + 16 * NST + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "tiles start on 1024-byte boundaries");
     static_assert(BM % BN == 0 && BN % 32 == 0 && D % 64 == 0, "tile sizes");
-    static constexpr int KPT = (NG * BN + 127) / 128; /* keys of a step per gate-producer thread */
     static_assert(CL == 1 || ((CL == 2 || CL == 4) && KS == 1 && tc::split_buf_bytes(BM, D) <= G_OFF),
                   "cluster: its size, the reduction buffer");
     static_assert(BAR_OFF % 8 == 0, "mbarrier alignment");
@@ -167,19 +167,15 @@ __global__ void __launch_bounds__(384, 1)
         /* ---- producer warpgroup ---- */
         setmaxnreg_dec<Cfg::PROD_REGS>();
         const int pt = (int)threadIdx.x - 256;
-        /* gate producer: keys pt + 128 u (u < KPT) of the step's NG tiles; f and i of each two steps ahead (the loads
-         * overtake the K/V copies issued in between) */
-        constexpr int KPT = Cfg::KPT;
-        float pf0[KPT], pi0[KPT], pf1[KPT], pi1[KPT];
-        auto gate_load = [&](int64_t st, float(&f)[KPT], float(&i)[KPT]) { /* step st: tiles kt_hi - st * NG - gs */
-#pragma unroll
-            for (int u = 0; u < KPT; ++u) {
-                const int key = pt + 128 * u, ptile = key / BN;
-                const int64_t kt = kt_hi - st * NG - ptile, s = kt * BN + key % BN;
-                const bool ok = key < NG * BN && st < nsteps && kt >= 0 && s < S;
-                f[u] = ok ? gf[s * tf.ss] : 0.0f;
-                i[u] = ok ? gi[s * ti.ss] : 0.0f;
-            }
+        const int ptile = pt / BN, ppos = pt % BN; /* gate producer: tile of the step, key in the tile */
+        const bool producer = pt < NG * BN;
+        /* f and i of the thread's key two steps ahead (the loads overtake the K/V copies issued in between) */
+        float pf0 = 0.0f, pi0 = 0.0f, pf1 = 0.0f, pi1 = 0.0f;
+        auto gate_load = [&](int64_t st, float &f, float &i) { /* step st: tiles kt_hi - st * NG - gs */
+            const int64_t kt = kt_hi - st * NG - ptile, s = kt * BN + ppos;
+            const bool ok = producer && st < nsteps && kt >= 0 && s < S;
+            f = ok ? gf[s * tf.ss] : 0.0f;
+            i = ok ? gi[s * ti.ss] : 0.0f;
         };
         Comp off = {0.0f, 0.0f};
         gate_load(0, pf0, pi0);
@@ -187,7 +183,8 @@ __global__ void __launch_bounds__(384, 1)
         for (int64_t it = 0; it < nsteps; ++it) {
             const int stage = (int)(it % NST);
             if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
-            /* the stage's K/V copies first (in flight while the gates are staged and scanned), then the gates */
+            /* TMA: thread 0 issues the stage's K/V tensor copies first (in flight while the gates are staged and
+             * scanned); cp.async: the 128 threads copy after the gates (below) */
             if constexpr (TMA) {
                 const int64_t kt = kt_hi - it * NG - g0;
                 if (pt == 0 && kt >= 0) {
@@ -201,23 +198,16 @@ __global__ void __launch_bounds__(384, 1)
                 } else if (pt == 0) {
                     mbar_arrive(bFull + 8 * stage); /* no tile of this CTA in the step */
                 }
-            } else {
-                ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * NG - g0, gk, tk.ss, gv, tv.ss,
-                                            S, pt);
-                mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
             }
-#pragma unroll
-            for (int u = 0; u < KPT; ++u) {
-                const int key = pt + 128 * u;
-                if (key < NG * BN) {
-                    const int64_t kt = kt_hi - it * NG - key / BN, s = kt * BN + key % BN;
-                    const int o = (int)(it & 1) * NG * BN + key;
-                    sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf0[u]) : 0.0f;
-                    sI[o] = pi0[u];
-                }
-                pf0[u] = pf1[u];
-                pi0[u] = pi1[u];
+            /* the gates, so that the scan warps write them while the K/V copies are being issued */
+            if (producer) {
+                const int64_t kt = kt_hi - it * NG - ptile, s = kt * BN + ppos;
+                const int o = ((int)(it & 1) * NG + ptile) * BN + ppos;
+                sA[o] = (kt >= 0 && s < S) ? logsigmoid(pf0) : 0.0f;
+                sI[o] = pi0;
             }
+            pf0 = pf1;
+            pi0 = pi1;
             gate_load(it + 2, pf1, pi1);
             named_sync(1, 128);
             if (pt < 32 * KS) { /* scan warp w writes the gates of tile gs = g0 + w; every scan warp walks the step's
@@ -244,6 +234,11 @@ __global__ void __launch_bounds__(384, 1)
                     }
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
+            }
+            if constexpr (!TMA) { /* (issued before the gates, racecheck reported a hazard on sA in the D = 64 key split) */
+                ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * NG - g0, gk, tk.ss, gv, tv.ss,
+                                            S, pt);
+                mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
             }
         }
         cp_async_wait<0>(); /* no copy outlives its thread */

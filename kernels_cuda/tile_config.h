@@ -152,11 +152,12 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
  * rows, each taking every other key tile, for grids below MLSTM_TC{D}_FWD_WG_SPLIT_PCT percent of the SMs (default
  * tiles). Two K/V tiles per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 146 / 216 /
  * 164 KB. It halves the serial chain of key tiles of a CTA; once the default grid fills the GPU it only adds the
- * merge (H200, bf16 B1 NH8, first split kernel: D128 S4096 0.122 -> 0.190 ms). */
-/* The two consumer warpgroups of the KS = 1 forward take turns issuing their score products (fwd_wgmma.cuh PP) */
-#ifndef MLSTM_FWD_WG_PINGPONG
-#define MLSTM_FWD_WG_PINGPONG 1
-#endif
+ * merge (H200, bf16 B1 NH8, first split kernel: D128 S4096 0.122 -> 0.190 ms).
+ * Cluster variant (CL CTAs per tile, packed as CL * 100000 + NST * 1000 + BN): the CL CTAs of a thread-block cluster
+ * cover the same 128 rows with the default tiles, CTA r every CL-th key tile, K/V through TMA, reduced through
+ * distributed shared memory. D = 256 uses a pair: H100 bf16 B1 NH8 fw S1024 33.9 -> 26.3 us, S2048 69.2 -> 54 us; for
+ * D = 64 / 128 the pair was slower than the key split (S512 9.6 -> 11.3 us, 12.2 -> 14.3), and clusters of four
+ * slower for all (kernels_cuda/NOTES.md history 14). */
 #ifndef MLSTM_TC64_FWD_WG_K
 #define MLSTM_TC64_FWD_WG_K 24064
 #endif
@@ -177,6 +178,11 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 #ifndef MLSTM_TC256_FWD_WG_SPLIT_PCT
 #define MLSTM_TC256_FWD_WG_SPLIT_PCT 100
+#endif
+/* The two consumer warpgroups of the default-tile forward take turns issuing their score products (fwd_wgmma.cuh
+ * PP; H100 bf16 S8192 fw D64 0.211 -> 0.201 ms, D128 0.288 -> 0.276, S <= 2048 unchanged) */
+#ifndef MLSTM_FWD_WG_PINGPONG
+#define MLSTM_FWD_WG_PINGPONG 1
 #endif
 /* sm_90a dQ kernel (bwd_wgmma.cuh, warp-specialised: a producer warpgroup and two consumer warpgroups of 64 query
  * rows), tiles packed as NST * 1000 + BN (BN at most 64: a key tile stays inside one 64-block of the gate cumsums).
@@ -316,15 +322,6 @@ template <int NW_, int BMQ_, bool SPLIT_> struct Dkdv32Tile {
 /* sm_90a f32 forward on split f16 warpgroup MMA (fwd_wgmma_f32.cuh), D = 64 / 128: (NST, BN) packed as NST * 1000
  * + BN like FWD_WG. Q and every K/V stage hold a hi and a lo tile, twice fwd_wgmma.cuh's bytes: 64-key tiles with 4 /
  * 2 stages take 163 / 196 KB. */
-/* f32 split backward element loops (bwd_wgmma_f32.cuh): M_PARTIAL sums a thread's M_tj of a step in plain f32
- * before the compensated add into di / the row sums; FULL_BLOCKS skips the per-element mask where a block is below
- * the diagonal and inside S */
-#ifndef MLSTM_F32_M_PARTIAL
-#define MLSTM_F32_M_PARTIAL 1
-#endif
-#ifndef MLSTM_F32_FULL_BLOCKS
-#define MLSTM_F32_FULL_BLOCKS 1
-#endif
 #ifndef MLSTM_F32_64_FWD_WG
 #define MLSTM_F32_64_FWD_WG 4064
 #endif
@@ -339,6 +336,16 @@ template <int NW_, int BMQ_, bool SPLIT_> struct Dkdv32Tile {
 #endif
 #ifndef MLSTM_F32_128_BWD_WG_NST
 #define MLSTM_F32_128_BWD_WG_NST 2
+#endif
+/* its element loops: M_PARTIAL sums a thread's M_tj of a step (8 per row) in plain f32 before the compensated add
+ * into di / the row sums; FULL_BLOCKS drops the per-element mask where a block is below the diagonal and inside S.
+ * H100 f32 B1 NH8 fwd+bwd D64 S8192 4.709 -> 4.40 ms, D128 7.30 -> 6.54; df (slow set, gates=normal, D64 S8192)
+ * 6.2e-7 -> 3.6e-6 with M_PARTIAL (kernels_cuda/NOTES.md history 14) */
+#ifndef MLSTM_F32_M_PARTIAL
+#define MLSTM_F32_M_PARTIAL 1
+#endif
+#ifndef MLSTM_F32_FULL_BLOCKS
+#define MLSTM_F32_FULL_BLOCKS 1
 #endif
 
 template <int D> struct TileCfg32;
