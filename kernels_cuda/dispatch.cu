@@ -385,8 +385,13 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
 #else
     const bool sm90a = false;
 #endif
-    g_tma_encode = nullptr;
-    if (sm90a) {
+    g_tma_encode = nullptr; /* (also the switch of the cluster forward, which needs cluster launches too) */
+    int clusters = 0;
+    if (sm90a && cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        clusters = 0;
+    }
+    if (sm90a && clusters) {
         void *fn = nullptr;
         cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
         if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) == cudaSuccess &&
