@@ -689,10 +689,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     float *sG = sFq + BM;
 
     const int64_t S = args.S;
-    const int64_t nqt = (S + BM - 1) / BM;
-    const CtaPos cp = cta_pos(args);
-    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
-    const int64_t qs = qt * BM;
+    const QueryTile qtl = query_tile(args, BM);
+    const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
 
     const TArg &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];

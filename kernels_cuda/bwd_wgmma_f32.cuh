@@ -23,15 +23,23 @@
 namespace mlstm {
 namespace wg {
 
-/* The producer's split of one stage of 64-row tiles X (hi, lo at st0, st0 + T) and Y (st0 + 2T, st0 + 3T), their row
- * scales into invX / invY, then its arrive on the stage's full barrier */
-template <int D>
-__device__ __forceinline__ void split_stage_xy(uint32_t st0, float *invX, float *invY, uint32_t full, int pt)
+/* A pair of 64-row tiles X, Y split in place, hi / lo of X at st0, st0 + T and of Y at st0 + 2T, st0 + 3T (T: one
+ * f16 tile): NT threads (tid < NT) copy rows r0.. of both (split_copy; the caller commits), or convert both
+ * (split_convert; row scales into invX, invY) */
+template <int D, int NT>
+__device__ __forceinline__ void split_copy_xy(uint32_t st0, const float *gx, int64_t xss, const float *gy, int64_t yss,
+                                              int64_t r0, int64_t S, int tid)
 {
     constexpr int T = 64 * D * 2;
-    split_convert<64, D, 128>(st0, st0 + T, invX, pt);
-    split_convert<64, D, 128>(st0 + 2 * T, st0 + 3 * T, invY, pt);
-    mbar_arrive(full);
+    split_copy<64, D, NT>(st0, st0 + T, gx, xss, r0, S, tid);
+    split_copy<64, D, NT>(st0 + 2 * T, st0 + 3 * T, gy, yss, r0, S, tid);
+}
+template <int D, int NT>
+__device__ __forceinline__ void split_convert_xy(uint32_t st0, float *invX, float *invY, int tid)
+{
+    constexpr int T = 64 * D * 2;
+    split_convert<64, D, NT>(st0, st0 + T, invX, tid);
+    split_convert<64, D, NT>(st0 + 2 * T, st0 + 3 * T, invY, tid);
 }
 
 /* ---- dK/dV: CTA = 64 keys; the consumer warpgroups' roles below (BOTH) ---- */
@@ -95,8 +103,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
             [&](int64_t it, int stage) {
                 const int64_t qs = ks + it * 64;
                 const uint32_t st0 = aSt + stage * 4 * T;
-                split_copy<64, D, 128>(st0, st0 + T, gq, tq.ss, qs, S, pt);
-                split_copy<64, D, 128>(st0 + 2 * T, st0 + 3 * T, gdh, tdh.ss, qs, S, pt);
+                split_copy_xy<D, 128>(st0, gq, tq.ss, gdh, tdh.ss, qs, S, pt);
                 cp_async_commit();
                 if (pt < 32) {
                     float *g0 = sStg + stage * 8 * 64;
@@ -118,7 +125,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
             [&](int64_t j) {
                 const int ps = (int)(j % NST);
                 float *g0 = sStg + ps * 8 * 64;
-                split_stage_xy<D>(aSt + ps * 4 * T, g0 + 5 * 64, g0 + 6 * 64, bFull + 8 * ps, pt);
+                split_convert_xy<D, 128>(aSt + ps * 4 * T, g0 + 5 * 64, g0 + 6 * 64, pt);
+                mbar_arrive(bFull + 8 * ps);
             });
         return;
     }
@@ -126,14 +134,12 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
     /* ---- consumers: K and V of the key tile (split), the key block's gate terms ---- */
     setmaxnreg_inc<Cfg::CONS_REGS>();
     const int tid = (int)threadIdx.x;
-    split_copy<64, D, 256>(aK, aK + T, gk, tk.ss, ks, S, tid);
-    split_copy<64, D, 256>(aV, aV + T, gv, tv.ss, ks, S, tid);
+    split_copy_xy<D, 256>(aK, gk, tk.ss, gv, tv.ss, ks, S, tid); /* aV = aK + 2T */
     cp_async_commit();
     if (warp == 0)
         gate_block_terms(bh_ptr<float>(tf, b, hh), tf.ss, bh_ptr<float>(ti, b, hh), ti.ss, ks, S, sKh, sKl, sKi);
     cp_async_wait<0>();
-    split_convert<64, D, 256>(aK, aK + T, sKI, tid);
-    split_convert<64, D, 256>(aV, aV + T, sVI, tid);
+    split_convert_xy<D, 256>(aK, sKI, sVI, tid);
     fence_proxy_async();
     named_sync(2, 256);
 
@@ -390,9 +396,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
     const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
 
     const int64_t S = args.S;
-    const int64_t nqt = (S + 63) / 64;
-    const CtaPos cp = cta_pos(args);
-    const int64_t b = cp.b, hh = cp.hh, qs = (nqt - 1 - cp.rank) * 64; /* heaviest (last) query tiles first */
+    const QueryTile qtl = query_tile(args, 64);
+    const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
     const int64_t kfirst = (min(qs + 63, S - 1) / 64) * 64;
     const int64_t nsteps = kfirst / 64 + 1; /* key blocks kfirst, kfirst - 64, ..., 0 */
 
@@ -422,8 +427,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
             [&](int64_t it, int stage) {
                 const int64_t ks = kfirst - it * 64;
                 const uint32_t st0 = aSt + stage * 4 * T;
-                split_copy<64, D, 128>(st0, st0 + T, gk, tk.ss, ks, S, pt);
-                split_copy<64, D, 128>(st0 + 2 * T, st0 + 3 * T, gv, tv.ss, ks, S, pt);
+                split_copy_xy<D, 128>(st0, gk, tk.ss, gv, tv.ss, ks, S, pt);
                 cp_async_commit();
                 if (pt < 32) {
                     float *g0 = sStg + stage * 4 * 64;
@@ -435,7 +439,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
             [&](int64_t j) {
                 const int ps = (int)(j % NST);
                 float *g0 = sStg + ps * 4 * 64;
-                split_stage_xy<D>(aSt + ps * 4 * T, g0 + 2 * 64, g0 + 3 * 64, bFull + 8 * ps, pt);
+                split_convert_xy<D, 128>(aSt + ps * 4 * T, g0 + 2 * 64, g0 + 3 * 64, pt);
+                mbar_arrive(bFull + 8 * ps);
             });
         return;
     }
@@ -443,8 +448,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
     /* ---- consumers: Q and dh (split), query terms, di's residual ---- */
     setmaxnreg_inc<Cfg::CONS_REGS>();
     const int tid = (int)threadIdx.x;
-    split_copy<64, D, 256>(aQ, aQ + T, gq, tq.ss, qs, S, tid);
-    split_copy<64, D, 256>(aDh, aDh + T, gdh, tdh.ss, qs, S, tid);
+    split_copy_xy<D, 256>(aQ, gq, tq.ss, gdh, tdh.ss, qs, S, tid); /* aDh = aQ + 2T */
     cp_async_commit();
     if (warp == 0) {
         float th, tl;
@@ -453,8 +457,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_wgmma_f32_kernel(const __
     if (tid >= 64 && tid < 128) /* di's residual (dK/dV kernel), read before this CTA overwrites dq */
         sE[tid - 64] = qs + tid - 64 < S ? gdq[(qs + tid - 64) * tdq.ss] : 0.0f;
     cp_async_wait<0>();
-    split_convert<64, D, 256>(aQ, aQ + T, sQI, tid);
-    split_convert<64, D, 256>(aDh, aDh + T, sDI, tid);
+    split_convert_xy<D, 256>(aQ, sQI, sDI, tid);
     fence_proxy_async();
     named_sync(2, 256);
 

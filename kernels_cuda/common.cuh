@@ -41,6 +41,26 @@ __device__ __forceinline__ CtaPos cta_pos(const KArgs &a, int nsub = 1, int64_t 
     return CtaPos{bh / a.NH, bh % a.NH, r / nsub, (int)(r % nsub)};
 }
 
+/* The forward's normaliser of a row: nsig = l if |l| > e^-m else e^-m (l the signed sum of the row's weights, in
+ * true units); returns the factor of the row's O, f / (|nsig| + eps) (f: the sign of the scale times whatever scale
+ * O still carries, e.g. a range guard's 2^esc) */
+__device__ __forceinline__ float fwd_normalizer(float l, float m, float f, float eps, float &nsig)
+{
+    const float em = expf(-m);
+    nsig = (fabsf(l) > em) ? l : em;
+    return f / (fabsf(nsig) + eps);
+}
+
+/* The query tile of bm rows a forward or dQ CTA owns (CTA index idx as cta_pos): the heaviest (last) tiles first */
+struct QueryTile {
+    int64_t b, hh, qs;
+};
+__device__ __forceinline__ QueryTile query_tile(const KArgs &a, int64_t bm, int64_t idx = -1)
+{
+    const CtaPos cp = cta_pos(a, 1, idx);
+    return QueryTile{cp.b, cp.hh, ((a.S + bm - 1) / bm - 1 - cp.rank) * bm};
+}
+
 /* Base of tensor x for (batch b, head h), typed. */
 template <typename T>
 __device__ __forceinline__ T *bh_ptr(const TArg &x, int64_t b, int64_t h)

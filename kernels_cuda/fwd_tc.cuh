@@ -155,15 +155,6 @@ __device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32
     for (int e = 0; e < E; ++e) ex[lane * E + e] = fast_exp2(gv[e] * MLSTM_LOG2E - x2);
 }
 
-/* The forward's normaliser of a row: nsig = l if |l| > e^-m else e^-m (l signed, undone from the range guard);
- * returns the factor of the row's O, f / (|nsig| + eps) (f: sign of the scale times the range guard's 2^esc) */
-__device__ __forceinline__ float fwd_normalizer(float l, float m, float f, float eps, float &nsig)
-{
-    const float em = expf(-m);
-    nsig = (fabsf(l) > em) ? l : em;
-    return f / (fabsf(nsig) + eps);
-}
-
 /* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h, m, n. */
 template <typename T, int MT, int D, bool GUARD>
 __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
@@ -314,10 +305,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     float *sE = sPM + 2 * KS * BN;  /* [2][KS][BN] 2^(G_j log2e - X), X the tile's largest */
 
     const int64_t S = args.S;
-    const int64_t nqt = (S + BM - 1) / BM;
-    const CtaPos cp = cta_pos(args);
-    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
-    const int64_t qs = qt * BM;
+    const QueryTile qtl = query_tile(args, BM);
+    const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];

@@ -291,10 +291,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     float *sGl = sGh + 2 * BN; /* [2][BN] key terms gl */
 
     const int64_t S = args.S;
-    const int64_t nqt = (S + BM - 1) / BM;
-    const CtaPos cp = cta_pos(args);
-    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
-    const int64_t qs = qt * BM;
+    const QueryTile qtl = query_tile(args, BM);
+    const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
@@ -452,9 +450,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             l *= sgn;
             const float m = mrun[mt][rr];
-            const float em = expf(-m);
-            const float nsig = (fabsf(l) > em) ? l : em;
-            const float inv = sgn / (fabsf(nsig) + args.eps);
+            float nsig;
+            const float inv = fwd_normalizer(l, m, sgn, args.eps, nsig);
             const int64_t t = qs + wr0 + mt * 16 + g + rr * 8;
             if (t < S) {
                 float *row = gh + t * th.ss;

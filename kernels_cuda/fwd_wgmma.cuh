@@ -86,7 +86,7 @@ __device__ __forceinline__ void fwd_cluster_epilogue(const KArgs &args, int64_t 
     }
     const float sgn = args.scale < 0.0f ? -1.0f : 1.0f, sc = GUARD ? exp2f(ee) : 1.0f;
     float nsig;
-    const float inv = tc::fwd_normalizer(l * sgn * sc, mm, sgn * sc, args.eps, nsig);
+    const float inv = fwd_normalizer(l * sgn * sc, mm, sgn * sc, args.eps, nsig);
     if (t >= S) return;
     const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
     T *row = bh_ptr<T>(th, b, hh) + t * th.ss;
@@ -140,12 +140,10 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
 
     const int64_t S = args.S;
-    const int64_t nqt = (S + BM - 1) / BM;
     const int crank = CL > 1 ? cluster_rank() : 0; /* a cluster's CTAs are consecutive in x */
     const int g0 = crank * KS;                      /* the step's first key tile of this CTA */
-    const CtaPos cp = cta_pos(args, 1, blockIdx.x / CL);
-    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
-    const int64_t qs = qt * BM;
+    const QueryTile qtl = query_tile(args, BM, blockIdx.x / CL);
+    const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];

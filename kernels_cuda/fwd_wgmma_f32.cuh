@@ -60,10 +60,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_f32_kernel(const __gri
     const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
 
     const int64_t S = args.S;
-    const int64_t nqt = (S + BM - 1) / BM;
-    const CtaPos cp = cta_pos(args);
-    const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank; /* heaviest (last) query tiles first */
-    const int64_t qs = qt * BM;
+    const QueryTile qtl = query_tile(args, BM);
+    const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
@@ -218,9 +216,8 @@ __global__ void __launch_bounds__(384, 1) mlstm_fwd_wgmma_f32_kernel(const __gri
         l += __shfl_xor_sync(0xffffffffu, l, 2);
         l = l * qi * sgn;
         const float m = mrun[0][rr];
-        const float em = expf(-m);
-        const float nsig = (fabsf(l) > em) ? l : em;
-        const float inv = sgn * qi / (fabsf(nsig) + args.eps);
+        float nsig;
+        const float inv = fwd_normalizer(l, m, sgn * qi, args.eps, nsig);
         const float up = exp2f(esc[rr]);
         const int64_t t = qs + r;
         if (t < S) {

@@ -271,9 +271,8 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
     for (int i = 0; i < 4; ++i) {
         const float l = red16_sum(lrun[i]);
         const float m = mrun[i];
-        const float em = expf(-m);
-        const float nsig = (fabsf(l) > em) ? l : em;
-        const float inv = 1.0f / (fabsf(nsig) + args.eps);
+        float nsig;
+        const float inv = fwd_normalizer(l, m, 1.0f, args.eps, nsig);
         const int64_t t = qs + ty * 4 + i;
         if (t < S) {
 #pragma unroll
