@@ -13,8 +13,8 @@
  *   other key tile (a stage holds two); their states are merged at the end (fwd_split_merge).
  * - CL = 2 (cluster pair, the other answer to small grids): two CTAs of a cluster cover the same 128 rows, CTA r
  *   every other key tile from the diagonal's tile - r down (its scan warps walk both tiles of a step for the gate
- *   offset); at the end the consumer warpgroup of rows 64 r.. in CTA r merges the peer's state of those rows, read
- *   from the peer's shared memory (fwd_split_combine through cluster_map), and writes them.
+ *   offset); at the end CTA r writes rows 64 r.. (its warpgroup r's): the other warpgroup's state of those rows
+ *   comes from the peer CTA by one bulk copy between the CTAs' shared memories (see the merge below).
  * Registers: the producer gives its warpgroup's share back (setmaxnreg) so that the consumers hold 224 each.
  * Named barriers: 1 the producer warpgroup (its gate scratch), 2 the two consumer warpgroups (Q loaded; the split's
  * merge), 3 consumer warp 0 (query cumsum written) and the scan warps. */
@@ -41,76 +41,78 @@ struct FwdCfg {
     /* floats: sFq[BM]; [NST][KS][BN] each of sG2, sPM, sE (consumed with the stage); [2][NG][BN] each of sA
      * (logsigmoid f), sI (i) (the producer's scratch) */
     static constexpr int G_FLOATS = BM + 3 * NST * KS * BN + 4 * NG * BN;
-    static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4; /* mbarriers: full[NST], empty[NST] */
-    static constexpr int SMEM = BAR_OFF + 16 * NST + 1024; /* + 1024: the base is aligned up at run time */
+    static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4; /* mbarriers: full[NST], empty[NST], cluster: in */
+    static constexpr int SMEM = BAR_OFF + 16 * NST + 8 + 1024; /* + 1024: the base is aligned up at run time */
+    /* cluster pair's merge (fwd_cluster_merge), in the idle tiles: the outgoing state of 64 rows at 0, the incoming
+     * one at IN_OFF, the staged h rows at STG_OFF (row pitch STG_PITCH bytes) */
+    static constexpr int XBUF = tc::split_buf_bytes(64, D), IN_OFF = (XBUF + 1023) / 1024 * 1024;
+    static constexpr int STG_OFF = 2 * IN_OFF, STG_PITCH = D * 2 + 16;
+    static_assert(CL == 1 || STG_OFF + 64 * STG_PITCH <= G_OFF, "cluster merge buffers");
+    static_assert(XBUF % 16 == 0, "bulk copy size");
     static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "tiles start on 1024-byte boundaries");
     static_assert(BM % BN == 0 && BN % 32 == 0 && D % 64 == 0, "tile sizes");
-    static_assert(CL == 1 || ((CL == 2 || CL == 4) && KS == 1 && tc::split_buf_bytes(BM, D) <= G_OFF),
-                  "cluster: its size, the reduction buffer");
+    static_assert(CL == 1 || (CL == 2 && KS == 1 && BM == 128), "cluster: a pair, one warpgroup's rows per CTA");
     static_assert(BAR_OFF % 8 == 0, "mbarrier alignment");
     static_assert(NST >= 2, "stages");
     static_assert(KS == 1 || (KS == 2 && tc::split_buf_bytes(BM, D) <= G_OFF), "key split: merge buffer");
     static_assert(SMEM <= 232448, "shared memory per block");
 };
 
-/* Cluster of CL CTAs (fwd_split_store buffers of BM rows in each CTA's shared memory at buf, visible): CTA crank
- * reduces rows [crank NR, crank NR + NR) of the CTAs' partial states and writes h, m, n for them (the 256 consumer
- * threads; TPR per row, each on 8-column chunks TPR * 8 apart). */
-template <typename T, int D, int BM, int CL, bool GUARD>
-__device__ __forceinline__ void fwd_cluster_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs,
-                                                     const float *buf, int crank)
+/* Forward epilogue of a warpgroup's 64 rows (first row qs + r0; the thread's rows as in fwd_epilogue), staged: h
+ * goes through shared memory at stg (64 rows, pitch P bytes) so that the global stores are 16-byte and row-contiguous
+ * (the fragment layout's 4-byte stores took ~2 us for 64 x 256 on H100); m and n as in fwd_epilogue. Warpgroup barrier
+ * bar (128 threads). */
+template <typename T, int D, int P, bool GUARD>
+__device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int r0, int wr0,
+                                                    const float (&o)[1][D / 8][4], const float (&mrun)[1][2],
+                                                    const float (&lrun)[1][2], const float (&esc)[2],
+                                                    unsigned char *stg, int bar)
 {
-    constexpr int NR = BM / CL, TPR = 256 / NR, NCH = D / (8 * TPR);
-    static_assert(256 % NR == 0 && D % (8 * TPR) == 0, "reduction layout");
-    const int tid = (int)threadIdx.x, rl = tid / TPR, r = crank * NR + rl, c8 = (tid % TPR) * 8;
-    const int64_t t = qs + r, S = args.S;
-    const float *src[CL];
-#pragma unroll
-    for (int c = 0; c < CL; ++c) src[c] = c == crank ? buf : cluster_map(buf, c);
-    /* buffer layout (fwd_split_store): O [BM][D + 8], l [BM][4], m [BM], esc [BM] */
-    constexpr int DP = D + 8, LO = BM * DP;
-    float mc[CL], f[CL], mm = MLSTM_FLOOR, ee = -1e30f;
-#pragma unroll
-    for (int c = 0; c < CL; ++c) {
-        mc[c] = src[c][LO + BM * 4 + r];
-        mm = fmaxf(mm, mc[c]);
-        if (GUARD) ee = fmaxf(ee, src[c][LO + BM * 5 + r]);
-    }
-    float l = 0.0f;
-#pragma unroll
-    for (int c = 0; c < CL; ++c) {
-        f[c] = expf(mc[c] - mm);
-        if (GUARD) f[c] *= exp2f(src[c][LO + BM * 5 + r] - ee);
-        const float4 lp = *reinterpret_cast<const float4 *>(src[c] + LO + r * 4);
-        l += f[c] * ((lp.x + lp.y) + (lp.z + lp.w));
-    }
-    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f, sc = GUARD ? exp2f(ee) : 1.0f;
-    float nsig;
-    const float inv = fwd_normalizer(l * sgn * sc, mm, sgn * sc, args.eps, nsig);
-    if (t >= S) return;
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
     const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
-    T *row = bh_ptr<T>(th, b, hh) + t * th.ss;
+    T *gh = bh_ptr<T>(th, b, hh);
+    const int64_t S = args.S;
 #pragma unroll
-    for (int k = 0; k < NCH; ++k) {
-        const int col = k * TPR * 8 + c8;
-        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int c = 0; c < CL; ++c) {
-            const float4 a = *reinterpret_cast<const float4 *>(src[c] + r * DP + col);
-            const float4 z = *reinterpret_cast<const float4 *>(src[c] + r * DP + col + 4);
-            acc[0] += f[c] * a.x, acc[1] += f[c] * a.y, acc[2] += f[c] * a.z, acc[3] += f[c] * a.w;
-            acc[4] += f[c] * z.x, acc[5] += f[c] * z.y, acc[6] += f[c] * z.z, acc[7] += f[c] * z.w;
+    for (int rr = 0; rr < 2; ++rr) {
+        float l = lrun[0][rr];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        l *= sgn;
+        float sc = 1.0f; /* undoes the range guard: l and O are scaled by 2^-esc */
+        if (GUARD) {
+            sc = exp2f(esc[rr]);
+            l *= sc;
         }
-        uint4 out;
-        out.x = pack2<T>(acc[0] * inv, acc[1] * inv);
-        out.y = pack2<T>(acc[2] * inv, acc[3] * inv);
-        out.z = pack2<T>(acc[4] * inv, acc[5] * inv);
-        out.w = pack2<T>(acc[6] * inv, acc[7] * inv);
-        *reinterpret_cast<uint4 *>(row + col) = out;
+        float nsig;
+        const float inv = fwd_normalizer(l, mrun[0][rr], sgn * sc, args.eps, nsig);
+        const int r = wr0 - r0 + g + rr * 8;
+        uint32_t *srow = reinterpret_cast<uint32_t *>(stg + r * P); /* P / 4 = 4 (mod 32): rows g in other banks */
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) srow[n * 4 + q4] = pack2<T>(o[0][n][rr * 2] * inv, o[0][n][rr * 2 + 1] * inv);
+        const int64_t t = qs + r0 + r;
+        if (q4 == 0 && t < S) {
+            bh_ptr<float>(tm, b, hh)[t * tm.ss] = mrun[0][rr];
+            bh_ptr<float>(tn, b, hh)[t * tn.ss] = nsig;
+        }
     }
-    if (c8 == 0) {
-        bh_ptr<float>(tm, b, hh)[t * tm.ss] = mm;
-        bh_ptr<float>(tn, b, hh)[t * tn.ss] = nsig;
+    named_sync(bar, 128);
+    const int tid = (int)threadIdx.x & 127;
+    if (((reinterpret_cast<uintptr_t>(gh) | (uintptr_t)(th.ss * (int64_t)sizeof(T))) & 15) == 0) {
+        constexpr int U = D / 8; /* 16-byte pieces per row */
+#pragma unroll 4
+        for (int i = tid; i < 64 * U; i += 128) {
+            const int r = i / U, c = i % U;
+            const int64_t t = qs + r0 + r;
+            if (t < S) *reinterpret_cast<uint4 *>(gh + t * th.ss + c * 8) = *reinterpret_cast<const uint4 *>(stg + r * P + c * 16);
+        }
+    } else {
+        constexpr int U = D / 2; /* 4-byte pieces per row */
+        for (int i = tid; i < 64 * U; i += 128) {
+            const int r = i / U, c = i % U;
+            const int64_t t = qs + r0 + r;
+            if (t < S) *reinterpret_cast<uint32_t *>(gh + t * th.ss + c * 2) = *reinterpret_cast<const uint32_t *>(stg + r * P + c * 4);
+        }
     }
 }
 
@@ -158,6 +160,8 @@ __global__ void __launch_bounds__(384, 1)
 
     static_assert(!TMA || KS == 1, "TMA stages: one key tile");
     /* full: every producer thread once its copies landed (TMA: thread 0's expect-tx arrival), the scan warps */
+    const uint32_t bIn = bFull + 16 * NST; /* cluster: the incoming merge state's bytes */
+    if (CL > 1 && threadIdx.x == 0) mbar_init(bIn, 1);
     mbar_init_stages<NST>(bFull, (TMA ? 1 : 128) + 32 * KS);
     __syncthreads(); /* the only CTA-wide barrier: from here on the first K/V tiles, Q and the query gates load at once */
 
@@ -361,16 +365,35 @@ __global__ void __launch_bounds__(384, 1)
     if (PP && wgi == 0) named_sync(4, 256); /* warpgroup 1's last turn signal */
 
     if constexpr (CL > 1) {
-        /* every CTA stores its state of all BM rows in its (now idle) Q / K / V tiles; once all are stored, CTA r
-         * reduces rows [r BM / CL, (r + 1) BM / CL) over the cluster's buffers and writes them */
+        /* CTA r writes rows [64 r, 64 r + 64), warpgroup r's. The other warpgroup stores its state in the idle tiles;
+         * once both CTAs are done with their tiles (cluster barrier), one bulk copy takes it into the peer's shared
+         * memory (through the tensor-memory-access engine: per-thread stores to the peer's shared memory ran at ~17
+         * GB/s there, 3.9 us for the 68 KB). Warpgroup r folds the incoming state into its registers and writes its rows
+         * staged through shared memory. */
         named_sync(2, 256); /* both consumers are done with the Q / K / V tiles */
-        float *buf = reinterpret_cast<float *>(smem);
-        tc::fwd_split_store<1, D>(buf, BM, 0, wr0, o, mrun, lrun, esc);
+        const bool owner = wgi == crank;
+        if (!owner) {
+            tc::fwd_split_store<1, D>(reinterpret_cast<float *>(smem), 64, wgr, wr0, o, mrun, lrun, esc);
+            fence_proxy_async(); /* the stores, before the bulk copy reads them */
+        } else if (threadIdx.x == (unsigned)wgr * 2) {
+            mbar_arrive_expect_tx(bIn, Cfg::XBUF);
+        }
         cluster_arrive();
-        cluster_wait(); /* every CTA's stores are visible */
-        fwd_cluster_epilogue<T, D, BM, CL, GUARD>(args, b, hh, qs, buf, crank);
-        cluster_arrive();
-        cluster_wait(); /* the cluster is done reading this CTA's shared memory: now it may exit */
+        cluster_wait(); /* both CTAs' outgoing states are stored, their incoming buffers idle, the expectations set */
+        if (!owner) {
+            if (threadIdx.x == (unsigned)wgr * 2)
+                bulk_copy_to_cluster(cluster_map_u32(base + Cfg::IN_OFF, wgi), base, Cfg::XBUF, cluster_map_u32(bIn, wgi));
+            cluster_arrive();
+            cluster_wait(); /* the peer has received the state: this CTA's buffer may go */
+            return;
+        }
+        mbar_wait(bIn, 0);
+        cluster_arrive(); /* the peer's copy has landed */
+        tc::fwd_split_combine<1, D, GUARD>(reinterpret_cast<const float *>(smem + Cfg::IN_OFF), 64, wgr, wr0, o, mrun,
+                                           lrun, esc);
+        fwd_epilogue_staged<T, D, Cfg::STG_PITCH, GUARD>(args, b, hh, qs, wgr, wr0, o, mrun, lrun, esc,
+                                                         smem + Cfg::STG_OFF, 4);
+        cluster_wait();
         return;
     }
     if constexpr (KS > 1) {

@@ -173,6 +173,21 @@ template <typename P> __device__ __forceinline__ const P *cluster_map(const P *p
     asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(r) : "l"(p), "r"(rank));
     return reinterpret_cast<const P *>(r);
 }
+/* shared::cluster address of the shared::cta address a in the cluster's CTA rank */
+__device__ __forceinline__ uint32_t cluster_map_u32(uint32_t a, int rank)
+{
+    uint32_t r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
+    return r;
+}
+/* bulk copy of bytes (a multiple of 16, both addresses 16-byte aligned) from this CTA's shared memory at src to
+ * another CTA's at dst (shared::cluster), completing as transaction bytes on that CTA's mbarrier bar (shared::cluster) */
+__device__ __forceinline__ void bulk_copy_to_cluster(uint32_t dst, uint32_t src, uint32_t bytes, uint32_t bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "r"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
 
 /* Keeps the compiler from moving accesses of the accumulators across the asynchronous MMA's issue and wait. */
 template <int N>
