@@ -17,7 +17,8 @@
  *   comes from the peer CTA by one bulk copy between the CTAs' shared memories (see the merge below).
  * Registers: the producer gives its warpgroup's share back (setmaxnreg) so that the consumers hold 224 each.
  * Named barriers: 1 the producer warpgroup (its gate scratch), 2 the two consumer warpgroups (Q loaded; the split's
- * merge), 3 consumer warp 0 (query cumsum written) and the scan warps. */
+ * merge), 3 consumer warp 0 (query cumsum written) and the producer warpgroup, 4 and 5 the ping-pong turns (default
+ * tiles), 4 also the cluster pair's staged epilogue. */
 #pragma once
 
 #include "fwd_tc.cuh"
@@ -212,9 +213,11 @@ __global__ void __launch_bounds__(384, 1)
             pi0 = pi1;
             gate_load(it + 2, pf1, pi1);
             named_sync(1, 128);
+            /* consumer warp 0 has written sFq (the whole warpgroup waits: with only the scan warps waiting here,
+             * racecheck reported the staging's sA / sI stores racing with the scan's loads in the D = 64 key split) */
+            if (it == 0) named_sync(3, 128 + 32);
             if (pt < 32 * KS) { /* scan warp w writes the gates of tile gs = g0 + w; every scan warp walks the step's
                                   * NG tiles in descending order and keeps the same compensated offset */
-                if (it == 0) named_sync(3, 32 * (KS + 1)); /* consumer warp 0 has written sFq */
                 constexpr int E = BN / 32;
                 const int w = pt >> 5;
 #pragma unroll
@@ -260,7 +263,7 @@ __global__ void __launch_bounds__(384, 1)
     if (warp == 0) { /* query-tile local cumsum, for the producer's scan warps (barrier 3) and, after their first
                       * full-stage wait, the consumers */
         store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq);
-        named_arrive(3, 32 * (KS + 1));
+        named_arrive(3, 128 + 32);
     }
     const int grp = KS > 1 ? wgi : 0;       /* key group */
     const int wgr = KS > 1 ? 0 : wgi * 64;  /* its first query row within the tile */
