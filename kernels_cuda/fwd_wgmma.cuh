@@ -44,7 +44,7 @@ struct FwdCfg {
     static constexpr int G_FLOATS = BM + 3 * NST * KS * BN + 4 * NG * BN;
     static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4; /* mbarriers: full[NST], empty[NST], cluster: in */
     static constexpr int SMEM = BAR_OFF + 16 * NST + 8 + 1024; /* + 1024: the base is aligned up at run time */
-    /* cluster pair's merge (fwd_cluster_merge), in the idle tiles: the outgoing state of 64 rows at 0, the incoming
+    /* cluster pair's merge, in the idle tiles: the outgoing state of 64 rows (fwd_split_store) at 0, the incoming
      * one at IN_OFF, the staged h rows at STG_OFF (row pitch STG_PITCH bytes) */
     static constexpr int XBUF = tc::split_buf_bytes(64, D), IN_OFF = (XBUF + 1023) / 1024 * 1024;
     static constexpr int STG_OFF = 2 * IN_OFF, STG_PITCH = D * 2 + 16;

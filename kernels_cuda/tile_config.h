@@ -153,11 +153,11 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
  * tiles). Two K/V tiles per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 146 / 216 /
  * 164 KB. It halves the serial chain of key tiles of a CTA; once the default grid fills the GPU it only adds the
  * merge (H200, bf16 B1 NH8, first split kernel: D128 S4096 0.122 -> 0.190 ms).
- * Cluster variant (CL CTAs per tile, packed as CL * 100000 + NST * 1000 + BN): the CL CTAs of a thread-block cluster
- * cover the same 128 rows with the default tiles, CTA r every CL-th key tile, K/V through TMA, reduced through
- * distributed shared memory. D = 256 uses a pair: H100 bf16 B1 NH8 fw S1024 33.9 -> 26.3 us, S2048 69.2 -> 54 us; for
- * D = 64 / 128 the pair was slower than the key split (S512 9.6 -> 11.3 us, 12.2 -> 14.3), and clusters of four
- * slower for all (kernels_cuda/NOTES.md history 14). */
+ * Cluster variant (a pair, CL = 2, packed as 200000 + NST * 1000 + BN): the two CTAs of a thread-block cluster cover
+ * the same 128 rows with the default tiles, CTA r every other key tile, K/V through TMA, the two partial states merged
+ * by a bulk copy between the CTAs' shared memories. D = 256 uses it: H100 bf16 B1 NH8 fw S1024 33.9 -> 24.6 us, S2048
+ * 69.2 -> 51 us; for D = 64 / 128 the pair (first version) was slower than the key split (S512 9.6 -> 11.3 us, 12.2 ->
+ * 14.3). Clusters of four were slower for all and are gone (kernels_cuda/NOTES.md history 14, 15). */
 #ifndef MLSTM_TC64_FWD_WG_K
 #define MLSTM_TC64_FWD_WG_K 24064
 #endif
