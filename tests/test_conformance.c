@@ -158,7 +158,7 @@ static void build_default_table(void)
     add_shape(SH(2, 1, 127, 100, 160, NORMAL), BWX_F32, 21);
     /* large head dims, and the extremes of DQK != DV */
     add_shape(SH(1, 1, 33, 256, 256, STD), BWX_F32 | BWX_BF16, 22);
-    add_shape(SH(1, 1, 129, 256, 256, NORMAL), FWD_F32 | FWD_BF16 | BWX_F32 | TF32_ALL, 23);
+    add_shape(SH(1, 1, 129, 256, 256, NORMAL), FWD_ALL | BWX_F32 | TF32_ALL, 23);
     /* f32 head dim 128 (the CUDA f32 tensor-core kernels serve 64, 128, 256; IEEE 3xTF32 and TF32) */
     add_shape(SH(1, 1, 200, 128, 128, STD), FWD_F32 | BWX_F32 | BWD_F32 | TF32_ALL, 45);
     add_shape(SH(1, 1, 130, 512, 512, NORMAL), FWD_F32 | BWX_F32 | BWX_F16, 24);
