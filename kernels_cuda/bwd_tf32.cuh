@@ -193,15 +193,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
         if (new_block && warp == 0) {
             float th, tl;
             bwd_query_terms(args, b, hh, qs, sQh, sQl, sMt, sInv, sDel, th, tl);
-            if (qs > ks) cadd(offh, offl, pth, ptl);
-            pth = th;
-            ptl = tl;
-            if (lane == 0) {
-                float oh = offh, ol = offl;
-                cnorm(oh, ol);
-                sOf[0] = oh;
-                sOf[1] = ol;
-            }
+            query_offset_step(offh, offl, pth, ptl, th, tl, qs > ks, sOf);
         }
         if (st + 1 < nsteps) {
             load_tile32_async<BMQ, D, NT>(sQ + (buf ^ 1) * BMQ * D, gq, tq.ss, r0 + BMQ, S);

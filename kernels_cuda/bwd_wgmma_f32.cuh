@@ -110,15 +110,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dkdv_wgmma_f32_kernel(const 
                     float th, tl;
                     qnext.finish(qs, S, g0, g0 + 64, g0 + 128, g0 + 192, g0 + 256, th, tl);
                     if (it + 1 < nsteps) qnext.load(args, b, hh, qs + 64);
-                    if (qs > ks) cadd(offh, offl, pth, ptl);
-                    pth = th;
-                    ptl = tl;
-                    if (lane == 0) {
-                        float oh = offh, ol = offl;
-                        cnorm(oh, ol);
-                        g0[7 * 64] = oh;
-                        g0[7 * 64 + 1] = ol;
-                    }
+                    query_offset_step(offh, offl, pth, ptl, th, tl, qs > ks, g0 + 7 * 64);
                     mbar_arrive(bFull + 8 * stage);
                 }
             },

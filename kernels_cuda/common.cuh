@@ -50,6 +50,16 @@ __device__ __forceinline__ float fwd_normalizer(float l, float m, float f, float
     nsig = (fabsf(l) > em) ? l : em;
     return f / (fabsf(nsig) + eps);
 }
+/* fwd_normalizer of a thread's row of an MMA fragment: l this lane's partial of the row's sum (the row's four lanes
+ * add theirs), esc the range guard's exponent of the row (GUARD: l and O carry 2^-esc) */
+template <bool GUARD>
+__device__ __forceinline__ float fwd_row_inv(const KArgs &args, float l, float m, float esc, float &nsig)
+{
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f, sc = GUARD ? exp2f(esc) : 1.0f;
+    return fwd_normalizer(l * sgn * sc, m, sgn * sc, args.eps, nsig);
+}
 
 /* The query tile of bm rows a forward or dQ CTA owns (CTA index idx as cta_pos): the heaviest (last) tiles first */
 struct QueryTile {
@@ -251,6 +261,22 @@ __device__ __forceinline__ void cnorm(float &h, float &l)
     const float s = __fadd_rn(h, l);
     l = __fsub_rn(l, __fsub_rn(s, h));
     h = s;
+}
+/* A dQ kernel's running offset (offh, offl) at the start of a new query block of a key block's walk: the previous
+ * block's total (pth, ptl) joins it where add (that block lies past the key block's start), this block's (th, tl)
+ * waits for the next; lane 0 stores the offset in canonical form at dst[0], dst[1] */
+__device__ __forceinline__ void query_offset_step(float &offh, float &offl, float &pth, float &ptl, float th, float tl,
+                                                  bool add, float *dst)
+{
+    if (add) cadd(offh, offl, pth, ptl);
+    pth = th;
+    ptl = tl;
+    if ((threadIdx.x & 31) == 0) {
+        float oh = offh, ol = offl;
+        cnorm(oh, ol);
+        dst[0] = oh;
+        dst[1] = ol;
+    }
 }
 
 /* Online max of the forward kernels: raises each row's running max mrun to at least mx, scales l by

@@ -162,7 +162,6 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
                                              const float (&lrun)[MT][2], const float (&esc)[MT * 2])
 {
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
     const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
     T *gh = bh_ptr<T>(th, b, hh);
     float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
@@ -171,18 +170,9 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-            float l = lrun[mt][rr];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            l *= sgn;
-            float sc = 1.0f; /* undoes the range guard: l and O are scaled by 2^-esc */
-            if (GUARD) {
-                sc = exp2f(esc[mt * 2 + rr]);
-                l *= sc;
-            }
             const float m = mrun[mt][rr];
             float nsig;
-            const float inv = fwd_normalizer(l, m, sgn * sc, args.eps, nsig);
+            const float inv = fwd_row_inv<GUARD>(args, lrun[mt][rr], m, esc[mt * 2 + rr], nsig);
             const int64_t t = qs + wr0 + mt * 16 + g + rr * 8;
             if (t < S) {
                 T *row = gh + t * th.ss;
@@ -203,7 +193,7 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
  * rows, through a buffer of NR rows (floats; O [NR][D + 8], l [NR][4] per-lane partials, m [NR], esc [NR]) in which
  * a thread's rows are wr0 - r0 + mt * 16 + g (+ 8); the 8 floats of padding per O row put the eight rows g of a
  * warp's accesses into different banks. fwd_split_store writes the state; fwd_split_combine, once the
- * stores are visible, folds the buffer into the caller's state (buf may be another CTA's shared memory, mapped). */
+ * stores are visible, folds the buffer into the caller's state. */
 template <int MT, int D>
 __device__ __forceinline__ void fwd_split_store(float *buf, int NR, int r0, int wr0, const float (&o)[MT][D / 8][4],
                                                 const float (&mrun)[MT][2], const float (&lrun)[MT][2],

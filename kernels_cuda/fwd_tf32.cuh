@@ -440,18 +440,13 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
     float *gh = bh_ptr<float>(th, b, hh);
     float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
-    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-            float l = lrun[mt][rr];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            l *= sgn;
             const float m = mrun[mt][rr];
             float nsig;
-            const float inv = fwd_normalizer(l, m, sgn, args.eps, nsig);
+            const float inv = fwd_row_inv<false>(args, lrun[mt][rr], m, 0.0f, nsig);
             const int64_t t = qs + wr0 + mt * 16 + g + rr * 8;
             if (t < S) {
                 float *row = gh + t * th.ss;

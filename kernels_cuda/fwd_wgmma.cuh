@@ -70,23 +70,13 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
                                                     unsigned char *stg, int bar)
 {
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
     const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
     T *gh = bh_ptr<T>(th, b, hh);
     const int64_t S = args.S;
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
-        float l = lrun[0][rr];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        l *= sgn;
-        float sc = 1.0f; /* undoes the range guard: l and O are scaled by 2^-esc */
-        if (GUARD) {
-            sc = exp2f(esc[rr]);
-            l *= sc;
-        }
         float nsig;
-        const float inv = fwd_normalizer(l, mrun[0][rr], sgn * sc, args.eps, nsig);
+        const float inv = fwd_row_inv<GUARD>(args, lrun[0][rr], mrun[0][rr], esc[rr], nsig);
         const int r = wr0 - r0 + g + rr * 8;
         uint32_t *srow = reinterpret_cast<uint32_t *>(stg + r * P); /* P / 4 = 4 (mod 32): rows g in other banks */
 #pragma unroll
@@ -98,22 +88,12 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
         }
     }
     named_sync(bar, 128);
-    const int tid = (int)threadIdx.x & 127;
-    if (((reinterpret_cast<uintptr_t>(gh) | (uintptr_t)(th.ss * (int64_t)sizeof(T))) & 15) == 0) {
-        constexpr int U = D / 8; /* 16-byte pieces per row */
+    constexpr int U = D / 8; /* 16-byte pieces per row (the tensor-core path has 16-byte aligned rows) */
 #pragma unroll 4
-        for (int i = tid; i < 64 * U; i += 128) {
-            const int r = i / U, c = i % U;
-            const int64_t t = qs + r0 + r;
-            if (t < S) *reinterpret_cast<uint4 *>(gh + t * th.ss + c * 8) = *reinterpret_cast<const uint4 *>(stg + r * P + c * 16);
-        }
-    } else {
-        constexpr int U = D / 2; /* 4-byte pieces per row */
-        for (int i = tid; i < 64 * U; i += 128) {
-            const int r = i / U, c = i % U;
-            const int64_t t = qs + r0 + r;
-            if (t < S) *reinterpret_cast<uint32_t *>(gh + t * th.ss + c * 2) = *reinterpret_cast<const uint32_t *>(stg + r * P + c * 4);
-        }
+    for (int i = (int)threadIdx.x & 127; i < 64 * U; i += 128) {
+        const int r = i / U, c = i % U;
+        const int64_t t = qs + r0 + r;
+        if (t < S) *reinterpret_cast<uint4 *>(gh + t * th.ss + c * 8) = *reinterpret_cast<const uint4 *>(stg + r * P + c * 16);
     }
 }
 

@@ -157,8 +157,7 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 /* Thread-block clusters: this CTA's rank in its cluster; the cluster barrier (arrive with release, wait with acquire;
- * complete once every thread of every CTA of the cluster has arrived); another CTA's shared memory, mapped into the
- * generic address space (p: a generic address of this CTA's shared memory). */
+ * complete once every thread of every CTA of the cluster has arrived). */
 __device__ __forceinline__ int cluster_rank()
 {
     uint32_t r;
@@ -167,12 +166,6 @@ __device__ __forceinline__ int cluster_rank()
 }
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
-template <typename P> __device__ __forceinline__ const P *cluster_map(const P *p, int rank)
-{
-    uint64_t r;
-    asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(r) : "l"(p), "r"(rank));
-    return reinterpret_cast<const P *>(r);
-}
 /* shared::cluster address of the shared::cta address a in the cluster's CTA rank */
 __device__ __forceinline__ uint32_t cluster_map_u32(uint32_t a, int rank)
 {
