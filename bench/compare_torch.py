@@ -4,7 +4,9 @@ torch tensors with mlstm_buffer_wrap_cuda and runs on torch's current stream (ml
   --check : relative L2 error of every output (h, m, n, dq, dk, dv, di, df) against a float64 PyTorch
             reference (materialised S x S, autograd for the backward, m held constant) on storage-rounded inputs.
   --bench : CUDA-graph timings of libmlstm fwd / fwd+bwd against scaled_dot_product_attention(is_causal=True)
-            (and mlstm_kernels if importable); FLOPs fwd 2*2*B*NH*S*S*D/2, fwd+bwd 3.5x that.
+            and, if importable, mlstm_kernels' parallel Triton kernels (mlstm_parallel__limit_headdim; in f16 /
+            bf16 only with DISABLE_LLVM_OPT=1 set, without which Triton's compiler aborts the process on them);
+            FLOPs fwd 2*2*B*NH*S*S*D/2, fwd+bwd 3.5x that.
 Usage: python3 bench/compare_torch.py --lib build/libmlstm.so [--check] [--bench] [--json out.json]"""
 import argparse
 import ctypes as C
@@ -299,8 +301,44 @@ def graph_ms(fn, iters=10, reps=5):
     return times[len(times) // 2]
 
 
+def mlstm_kernels_parallel():
+    """mlstm_kernels' parallel Triton forward/backward (the predecessor of this library), or None"""
+    try:
+        from mlstm_kernels.torch.parallel.triton_limit_headdim import mlstm_parallel__limit_headdim
+    except ImportError:
+        return None
+    return mlstm_parallel__limit_headdim
+
+
+def time_mlstm_kernels(mk, B, NH, S, D, T, r):
+    """times mk on q, k, v, i ~ N(0, 1), f ~ 3 + N(0, 1) (as the anchors); fills r's mlstm_kernels_* keys"""
+    if T != torch.float32 and not os.environ.get("DISABLE_LLVM_OPT"):
+        print("mlstm_kernels not timed in %s: its Triton kernels need DISABLE_LLVM_OPT=1 there" % T)
+        return
+    q = torch.randn(B, NH, S, D, device="cuda", dtype=T, requires_grad=True)
+    k = torch.randn_like(q, requires_grad=True)
+    v = torch.randn_like(q, requires_grad=True)
+    i = torch.randn(B, NH, S, device="cuda", dtype=T, requires_grad=True)
+    f = (3.0 + torch.randn(B, NH, S, device="cuda", dtype=T)).requires_grad_(True)
+    dh = torch.randn_like(q)
+
+    def kf():
+        mk(q, k, v, i, f, eps=1e-6, autocast_kernel_dtype=T)
+
+    def kfb():
+        h = mk(q, k, v, i, f, eps=1e-6, autocast_kernel_dtype=T)
+        torch.autograd.grad(h, (q, k, v, i, f), dh)
+
+    try:
+        r["mlstm_kernels_fw_ms"] = graph_ms(kf)
+        r["mlstm_kernels_fwbw_ms"] = graph_ms(kfb)
+    except Exception as e:  # its shape limits: head dims powers of two up to 256, S a multiple of its block
+        print("mlstm_kernels timing failed:", e)
+
+
 def bench_all(lib, shapes, dtypes):
     rows = []
+    mk = mlstm_kernels_parallel()
     for dtype in dtypes:
         for (B, NH, S, D) in shapes:
             flops = 2 * 2 * B * NH * S * S * D / 2
@@ -342,6 +380,8 @@ def bench_all(lib, shapes, dtypes):
                 except Exception as e:
                     print("sdpa timing failed:", e)
                 del q, k, v, do
+            if mk is not None:
+                time_mlstm_kernels(mk, B, NH, S, D, TDT[dtype], r)
             for key in list(r):
                 if key.endswith("_fw_ms"):
                     r[key.replace("_ms", "_tflops")] = flops / r[key] * 1e-9
@@ -358,12 +398,15 @@ def bench_all(lib, shapes, dtypes):
                      "%.3f ms %.0f TF" % (r["sdpa_fwbw_ms"], r["sdpa_fwbw_tflops"]) if "sdpa_fwbw_ms" in r else "-",
                      "%.2f" % r["ratio_fw"] if "ratio_fw" in r else "-",
                      "%.2f" % r["ratio_fwbw"] if "ratio_fwbw" in r else "-"), flush=True)
+            if "mlstm_kernels_fw_ms" in r and "mlstm_fw_ms" in r:
+                print("      mlstm_kernels (Triton parallel) fw %7.4f ms %6.1f TF  fwbw %7.3f ms %6.1f TF | its time / ours"
+                      " fw %.2f fwbw %.2f" % (r["mlstm_kernels_fw_ms"], r["mlstm_kernels_fw_tflops"],
+                                             r["mlstm_kernels_fwbw_ms"], r["mlstm_kernels_fwbw_tflops"],
+                                             r["mlstm_kernels_fw_ms"] / r["mlstm_fw_ms"],
+                                             r["mlstm_kernels_fwbw_ms"] / r["mlstm_fwbw_ms"]), flush=True)
             torch.cuda.empty_cache()
-    try:
-        import mlstm_kernels  # noqa: F401
-        print("mlstm_kernels is importable; not timed by this script yet")
-    except ImportError:
-        pass
+    if mk is None:
+        print("mlstm_kernels is not importable: not timed")
     return rows
 
 
