@@ -7,6 +7,7 @@
 #include <type_traits>
 #include "tile_config.h"
 #include "mlstm_cuda_kernels.h"
+#include "head_dims.h"
 
 namespace mlstm {
 PFN_cuTensorMapEncodeTiled_v12000 g_tma_encode = nullptr; /* launch.h */
@@ -166,20 +167,6 @@ int tc_dim(const mlstm_params *p, const KArgs &a, bool backward)
     if (!tc_aligned(a, backward)) return 0;
     return (int)p->dqk;
 }
-
-#define MLSTM_RUN(call, name)                                                                                    \
-    do {                                                                                                         \
-        cudaError_t e_ = (call);                                                                                 \
-        if (e_ != cudaSuccess) {                                                                                 \
-            if (fail) {                                                                                          \
-                fail->code = (int)e_;                                                                            \
-                fail->what = name;                                                                               \
-                fail->file = __FILE__;                                                                           \
-                fail->line = __LINE__;                                                                           \
-            }                                                                                                    \
-            return (int)e_;                                                                                      \
-        }                                                                                                        \
-    } while (0)
 
 template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16>::value ? 1 : 0; }
 
@@ -433,10 +420,16 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
     return 0;
 }
 
-extern "C" int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail)
+namespace mlstm {
+bool direct_tc(const mlstm_params *p, bool backward)
 {
     const KArgs a = make_args(p);
-    cudaStream_t st = (cudaStream_t)stream;
+    return p->dtype == MLSTM_DTYPE_F32 ? tc32_dim(p, a, backward) != 0 : tc_dim(p, a, backward) != 0;
+}
+
+int direct_fwd(const mlstm_params *p, cudaStream_t st, mlstm_cuda_fail *fail)
+{
+    const KArgs a = make_args(p);
     switch (p->dtype) {
     case MLSTM_DTYPE_F32: return fwd_t<float>(p, a, st, fail);
     case MLSTM_DTYPE_F16: return fwd_t<__half>(p, a, st, fail);
@@ -445,10 +438,9 @@ extern "C" int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, mlstm
     }
 }
 
-extern "C" int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail)
+int direct_bwd(const mlstm_params *p, cudaStream_t st, mlstm_cuda_fail *fail)
 {
     const KArgs a = make_args(p);
-    cudaStream_t st = (cudaStream_t)stream;
     switch (p->dtype) {
     case MLSTM_DTYPE_F32: return bwd_t<float>(p, a, st, fail);
     case MLSTM_DTYPE_F16: return bwd_t<__half>(p, a, st, fail);
@@ -456,11 +448,39 @@ extern "C" int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm
     default: MLSTM_RUN(cudaErrorInvalidValue, "dtype"); return 0;
     }
 }
+} // namespace mlstm
+
+extern "C" size_t mlstm_cuda_kernels_workspace_size(const mlstm_params *p, int backward)
+{
+    HeadDimPlan hp;
+    return head_dim_plan(p, backward != 0, &hp) ? head_dim_workspace(p, hp, backward != 0) : 0;
+}
+
+static int run_call(const mlstm_params *p, int backward, void *stream, void *ws, size_t ws_bytes, mlstm_cuda_fail *fail)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    HeadDimPlan hp;
+    if (!head_dim_plan(p, backward != 0, &hp)) return backward ? direct_bwd(p, st, fail) : direct_fwd(p, st, fail);
+    if (ws_bytes < head_dim_workspace(p, hp, backward != 0)) MLSTM_RUN(cudaErrorInvalidValue, "workspace too small");
+    return backward ? head_dim_bwd(p, hp, st, ws, fail) : head_dim_fwd(p, hp, st, ws, fail);
+}
+
+extern "C" int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, void *ws, size_t ws_bytes,
+                                      mlstm_cuda_fail *fail)
+{
+    return run_call(p, 0, stream, ws, ws_bytes, fail);
+}
+
+extern "C" int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, void *ws, size_t ws_bytes,
+                                      mlstm_cuda_fail *fail)
+{
+    return run_call(p, 1, stream, ws, ws_bytes, fail);
+}
 
 extern "C" const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward)
 {
-    const KArgs a = make_args(p);
-    if (p->dtype == MLSTM_DTYPE_F32)
-        return tc32_dim(p, a, backward != 0) ? (tc32_mode(p) == 1 ? "tf32" : "tc32") : "simt";
-    return tc_dim(p, a, backward != 0) ? "tc" : "simt";
+    HeadDimPlan hp;
+    const bool tc = direct_tc(p, backward != 0) || head_dim_plan(p, backward != 0, &hp);
+    if (p->dtype == MLSTM_DTYPE_F32) return tc ? (tc32_mode(p) == 1 ? "tf32" : "tc32") : "simt";
+    return tc ? "tc" : "simt";
 }

@@ -25,9 +25,15 @@ typedef struct mlstm_cuda_fail {
  * (MLSTM_F32_TC_DEFAULT). wgmma: the sm_90a warpgroup-MMA kernels for f16/bf16 (compute capability 9.0, builds that
  * include sm_90a), 0 off, 1 or -1 whenever eligible, -2 the build default (MLSTM_WGMMA_DEFAULT). */
 int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma);
-/* Enqueues the forward / backward of p on stream (a cudaStream_t). Asynchronous; no allocation. */
-int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);
-int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, mlstm_cuda_fail *fail);
+/* Device workspace bytes the call of p needs (0 for most calls): head dims that no instance serves as they stand
+ * (DQK != DV, dims other than 64/128/256, rows not 16-byte aligned) run on a tensor-core instance through padded and
+ * sliced copies staged there (kernels_cuda/head_dims.cu). */
+size_t mlstm_cuda_kernels_workspace_size(const mlstm_params *p, int backward);
+/* Enqueues the forward / backward of p on stream (a cudaStream_t), with ws (ws_bytes, at least
+ * mlstm_cuda_kernels_workspace_size; device memory, unused by other work until the call completes). Asynchronous;
+ * no allocation. */
+int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, void *ws, size_t ws_bytes, mlstm_cuda_fail *fail);
+int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, void *ws, size_t ws_bytes, mlstm_cuda_fail *fail);
 /* Which path a call takes (for logs and tests): "tc" (f16/bf16 tensor cores), "tc32" (f32, 3xTF32 tensor
  * cores), "tf32" (f32, TF32 tensor cores, MLSTM_MATH_TF32) or "simt". */
 const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward);

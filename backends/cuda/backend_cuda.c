@@ -16,6 +16,8 @@ typedef struct mlstm_cuda_impl {
     int device;
     cudaStream_t own_stream; /* created at init, destroyed at destroy */
     cudaStream_t stream;     /* where work goes: own_stream or the caller's (mlstm_cuda_set_stream) */
+    void *ws;                /* the head-dim staging workspace (kernels_cuda/head_dims.cu), grown on demand */
+    size_t ws_bytes;
     char name[256];
     char err[1024];
 } mlstm_cuda_impl;
@@ -97,6 +99,8 @@ static void cuda_destroy(void *impl)
             (void)cudaStreamSynchronize(c->own_stream);
             (void)cudaStreamDestroy(c->own_stream);
         }
+        if (c->ws)
+            (void)cudaFree(c->ws);
     }
     (void)cudaGetLastError();
     free(c);
@@ -208,12 +212,49 @@ static int cuda_buffer_read(void *impl, void *mem, size_t offset_bytes, size_t b
 
 /* ---- compute ---- */
 
+/* Makes the context's workspace at least bytes large. Never inside a CUDA graph capture (an allocation there would
+ * be the graph's, not the context's): then a clear error asking for one uncaptured call first. */
+static int ensure_workspace(mlstm_cuda_impl *c, size_t bytes)
+{
+    if (bytes <= c->ws_bytes)
+        return MLSTM_OK;
+    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    CU_TRY(c, cudaStreamIsCapturing(c->stream, &cap));
+    if (cap != cudaStreamCaptureStatusNone) {
+        put_msg(c->err, sizeof c->err,
+                "this call needs a %zu-byte device workspace (head dims staged for the tensor-core kernels) and the "
+                "context has %zu bytes; it cannot be allocated during CUDA graph capture: run the call once before "
+                "capturing",
+                bytes, c->ws_bytes);
+        return MLSTM_ERR_UNSUPPORTED;
+    }
+    CU_TRY(c, cudaStreamSynchronize(c->stream)); /* the old workspace may still be in use */
+    if (c->ws)
+        (void)cudaFree(c->ws);
+    c->ws = NULL;
+    c->ws_bytes = 0;
+    cudaError_t e = cudaMalloc(&c->ws, bytes);
+    if (e != cudaSuccess) {
+        c->ws = NULL;
+        put_msg(c->err, sizeof c->err, "cudaMalloc of the %zu-byte workspace failed: %s (%d)", bytes,
+                cudaGetErrorName(e), (int)e);
+        (void)cudaGetLastError();
+        return map_error(e, 0);
+    }
+    c->ws_bytes = bytes;
+    return MLSTM_OK;
+}
+
 static int cuda_run(void *impl, const mlstm_params *p, int backward)
 {
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
     CU_TRY(c, cudaSetDevice(c->device));
+    int st = ensure_workspace(c, mlstm_cuda_kernels_workspace_size(p, backward));
+    if (st != MLSTM_OK)
+        return st;
     mlstm_cuda_fail f = {0, "", "", 0};
-    int e = backward ? mlstm_cuda_kernels_bwd(p, (void *)c->stream, &f) : mlstm_cuda_kernels_fwd(p, (void *)c->stream, &f);
+    int e = backward ? mlstm_cuda_kernels_bwd(p, (void *)c->stream, c->ws, c->ws_bytes, &f)
+                     : mlstm_cuda_kernels_fwd(p, (void *)c->stream, c->ws, c->ws_bytes, &f);
     if (e != 0)
         return fail_at(c, (cudaError_t)f.code, f.what, f.file, f.line, 1);
     return MLSTM_OK;

@@ -21,6 +21,7 @@ include(${_mlstm_cuda_root}/kernels_cuda/inst/instances.cmake)
 target_sources(${MLSTM_LIB_TARGET} PRIVATE
   ${_mlstm_cuda_root}/backends/cuda/backend_cuda.c
   ${_mlstm_cuda_root}/kernels_cuda/dispatch.cu
+  ${_mlstm_cuda_root}/kernels_cuda/head_dims.cu
   ${MLSTM_CUDA_INSTANCE_SOURCES})
 
 set_target_properties(${MLSTM_LIB_TARGET} PROPERTIES

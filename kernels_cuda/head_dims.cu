@@ -1,0 +1,314 @@
+/* libmlstm CUDA kernels: any DQK <= 256 and any DV (up to MLSTM_MAX_HEAD_DIM) on the tensor-core instances of head
+ * dim D in {64, 128, 256}. q and k are zero-padded to D columns (zeros change no score); v, h, dh and dv are cut into
+ * column slices of width D, each one call of the D instance (the scores are recomputed per slice). The backward's
+ * dq, dk, di and df are sums over the slices: all are linear in dC = dh v^T / N + (row term), and the exact mode's
+ * row term delta_t = sigma_t dh_t . h_t is itself the sum of the slices' dh . h. */
+#include <stdint.h>
+#include "head_dims.h"
+#include "common.cuh"
+
+namespace mlstm {
+namespace {
+
+constexpr int COPY_THREADS = 256;
+
+/* One strided (B, NH, S, cols) tensor: base pointer of element (0, 0, 0, 0) and element strides */
+struct Cols {
+    void *p;
+    int64_t sb, sh, ss;
+};
+
+/* dst[.., c] = c < src_cols ? src[.., c] : 0 for c < dst_cols (zero padding, or a plain column copy) */
+template <typename T>
+__global__ void __launch_bounds__(COPY_THREADS)
+copy_cols_kernel(Cols src, int64_t src_cols, Cols dst, int64_t dst_cols, int64_t NH, int64_t S, int64_t rows)
+{
+    const int64_t n = rows * dst_cols;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / dst_cols, c = i % dst_cols;
+        const int64_t s = r % S, bh = r / S, h = bh % NH, b = bh / NH;
+        const T *sp = (const T *)src.p + b * src.sb + h * src.sh + s * src.ss;
+        T *dp = (T *)dst.p + b * dst.sb + h * dst.sh + s * dst.ss;
+        dp[c] = c < src_cols ? sp[c] : T{};
+    }
+}
+
+/* dst[.., c] = sum over the n contiguous (rows, ld) slices of src (in f32, one rounding), c < cols */
+struct SliceSrc {
+    const void *p[HEAD_DIM_MAX_SLICES];
+};
+template <typename T>
+__global__ void __launch_bounds__(COPY_THREADS)
+sum_slices_kernel(SliceSrc src, int n, int64_t ld, Cols dst, int64_t cols, int64_t NH, int64_t S, int64_t rows)
+{
+    const int64_t total = rows * cols;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / cols, c = i % cols;
+        const int64_t s = r % S, bh = r / S, h = bh % NH, b = bh / NH;
+        float acc = 0.0f;
+        for (int k = 0; k < n; ++k) acc += to_f32(((const T *)src.p[k])[r * ld + c]);
+        ((T *)dst.p + b * dst.sb + h * dst.sh + s * dst.ss)[c] = from_f32<T>(acc);
+    }
+}
+
+unsigned grid_for(int64_t n)
+{
+    const int64_t g = (n + COPY_THREADS - 1) / COPY_THREADS;
+    return (unsigned)(g < 65535 * 8 ? (g > 0 ? g : 1) : 65535 * 8);
+}
+
+size_t dtype_bytes(int dtype) { return dtype == MLSTM_DTYPE_F32 ? 4 : 2; }
+bool is_f32_tensor(int x)
+{
+    return x == MLSTM_TENSOR_I || x == MLSTM_TENSOR_F || x == MLSTM_TENSOR_M || x == MLSTM_TENSOR_N ||
+           x == MLSTM_TENSOR_DI || x == MLSTM_TENSOR_DF;
+}
+
+/* The columns [c0, c0 + w) of tensor x of p as a Cols */
+Cols cols_of(const mlstm_params *p, int x, int64_t c0)
+{
+    const mlstm_tensor_arg &t = p->t[x];
+    const size_t esz = is_f32_tensor(x) ? 4 : dtype_bytes(p->dtype);
+    return Cols{(char *)t.mem + (t.offset + c0) * esz, t.stride_b, t.stride_h, t.stride_s};
+}
+
+/* A contiguous (B, NH, S, cols) workspace tensor */
+Cols contiguous(void *ptr, const mlstm_params *p, int64_t cols)
+{
+    return Cols{ptr, p->heads * p->seq_len * cols, p->seq_len * cols, cols};
+}
+mlstm_tensor_arg as_arg(const Cols &c) { return mlstm_tensor_arg{c.p, 0, c.sb, c.sh, c.ss}; }
+
+/* Whether the D columns from c0 of tensor x can be handed to the instance in place: they exist, and rows are 16-byte
+ * aligned (base and every stride) */
+bool in_place(const mlstm_params *p, int x, int64_t c0, int64_t width, int D)
+{
+    if (c0 + D > width) return false;
+    const Cols c = cols_of(p, x, c0);
+    const int64_t m = 16 / (int64_t)dtype_bytes(p->dtype) - 1;
+    return ((uintptr_t)c.p & 15) == 0 && (c.sb & m) == 0 && (c.sh & m) == 0 && (c.ss & m) == 0;
+}
+
+template <typename T> cudaError_t copy_cols(const Cols &src, int64_t src_cols, const Cols &dst, int64_t dst_cols,
+                                            const mlstm_params *p, cudaStream_t st)
+{
+    const int64_t rows = p->batch * p->heads * p->seq_len;
+    copy_cols_kernel<T><<<grid_for(rows * dst_cols), COPY_THREADS, 0, st>>>(src, src_cols, dst, dst_cols, p->heads,
+                                                                            p->seq_len, rows);
+    return cudaGetLastError();
+}
+cudaError_t copy_cols_any(int dtype, const Cols &src, int64_t src_cols, const Cols &dst, int64_t dst_cols,
+                          const mlstm_params *p, cudaStream_t st)
+{
+    if (dtype == MLSTM_DTYPE_F32) return copy_cols<float>(src, src_cols, dst, dst_cols, p, st);
+    return copy_cols<uint16_t>(src, src_cols, dst, dst_cols, p, st); /* a plain 2-byte move */
+}
+template <typename T> cudaError_t sum_slices(const SliceSrc &src, int n, int64_t ld, const Cols &dst, int64_t cols,
+                                             const mlstm_params *p, cudaStream_t st)
+{
+    const int64_t rows = p->batch * p->heads * p->seq_len;
+    sum_slices_kernel<T><<<grid_for(rows * cols), COPY_THREADS, 0, st>>>(src, n, ld, dst, cols, p->heads, p->seq_len,
+                                                                         rows);
+    return cudaGetLastError();
+}
+cudaError_t sum_slices_any(int dtype, const SliceSrc &src, int n, int64_t ld, const Cols &dst, int64_t cols,
+                           const mlstm_params *p, cudaStream_t st)
+{
+    switch (dtype) {
+    case MLSTM_DTYPE_F16: return sum_slices<__half>(src, n, ld, dst, cols, p, st);
+    case MLSTM_DTYPE_BF16: return sum_slices<__nv_bfloat16>(src, n, ld, dst, cols, p, st);
+    default: return sum_slices<float>(src, n, ld, dst, cols, p, st);
+    }
+}
+
+/* The workspace: 256-byte aligned pieces handed out in order; with base == nullptr only the size is counted */
+struct Arena {
+    char *base;
+    size_t used;
+    void *take(size_t bytes)
+    {
+        void *r = base ? base + used : nullptr;
+        used += (bytes + 255) / 256 * 256;
+        return r;
+    }
+};
+
+/* Everything one adapted call stages; null where a tensor is used in place */
+struct Staging {
+    void *q, *k, *v, *h, *dh, *dv;                  /* inputs (and dv, h output) staged D wide */
+    void *dq[HEAD_DIM_MAX_SLICES], *dk[HEAD_DIM_MAX_SLICES];
+    void *di[HEAD_DIM_MAX_SLICES], *df[HEAD_DIM_MAX_SLICES];
+};
+
+bool needs_stage(const mlstm_params *p, int x, int64_t width, const HeadDimPlan &hp)
+{
+    for (int s = 0; s < hp.nslice; ++s)
+        if (!in_place(p, x, (int64_t)s * hp.D, width, hp.D)) return true;
+    return false;
+}
+
+/* Lays the staging out in the arena (sizes only when the arena has no base) */
+Staging lay_out(const mlstm_params *p, const HeadDimPlan &hp, bool backward, Arena &ar)
+{
+    Staging g = {};
+    const size_t tile = (size_t)p->batch * p->heads * p->seq_len * hp.D * dtype_bytes(p->dtype);
+    const size_t vec = (size_t)p->batch * p->heads * p->seq_len * 4;
+    if (!in_place(p, MLSTM_TENSOR_Q, 0, p->dqk, hp.D)) g.q = ar.take(tile);
+    if (!in_place(p, MLSTM_TENSOR_K, 0, p->dqk, hp.D)) g.k = ar.take(tile);
+    if (needs_stage(p, MLSTM_TENSOR_V, p->dv, hp)) g.v = ar.take(tile);
+    if (!backward) {
+        if (needs_stage(p, MLSTM_TENSOR_H, p->dv, hp)) g.h = ar.take(tile);
+        return g;
+    }
+    if (p->grad_mode == MLSTM_GRAD_EXACT && needs_stage(p, MLSTM_TENSOR_H, p->dv, hp)) g.h = ar.take(tile);
+    if (needs_stage(p, MLSTM_TENSOR_DH, p->dv, hp)) g.dh = ar.take(tile);
+    if (needs_stage(p, MLSTM_TENSOR_DV, p->dv, hp)) g.dv = ar.take(tile);
+    const bool single = hp.nslice == 1;
+    for (int s = 0; s < hp.nslice; ++s) {
+        if (!single || !in_place(p, MLSTM_TENSOR_DQ, 0, p->dqk, hp.D)) g.dq[s] = ar.take(tile);
+        if (!single || !in_place(p, MLSTM_TENSOR_DK, 0, p->dqk, hp.D)) g.dk[s] = ar.take(tile);
+        if (!single) {
+            g.di[s] = ar.take(vec);
+            g.df[s] = ar.take(vec);
+        }
+    }
+    return g;
+}
+
+/* Tensor x of the slice call: in place (its columns from c0), or the staging buffer (filled from the call's
+ * columns [c0, c0 + w) when fill is set, zero-padded to D) */
+int slice_tensor(const mlstm_params *p, mlstm_params &ps, int x, int64_t c0, int64_t width, void *stage, bool fill,
+                 int D, cudaStream_t st, mlstm_cuda_fail *fail)
+{
+    if (in_place(p, x, c0, width, D)) {
+        ps.t[x] = as_arg(cols_of(p, x, c0));
+        return 0;
+    }
+    const Cols c = contiguous(stage, p, D);
+    const int64_t w = width - c0 < D ? width - c0 : D;
+    if (fill) MLSTM_RUN(copy_cols_any(p->dtype, cols_of(p, x, c0), w, c, D, p, st), "head-dim staging copy");
+    ps.t[x] = as_arg(c);
+    return 0;
+}
+
+/* Copies a staged slice output back into the call's columns [c0, c0 + w) of tensor x */
+int unstage(const mlstm_params *p, const mlstm_params &ps, int x, int64_t c0, int64_t width, int D, cudaStream_t st,
+            mlstm_cuda_fail *fail)
+{
+    if (in_place(p, x, c0, width, D)) return 0;
+    const int64_t w = width - c0 < D ? width - c0 : D;
+    const mlstm_tensor_arg &t = ps.t[x];
+    MLSTM_RUN(copy_cols_any(p->dtype, Cols{t.mem, t.stride_b, t.stride_h, t.stride_s}, w, cols_of(p, x, c0), w, p, st),
+              "head-dim copy-back");
+    return 0;
+}
+
+mlstm_params slice_params(const mlstm_params *p, const HeadDimPlan &hp)
+{
+    mlstm_params ps = *p;
+    ps.dqk = ps.dv = hp.D;
+    return ps;
+}
+
+} // namespace
+
+bool head_dim_plan(const mlstm_params *p, bool backward, HeadDimPlan *hp)
+{
+    if (p->dqk > 256 || direct_tc(p, backward)) return false;
+    /* cost ~ slices x D, D = 64 counted as 128 (its kernels run at about half the rate per FLOP); ties: larger D */
+    int best = 0;
+    int64_t best_cost = 0;
+    for (int D = 256; D >= 64; D /= 2) {
+        if (D < p->dqk) continue;
+        const int64_t ns = (p->dv + D - 1) / D;
+        if (ns > HEAD_DIM_MAX_SLICES) continue;
+        /* the instance exists and was accepted: ask the direct path about an aligned stand-in of this shape */
+        mlstm_params probe = slice_params(p, HeadDimPlan{D, (int)ns});
+        for (int x = 0; x < MLSTM_TENSOR_COUNT; ++x) {
+            probe.t[x].mem = probe.t[x].mem ? (void *)(uintptr_t)256 : nullptr;
+            probe.t[x].offset = 0;
+            probe.t[x].stride_s = is_f32_tensor(x) ? 1 : D;
+            probe.t[x].stride_h = probe.t[x].stride_s * p->seq_len;
+            probe.t[x].stride_b = probe.t[x].stride_h * p->heads;
+        }
+        if (!direct_tc(&probe, backward)) continue;
+        const int64_t cost = ns * (D < 128 ? 128 : D);
+        if (best == 0 || cost < best_cost) {
+            best = D;
+            best_cost = cost;
+        }
+    }
+    if (best == 0) return false;
+    hp->D = best;
+    hp->nslice = (int)((p->dv + best - 1) / best);
+    return true;
+}
+
+size_t head_dim_workspace(const mlstm_params *p, const HeadDimPlan &hp, bool backward)
+{
+    Arena ar = {nullptr, 0};
+    (void)lay_out(p, hp, backward, ar);
+    return ar.used;
+}
+
+int head_dim_fwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws, mlstm_cuda_fail *fail)
+{
+    Arena ar = {(char *)ws, 0};
+    const Staging g = lay_out(p, hp, false, ar);
+    const int D = hp.D;
+    mlstm_params ps = slice_params(p, hp);
+    int e;
+    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, D, st, fail))) return e;
+    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, D, st, fail))) return e;
+    for (int s = 0; s < hp.nslice; ++s) {
+        const int64_t c0 = (int64_t)s * D;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, D, st, fail))) return e;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, false, D, st, fail))) return e;
+        if ((e = direct_fwd(&ps, st, fail))) return e; /* each slice writes the same m and n */
+        if ((e = unstage(p, ps, MLSTM_TENSOR_H, c0, p->dv, D, st, fail))) return e;
+    }
+    return 0;
+}
+
+int head_dim_bwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws, mlstm_cuda_fail *fail)
+{
+    Arena ar = {(char *)ws, 0};
+    const Staging g = lay_out(p, hp, true, ar);
+    const int D = hp.D, ns = hp.nslice;
+    const bool exact = p->grad_mode == MLSTM_GRAD_EXACT;
+    mlstm_params ps = slice_params(p, hp);
+    int e;
+    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, D, st, fail))) return e;
+    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, D, st, fail))) return e;
+    for (int s = 0; s < ns; ++s) {
+        const int64_t c0 = (int64_t)s * D;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, D, st, fail))) return e;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DH, c0, p->dv, g.dh, true, D, st, fail))) return e;
+        if (exact && (e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, true, D, st, fail))) return e;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DV, c0, p->dv, g.dv, false, D, st, fail))) return e;
+        if (g.dq[s]) ps.t[MLSTM_TENSOR_DQ] = as_arg(contiguous(g.dq[s], p, D));
+        else ps.t[MLSTM_TENSOR_DQ] = as_arg(cols_of(p, MLSTM_TENSOR_DQ, 0));
+        if (g.dk[s]) ps.t[MLSTM_TENSOR_DK] = as_arg(contiguous(g.dk[s], p, D));
+        else ps.t[MLSTM_TENSOR_DK] = as_arg(cols_of(p, MLSTM_TENSOR_DK, 0));
+        if (g.di[s]) ps.t[MLSTM_TENSOR_DI] = as_arg(contiguous(g.di[s], p, 1));
+        if (g.df[s]) ps.t[MLSTM_TENSOR_DF] = as_arg(contiguous(g.df[s], p, 1));
+        if ((e = direct_bwd(&ps, st, fail))) return e;
+        if ((e = unstage(p, ps, MLSTM_TENSOR_DV, c0, p->dv, D, st, fail))) return e;
+    }
+    /* dq, dk (D wide slices -> DQK columns) and, over several slices, di and df: one f32 sum each */
+    const struct { void *const *parts; int x; int64_t ld, cols; int dtype; } outs[4] = {
+        {g.dq, MLSTM_TENSOR_DQ, D, p->dqk, p->dtype},
+        {g.dk, MLSTM_TENSOR_DK, D, p->dqk, p->dtype},
+        {g.di, MLSTM_TENSOR_DI, 1, 1, MLSTM_DTYPE_F32},
+        {g.df, MLSTM_TENSOR_DF, 1, 1, MLSTM_DTYPE_F32},
+    };
+    for (const auto &o : outs) {
+        if (!o.parts[0]) continue;
+        SliceSrc src = {};
+        for (int s = 0; s < ns; ++s) src.p[s] = o.parts[s];
+        MLSTM_RUN(sum_slices_any(o.dtype, src, ns, o.ld, cols_of(p, o.x, 0), o.cols, p, st), "head-dim slice sum");
+    }
+    return 0;
+}
+
+} // namespace mlstm

@@ -1,0 +1,48 @@
+/* libmlstm CUDA kernels: the interface between dispatch.cu (the direct path: one compiled instance for the call's
+ * exact shape) and head_dims.cu (every other head dimension served by those instances through zero padding and
+ * column slices of DV, staged in a caller-provided workspace). Host C++ only; no kernel bodies. */
+#pragma once
+
+#include <cuda_runtime.h>
+#include "params.h"
+#include "mlstm_cuda_kernels.h"
+
+#define MLSTM_RUN(call, name)                                                                                    \
+    do {                                                                                                         \
+        cudaError_t e_ = (call);                                                                                 \
+        if (e_ != cudaSuccess) {                                                                                 \
+            if (fail) {                                                                                          \
+                fail->code = (int)e_;                                                                            \
+                fail->what = name;                                                                               \
+                fail->file = __FILE__;                                                                           \
+                fail->line = __LINE__;                                                                           \
+            }                                                                                                    \
+            return (int)e_;                                                                                      \
+        }                                                                                                        \
+    } while (0)
+
+namespace mlstm {
+
+/* dispatch.cu: whether the tensor-core path (f16/bf16, or f32 tensor cores) serves p as it stands (DQK = DV = 64,
+ * 128 or 256, 16-byte aligned rows, the instance accepted at setup), and the direct launches (that path or SIMT) */
+bool direct_tc(const mlstm_params *p, bool backward);
+int direct_fwd(const mlstm_params *p, cudaStream_t st, mlstm_cuda_fail *fail);
+int direct_bwd(const mlstm_params *p, cudaStream_t st, mlstm_cuda_fail *fail);
+
+/* head_dims.cu: a call the direct path would send to SIMT but a tensor-core instance of head dim D serves after
+ * q, k are zero-padded to D columns and v, h (dh, dv) are cut into nslice column slices of width D (the last one
+ * zero-padded). Staging is needed where a tensor is narrower than D or its rows are not 16-byte aligned. */
+struct HeadDimPlan {
+    int D;      /* the instance's head dim (64, 128 or 256) */
+    int nslice; /* ceil(DV / D), at most 8 */
+};
+constexpr int HEAD_DIM_MAX_SLICES = 8;
+
+/* True (and *hp filled) where the adapted tensor-core path serves p; false: the direct path. */
+bool head_dim_plan(const mlstm_params *p, bool backward, HeadDimPlan *hp);
+/* Workspace bytes the adapted call of p needs (0 where none). */
+size_t head_dim_workspace(const mlstm_params *p, const HeadDimPlan &hp, bool backward);
+int head_dim_fwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws, mlstm_cuda_fail *fail);
+int head_dim_bwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws, mlstm_cuda_fail *fail);
+
+} // namespace mlstm
