@@ -113,7 +113,15 @@ int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
         name = "auto";
     mlstm_backend_config cfg = {o.device, o.opencl_platform, mlstm_env_tristate("MLSTM_CUDA_SMALL_TILES"),
                                 mlstm_env_tristate("MLSTM_CUDA_F32_TC"),
-                                mlstm_env_tristate("MLSTM_CUDA_WGMMA"), ""};
+                                mlstm_env_tristate("MLSTM_CUDA_WGMMA"), "", ""};
+    const char *force = mlstm_env_string("MLSTM_CUDA_FORCE");
+    if (force != NULL) {
+        if (strlen(force) >= sizeof cfg.cuda_force) {
+            mlstm_set_global_error("MLSTM_CUDA_FORCE is longer than %zu characters", sizeof cfg.cuda_force - 1);
+            return MLSTM_ERR_INVALID_ARGUMENT;
+        }
+        snprintf(cfg.cuda_force, sizeof cfg.cuda_force, "%s", force);
+    }
     const char *kdir = mlstm_env_string("MLSTM_OPENCL_KERNEL_DIR");
     if (kdir != NULL) {
         if (strlen(kdir) >= sizeof cfg.opencl_kernel_dir) {
@@ -191,6 +199,14 @@ const char *mlstm_context_device_name(const mlstm_context *ctx)
     if (mlstm_check_context(ctx) != MLSTM_OK)
         return "";
     const char *s = ctx->ops->device_name(ctx->impl);
+    return s ? s : "";
+}
+
+const char *mlstm_context_last_kernels(const mlstm_context *ctx)
+{
+    if (mlstm_check_context(ctx) != MLSTM_OK || ctx->ops->last_kernels == NULL)
+        return "";
+    const char *s = ctx->ops->last_kernels(ctx->impl);
     return s ? s : "";
 }
 

@@ -18,6 +18,7 @@ typedef struct mlstm_backend_config {
     int cuda_f32_tc;       /* tuning: CUDA f32 forward on tensor cores, 0 off, 1 or -1 on, -2 build default */
     int cuda_wgmma;        /* tuning: CUDA sm_90a warpgroup-MMA forward, -1 auto, 0 off, 1 on, -2 build default */
     char opencl_kernel_dir[1024]; /* development: load common.cl, fwd.cl, bwd.cl from here ("" = embedded) */
+    char cuda_force[256];  /* tests: CUDA kernel variants replacing dispatch's choice (MLSTM_CUDA_FORCE, "" = none) */
 } mlstm_backend_config;
 
 typedef struct mlstm_backend_ops {
@@ -44,6 +45,8 @@ typedef struct mlstm_backend_ops {
     int (*synchronize)(void *impl);
     /* Detail of the backend's last failure (CUDA error name, OpenCL build log); "" if none. */
     const char *(*last_error)(void *impl);
+    /* (optional, NULL = not reported) the kernels the last fwd/bwd enqueued, for logs and tests */
+    const char *(*last_kernels)(void *impl);
 } mlstm_backend_ops;
 
 #ifdef MLSTM_HAVE_CUDA

@@ -2,7 +2,9 @@
  * kernel-attribute setup, and the C entry points of mlstm_cuda_kernels.h. Compiles no kernel body: the
  * instances live in inst/ (one per file). */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "launch.h"
 #include <type_traits>
 #include "tile_config.h"
@@ -10,7 +12,7 @@
 #include "head_dims.h"
 
 namespace mlstm {
-PFN_cuTensorMapEncodeTiled_v12000 g_tma_encode = nullptr; /* launch.h */
+PFN_cuTensorMapEncodeTiled_v12000 g_tma_encode = nullptr; /* launch.h; set once (tma_encoder) */
 namespace {
 
 KArgs make_args(const mlstm_params *p)
@@ -58,89 +60,130 @@ bool rows_aligned(const KArgs &a, bool backward, int elems)
 /* the 2-byte tensor-core path */
 bool tc_aligned(const KArgs &a, bool backward) { return rows_aligned(a, backward, 8); }
 
-/* Tensor-core instances whose shared-memory request the device accepted at setup, indexed
- * [backward][dtype f16=0 / bf16=1][D 64/128/256 -> 0/1/2]. A device with less shared memory per block
- * (e.g. sm_86: 99 KB) loses the large configurations and falls back to the SIMT path instead of failing. */
-bool g_tc_ok[2][2][3];
-
+/* head dim -> index of the per-dim tables (64/128/256 -> 0/1/2), -1 elsewhere */
 int dim_index(int64_t d) { return d == 64 ? 0 : d == 128 ? 1 : d == 256 ? 2 : -1; }
-/* same for the small-grid variants (a refused one falls back to the default tiles) and the key-split forward
- * ([dtype][D]; a refused one falls back to the small tiles) */
-bool g_tc_small_ok[2][2][3];
-bool g_tc_split_ok[2][3];
-/* small-grid policy: -1 auto (default grid below MLSTM_SMALL_CTAS_PER_SM CTAs per SM), 0 never, 1 always
- * (env MLSTM_CUDA_SMALL_TILES=0/1/auto, read at setup; unset: MLSTM_SMALL_TILES_DEFAULT), and the SM count */
-int g_small_mode = -1;
-int g_sms = 132;
 
-bool use_small(int64_t ctas_default)
+template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16>::value ? 1 : 0; }
+
+} // namespace
+} // namespace mlstm
+
+using namespace mlstm;
+
+/* The instance registry, one line per kernel variant: its name (what MLSTM_CUDA_FORCE names and the call trace
+ * reports), the direction role it fills, and the storage it serves (16-bit f16/bf16, f32, or any). */
+enum VariantRole { ROLE_FWD = 0, ROLE_DKDV = 1, ROLE_DQ = 2, ROLE_BWD32 = 3, ROLE_COUNT = 4 };
+enum VariantDtypes { VD_HALF = 1, VD_F32 = 2, VD_ANY = 3 };
+struct VariantInfo {
+    const char *name;
+    int role, dtypes;
+};
+enum Variant {
+    V_AUTO = 0,
+    V_FWD_SIMT, V_FWD_TC, V_FWD_TC_SMALL, V_FWD_TC_SPLIT, V_FWD_WG, V_FWD_WG_SPLIT, V_FWD_TC32, V_FWD_WG32,
+    V_DKDV_TC, V_DKDV_TC_SMALL, V_DKDV_WG,
+    V_DQ_TC, V_DQ_WG, V_DQ_WG_SPLIT,
+    V_BWD_SIMT, V_BWD_TC32, V_BWD_WG32,
+    V_COUNT
+};
+static const VariantInfo k_variants[V_COUNT] = {
+    {"auto", -1, 0},
+    {"fwd.simt", ROLE_FWD, VD_ANY},      {"fwd.tc", ROLE_FWD, VD_HALF},        {"fwd.tc_small", ROLE_FWD, VD_HALF},
+    {"fwd.tc_split", ROLE_FWD, VD_HALF}, {"fwd.wg", ROLE_FWD, VD_HALF},        {"fwd.wg_split", ROLE_FWD, VD_HALF},
+    {"fwd.tc32", ROLE_FWD, VD_F32},      {"fwd.wg32", ROLE_FWD, VD_F32},
+    {"dkdv.tc", ROLE_DKDV, VD_HALF},     {"dkdv.tc_small", ROLE_DKDV, VD_HALF}, {"dkdv.wg", ROLE_DKDV, VD_HALF},
+    {"dq.tc", ROLE_DQ, VD_HALF},         {"dq.wg", ROLE_DQ, VD_HALF},          {"dq.wg_split", ROLE_DQ, VD_HALF},
+    {"bwd.simt", ROLE_BWD32, VD_ANY},    {"bwd.tc32", ROLE_BWD32, VD_F32},     {"bwd.wg32", ROLE_BWD32, VD_F32},
+};
+
+/* The dispatch state of one context: the instances its device accepted at setup and the policies read then.
+ * Immutable after mlstm_cuda_kernels_setup, so contexts (and threads) never see each other's settings. */
+struct mlstm_cuda_dispatch {
+    int sms;        /* the device's SM count */
+    int small_mode; /* small-grid policy: -1 auto (by grid size), 0 never, 1 always (MLSTM_CUDA_SMALL_TILES) */
+    int wg_mode;    /* sm_90a warpgroup-MMA kernels: -1 auto, 0 never, 1 whenever eligible (MLSTM_CUDA_WGMMA) */
+    bool f32_tc;    /* f32 on tensor cores at all (MLSTM_CUDA_F32_TC) */
+    bool tma_ok;    /* the device launches clusters and the driver's tensor-map encoder was found */
+    /* per-instance acceptance: [dtype f16=0 / bf16=1][D 64/128/256 -> 0/1/2], f32 ones [mode 3xTF32/TF32][D] */
+    bool tc_ok[2][2][3];       /* [backward][t][d]: default tiles (forward; dK/dV + dQ) */
+    bool tc_small_ok[2][2][3]; /* [backward][t][d]: the small-grid tiles */
+    bool tc_split_ok[2][3];    /* the key-split forward */
+    bool wg_ok[2][3], wgs_ok[2][3], wgq_ok[2][3], wgk_ok[2][3]; /* wgmma forward, its split, dQ, dK/dV */
+    bool wgf_ok[2], wgfb_ok[2];                                 /* f32 split-f16 wgmma forward / backward, D 64/128 */
+    bool tc32_ok[2][2][3];                                      /* [backward][mode][d] */
+    Variant force[ROLE_COUNT][2]; /* tests: MLSTM_CUDA_FORCE per role and storage (16-bit, f32); V_AUTO: dispatch chooses */
+};
+typedef mlstm_cuda_dispatch Dispatch;
+
+namespace mlstm {
+namespace {
+
+/* The trace of a call: the names of the instances it enqueued, "+"-joined */
+void trace_add(mlstm_cuda_trace *tr, const char *name, int dtype, int64_t D)
 {
-    if (g_small_mode >= 0) return g_small_mode == 1;
-    return ctas_default < (int64_t)MLSTM_SMALL_CTAS_PER_SM * g_sms;
+    if (!tr) return;
+    const size_t n = strlen(tr->kernels);
+    if (n + 1 >= sizeof tr->kernels) return;
+    snprintf(tr->kernels + n, sizeof tr->kernels - n, "%s%s.%s.d%lld", n ? "+" : "", name,
+             dtype == MLSTM_DTYPE_F32 ? "f32" : dtype == MLSTM_DTYPE_F16 ? "f16" : "bf16", (long long)D);
+}
+
+/* A forced variant of role r applies to calls of its storage class; elsewhere dispatch chooses */
+Variant forced(const Dispatch &ds, int role, int dtype)
+{
+    return ds.force[role][dtype == MLSTM_DTYPE_F32 ? 1 : 0];
+}
+
+bool use_small(const Dispatch &ds, int64_t ctas_default)
+{
+    if (ds.small_mode >= 0) return ds.small_mode == 1;
+    return ctas_default < (int64_t)MLSTM_SMALL_CTAS_PER_SM * ds.sms;
 }
 
 /* forward tile variant: the small tiles when the default grid is below MLSTM_SMALL_CTAS_PER_SM CTAs per SM, and
  * the key split instead when even the small tiles' grid is below MLSTM_SPLIT_CTAS_PER_SM (auto mode only) */
-template <int D> int fwd_variant(const KArgs &a, int t)
+template <int D> Variant fwd_tc_variant(const Dispatch &ds, const KArgs &a, int t)
 {
     using C = typename TileCfg<D>::Fwd;
     using CS = typename TileCfg<D>::FwdS;
     const int di = dim_index(D);
-    if (!g_tc_small_ok[0][t][di] || !use_small((a.S + C::BM - 1) / C::BM * a.B * a.NH)) return FWD_DEFAULT;
-    if (g_small_mode < 0 && g_tc_split_ok[t][di] &&
-        (a.S + CS::BM - 1) / CS::BM * a.B * a.NH < (int64_t)MLSTM_SPLIT_CTAS_PER_SM * g_sms)
-        return FWD_SPLIT;
-    return FWD_SMALL;
+    if (!ds.tc_small_ok[0][t][di] || !use_small(ds, (a.S + C::BM - 1) / C::BM * a.B * a.NH)) return V_FWD_TC;
+    if (ds.small_mode < 0 && ds.tc_split_ok[t][di] &&
+        (a.S + CS::BM - 1) / CS::BM * a.B * a.NH < (int64_t)MLSTM_SPLIT_CTAS_PER_SM * ds.sms)
+        return V_FWD_TC_SPLIT;
+    return V_FWD_TC_SMALL;
 }
 /* the alternative dK/dV tiles: by grid size (D = 64/128), or whenever available unless the env variable says
  * never (D = 256: the sm_90 8-warp variant, tile_config.h) */
-template <int D> bool bwd_small(const KArgs &a, int t)
+template <int D> bool bwd_small(const Dispatch &ds, const KArgs &a, int t)
 {
     using C = typename TileCfg<D>::Dkdv;
     constexpr int BNK = 16 * C::NW;
-    if (!TileCfg<D>::BWD_SMALL || !g_tc_small_ok[1][t][dim_index(D)]) return false;
-    if (TileCfg<D>::BWD_ALT_ALWAYS) return g_small_mode != 0;
-    return use_small((a.S + BNK - 1) / BNK * (D / C::DOUT) * a.B * a.NH);
+    if (!TileCfg<D>::BWD_SMALL || !ds.tc_small_ok[1][t][dim_index(D)]) return false;
+    if (TileCfg<D>::BWD_ALT_ALWAYS) return ds.small_mode != 0;
+    return use_small(ds, (a.S + BNK - 1) / BNK * (D / C::DOUT) * a.B * a.NH);
 }
 
-/* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): instances the device accepted ([dtype][D]; only on compute
- * capability 9.0 with a build that includes sm_90a, MLSTM_HAVE_SM90A), and the policy: -1 auto, 0 never, 1 whenever
- * eligible (env MLSTM_CUDA_WGMMA, unset: MLSTM_WGMMA_DEFAULT) */
-bool g_wg_ok[2][3];
-bool g_wgs_ok[2][3]; /* the key-split forward, [dtype][D] */
-bool g_wgq_ok[2][3]; /* the dQ kernel (bwd_wgmma.cuh), [dtype][D] */
-bool g_wgk_ok[2][3]; /* the dK/dV kernel (bwd_wgmma.cuh), [dtype][D] */
-int g_wg_mode = -1;
-
-/* the key-split wgmma forward: when its default grid has fewer CTAs than FWD_WG_SPLIT_PCT percent of the SMs (or always /
- * never under MLSTM_CUDA_SMALL_TILES=1 / 0) */
-template <int D> bool use_wgmma_split(const KArgs &a, int t)
+/* the key-split wgmma forward can serve a: the instance, and for the cluster variant TMA maps of K and V */
+template <int D> bool wgmma_split_ok(const Dispatch &ds, const KArgs &a, int t)
 {
-    if (!g_wgs_ok[t][dim_index(D)] || g_small_mode == 0) return false;
+    if (!ds.wgs_ok[t][dim_index(D)]) return false;
     if (TileCfg<D>::FwdWgK::CL > 1) { /* the cluster variant loads K/V through TMA */
         cuuint64_t dims[4], strides[3];
-        if (!tma_shape(a.t[MLSTM_TENSOR_K], a, D, dims, strides) || !tma_shape(a.t[MLSTM_TENSOR_V], a, D, dims, strides))
+        if (!ds.tma_ok || !tma_shape(a.t[MLSTM_TENSOR_K], a, D, dims, strides) ||
+            !tma_shape(a.t[MLSTM_TENSOR_V], a, D, dims, strides))
             return false;
     }
-    if (g_small_mode == 1) return true;
-    /* default tiles: 128 rows */
-    return (a.S + 127) / 128 * a.B * a.NH * 100 < (int64_t)TileCfg<D>::FWD_WG_SPLIT_PCT * g_sms;
+    return true;
 }
-
-/* auto and 1 alike: wherever the instance is available (measured faster at every shape, bench/RESULTS.md
- * 2026-11-26 03:27) */
-template <int D> bool use_wgmma(int t) { return g_wg_ok[t][dim_index(D)] && g_wg_mode != 0; }
-
-/* the sm_90a f32 forward on split f16 wgmma (fwd_wgmma_f32.cuh), [D 64/128 -> 0/1]: the device accepted it; used for
- * the default f32 math wherever the tf32 forward would run, unless MLSTM_CUDA_WGMMA=0 */
-bool g_wgf_ok[2];
-bool g_wgfb_ok[2]; /* its backward (bwd_wgmma_f32.cuh) */
-
-/* f32 tensor-core forward (fwd_tf32.cuh) and backward (bwd_tf32.cuh) instances the device accepted at setup,
- * [backward][mode 3xTF32=0 / TF32=1][D 64/128/256 -> 0/1/2], and whether that path is on at all (env
- * MLSTM_CUDA_F32_TC=0/1, unset: MLSTM_F32_TC_DEFAULT) */
-bool g_tc32_ok[2][2][3];
-bool g_f32_tc = false;
+/* ... and is chosen: when its default grid has fewer CTAs than FWD_WG_SPLIT_PCT percent of the SMs (or always /
+ * never under MLSTM_CUDA_SMALL_TILES=1 / 0) */
+template <int D> bool use_wgmma_split(const Dispatch &ds, const KArgs &a, int t)
+{
+    if (ds.small_mode == 0 || !wgmma_split_ok<D>(ds, a, t)) return false;
+    if (ds.small_mode == 1) return true;
+    return (a.S + 127) / 128 * a.B * a.NH * 100 < (int64_t)TileCfg<D>::FWD_WG_SPLIT_PCT * ds.sms; /* 128-row tiles */
+}
 
 /* the f32 tensor-core kernels */
 bool tc32_aligned(const KArgs &a, bool backward) { return rows_aligned(a, backward, 4); }
@@ -148,107 +191,153 @@ bool tc32_aligned(const KArgs &a, bool backward) { return rows_aligned(a, backwa
 int tc32_mode(const mlstm_params *p) { return p->math_mode == MLSTM_MATH_TF32 ? 1 : 0; }
 
 /* head dim served by the f32 tensor-core forward (or backward), or 0 */
-int tc32_dim(const mlstm_params *p, const KArgs &a, bool backward = false)
+int tc32_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backward = false)
 {
-    if (p->dtype != MLSTM_DTYPE_F32 || !g_f32_tc || p->dqk != p->dv) return 0;
+    if (p->dtype != MLSTM_DTYPE_F32 || !ds.f32_tc || p->dqk != p->dv) return 0;
     const int di = dim_index(p->dqk);
-    if (di < 0 || !g_tc32_ok[backward ? 1 : 0][tc32_mode(p)][di]) return 0;
+    if (di < 0 || !ds.tc32_ok[backward ? 1 : 0][tc32_mode(p)][di]) return 0;
     if (!tc32_aligned(a, backward)) return 0;
     return (int)p->dqk;
 }
 
 /* head dim served by the tensor-core path, or 0 */
-int tc_dim(const mlstm_params *p, const KArgs &a, bool backward)
+int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backward)
 {
     if (p->dtype != MLSTM_DTYPE_F16 && p->dtype != MLSTM_DTYPE_BF16) return 0;
     if (p->dqk != p->dv) return 0;
     const int di = dim_index(p->dqk);
-    if (di < 0 || !g_tc_ok[backward ? 1 : 0][p->dtype == MLSTM_DTYPE_BF16 ? 1 : 0][di]) return 0;
+    if (di < 0 || !ds.tc_ok[backward ? 1 : 0][p->dtype == MLSTM_DTYPE_BF16 ? 1 : 0][di]) return 0;
     if (!tc_aligned(a, backward)) return 0;
     return (int)p->dqk;
 }
 
-template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16>::value ? 1 : 0; }
+/* A forced variant that cannot serve a call it applies to: the call fails (tests must not fall back silently) */
+#define MLSTM_UNAVAILABLE(v) MLSTM_RUN(cudaErrorNotSupported, k_variants[v].name)
 
-template <typename T, int D> cudaError_t fwd_tc(const KArgs &a, cudaStream_t st)
+template <typename T, int D>
+int fwd_tc(const Dispatch &ds, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
-    const int variant = fwd_variant<D>(a, tix<T>());
-    if (use_wgmma<D>(tix<T>()))
-        return use_wgmma_split<D>(a, tix<T>()) ? run_fwd_wgmma<T, D, true>(a, st) : run_fwd_wgmma<T, D, false>(a, st);
-    switch (variant) {
-    case FWD_SPLIT: return run_fwd_tc<T, D, FWD_SPLIT>(a, st);
-    case FWD_SMALL: return run_fwd_tc<T, D, FWD_SMALL>(a, st);
-    default: return run_fwd_tc<T, D, FWD_DEFAULT>(a, st);
+    constexpr int t = tix<T>();
+    const int di = dim_index(D);
+    Variant v = forced(ds, ROLE_FWD, t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16);
+    if (v == V_AUTO) {
+        if (ds.wg_ok[t][di] && ds.wg_mode != 0) v = use_wgmma_split<D>(ds, a, t) ? V_FWD_WG_SPLIT : V_FWD_WG;
+        else v = fwd_tc_variant<D>(ds, a, t);
     }
+    const bool ok = v == V_FWD_TC ? ds.tc_ok[0][t][di]
+                    : v == V_FWD_TC_SMALL ? ds.tc_small_ok[0][t][di]
+                    : v == V_FWD_TC_SPLIT ? ds.tc_split_ok[t][di]
+                    : v == V_FWD_WG ? ds.wg_ok[t][di]
+                    : v == V_FWD_WG_SPLIT ? wgmma_split_ok<D>(ds, a, t)
+                                          : false;
+    if (!ok) MLSTM_UNAVAILABLE(v);
+    trace_add(tr, k_variants[v].name, t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16, D);
+    switch (v) {
+    case V_FWD_WG_SPLIT: MLSTM_RUN((run_fwd_wgmma<T, D, true>(a, st)), "mlstm_fwd_wgmma_kernel (split) launch"); break;
+    case V_FWD_WG: MLSTM_RUN((run_fwd_wgmma<T, D, false>(a, st)), "mlstm_fwd_wgmma_kernel launch"); break;
+    case V_FWD_TC_SPLIT: MLSTM_RUN((run_fwd_tc<T, D, FWD_SPLIT>(a, st)), "mlstm_fwd_kernel (tc split) launch"); break;
+    case V_FWD_TC_SMALL: MLSTM_RUN((run_fwd_tc<T, D, FWD_SMALL>(a, st)), "mlstm_fwd_kernel (tc small) launch"); break;
+    default: MLSTM_RUN((run_fwd_tc<T, D, FWD_DEFAULT>(a, st)), "mlstm_fwd_kernel (tc) launch"); break;
+    }
+    return 0;
 }
+
 /* the sm_90a dQ: its key split while the dQ grid has at most MLSTM_DQ_WS_CTAS_PER_SM 64-row tiles per SM (always /
  * never under MLSTM_CUDA_SMALL_TILES=1 / 0), else two query tiles per CTA */
-static bool dq_split(const KArgs &a)
+bool dq_split(const Dispatch &ds, const KArgs &a)
 {
-    if (g_small_mode >= 0) return g_small_mode == 1;
-    return (a.S + 63) / 64 * a.B * a.NH <= (int64_t)MLSTM_DQ_WS_CTAS_PER_SM * g_sms;
+    if (ds.small_mode >= 0) return ds.small_mode == 1;
+    return (a.S + 63) / 64 * a.B * a.NH <= (int64_t)MLSTM_DQ_WS_CTAS_PER_SM * ds.sms;
 }
-template <typename T, int D> cudaError_t bwd_tc(const KArgs &a, cudaStream_t st)
+template <typename T, int D>
+int bwd_tc(const Dispatch &ds, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
-    cudaError_t e;
+    constexpr int t = tix<T>();
+    constexpr int dt = t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16;
+    const int di = dim_index(D);
+    const bool wg = ds.wg_mode != 0;
+    Variant vk = forced(ds, ROLE_DKDV, dt), vq = forced(ds, ROLE_DQ, dt);
+    if (vk == V_AUTO) {
+        if (TileCfg<D>::DKDV_WG && ds.wgk_ok[t][di] && wg) vk = V_DKDV_WG;
+        else vk = bwd_small<D>(ds, a, t) ? V_DKDV_TC_SMALL : V_DKDV_TC;
+    }
+    if (vq == V_AUTO) vq = ds.wgq_ok[t][di] && wg ? (dq_split(ds, a) ? V_DQ_WG_SPLIT : V_DQ_WG) : V_DQ_TC;
+    const bool ok_k = vk == V_DKDV_WG ? TileCfg<D>::DKDV_WG && ds.wgk_ok[t][di]
+                      : vk == V_DKDV_TC_SMALL ? TileCfg<D>::BWD_SMALL && ds.tc_small_ok[1][t][di]
+                                              : ds.tc_ok[1][t][di];
+    if (!ok_k) MLSTM_UNAVAILABLE(vk);
+    if (vq != V_DQ_TC && !ds.wgq_ok[t][di]) MLSTM_UNAVAILABLE(vq);
+    trace_add(tr, k_variants[vk].name, dt, D);
+    trace_add(tr, k_variants[vq].name, dt, D);
     if constexpr (TileCfg<D>::DKDV_WG) {
-        if (g_wgk_ok[tix<T>()][dim_index(D)] && g_wg_mode != 0) {
-            e = run_bwd_dkdv_wgmma<T, D>(a, st);
-            if (e != cudaSuccess) return e;
-            return g_wgq_ok[tix<T>()][dim_index(D)] ? run_bwd_dq_wgmma<T, D>(a, st, dq_split(a)) : run_bwd_dq_tc<T, D>(a, st);
+        if (vk == V_DKDV_WG) MLSTM_RUN((run_bwd_dkdv_wgmma<T, D>(a, st)), "mlstm_bwd_dkdv_wgmma_kernel launch");
+    }
+    if constexpr (TileCfg<D>::BWD_SMALL) {
+        if (vk == V_DKDV_TC_SMALL) MLSTM_RUN((run_bwd_dkdv_tc<T, D, true>(a, st)), "mlstm_bwd_dkdv_kernel (tc small) launch");
+    }
+    if (vk == V_DKDV_TC) MLSTM_RUN((run_bwd_dkdv_tc<T, D, false>(a, st)), "mlstm_bwd_dkdv_kernel (tc) launch");
+    if (vq == V_DQ_TC) MLSTM_RUN((run_bwd_dq_tc<T, D>(a, st)), "mlstm_bwd_dq_kernel (tc) launch");
+    else MLSTM_RUN((run_bwd_dq_wgmma<T, D>(a, st, vq == V_DQ_WG_SPLIT)), "mlstm_bwd_dq_wgmma_kernel launch");
+    return 0;
+}
+
+template <typename T>
+int fwd_t(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
+          mlstm_cuda_fail *fail)
+{
+    if (forced(ds, ROLE_FWD, p->dtype) != V_FWD_SIMT) {
+        switch (tc_dim(ds, p, a, false)) {
+        case 64: return fwd_tc<T, 64>(ds, a, st, tr, fail);
+        case 128: return fwd_tc<T, 128>(ds, a, st, tr, fail);
+        case 256: return fwd_tc<T, 256>(ds, a, st, tr, fail);
+        default: break;
         }
     }
-    if constexpr (TileCfg<D>::BWD_SMALL)
-        e = bwd_small<D>(a, tix<T>()) ? run_bwd_dkdv_tc<T, D, true>(a, st) : run_bwd_dkdv_tc<T, D, false>(a, st);
-    else
-        e = run_bwd_dkdv_tc<T, D, false>(a, st);
-    if (e != cudaSuccess) return e;
-    if (g_wgq_ok[tix<T>()][dim_index(D)] && g_wg_mode != 0) return run_bwd_dq_wgmma<T, D>(a, st, dq_split(a));
-    return run_bwd_dq_tc<T, D>(a, st);
+    trace_add(tr, k_variants[V_FWD_SIMT].name, p->dtype, p->dqk);
+    MLSTM_RUN(run_fwd_simt<T>(a, st), "mlstm_fwd_kernel (simt) launch");
+    return 0;
 }
-
-template <typename T> int fwd_t(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
-{
-    switch (tc_dim(p, a, false)) {
-    case 64: MLSTM_RUN((fwd_tc<T, 64>(a, st)), "mlstm_fwd_kernel (tc, D=64) launch"); return 0;
-    case 128: MLSTM_RUN((fwd_tc<T, 128>(a, st)), "mlstm_fwd_kernel (tc, D=128) launch"); return 0;
-    case 256: MLSTM_RUN((fwd_tc<T, 256>(a, st)), "mlstm_fwd_kernel (tc, D=256) launch"); return 0;
-    default: MLSTM_RUN(run_fwd_simt<T>(a, st), "mlstm_fwd_kernel (simt) launch"); return 0;
-    }
-}
-template <> int fwd_t<float>(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
+template <>
+int fwd_t<float>(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
+                 mlstm_cuda_fail *fail)
 {
     const bool tf32 = tc32_mode(p) == 1;
-    const int d = tc32_dim(p, a);
-    if (!tf32 && g_wg_mode != 0 && (d == 64 || d == 128) && g_wgf_ok[d == 128]) {
-        MLSTM_RUN((d == 64 ? run_fwd_wgmma_f32<64>(a, st) : run_fwd_wgmma_f32<128>(a, st)),
-                  "mlstm_fwd_wgmma_f32_kernel launch");
+    const int d = tc32_dim(ds, p, a);
+    Variant v = forced(ds, ROLE_FWD, MLSTM_DTYPE_F32);
+    if (v == V_AUTO) v = d == 0 ? V_FWD_SIMT : (!tf32 && ds.wg_mode != 0 && d <= 128 && ds.wgf_ok[d == 128]) ? V_FWD_WG32 : V_FWD_TC32;
+    if (v == V_FWD_WG32 && (tf32 || (d != 64 && d != 128) || !ds.wgf_ok[d == 128])) MLSTM_UNAVAILABLE(v);
+    if (v == V_FWD_TC32 && d == 0) v = V_FWD_SIMT; /* (a forced tc32 on a shape it has no instance for) */
+    trace_add(tr, k_variants[v].name, MLSTM_DTYPE_F32, p->dqk);
+    if (v == V_FWD_WG32) {
+        MLSTM_RUN((d == 64 ? run_fwd_wgmma_f32<64>(a, st) : run_fwd_wgmma_f32<128>(a, st)), "mlstm_fwd_wgmma_f32_kernel launch");
         return 0;
     }
-    switch (d) {
-    case 64:
-        MLSTM_RUN((tf32 ? run_fwd_tf32<64, 1>(a, st) : run_fwd_tf32<64, 0>(a, st)), "mlstm_fwd_kernel (tc32, D=64) launch");
-        return 0;
-    case 128:
-        MLSTM_RUN((tf32 ? run_fwd_tf32<128, 1>(a, st) : run_fwd_tf32<128, 0>(a, st)),
-                  "mlstm_fwd_kernel (tc32, D=128) launch");
-        return 0;
-    case 256:
-        MLSTM_RUN((tf32 ? run_fwd_tf32<256, 1>(a, st) : run_fwd_tf32<256, 0>(a, st)),
-                  "mlstm_fwd_kernel (tc32, D=256) launch");
-        return 0;
-    default: MLSTM_RUN(run_fwd_simt<float>(a, st), "mlstm_fwd_kernel (simt) launch"); return 0;
+    switch (v == V_FWD_TC32 ? d : 0) {
+    case 64: MLSTM_RUN((tf32 ? run_fwd_tf32<64, 1>(a, st) : run_fwd_tf32<64, 0>(a, st)), "mlstm_fwd_kernel (tc32, D=64) launch"); break;
+    case 128: MLSTM_RUN((tf32 ? run_fwd_tf32<128, 1>(a, st) : run_fwd_tf32<128, 0>(a, st)), "mlstm_fwd_kernel (tc32, D=128) launch"); break;
+    case 256: MLSTM_RUN((tf32 ? run_fwd_tf32<256, 1>(a, st) : run_fwd_tf32<256, 0>(a, st)), "mlstm_fwd_kernel (tc32, D=256) launch"); break;
+    default: MLSTM_RUN(run_fwd_simt<float>(a, st), "mlstm_fwd_kernel (simt) launch"); break;
     }
+    return 0;
 }
 
-template <typename T> int bwd_t(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
+template <typename T>
+int bwd_t(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
+          mlstm_cuda_fail *fail)
 {
     MLSTM_RUN(run_bwd_prep<T>(a, st), "mlstm_bwd_prep_kernel launch");
-    switch (tc_dim(p, a, true)) {
-    case 64: MLSTM_RUN((bwd_tc<T, 64>(a, st)), "mlstm_bwd_dkdv/dq_kernel (tc, D=64) launch"); break;
-    case 128: MLSTM_RUN((bwd_tc<T, 128>(a, st)), "mlstm_bwd_dkdv/dq_kernel (tc, D=128) launch"); break;
-    case 256: MLSTM_RUN((bwd_tc<T, 256>(a, st)), "mlstm_bwd_dkdv/dq_kernel (tc, D=256) launch"); break;
-    default: MLSTM_RUN(run_bwd_simt<T>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch"); break;
+    const bool simt = forced(ds, ROLE_BWD32, p->dtype) == V_BWD_SIMT;
+    int e = -1;
+    switch (simt ? 0 : tc_dim(ds, p, a, true)) {
+    case 64: e = bwd_tc<T, 64>(ds, a, st, tr, fail); break;
+    case 128: e = bwd_tc<T, 128>(ds, a, st, tr, fail); break;
+    case 256: e = bwd_tc<T, 256>(ds, a, st, tr, fail); break;
+    default: break;
+    }
+    if (e > 0) return e;
+    if (e < 0) {
+        trace_add(tr, k_variants[V_BWD_SIMT].name, p->dtype, p->dqk);
+        MLSTM_RUN(run_bwd_simt<T>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch");
     }
     MLSTM_RUN(run_bwd_gates(a, st), "mlstm_bwd_gates_kernel launch");
     return 0;
@@ -257,21 +346,28 @@ template <int D> cudaError_t bwd_tf32(const mlstm_params *p, const KArgs &a, cud
 {
     return tc32_mode(p) == 1 ? run_bwd_tf32<D, 1>(a, st) : run_bwd_tf32<D, 0>(a, st);
 }
-template <> int bwd_t<float>(const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_fail *fail)
+template <>
+int bwd_t<float>(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
+                 mlstm_cuda_fail *fail)
 {
     MLSTM_RUN(run_bwd_prep<float>(a, st), "mlstm_bwd_prep_kernel launch");
-    const int d = tc32_dim(p, a, true);
-    if (tc32_mode(p) == 0 && g_wg_mode != 0 && (d == 64 || d == 128) && g_wgfb_ok[d == 128]) {
+    const bool tf32 = tc32_mode(p) == 1;
+    const int d = tc32_dim(ds, p, a, true);
+    Variant v = forced(ds, ROLE_BWD32, MLSTM_DTYPE_F32);
+    if (v == V_AUTO) v = d == 0 ? V_BWD_SIMT : (!tf32 && ds.wg_mode != 0 && d <= 128 && ds.wgfb_ok[d == 128]) ? V_BWD_WG32 : V_BWD_TC32;
+    if (v == V_BWD_WG32 && (tf32 || (d != 64 && d != 128) || !ds.wgfb_ok[d == 128])) MLSTM_UNAVAILABLE(v);
+    if (v == V_BWD_TC32 && d == 0) v = V_BWD_SIMT;
+    trace_add(tr, k_variants[v].name, MLSTM_DTYPE_F32, p->dqk);
+    if (v == V_BWD_WG32) {
         MLSTM_RUN((d == 64 ? run_bwd_wgmma_f32<64>(a, st) : run_bwd_wgmma_f32<128>(a, st)),
                   "mlstm_bwd_dkdv/dq_wgmma_f32_kernel launch");
-        MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch");
-        return 0;
-    }
-    switch (d) { /* both leave df as mlstm_bwd_gates_tiled_kernel expects it */
-    case 64: MLSTM_RUN(bwd_tf32<64>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=64) launch"); break;
-    case 128: MLSTM_RUN(bwd_tf32<128>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=128) launch"); break;
-    case 256: MLSTM_RUN(bwd_tf32<256>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=256) launch"); break;
-    default: MLSTM_RUN(run_bwd_simt<float>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch"); break;
+    } else {
+        switch (v == V_BWD_TC32 ? d : 0) { /* both leave df as mlstm_bwd_gates_tiled_kernel expects it */
+        case 64: MLSTM_RUN(bwd_tf32<64>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=64) launch"); break;
+        case 128: MLSTM_RUN(bwd_tf32<128>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=128) launch"); break;
+        case 256: MLSTM_RUN(bwd_tf32<256>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=256) launch"); break;
+        default: MLSTM_RUN(run_bwd_simt<float>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch"); break;
+        }
     }
     MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch");
     return 0;
@@ -280,207 +376,221 @@ template <> int bwd_t<float>(const mlstm_params *p, const KArgs &a, cudaStream_t
 } // namespace
 } // namespace mlstm
 
-using namespace mlstm;
-
 /* tensor-core setup: a refused shared-memory size only disables that instance (cleared error) */
-static void tc_setup(bool backward, int t, int di, cudaError_t e)
+static bool accepted(cudaError_t e)
 {
-    g_tc_ok[backward][t][di] = e == cudaSuccess;
     if (e != cudaSuccess) (void)cudaGetLastError();
-}
-static void tc_small_setup(bool backward, int t, int di, cudaError_t e)
-{
-    g_tc_small_ok[backward][t][di] = e == cudaSuccess;
-    if (e != cudaSuccess) (void)cudaGetLastError();
+    return e == cudaSuccess;
 }
 
-static void tc_split_setup(int t, int di, cudaError_t e)
+template <typename T> static void tc_setup_all(Dispatch &ds, int t, bool sm90, bool sm90a)
 {
-    g_tc_split_ok[t][di] = e == cudaSuccess;
-    if (e != cudaSuccess) (void)cudaGetLastError();
-}
-
-static void wg_setup(int t, int di, cudaError_t e, cudaError_t es, cudaError_t eq, cudaError_t ek)
-{
-    g_wg_ok[t][di] = e == cudaSuccess;
-    g_wgs_ok[t][di] = es == cudaSuccess && g_wg_ok[t][di];
-    g_wgq_ok[t][di] = eq == cudaSuccess;
-    g_wgk_ok[t][di] = ek == cudaSuccess;
-    if (e != cudaSuccess || es != cudaSuccess || eq != cudaSuccess || ek != cudaSuccess) (void)cudaGetLastError();
-}
-
-static cudaError_t bwd_setup(cudaError_t dkdv, cudaError_t dq) { return dkdv != cudaSuccess ? dkdv : dq; }
-
-/* f32 tensor-core kernels: a refused shared-memory size only disables that instance (SIMT serves it) */
-static void tc32_setup(bool backward, int mode, int di, cudaError_t e)
-{
-    g_tc32_ok[backward][mode][di] = e == cudaSuccess;
-    if (e != cudaSuccess) (void)cudaGetLastError();
-}
-
-template <typename T> static void tc_setup_all(int t, bool sm90, bool sm90a)
-{
-    for (int di = 0; di < 3; ++di) g_wg_ok[t][di] = g_wgs_ok[t][di] = g_wgq_ok[t][di] = g_wgk_ok[t][di] = false;
     if (sm90a) {
-        wg_setup(t, 0, setup_fwd_wgmma<T, 64, false>(), setup_fwd_wgmma<T, 64, true>(), setup_bwd_dq_wgmma<T, 64>(),
-                 setup_bwd_dkdv_wgmma<T, 64>());
-        wg_setup(t, 1, setup_fwd_wgmma<T, 128, false>(), setup_fwd_wgmma<T, 128, true>(), setup_bwd_dq_wgmma<T, 128>(),
-                 setup_bwd_dkdv_wgmma<T, 128>());
-        wg_setup(t, 2, setup_fwd_wgmma<T, 256, false>(), setup_fwd_wgmma<T, 256, true>(), setup_bwd_dq_wgmma<T, 256>(),
-                 setup_bwd_dkdv_wgmma<T, 256>());
+        ds.wg_ok[t][0] = accepted(setup_fwd_wgmma<T, 64, false>());
+        ds.wg_ok[t][1] = accepted(setup_fwd_wgmma<T, 128, false>());
+        ds.wg_ok[t][2] = accepted(setup_fwd_wgmma<T, 256, false>());
+        ds.wgs_ok[t][0] = ds.wg_ok[t][0] && accepted(setup_fwd_wgmma<T, 64, true>());
+        ds.wgs_ok[t][1] = ds.wg_ok[t][1] && accepted(setup_fwd_wgmma<T, 128, true>());
+        ds.wgs_ok[t][2] = ds.wg_ok[t][2] && accepted(setup_fwd_wgmma<T, 256, true>());
+        ds.wgq_ok[t][0] = accepted(setup_bwd_dq_wgmma<T, 64>());
+        ds.wgq_ok[t][1] = accepted(setup_bwd_dq_wgmma<T, 128>());
+        ds.wgq_ok[t][2] = accepted(setup_bwd_dq_wgmma<T, 256>());
+        ds.wgk_ok[t][0] = accepted(setup_bwd_dkdv_wgmma<T, 64>());
+        ds.wgk_ok[t][1] = accepted(setup_bwd_dkdv_wgmma<T, 128>());
+        ds.wgk_ok[t][2] = accepted(setup_bwd_dkdv_wgmma<T, 256>());
     }
-    tc_setup(false, t, 0, setup_fwd_tc<T, 64, FWD_DEFAULT>());
-    tc_setup(false, t, 1, setup_fwd_tc<T, 128, FWD_DEFAULT>());
-    tc_setup(false, t, 2, setup_fwd_tc<T, 256, FWD_DEFAULT>());
-    tc_setup(true, t, 0, bwd_setup(setup_bwd_dkdv_tc<T, 64, false>(), setup_bwd_dq_tc<T, 64>()));
-    tc_setup(true, t, 1, bwd_setup(setup_bwd_dkdv_tc<T, 128, false>(), setup_bwd_dq_tc<T, 128>()));
-    tc_setup(true, t, 2, bwd_setup(setup_bwd_dkdv_tc<T, 256, false>(), setup_bwd_dq_tc<T, 256>()));
-    for (int bw = 0; bw < 2; ++bw)
-        for (int di = 0; di < 3; ++di) g_tc_small_ok[bw][t][di] = g_tc_split_ok[t][di] = false;
+    ds.tc_ok[0][t][0] = accepted(setup_fwd_tc<T, 64, FWD_DEFAULT>());
+    ds.tc_ok[0][t][1] = accepted(setup_fwd_tc<T, 128, FWD_DEFAULT>());
+    ds.tc_ok[0][t][2] = accepted(setup_fwd_tc<T, 256, FWD_DEFAULT>());
+    ds.tc_ok[1][t][0] = accepted(setup_bwd_dkdv_tc<T, 64, false>()) && accepted(setup_bwd_dq_tc<T, 64>());
+    ds.tc_ok[1][t][1] = accepted(setup_bwd_dkdv_tc<T, 128, false>()) && accepted(setup_bwd_dq_tc<T, 128>());
+    ds.tc_ok[1][t][2] = accepted(setup_bwd_dkdv_tc<T, 256, false>()) && accepted(setup_bwd_dq_tc<T, 256>());
     if (!sm90) return; /* the small-grid variants are compiled for sm_90+ only (stubs on sm_80) */
-    tc_small_setup(false, t, 0, setup_fwd_tc<T, 64, FWD_SMALL>());
-    tc_small_setup(false, t, 1, setup_fwd_tc<T, 128, FWD_SMALL>());
-    tc_small_setup(false, t, 2, setup_fwd_tc<T, 256, FWD_SMALL>());
-    tc_split_setup(t, 0, setup_fwd_tc<T, 64, FWD_SPLIT>());
-    tc_split_setup(t, 1, setup_fwd_tc<T, 128, FWD_SPLIT>());
-    tc_split_setup(t, 2, setup_fwd_tc<T, 256, FWD_SPLIT>());
-    tc_small_setup(true, t, 0, setup_bwd_dkdv_tc<T, 64, true>());
-    tc_small_setup(true, t, 1, setup_bwd_dkdv_tc<T, 128, true>());
-    tc_small_setup(true, t, 2, setup_bwd_dkdv_tc<T, 256, true>());
+    ds.tc_small_ok[0][t][0] = accepted(setup_fwd_tc<T, 64, FWD_SMALL>());
+    ds.tc_small_ok[0][t][1] = accepted(setup_fwd_tc<T, 128, FWD_SMALL>());
+    ds.tc_small_ok[0][t][2] = accepted(setup_fwd_tc<T, 256, FWD_SMALL>());
+    ds.tc_split_ok[t][0] = accepted(setup_fwd_tc<T, 64, FWD_SPLIT>());
+    ds.tc_split_ok[t][1] = accepted(setup_fwd_tc<T, 128, FWD_SPLIT>());
+    ds.tc_split_ok[t][2] = accepted(setup_fwd_tc<T, 256, FWD_SPLIT>());
+    ds.tc_small_ok[1][t][0] = accepted(setup_bwd_dkdv_tc<T, 64, true>());
+    ds.tc_small_ok[1][t][1] = accepted(setup_bwd_dkdv_tc<T, 128, true>());
+    ds.tc_small_ok[1][t][2] = accepted(setup_bwd_dkdv_tc<T, 256, true>());
 }
 
-extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma)
+/* The driver's tensor-map encoder (a process-wide driver entry point): looked up once, thread-safely */
+static PFN_cuTensorMapEncodeTiled_v12000 tma_encoder()
+{
+    static const PFN_cuTensorMapEncodeTiled_v12000 enc = [] {
+        void *fn = nullptr;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+        (void)cudaGetLastError();
+        return (PFN_cuTensorMapEncodeTiled_v12000) nullptr;
+    }();
+    g_tma_encode = enc; /* launch.h; every writer stores the same value */
+    return enc;
+}
+
+/* MLSTM_CUDA_FORCE (tests): comma-separated variant names ("fwd.wg_split,dq.tc"); an unknown name is an error */
+static bool parse_force(Dispatch &ds, const char *spec)
+{
+    for (int r = 0; r < ROLE_COUNT; ++r) ds.force[r][0] = ds.force[r][1] = V_AUTO;
+    if (!spec || !*spec) return true;
+    const char *s = spec;
+    while (*s) {
+        const char *e = strchr(s, ',');
+        const size_t n = e ? (size_t)(e - s) : strlen(s);
+        int found = -1;
+        for (int v = 1; v < V_COUNT; ++v)
+            if (strlen(k_variants[v].name) == n && strncmp(k_variants[v].name, s, n) == 0) found = v;
+        if (found < 0) return false;
+        /* fwd.simt / bwd.simt serve every dtype; bwd.simt also stands for the 16-bit backward */
+        const VariantInfo &vi = k_variants[found];
+        if (vi.dtypes & VD_HALF) ds.force[vi.role][0] = (Variant)found;
+        if (vi.dtypes & VD_F32) ds.force[vi.role][1] = (Variant)found;
+        s += n + (e ? 1 : 0);
+    }
+    return true;
+}
+
+extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma,
+                                        const char *force, mlstm_cuda_dispatch **out)
 {
     static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && TileCfg<256>::BWD_SMALL,
                   "small dK/dV instances (gen_instances.py BWD_SMALL_DIMS) out of step with tile_config.h");
     static_assert(TileCfg<64>::DKDV_WG && TileCfg<128>::DKDV_WG && TileCfg<256>::DKDV_WG,
                   "wgmma dK/dV instances (gen_instances.py WG_DKDV_DIMS) out of step with tile_config.h");
+    *out = nullptr;
+    Dispatch *ds = (Dispatch *)calloc(1, sizeof(Dispatch));
+    if (!ds) MLSTM_RUN(cudaErrorMemoryAllocation, "dispatch state allocation");
+    if (!parse_force(*ds, force)) {
+        free(ds);
+        MLSTM_RUN(cudaErrorInvalidValue, "MLSTM_CUDA_FORCE names an unknown kernel variant");
+    }
     int dev = 0, sms = 0, major = 0, minor = 0;
+    ds->sms = 132;
     if (cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess) {
-        if (sms > 0) g_sms = sms;
+        if (sms > 0) ds->sms = sms;
     } else {
         (void)cudaGetLastError();
         major = minor = 0;
     }
-    g_small_mode = small_tiles >= -1 ? small_tiles : MLSTM_SMALL_TILES_DEFAULT;
-    g_wg_mode = wgmma >= -1 ? wgmma : MLSTM_WGMMA_DEFAULT;
+    ds->small_mode = small_tiles >= -1 ? small_tiles : MLSTM_SMALL_TILES_DEFAULT;
+    ds->wg_mode = wgmma >= -1 ? wgmma : MLSTM_WGMMA_DEFAULT;
 #ifdef MLSTM_HAVE_SM90A
     const bool sm90a = major == 9 && minor == 0; /* sm_90a code runs on exactly this compute capability */
 #else
     const bool sm90a = false;
 #endif
-    g_tma_encode = nullptr; /* (also the switch of the cluster forward, which needs cluster launches too) */
     int clusters = 0;
     if (sm90a && cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, dev) != cudaSuccess) {
         (void)cudaGetLastError();
         clusters = 0;
     }
-    if (sm90a && clusters) {
-        void *fn = nullptr;
-        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) == cudaSuccess &&
-            q == cudaDriverEntryPointSuccess)
-            g_tma_encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-        else
-            (void)cudaGetLastError();
-    }
-    tc_setup_all<__half>(0, major >= 9, sm90a);
-    tc_setup_all<__nv_bfloat16>(1, major >= 9, sm90a);
-    g_f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;
-    g_wgf_ok[0] = g_wgf_ok[1] = g_wgfb_ok[0] = g_wgfb_ok[1] = false;
+    ds->tma_ok = sm90a && clusters && tma_encoder() != nullptr; /* (the switch of the cluster forward) */
+    tc_setup_all<__half>(*ds, 0, major >= 9, sm90a);
+    tc_setup_all<__nv_bfloat16>(*ds, 1, major >= 9, sm90a);
+    ds->f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;
     if (sm90a) {
-        g_wgf_ok[0] = setup_fwd_wgmma_f32<64>() == cudaSuccess;
-        g_wgf_ok[1] = setup_fwd_wgmma_f32<128>() == cudaSuccess;
-        g_wgfb_ok[0] = setup_bwd_wgmma_f32<64>() == cudaSuccess;
-        g_wgfb_ok[1] = setup_bwd_wgmma_f32<128>() == cudaSuccess;
-        (void)cudaGetLastError();
+        ds->wgf_ok[0] = accepted(setup_fwd_wgmma_f32<64>());
+        ds->wgf_ok[1] = accepted(setup_fwd_wgmma_f32<128>());
+        ds->wgfb_ok[0] = accepted(setup_bwd_wgmma_f32<64>());
+        ds->wgfb_ok[1] = accepted(setup_bwd_wgmma_f32<128>());
     }
-    tc32_setup(false, 0, 0, setup_fwd_tf32<64, 0>());
-    tc32_setup(false, 0, 1, setup_fwd_tf32<128, 0>());
-    tc32_setup(false, 0, 2, setup_fwd_tf32<256, 0>());
-    tc32_setup(false, 1, 0, setup_fwd_tf32<64, 1>());
-    tc32_setup(false, 1, 1, setup_fwd_tf32<128, 1>());
-    tc32_setup(false, 1, 2, setup_fwd_tf32<256, 1>());
-    tc32_setup(true, 0, 0, setup_bwd_tf32<64, 0>());
-    tc32_setup(true, 0, 1, setup_bwd_tf32<128, 0>());
-    tc32_setup(true, 0, 2, setup_bwd_tf32<256, 0>());
-    tc32_setup(true, 1, 0, setup_bwd_tf32<64, 1>());
-    tc32_setup(true, 1, 1, setup_bwd_tf32<128, 1>());
-    tc32_setup(true, 1, 2, setup_bwd_tf32<256, 1>());
+    for (int bw = 0; bw < 2; ++bw) {
+        ds->tc32_ok[bw][0][0] = accepted(bw ? setup_bwd_tf32<64, 0>() : setup_fwd_tf32<64, 0>());
+        ds->tc32_ok[bw][0][1] = accepted(bw ? setup_bwd_tf32<128, 0>() : setup_fwd_tf32<128, 0>());
+        ds->tc32_ok[bw][0][2] = accepted(bw ? setup_bwd_tf32<256, 0>() : setup_fwd_tf32<256, 0>());
+        ds->tc32_ok[bw][1][0] = accepted(bw ? setup_bwd_tf32<64, 1>() : setup_fwd_tf32<64, 1>());
+        ds->tc32_ok[bw][1][1] = accepted(bw ? setup_bwd_tf32<128, 1>() : setup_fwd_tf32<128, 1>());
+        ds->tc32_ok[bw][1][2] = accepted(bw ? setup_bwd_tf32<256, 1>() : setup_fwd_tf32<256, 1>());
+    }
     /* the SIMT path (63 KB) is the fallback for everything: its setup must succeed */
-    MLSTM_RUN(setup_fwd_simt<float>(), "cudaFuncSetAttribute(fwd simt f32)");
-    MLSTM_RUN(setup_fwd_simt<__half>(), "cudaFuncSetAttribute(fwd simt f16)");
-    MLSTM_RUN(setup_fwd_simt<__nv_bfloat16>(), "cudaFuncSetAttribute(fwd simt bf16)");
-    MLSTM_RUN(setup_bwd_simt<float>(), "cudaFuncSetAttribute(bwd simt f32)");
-    MLSTM_RUN(setup_bwd_simt<__half>(), "cudaFuncSetAttribute(bwd simt f16)");
-    MLSTM_RUN(setup_bwd_simt<__nv_bfloat16>(), "cudaFuncSetAttribute(bwd simt bf16)");
+    const cudaError_t simt[6] = {setup_fwd_simt<float>(), setup_fwd_simt<__half>(), setup_fwd_simt<__nv_bfloat16>(),
+                                 setup_bwd_simt<float>(), setup_bwd_simt<__half>(), setup_bwd_simt<__nv_bfloat16>()};
+    for (cudaError_t e : simt)
+        if (e != cudaSuccess) {
+            free(ds);
+            MLSTM_RUN(e, "cudaFuncSetAttribute (SIMT kernels)");
+        }
+    *out = ds;
     return 0;
 }
 
+extern "C" void mlstm_cuda_kernels_release(mlstm_cuda_dispatch *ds) { free(ds); }
+
+extern "C" const char *mlstm_cuda_kernels_variant_name(int i) { return i > 0 && i < V_COUNT ? k_variants[i].name : NULL; }
+
 namespace mlstm {
-bool direct_tc(const mlstm_params *p, bool backward)
+bool direct_tc(const Dispatch &ds, const mlstm_params *p, bool backward)
 {
     const KArgs a = make_args(p);
-    return p->dtype == MLSTM_DTYPE_F32 ? tc32_dim(p, a, backward) != 0 : tc_dim(p, a, backward) != 0;
+    return p->dtype == MLSTM_DTYPE_F32 ? tc32_dim(ds, p, a, backward) != 0 : tc_dim(ds, p, a, backward) != 0;
 }
 
-int direct_fwd(const mlstm_params *p, cudaStream_t st, mlstm_cuda_fail *fail)
+int direct_fwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
     const KArgs a = make_args(p);
     switch (p->dtype) {
-    case MLSTM_DTYPE_F32: return fwd_t<float>(p, a, st, fail);
-    case MLSTM_DTYPE_F16: return fwd_t<__half>(p, a, st, fail);
-    case MLSTM_DTYPE_BF16: return fwd_t<__nv_bfloat16>(p, a, st, fail);
+    case MLSTM_DTYPE_F32: return fwd_t<float>(ds, p, a, st, tr, fail);
+    case MLSTM_DTYPE_F16: return fwd_t<__half>(ds, p, a, st, tr, fail);
+    case MLSTM_DTYPE_BF16: return fwd_t<__nv_bfloat16>(ds, p, a, st, tr, fail);
     default: MLSTM_RUN(cudaErrorInvalidValue, "dtype"); return 0;
     }
 }
 
-int direct_bwd(const mlstm_params *p, cudaStream_t st, mlstm_cuda_fail *fail)
+int direct_bwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
     const KArgs a = make_args(p);
     switch (p->dtype) {
-    case MLSTM_DTYPE_F32: return bwd_t<float>(p, a, st, fail);
-    case MLSTM_DTYPE_F16: return bwd_t<__half>(p, a, st, fail);
-    case MLSTM_DTYPE_BF16: return bwd_t<__nv_bfloat16>(p, a, st, fail);
+    case MLSTM_DTYPE_F32: return bwd_t<float>(ds, p, a, st, tr, fail);
+    case MLSTM_DTYPE_F16: return bwd_t<__half>(ds, p, a, st, tr, fail);
+    case MLSTM_DTYPE_BF16: return bwd_t<__nv_bfloat16>(ds, p, a, st, tr, fail);
     default: MLSTM_RUN(cudaErrorInvalidValue, "dtype"); return 0;
     }
 }
 } // namespace mlstm
 
-extern "C" size_t mlstm_cuda_kernels_workspace_size(const mlstm_params *p, int backward)
+extern "C" size_t mlstm_cuda_kernels_workspace_size(const mlstm_cuda_dispatch *ds, const mlstm_params *p, int backward)
 {
     HeadDimPlan hp;
-    return head_dim_plan(p, backward != 0, &hp) ? head_dim_workspace(p, hp, backward != 0) : 0;
+    return head_dim_plan(*ds, p, backward != 0, &hp) ? head_dim_workspace(p, hp, backward != 0) : 0;
 }
 
-static int run_call(const mlstm_params *p, int backward, void *stream, void *ws, size_t ws_bytes, mlstm_cuda_fail *fail)
+static int run_call(const Dispatch &ds, const mlstm_params *p, int backward, void *stream, void *ws, size_t ws_bytes,
+                    mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
     cudaStream_t st = (cudaStream_t)stream;
+    if (tr) tr->kernels[0] = '\0';
     HeadDimPlan hp;
-    if (!head_dim_plan(p, backward != 0, &hp)) return backward ? direct_bwd(p, st, fail) : direct_fwd(p, st, fail);
+    if (!head_dim_plan(ds, p, backward != 0, &hp))
+        return backward ? direct_bwd(ds, p, st, tr, fail) : direct_fwd(ds, p, st, tr, fail);
     if (ws_bytes < head_dim_workspace(p, hp, backward != 0)) MLSTM_RUN(cudaErrorInvalidValue, "workspace too small");
-    return backward ? head_dim_bwd(p, hp, st, ws, fail) : head_dim_fwd(p, hp, st, ws, fail);
+    if (tr) snprintf(tr->kernels, sizeof tr->kernels, "headdim.d%dx%d", hp.D, hp.nslice);
+    return backward ? head_dim_bwd(ds, p, hp, st, ws, tr, fail) : head_dim_fwd(ds, p, hp, st, ws, tr, fail);
 }
 
-extern "C" int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, void *ws, size_t ws_bytes,
-                                      mlstm_cuda_fail *fail)
+extern "C" int mlstm_cuda_kernels_fwd(const mlstm_cuda_dispatch *ds, const mlstm_params *p, void *stream, void *ws,
+                                      size_t ws_bytes, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
-    return run_call(p, 0, stream, ws, ws_bytes, fail);
+    return run_call(*ds, p, 0, stream, ws, ws_bytes, tr, fail);
 }
 
-extern "C" int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, void *ws, size_t ws_bytes,
-                                      mlstm_cuda_fail *fail)
+extern "C" int mlstm_cuda_kernels_bwd(const mlstm_cuda_dispatch *ds, const mlstm_params *p, void *stream, void *ws,
+                                      size_t ws_bytes, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
-    return run_call(p, 1, stream, ws, ws_bytes, fail);
+    return run_call(*ds, p, 1, stream, ws, ws_bytes, tr, fail);
 }
 
-extern "C" const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward)
+extern "C" const char *mlstm_cuda_kernels_path(const mlstm_cuda_dispatch *ds, const mlstm_params *p, int backward)
 {
     HeadDimPlan hp;
-    const bool tc = direct_tc(p, backward != 0) || head_dim_plan(p, backward != 0, &hp);
-    if (p->dtype == MLSTM_DTYPE_F32) return tc ? (tc32_mode(p) == 1 ? "tf32" : "tc32") : "simt";
+    const bool tc = direct_tc(*ds, p, backward != 0) || head_dim_plan(*ds, p, backward != 0, &hp);
+    if (p->dtype == MLSTM_DTYPE_F32) return tc ? (p->math_mode == MLSTM_MATH_TF32 ? "tf32" : "tc32") : "simt";
     return tc ? "tc" : "simt";
 }

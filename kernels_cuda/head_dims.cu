@@ -212,9 +212,9 @@ mlstm_params slice_params(const mlstm_params *p, const HeadDimPlan &hp)
 
 } // namespace
 
-bool head_dim_plan(const mlstm_params *p, bool backward, HeadDimPlan *hp)
+bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward, HeadDimPlan *hp)
 {
-    if (p->dqk > 256 || direct_tc(p, backward)) return false;
+    if (p->dqk > 256 || direct_tc(ds, p, backward)) return false;
     /* cost ~ slices x D, D = 64 counted as 128 (its kernels run at about half the rate per FLOP); ties: larger D */
     int best = 0;
     int64_t best_cost = 0;
@@ -231,7 +231,7 @@ bool head_dim_plan(const mlstm_params *p, bool backward, HeadDimPlan *hp)
             probe.t[x].stride_h = probe.t[x].stride_s * p->seq_len;
             probe.t[x].stride_b = probe.t[x].stride_h * p->heads;
         }
-        if (!direct_tc(&probe, backward)) continue;
+        if (!direct_tc(ds, &probe, backward)) continue;
         const int64_t cost = ns * (D < 128 ? 128 : D);
         if (best == 0 || cost < best_cost) {
             best = D;
@@ -251,7 +251,8 @@ size_t head_dim_workspace(const mlstm_params *p, const HeadDimPlan &hp, bool bac
     return ar.used;
 }
 
-int head_dim_fwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws, mlstm_cuda_fail *fail)
+int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws,
+                 mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
     Arena ar = {(char *)ws, 0};
     const Staging g = lay_out(p, hp, false, ar);
@@ -264,13 +265,14 @@ int head_dim_fwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, 
         const int64_t c0 = (int64_t)s * D;
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, D, st, fail))) return e;
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, false, D, st, fail))) return e;
-        if ((e = direct_fwd(&ps, st, fail))) return e; /* each slice writes the same m and n */
+        if ((e = direct_fwd(ds, &ps, st, s == 0 ? tr : nullptr, fail))) return e; /* each slice writes the same m and n */
         if ((e = unstage(p, ps, MLSTM_TENSOR_H, c0, p->dv, D, st, fail))) return e;
     }
     return 0;
 }
 
-int head_dim_bwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws, mlstm_cuda_fail *fail)
+int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws,
+                 mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
     Arena ar = {(char *)ws, 0};
     const Staging g = lay_out(p, hp, true, ar);
@@ -292,7 +294,7 @@ int head_dim_bwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, 
         else ps.t[MLSTM_TENSOR_DK] = as_arg(cols_of(p, MLSTM_TENSOR_DK, 0));
         if (g.di[s]) ps.t[MLSTM_TENSOR_DI] = as_arg(contiguous(g.di[s], p, 1));
         if (g.df[s]) ps.t[MLSTM_TENSOR_DF] = as_arg(contiguous(g.df[s], p, 1));
-        if ((e = direct_bwd(&ps, st, fail))) return e;
+        if ((e = direct_bwd(ds, &ps, st, s == 0 ? tr : nullptr, fail))) return e;
         if ((e = unstage(p, ps, MLSTM_TENSOR_DV, c0, p->dv, D, st, fail))) return e;
     }
     /* dq, dk (D wide slices -> DQK columns) and, over several slices, di and df: one f32 sum each */

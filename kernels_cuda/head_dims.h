@@ -25,9 +25,11 @@ namespace mlstm {
 
 /* dispatch.cu: whether the tensor-core path (f16/bf16, or f32 tensor cores) serves p as it stands (DQK = DV = 64,
  * 128 or 256, 16-byte aligned rows, the instance accepted at setup), and the direct launches (that path or SIMT) */
-bool direct_tc(const mlstm_params *p, bool backward);
-int direct_fwd(const mlstm_params *p, cudaStream_t st, mlstm_cuda_fail *fail);
-int direct_bwd(const mlstm_params *p, cudaStream_t st, mlstm_cuda_fail *fail);
+bool direct_tc(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward);
+int direct_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
+               mlstm_cuda_fail *fail);
+int direct_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
+               mlstm_cuda_fail *fail);
 
 /* head_dims.cu: a call the direct path would send to SIMT but a tensor-core instance of head dim D serves after
  * q, k are zero-padded to D columns and v, h (dh, dv) are cut into nslice column slices of width D (the last one
@@ -39,10 +41,12 @@ struct HeadDimPlan {
 constexpr int HEAD_DIM_MAX_SLICES = 8;
 
 /* True (and *hp filled) where the adapted tensor-core path serves p; false: the direct path. */
-bool head_dim_plan(const mlstm_params *p, bool backward, HeadDimPlan *hp);
+bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward, HeadDimPlan *hp);
 /* Workspace bytes the adapted call of p needs (0 where none). */
 size_t head_dim_workspace(const mlstm_params *p, const HeadDimPlan &hp, bool backward);
-int head_dim_fwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws, mlstm_cuda_fail *fail);
-int head_dim_bwd(const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws, mlstm_cuda_fail *fail);
+int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws,
+                 mlstm_cuda_trace *tr, mlstm_cuda_fail *fail);
+int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws,
+                 mlstm_cuda_trace *tr, mlstm_cuda_fail *fail);
 
 } // namespace mlstm

@@ -18,25 +18,44 @@ typedef struct mlstm_cuda_fail {
     int line;
 } mlstm_cuda_fail;
 
-/* Raises the dynamic shared-memory limit of every kernel on the current device. Call once per device
- * (at context init) before the first launch. small_tiles: the small-grid dispatch, -1 auto, 0 off, 1 on,
- * -2 the build default (MLSTM_SMALL_TILES_DEFAULT). f32_tc: 0 keeps f32 on the SIMT path, 1 or -1 lets eligible
- * calls use the tensor-core f32 forward and backward (3xTF32, or TF32 under MLSTM_MATH_TF32), -2 the build default
- * (MLSTM_F32_TC_DEFAULT). wgmma: the sm_90a warpgroup-MMA kernels for f16/bf16 (compute capability 9.0, builds that
- * include sm_90a), 0 off, 1 or -1 whenever eligible, -2 the build default (MLSTM_WGMMA_DEFAULT). */
-int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma);
+/* The dispatch state of one context (opaque): the instances its device accepted and the policies chosen at setup.
+ * Immutable once set up, so contexts on different devices or with different settings never steer each other. */
+typedef struct mlstm_cuda_dispatch mlstm_cuda_dispatch;
+
+/* What a call enqueued: the kernel variants' names ("fwd.wg.bf16.d128", "dkdv.wg.f16.d64+dq.wg_split.f16.d64", ...,
+ * prefixed "headdim.dDxN+" where head_dims.cu served the call through N slices of the D instance). */
+typedef struct mlstm_cuda_trace {
+    char kernels[160];
+} mlstm_cuda_trace;
+
+/* Sets up the current device for the kernels (raises every instance's dynamic shared-memory limit; a refused one
+ * only disables that instance) and returns the context's dispatch state in *out (release it with
+ * mlstm_cuda_kernels_release). small_tiles: the small-grid dispatch, -1 auto, 0 off, 1 on, -2 the build default
+ * (MLSTM_SMALL_TILES_DEFAULT). f32_tc: 0 keeps f32 on the SIMT path, 1 or -1 lets eligible calls use the tensor-core
+ * f32 forward and backward (3xTF32, or TF32 under MLSTM_MATH_TF32), -2 the build default (MLSTM_F32_TC_DEFAULT).
+ * wgmma: the sm_90a warpgroup-MMA kernels (compute capability 9.0, builds that include sm_90a), 0 off, 1 or -1
+ * whenever eligible, -2 the build default (MLSTM_WGMMA_DEFAULT). force (tests; NULL or "" for none): comma-separated
+ * variant names (mlstm_cuda_kernels_variant_name) that replace dispatch's choice for the calls of their storage
+ * class; such a call fails with cudaErrorNotSupported where the forced instance cannot serve it. */
+int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma, const char *force,
+                             mlstm_cuda_dispatch **out);
+void mlstm_cuda_kernels_release(mlstm_cuda_dispatch *ds);
+/* The registry of kernel variants: name i (1, 2, ...), NULL past the last. */
+const char *mlstm_cuda_kernels_variant_name(int i);
 /* Device workspace bytes the call of p needs (0 for most calls): head dims that no instance serves as they stand
  * (DQK != DV, dims other than 64/128/256, rows not 16-byte aligned) run on a tensor-core instance through padded and
  * sliced copies staged there (kernels_cuda/head_dims.cu). */
-size_t mlstm_cuda_kernels_workspace_size(const mlstm_params *p, int backward);
+size_t mlstm_cuda_kernels_workspace_size(const mlstm_cuda_dispatch *ds, const mlstm_params *p, int backward);
 /* Enqueues the forward / backward of p on stream (a cudaStream_t), with ws (ws_bytes, at least
  * mlstm_cuda_kernels_workspace_size; device memory, unused by other work until the call completes). Asynchronous;
- * no allocation. */
-int mlstm_cuda_kernels_fwd(const mlstm_params *p, void *stream, void *ws, size_t ws_bytes, mlstm_cuda_fail *fail);
-int mlstm_cuda_kernels_bwd(const mlstm_params *p, void *stream, void *ws, size_t ws_bytes, mlstm_cuda_fail *fail);
+ * no allocation. tr (may be NULL) receives the names of the kernels enqueued. */
+int mlstm_cuda_kernels_fwd(const mlstm_cuda_dispatch *ds, const mlstm_params *p, void *stream, void *ws,
+                           size_t ws_bytes, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail);
+int mlstm_cuda_kernels_bwd(const mlstm_cuda_dispatch *ds, const mlstm_params *p, void *stream, void *ws,
+                           size_t ws_bytes, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail);
 /* Which path a call takes (for logs and tests): "tc" (f16/bf16 tensor cores), "tc32" (f32, 3xTF32 tensor
  * cores), "tf32" (f32, TF32 tensor cores, MLSTM_MATH_TF32) or "simt". */
-const char *mlstm_cuda_kernels_path(const mlstm_params *p, int backward);
+const char *mlstm_cuda_kernels_path(const mlstm_cuda_dispatch *ds, const mlstm_params *p, int backward);
 
 #ifdef __cplusplus
 }

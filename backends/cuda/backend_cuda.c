@@ -16,6 +16,8 @@ typedef struct mlstm_cuda_impl {
     int device;
     cudaStream_t own_stream; /* created at init, destroyed at destroy */
     cudaStream_t stream;     /* where work goes: own_stream or the caller's (mlstm_cuda_set_stream) */
+    mlstm_cuda_dispatch *dispatch; /* this context's kernel choice state (kernels_cuda/dispatch.cu), immutable */
+    mlstm_cuda_trace trace;        /* the kernels the last fwd/bwd enqueued */
     void *ws;                /* the head-dim staging workspace (kernels_cuda/head_dims.cu), grown on demand */
     size_t ws_bytes;
     char name[256];
@@ -38,6 +40,7 @@ static int map_error(cudaError_t e, int launch)
     switch (e) {
     case cudaSuccess: return MLSTM_OK;
     case cudaErrorMemoryAllocation: return MLSTM_ERR_OUT_OF_MEMORY;
+    case cudaErrorNotSupported: return MLSTM_ERR_UNSUPPORTED; /* e.g. a kernel variant forced by MLSTM_CUDA_FORCE */
     case cudaErrorNoDevice:
     case cudaErrorInsufficientDriver:
     case cudaErrorInvalidDevice: return MLSTM_ERR_NO_DEVICE;
@@ -102,6 +105,7 @@ static void cuda_destroy(void *impl)
         if (c->ws)
             (void)cudaFree(c->ws);
     }
+    mlstm_cuda_kernels_release(c->dispatch);
     (void)cudaGetLastError();
     free(c);
 }
@@ -144,7 +148,8 @@ static int cuda_init(const mlstm_backend_config *cfg, void **impl, char *msg, si
     c->stream = c->own_stream;
     {
         mlstm_cuda_fail f = {0, "", "", 0};
-        if (mlstm_cuda_kernels_setup(&f, cfg->cuda_small_tiles, cfg->cuda_f32_tc, cfg->cuda_wgmma) != 0) {
+        if (mlstm_cuda_kernels_setup(&f, cfg->cuda_small_tiles, cfg->cuda_f32_tc, cfg->cuda_wgmma, cfg->cuda_force,
+                                     &c->dispatch) != 0) {
             st = fail_at(c, (cudaError_t)f.code, f.what, f.file, f.line, 1);
             goto fail;
         }
@@ -160,6 +165,8 @@ fail:
 static const char *cuda_device_name(void *impl) { return ((mlstm_cuda_impl *)impl)->name; }
 
 static const char *cuda_last_error(void *impl) { return impl ? ((mlstm_cuda_impl *)impl)->err : ""; }
+
+static const char *cuda_last_kernels(void *impl) { return impl ? ((mlstm_cuda_impl *)impl)->trace.kernels : ""; }
 
 /* ---- buffers ---- */
 
@@ -249,12 +256,12 @@ static int cuda_run(void *impl, const mlstm_params *p, int backward)
 {
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
     CU_TRY(c, cudaSetDevice(c->device));
-    int st = ensure_workspace(c, mlstm_cuda_kernels_workspace_size(p, backward));
+    int st = ensure_workspace(c, mlstm_cuda_kernels_workspace_size(c->dispatch, p, backward));
     if (st != MLSTM_OK)
         return st;
     mlstm_cuda_fail f = {0, "", "", 0};
-    int e = backward ? mlstm_cuda_kernels_bwd(p, (void *)c->stream, c->ws, c->ws_bytes, &f)
-                     : mlstm_cuda_kernels_fwd(p, (void *)c->stream, c->ws, c->ws_bytes, &f);
+    int e = backward ? mlstm_cuda_kernels_bwd(c->dispatch, p, (void *)c->stream, c->ws, c->ws_bytes, &c->trace, &f)
+                     : mlstm_cuda_kernels_fwd(c->dispatch, p, (void *)c->stream, c->ws, c->ws_bytes, &c->trace, &f);
     if (e != 0)
         return fail_at(c, (cudaError_t)f.code, f.what, f.file, f.line, 1);
     return MLSTM_OK;
@@ -317,4 +324,5 @@ const mlstm_backend_ops mlstm_backend_cuda_ops = {
     /* .bwd          = */ cuda_bwd,
     /* .synchronize  = */ cuda_synchronize,
     /* .last_error   = */ cuda_last_error,
+    /* .last_kernels = */ cuda_last_kernels,
 };
