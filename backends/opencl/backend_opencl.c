@@ -527,4 +527,5 @@ const mlstm_backend_ops mlstm_backend_opencl_ops = {
     /* .bwd          = */ cl_bwd,
     /* .synchronize  = */ cl_synchronize,
     /* .last_error   = */ cl_last_error,
+    /* .last_kernels = */ NULL,
 };
