@@ -1,13 +1,26 @@
 #!/usr/bin/env python3
-"""libmlstm vs PyTorch on one CUDA GPU, in one process: loads the built libmlstm.so through ctypes, wraps
-torch tensors with mlstm_buffer_wrap_cuda and runs on torch's current stream (mlstm_context_set_cuda_stream).
+"""libmlstm vs PyTorch and mlstm_kernels on one CUDA GPU, in one process: loads the built libmlstm.so through
+ctypes, wraps torch tensors with mlstm_buffer_wrap_cuda and runs on torch's current stream
+(mlstm_context_set_cuda_stream).
   --check : relative L2 error of every output (h, m, n, dq, dk, dv, di, df) against a float64 PyTorch
             reference (materialised S x S, autograd for the backward, m held constant) on storage-rounded inputs.
-  --bench : CUDA-graph timings of libmlstm fwd / fwd+bwd against scaled_dot_product_attention(is_causal=True)
-            and, if importable, mlstm_kernels' parallel Triton kernels (mlstm_parallel__limit_headdim; in f16 /
-            bf16 only with DISABLE_LLVM_OPT=1 set, without which Triton's compiler aborts the process on them);
-            FLOPs fwd 2*2*B*NH*S*S*D/2, fwd+bwd 3.5x that.
-Usage: python3 bench/compare_torch.py --lib build/libmlstm.so [--check] [--bench] [--json out.json]"""
+  --bench : CUDA-graph timings (median ms per call) of libmlstm's forward and forward+backward next to its peers,
+            on the --shapes (B,NH,S,D or B,NH,S,DQK,DV; the name xlstm7b: DQK 256 / DV 512 at B4 NH8 S2048, B1 NH8
+            S4096 and S8192) or on a --dims sweep of DQK/DV pairs at each B,NH,S of --sizes, where every shape
+            but the aligned ones (DQK = DV in 64, 128, 256, 512) follows its aligned reference, DQK = DV = the
+            smallest of those holding both (the issue's target: at most 1.2x the reference's time).
+            Peers (--peers), each timed where it runs and otherwise shown as n/a with the reason:
+              sdpa      torch scaled_dot_product_attention(is_causal=True), f16 / bf16 (v may have its own head dim)
+              tfla      mlstm_kernels' chunkwise TFLA kernel (mlstm_chunkwise__xl_chunk, chunk size --tfla-chunk)
+              parallel  mlstm_kernels' parallel Triton kernel (mlstm_parallel__limit_headdim: DQK = DV in 16..256,
+                        powers of two, S a multiple of 64)
+            mlstm_kernels' Triton kernels run in f16 / bf16 only with DISABLE_LLVM_OPT=1 in the environment (without
+            it Triton's compiler aborts the process on them), as in the anchor figures; in f32 their products are TF32.
+            FLOPs: forward 2*B*NH*S*S*(DQK+DV)/2, forward+backward 3.5x that (for the chunkwise kernel, which does
+            fewer, parallel-form equivalents). Ratios: ours / reference (time), peer / ours (time: > 1 = we are faster).
+  --plan  : print the shapes --bench would run and exit (needs neither torch nor a GPU).
+Usage: python3 bench/compare_torch.py --lib build/libmlstm.so [--check] [--bench] [--json out.json]
+       python3 bench/compare_torch.py --lib build/libmlstm.so --bench --dims [--sizes "1,8,4096"] --dtypes bf16"""
 import argparse
 import ctypes as C
 import json
@@ -16,14 +29,36 @@ import os
 import sys
 import time
 
-import torch
-import torch.nn.functional as Fnn
+torch = Fnn = None  # imported by load_torch(), so that --help and --plan run without PyTorch
 
 F32, F16, BF16 = 1, 2, 3
-TDT = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
 DNAME = {F32: "f32", F16: "f16", BF16: "bf16"}
+DTYPES = {v: k for k, v in DNAME.items()}
 TOL = {F32: 1e-5, F16: 2e-3, BF16: 1e-2}
 TENSORS = ["q", "k", "v", "i", "f", "h", "m", "n", "dh", "dq", "dk", "dv", "di", "df"]
+DEFAULT_SHAPES = ("1,8,2048,64;1,8,4096,64;1,8,8192,64;1,8,2048,128;1,8,4096,128;1,8,8192,128;1,8,2048,256;"
+                  "1,8,4096,256;1,8,8192,256")
+PRESETS = {"xlstm7b": "4,8,2048,256,512;1,8,4096,256,512;1,8,8192,256,512"}
+DEFAULT_DIMS = "64/128,96/96,128/256,192/192,256/512,320/320,512/512"
+ALIGNED = (64, 128, 256, 512)
+PEERS = ("tfla", "sdpa", "parallel")
+
+
+def load_torch():
+    """imports torch into this module's globals; exits with a message where it is missing or has no GPU"""
+    global torch, Fnn
+    try:
+        import torch as t
+        import torch.nn.functional as f
+    except ImportError as e:
+        sys.exit("compare_torch.py needs PyTorch with CUDA (%s)" % e)
+    if not t.cuda.is_available():
+        sys.exit("compare_torch.py needs a CUDA GPU: torch %s sees none" % t.__version__)
+    torch, Fnn = t, f
+
+
+def tdt(dtype):
+    return {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}[dtype]
 
 
 class Layout(C.Structure):
@@ -99,7 +134,7 @@ class Problem:
     def __init__(self, lib, B, NH, S, DQK, DV, dtype, gates="3+n", bsnd=False, seed=0, grad_mode=0):
         g = torch.Generator(device="cuda").manual_seed(seed)
         dev = "cuda"
-        T = TDT[dtype]
+        T = tdt(dtype)
         self.B, self.NH, self.S, self.DQK, self.DV, self.dtype, self.bsnd = B, NH, S, DQK, DV, dtype, bsnd
 
         def mat(D):
@@ -274,6 +309,98 @@ def check_all(lib):
     return out
 
 
+# ---- shape lists (no torch needed) ----------------------------------------------------------------------------
+
+def parse_list(text, entry_sep, field_sep, min_fields, width, what):
+    """rows of `width` ints >= 1 from "x<f>y<e>x<f>y..."; an entry of min_fields..width fields repeats its last
+    field ("96" reads as 96/96, "1,8,4096,128" as 1,8,4096,128,128); a trailing separator is allowed"""
+    entries = text.split(entry_sep)
+    if entries and not entries[-1].strip():
+        entries.pop()
+    rows = []
+    for entry in entries:
+        try:
+            vals = [int(x) for x in entry.split(field_sep)]
+        except ValueError:
+            vals = []
+        if not min_fields <= len(vals) <= width or min(vals) < 1:
+            raise argparse.ArgumentTypeError("cannot read %s entry %r of %r" % (what, entry, text))
+        rows.append(tuple(vals + vals[-1:] * (width - len(vals))))
+    if not rows:
+        raise argparse.ArgumentTypeError("empty %s list" % what)
+    return rows
+
+
+def parse_shapes(text):
+    """B,NH,S,D or B,NH,S,DQK,DV entries, ';'-separated; an entry may be a preset name (PRESETS)"""
+    return [row for entry in text.split(";") if entry.strip()
+            for row in parse_list(PRESETS.get(entry.strip(), entry), ";", ",", 4, 5, "--shapes")]
+
+
+def parse_dims(text):
+    return parse_list(text, ",", "/", 1, 2, "--dims")
+
+
+def parse_sizes(text):
+    return parse_list(text, ";", ",", 3, 3, "--sizes")
+
+
+def parse_names(choices, what):
+    def parse(text):
+        names = [x for x in text.split(",") if x]
+        bad = [x for x in names if x not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError("%s: %s not in %s" % (what, ",".join(bad) or "none", ",".join(choices)))
+        return names
+    return parse
+
+
+def ref_dim(dqk, dv):
+    """the aligned head dim a shape is compared with: the smallest of ALIGNED holding DQK and DV (0: none)"""
+    return next((a for a in ALIGNED if max(dqk, dv) <= a), 0)
+
+
+def is_aligned(dqk, dv):
+    return dqk == dv == ref_dim(dqk, dv)
+
+
+def sweep(sizes, dims):
+    """every B,NH,S of sizes times every DQK/DV of dims plus the aligned references they are compared with,
+    grouped by reference: the reference first, then the rest in the order given (as bench_mlstm --dims)"""
+    order = []
+    for group in ALIGNED + (0,):
+        members = [d for d in dims if ref_dim(*d) == group]
+        if members and group and (group, group) not in order:
+            order.append((group, group))
+        order += [d for d in dict.fromkeys(members) if d not in order]
+    return [size + d for size in sizes for d in order]
+
+
+def find_ref(rows, r):
+    """the earlier row holding r's aligned reference (same dtype, B, NH, S), or None"""
+    if is_aligned(r["DQK"], r["DV"]):
+        return None
+    a = ref_dim(r["DQK"], r["DV"])
+    return next((x for x in rows if x is not r and (x["dtype"], x["B"], x["NH"], x["S"], x["DQK"], x["DV"]) ==
+                 (r["dtype"], r["B"], r["NH"], r["S"], a, a)), None)
+
+
+# ---- timing ---------------------------------------------------------------------------------------------------
+
+def median_event_ms(run, iters, reps):
+    """median over `reps` of the event-timed ms of run() (which makes `iters` calls) per call"""
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        run()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / iters)
+    times.sort()
+    return times[len(times) // 2]
+
+
 def graph_ms(fn, iters=10, reps=5):
     """median ms per call of fn, captured `iters` times in a CUDA graph and replayed"""
     s = torch.cuda.Stream()
@@ -289,125 +416,272 @@ def graph_ms(fn, iters=10, reps=5):
             fn()
     g.replay()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / iters)
-    times.sort()
-    return times[len(times) // 2]
+    return median_event_ms(g.replay, iters, reps)
 
 
-def mlstm_kernels_parallel():
-    """mlstm_kernels' parallel Triton forward/backward (the predecessor of this library), or None"""
+def loop_ms(fn, iters=10, reps=5):
+    """median ms per call of fn called `iters` times in a loop (no CUDA graph: includes launch overhead)"""
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    return median_event_ms(lambda: [fn() for _ in range(iters)], iters, reps)
+
+
+def first_line(e):
+    text = str(e).strip().splitlines()
+    return "%s: %s" % (type(e).__name__, text[0] if text else "")
+
+
+class NA(Exception):
+    """an implementation that does not run on a shape; the message says why"""
+
+
+class Pair:
+    """the forward and the forward+backward call of one implementation on one shape"""
+
+    def __init__(self, fw, fwbw, close=None):
+        self.fw, self.fwbw, self.close = fw, fwbw, close
+
+
+def time_pair(r, key, make):
+    """times make()'s calls into r[key_fw_ms] and r[key_fwbw_ms] by CUDA graph; r[key_na] says why not, and
+    r[key_note] where a call was timed in a plain loop because capturing it failed"""
     try:
-        from mlstm_kernels.torch.parallel.triton_limit_headdim import mlstm_parallel__limit_headdim
-    except ImportError:
-        return None
-    return mlstm_parallel__limit_headdim
-
-
-def time_mlstm_kernels(mk, B, NH, S, D, T, r):
-    """times mk on q, k, v, i ~ N(0, 1), f ~ 3 + N(0, 1) (as the anchors); fills r's mlstm_kernels_* keys"""
-    if T != torch.float32 and not os.environ.get("DISABLE_LLVM_OPT"):
-        print("mlstm_kernels not timed in %s: its Triton kernels need DISABLE_LLVM_OPT=1 there" % T)
+        pair = make()
+    except NA as e:
+        r[key + "_na"] = str(e)
         return
-    q = torch.randn(B, NH, S, D, device="cuda", dtype=T, requires_grad=True)
-    k = torch.randn_like(q, requires_grad=True)
-    v = torch.randn_like(q, requires_grad=True)
-    i = torch.randn(B, NH, S, device="cuda", dtype=T, requires_grad=True)
-    f = (3.0 + torch.randn(B, NH, S, device="cuda", dtype=T)).requires_grad_(True)
-    dh = torch.randn_like(q)
-
-    def kf():
-        mk(q, k, v, i, f, eps=1e-6, autocast_kernel_dtype=T)
-
-    def kfb():
-        h = mk(q, k, v, i, f, eps=1e-6, autocast_kernel_dtype=T)
-        torch.autograd.grad(h, (q, k, v, i, f), dh)
-
+    except Exception as e:  # one failing implementation must not stop the others
+        r[key + "_na"] = "failed: " + first_line(e)
+        return
     try:
-        r["mlstm_kernels_fw_ms"] = graph_ms(kf)
-        r["mlstm_kernels_fwbw_ms"] = graph_ms(kfb)
-    except Exception as e:  # its shape limits: head dims powers of two up to 256, S a multiple of its block
-        print("mlstm_kernels timing failed:", e)
-
-
-def bench_all(lib, shapes, dtypes):
-    rows = []
-    mk = mlstm_kernels_parallel()
-    for dtype in dtypes:
-        for (B, NH, S, D) in shapes:
-            flops = 2 * 2 * B * NH * S * S * D / 2
-            p = Problem(lib, B, NH, S, D, D, dtype, "3+n")
-
-            def lf():
-                lib.set_stream()
-                p.fwd()
-
-            def lfb():
-                lib.set_stream()
-                p.fwd()
-                p.bwd()
-
-            r = dict(B=B, NH=NH, S=S, D=D, dtype=DNAME[dtype])
+        for part in ("fw", "fwbw"):
+            fn = getattr(pair, part)
             try:
-                r["mlstm_fw_ms"] = graph_ms(lf)
-                r["mlstm_fwbw_ms"] = graph_ms(lfb)
+                r["%s_%s_ms" % (key, part)] = graph_ms(fn)
             except Exception as e:
-                print("libmlstm timing failed:", e)
-            p.close()
-            if dtype != F32:
-                T = TDT[dtype]
-                q = torch.randn(B, NH, S, D, device="cuda", dtype=T, requires_grad=True)
-                k = torch.randn_like(q, requires_grad=True)
-                v = torch.randn_like(q, requires_grad=True)
-                do = torch.randn_like(q)
+                torch.cuda.synchronize()
+                r["%s_%s_ms" % (key, part)] = loop_ms(fn)
+                r[key + "_note"] = "timed without a CUDA graph (capture failed: %s)" % first_line(e)
+    except Exception as e:
+        r[key + "_na"] = "failed: " + first_line(e)
+    finally:
+        if pair.close:
+            pair.close()
 
-                def sf():
-                    Fnn.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-                def sfb():
-                    o = Fnn.scaled_dot_product_attention(q, k, v, is_causal=True)
-                    torch.autograd.grad(o, (q, k, v), do)
+# ---- the implementations ----------------------------------------------------------------------------------------
 
-                try:
-                    r["sdpa_fw_ms"] = graph_ms(sf)
-                    r["sdpa_fwbw_ms"] = graph_ms(sfb)
-                except Exception as e:
-                    print("sdpa timing failed:", e)
-                del q, k, v, do
-            if mk is not None:
-                time_mlstm_kernels(mk, B, NH, S, D, TDT[dtype], r)
-            for key in list(r):
-                if key.endswith("_fw_ms"):
-                    r[key.replace("_ms", "_tflops")] = flops / r[key] * 1e-9
-                elif key.endswith("_fwbw_ms"):
-                    r[key.replace("_ms", "_tflops")] = 3.5 * flops / r[key] * 1e-9
-            if "sdpa_fw_ms" in r and "mlstm_fw_ms" in r:
-                r["ratio_fw"] = r["sdpa_fw_ms"] / r["mlstm_fw_ms"]
-                r["ratio_fwbw"] = r["sdpa_fwbw_ms"] / r["mlstm_fwbw_ms"]
+class MlstmKernels:
+    """mlstm_kernels' chunkwise TFLA and parallel Triton kernels, or why each is not available"""
+
+    def __init__(self):
+        self.version = None
+        try:
+            from importlib.metadata import version
+            self.version = version("mlstm_kernels")
+        except Exception:
+            pass
+        self.tfla, self.tfla_why = self.load("mlstm_kernels.torch.chunkwise.triton_xl_chunk",
+                                             "mlstm_chunkwise__xl_chunk")
+        self.parallel, self.parallel_why = self.load("mlstm_kernels.torch.parallel.triton_limit_headdim",
+                                                     "mlstm_parallel__limit_headdim")
+
+    @staticmethod
+    def load(module, name):
+        try:
+            mod = __import__(module, fromlist=[name])
+            return getattr(mod, name), None
+        except Exception as e:  # ImportError, or what a broken triton install raises on import
+            return None, "%s not importable (%s)" % (name, first_line(e))
+
+
+def peer_inputs(B, NH, S, DQK, DV, T, gates):
+    """q, k (DQK), v (DV) ~ N(0, 1) and, with gates, i ~ N(0, 1), f ~ 3 + N(0, 1) (the anchors' inputs), all
+    needing gradients; and the upstream gradient dh (DV)"""
+    def t(*shape, shift=0.0):
+        return (shift + torch.randn(*shape, device="cuda")).to(T).requires_grad_(True)
+    x = dict(q=t(B, NH, S, DQK), k=t(B, NH, S, DQK), v=t(B, NH, S, DV))
+    if gates:
+        x.update(i=t(B, NH, S), f=t(B, NH, S, shift=3.0))
+    return x, torch.randn(B, NH, S, DV, device="cuda").to(T)
+
+
+def autograd_pair(call, x, dh):
+    inputs = tuple(x.values())
+
+    def fwbw():
+        torch.autograd.grad(call(**x), inputs, dh)
+    return Pair(lambda: call(**x), fwbw)
+
+
+def triton_dtype_ok(dtype):
+    if dtype != F32 and not os.environ.get("DISABLE_LLVM_OPT"):
+        raise NA("f16 / bf16 need DISABLE_LLVM_OPT=1 (Triton's compiler aborts the process on them otherwise)")
+
+
+def ours(lib, shape, dtype, mk, args):
+    p = Problem(lib, *shape, dtype, "3+n")
+
+    def fw():
+        lib.set_stream()
+        p.fwd()
+
+    def fwbw():
+        fw()
+        p.bwd()
+    return Pair(fw, fwbw, p.close)
+
+
+def peer_sdpa(lib, shape, dtype, mk, args):
+    if dtype == F32:
+        raise NA("not timed in f32 (SDPA is the f16 / bf16 yardstick)")
+    x, dh = peer_inputs(*shape, tdt(dtype), gates=False)
+    return autograd_pair(lambda q, k, v: Fnn.scaled_dot_product_attention(q, k, v, is_causal=True), x, dh)
+
+
+def peer_tfla(lib, shape, dtype, mk, args):
+    if mk.tfla is None:
+        raise NA(mk.tfla_why)
+    triton_dtype_ok(dtype)
+    L, T = args.tfla_chunk, tdt(dtype)
+    if shape[2] % L:
+        raise NA("S not a multiple of its chunk size %d" % L)
+    x, dh = peer_inputs(*shape, T, gates=True)
+    return autograd_pair(lambda q, k, v, i, f: mk.tfla(q, k, v, i, f, eps=1e-6, chunk_size=L,
+                                                       autocast_kernel_dtype=T), x, dh)
+
+
+def peer_parallel(lib, shape, dtype, mk, args):
+    B, NH, S, DQK, DV = shape
+    if mk.parallel is None:
+        raise NA(mk.parallel_why)
+    triton_dtype_ok(dtype)
+    if DQK != DV or DQK not in (16, 32, 64, 128, 256):
+        raise NA("takes DQK = DV in 16, 32, 64, 128, 256 only")
+    if S % 64:
+        raise NA("S not a multiple of 64 (its blocks; its output is wrong there)")
+    T = tdt(dtype)
+    x, dh = peer_inputs(*shape, T, gates=True)
+    return autograd_pair(lambda q, k, v, i, f: mk.parallel(q, k, v, i, f, eps=1e-6, autocast_kernel_dtype=T), x, dh)
+
+
+# (--peers name, row key, table label, setup); "mlstm" is libmlstm itself
+IMPLS = {"mlstm": ("mlstm", "ours", ours), "sdpa": ("sdpa", "SDPA", peer_sdpa),
+         "tfla": ("tfla_chunk", "TFLA chunkwise", peer_tfla), "parallel": ("triton_par", "Triton parallel", peer_parallel)}
+
+
+def finish_row(r, ref):
+    """TFLOP/s of every timing, each peer's time over ours, ours over the aligned reference's"""
+    flops = 2 * r["B"] * r["NH"] * r["S"] * r["S"] * (r["DQK"] + r["DV"]) / 2
+    for key in [k for k in r if k.endswith("_ms")]:
+        r[key.replace("_ms", "_tflops")] = (3.5 if key.endswith("_fwbw_ms") else 1.0) * flops / r[key] * 1e-9
+    for part in ("fw", "fwbw"):
+        ours_ms = r.get("mlstm_%s_ms" % part)
+        if ours_ms is None:
+            continue
+        for key, _, _ in IMPLS.values():
+            if key != "mlstm" and "%s_%s_ms" % (key, part) in r:
+                r["%s_over_mlstm_%s" % (key, part)] = r["%s_%s_ms" % (key, part)] / ours_ms
+        if ref is not None and "mlstm_%s_ms" % part in ref:
+            r["ref"] = "%d/%d" % (ref["DQK"], ref["DV"])
+            r["mlstm_vs_ref_%s" % part] = ours_ms / ref["mlstm_%s_ms" % part]
+
+
+def bench_all(lib, shapes, dtypes, peers, args):
+    mk = MlstmKernels() if {"tfla", "parallel"} & set(peers) else None
+    if mk:
+        print("mlstm_kernels %s: chunkwise %s; parallel %s; DISABLE_LLVM_OPT=%s" % (
+            mk.version or "(no version)", mk.tfla_why or "importable", mk.parallel_why or "importable",
+            os.environ.get("DISABLE_LLVM_OPT", "unset")), flush=True)
+    rows = []
+    for dtype in dtypes:
+        for shape in shapes:
+            B, NH, S, DQK, DV = shape
+            r = dict(dtype=DNAME[dtype], B=B, NH=NH, S=S, DQK=DQK, DV=DV)
+            for name in ["mlstm"] + peers:
+                key, _, setup = IMPLS[name]
+                time_pair(r, key, lambda: setup(lib, shape, dtype, mk, args))
+                torch.cuda.empty_cache()
+            finish_row(r, find_ref(rows, r))
             rows.append(r)
-            print("%-5s B%d NH%d S%-5d D%-3d | mlstm fw %7.4f ms %6.1f TF  fwbw %7.3f ms %6.1f TF | sdpa fw %s fwbw %s | ratio fw %s fwbw %s"
-                  % (r["dtype"], B, NH, S, D, r.get("mlstm_fw_ms", float("nan")), r.get("mlstm_fw_tflops", 0),
-                     r.get("mlstm_fwbw_ms", float("nan")), r.get("mlstm_fwbw_tflops", 0),
-                     "%.4f ms %.0f TF" % (r["sdpa_fw_ms"], r["sdpa_fw_tflops"]) if "sdpa_fw_ms" in r else "-",
-                     "%.3f ms %.0f TF" % (r["sdpa_fwbw_ms"], r["sdpa_fwbw_tflops"]) if "sdpa_fwbw_ms" in r else "-",
-                     "%.2f" % r["ratio_fw"] if "ratio_fw" in r else "-",
-                     "%.2f" % r["ratio_fwbw"] if "ratio_fwbw" in r else "-"), flush=True)
-            if "mlstm_kernels_fw_ms" in r and "mlstm_fw_ms" in r:
-                print("      mlstm_kernels (Triton parallel) fw %7.4f ms %6.1f TF  fwbw %7.3f ms %6.1f TF | its time / ours"
-                      " fw %.2f fwbw %.2f" % (r["mlstm_kernels_fw_ms"], r["mlstm_kernels_fw_tflops"],
-                                             r["mlstm_kernels_fwbw_ms"], r["mlstm_kernels_fwbw_tflops"],
-                                             r["mlstm_kernels_fw_ms"] / r["mlstm_fw_ms"],
-                                             r["mlstm_kernels_fwbw_ms"] / r["mlstm_fwbw_ms"]), flush=True)
-            torch.cuda.empty_cache()
-    if mk is None:
-        print("mlstm_kernels is not importable: not timed")
+            print(progress_line(r, peers), flush=True)
+    print()
+    print("\n".join(table(rows, peers)), flush=True)
     return rows
+
+
+# ---- output (no torch needed) -----------------------------------------------------------------------------------
+
+def ms_cell(r, key, part):
+    ms = r.get("%s_%s_ms" % (key, part))
+    return "%.4g (%.3g)" % (ms, r["%s_%s_tflops" % (key, part)]) if ms is not None else None
+
+
+def pair_cell(r, fmt):
+    vals = [r.get(fmt % part) for part in ("fw", "fwbw")]
+    return ", ".join("%.2f" % v if v is not None else "-" for v in vals) if any(v is not None for v in vals) else ""
+
+
+def shape_name(r):
+    return "%s B%d NH%d S%d %d/%d" % (r["dtype"], r["B"], r["NH"], r["S"], r["DQK"], r["DV"])
+
+
+def progress_line(r, peers):
+    out = [shape_name(r)]
+    for name in ["mlstm"] + peers:
+        key, label, _ = IMPLS[name]
+        cell = " / ".join(c for c in (ms_cell(r, key, "fw"), ms_cell(r, key, "fwbw")) if c)
+        out.append("%s %s" % (label, cell or "n/a: " + r.get(key + "_na", "?")))
+        if name == "mlstm" and "ref" in r:
+            out.append("vs %s %s" % (r["ref"], pair_cell(r, "mlstm_vs_ref_%s")))
+        elif name != "mlstm" and pair_cell(r, key + "_over_mlstm_%s"):
+            out.append("%s / ours %s" % (label, pair_cell(r, key + "_over_mlstm_%s")))
+    return " | ".join(out)
+
+
+def table(rows, peers):
+    """a Markdown table of rows: ms (TFLOP/s) per implementation and part, the ratios, reasons as footnotes"""
+    notes = {}
+
+    def note(text):
+        return "[%d]" % notes.setdefault(text, len(notes) + 1)
+
+    head = ["dtype", "B", "NH", "S", "DQK/DV", "ours fw", "ours fwbw", "ours / ref (fw, fwbw)"]
+    for name in peers:
+        label = IMPLS[name][1]
+        head += ["%s fw" % label, "%s fwbw" % label, "%s / ours (fw, fwbw)" % label]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["dtype"], str(r["B"]), str(r["NH"]), str(r["S"]), "%d/%d" % (r["DQK"], r["DV"])]
+        for name in ["mlstm"] + peers:
+            key = IMPLS[name][0]
+            mark = " " + note(r[key + "_note"]) if key + "_note" in r else ""
+            na = "n/a " + note(r[key + "_na"]) if key + "_na" in r else "-"
+            cells += [(ms_cell(r, key, part) or na) + mark for part in ("fw", "fwbw")]
+            if name == "mlstm":
+                ratio = pair_cell(r, "mlstm_vs_ref_%s")
+                over = any(r.get("mlstm_vs_ref_" + part, 0) > 1.2 for part in ("fw", "fwbw"))
+                cells.append("aligned" if is_aligned(r["DQK"], r["DV"]) else
+                             "%s (vs %s)%s" % (ratio, r["ref"], " over" if over else "") if ratio else "-")
+            else:
+                cells.append(pair_cell(r, key + "_over_mlstm_%s") or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Cells: ms (TFLOP/s); FLOPs forward 2*B*NH*S*S*(DQK+DV)/2, forward+backward 3.5x. ours / ref: our time"
+                 " over that of the aligned reference shape (target <= 1.2, 'over' where missed); X / ours: X's time over ours.")
+    lines += ["[%d] %s" % (i, text) for text, i in notes.items()]
+    return lines
+
+
+def plan(shapes, dtypes, peers):
+    for dtype in dtypes:
+        for shape in shapes:
+            r = dict(dtype=DNAME[dtype], B=shape[0], NH=shape[1], S=shape[2], DQK=shape[3], DV=shape[4])
+            a = ref_dim(shape[3], shape[4])
+            print("%-28s %s" % (shape_name(r), "aligned" if is_aligned(shape[3], shape[4]) else
+                                "vs %d/%d" % (a, a) if a else "no aligned reference"))
+    print("peers: %s" % (", ".join(peers) or "none"))
 
 
 def main():
@@ -415,22 +689,42 @@ def main():
     ap.add_argument("--lib", default=os.path.join("build", "libmlstm.so"))
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--bench", action="store_true")
-    ap.add_argument("--dtypes", default="bf16,f16,f32")
-    ap.add_argument("--shapes", default="1,8,2048,64;1,8,4096,64;1,8,8192,64;1,8,2048,128;1,8,4096,128;"
-                                        "1,8,8192,128;1,8,2048,256;1,8,4096,256;1,8,8192,256")
+    ap.add_argument("--plan", action="store_true", help="print the shapes --bench would run, then exit")
+    ap.add_argument("--dtypes", default="bf16,f16,f32", type=parse_names(list(DTYPES), "--dtypes"))
+    ap.add_argument("--shapes", default=None, type=parse_shapes,
+                    help="B,NH,S,D or B,NH,S,DQK,DV[;...] or a preset (%s); default: %s" % (
+                        ", ".join(PRESETS), DEFAULT_SHAPES))
+    ap.add_argument("--dims", nargs="?", const=parse_dims(DEFAULT_DIMS), default=None, type=parse_dims,
+                    help="sweep DQK/DV[,...] (D alone = D/D; without a list: %s) at the --sizes" % DEFAULT_DIMS)
+    ap.add_argument("--sizes", default=None, type=parse_sizes, help="B,NH,S[;...] of --dims (default 1,8,4096)")
+    ap.add_argument("--peers", default=",".join(PEERS), type=parse_names(PEERS, "--peers"),
+                    help="implementations timed beside ours (default: %s)" % ",".join(PEERS))
+    ap.add_argument("--tfla-chunk", type=int, default=128, help="the chunkwise kernel's chunk size (default 128)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.shapes and (args.dims or args.sizes):
+        ap.error("--shapes lists whole shapes; --dims / --sizes build a sweep: give one")
+    if args.dims or args.sizes:
+        shapes = sweep(args.sizes or [(1, 8, 4096)], args.dims or parse_dims(DEFAULT_DIMS))
+    else:
+        shapes = args.shapes or parse_shapes(DEFAULT_SHAPES)
+    dtypes = [DTYPES[d] for d in args.dtypes]
+    if args.plan:
+        plan(shapes, dtypes, args.peers)
+        return 0
     if not args.check and not args.bench:
         args.check = args.bench = True
-    lib = Lib(args.lib)
+    load_torch()
+    try:
+        lib = Lib(args.lib)
+    except (OSError, RuntimeError) as e:
+        sys.exit("cannot use %s: %s" % (args.lib, e))
     print("device: %s (torch %s) %s" % (lib.device, torch.__version__, time.strftime("%Y-%m-%d %H:%M")), flush=True)
     result = {"device": lib.device, "date": time.strftime("%Y-%m-%d")}
     if args.check:
         result["check"] = check_all(lib)
     if args.bench:
-        shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";") if s]
-        dts = [{"f32": F32, "f16": F16, "bf16": BF16}[d] for d in args.dtypes.split(",")]
-        result["bench"] = bench_all(lib, shapes, dts)
+        result["bench"] = bench_all(lib, shapes, dtypes, args.peers, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
