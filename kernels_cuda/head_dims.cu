@@ -4,6 +4,7 @@
  * dq, dk, di and df are sums over the slices: all are linear in dC = dh v^T / N + (row term), and the exact mode's
  * row term delta_t = sigma_t dh_t . h_t is itself the sum of the slices' dh . h. */
 #include <stdint.h>
+#include <type_traits>
 #include "head_dims.h"
 #include "common.cuh"
 
@@ -18,19 +19,25 @@ struct Cols {
     int64_t sb, sh, ss;
 };
 
+/* One warp per row r of the (B, NH, S) rows: the row's (b, h, s) is worked out once, the lanes stride over the
+ * columns (consecutive lanes, consecutive addresses) */
+constexpr int ROWS_PER_CTA = COPY_THREADS / 32;
+template <typename T> __device__ __forceinline__ T *row_ptr(const Cols &c, int64_t r, int64_t NH, int64_t S)
+{
+    const int64_t s = r % S, bh = r / S;
+    return (T *)c.p + (bh / NH) * c.sb + (bh % NH) * c.sh + s * c.ss;
+}
+
 /* dst[.., c] = c < src_cols ? src[.., c] : 0 for c < dst_cols (zero padding, or a plain column copy) */
 template <typename T>
 __global__ void __launch_bounds__(COPY_THREADS)
 copy_cols_kernel(Cols src, int64_t src_cols, Cols dst, int64_t dst_cols, int64_t NH, int64_t S, int64_t rows)
 {
-    const int64_t n = rows * dst_cols;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = i / dst_cols, c = i % dst_cols;
-        const int64_t s = r % S, bh = r / S, h = bh % NH, b = bh / NH;
-        const T *sp = (const T *)src.p + b * src.sb + h * src.sh + s * src.ss;
-        T *dp = (T *)dst.p + b * dst.sb + h * dst.sh + s * dst.ss;
-        dp[c] = c < src_cols ? sp[c] : T{};
-    }
+    const int64_t r = (int64_t)blockIdx.x * ROWS_PER_CTA + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const T *sp = row_ptr<T>(src, r, NH, S);
+    T *dp = row_ptr<T>(dst, r, NH, S);
+    for (int64_t c = threadIdx.x & 31; c < dst_cols; c += 32) dp[c] = c < src_cols ? sp[c] : T{};
 }
 
 /* dst[.., c] = sum over the n contiguous (rows, ld) slices of src (in f32, one rounding), c < cols */
@@ -41,21 +48,28 @@ template <typename T>
 __global__ void __launch_bounds__(COPY_THREADS)
 sum_slices_kernel(SliceSrc src, int n, int64_t ld, Cols dst, int64_t cols, int64_t NH, int64_t S, int64_t rows)
 {
-    const int64_t total = rows * cols;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = i / cols, c = i % cols;
-        const int64_t s = r % S, bh = r / S, h = bh % NH, b = bh / NH;
+    const int64_t r = (int64_t)blockIdx.x * ROWS_PER_CTA + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    T *dp = row_ptr<T>(dst, r, NH, S);
+    for (int64_t c = threadIdx.x & 31; c < cols; c += 32) {
         float acc = 0.0f;
         for (int k = 0; k < n; ++k) acc += to_f32(((const T *)src.p[k])[r * ld + c]);
-        ((T *)dst.p + b * dst.sb + h * dst.sh + s * dst.ss)[c] = from_f32<T>(acc);
+        dp[c] = from_f32<T>(acc);
     }
 }
 
-unsigned grid_for(int64_t n)
+/* f32 vectors (di, df; one column): one thread per row */
+__global__ void __launch_bounds__(COPY_THREADS)
+sum_vec_kernel(SliceSrc src, int n, Cols dst, int64_t NH, int64_t S, int64_t rows)
 {
-    const int64_t g = (n + COPY_THREADS - 1) / COPY_THREADS;
-    return (unsigned)(g < 65535 * 8 ? (g > 0 ? g : 1) : 65535 * 8);
+    const int64_t r = (int64_t)blockIdx.x * COPY_THREADS + threadIdx.x;
+    if (r >= rows) return;
+    float acc = 0.0f;
+    for (int k = 0; k < n; ++k) acc += ((const float *)src.p[k])[r];
+    *row_ptr<float>(dst, r, NH, S) = acc;
 }
+
+unsigned row_grid(int64_t rows, int per_cta) { return (unsigned)((rows + per_cta - 1) / per_cta); }
 
 size_t dtype_bytes(int dtype) { return dtype == MLSTM_DTYPE_F32 ? 4 : 2; }
 bool is_f32_tensor(int x)
@@ -93,8 +107,8 @@ template <typename T> cudaError_t copy_cols(const Cols &src, int64_t src_cols, c
                                             const mlstm_params *p, cudaStream_t st)
 {
     const int64_t rows = p->batch * p->heads * p->seq_len;
-    copy_cols_kernel<T><<<grid_for(rows * dst_cols), COPY_THREADS, 0, st>>>(src, src_cols, dst, dst_cols, p->heads,
-                                                                            p->seq_len, rows);
+    copy_cols_kernel<T><<<row_grid(rows, ROWS_PER_CTA), COPY_THREADS, 0, st>>>(src, src_cols, dst, dst_cols, p->heads,
+                                                                               p->seq_len, rows);
     return cudaGetLastError();
 }
 cudaError_t copy_cols_any(int dtype, const Cols &src, int64_t src_cols, const Cols &dst, int64_t dst_cols,
@@ -107,8 +121,11 @@ template <typename T> cudaError_t sum_slices(const SliceSrc &src, int n, int64_t
                                              const mlstm_params *p, cudaStream_t st)
 {
     const int64_t rows = p->batch * p->heads * p->seq_len;
-    sum_slices_kernel<T><<<grid_for(rows * cols), COPY_THREADS, 0, st>>>(src, n, ld, dst, cols, p->heads, p->seq_len,
-                                                                         rows);
+    if (cols == 1 && std::is_same<T, float>::value)
+        sum_vec_kernel<<<row_grid(rows, COPY_THREADS), COPY_THREADS, 0, st>>>(src, n, dst, p->heads, p->seq_len, rows);
+    else
+        sum_slices_kernel<T><<<row_grid(rows, ROWS_PER_CTA), COPY_THREADS, 0, st>>>(src, n, ld, dst, cols, p->heads,
+                                                                                   p->seq_len, rows);
     return cudaGetLastError();
 }
 cudaError_t sum_slices_any(int dtype, const SliceSrc &src, int n, int64_t ld, const Cols &dst, int64_t cols,
