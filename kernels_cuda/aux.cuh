@@ -1,17 +1,62 @@
 /* libmlstm CUDA kernels: the two light backward passes around the fused kernels.
- *   mlstm_bwd_prep_kernel:  delta_t = sigma_t * (dh_t . h_t) into df (0 in normalizer-detached mode).
- *   mlstm_bwd_gates_kernel: dF = df - di (df holding q.dq), compensated reverse cumsum da, df = da*sigmoid(-f).
+ *   mlstm_bwd_prep_kernel:  delta_t = sigma_t * (dh_t . h_t) into df (0 in normalizer-detached mode; h_t recomputed
+ *                           in f32 where the stored one overflowed T).
+ *   mlstm_bwd_gates_kernel: dF = df - di (df holding q.dq; on the tensor-core path minus the dK/dV
+ *                           kernel's residual, bwd_tc.cuh dkdv_epilogue), compensated reverse cumsum da, df = da*sigmoid(-f).
  *   mlstm_bwd_gates_tiled_kernel (SIMT f32): df holding tile-local suffix sums of dF, adds the later tiles'
  *                           totals (compensated), df = da*sigmoid(-f). */
 #pragma once
 
 #include "common.cuh"
 
+#ifdef __CUDACC__
+#define MLSTM_NOINLINE __noinline__
+#else
+#define MLSTM_NOINLINE
+#endif
+
 namespace mlstm {
 
-/* One warp per row t; sigma_t from the signed n and m the forward stored (see api/mlstm.h). */
+/* delta_t / sigma_t for a row whose stored h_t is not finite (the exact h_t lies beyond T's range, so the stored inf
+ * carries no value while the exact delta_t is finite): dh_t . h_t with h_t recomputed in f32 from the inputs,
+ * h_t = sum_{j<=t} C_tj v_j / (|n_t| + eps), C_tj = scale (q_t . k_j) exp(F_t - F_j + i_j - m_t), F_t - F_j summed
+ * (compensated) while walking j down from t. One warp, O(t (DQK + DV)) work: only such rows take it. */
 template <typename T>
-__global__ void __launch_bounds__(256) mlstm_bwd_prep_kernel(const __grid_constant__ KArgs args)
+__device__ MLSTM_NOINLINE float prep_dot_h_recomputed(const KArgs &a, int64_t b, int64_t hh, int64_t t, float m,
+                                                      float n)
+{
+    const int lane = threadIdx.x & 31;
+    const TArg &tq = a.t[MLSTM_TENSOR_Q], &tk = a.t[MLSTM_TENSOR_K], &tv = a.t[MLSTM_TENSOR_V];
+    const TArg &ti = a.t[MLSTM_TENSOR_I], &tf = a.t[MLSTM_TENSOR_F], &tdh = a.t[MLSTM_TENSOR_DH];
+    const T *gq = bh_ptr<T>(tq, b, hh) + t * tq.ss, *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const T *gdh = bh_ptr<T>(tdh, b, hh) + t * tdh.ss;
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+    float dot = 0.0f;
+    for (int64_t c0 = 0; c0 < a.DV; c0 += 32) { /* lane: h_t[c0 + lane]; few registers, the rare row pays the passes */
+        const int64_t c = c0 + lane;
+        float acc = 0.0f, gh = 0.0f, gl = 0.0f; /* (gh, gl): F_t - F_j */
+        for (int64_t j = t; j >= 0; --j) {
+            if (j < t) cadd(gh, gl, logsigmoid(gf[(j + 1) * tf.ss]), 0.0f);
+            const float w = expf(__fadd_rn(__fadd_rn(gh, gi[j * ti.ss] - m), gl)); /* D'_tj */
+            if (w == 0.0f) continue; /* warp-uniform */
+            const T *kr = gk + j * tk.ss;
+            float sd = 0.0f;
+            for (int64_t d = lane; d < a.DQK; d += 32) sd = fmaf(to_f32(gq[d]), to_f32(kr[d]), sd);
+            const float cw = a.scale * warp_sum(sd) * w;
+            if (c < a.DV) acc = fmaf(cw, to_f32(gv[j * tv.ss + c]), acc);
+        }
+        if (c < a.DV) dot = fmaf(acc, to_f32(gdh[c]), dot);
+    }
+    return warp_sum(dot) / (fabsf(n) + a.eps);
+}
+
+/* One warp per row t (at most 32 registers: full occupancy for the common path; the rare recomputation may spill);
+ * sigma_t from the signed n and m the forward stored (see api/mlstm.h). A row whose dh . h comes
+ * out inf or NaN (h overflowed T in the forward) recomputes h_t in f32 (prep_dot_h_recomputed), so that delta, hence
+ * P, stays finite: the gradients then overflow to +-inf only where their exact values do not fit T, and never turn
+ * into NaN (an inf delta_t times an underflowed D' factor, or inf - inf in a product). */
+template <typename T>
+__global__ void __launch_bounds__(256, 8) mlstm_bwd_prep_kernel(const __grid_constant__ KArgs args)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * 8 + warp;
@@ -31,7 +76,9 @@ __global__ void __launch_bounds__(256) mlstm_bwd_prep_kernel(const __grid_consta
             const T *dr = bh_ptr<T>(tdh, b, hh) + t * tdh.ss;
             float acc = 0.0f;
             for (int64_t d = lane; d < args.DV; d += 32) acc += to_f32(hr[d]) * to_f32(dr[d]);
-            delta = sigma * warp_sum(acc);
+            acc = warp_sum(acc);
+            if (!(fabsf(acc) < INFINITY)) acc = prep_dot_h_recomputed<T>(args, b, hh, t, m, n);
+            delta = sigma * acc;
         }
     }
     if (lane == 0) bh_ptr<float>(tdf, b, hh)[t * tdf.ss] = delta;

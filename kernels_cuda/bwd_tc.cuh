@@ -1,10 +1,11 @@
 /* libmlstm CUDA kernels: tensor-core backward for f16/bf16 storage, D in {64, 128, 256} (DQK = DV = D).
  *   mlstm_bwd_dkdv_kernel: one CTA per (key tile of 16*NW keys, output column block, batch*head); each warp
  *     owns 16 keys and computes S^T = K Q^T and dP^T = V dH^T for query tiles walked from the diagonal
- *     forwards, then dV += (C/n)^T dH and dK += P^T Q; writes dk, dv and di_j = k_j . dk_j. PAIR variant (D=256,
+ *     forwards, then dV += (C/n)^T dH and dK += P^T Q; writes dk, dv, di_j = sum_t P_tj S_tj from the f32 tiles, and
+ *     into dq[j][0..1] the residual k_j . dk_j - di_j that keeps df on the rounded tiles. PAIR variant (D=256,
  *     sm_90): two warps per 16 keys split S^T / dP^T and the output columns, exchanging tiles in smem.
  *   mlstm_bwd_dq_kernel: one CTA per (query tile, batch*head); dP = dH V^T, dQ += P K over key tiles walked
- *     from the diagonal backwards; reads delta_t from df and overwrites df_t with q_t . dq_t. */
+ *     from the diagonal backwards; reads delta_t from df and overwrites df_t with q_t . dq_t minus that residual. */
 #pragma once
 
 #include <type_traits>
@@ -170,10 +171,12 @@ struct DkdvQueryGates {
 
 /* Visits every element (n, c = 2 rr + cc) of a warp's (16 keys x BMQ queries) tile with its D' factor e and
  * delta_t: body(n, c, rr, dead, e, delta). Key row jr = wk0 + g + 8 rr is masked for query column u when
- * jr > qrel + u (MASK); a masked element must come out exactly 0, whatever its operands (an inf h_t, hence delta_t). */
-template <bool MASK, int BMQ, typename Body>
+ * jr > qrel + u (MASK); a masked element must come out exactly 0, whatever its operands (an inf h_t, hence delta_t).
+ * GUARD: e carries the row's range-guard factor pw = 2^-esc as an exact product (not in the exponent's argument), so
+ * that the f32 P of the dK/dV and dQ kernels differ only by powers of two and their T-rounded tiles agree. */
+template <bool MASK, bool GUARD, int BMQ, typename Body>
 __device__ __forceinline__ void dkdv_for_each_element(const float *cCb, const float *cDel, const float (&gb2)[2],
-                                                      int wk0, int qrel, Body &&body)
+                                                      const float (&pw)[2], int wk0, int qrel, Body &&body)
 {
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
 #pragma unroll
@@ -187,27 +190,40 @@ __device__ __forceinline__ void dkdv_for_each_element(const float *cCb, const fl
 #pragma unroll
             for (int cc = 0; cc < 2; ++cc) {
                 const bool dead = MASK && jr > qrel + u0 + cc;
-                const float e = dead ? 0.0f : fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
+                float e = dead ? 0.0f : fast_exp2(__fadd_rn(cc ? cb.y : cb.x, gb2[rr]));
+                if (GUARD) e = __fmul_rn(e, pw[rr]);
                 body(n, rr * 2 + cc, rr, dead, e, cc ? dl.y : dl.x);
             }
         }
     }
 }
 
-/* One element of the S^T / dP^T tiles -> (C/n) / sgn in st (for dV) and scale P / sgn in dpt (for dK). SPLIT (the
- * output columns split over CTAs): di accumulates from the T-rounded P the dK product uses (as k.dk would), so it
- * cancels against q.dq of the dQ kernel. GUARD: mx gets each row's largest |entry|. */
+/* x rounded to T's significand as the tile rounding would round x 2^s for the power of two 2^s that puts it in T's
+ * normal range (f16: a range-guarded tile's entries are rounded after a power-of-two rescale this element does not
+ * know yet; bf16 has f32's range) */
+template <typename T> __device__ __forceinline__ float round_sig(float x) { return to_f32(from_f32<T>(x)); }
+template <> __device__ __forceinline__ float round_sig<__half>(float x)
+{
+    const int u = __float_as_int(x), ex = u & 0x7f800000; /* 0 for zero and f32 subnormals: they come out 0 */
+    const float y = __int_as_float((u & ~0x7f800000) | 0x3f800000); /* x's significand and sign, |y| in [1, 2) */
+    return __half2float(__float2half_rn(y)) * __int_as_float(ex);
+}
+
+/* One element of the S^T / dP^T tiles -> (C/n) / sgn in st (for dV) and scale P / sgn in dpt (for dK). di_ex
+ * accumulates sum_t P S from the f32 values (one FMA; di's own precision, not that of the rounded P tile). SPLIT (the
+ * output columns split over CTAs, so no CTA holds all of k.dk): di_rd accumulates the same from the T-rounded P that
+ * the dK product uses, as k.dk would; the epilogue passes di_rd - di_ex on to the dQ kernel, so that df (the reverse
+ * cumsum of q.dq - k.dk) still cancels between the two kernels' rounded tiles. GUARD: mx gets each row's largest
+ * |entry|. */
 template <typename T, bool SPLIT, bool GUARD, int BMQ>
 __device__ __forceinline__ void dkdv_element(float (&st)[BMQ / 8][4], float (&dpt)[BMQ / 8][4], int n, int c, int rr,
-                                             bool dead, float e, float del, float (&di_ps)[2], float (&mx)[2])
+                                             bool dead, float e, float del, float (&di_ex)[2], float (&di_rd)[2],
+                                             float (&mx)[2])
 {
     const float sv = dead ? 0.0f : st[n][c];
     const float p = dead ? 0.0f : __fmul_rn(__fsub_rn(dpt[n][c], del), e);
-    if (SPLIT) {
-        float pr = to_f32(from_f32<T>(p));
-        if (GUARD && isinf(pr)) pr = p; /* this tile is about to be rescaled */
-        di_ps[rr] += pr * sv;
-    }
+    di_ex[rr] = fmaf(p, sv, di_ex[rr]);
+    if (SPLIT) di_rd[rr] = fmaf(round_sig<T>(p), sv, di_rd[rr]);
     const float cn = sv * e;
     st[n][c] = cn;
     dpt[n][c] = p;
@@ -215,16 +231,19 @@ __device__ __forceinline__ void dkdv_element(float (&st)[BMQ / 8][4], float (&dp
 }
 
 /* dK/dV epilogue of a warp's key rows wk0 + g, wk0 + g + 8 (output columns [c0, c0 + DOUT)): dk, dv = sgn * acc
- * (range guard undone) and, where write_di, di_j = k_j . dk_j (from the f32 accumulator; kval(row, col) gives
- * k at (row, col), (row, col + 1) of the tile) or, SPLIT, from di_ps. */
-template <typename T, int DOUT, bool GUARD, bool SPLIT, typename KVal>
+ * (range guard undone) and, where write_di, di_j from di_ex (the per-thread partial sums of the f32 P S) and the
+ * residual r_j = di'_j - di_j, with di'_j the same sum over the T-rounded P of the dK product: k_j . dk_j from the f32
+ * accumulator (kval(row, col) gives k at (row, col), (row, col + 1) of the tile) or, RD_PS, from the partial sums
+ * di_rd. r_j goes into dq[j][0..1] as one f32 (the dQ kernel reads it before it writes that row, dq_epilogue). */
+template <typename T, int DOUT, bool GUARD, bool RD_PS, typename KVal>
 __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t ks, int wk0, int c0,
                                               bool write_di, const float (&adk)[DOUT / 8][4],
                                               const float (&adv)[DOUT / 8][4], const float (&esc)[2],
-                                              const float (&di_ps)[2], KVal &&kval)
+                                              const float (&di_ex)[2], const float (&di_rd)[2], KVal &&kval)
 {
     const TArg &tdk = args.t[MLSTM_TENSOR_DK], &tdv = args.t[MLSTM_TENSOR_DV], &tdi = args.t[MLSTM_TENSOR_DI];
-    T *gdk = bh_ptr<T>(tdk, b, hh), *gdv = bh_ptr<T>(tdv, b, hh);
+    const TArg &tdq = args.t[MLSTM_TENSOR_DQ];
+    T *gdk = bh_ptr<T>(tdk, b, hh), *gdv = bh_ptr<T>(tdv, b, hh), *gdq = bh_ptr<T>(tdq, b, hh);
     float *gdi = bh_ptr<float>(tdi, b, hh);
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
     const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
@@ -233,19 +252,22 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
         const int kr = wk0 + g + rr * 8;
         const int64_t j = ks + kr;
         const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
-        float di = 0.0f;
-        if (!SPLIT) {
+        float rd = 0.0f;
+        if (!RD_PS) {
 #pragma unroll
             for (int n = 0; n < DOUT / 8; ++n) {
                 const float2 k2 = kval(kr, n * 8 + 2 * q4);
-                di += k2.x * adk[n][rr * 2] + k2.y * adk[n][rr * 2 + 1];
+                rd += k2.x * adk[n][rr * 2] + k2.y * adk[n][rr * 2 + 1];
             }
-            di *= osc;
         } else {
-            di = di_ps[rr] * osc;
+            rd = di_rd[rr];
         }
+        float di = di_ex[rr] * osc;
+        rd *= osc;
         di += __shfl_xor_sync(0xffffffffu, di, 1);
         di += __shfl_xor_sync(0xffffffffu, di, 2);
+        rd += __shfl_xor_sync(0xffffffffu, rd, 1);
+        rd += __shfl_xor_sync(0xffffffffu, rd, 2);
         if (j < args.S) {
             T *rk = gdk + j * tdk.ss + c0;
             T *rv = gdv + j * tdv.ss + c0;
@@ -256,7 +278,10 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
                 *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
                     pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
             }
-            if (q4 == 0 && write_di) gdi[j * tdi.ss] = di;
+            if (q4 == 0 && write_di) {
+                gdi[j * tdi.ss] = di;
+                *reinterpret_cast<float *>(gdq + j * tdq.ss) = rd - di; /* 4-byte aligned: 16-byte aligned rows */
+            }
         }
     }
 }
@@ -278,8 +303,9 @@ struct DkdvCfg {
     static constexpr int NKB = BNK / 64;                  /* 64-blocks of keys per CTA */
     static constexpr int G_OFF = DH_OFF + 2 * QT_BYTES;   /* floats: sA[2][BMQ], sDel[2][BMQ], sOf[2][NKB] */
     static constexpr int X_OFF = G_OFF + (4 * BMQ + 2 * NKB) * 4; /* PAIR: [NW][BMQ/16][4][32] u32 tiles, then
-                                                                      [NW][2][32] floats row maxima */
-    static constexpr int SMEM = X_OFF + (PAIR ? NW * (BMQ / 16 * 4 + 2) * 32 * 4 : 0);
+                                                                      [NW][2][32] floats row maxima, then
+                                                                      [NW/2][BMQ/8][4][32] floats: role 1's f32 P */
+    static constexpr int SMEM = X_OFF + (PAIR ? NW * (BMQ / 16 * 4 + 2) * 32 * 4 + NW / 2 * (BMQ / 2) * 32 * 4 : 0);
     static constexpr int NGRID = PAIR ? 1 : D / DOUT; /* CTAs per key tile */
     static constexpr bool SPLIT = DOUT < D;
     static_assert(!PAIR || (DOUT * 2 == D && NW % 2 == 0), "a pair covers D with two column halves");
@@ -358,9 +384,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     for (int n = 0; n < DOUT / 8; ++n)
 #pragma unroll
         for (int c = 0; c < 4; ++c) adk[n][c] = adv[n][c] = 0.0f;
-    float di_ps[2] = {0.0f, 0.0f}; /* sum_t P_tj S_tj / sgn, only for the split variant */
+    /* sum_t P_tj S_tj / sgn of the two key rows from the f32 P (di) and, SPLIT / PAIR, from the rounded P (dkdv_epilogue) */
+    float di_ex[2] = {0.0f, 0.0f}, di_rd[2] = {0.0f, 0.0f};
     constexpr bool GUARD = NeedsRangeGuard<T>::value;
-    float esc[2] = {0.0f, 0.0f}; /* range-guard exponents of the two key rows (range_guard.cuh) */
+    float esc[2] = {0.0f, 0.0f}, hw[2] = {0.0f, 0.0f}; /* range guard of the two key rows (range_guard.cuh) */
 
     int buf = 0;
     for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
@@ -419,16 +446,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
             /* elementwise: rows = keys j (g, g+8), cols = queries t; key j = ks + jr is masked for query
              * t = qs + u when jr > qrel + u (only query tiles that start before the warp's last key) */
             const int qrel = (int)(qs - ks);
-            float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
-            if (GUARD) {
-                gb2[0] = __fsub_rn(gb2[0], esc[0]);
-                gb2[1] = __fsub_rn(gb2[1], esc[1]);
-            }
+            const float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+            float pw[2];
+            range_guard_pw(esc, pw);
             float mx[2] = {0.0f, 0.0f};
             /* visits every element (n, c = 2 rr + cc) of the tile with its D' factor e (rows = keys j, cols = queries
              * t) and delta_t; a masked element is exactly 0, whatever its operands (an inf h_t, hence delta_t) */
             auto for_each_element = [&](auto maskc, auto &&body) {
-                dkdv_for_each_element<decltype(maskc)::value, BMQ>(cCb, cDel, gb2, wk0, qrel, body);
+                dkdv_for_each_element<decltype(maskc)::value, GUARD, BMQ>(cCb, cDel, gb2, pw, wk0, qrel, body);
             };
             /* PAIR: role 0 turns its S^T tile into C/n (and keeps S in dpt for di), role 1 its dP^T tile into P */
             auto pair_element = [&](int n, int c, int rr, bool dead, float e, float del) {
@@ -439,7 +464,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(y));
             };
             auto element = [&](int n, int c, int rr, bool dead, float e, float del) {
-                dkdv_element<T, Cfg::SPLIT, GUARD, BMQ>(st, dpt, n, c, rr, dead, e, del, di_ps, mx);
+                dkdv_element<T, Cfg::SPLIT, GUARD, BMQ>(st, dpt, n, c, rr, dead, e, del, di_ex, di_rd, mx);
             };
             if constexpr (PAIR) {
                 if (qs < ks + wk0 + 15)
@@ -464,24 +489,35 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
             }
             if constexpr (GUARD) {
                 float fac[2];
-                if (range_guard_raise(mx, esc, fac)) {
+                if (range_guard_update(mx, hw, esc, fac)) {
                     scale_frag_rows(st, fac);
                     if (!PAIR) scale_frag_rows(dpt, fac); /* PAIR: dpt holds raw S (role 0) */
                     scale_frag_rows(adk, fac);
                     scale_frag_rows(adv, fac);
-                    di_ps[0] *= fac[0];
-                    di_ps[1] *= fac[1];
+#pragma unroll
+                    for (int rr = 0; rr < 2; ++rr) {
+                        di_ex[rr] *= fac[rr];
+                        di_rd[rr] *= fac[rr];
+                    }
                 }
             }
             if constexpr (PAIR) {
-                /* exchange the rounded tiles (mma A fragments, the same lane layout in both warps); role 0 forms
-                 * di from the rounded P it receives (as the dK product uses it) and the S it kept */
+                /* exchange the rounded tiles (mma A fragments, the same lane layout in both warps), and role 1's f32 P;
+                 * role 0 forms di from the f32 P and the S it kept, and di_rd from the rounded P (as the dK product
+                 * uses it) */
+                float *xf = xm + NW * 2 * 32 + pair * (BMQ / 2) * 32;
                 uint32_t own[BMQ / 16][4], oth[BMQ / 16][4];
 #pragma unroll
                 for (int kk = 0; kk < BMQ / 16; ++kk) {
                     acc_to_a<T>(st, kk, own[kk]);
 #pragma unroll
                     for (int r = 0; r < 4; ++r) xt[((warp * (BMQ / 16) + kk) * 4 + r) * 32 + lane] = own[kk][r];
+                }
+                if (role == 1) {
+#pragma unroll
+                    for (int n = 0; n < BMQ / 8; ++n)
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) xf[(n * 4 + c) * 32 + lane] = st[n][c];
                 }
                 pair_sync(pair);
 #pragma unroll
@@ -495,8 +531,12 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                         for (int r = 0; r < 4; ++r) {
                             const float2 p2 = unpack2<T>(oth[kk][r]); /* elements (n = 2kk + r/2, c = 2(r%2) + 0/1) */
                             const int n = 2 * kk + (r >> 1), c = 2 * (r & 1);
-                            di_ps[r & 1] += p2.x * dpt[n][c] + p2.y * dpt[n][c + 1];
+                            di_rd[r & 1] += p2.x * dpt[n][c] + p2.y * dpt[n][c + 1];
                         }
+#pragma unroll
+                    for (int n = 0; n < BMQ / 8; ++n)
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) di_ex[c >> 1] = fmaf(xf[(n * 4 + c) * 32 + lane], dpt[n][c], di_ex[c >> 1]);
                 }
 #pragma unroll
                 for (int kk = 0; kk < BMQ / 16; ++kk) {
@@ -539,7 +579,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
         if (qt + 1 < nqt && warp == 0) qg.finish(qs + BMQ, sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1) * NKB);
     }
 
-    dkdv_epilogue<T, DOUT, GUARD, Cfg::SPLIT>(args, b, hh, ks, wk0, c0, (PAIR ? role : dc) == 0, adk, adv, esc, di_ps,
+    dkdv_epilogue<T, DOUT, GUARD, Cfg::SPLIT>(args, b, hh, ks, wk0, c0, (PAIR ? role : dc) == 0, adk, adv, esc, di_ex, di_rd,
                                              [&](int kr, int col) {
                                                  const T *kp = sK + swz<D>(kr, col);
                                                  return make_float2(to_f32(kp[0]), to_f32(kp[1]));
@@ -605,10 +645,11 @@ __device__ __forceinline__ void dq_row_state(const KArgs &args, int64_t b, int64
 
 /* dP tile (rows g, g+8 of a warp, BN key columns) -> scale P / sgn = (dP - delta) e in place; key column c of
  * row r is masked when c > lim0 + r (MASK); a masked element is exactly 0, whatever its operands (an inf h_t,
- * hence delta_t). GUARD: mx gets each row's largest |P|. */
+ * hence delta_t). GUARD: e carries the row's range-guard factor pw (as in dkdv_for_each_element), and mx gets each
+ * row's largest |P|. */
 template <bool MASK, bool GUARD, int BN>
 __device__ __forceinline__ void dq_elementwise(float (&dp)[BN / 8][4], const float *cG, const float (&rbs)[2],
-                                               const float (&del)[2], int lim0, float (&mx)[2])
+                                               const float (&pw)[2], const float (&del)[2], int lim0, float (&mx)[2])
 {
     const int q4 = threadIdx.x & 3;
 #pragma unroll
@@ -619,7 +660,8 @@ __device__ __forceinline__ void dq_elementwise(float (&dp)[BN / 8][4], const flo
 #pragma unroll
             for (int cc = 0; cc < 2; ++cc) {
                 const bool dead = MASK && n * 8 + 2 * q4 + cc > lim0 + rr * 8;
-                const float e = fast_exp2(__fadd_rn(rbs[rr], cc ? gv2.y : gv2.x));
+                float e = fast_exp2(__fadd_rn(rbs[rr], cc ? gv2.y : gv2.x));
+                if (GUARD) e = __fmul_rn(e, pw[rr]);
                 const float p = dead ? 0.0f : __fmul_rn(__fsub_rn(dp[n][rr * 2 + cc], del[rr]), e);
                 dp[n][rr * 2 + cc] = p;
                 if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(p));
@@ -628,7 +670,9 @@ __device__ __forceinline__ void dq_elementwise(float (&dp)[BN / 8][4], const flo
     }
 }
 
-/* dQ epilogue of a warp's rows: dq = sgn * acc (range guard undone); df_t = q_t . dq_t (from the f32 accumulator) */
+/* dQ epilogue of a warp's rows: dq = sgn * acc (range guard undone); df_t = q_t . dq_t (from the f32 accumulator)
+ * minus r_t, the residual the dK/dV kernel left in dq[t][0..1] (dkdv_epilogue), read before the row is written: the
+ * gates kernel's dF_t = df_t - di_t is then q.dq - k.dk of the rounded P tiles of both kernels, which cancel */
 template <typename T, int D, bool GUARD>
 __device__ __forceinline__ void dq_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
                                             const float (&adq)[D / 8][4], const float (&esc)[2])
@@ -647,6 +691,7 @@ __device__ __forceinline__ void dq_epilogue(const KArgs &args, int64_t b, int64_
         float qd = 0.0f;
         T *row = gdq + (ok ? t : 0) * tdq.ss;
         const T *qrow = gq + (ok ? t : 0) * tq.ss;
+        const float res = (ok && q4 == 0) ? *reinterpret_cast<const float *>(row) : 0.0f;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
             const int col = n * 8 + 2 * q4;
@@ -658,7 +703,7 @@ __device__ __forceinline__ void dq_epilogue(const KArgs &args, int64_t b, int64_
         }
         qd += __shfl_xor_sync(0xffffffffu, qd, 1);
         qd += __shfl_xor_sync(0xffffffffu, qd, 2);
-        if (ok && q4 == 0) gdf[t * tdf.ss] = qd;
+        if (ok && q4 == 0) gdf[t * tdf.ss] = qd - res;
     }
 }
 
@@ -736,7 +781,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
 #pragma unroll
         for (int c = 0; c < 4; ++c) adq[n][c] = 0.0f;
     constexpr bool GUARD = NeedsRangeGuard<T>::value;
-    float esc[2] = {0.0f, 0.0f}; /* range-guard exponents of the two query rows (range_guard.cuh) */
+    float esc[2] = {0.0f, 0.0f}, hw[2] = {0.0f, 0.0f}; /* range guard of the two query rows (range_guard.cuh) */
 
     int buf = 0;
     for (int64_t kt = kt_hi; kt >= 0; --kt, buf ^= 1) {
@@ -775,19 +820,16 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
             }
             /* key column c of row r masked when ks + c > qs + r; keys >= S have zero K rows (no effect) */
             const int lim0 = wr0 + g - (int)(ks - qs);
-            float rbs[2] = {rb2[0], rb2[1]};
-            if (GUARD) {
-                rbs[0] = __fsub_rn(rbs[0], esc[0]);
-                rbs[1] = __fsub_rn(rbs[1], esc[1]);
-            }
+            float pw[2];
+            range_guard_pw(esc, pw);
             float mx[2] = {0.0f, 0.0f};
             if (ks + BN - 1 > qs + wr0)
-                dq_elementwise<true, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
+                dq_elementwise<true, GUARD, BN>(dp, cG, rb2, pw, del, lim0, mx);
             else
-                dq_elementwise<false, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
+                dq_elementwise<false, GUARD, BN>(dp, cG, rb2, pw, del, lim0, mx);
             if constexpr (GUARD) {
                 float fac[2];
-                if (range_guard_raise(mx, esc, fac)) {
+                if (range_guard_update(mx, hw, esc, fac)) {
                     scale_frag_rows(dp, fac);
                     scale_frag_rows(adq, fac);
                 }

@@ -23,7 +23,7 @@ namespace wg {
 template <typename T, int D, int BN, int BM, bool GUARD>
 __device__ __forceinline__ void dq_step(uint32_t aH, uint32_t cK, uint32_t cV, const float *cG, int64_t ks, int64_t qs,
                                         int wr0, const float (&rb2)[2], const float (&del)[2], float (&esc)[2],
-                                        float (&adq)[D / 8][4])
+                                        float (&hw)[2], float (&adq)[D / 8][4])
 {
     const int g = (threadIdx.x & 31) >> 2;
     float(&acc)[D / 2] = reinterpret_cast<float(&)[D / 2]>(adq);
@@ -42,19 +42,16 @@ __device__ __forceinline__ void dq_step(uint32_t aH, uint32_t cK, uint32_t cV, c
     reg_fence(dacc);
 
     const int lim0 = wr0 + g - (int)(ks - qs);
-    float rbs[2] = {rb2[0], rb2[1]};
-    if (GUARD) {
-        rbs[0] = __fsub_rn(rbs[0], esc[0]);
-        rbs[1] = __fsub_rn(rbs[1], esc[1]);
-    }
+    float pw[2];
+    tc::range_guard_pw(esc, pw);
     float mx[2] = {0.0f, 0.0f};
     if (ks + BN - 1 > qs + wr0)
-        tc::dq_elementwise<true, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
+        tc::dq_elementwise<true, GUARD, BN>(dp, cG, rb2, pw, del, lim0, mx);
     else
-        tc::dq_elementwise<false, GUARD, BN>(dp, cG, rbs, del, lim0, mx);
+        tc::dq_elementwise<false, GUARD, BN>(dp, cG, rb2, pw, del, lim0, mx);
     if constexpr (GUARD) {
         float fac[2];
-        if (tc::range_guard_raise(mx, esc, fac)) {
+        if (tc::range_guard_update(mx, hw, esc, fac)) {
             scale_frag_rows(dp, fac);
             scale_frag_rows(adq, fac);
         }
@@ -223,7 +220,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) acc[i] = 0.0f;
     constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
-    float esc[2] = {0.0f, 0.0f};
+    float esc[2] = {0.0f, 0.0f}, hw[2] = {0.0f, 0.0f}; /* range guard (range_guard.cuh) */
 
     for (int64_t it = 0; it < nsteps; ++it) {
         const int stage = (int)(it % NST);
@@ -235,7 +232,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
         /* no tile, or every key of the tile after every row of the warpgroup: nothing to do (warpgroup-uniform) */
         if (kt >= 0 && kt * BN <= qs + wgr + 63) {
             dq_step<T, D, BN, BM, GUARD>(aH + wgr * 128, aK + slot * Cfg::KV_BYTES, aV + slot * Cfg::KV_BYTES,
-                                         sG + (stage * 2 + wgi) * BN, kt * BN, qs + wgr, wr0, rb2, del, esc, adq);
+                                         sG + (stage * 2 + wgi) * BN, kt * BN, qs + wgr, wr0, rb2, del, esc, hw, adq);
         }
         mbar_arrive(bEmpty + 8 * stage);
     }
@@ -359,9 +356,9 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
     float(&accv)[D / 2] = reinterpret_cast<float(&)[D / 2]>(adv);
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) acck[i] = accv[i] = 0.0f;
-    float di_ps[2] = {0.0f, 0.0f}; /* unused: no column split */
+    float di_ex[2] = {0.0f, 0.0f}, di_rd[2] = {0.0f, 0.0f}; /* di from the f32 P (di_rd: unused, k.dk in the epilogue) */
     constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
-    float esc[2] = {0.0f, 0.0f};
+    float esc[2] = {0.0f, 0.0f}, hw[2] = {0.0f, 0.0f}; /* range guard (range_guard.cuh) */
 
     int buf = 0;
     for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
@@ -404,26 +401,26 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
 
         /* rows = keys j (g, g+8 of each warp), cols = queries t */
         const int qrel = (int)(qs - ks);
-        float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
-        if (GUARD) {
-            gb2[0] = __fsub_rn(gb2[0], esc[0]);
-            gb2[1] = __fsub_rn(gb2[1], esc[1]);
-        }
+        const float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+        float pw[2];
+        tc::range_guard_pw(esc, pw);
         float mx[2] = {0.0f, 0.0f};
         auto element = [&](int n, int c, int rr, bool dead, float e, float del) {
-            tc::dkdv_element<T, false, GUARD, BMQ>(st, dpt, n, c, rr, dead, e, del, di_ps, mx);
+            tc::dkdv_element<T, false, GUARD, BMQ>(st, dpt, n, c, rr, dead, e, del, di_ex, di_rd, mx);
         };
         if (qs < ks + wk0 + 15)
-            tc::dkdv_for_each_element<true, BMQ>(cCb, cDel, gb2, wk0, qrel, element);
+            tc::dkdv_for_each_element<true, GUARD, BMQ>(cCb, cDel, gb2, pw, wk0, qrel, element);
         else
-            tc::dkdv_for_each_element<false, BMQ>(cCb, cDel, gb2, wk0, qrel, element);
+            tc::dkdv_for_each_element<false, GUARD, BMQ>(cCb, cDel, gb2, pw, wk0, qrel, element);
         if constexpr (GUARD) {
             float fac[2];
-            if (tc::range_guard_raise(mx, esc, fac)) {
+            if (tc::range_guard_update(mx, hw, esc, fac)) {
                 scale_frag_rows(st, fac);
                 scale_frag_rows(dpt, fac);
                 scale_frag_rows(adk, fac);
                 scale_frag_rows(adv, fac);
+                di_ex[0] *= fac[0];
+                di_ex[1] *= fac[1];
             }
         }
         uint32_t ac[BMQ / 16][4], ap[BMQ / 16][4];
@@ -447,7 +444,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
         gp.late(qt, buf);
     }
 
-    tc::dkdv_epilogue<T, D, GUARD, false>(args, b, hh, ks, wk0, 0, true, adk, adv, esc, di_ps, [&](int kr, int col) {
+    tc::dkdv_epilogue<T, D, GUARD, false>(args, b, hh, ks, wk0, 0, true, adk, adv, esc, di_ex, di_rd, [&](int kr, int col) {
         const T *kp = reinterpret_cast<const T *>(smem + Cfg::K_OFF + sw128_off<BNK>(kr, col));
         return make_float2(to_f32(kp[0]), to_f32(kp[1]));
     });
@@ -465,7 +462,10 @@ struct DkdvPairCfg {
     static constexpr int Q_OFF = 2 * KV_BYTES;           /* [2] buffers */
     static constexpr int DH_OFF = Q_OFF + 2 * QT_BYTES; /* [2] buffers */
     static constexpr int X_OFF = DH_OFF + 2 * QT_BYTES; /* u32 [2 roles][BMQ/16][4][128] packed tiles */
-    static constexpr int XM_OFF = X_OFF + 2 * (BMQ / 16) * 4 * 128 * 4; /* floats [2 roles][2][128]: row maxima, di */
+    /* floats [BMQ/2][128]: role 0's raw S^T tile for role 1's di; it starts at role 1's packed tile, whose slots of a
+     * thread the same thread reads (S) before it writes them (P) */
+    static constexpr int SB_OFF = X_OFF + (BMQ / 16) * 4 * 128 * 4;
+    static constexpr int XM_OFF = SB_OFF + (BMQ / 2) * 128 * 4; /* floats [2 roles][2][128]: row maxima, di */
     static constexpr int G_OFF = XM_OFF + 2 * 2 * 128 * 4; /* floats: sCb[2][BMQ], sDel[2][BMQ], sOf[2], sPr[2][256] */
     static constexpr int SMEM = G_OFF + (4 * BMQ + 2 + 512) * 4 + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(64 % BMQ == 0 && BMQ % 32 == 0 && QT_BYTES % 1024 == 0 && D % 128 == 0, "tiles");
@@ -529,7 +529,9 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
 #pragma unroll
     for (int i = 0; i < DOUT / 2; ++i) acck[i] = accv[i] = 0.0f;
     constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
-    float esc[2] = {0.0f, 0.0f};
+    float esc[2] = {0.0f, 0.0f}, hw[2] = {0.0f, 0.0f}; /* range guard (range_guard.cuh) */
+    float di_ex[2] = {0.0f, 0.0f}; /* role 1: sum_t P S / sgn of its key rows from the f32 tiles (dkdv_epilogue) */
+    float *sb = reinterpret_cast<float *>(smem + Cfg::SB_OFF);
     /* this warpgroup's product: S^T = K Q^T or dP^T = V dH^T (selected addresses: no branch around the MMA) */
     const uint32_t aA = role ? aV : aK, aB = role ? aH : aQ;
 
@@ -567,34 +569,43 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         /* rows = keys j (g, g+8 of each warp), cols = queries t: C/n = S e (role 0), P = (dP - delta) e (role 1),
          * with the operation order of tc::dkdv_element (bitwise the P of the dQ kernel) */
         const int qrel = (int)(qs - ks);
-        float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
-        if (GUARD) {
-            gb2[0] = __fsub_rn(gb2[0], esc[0]);
-            gb2[1] = __fsub_rn(gb2[1], esc[1]);
-        }
+        const float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+        float pw[2];
+        tc::range_guard_pw(esc, pw);
         float mx[2] = {0.0f, 0.0f};
         auto element = [&](int n, int c, int rr, bool dead, float e, float del) {
-            const float x = st[n][c];
+            const float x = dead ? 0.0f : st[n][c];
             const float y = dead ? 0.0f : (role ? __fmul_rn(__fsub_rn(x, del), e) : x * e);
+            if (role == 0) sb[(n * 4 + c) * 128 + tid] = x; /* raw S for role 1's di */
             st[n][c] = y;
             if (GUARD) mx[rr] = fmaxf(mx[rr], fabsf(y));
         };
         if (qs < ks + wk0 + 15)
-            tc::dkdv_for_each_element<true, BMQ>(cCb, cDel, gb2, wk0, qrel, element);
+            tc::dkdv_for_each_element<true, GUARD, BMQ>(cCb, cDel, gb2, pw, wk0, qrel, element);
         else
-            tc::dkdv_for_each_element<false, BMQ>(cCb, cDel, gb2, wk0, qrel, element);
+            tc::dkdv_for_each_element<false, GUARD, BMQ>(cCb, cDel, gb2, pw, wk0, qrel, element);
         if constexpr (GUARD) { /* one range-guard exponent per key row for both tiles (and both warpgroups) */
             xm[(role * 2 + 0) * 128 + tid] = mx[0];
             xm[(role * 2 + 1) * 128 + tid] = mx[1];
-            pair_bar();
+        }
+        pair_bar(); /* the row maxima and role 0's S are in shared memory */
+        if constexpr (GUARD) {
             mx[0] = fmaxf(mx[0], xm[((role ^ 1) * 2 + 0) * 128 + tid]);
             mx[1] = fmaxf(mx[1], xm[((role ^ 1) * 2 + 1) * 128 + tid]);
             float fac[2];
-            if (tc::range_guard_raise(mx, esc, fac)) {
+            if (tc::range_guard_update(mx, hw, esc, fac)) {
                 scale_frag_rows(st, fac);
                 scale_frag_rows(adk, fac);
                 scale_frag_rows(adv, fac);
+                di_ex[0] *= fac[0];
+                di_ex[1] *= fac[1];
             }
+        }
+        if (role == 1) { /* di from the f32 P (final scale) and S, before this thread's packed P overwrites its S slots */
+#pragma unroll
+            for (int n = 0; n < BMQ / 8; ++n)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) di_ex[c >> 1] = fmaf(st[n][c], sb[(n * 4 + c) * 128 + tid], di_ex[c >> 1]);
         }
         uint32_t own[NKK][4], oth[NKK][4];
 #pragma unroll
@@ -632,8 +643,9 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         gp.late(qt, buf);
     }
 
-    /* di_j = k_j . dk_j over both column halves: per-thread partial sums, role 1's added to role 0's (the epilogue's
-     * SPLIT form then reduces over the quad and applies the sign and range-guard factor) */
+    /* k_j . dk_j over both column halves (the rounded-P sum whose difference from di the dQ kernel takes back from
+     * df): per-thread partial sums, role 1's added to role 0's, which also takes role 1's di_ex (the epilogue reduces
+     * over the quad and applies the sign and range-guard factor) */
     const int lane = threadIdx.x & 31, q4 = lane & 3, g = lane >> 2;
     float di_ps[2];
 #pragma unroll
@@ -652,13 +664,17 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
     if (role == 1) {
         xm[tid] = di_ps[0];
         xm[128 + tid] = di_ps[1];
+        xm[256 + tid] = di_ex[0];
+        xm[384 + tid] = di_ex[1];
     }
     __syncthreads();
     if (role == 0) {
         di_ps[0] += xm[tid];
         di_ps[1] += xm[128 + tid];
+        di_ex[0] = xm[256 + tid];
+        di_ex[1] = xm[384 + tid];
     }
-    tc::dkdv_epilogue<T, DOUT, GUARD, true>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ps,
+    tc::dkdv_epilogue<T, DOUT, GUARD, true>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
                                              [](int, int) { return make_float2(0.0f, 0.0f); });
 #endif
 }

@@ -362,9 +362,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
      * exponent, the sign is applied to l and O at the end */
     const float lsc = log2f(fabsf(args.scale));
     constexpr bool GUARD = NeedsRangeGuard<T>::value;
-    float esc[MT * 2]; /* range-guard exponents of the rows (range_guard.cuh) */
+    float esc[MT * 2], hw[MT * 2]; /* range-guard exponents and high-water marks of the rows (range_guard.cuh) */
 #pragma unroll
-    for (int r = 0; r < MT * 2; ++r) esc[r] = 0.0f;
+    for (int r = 0; r < MT * 2; ++r) esc[r] = hw[r] = 0.0f;
 
     const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
     int buf = 0;
@@ -434,7 +434,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                 fwd_gate_tile<false, GUARD, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
             if constexpr (GUARD) {
                 float fac[MT * 2];
-                if (range_guard_raise(mx, esc, fac)) {
+                if (range_guard_update(mx, hw, esc, fac)) {
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
                         scale_frag_rows(s[mt], fac + mt * 2);

@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(384, 1)
     for (int i = 0; i < D / 2; ++i) oacc[i] = 0.0f;
     const float lsc = log2f(fabsf(args.scale));
     constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
-    float esc[2] = {0.0f, 0.0f};
+    float esc[2] = {0.0f, 0.0f}, hw[2] = {0.0f, 0.0f}; /* range guard (range_guard.cuh) */
 
     /* K-major descriptors of this warpgroup's Q rows and of the K stages advance by 32 bytes per k16 slice
      * inside a 64-column block, by (rows * 128) bytes per block */
@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(384, 1)
                 tc::fwd_gate_tile<false, GUARD, 1, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
             if constexpr (GUARD) {
                 float fac[2];
-                if (tc::range_guard_raise(mx, esc, fac)) {
+                if (tc::range_guard_update(mx, hw, esc, fac)) {
                     scale_frag_rows(s[0], fac);
                     scale_frag_rows(o[0], fac);
                     lrun[0][0] *= fac[0];

@@ -1,0 +1,205 @@
+/* numerics_check: the tensor-core numerical edges of issues 13, 14 and 17 on training-sized grids, against the
+ * float64 reference of tests/ref (through tests/util): f16/bf16 exact-mode gradients at D = 64/128/256 on grids larger
+ * than a GPU's SM count, di from the f32 tiles (normalizer-detached, so that no storage-rounded h enters), closed input
+ * gates (di, df must not flush to zero), and huge gates (no NaN; +-inf only where the exact value does not fit f16).
+ * Prints the relative L2 error of every output and exits 1 when one misses its bound (0: all pass, 77: no device).
+ * Usage: numerics_check [substring of the case names to run]; the backend comes from MLSTM_BACKEND as everywhere. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mlstm.h"
+#include "mlstm_case.h"
+#include "tolerances.h"
+
+typedef struct {
+    const char *what;    /* the point the case checks */
+    int dtype, grad_mode, gates, layout;
+    int64_t B, NH, S, D;
+    uint64_t seed;
+    int kind;            /* CK_CONTRACT, CK_DI, CK_CLOSED, CK_HUGE */
+} check_case;
+
+enum { CK_CONTRACT = 0, CK_DI, CK_CLOSED, CK_HUGE };
+
+/* f32-level bound for di (and df) from the f32 tiles in normalizer-detached mode (the SIMT path reaches 5e-7, the
+ * rounded-P sum 1.7e-3 in bf16) */
+#define DI_F32_BOUND 1e-5
+
+static const check_case g_cases[] = {
+    /* issue 17: exact mode on grids larger than the SM count (every tensor-core instance a training call selects) */
+    { "i17", MLSTM_DTYPE_F16, MLSTM_GRAD_EXACT, MC_GATES_STD, MC_LAYOUT_BNSD, 8, 8, 2048, 128, 171, CK_CONTRACT },
+    { "i17", MLSTM_DTYPE_F16, MLSTM_GRAD_EXACT, MC_GATES_STD, MC_LAYOUT_BNSD, 16, 8, 1024, 128, 172, CK_CONTRACT },
+    { "i17", MLSTM_DTYPE_F16, MLSTM_GRAD_EXACT, MC_GATES_STD, MC_LAYOUT_BNSD, 4, 8, 2048, 64, 173, CK_CONTRACT },
+    { "i17", MLSTM_DTYPE_F16, MLSTM_GRAD_EXACT, MC_GATES_STD, MC_LAYOUT_BNSD, 2, 8, 4096, 256, 174, CK_CONTRACT },
+    { "i17", MLSTM_DTYPE_BF16, MLSTM_GRAD_EXACT, MC_GATES_STD, MC_LAYOUT_BNSD, 8, 8, 2048, 128, 175, CK_CONTRACT },
+    { "i17", MLSTM_DTYPE_F16, MLSTM_GRAD_NORMALIZER_DETACHED, MC_GATES_STD, MC_LAYOUT_BNSD, 8, 8, 2048, 128, 176,
+      CK_CONTRACT },
+    /* the same small-grid (one head) for comparison: the instances the conformance suite runs */
+    { "i17small", MLSTM_DTYPE_F16, MLSTM_GRAD_EXACT, MC_GATES_STD, MC_LAYOUT_BNSD, 1, 1, 2048, 128, 171, CK_CONTRACT },
+    /* issue 14 point 2: di (and df) from the f32 tiles, every head dim, both storage types */
+    { "di", MLSTM_DTYPE_BF16, MLSTM_GRAD_NORMALIZER_DETACHED, MC_GATES_STD, MC_LAYOUT_BNSD, 2, 4, 1024, 64, 181, CK_DI },
+    { "di", MLSTM_DTYPE_BF16, MLSTM_GRAD_NORMALIZER_DETACHED, MC_GATES_STD, MC_LAYOUT_BNSD, 2, 4, 1024, 128, 182, CK_DI },
+    { "di", MLSTM_DTYPE_BF16, MLSTM_GRAD_NORMALIZER_DETACHED, MC_GATES_STD, MC_LAYOUT_BNSD, 2, 4, 1024, 256, 183, CK_DI },
+    { "di", MLSTM_DTYPE_F16, MLSTM_GRAD_NORMALIZER_DETACHED, MC_GATES_STD, MC_LAYOUT_BNSD, 2, 4, 1024, 128, 184, CK_DI },
+    { "di", MLSTM_DTYPE_F16, MLSTM_GRAD_NORMALIZER_DETACHED, MC_GATES_STD, MC_LAYOUT_BNSD, 2, 4, 1024, 256, 185, CK_DI },
+    /* issues 13.4 / 14.1: closed input gates in f16 (di, df ~1e-13 must not flush to zero) */
+    { "closed", MLSTM_DTYPE_F16, MLSTM_GRAD_EXACT, MC_GATES_CLOSED, MC_LAYOUT_BNSD, 1, 2, 1000, 64, 191, CK_CLOSED },
+    { "closed", MLSTM_DTYPE_F16, MLSTM_GRAD_NORMALIZER_DETACHED, MC_GATES_CLOSED, MC_LAYOUT_BNSD, 1, 2, 1000, 128, 192,
+      CK_CLOSED },
+    { "closed", MLSTM_DTYPE_F16, MLSTM_GRAD_EXACT, MC_GATES_CLOSED, MC_LAYOUT_BNSD, 1, 2, 513, 256, 193, CK_CLOSED },
+    /* issue 17, second part: huge gates (i ~ 20 N(0,1), f ~ 10 N(0,1)), (B, S, NH, D) */
+    { "huge", MLSTM_DTYPE_F16, MLSTM_GRAD_EXACT, MC_GATES_STD, MC_LAYOUT_BSND, 2, 4, 700, 256, 177, CK_HUGE },
+};
+
+static double rel_l2(const double *x, const double *r, size_t n)
+{
+    double e = 0.0, d = 0.0;
+    for (size_t k = 0; k < n; k++) {
+        e += (x[k] - r[k]) * (x[k] - r[k]);
+        d += r[k] * r[k];
+    }
+    return d > 0.0 ? sqrt(e / d) : sqrt(e);
+}
+
+/* standard normal from a 64-bit LCG (the huge-gate inputs only) */
+static double gauss(uint64_t *s)
+{
+    double u[2];
+    for (int k = 0; k < 2; k++) {
+        *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+        u[k] = ((double)(*s >> 11) + 0.5) / 9007199254740992.0;
+    }
+    return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
+}
+
+/* huge gates: counts NaN, and infinities whose reference fits f16 (|ref| < 65520 rounds to a finite f16) or has the
+ * other sign, and finite values whose reference does not fit; returns the number of such entries */
+static size_t huge_violations(const char *name, const double *x, const double *r, size_t n)
+{
+    size_t nan = 0, bad_inf = 0, bad_fin = 0, inf_ok = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (isnan(x[k]))
+            nan++;
+        else if (isinf(x[k])) {
+            if (fabs(r[k]) >= 65520.0 && (x[k] > 0) == (r[k] > 0))
+                inf_ok++;
+            else
+                bad_inf++;
+        } else if (fabs(r[k]) >= 65520.0 * 1.01)
+            bad_fin++;
+    }
+    printf("    %-3s NaN %zu, inf where the exact value overflows %zu, inf where it fits or of the wrong sign %zu, "
+           "finite where it overflows %zu\n", name, nan, inf_ok, bad_inf, bad_fin);
+    return nan + bad_inf + bad_fin;
+}
+
+int main(int argc, char **argv)
+{
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    mlstm_context *ctx = NULL;
+    int st = mlstm_context_create(NULL, &ctx);
+    if (st == MLSTM_ERR_NO_DEVICE || st == MLSTM_ERR_UNSUPPORTED) {
+        printf("numerics_check: SKIP: no device (%s)\n", mlstm_status_string(st));
+        return 77;
+    }
+    if (st != MLSTM_OK) {
+        printf("numerics_check: mlstm_context_create failed: %s\n", mlstm_status_string(st));
+        return 1;
+    }
+    printf("numerics_check: backend %s, device %s\n", mlstm_context_backend_name(ctx), mlstm_context_device_name(ctx));
+    int fails = 0, ran = 0;
+    for (size_t ci = 0; ci < sizeof g_cases / sizeof g_cases[0]; ci++) {
+        const check_case *k = &g_cases[ci];
+        mc_case c;
+        memset(&c, 0, sizeof c);
+        c.bwd = 1;
+        c.dtype = k->dtype;
+        c.grad_mode = k->grad_mode;
+        c.B = k->B; c.NH = k->NH; c.S = k->S; c.DQK = k->D; c.DV = k->D;
+        c.gates = k->gates;
+        c.layout = k->layout;
+        c.eps = 1e-6f;
+        c.seed = k->seed;
+        mc_case_finish(&c);
+        char full[300];
+        snprintf(full, sizeof full, "%s:%s", k->what, c.name);
+        if (filter && !strstr(full, filter))
+            continue;
+        ran++;
+        mc_inputs in;
+        mc_outputs ref, dev;
+        memset(&ref, 0, sizeof ref);
+        memset(&dev, 0, sizeof dev);
+        mc_inputs_make(&c, &in);
+        if (k->kind == CK_HUGE) { /* i ~ 20 N(0,1), f ~ 10 N(0,1), f32-rounded like every gate input */
+            uint64_t s = k->seed * 0x9e3779b97f4a7c15ull + 1;
+            const size_t n = (size_t)(c.B * c.NH * c.S);
+            for (size_t x = 0; x < n; x++) {
+                in.i[x] = (double)(float)(20.0 * gauss(&s));
+                in.f[x] = (double)(float)(10.0 * gauss(&s));
+            }
+        }
+        char api_msg[2048], canary[512];
+        double ms[2] = { 0, 0 };
+        st = mc_run_device(ctx, &c, &in, &dev, api_msg, sizeof api_msg, canary, sizeof canary, ms);
+        if (st != MLSTM_OK || canary[0]) {
+            printf("FAIL %s: %s%s\n", full, st != MLSTM_OK ? api_msg : "", canary);
+            fails++;
+            mc_inputs_free(&in);
+            mc_outputs_free(&dev);
+            continue;
+        }
+        mc_reference(&c, &in, c.grad_mode, &ref);
+        /* detached mode: the reference at the m, n the backward received (as test_conformance) */
+        if (c.grad_mode == MLSTM_GRAD_NORMALIZER_DETACHED)
+            mc_reference_bwd_at(&c, &in, c.grad_mode, dev.t[MC_OUT_M], dev.t[MC_OUT_N], &ref);
+        int bad = 0;
+        char line[512];
+        size_t lu = 0;
+        line[0] = '\0';
+        for (int o = 0; o < MC_OUT_COUNT; o++) {
+            const size_t n = mc_output_count(&c, o);
+            if (!n)
+                continue;
+            if (k->kind == CK_HUGE)
+                continue;
+            const int t_out = o == MC_OUT_H || o == MC_OUT_DQ || o == MC_OUT_DK || o == MC_OUT_DV;
+            /* closed gates: h, dq, dk, dv lie below f16's smallest subnormal (|h| ~ e^-20), only the f32 outputs
+             * carry values; di, df are the point */
+            if (k->kind == CK_CLOSED && t_out)
+                continue;
+            const double err = rel_l2(dev.t[o], ref.t[o], n);
+            double bound = tol_max_rel_l2(c.dtype, o);
+            if (k->kind == CK_DI && (o == MC_OUT_DI || o == MC_OUT_DF))
+                bound = DI_F32_BOUND;
+            const int miss = !(err <= bound);
+            bad |= miss;
+            lu += (size_t)snprintf(line + lu, sizeof line - lu, " %s %.2e%s", mc_output_name(o), err, miss ? "!" : "");
+        }
+        if (k->kind == CK_HUGE) {
+            size_t v = 0;
+            v += huge_violations("dq", dev.t[MC_OUT_DQ], ref.t[MC_OUT_DQ], mc_output_count(&c, MC_OUT_DQ));
+            v += huge_violations("dk", dev.t[MC_OUT_DK], ref.t[MC_OUT_DK], mc_output_count(&c, MC_OUT_DK));
+            v += huge_violations("dv", dev.t[MC_OUT_DV], ref.t[MC_OUT_DV], mc_output_count(&c, MC_OUT_DV));
+            for (int o = MC_OUT_DI; o <= MC_OUT_DF; o++) {
+                size_t nn = 0, n = mc_output_count(&c, o);
+                for (size_t x = 0; x < n; x++) nn += !isfinite(dev.t[o][x]);
+                printf("    %-3s non-finite %zu\n", mc_output_name(o), nn);
+                v += nn;
+            }
+            bad = v > 0;
+        }
+        printf("%s %s (fwd %.1f ms, bwd %.1f ms):%s\n", bad ? "FAIL" : "ok  ", full, ms[0], ms[1], line);
+        fflush(stdout);
+        fails += bad;
+        mc_inputs_free(&in);
+        mc_outputs_free(&ref);
+        mc_outputs_free(&dev);
+    }
+    mlstm_context_destroy(ctx);
+    printf("numerics_check: %d of %d cases failed\n", fails, ran);
+    return fails ? 1 : 0;
+}
