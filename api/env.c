@@ -1,5 +1,5 @@
 /* The only file of libmlstm that reads the environment: MLSTM_BACKEND, MLSTM_DEVICE,
- * MLSTM_OPENCL_PLATFORM, MLSTM_OPENCL_KERNEL_DIR and the tuning switches MLSTM_CUDA_SMALL_TILES,
+ * MLSTM_OPENCL_PLATFORM, MLSTM_OPENCL_KERNEL_DIR, MLSTM_ALGO and the tuning switches MLSTM_CUDA_SMALL_TILES,
  * MLSTM_CUDA_F32_TC and MLSTM_CUDA_WGMMA. Values are read at context creation, never cached. */
 #include <ctype.h>
 #include <errno.h>
@@ -42,4 +42,16 @@ int mlstm_env_tristate(const char *name)
     if (!strcmp(v, "auto"))
         return -1;
     return -2;
+}
+
+int mlstm_env_algo(void)
+{
+    const char *v = mlstm_env_string("MLSTM_ALGO");
+    if (v == NULL || !strcmp(v, "auto"))
+        return MLSTM_ALGO_AUTO;
+    if (!strcmp(v, "fused"))
+        return MLSTM_ALGO_FUSED;
+    if (!strcmp(v, "materialized") || !strcmp(v, "materialised"))
+        return MLSTM_ALGO_MATERIALIZED;
+    return -1;
 }
