@@ -9,7 +9,7 @@
 #include "common.cl"
 #endif
 
-#define MT    32 /* tile edge of the element kernels */
+#define MT    32 /* tile edge of the element kernels (MLSTM_MAT_TILE_EDGE of backends/mat_layout.h) */
 #define MROWS 8  /* work-items along a tile's rows; each owns MT / MROWS rows of one column */
 #define MSCAN 64 /* work-items of the per-(b, h) scan kernels */
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cl_internal.h"
+#include "mat_layout.h"
 #ifdef MLSTM_HAVE_CLBLAST
 #include <clblast_c.h>
 #endif
@@ -17,7 +18,6 @@ enum { K_PACK, K_STORE, K_SCAN, K_FWD_TILE, K_FWD_ROWS, K_BWD_ROWS, K_BWD_TILE, 
 static const char *const mat_kernel_names[K_COUNT] = {
     "mlstm_mat_pack", "mlstm_mat_store", "mlstm_mat_scan", "mlstm_mat_fwd_tile",
     "mlstm_mat_fwd_rows", "mlstm_mat_bwd_rows", "mlstm_mat_bwd_tile", "mlstm_mat_bwd_gates"};
-#define MAT_TILE 32  /* MT of materialized.cl */
 #define MAT_ROWS 8   /* MROWS */
 #define MAT_SCAN 64  /* MSCAN */
 #define MAT_ROW_WG 64 /* work-group size of the one-work-item-per-element/row kernels */
@@ -30,56 +30,6 @@ struct mlstm_cl_mat {
     size_t ws_bytes;
 };
 
-/* Workspace layout in f32 elements from its start; every array 256-byte aligned. */
-typedef struct {
-    uint64_t fh, fl;        /* F_t as (hi, lo)                         G*S each */
-    uint64_t r0, r1, r2;    /* per-row: m; den (fwd) or 1/(|n|+eps); delta */
-    uint64_t rh, rl;        /* per-tile row sums (hi, lo)             G*ntiles*S each */
-    uint64_t ch, cl;        /* per-tile column sums (backward)        G*ntiles*S each */
-    uint64_t qf, kf, vf, xf; /* f32 q, k, v, and h (fwd) or dh (bwd)  G*S*D */
-    uint64_t dq, dk, dv;    /* f32 gradients (backward) */
-    uint64_t sm, pm;        /* the S x S matrices: q k^T (then C), dh v^T (then P; backward) */
-    uint64_t total;
-} mat_layout;
-
-/* a*b (and the rest) in uint64_t; 0 on overflow of the 2^62 bound we allow. */
-static int mul_ok(uint64_t a, uint64_t b, uint64_t *r)
-{
-    if (a != 0 && b > (UINT64_C(1) << 62) / a)
-        return 0;
-    *r = a * b;
-    return 1;
-}
-
-static int take(uint64_t *at, uint64_t count, uint64_t *off)
-{
-    *off = *at;
-    const uint64_t rounded = (count + 63) / 64 * 64;
-    if (rounded > (UINT64_C(1) << 62) - *at)
-        return 0;
-    *at += rounded;
-    return 1;
-}
-
-static int layout(const mlstm_params *p, int backward, mat_layout *L)
-{
-    memset(L, 0, sizeof *L);
-    const uint64_t S = (uint64_t)p->seq_len, nt = (S + MAT_TILE - 1) / MAT_TILE;
-    uint64_t G, gs, gts, gsq, gsk, gsv, at = 0;
-    if (!mul_ok((uint64_t)p->batch, (uint64_t)p->heads, &G) || !mul_ok(G, S, &gs) || !mul_ok(gs, nt, &gts) ||
-        !mul_ok(gs, S, &gsq) || !mul_ok(gs, (uint64_t)p->dqk, &gsk) || !mul_ok(gs, (uint64_t)p->dv, &gsv))
-        return 0;
-    int ok = take(&at, gs, &L->fh) && take(&at, gs, &L->fl) && take(&at, gs, &L->r0) && take(&at, gs, &L->r1) &&
-             take(&at, gs, &L->r2) && take(&at, gts, &L->rh) && take(&at, gts, &L->rl) && take(&at, gsk, &L->qf) &&
-             take(&at, gsk, &L->kf) && take(&at, gsv, &L->vf) && take(&at, gsv, &L->xf);
-    if (backward)
-        ok = ok && take(&at, gts, &L->ch) && take(&at, gts, &L->cl) && take(&at, gsk, &L->dq) &&
-             take(&at, gsk, &L->dk) && take(&at, gsv, &L->dv);
-    ok = ok && take(&at, gsq, &L->sm) && (!backward || take(&at, gsq, &L->pm));
-    L->total = at;
-    return ok;
-}
-
 int mlstm_cl_mat_workspace_size(mlstm_cl_ctx *cx, const mlstm_params *p, int backward, uint64_t *bytes)
 {
     *bytes = 0;
@@ -89,8 +39,8 @@ int mlstm_cl_mat_workspace_size(mlstm_cl_ctx *cx, const mlstm_params *p, int bac
     return mlstm_cl_fail(cx, MLSTM_ERR_UNSUPPORTED, "the materialised algorithm needs CLBlast; this library was "
                          "built without it (CMake option MLSTM_ENABLE_CLBLAST, Debian package libclblast-dev)");
 #else
-    mat_layout L;
-    if (!layout(p, backward, &L))
+    mlstm_mat_layout_t L;
+    if (!mlstm_mat_layout(p, backward, 0, &L))
         return mlstm_cl_fail(cx, MLSTM_ERR_SIZE_OVERFLOW, "the materialised algorithm's workspace for B=%lld NH=%lld "
                              "S=%lld overflows 64-bit sizes", (long long)p->batch, (long long)p->heads,
                              (long long)p->seq_len);
@@ -318,7 +268,7 @@ static int sgemm(mlstm_cl_ctx *cx, const char *what, const gemm_ops *o, int ta, 
  * (CLBlast's kernels index buffers with 32-bit ints). */
 typedef struct {
     cl_kernel *k;
-    mat_layout L;
+    mlstm_mat_layout_t L;
     cl_mem ws;
     uint64_t G;
     cl_int S, nt;
@@ -329,13 +279,13 @@ static int prepare(mlstm_cl_ctx *cx, const mlstm_params *p, int backward, mat_ca
 {
     if (!cx->mat && !(cx->mat = calloc(1, sizeof *cx->mat)))
         return mlstm_cl_fail(cx, MLSTM_ERR_OUT_OF_MEMORY, "out of host memory");
-    if (p->seq_len > INT_MAX - MAT_TILE)
+    if (p->seq_len > INT_MAX - MLSTM_MAT_TILE_EDGE)
         return mlstm_cl_fail(cx, MLSTM_ERR_UNSUPPORTED, "seq_len %lld exceeds the materialised algorithm's limit",
                              (long long)p->seq_len);
     int st = get_kernels(cx, p->dtype, &c->k);
     if (st != MLSTM_OK)
         return st;
-    if (!layout(p, backward, &c->L))
+    if (!mlstm_mat_layout(p, backward, 0, &c->L))
         return mlstm_cl_fail(cx, MLSTM_ERR_SIZE_OVERFLOW, "the materialised algorithm's workspace overflows");
     uint64_t base;
     st = workspace(cx, p, c->L.total * 4, &c->ws, &base);
@@ -353,7 +303,7 @@ static int prepare(mlstm_cl_ctx *cx, const mlstm_params *p, int backward, mat_ca
         *offs[i] += base;
     c->G = (uint64_t)p->batch * (uint64_t)p->heads;
     c->S = (cl_int)p->seq_len;
-    c->nt = (cl_int)((p->seq_len + MAT_TILE - 1) / MAT_TILE);
+    c->nt = (cl_int)((p->seq_len + MLSTM_MAT_TILE_EDGE - 1) / MLSTM_MAT_TILE_EDGE);
     c->NH = p->heads;
     return MLSTM_OK;
 }
@@ -409,8 +359,8 @@ static int scan(mlstm_cl_ctx *cx, const mat_call *c, const mlstm_params *p, int6
 /* The element kernels' 3-D launch: (tile columns * MT, tile rows * MROWS, G). */
 static int run_tiles(launch *l, const mat_call *c)
 {
-    const size_t global[3] = {(size_t)c->nt * MAT_TILE, (size_t)c->nt * MAT_ROWS, (size_t)c->G};
-    const size_t local[3] = {MAT_TILE, MAT_ROWS, 1};
+    const size_t global[3] = {(size_t)c->nt * MLSTM_MAT_TILE_EDGE, (size_t)c->nt * MAT_ROWS, (size_t)c->G};
+    const size_t local[3] = {MLSTM_MAT_TILE_EDGE, MAT_ROWS, 1};
     return run(l, 3, global, local);
 }
 
