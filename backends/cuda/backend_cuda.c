@@ -1,5 +1,6 @@
 /* libmlstm CUDA backend, host side (C11, CUDA runtime API linked statically): device probe, per-context
- * state (device, stream), device buffers, launches through kernels_cuda/, and cudaError_t -> mlstm_status
+ * state (device, stream), device buffers, launches through kernels_cuda/ (the materialised algorithm through
+ * materialized_cuda.c), and cudaError_t -> mlstm_status
  * mapping with a "cudaXxx failed: cudaErrorName (code) at file:line" detail for last_error. */
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,12 +11,14 @@
 
 #include "backend.h"
 #include "cuda/backend_cuda.h"
+#include "cuda/materialized_cuda.h"
 #include "../../kernels_cuda/mlstm_cuda_kernels.h"
 
 typedef struct mlstm_cuda_impl {
     int device;
     cudaStream_t own_stream; /* created at init, destroyed at destroy */
     cudaStream_t stream;     /* where work goes: own_stream or the caller's (mlstm_cuda_set_stream) */
+    mlstm_cuda_mat *mat;     /* the materialised algorithm's cuBLAS and workspace (materialized_cuda.c), or NULL */
     char name[256];
     char err[1024];
 } mlstm_cuda_impl;
@@ -97,6 +100,7 @@ static void cuda_destroy(void *impl)
             (void)cudaStreamSynchronize(c->own_stream);
             (void)cudaStreamDestroy(c->own_stream);
         }
+        mlstm_cuda_mat_release(c->mat);
     }
     (void)cudaGetLastError();
     free(c);
@@ -212,6 +216,8 @@ static int cuda_run(void *impl, const mlstm_params *p, int backward)
 {
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
     CU_TRY(c, cudaSetDevice(c->device));
+    if (p->algo == MLSTM_ALGO_MATERIALIZED)
+        return mlstm_cuda_mat_run(&c->mat, p, backward, (void *)c->stream, c->err, sizeof c->err);
     mlstm_cuda_fail f = {0, "", "", 0};
     int e = backward ? mlstm_cuda_kernels_bwd(p, (void *)c->stream, &f) : mlstm_cuda_kernels_fwd(p, (void *)c->stream, &f);
     if (e != 0)
@@ -260,6 +266,12 @@ int mlstm_cuda_check_pointer(void *impl, const void *ptr)
     return MLSTM_OK;
 }
 
+static int cuda_workspace_size(void *impl, const mlstm_params *p, int backward, uint64_t *bytes)
+{
+    mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
+    return mlstm_cuda_mat_workspace_size(p, backward, bytes, c->err, sizeof c->err);
+}
+
 const mlstm_backend_ops mlstm_backend_cuda_ops = {
     /* .abi_version  = */ MLSTM_BACKEND_ABI_VERSION,
     /* .name         = */ "cuda",
@@ -276,4 +288,5 @@ const mlstm_backend_ops mlstm_backend_cuda_ops = {
     /* .bwd          = */ cuda_bwd,
     /* .synchronize  = */ cuda_synchronize,
     /* .last_error   = */ cuda_last_error,
+    /* .workspace_size = */ cuda_workspace_size,
 };
