@@ -17,7 +17,7 @@ typedef struct mlstm_backend_config {
     int cuda_small_tiles;  /* tuning: CUDA small-grid tile dispatch, -1 auto, 0 off, 1 on, -2 build default */
     int cuda_f32_tc;       /* tuning: CUDA f32 forward on tensor cores, 0 off, 1 or -1 on, -2 build default */
     int cuda_wgmma;        /* tuning: CUDA sm_90a warpgroup-MMA forward, -1 auto, 0 off, 1 on, -2 build default */
-    char opencl_kernel_dir[1024]; /* development: load common.cl, fwd.cl, bwd.cl from here ("" = embedded) */
+    char opencl_kernel_dir[1024]; /* development: load the kernels_cl .cl files from here ("" = embedded) */
     int algo;              /* MLSTM_ALGO (an mlstm_algo); the API core keeps it, backends need not read it */
 } mlstm_backend_config;
 

@@ -38,9 +38,11 @@ static void usage(void)
     fprintf(stderr,
             "usage: bench_mlstm [--dtype f32|f16|bf16|all] [--shapes B,NH,S,DQK,DV[;...]] [--iters N]\n"
             "                   [--warmup N] [--fwd-only] [--math ieee|tf32] [--csv FILE] [--check]\n"
+            "                   [--algo auto|fused|materialized]\n"
             "  default shapes: the anchor shapes B=1 NH=8, S 1024..8192, DH 64/128/256 (use --shapes on a CPU).\n"
             "  --check: compare h and every gradient of one run per shape with the float64 reference\n"
             "           (slow for large shapes: O(S^2 D) on one CPU core); exit 1 on a contract violation.\n"
+            "  --algo: desc.algo (materialized: the S x S matrices through cuBLAS / CLBlast)\n"
             "  --math tf32: desc.math_mode = MLSTM_MATH_TF32 (f32 products on TF32 tensor cores where the backend\n"
             "           offers it; --check then allows 5e-3, tests/tolerances.h's TF32 value).\n"
             "  MLSTM_CUDA_F32_TC=0 / =1: CUDA f32 forward on the SIMT path (the baseline) / on tensor cores.\n"
@@ -77,12 +79,15 @@ static void fill(tu_rng *r, void *dst, double *ref, int dtype, size_t n, double 
     }
 }
 
+static int g_algo = MLSTM_ALGO_AUTO; /* --algo: desc.algo of every run */
+
 static int bench_shape(mlstm_context *ctx, const shape *sh, int dtype, int math_mode, int iters, int warmup,
                        int fwd_only, int check, run_result *res)
 {
     mlstm_desc d;
     mlstm_desc_init(&d);
     d.math_mode = math_mode;
+    d.algo = g_algo;
     d.batch = sh->b; d.heads = sh->nh; d.seq_len = sh->s; d.dqk = sh->dqk; d.dv = sh->dv; d.dtype = dtype;
     const size_t rows = (size_t)(sh->b * sh->nh * sh->s);
     const size_t nqk = rows * (size_t)sh->dqk, nv = rows * (size_t)sh->dv;
@@ -208,6 +213,13 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[a], "--warmup") && a + 1 < argc) warmup = atoi(argv[++a]);
         else if (!strcmp(argv[a], "--csv") && a + 1 < argc) csv_path = argv[++a];
         else if (!strcmp(argv[a], "--fwd-only")) fwd_only = 1;
+        else if (!strcmp(argv[a], "--algo") && a + 1 < argc) {
+            const char *al = argv[++a];
+            if (!strcmp(al, "fused")) g_algo = MLSTM_ALGO_FUSED;
+            else if (!strcmp(al, "materialized")) g_algo = MLSTM_ALGO_MATERIALIZED;
+            else if (!strcmp(al, "auto")) g_algo = MLSTM_ALGO_AUTO;
+            else { usage(); return 2; }
+        }
         else if (!strcmp(argv[a], "--math") && a + 1 < argc) {
             const char *m = argv[++a];
             if (!strcmp(m, "tf32")) math_mode = MLSTM_MATH_TF32;
@@ -255,9 +267,11 @@ int main(int argc, char **argv)
     if (csv_path && !csv) { perror(csv_path); mlstm_context_destroy(ctx); return 1; }
     if (csv) fprintf(csv, "backend,B,NH,S,DQK,DV,dtype,mlstm_fw_ms,mlstm_fwbw_ms,mlstm_fw_tflops,mlstm_fwbw_tflops%s\n",
                      check ? ",max_rel_err" : "");
-    printf("libmlstm %s, backend %s, device %s; math %s; median of %d runs after %d warm-up\n", mlstm_version(),
-           mlstm_context_backend_name(ctx), mlstm_context_device_name(ctx),
-           math_mode == MLSTM_MATH_TF32 ? "tf32" : "ieee", iters, warmup);
+    printf("libmlstm %s, backend %s, device %s; math %s; algo %s; median of %d runs after %d warm-up\n",
+           mlstm_version(), mlstm_context_backend_name(ctx), mlstm_context_device_name(ctx),
+           math_mode == MLSTM_MATH_TF32 ? "tf32" : "ieee",
+           g_algo == MLSTM_ALGO_FUSED ? "fused" : g_algo == MLSTM_ALGO_MATERIALIZED ? "materialized" : "auto", iters,
+           warmup);
     printf("%-4s %-4s %-6s %-4s %-4s %-5s %10s %10s %10s %10s%s\n", "B", "NH", "S", "DQK", "DV", "dtype", "fw ms",
            "fw TF/s", "fwbw ms", "fwbw TF/s", check ? "  max rel err" : "");
     int failed = 0;
