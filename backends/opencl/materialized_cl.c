@@ -15,12 +15,6 @@
 
 /* The kernels of kernels_cl/materialized.cl, in the order of mat_kernel_names. */
 enum { K_PACK, K_STORE, K_SCAN, K_FWD_TILE, K_FWD_ROWS, K_BWD_ROWS, K_BWD_TILE, K_BWD_GATES, K_COUNT };
-static const char *const mat_kernel_names[K_COUNT] = {
-    "mlstm_mat_pack", "mlstm_mat_store", "mlstm_mat_scan", "mlstm_mat_fwd_tile",
-    "mlstm_mat_fwd_rows", "mlstm_mat_bwd_rows", "mlstm_mat_bwd_tile", "mlstm_mat_bwd_gates"};
-#define MAT_ROWS 8   /* MROWS */
-#define MAT_SCAN 64  /* MSCAN */
-#define MAT_ROW_WG 64 /* work-group size of the one-work-item-per-element/row kernels */
 
 /* Per-context state: one program per storage dtype, and the context's own workspace. */
 struct mlstm_cl_mat {
@@ -68,6 +62,13 @@ void mlstm_cl_mat_release(mlstm_cl_ctx *cx)
 }
 
 #ifdef MLSTM_HAVE_CLBLAST
+
+static const char *const mat_kernel_names[K_COUNT] = {
+    "mlstm_mat_pack", "mlstm_mat_store", "mlstm_mat_scan", "mlstm_mat_fwd_tile",
+    "mlstm_mat_fwd_rows", "mlstm_mat_bwd_rows", "mlstm_mat_bwd_tile", "mlstm_mat_bwd_gates"};
+#define MAT_ROWS 8   /* MROWS */
+#define MAT_SCAN 64  /* MSCAN */
+#define MAT_ROW_WG 64 /* work-group size of the one-work-item-per-element/row kernels */
 
 /* The program for p's dtype: common.cl + materialized.cl, built on first use. */
 static int get_kernels(mlstm_cl_ctx *cx, int dtype, cl_kernel **out)
