@@ -1,5 +1,5 @@
 /* The only file of libmlstm that reads the environment: MLSTM_BACKEND, MLSTM_DEVICE,
- * MLSTM_OPENCL_PLATFORM, MLSTM_OPENCL_KERNEL_DIR, the tuning switches MLSTM_CUDA_SMALL_TILES,
+ * MLSTM_OPENCL_PLATFORM, MLSTM_OPENCL_KERNEL_DIR, MLSTM_ALGO, the tuning switches MLSTM_CUDA_SMALL_TILES,
  * MLSTM_CUDA_F32_TC and MLSTM_CUDA_WGMMA, and MLSTM_CUDA_FORCE (tests). Values are read at context creation (the
  * callers are in registry.c), never cached. */
 #include <ctype.h>
@@ -43,4 +43,16 @@ int mlstm_env_tristate(const char *name)
     if (!strcmp(v, "auto"))
         return -1;
     return -2;
+}
+
+int mlstm_env_algo(void)
+{
+    const char *v = mlstm_env_string("MLSTM_ALGO");
+    if (v == NULL || !strcmp(v, "auto"))
+        return MLSTM_ALGO_AUTO;
+    if (!strcmp(v, "fused"))
+        return MLSTM_ALGO_FUSED;
+    if (!strcmp(v, "materialized") || !strcmp(v, "materialised"))
+        return MLSTM_ALGO_MATERIALIZED;
+    return -1;
 }

@@ -35,6 +35,8 @@ struct mlstm_context {
     const mlstm_backend_ops *ops;
     void *impl;
     mlstm_buffer *buffers;
+    int env_algo;          /* MLSTM_ALGO at creation: an mlstm_algo (MLSTM_ALGO_AUTO when unset) */
+    mlstm_buffer *workspace; /* mlstm_context_set_workspace, or NULL */
     char last_error[MLSTM_ERRMSG_MAX];
 };
 
@@ -60,6 +62,13 @@ int mlstm_env_index(const char *name, int *value);
 
 /* A tuning switch: "0" -> 0, "1" -> 1, "auto" -> -1; unset or anything else -> -2 (the build's default). */
 int mlstm_env_tristate(const char *name);
+
+/* MLSTM_ALGO: "auto" or unset -> MLSTM_ALGO_AUTO, "fused", "materialized" (or "materialised"); anything else -1. */
+int mlstm_env_algo(void);
+
+/* algo.c: resolves p->algo (desc's choice, else MLSTM_ALGO, else the measured table) and fills the workspace
+ * fields of p from the context's workspace, checking its size; a failure is recorded on ctx. */
+int mlstm_resolve_algo(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward, mlstm_params *p);
 
 /* registry.c */
 int mlstm_registry_count(void);

@@ -120,6 +120,8 @@ void mlstm_buffer_destroy(mlstm_buffer *b)
     if (check_buffer(b) != MLSTM_OK)
         return;
     mlstm_context *ctx = b->ctx;
+    if (ctx->workspace == b)
+        ctx->workspace = NULL;
     if (b->prev)
         b->prev->next = b->next;
     else
@@ -173,6 +175,8 @@ static int run(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int b
 {
     mlstm_params p;
     int st = mlstm_prepare_call(ctx, fn, desc, backward, bufs, &p);
+    if (st == MLSTM_OK)
+        st = mlstm_resolve_algo(ctx, fn, desc, backward, &p);
     if (st != MLSTM_OK)
         return st;
     if (ctx->ops->supports) {

@@ -75,6 +75,15 @@ typedef enum mlstm_math_mode {
                                other backends compute IEEE f32 anyway) */
 } mlstm_math_mode;
 
+/* How a call computes. Both algorithms meet the same precision contract (README.md). */
+typedef enum mlstm_algo {
+    MLSTM_ALGO_AUTO         = 0, /* the environment's MLSTM_ALGO, else the faster one for the shape (a measured
+                                    table; the fused kernels wherever nothing was measured) */
+    MLSTM_ALGO_FUSED        = 1, /* the tiled fused kernels: no workspace */
+    MLSTM_ALGO_MATERIALIZED = 2  /* the S x S matrices through the backend's BLAS (cuBLAS, CLBlast) and row
+                                    kernels: needs a workspace (mlstm_workspace_size) */
+} mlstm_algo;
+
 /* The tensors of one call, used to index mlstm_desc.layout. */
 typedef enum mlstm_tensor {
     MLSTM_TENSOR_Q = 0, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_I, MLSTM_TENSOR_F,
@@ -108,10 +117,11 @@ typedef struct mlstm_desc {
     int grad_mode;             /* mlstm_grad_mode, default MLSTM_GRAD_EXACT */
     int math_mode;             /* mlstm_math_mode, default MLSTM_MATH_DEFAULT */
     mlstm_layout layout[MLSTM_TENSOR_COUNT]; /* per tensor; all zero = contiguous */
+    int algo;                  /* mlstm_algo, default MLSTM_ALGO_AUTO */
 } mlstm_desc;
 
 /* Fills *desc with defaults: zero sizes (to be set), f32, eps 1e-6, scale 0, exact gradients,
- * contiguous layouts. */
+ * contiguous layouts, algorithm auto. */
 MLSTM_API void mlstm_desc_init(mlstm_desc *desc);
 
 /* ---- Contexts ----
@@ -199,6 +209,20 @@ MLSTM_API int mlstm_parallel_bwd_host(mlstm_context *ctx, const mlstm_desc *desc
                                       const void *h, const float *m, const float *n,
                                       const void *dh,
                                       void *dq, void *dk, void *dv, float *di, float *df);
+
+/* ---- Workspace of the materialised algorithm ----
+ * Bytes of device scratch memory a call of desc needs (backward != 0: mlstm_parallel_bwd), with desc->algo
+ * resolved as the call would resolve it; 0 for the fused algorithm. Roughly B*NH*S*S*4 bytes per S x S
+ * intermediate (one forward, two backward) plus small per-row arrays. */
+MLSTM_API int mlstm_workspace_size(mlstm_context *ctx, const mlstm_desc *desc, int backward, size_t *bytes);
+/* Hands the context a workspace for the materialised algorithm: a buffer of this context (any dtype; its
+ * bytes count, its first byte 256-byte aligned, as every mlstm_buffer_create buffer is). Calls use it instead of
+ * the workspace the context otherwise allocates at first use and keeps (never inside a CUDA graph capture:
+ * there, a call without a large enough workspace fails with MLSTM_ERR_OUT_OF_MEMORY). A call whose workspace is
+ * smaller than mlstm_workspace_size gets MLSTM_ERR_BUFFER_TOO_SMALL. NULL returns to the context's own
+ * workspace. The buffer must stay alive while set (destroying it unsets it) and must not be a tensor of the
+ * calls that use it. */
+MLSTM_API int mlstm_context_set_workspace(mlstm_context *ctx, mlstm_buffer *workspace);
 
 /* Elements a tensor of the given role occupies under desc (its layout), or 0 when desc is invalid. */
 MLSTM_API size_t mlstm_tensor_extent(const mlstm_desc *desc, int tensor);

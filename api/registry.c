@@ -1,5 +1,6 @@
 /* The backend registry (a static table in auto-selection order: CUDA, then OpenCL) and context creation:
- * options first, then the environment (MLSTM_BACKEND, MLSTM_DEVICE, MLSTM_OPENCL_PLATFORM), then auto. */
+ * options first, then the environment (MLSTM_BACKEND, MLSTM_DEVICE, MLSTM_OPENCL_PLATFORM), then auto.
+ * MLSTM_ALGO is read here too and kept in the context. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,7 @@ static int create_on(const mlstm_backend_ops *ops, const mlstm_backend_config *c
     }
     ctx->magic = MLSTM_CONTEXT_MAGIC;
     ctx->ops = ops;
+    ctx->env_algo = cfg->algo;
     *out = ctx;
     return MLSTM_OK;
 }
@@ -113,7 +115,7 @@ int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
         name = "auto";
     mlstm_backend_config cfg = {o.device, o.opencl_platform, mlstm_env_tristate("MLSTM_CUDA_SMALL_TILES"),
                                 mlstm_env_tristate("MLSTM_CUDA_F32_TC"),
-                                mlstm_env_tristate("MLSTM_CUDA_WGMMA"), "", ""};
+                                mlstm_env_tristate("MLSTM_CUDA_WGMMA"), "", MLSTM_ALGO_AUTO, ""};
     const char *force = mlstm_env_string("MLSTM_CUDA_FORCE");
     if (force != NULL) {
         if (strlen(force) >= sizeof cfg.cuda_force) {
@@ -147,6 +149,13 @@ int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
     }
     if (cfg.device < 0)
         cfg.device = 0;
+    const int algo = mlstm_env_algo();
+    if (algo < 0) {
+        mlstm_set_global_error("MLSTM_ALGO='%s' is not an algorithm (auto, fused, materialized)",
+                               mlstm_env_string("MLSTM_ALGO"));
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    }
+    cfg.algo = algo;
 
     char compiled[256];
     compiled_list(compiled, sizeof compiled);

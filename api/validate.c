@@ -68,6 +68,7 @@ void mlstm_desc_init(mlstm_desc *desc)
     desc->scale = 0.0f;
     desc->grad_mode = MLSTM_GRAD_EXACT;
     desc->math_mode = MLSTM_MATH_DEFAULT;
+    desc->algo = MLSTM_ALGO_AUTO;
 }
 
 /* 64-bit unsigned helpers that report overflow. */
@@ -137,6 +138,10 @@ int mlstm_validate_desc(const mlstm_desc *d, float *scale, char *msg, size_t len
     }
     if (d->math_mode != MLSTM_MATH_DEFAULT && d->math_mode != MLSTM_MATH_TF32) {
         snprintf(msg, len, "desc->math_mode = %d: not a mlstm_math_mode", d->math_mode);
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    }
+    if (d->algo != MLSTM_ALGO_AUTO && d->algo != MLSTM_ALGO_FUSED && d->algo != MLSTM_ALGO_MATERIALIZED) {
+        snprintf(msg, len, "desc->algo = %d: not a mlstm_algo (AUTO=0, FUSED=1, MATERIALIZED=2)", d->algo);
         return MLSTM_ERR_INVALID_ARGUMENT;
     }
     if (scale)

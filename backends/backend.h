@@ -17,7 +17,8 @@ typedef struct mlstm_backend_config {
     int cuda_small_tiles;  /* tuning: CUDA small-grid tile dispatch, -1 auto, 0 off, 1 on, -2 build default */
     int cuda_f32_tc;       /* tuning: CUDA f32 forward on tensor cores, 0 off, 1 or -1 on, -2 build default */
     int cuda_wgmma;        /* tuning: CUDA sm_90a warpgroup-MMA forward, -1 auto, 0 off, 1 on, -2 build default */
-    char opencl_kernel_dir[1024]; /* development: load common.cl, fwd.cl, bwd.cl from here ("" = embedded) */
+    char opencl_kernel_dir[1024]; /* development: load the kernels_cl .cl files from here ("" = embedded) */
+    int algo;              /* MLSTM_ALGO (an mlstm_algo); the API core keeps it, backends need not read it */
     char cuda_force[256];  /* tests: CUDA kernel variants replacing dispatch's choice (MLSTM_CUDA_FORCE, "" = none) */
 } mlstm_backend_config;
 
@@ -47,6 +48,10 @@ typedef struct mlstm_backend_ops {
     const char *(*last_error)(void *impl);
     /* (optional, NULL = not reported) the kernels the last fwd/bwd enqueued, for logs and tests */
     const char *(*last_kernels)(void *impl);
+    /* (optional, NULL = no materialised algorithm) Workspace bytes the materialised algorithm needs for p
+     * (p->algo is MLSTM_ALGO_MATERIALIZED; tensor handles may be NULL). MLSTM_OK, MLSTM_ERR_UNSUPPORTED (with
+     * the reason, e.g. built without its BLAS) or MLSTM_ERR_SIZE_OVERFLOW. */
+    int (*workspace_size)(void *impl, const mlstm_params *p, int backward, uint64_t *bytes);
 } mlstm_backend_ops;
 
 #ifdef MLSTM_HAVE_CUDA

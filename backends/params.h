@@ -22,6 +22,13 @@ typedef struct mlstm_params {
     float scale;        /* resolved: never 0 here (1/sqrt(dqk) when the caller asked for the default) */
     int grad_mode;      /* mlstm_grad_mode */
     int math_mode;      /* mlstm_math_mode */
+    int algo;           /* resolved mlstm_algo: MLSTM_ALGO_FUSED or MLSTM_ALGO_MATERIALIZED, never AUTO */
+    /* The caller's workspace for the materialised algorithm (mlstm_context_set_workspace), or ws_mem NULL: then
+     * the backend uses its own, allocated at first use and kept. ws_offset is 256-byte aligned; ws_bytes is at
+     * least the backend's workspace_size for this call (the API checked it). */
+    void *ws_mem;       /* backend memory handle, as mlstm_tensor_arg.mem */
+    uint64_t ws_offset; /* bytes */
+    uint64_t ws_bytes;
     mlstm_tensor_arg t[MLSTM_TENSOR_COUNT]; /* indexed by mlstm_tensor; bwd-only tensors are zero in fwd */
 } mlstm_params;
 

@@ -43,7 +43,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: bench_mlstm [--dtype f32|f16|bf16|all] [--shapes B,NH,S,DQK,DV[;...]]\n"
             "                   [--dims [DQK/DV,...]] [--sizes B,NH,S[;...]] [--iters N] [--warmup N]\n"
-            "                   [--fwd-only] [--math ieee|tf32] [--csv FILE] [--check]\n"
+            "                   [--fwd-only] [--math ieee|tf32] [--csv FILE] [--check] [--algo auto|fused|materialized]\n"
             "  default shapes: the anchor shapes B=1 NH=8, S 1024..8192, DH 64/128/256 (use --shapes on a CPU);\n"
             "           a shape of four numbers B,NH,S,D means DQK = DV = D.\n"
             "  --dims:  sweep head dims (DQK/DV pairs, D alone = D/D; without a list: %s)\n"
@@ -55,6 +55,7 @@ static void usage(void)
             "  both are at most 1.2 (the issue's target), 'over' otherwise.\n"
             "  --check: compare h and every gradient of one run per shape with the float64 reference\n"
             "           (slow for large shapes: O(S^2 D) on one CPU core); exit 1 on a contract violation.\n"
+            "  --algo: desc.algo (materialized: the S x S matrices through cuBLAS / CLBlast)\n"
             "  --math tf32: desc.math_mode = MLSTM_MATH_TF32 (f32 products on TF32 tensor cores where the backend\n"
             "           offers it; --check then allows 5e-3, tests/tolerances.h's TF32 value).\n"
             "  path: the backend and math mode the shapes ran with.\n"
@@ -94,12 +95,15 @@ static void fill(tu_rng *r, void *dst, double *ref, int dtype, size_t n, double 
     }
 }
 
+static int g_algo = MLSTM_ALGO_AUTO; /* --algo: desc.algo of every run */
+
 static int bench_shape(mlstm_context *ctx, const shape *sh, int dtype, int math_mode, int iters, int warmup,
                        int fwd_only, int check, run_result *res)
 {
     mlstm_desc d;
     mlstm_desc_init(&d);
     d.math_mode = math_mode;
+    d.algo = g_algo;
     d.batch = sh->b; d.heads = sh->nh; d.seq_len = sh->s; d.dqk = sh->dqk; d.dv = sh->dv; d.dtype = dtype;
     const size_t rows = (size_t)(sh->b * sh->nh * sh->s);
     const size_t nqk = rows * (size_t)sh->dqk, nv = rows * (size_t)sh->dv;
@@ -364,6 +368,12 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         else if ((v = opt_value(argc, argv, &a, "--math"))) {
             if (!strcmp(v, "tf32")) o->math_mode = MLSTM_MATH_TF32;
             else if (!strcmp(v, "ieee")) o->math_mode = MLSTM_MATH_DEFAULT;
+            else return -1;
+        }
+        else if ((v = opt_value(argc, argv, &a, "--algo"))) {
+            if (!strcmp(v, "auto")) g_algo = MLSTM_ALGO_AUTO;
+            else if (!strcmp(v, "fused")) g_algo = MLSTM_ALGO_FUSED;
+            else if (!strcmp(v, "materialized")) g_algo = MLSTM_ALGO_MATERIALIZED;
             else return -1;
         }
         else if (!strcmp(argv[a], "--dims"))  /* the list is optional */

@@ -3,7 +3,9 @@
  * guard-banded views, then a NaN/Inf scan, relative L2 error per output against tests/tolerances.h, and canary /
  * untouched-input checks; plus bitwise determinism and host-API cases. */
 
-/* Usage: MLSTM_BACKEND=auto|cuda|opencl (no device: exit 77); MLSTM_TEST_FILTER=<cmocka glob>, e.g. 'bwd/bf16/'
+/* Usage: MLSTM_BACKEND=auto|cuda|opencl (no device: exit 77); MLSTM_ALGO=fused|materialized runs the table on one
+ * algorithm (ctest: conformance_materialized.<backend>), skipping cases whose workspace exceeds
+ * MLSTM_TEST_WORKSPACE_MB (default 64); MLSTM_TEST_FILTER=<cmocka glob>, e.g. 'bwd/bf16/'
  * followed by a star; MLSTM_TEST_SLOW=1 runs the long precision-contract set INSTEAD of the default set (GPU runs:
  * `MLSTM_BACKEND=cuda MLSTM_TEST_SLOW=1 ./test_conformance`, or `ctest -L slow` in a build configured with
  * -DMLSTM_SLOW_TESTS=ON); `test_conformance --list` prints the case names. The context is created with
@@ -238,6 +240,7 @@ static void build_slow_table(void)
 /* Running one case                                                                                  */
 
 static mlstm_context *g_ctx;
+static size_t g_workspace_limit; /* MLSTM_TEST_WORKSPACE_MB (default 64): cases whose workspace exceeds it skip */
 static int g_backend_tf32; /* the backend honours MLSTM_MATH_TF32 (CUDA): TF32 cases get tests/tolerances.h's TF32 row */
 
 /* Resources of the running test, released by the per-test teardown (cmocka failures longjmp). */
@@ -274,6 +277,16 @@ static int out_dtype(const mc_case *c, int o)
 static void device_run_or_skip(const mc_case *c, const char *name, mc_outputs *out, double *ms)
 {
     char api_msg[2048], canary_msg[512];
+    /* the materialised algorithm (MLSTM_ALGO=materialized) only where its workspace is small */
+    mlstm_desc desc;
+    mc_desc(c, &desc);
+    size_t ws = 0;
+    if (mlstm_workspace_size(g_ctx, &desc, c->bwd, &ws) == MLSTM_OK && ws > g_workspace_limit) {
+        printf("[ SKIP ] %s: workspace of %zu bytes above this run's limit of %zu (MLSTM_TEST_WORKSPACE_MB)\n", name,
+               ws, g_workspace_limit);
+        fflush(stdout);
+        skip();
+    }
     int st = mc_run_device(g_ctx, c, &g_in, out, api_msg, sizeof api_msg, canary_msg, sizeof canary_msg, ms);
     if (st == MLSTM_ERR_UNSUPPORTED) {
         printf("[ SKIP ] %s: backend reports MLSTM_ERR_UNSUPPORTED: %s\n", name, api_msg);
@@ -508,8 +521,11 @@ static int group_setup(void **state)
         return -1;
     }
     g_backend_tf32 = strcmp(mlstm_context_backend_name(g_ctx), "cuda") == 0;
-    printf("conformance: libmlstm %s, backend '%s', device '%s'\n", mlstm_version(),
-           mlstm_context_backend_name(g_ctx), mlstm_context_device_name(g_ctx));
+    const char *wmb = getenv("MLSTM_TEST_WORKSPACE_MB");
+    g_workspace_limit = (size_t)((wmb && wmb[0] ? atof(wmb) : 64.0) * 1048576.0);
+    const char *algo = getenv("MLSTM_ALGO");
+    printf("conformance: libmlstm %s, backend '%s', device '%s', algorithm %s\n", mlstm_version(),
+           mlstm_context_backend_name(g_ctx), mlstm_context_device_name(g_ctx), algo && algo[0] ? algo : "auto");
     fflush(stdout);
     return 0;
 }

@@ -1,5 +1,6 @@
 /* libmlstm CUDA backend, host side (C11, CUDA runtime API linked statically): device probe, per-context
- * state (device, stream), device buffers, launches through kernels_cuda/, and cudaError_t -> mlstm_status
+ * state (device, stream), device buffers, launches through kernels_cuda/ (the materialised algorithm through
+ * materialized_cuda.c), and cudaError_t -> mlstm_status
  * mapping with a "cudaXxx failed: cudaErrorName (code) at file:line" detail for last_error. */
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 
 #include "backend.h"
 #include "cuda/backend_cuda.h"
+#include "cuda/materialized_cuda.h"
 #include "../../kernels_cuda/mlstm_cuda_kernels.h"
 
 typedef struct mlstm_cuda_impl {
@@ -20,6 +22,7 @@ typedef struct mlstm_cuda_impl {
     mlstm_cuda_trace trace;        /* the kernels the last fwd/bwd enqueued */
     void *ws;                /* the head-dim staging workspace (kernels_cuda/head_dims.cu), grown on demand */
     size_t ws_bytes;
+    mlstm_cuda_mat *mat;     /* the materialised algorithm's cuBLAS and workspace (materialized_cuda.c), or NULL */
     char name[256];
     char err[1024];
 } mlstm_cuda_impl;
@@ -104,6 +107,7 @@ static void cuda_destroy(void *impl)
         }
         if (c->ws)
             (void)cudaFree(c->ws);
+        mlstm_cuda_mat_release(c->mat);
     }
     mlstm_cuda_kernels_release(c->dispatch);
     (void)cudaGetLastError();
@@ -256,6 +260,8 @@ static int cuda_run(void *impl, const mlstm_params *p, int backward)
 {
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
     CU_TRY(c, cudaSetDevice(c->device));
+    if (p->algo == MLSTM_ALGO_MATERIALIZED)
+        return mlstm_cuda_mat_run(&c->mat, p, backward, (void *)c->stream, c->err, sizeof c->err);
     int st = ensure_workspace(c, mlstm_cuda_kernels_workspace_size(c->dispatch, p, backward));
     if (st != MLSTM_OK)
         return st;
@@ -308,6 +314,12 @@ int mlstm_cuda_check_pointer(void *impl, const void *ptr)
     return MLSTM_OK;
 }
 
+static int cuda_workspace_size(void *impl, const mlstm_params *p, int backward, uint64_t *bytes)
+{
+    mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
+    return mlstm_cuda_mat_workspace_size(p, backward, bytes, c->err, sizeof c->err);
+}
+
 const mlstm_backend_ops mlstm_backend_cuda_ops = {
     /* .abi_version  = */ MLSTM_BACKEND_ABI_VERSION,
     /* .name         = */ "cuda",
@@ -325,4 +337,5 @@ const mlstm_backend_ops mlstm_backend_cuda_ops = {
     /* .synchronize  = */ cuda_synchronize,
     /* .last_error   = */ cuda_last_error,
     /* .last_kernels = */ cuda_last_kernels,
+    /* .workspace_size = */ cuda_workspace_size,
 };

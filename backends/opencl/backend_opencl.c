@@ -1,5 +1,5 @@
 /* OpenCL backend: platform and device choice, context and in-order queue, buffers, and the launches of the
- * forward kernel and the four backward kernels (kernels_cl/). Exports mlstm_backend_opencl_ops only.
+ * forward kernel and the four backward kernels (kernels_cl/); the materialised algorithm is materialized_cl.c. Exports mlstm_backend_opencl_ops only.
  * Every CL error becomes an mlstm_status with a readable detail kept for last_error; it never prints,
  * aborts or exits. */
 #include <limits.h>
@@ -249,6 +249,7 @@ static void cl_destroy(void *impl)
     if (!cx)
         return;
     clFinish(cx->queue);
+    mlstm_cl_mat_release(cx);
     mlstm_cl_release_programs(cx);
     clReleaseCommandQueue(cx->queue);
     clReleaseContext(cx->context);
@@ -413,6 +414,8 @@ static int cl_fwd(void *impl, const mlstm_params *p)
     mlstm_cl_ctx *cx = impl;
     const mlstm_cl_program *pr;
     int st = cl_supports(impl, p, 0);
+    if (st == MLSTM_OK && p->algo == MLSTM_ALGO_MATERIALIZED)
+        return mlstm_cl_mat_fwd(cx, p);
     if (st == MLSTM_OK)
         st = mlstm_cl_get_program(cx, MLSTM_CL_FWD, p, &pr);
     if (st != MLSTM_OK)
@@ -444,6 +447,8 @@ static int cl_bwd(void *impl, const mlstm_params *p)
     mlstm_cl_ctx *cx = impl;
     const mlstm_cl_program *pr;
     int st = cl_supports(impl, p, 1);
+    if (st == MLSTM_OK && p->algo == MLSTM_ALGO_MATERIALIZED)
+        return mlstm_cl_mat_bwd(cx, p);
     if (st == MLSTM_OK)
         st = mlstm_cl_get_program(cx, MLSTM_CL_BWD, p, &pr);
     if (st != MLSTM_OK)
@@ -511,6 +516,11 @@ static int cl_bwd(void *impl, const mlstm_params *p)
     return enqueue(cx, pr, MLSTM_CL_K_BWD_GATES, &a, groups / (uint64_t)ntiles, nt_local);
 }
 
+static int cl_workspace_size(void *impl, const mlstm_params *p, int backward, uint64_t *bytes)
+{
+    return mlstm_cl_mat_workspace_size(impl, p, backward, bytes);
+}
+
 const mlstm_backend_ops mlstm_backend_opencl_ops = {
     /* .abi_version  = */ MLSTM_BACKEND_ABI_VERSION,
     /* .name         = */ "opencl",
@@ -528,4 +538,5 @@ const mlstm_backend_ops mlstm_backend_opencl_ops = {
     /* .synchronize  = */ cl_synchronize,
     /* .last_error   = */ cl_last_error,
     /* .last_kernels = */ NULL,
+    /* .workspace_size = */ cl_workspace_size,
 };

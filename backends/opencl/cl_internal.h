@@ -56,6 +56,7 @@ typedef struct mlstm_cl_ctx {
     char *error;              /* last failure detail (grows for build logs); never NULL after init */
     size_t error_cap;
     mlstm_cl_program *programs;
+    struct mlstm_cl_mat *mat; /* the materialised algorithm's programs and workspace (materialized_cl.c), or NULL */
 } mlstm_cl_ctx;
 
 /* Records a formatted detail as the context's last error and returns status. */
@@ -76,5 +77,11 @@ int mlstm_cl_load_source(mlstm_cl_ctx *cx, const char *name, const char **text, 
 /* The built program for one direction and problem (cached; builds on first use). */
 int mlstm_cl_get_program(mlstm_cl_ctx *cx, int direction, const mlstm_params *p, const mlstm_cl_program **out);
 void mlstm_cl_release_programs(mlstm_cl_ctx *cx);
+
+/* materialized_cl.c: the materialised algorithm (CLBlast SGEMMs and kernels_cl/materialized.cl). */
+int mlstm_cl_mat_workspace_size(mlstm_cl_ctx *cx, const mlstm_params *p, int backward, uint64_t *bytes);
+int mlstm_cl_mat_fwd(mlstm_cl_ctx *cx, const mlstm_params *p);
+int mlstm_cl_mat_bwd(mlstm_cl_ctx *cx, const mlstm_params *p);
+void mlstm_cl_mat_release(mlstm_cl_ctx *cx);
 
 #endif /* MLSTM_CL_INTERNAL_H */

@@ -9,6 +9,7 @@
 #include "kernels_cl/common.cl.h"
 #include "kernels_cl/fwd.cl.h"
 #include "kernels_cl/bwd.cl.h"
+#include "kernels_cl/materialized.cl.h"
 
 const char *mlstm_cl_source(const char *name, size_t *len)
 {
@@ -16,6 +17,7 @@ const char *mlstm_cl_source(const char *name, size_t *len)
         {"common", mlstm_cl_common, sizeof mlstm_cl_common},
         {"fwd", mlstm_cl_fwd, sizeof mlstm_cl_fwd},
         {"bwd", mlstm_cl_bwd, sizeof mlstm_cl_bwd},
+        {"materialized", mlstm_cl_materialized, sizeof mlstm_cl_materialized},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; ++i)
         if (strcmp(table[i].name, name) == 0) {

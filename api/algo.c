@@ -1,0 +1,163 @@
+/* Which algorithm a call runs (desc->algo, else MLSTM_ALGO, else the measured table below) and the workspace of
+ * the materialised algorithm: mlstm_workspace_size, mlstm_context_set_workspace, and the checks that hand a call
+ * the caller's workspace (size, alignment, no overlap with the call's tensors). */
+#include <stdio.h>
+#include <string.h>
+#include "internal.h"
+
+#define WORKSPACE_ALIGN 256 /* bytes: the first byte of a caller's workspace */
+
+/* auto: the shapes where the materialised algorithm was measured faster than the fused kernels, per backend,
+ * direction and storage dtype. Filled from bench/RESULTS.md (bench_mlstm --algo materialized beside --algo
+ * fused). No GPU measurement has been recorded yet, so the table is empty and auto = fused everywhere. A row
+ * matches when every bound holds: head dim max(DQK, DV) >= min_dim, min_seq <= S <= max_seq (0 = no bound). */
+typedef struct {
+    const char *backend; /* "cuda", "opencl"; NULL ends the table */
+    int backward;        /* 0 forward, 1 backward */
+    int dtype;           /* an mlstm_dtype, 0 = every dtype */
+    int64_t min_dim, min_seq, max_seq;
+} auto_rule;
+
+static const auto_rule auto_table[] = {
+    {NULL, 0, 0, 0, 0, 0},
+};
+
+static int auto_choice(const mlstm_context *ctx, const mlstm_params *p, int backward)
+{
+    const int64_t dim = p->dqk > p->dv ? p->dqk : p->dv;
+    for (const auto_rule *r = auto_table; r->backend; r++)
+        if (!strcmp(r->backend, ctx->ops->name) && r->backward == !!backward && (!r->dtype || r->dtype == p->dtype) &&
+            dim >= r->min_dim && p->seq_len >= r->min_seq && (!r->max_seq || p->seq_len <= r->max_seq))
+            return MLSTM_ALGO_MATERIALIZED;
+    return MLSTM_ALGO_FUSED;
+}
+
+static int choose(const mlstm_context *ctx, const mlstm_desc *desc, const mlstm_params *p, int backward)
+{
+    if (desc->algo != MLSTM_ALGO_AUTO)
+        return desc->algo;
+    if (ctx->env_algo != MLSTM_ALGO_AUTO)
+        return ctx->env_algo;
+    return auto_choice(ctx, p, backward);
+}
+
+/* The workspace bytes of the resolved algorithm of p (0 for fused). */
+static int needed_bytes(mlstm_context *ctx, const char *fn, const mlstm_params *p, int backward, uint64_t *bytes)
+{
+    *bytes = 0;
+    if (p->algo != MLSTM_ALGO_MATERIALIZED)
+        return MLSTM_OK;
+    if (ctx->ops->workspace_size == NULL)
+        return mlstm_fail(ctx, MLSTM_ERR_UNSUPPORTED, "%s: the %s backend has no materialised algorithm", fn,
+                          ctx->ops->name);
+    const int st = ctx->ops->workspace_size(ctx->impl, p, backward, bytes);
+    return st == MLSTM_OK ? MLSTM_OK : mlstm_fail_backend(ctx, st, fn);
+}
+
+/* Bytes [lo, hi) tensor t of p occupies within its memory (conservative: the whole extent, gaps included). */
+static void tensor_bytes(const mlstm_desc *desc, const mlstm_params *p, int t, uint64_t *lo, uint64_t *hi)
+{
+    const mlstm_tensor_arg *a = &p->t[t];
+    int64_t dim = 1;
+    if (t == MLSTM_TENSOR_Q || t == MLSTM_TENSOR_K || t == MLSTM_TENSOR_DQ || t == MLSTM_TENSOR_DK)
+        dim = p->dqk;
+    else if (t == MLSTM_TENSOR_V || t == MLSTM_TENSOR_H || t == MLSTM_TENSOR_DH || t == MLSTM_TENSOR_DV)
+        dim = p->dv;
+    const uint64_t es = mlstm_dtype_size(mlstm_tensor_dtype(desc, t));
+    /* validation already bounded every extent to 64-bit byte counts */
+    const uint64_t ext = (uint64_t)dim + (uint64_t)(p->batch - 1) * (uint64_t)a->stride_b +
+                         (uint64_t)(p->heads - 1) * (uint64_t)a->stride_h +
+                         (uint64_t)(p->seq_len - 1) * (uint64_t)a->stride_s;
+    *lo = a->offset * es;
+    *hi = *lo + ext * es;
+}
+
+int mlstm_resolve_algo(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward, mlstm_params *p)
+{
+    p->algo = choose(ctx, desc, p, backward);
+    p->ws_mem = NULL;
+    p->ws_offset = p->ws_bytes = 0;
+    uint64_t need;
+    int st = needed_bytes(ctx, fn, p, backward, &need);
+    if (st != MLSTM_OK || p->algo != MLSTM_ALGO_MATERIALIZED || ctx->workspace == NULL)
+        return st;
+    const mlstm_buffer *w = ctx->workspace;
+    const size_t es = mlstm_dtype_size(w->dtype);
+    const uint64_t have = (uint64_t)w->count * es, lo = (uint64_t)w->offset * es;
+    if (have < need)
+        return mlstm_fail(ctx, MLSTM_ERR_BUFFER_TOO_SMALL,
+                          "%s: the workspace set with mlstm_context_set_workspace holds %llu bytes; this call needs "
+                          "%llu (mlstm_workspace_size)", fn, (unsigned long long)have, (unsigned long long)need);
+    for (int t = 0; t < MLSTM_TENSOR_COUNT; t++) {
+        if (!mlstm_tensor_used(t, backward) || p->t[t].mem != w->alloc->mem)
+            continue;
+        uint64_t t_lo, t_hi;
+        tensor_bytes(desc, p, t, &t_lo, &t_hi);
+        if (t_lo < lo + have && lo < t_hi)
+            return mlstm_fail(ctx, MLSTM_ERR_BAD_LAYOUT, "%s: the workspace overlaps tensor %s in memory", fn,
+                              mlstm_tensor_name(t));
+    }
+    p->ws_mem = w->alloc->mem;
+    p->ws_offset = lo;
+    p->ws_bytes = have;
+    return MLSTM_OK;
+}
+
+int mlstm_workspace_size(mlstm_context *ctx, const mlstm_desc *desc, int backward, size_t *bytes)
+{
+    static const char fn[] = "mlstm_workspace_size";
+    if (mlstm_check_context(ctx) != MLSTM_OK)
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    if (bytes == NULL)
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: bytes is NULL", fn);
+    *bytes = 0;
+    char msg[1024];
+    float scale = 0.0f;
+    int st = mlstm_validate_desc(desc, &scale, msg, sizeof msg);
+    if (st != MLSTM_OK)
+        return mlstm_fail(ctx, st, "%s: %s", fn, msg);
+    mlstm_params p;
+    memset(&p, 0, sizeof p);
+    p.batch = desc->batch;
+    p.heads = desc->heads;
+    p.seq_len = desc->seq_len;
+    p.dqk = desc->dqk;
+    p.dv = desc->dv;
+    p.dtype = desc->dtype;
+    p.eps = desc->eps;
+    p.scale = scale;
+    p.grad_mode = desc->grad_mode;
+    p.math_mode = desc->math_mode;
+    p.algo = choose(ctx, desc, &p, backward);
+    uint64_t need;
+    st = needed_bytes(ctx, fn, &p, backward, &need);
+    if (st != MLSTM_OK)
+        return st;
+    if (need > (uint64_t)SIZE_MAX)
+        return mlstm_fail(ctx, MLSTM_ERR_SIZE_OVERFLOW, "%s: %llu bytes do not fit size_t", fn,
+                          (unsigned long long)need);
+    *bytes = (size_t)need;
+    ctx->last_error[0] = '\0';
+    return MLSTM_OK;
+}
+
+int mlstm_context_set_workspace(mlstm_context *ctx, mlstm_buffer *w)
+{
+    static const char fn[] = "mlstm_context_set_workspace";
+    if (mlstm_check_context(ctx) != MLSTM_OK)
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    if (w != NULL) {
+        if (w->magic != MLSTM_BUFFER_MAGIC)
+            return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: workspace is not a live mlstm_buffer", fn);
+        if (w->ctx != ctx)
+            return mlstm_fail(ctx, MLSTM_ERR_CONTEXT_MISMATCH, "%s: the workspace belongs to another context", fn);
+        const uint64_t lo = (uint64_t)w->offset * mlstm_dtype_size(w->dtype);
+        if (lo % WORKSPACE_ALIGN != 0)
+            return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT,
+                              "%s: the workspace starts at byte %llu of its allocation; it must be %d-byte aligned", fn,
+                              (unsigned long long)lo, WORKSPACE_ALIGN);
+    }
+    ctx->workspace = w;
+    ctx->last_error[0] = '\0';
+    return MLSTM_OK;
+}

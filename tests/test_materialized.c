@@ -1,0 +1,280 @@
+/* The materialised algorithm against the fused one on the backend MLSTM_BACKEND selects: the same inputs through
+ * both (relative L2 difference of every output within the precision contract's bound), and the workspace API
+ * (mlstm_workspace_size, mlstm_context_set_workspace: size, alignment, ownership, a too-small workspace, bitwise
+ * equal results with the caller's and the context's own workspace), desc.algo and MLSTM_ALGO validation.
+ * No device: exit 77. A backend without the materialised algorithm (OpenCL built without CLBlast) skips. */
+#define _POSIX_C_SOURCE 200809L /* setenv, unsetenv */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cmocka.h>
+
+#include "mlstm.h"
+#include "mlstm_case.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+static mlstm_context *g_fused, *g_mat; /* contexts created under MLSTM_ALGO=fused and =materialized */
+static mc_inputs g_in;
+static mc_outputs g_a, g_b;
+static mlstm_buffer *g_bufs[4];
+
+static int teardown(void **state)
+{
+    (void)state;
+    mc_inputs_free(&g_in);
+    mc_outputs_free(&g_a);
+    mc_outputs_free(&g_b);
+    for (int i = 3; i >= 0; i--) { /* views (index 2) before their parent (1) */
+        mlstm_buffer_destroy(g_bufs[i]);
+        g_bufs[i] = NULL;
+    }
+    if (g_mat)
+        mlstm_context_set_workspace(g_mat, NULL);
+    return 0;
+}
+
+/* Runs c on ctx; skips (with the reason) where the materialised algorithm is unsupported. */
+static void run_or_skip(mlstm_context *ctx, const mc_case *c, mc_outputs *out)
+{
+    char api_msg[2048], canary_msg[512];
+    const int st = mc_run_device(ctx, c, &g_in, out, api_msg, sizeof api_msg, canary_msg, sizeof canary_msg, NULL);
+    if (st == MLSTM_ERR_UNSUPPORTED) {
+        printf("[ SKIP ] %s: MLSTM_ERR_UNSUPPORTED: %s\n", c->name, api_msg);
+        skip();
+    }
+    if (st != MLSTM_OK)
+        fail_msg("%s: %s: %s", c->name, mlstm_status_string(st), api_msg);
+    if (canary_msg[0])
+        fail_msg("%s: %s", c->name, canary_msg);
+}
+
+static mc_case make_case(int bwd, int dtype, int grad_mode, int64_t B, int64_t NH, int64_t S, int64_t DQK,
+                         int64_t DV, int gates, int layout, uint64_t seed)
+{
+    mc_case c;
+    memset(&c, 0, sizeof c);
+    c.bwd = bwd; c.dtype = dtype; c.grad_mode = grad_mode;
+    c.B = B; c.NH = NH; c.S = S; c.DQK = DQK; c.DV = DV;
+    c.gates = gates; c.layout = layout; c.eps = 1e-6f; c.seed = seed;
+    mc_case_finish(&c);
+    return c;
+}
+
+/* Fused and materialised on the same inputs: every output's relative L2 difference within the contract's
+ * bound for the dtype (each is within it of the float64 reference; conformance checks that). */
+static void test_fused_vs_materialized(void **state)
+{
+    (void)state;
+    const mc_case cases[] = {
+        make_case(0, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 2, 3, 129, 48, 96, MC_GATES_STD, MC_LAYOUT_BNSD, 1),
+        make_case(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 2, 2, 97, 64, 64, MC_GATES_STD, MC_LAYOUT_BSND, 2),
+        make_case(1, MLSTM_DTYPE_F32, MLSTM_GRAD_NORMALIZER_DETACHED, 1, 2, 200, 32, 16, MC_GATES_NORMAL,
+                  MC_LAYOUT_PADDED, 3),
+        make_case(1, MLSTM_DTYPE_BF16, MLSTM_GRAD_EXACT, 1, 2, 130, 48, 96, MC_GATES_STD, MC_LAYOUT_BNSD, 4),
+        make_case(1, MLSTM_DTYPE_F16, MLSTM_GRAD_NORMALIZER_DETACHED, 2, 1, 65, 64, 64, MC_GATES_NORMAL,
+                  MC_LAYOUT_BNSD, 5),
+        make_case(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 300, 16, 16, MC_GATES_CLOSED, MC_LAYOUT_BNSD, 6),
+        make_case(0, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 150, 3, 5, MC_GATES_EXT_N, MC_LAYOUT_BNSD, 7),
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const mc_case *c = &cases[k];
+        mc_inputs_make(c, &g_in);
+        run_or_skip(g_fused, c, &g_a);
+        run_or_skip(g_mat, c, &g_b);
+        const double allowance = tol_gate_allowance(mc_extreme_gate_magnitude(c, &g_in));
+        printf("[ CASE ] %s: materialised vs fused:", c->name);
+        for (int o = 0; o < MC_OUT_COUNT; o++) {
+            const size_t n = mc_output_count(c, o);
+            if (!n)
+                continue;
+            size_t first = 0;
+            if (tu_count_nonfinite(g_b.t[o], n, &first))
+                fail_msg("%s: materialised %s[%zu] = %g is not finite", c->name, mc_output_name(o), first,
+                         g_b.t[o][first]);
+            const double d = tu_rel_l2(g_b.t[o], g_a.t[o], n), tol = tol_max_rel_l2(c->dtype, o) + allowance;
+            printf(" %s=%.2e", mc_output_name(o), d);
+            if (!(d <= tol))
+                fail_msg("%s: %s differs from the fused result by %.3e relative L2 (bound %.0e)", c->name,
+                         mc_output_name(o), d, tol);
+        }
+        printf("\n");
+        mc_inputs_free(&g_in);
+        mc_outputs_free(&g_a);
+        mc_outputs_free(&g_b);
+    }
+}
+
+/* A small problem in host arrays for the workspace tests. */
+enum { WB = 1, WNH = 2, WS = 37, WDQK = 16, WDV = 24 };
+static float hq[WB * WNH * WS * WDQK], hk[WB * WNH * WS * WDQK], hv[WB * WNH * WS * WDV];
+static float hi[WB * WNH * WS], hf[WB * WNH * WS];
+
+static void fill_inputs(void)
+{
+    tu_rng r;
+    tu_rng_seed(&r, 99);
+    for (size_t x = 0; x < sizeof hq / sizeof hq[0]; x++) {
+        hq[x] = (float)tu_rng_normal(&r);
+        hk[x] = (float)tu_rng_normal(&r);
+    }
+    for (size_t x = 0; x < sizeof hv / sizeof hv[0]; x++) hv[x] = (float)tu_rng_normal(&r);
+    for (size_t x = 0; x < sizeof hi / sizeof hi[0]; x++) {
+        hi[x] = (float)tu_rng_normal(&r);
+        hf[x] = (float)(3.0 + tu_rng_normal(&r));
+    }
+}
+
+static int fwd(mlstm_context *ctx, const mlstm_desc *d, float *h, float *m, float *n)
+{
+    return mlstm_parallel_fwd_host(ctx, d, hq, hk, hv, hi, hf, h, m, n);
+}
+
+static void test_workspace_api(void **state)
+{
+    (void)state;
+    fill_inputs();
+    mlstm_desc d;
+    mlstm_desc_init(&d);
+    assert_int_equal(d.algo, MLSTM_ALGO_AUTO);
+    d.batch = WB; d.heads = WNH; d.seq_len = WS; d.dqk = WDQK; d.dv = WDV;
+    size_t bytes = 1;
+    d.algo = MLSTM_ALGO_FUSED;
+    assert_int_equal(mlstm_workspace_size(g_mat, &d, 1, &bytes), MLSTM_OK);
+    assert_int_equal(bytes, 0);
+    d.algo = 7;
+    assert_int_equal(mlstm_workspace_size(g_mat, &d, 0, &bytes), MLSTM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(fwd(g_mat, &d, (float[WB * WNH * WS * WDV]){0}, (float[WB * WNH * WS]){0},
+                         (float[WB * WNH * WS]){0}), MLSTM_ERR_INVALID_ARGUMENT);
+    d.algo = MLSTM_ALGO_MATERIALIZED;
+    size_t fwd_bytes = 0, bwd_bytes = 0;
+    int st = mlstm_workspace_size(g_fused, &d, 0, &fwd_bytes);
+    if (st == MLSTM_ERR_UNSUPPORTED) {
+        printf("[ SKIP ] workspace: MLSTM_ERR_UNSUPPORTED: %s\n", mlstm_context_last_error(g_fused));
+        skip();
+    }
+    assert_int_equal(st, MLSTM_OK);
+    assert_int_equal(mlstm_workspace_size(g_fused, &d, 1, &bwd_bytes), MLSTM_OK);
+    /* at least the S x S intermediates: one forward, two backward */
+    assert_true(fwd_bytes >= (size_t)WB * WNH * WS * WS * 4);
+    assert_true(bwd_bytes >= 2 * (size_t)WB * WNH * WS * WS * 4);
+    assert_int_equal(mlstm_workspace_size(g_fused, &d, 0, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+    /* auto under MLSTM_ALGO=materialized resolves to the materialised algorithm */
+    d.algo = MLSTM_ALGO_AUTO;
+    assert_int_equal(mlstm_workspace_size(g_mat, &d, 0, &bytes), MLSTM_OK);
+    assert_int_equal(bytes, fwd_bytes);
+    d.algo = MLSTM_ALGO_MATERIALIZED;
+
+    /* reference results with the context's own workspace */
+    static float h0[WB * WNH * WS * WDV], m0[WB * WNH * WS], n0[WB * WNH * WS];
+    static float h1[WB * WNH * WS * WDV], m1[WB * WNH * WS], n1[WB * WNH * WS];
+    assert_int_equal(fwd(g_fused, &d, h0, m0, n0), MLSTM_OK);
+
+    /* too small: BUFFER_TOO_SMALL, outputs untouched */
+    assert_int_equal(mlstm_buffer_create(g_fused, MLSTM_DTYPE_F32, fwd_bytes / 4 - 1, &g_bufs[0]), MLSTM_OK);
+    assert_int_equal(mlstm_context_set_workspace(g_fused, g_bufs[0]), MLSTM_OK);
+    memset(h1, 0x7f, sizeof h1);
+    assert_int_equal(fwd(g_fused, &d, h1, m1, n1), MLSTM_ERR_BUFFER_TOO_SMALL);
+    assert_non_null(strstr(mlstm_context_last_error(g_fused), "workspace"));
+    for (size_t x = 0; x < sizeof h1 / sizeof h1[0]; x++)
+        assert_int_equal(tu_f32_bits(h1[x]), 0x7f7f7f7fu);
+
+    /* a misaligned view is refused; an aligned one (f16 elements, 128 of them = 256 bytes in) serves */
+    assert_int_equal(mlstm_buffer_create(g_fused, MLSTM_DTYPE_F16, fwd_bytes / 2 + 1024, &g_bufs[1]), MLSTM_OK);
+    assert_int_equal(mlstm_buffer_create_view(g_bufs[1], 2, fwd_bytes / 2, &g_bufs[2]), MLSTM_OK);
+    assert_int_equal(mlstm_context_set_workspace(g_fused, g_bufs[2]), MLSTM_ERR_INVALID_ARGUMENT);
+    mlstm_buffer_destroy(g_bufs[2]);
+    assert_int_equal(mlstm_buffer_create_view(g_bufs[1], 128, fwd_bytes / 2, &g_bufs[2]), MLSTM_OK);
+    assert_int_equal(mlstm_context_set_workspace(g_fused, g_bufs[2]), MLSTM_OK);
+    assert_int_equal(fwd(g_fused, &d, h1, m1, n1), MLSTM_OK);
+    assert_memory_equal(h0, h1, sizeof h0);
+    assert_memory_equal(m0, m1, sizeof m0);
+    assert_memory_equal(n0, n1, sizeof n0);
+
+    /* a buffer of another context is refused; destroying the workspace unsets it */
+    assert_int_equal(mlstm_buffer_create(g_mat, MLSTM_DTYPE_F32, fwd_bytes / 4, &g_bufs[3]), MLSTM_OK);
+    assert_int_equal(mlstm_context_set_workspace(g_fused, g_bufs[3]), MLSTM_ERR_CONTEXT_MISMATCH);
+    mlstm_buffer_destroy(g_bufs[2]);
+    g_bufs[2] = NULL;
+    memset(h1, 0, sizeof h1);
+    assert_int_equal(fwd(g_fused, &d, h1, m1, n1), MLSTM_OK);
+    assert_memory_equal(h0, h1, sizeof h0);
+    assert_int_equal(mlstm_context_set_workspace(NULL, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+    printf("[ CASE ] workspace: fwd %zu bytes, bwd %zu bytes; caller's and own workspace give the same bits\n",
+           fwd_bytes, bwd_bytes);
+}
+
+static void test_env_algo(void **state)
+{
+    (void)state;
+    mlstm_context *ctx = NULL;
+    setenv("MLSTM_ALGO", "bogus", 1);
+    const int st = mlstm_context_create(NULL, &ctx);
+    unsetenv("MLSTM_ALGO");
+    assert_int_equal(st, MLSTM_ERR_INVALID_ARGUMENT);
+    assert_null(ctx);
+    assert_non_null(strstr(mlstm_last_error_global(), "MLSTM_ALGO"));
+}
+
+/* A context created with MLSTM_ALGO set to algo (the previous value restored). */
+static int create_with_algo(const char *algo, mlstm_context **ctx)
+{
+    const char *old = getenv("MLSTM_ALGO");
+    char *saved = old ? tu_strdupf("%s", old) : NULL;
+    setenv("MLSTM_ALGO", algo, 1);
+    const int st = mlstm_context_create(NULL, ctx);
+    if (saved) {
+        setenv("MLSTM_ALGO", saved, 1);
+        free(saved);
+    } else {
+        unsetenv("MLSTM_ALGO");
+    }
+    return st;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    int st = create_with_algo("fused", &g_fused);
+    if (st == MLSTM_OK)
+        st = create_with_algo("materialized", &g_mat);
+    if (st == MLSTM_ERR_NO_DEVICE || st == MLSTM_ERR_BACKEND_UNAVAILABLE) {
+        printf("[ SKIP ] materialized: no device: %s: %s\n", mlstm_status_string(st), mlstm_last_error_global());
+        exit(77);
+    }
+    if (st != MLSTM_OK) {
+        printf("materialized: mlstm_context_create failed: %s: %s\n", mlstm_status_string(st),
+               mlstm_last_error_global());
+        return -1;
+    }
+    printf("materialized: backend '%s', device '%s'\n", mlstm_context_backend_name(g_mat),
+           mlstm_context_device_name(g_mat));
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    mlstm_context_destroy(g_fused);
+    mlstm_context_destroy(g_mat);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_fused_vs_materialized, teardown),
+        cmocka_unit_test_teardown(test_workspace_api, teardown),
+        cmocka_unit_test(test_env_algo),
+    };
+    const char *filter = getenv("MLSTM_TEST_FILTER");
+    if (filter && filter[0])
+        cmocka_set_test_filter(filter);
+    return cmocka_run_group_tests_name("materialized", tests, group_setup, group_teardown);
+}
