@@ -68,7 +68,8 @@ class Layout(C.Structure):
 class Desc(C.Structure):
     _fields_ = [("struct_size", C.c_uint32), ("batch", C.c_int64), ("heads", C.c_int64), ("seq_len", C.c_int64),
                 ("dqk", C.c_int64), ("dv", C.c_int64), ("dtype", C.c_int), ("eps", C.c_float),
-                ("scale", C.c_float), ("grad_mode", C.c_int), ("math_mode", C.c_int), ("layout", Layout * 14)]
+                ("scale", C.c_float), ("grad_mode", C.c_int), ("math_mode", C.c_int), ("layout", Layout * 14),
+                ("algo", C.c_int)]
 
 
 class Options(C.Structure):
