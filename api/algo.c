@@ -41,15 +41,17 @@ static int choose(const mlstm_context *ctx, const mlstm_desc *desc, const mlstm_
     return auto_choice(ctx, p, backward);
 }
 
-/* The workspace bytes of the resolved algorithm of p (0 for fused). */
+/* The workspace bytes of the resolved algorithm of p (the fused kernels need one only where a backend stages
+ * tensors, e.g. CUDA's head dims other than 64/128/256). */
 static int needed_bytes(mlstm_context *ctx, const char *fn, const mlstm_params *p, int backward, uint64_t *bytes)
 {
     *bytes = 0;
-    if (p->algo != MLSTM_ALGO_MATERIALIZED)
-        return MLSTM_OK;
-    if (ctx->ops->workspace_size == NULL)
+    if (ctx->ops->workspace_size == NULL) {
+        if (p->algo != MLSTM_ALGO_MATERIALIZED)
+            return MLSTM_OK;
         return mlstm_fail(ctx, MLSTM_ERR_UNSUPPORTED, "%s: the %s backend has no materialised algorithm", fn,
                           ctx->ops->name);
+    }
     const int st = ctx->ops->workspace_size(ctx->impl, p, backward, bytes);
     return st == MLSTM_OK ? MLSTM_OK : mlstm_fail_backend(ctx, st, fn);
 }
@@ -79,7 +81,7 @@ int mlstm_resolve_algo(mlstm_context *ctx, const char *fn, const mlstm_desc *des
     p->ws_offset = p->ws_bytes = 0;
     uint64_t need;
     int st = needed_bytes(ctx, fn, p, backward, &need);
-    if (st != MLSTM_OK || p->algo != MLSTM_ALGO_MATERIALIZED || ctx->workspace == NULL)
+    if (st != MLSTM_OK || need == 0 || ctx->workspace == NULL)
         return st;
     const mlstm_buffer *w = ctx->workspace;
     const size_t es = mlstm_dtype_size(w->dtype);

@@ -79,7 +79,8 @@ typedef enum mlstm_math_mode {
 typedef enum mlstm_algo {
     MLSTM_ALGO_AUTO         = 0, /* the environment's MLSTM_ALGO, else the faster one for the shape (a measured
                                     table; the fused kernels wherever nothing was measured) */
-    MLSTM_ALGO_FUSED        = 1, /* the tiled fused kernels: no workspace */
+    MLSTM_ALGO_FUSED        = 1, /* the tiled fused kernels: no workspace, but on CUDA for head dims that are
+                                    staged (DQK != DV, dims other than 64/128/256, unaligned rows; README) */
     MLSTM_ALGO_MATERIALIZED = 2  /* the S x S matrices through the backend's BLAS (cuBLAS, CLBlast) and row
                                     kernels: needs a workspace (mlstm_workspace_size) */
 } mlstm_algo;
@@ -212,10 +213,11 @@ MLSTM_API int mlstm_parallel_bwd_host(mlstm_context *ctx, const mlstm_desc *desc
 
 /* ---- Workspace of the materialised algorithm ----
  * Bytes of device scratch memory a call of desc needs (backward != 0: mlstm_parallel_bwd), with desc->algo
- * resolved as the call would resolve it; 0 for the fused algorithm. Roughly B*NH*S*S*4 bytes per S x S
- * intermediate (one forward, two backward) plus small per-row arrays. */
+ * resolved as the call would resolve it. Materialised: roughly B*NH*S*S*4 bytes per S x S intermediate (one
+ * forward, two backward) plus small per-row arrays. Fused: 0, except on CUDA where a head dim is staged for the
+ * tensor-core kernels (README "Head dimensions": padded copies of the narrower tensors, per-slice gradients). */
 MLSTM_API int mlstm_workspace_size(mlstm_context *ctx, const mlstm_desc *desc, int backward, size_t *bytes);
-/* Hands the context a workspace for the materialised algorithm: a buffer of this context (any dtype; its
+/* Hands the context a workspace for the calls that need one (mlstm_workspace_size): a buffer of this context (any dtype; its
  * bytes count, its first byte 256-byte aligned, as every mlstm_buffer_create buffer is). Calls use it instead of
  * the workspace the context otherwise allocates at first use and keeps (never inside a CUDA graph capture:
  * there, a call without a large enough workspace fails with MLSTM_ERR_OUT_OF_MEMORY). A call whose workspace is

@@ -237,7 +237,7 @@ static int ensure_workspace(mlstm_cuda_impl *c, size_t bytes)
                 "context has %zu bytes; it cannot be allocated during CUDA graph capture: run the call once before "
                 "capturing",
                 bytes, c->ws_bytes);
-        return MLSTM_ERR_UNSUPPORTED;
+        return MLSTM_ERR_OUT_OF_MEMORY; /* as the materialised algorithm's workspace (mlstm.h) */
     }
     CU_TRY(c, cudaStreamSynchronize(c->stream)); /* the old workspace may still be in use */
     if (c->ws)
@@ -262,12 +262,22 @@ static int cuda_run(void *impl, const mlstm_params *p, int backward)
     CU_TRY(c, cudaSetDevice(c->device));
     if (p->algo == MLSTM_ALGO_MATERIALIZED)
         return mlstm_cuda_mat_run(&c->mat, p, backward, (void *)c->stream, c->err, sizeof c->err);
-    int st = ensure_workspace(c, mlstm_cuda_kernels_workspace_size(c->dispatch, p, backward));
-    if (st != MLSTM_OK)
-        return st;
+    /* the head-dim staging: in the caller's workspace (mlstm_context_set_workspace) where set, else the context's */
+    void *ws = c->ws;
+    size_t ws_bytes = c->ws_bytes;
+    if (p->ws_mem != NULL) {
+        ws = (char *)p->ws_mem + p->ws_offset;
+        ws_bytes = (size_t)p->ws_bytes;
+    } else {
+        int st = ensure_workspace(c, mlstm_cuda_kernels_workspace_size(c->dispatch, p, backward));
+        if (st != MLSTM_OK)
+            return st;
+        ws = c->ws;
+        ws_bytes = c->ws_bytes;
+    }
     mlstm_cuda_fail f = {0, "", "", 0};
-    int e = backward ? mlstm_cuda_kernels_bwd(c->dispatch, p, (void *)c->stream, c->ws, c->ws_bytes, &c->trace, &f)
-                     : mlstm_cuda_kernels_fwd(c->dispatch, p, (void *)c->stream, c->ws, c->ws_bytes, &c->trace, &f);
+    int e = backward ? mlstm_cuda_kernels_bwd(c->dispatch, p, (void *)c->stream, ws, ws_bytes, &c->trace, &f)
+                     : mlstm_cuda_kernels_fwd(c->dispatch, p, (void *)c->stream, ws, ws_bytes, &c->trace, &f);
     if (e != 0)
         return fail_at(c, (cudaError_t)f.code, f.what, f.file, f.line, 1);
     return MLSTM_OK;
@@ -317,6 +327,10 @@ int mlstm_cuda_check_pointer(void *impl, const void *ptr)
 static int cuda_workspace_size(void *impl, const mlstm_params *p, int backward, uint64_t *bytes)
 {
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
+    if (p->algo != MLSTM_ALGO_MATERIALIZED) {
+        *bytes = mlstm_cuda_kernels_workspace_size(c->dispatch, p, backward); /* head-dim staging, usually 0 */
+        return MLSTM_OK;
+    }
     return mlstm_cuda_mat_workspace_size(p, backward, bytes, c->err, sizeof c->err);
 }
 

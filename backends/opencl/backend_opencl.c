@@ -518,6 +518,9 @@ static int cl_bwd(void *impl, const mlstm_params *p)
 
 static int cl_workspace_size(void *impl, const mlstm_params *p, int backward, uint64_t *bytes)
 {
+    *bytes = 0;
+    if (p->algo != MLSTM_ALGO_MATERIALIZED)
+        return MLSTM_OK; /* the fused kernels stage nothing */
     return mlstm_cl_mat_workspace_size(impl, p, backward, bytes);
 }
 
