@@ -23,6 +23,10 @@ typedef struct mlstm_params {
     int grad_mode;      /* mlstm_grad_mode */
     int math_mode;      /* mlstm_math_mode */
     mlstm_tensor_arg t[MLSTM_TENSOR_COUNT]; /* indexed by mlstm_tensor; bwd-only tensors are zero in fwd */
+    const void *plan;   /* the backend's plan state from plan_create, or NULL: an unplanned call */
+    void *workspace;    /* backend memory handle of the caller's workspace, or NULL (none given) */
+    uint64_t workspace_offset; /* bytes from the start of workspace */
+    uint64_t workspace_bytes;  /* usable bytes from there; >= what plan_create asked for */
 } mlstm_params;
 
 #endif /* MLSTM_PARAMS_H */

@@ -172,7 +172,9 @@ static int nested(const mlstm_desc *d, int64_t dim, const int64_t st[3])
 static void model_desc(const mlstm_desc *d, int outputs_of_bwd, model_t *m)
 {
     memset(m, 0, sizeof *m);
-    if (d == NULL || d->struct_size != sizeof *d) {
+    /* the ABI rule of mlstm.h: any struct_size from the first published size up to the library's (the harness
+     * never passes a larger one: the library would read the bytes beyond this struct) */
+    if (d == NULL || d->struct_size < MLSTM_DESC_SIZE_V1 || d->struct_size > sizeof *d) {
         m->desc_viol = BIT(MLSTM_ERR_INVALID_ARGUMENT);
         return;
     }
@@ -308,7 +310,9 @@ static const mlstm_desc *gen_desc(rd_t *r, mlstm_desc *d)
     if (flags == 0xff)
         return NULL;
     if (flags == 0xfe)
-        d->struct_size = (uint32_t)(sizeof *d - 8);
+        d->struct_size = (uint32_t)(MLSTM_DESC_SIZE_V1 - 8); /* below the first published size */
+    if (flags == 0xfd)
+        d->struct_size = (uint32_t)MLSTM_DESC_SIZE_V1;       /* a 0.1 caller: valid, the tail defaults */
     d->batch = gen_dim(r, 0);
     d->heads = gen_dim(r, 0);
     d->seq_len = gen_dim(r, 2);
@@ -1183,9 +1187,11 @@ static void fuzz_misc(rd_t *r)
     int st;
     switch (u8(r) % 5) {
     case 0:
+        /* never a size the library would accept or read beyond this struct for (the ABI rule of mlstm.h:
+         * MLSTM_OPTIONS_SIZE_V1 up to sizeof, and zero bytes beyond up to 256 more); too large ones are not read */
         o.struct_size = u32(r);
-        if (o.struct_size == sizeof o)
-            o.struct_size++;
+        if (o.struct_size >= MLSTM_OPTIONS_SIZE_V1 && o.struct_size <= sizeof o + 256)
+            o.struct_size %= (uint32_t)MLSTM_OPTIONS_SIZE_V1;
         st = mlstm_context_create(&o, &c);
         REQUIRE(st == MLSTM_ERR_INVALID_ARGUMENT && c == NULL, "create with struct_size %u: %d", o.struct_size, st);
         break;
