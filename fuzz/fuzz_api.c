@@ -840,6 +840,17 @@ static void fuzz_device(rd_t *r, int bwd)
             if (!used(t, bwd))
                 continue;
             const bref *b = &refs[t];
+            /* layouts are checked before buffers (the plan's half of validation), so a layout's violation is
+             * possible whatever the buffer */
+            allowed |= m.geo_viol[t];
+            if (m.geo_ok[t] && is_out(t, bwd)) {
+                if (m.inj[t] == 0)
+                    allowed |= BIT(MLSTM_ERR_BAD_LAYOUT);
+                else if (m.inj[t] < 0) /* > ENUM_CAP elements: not injective, or larger than any buffer here */
+                    allowed |= BIT(MLSTM_ERR_BAD_LAYOUT) | BIT(MLSTM_ERR_BUFFER_TOO_SMALL);
+                else if (!m.nested[t])
+                    conservative = 1;
+            }
             if (b->b == NULL) {
                 allowed |= BIT(MLSTM_ERR_INVALID_ARGUMENT);
                 continue;
@@ -848,19 +859,8 @@ static void fuzz_device(rd_t *r, int bwd)
                 allowed |= BIT(MLSTM_ERR_CONTEXT_MISMATCH);
             if (b->dtype != tdtype(d, t))
                 allowed |= BIT(MLSTM_ERR_DTYPE_MISMATCH);
-            allowed |= m.geo_viol[t];
-            if (!m.geo_ok[t])
-                continue;
-            if (m.ext[t] > b->count)
+            if (m.geo_ok[t] && m.ext[t] > b->count)
                 allowed |= BIT(MLSTM_ERR_BUFFER_TOO_SMALL);
-            if (is_out(t, bwd)) {
-                if (m.inj[t] == 0)
-                    allowed |= BIT(MLSTM_ERR_BAD_LAYOUT);
-                else if (m.inj[t] < 0) /* > ENUM_CAP elements: not injective, or larger than any buffer here */
-                    allowed |= BIT(MLSTM_ERR_BAD_LAYOUT) | BIT(MLSTM_ERR_BUFFER_TOO_SMALL);
-                else if (!m.nested[t])
-                    conservative = 1;
-            }
         }
         /* outputs must not share memory with any other tensor of the call (whole extents compared) */
         for (int o = 0; o < NT; o++) {
