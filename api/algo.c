@@ -43,7 +43,7 @@ static int choose(const mlstm_context *ctx, const mlstm_desc *desc, const mlstm_
 
 /* The workspace bytes of the resolved algorithm of p (the fused kernels need one only where a backend stages
  * tensors, e.g. CUDA's head dims other than 64/128/256). */
-static int needed_bytes(mlstm_context *ctx, const char *fn, const mlstm_params *p, int backward, uint64_t *bytes)
+int mlstm_call_workspace_bytes(mlstm_context *ctx, const char *fn, const mlstm_params *p, int backward, uint64_t *bytes)
 {
     *bytes = 0;
     if (ctx->ops->workspace_size == NULL) {
@@ -80,7 +80,7 @@ int mlstm_resolve_algo(mlstm_context *ctx, const char *fn, const mlstm_desc *des
     p->ws_mem = NULL;
     p->ws_offset = p->ws_bytes = 0;
     uint64_t need;
-    int st = needed_bytes(ctx, fn, p, backward, &need);
+    int st = mlstm_call_workspace_bytes(ctx, fn, p, backward, &need);
     if (st != MLSTM_OK || need == 0 || ctx->workspace == NULL)
         return st;
     const mlstm_buffer *w = ctx->workspace;
@@ -113,26 +113,15 @@ int mlstm_workspace_size(mlstm_context *ctx, const mlstm_desc *desc, int backwar
     if (bytes == NULL)
         return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: bytes is NULL", fn);
     *bytes = 0;
-    char msg[1024];
-    float scale = 0.0f;
-    int st = mlstm_validate_desc(desc, &scale, msg, sizeof msg);
-    if (st != MLSTM_OK)
-        return mlstm_fail(ctx, st, "%s: %s", fn, msg);
+    mlstm_desc d;
     mlstm_params p;
-    memset(&p, 0, sizeof p);
-    p.batch = desc->batch;
-    p.heads = desc->heads;
-    p.seq_len = desc->seq_len;
-    p.dqk = desc->dqk;
-    p.dv = desc->dv;
-    p.dtype = desc->dtype;
-    p.eps = desc->eps;
-    p.scale = scale;
-    p.grad_mode = desc->grad_mode;
-    p.math_mode = desc->math_mode;
-    p.algo = choose(ctx, desc, &p, backward);
+    uint64_t extent[MLSTM_TENSOR_COUNT];
+    int st = mlstm_plan_geometry(ctx, fn, desc, backward ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD, &d, &p, extent);
+    if (st != MLSTM_OK)
+        return st;
+    p.algo = choose(ctx, &d, &p, backward);
     uint64_t need;
-    st = needed_bytes(ctx, fn, &p, backward, &need);
+    st = mlstm_call_workspace_bytes(ctx, fn, &p, backward, &need);
     if (st != MLSTM_OK)
         return st;
     if (need > (uint64_t)SIZE_MAX)

@@ -12,6 +12,9 @@
 #define MLSTM_ERRMSG_MAX 16384
 #define MLSTM_CONTEXT_MAGIC 0x6d4c6374u /* "mLct" */
 #define MLSTM_BUFFER_MAGIC  0x6d4c6266u /* "mLbf" */
+#define MLSTM_PLAN_MAGIC    0x6d4c706cu /* "mLpl" */
+/* A struct_size this far beyond the library's sizeof is taken for garbage (never read), not for a newer header. */
+#define MLSTM_STRUCT_GROWTH_MAX 256
 
 /* One device allocation, shared by a buffer and its views; freed when the last reference goes. */
 typedef struct mlstm_allocation {
@@ -30,6 +33,20 @@ struct mlstm_buffer {
     mlstm_buffer *prev, *next; /* the context's list of live buffers */
 };
 
+/* A validated problem (mlstm_plan_create): the normalised desc, the resolved params without memory handles, the
+ * extents of its tensors, and the backend's plan state. */
+struct mlstm_plan {
+    uint32_t magic;
+    mlstm_context *ctx;
+    unsigned directions;      /* MLSTM_PLAN_FWD | MLSTM_PLAN_BWD */
+    mlstm_desc desc;
+    mlstm_params base;
+    uint64_t extent[MLSTM_TENSOR_COUNT];
+    void *backend_plan;
+    size_t workspace_bytes;
+    mlstm_plan *prev, *next;  /* the context's list of live plans */
+};
+
 struct mlstm_context {
     uint32_t magic;
     const mlstm_backend_ops *ops;
@@ -37,6 +54,7 @@ struct mlstm_context {
     mlstm_buffer *buffers;
     int env_algo;          /* MLSTM_ALGO at creation: an mlstm_algo (MLSTM_ALGO_AUTO when unset) */
     mlstm_buffer *workspace; /* mlstm_context_set_workspace, or NULL */
+    mlstm_plan *plans;
     char last_error[MLSTM_ERRMSG_MAX];
 };
 
@@ -74,13 +92,35 @@ int mlstm_resolve_algo(mlstm_context *ctx, const char *fn, const mlstm_desc *des
 int mlstm_registry_count(void);
 const mlstm_backend_ops *mlstm_registry_at(int index);
 
+/* registry.c: a context around a backend state made by ops->init or a backend's interop constructor. */
+int mlstm_context_adopt(const mlstm_backend_ops *ops, void *impl, mlstm_context **out);
+
 /* validate.c */
 int mlstm_check_context(const mlstm_context *ctx);
-/* Validates desc (scalars and sizes); resolved scale in *scale. msg gets the detail. */
-int mlstm_validate_desc(const mlstm_desc *desc, float *scale, char *msg, size_t msg_len);
+/* Reads a caller's growing struct (struct_size first) into out, which holds the defaults: accepts struct_size from
+ * first_size up to lib_size, and beyond when the extra bytes are zero (the ABI rules in mlstm.h). */
+int mlstm_load_struct(const void *in, const char *name, size_t first_size, size_t lib_size, void *out, char *msg,
+                      size_t msg_len);
+/* Validates the caller's desc (struct size, scalars, sizes) into the normalised full-size copy *out; resolved
+ * scale in *scale (may be NULL). msg gets the detail. */
+int mlstm_validate_desc(const mlstm_desc *desc, mlstm_desc *out, float *scale, char *msg, size_t msg_len);
 /* Resolved element strides and extent (elements the tensor addresses) of one tensor. */
 int mlstm_tensor_geometry(const mlstm_desc *desc, int tensor, mlstm_tensor_arg *arg, uint64_t *extent,
                           char *msg, size_t msg_len);
+/* The once-per-problem half of validation: desc and the layouts of the tensors of the directions; fills the
+ * normalised desc, params (memory handles NULL) and the extents. Failures are recorded on ctx. */
+int mlstm_plan_geometry(mlstm_context *ctx, const char *fn, const mlstm_desc *in, unsigned directions,
+                        mlstm_desc *desc, mlstm_params *p, uint64_t extent[MLSTM_TENSOR_COUNT]);
+/* The per-call half: buffers (live, context, dtype, size against extent) and output overlaps; sets the memory
+ * handles of p. */
+int mlstm_bind_buffers(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
+                       const uint64_t extent[MLSTM_TENSOR_COUNT], mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT],
+                       mlstm_params *p);
+/* Checks a workspace (NULL allowed when need is 0) and sets the workspace fields of p. */
+int mlstm_bind_workspace(mlstm_context *ctx, const char *fn, mlstm_buffer *ws, size_t need, int backward,
+                         mlstm_params *p);
+/* algo.c: the workspace bytes p (its algorithm resolved) needs on this backend */
+int mlstm_call_workspace_bytes(mlstm_context *ctx, const char *fn, const mlstm_params *p, int backward, uint64_t *bytes);
 /* Full validation of a call: desc, buffers (context, dtype, size), layouts, aliasing; fills params. */
 int mlstm_prepare_call(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
                        mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT], mlstm_params *params);

@@ -170,42 +170,219 @@ int mlstm_buffer_read(mlstm_buffer *b, size_t offset, size_t count, void *dst)
     return buffer_copy(b, offset, count, dst, 0, "mlstm_buffer_read");
 }
 
-static int run(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
-               mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT])
+/* Reads the caller's pack into bufs (roles this library knows); unknown roles must be empty. */
+static int load_pack(mlstm_context *ctx, const char *fn, const mlstm_tensor_pack *in,
+                     mlstm_buffer *bufs[MLSTM_TENSOR_COUNT])
 {
-    mlstm_params p;
-    int st = mlstm_prepare_call(ctx, fn, desc, backward, bufs, &p);
-    if (st == MLSTM_OK)
-        st = mlstm_resolve_algo(ctx, fn, desc, backward, &p);
+    if (in == NULL)
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: pack is NULL", fn);
+    char msg[512];
+    mlstm_tensor_pack pack;
+    mlstm_tensor_pack_init(&pack);
+    int st = mlstm_load_struct(in, "mlstm_tensor_pack", MLSTM_TENSOR_PACK_SIZE_V1, sizeof pack, &pack, msg,
+                               sizeof msg);
     if (st != MLSTM_OK)
-        return st;
-    if (ctx->ops->supports) {
-        st = ctx->ops->supports(ctx->impl, &p, backward);
-        if (st != MLSTM_OK)
-            return mlstm_fail_backend(ctx, st, fn);
-    }
-    st = backward ? ctx->ops->bwd(ctx->impl, &p) : ctx->ops->fwd(ctx->impl, &p);
+        return mlstm_fail(ctx, st, "%s: %s", fn, msg);
+    for (int r = MLSTM_TENSOR_COUNT; r < MLSTM_MAX_TENSORS; r++)
+        if (pack.tensors[r] != NULL)
+            return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: pack role %d is set, but this libmlstm (%s) "
+                              "knows only roles 0..%d", fn, r, mlstm_version(), MLSTM_TENSOR_COUNT - 1);
+    memcpy(bufs, pack.tensors, sizeof *bufs * MLSTM_TENSOR_COUNT);
+    return MLSTM_OK;
+}
+
+/* Hands validated params to the backend. */
+static int launch(mlstm_context *ctx, const char *fn, const mlstm_params *p, int backward)
+{
+    int st = backward ? ctx->ops->bwd(ctx->impl, p) : ctx->ops->fwd(ctx->impl, p);
     if (st != MLSTM_OK)
         return mlstm_fail_backend(ctx, st, fn);
     ctx->last_error[0] = '\0';
     return MLSTM_OK;
 }
 
-int mlstm_parallel_fwd(mlstm_context *ctx, const mlstm_desc *desc, mlstm_buffer *q, mlstm_buffer *k,
-                       mlstm_buffer *v, mlstm_buffer *i, mlstm_buffer *f, mlstm_buffer *h, mlstm_buffer *m,
-                       mlstm_buffer *n)
+static int check_supported(mlstm_context *ctx, const char *fn, const mlstm_params *p, int backward)
 {
-    mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT] = {q, k, v, i, f, h, m, n};
-    return run(ctx, "mlstm_parallel_fwd", desc, 0, bufs);
+    int st = ctx->ops->supports ? ctx->ops->supports(ctx->impl, p, backward) : MLSTM_OK;
+    return st == MLSTM_OK ? MLSTM_OK : mlstm_fail_backend(ctx, st, fn);
 }
 
-int mlstm_parallel_bwd(mlstm_context *ctx, const mlstm_desc *desc, mlstm_buffer *q, mlstm_buffer *k,
-                       mlstm_buffer *v, mlstm_buffer *i, mlstm_buffer *f, mlstm_buffer *h, mlstm_buffer *m,
-                       mlstm_buffer *n, mlstm_buffer *dh, mlstm_buffer *dq, mlstm_buffer *dk, mlstm_buffer *dv,
-                       mlstm_buffer *di, mlstm_buffer *df)
+static int run(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
+               mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT], mlstm_buffer *workspace)
 {
-    mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT] = {q, k, v, i, f, h, m, n, dh, dq, dk, dv, di, df};
-    return run(ctx, "mlstm_parallel_bwd", desc, 1, bufs);
+    mlstm_params p;
+    int st = mlstm_prepare_call(ctx, fn, desc, backward, bufs, &p);
+    if (st == MLSTM_OK)
+        st = mlstm_resolve_algo(ctx, fn, desc, backward, &p); /* the algorithm; the context's workspace if set */
+    if (st == MLSTM_OK)
+        st = mlstm_bind_workspace(ctx, fn, workspace, 0, backward, &p); /* the call's own, if given */
+    if (st == MLSTM_OK)
+        st = check_supported(ctx, fn, &p, backward);
+    return st != MLSTM_OK ? st : launch(ctx, fn, &p, backward);
+}
+
+static int run_pack(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
+                    const mlstm_tensor_pack *pack, mlstm_buffer *workspace)
+{
+    if (mlstm_check_context(ctx) != MLSTM_OK)
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    mlstm_buffer *bufs[MLSTM_TENSOR_COUNT];
+    int st = load_pack(ctx, fn, pack, bufs);
+    return st != MLSTM_OK ? st : run(ctx, fn, desc, backward, bufs, workspace);
+}
+
+int mlstm_parallel_fwd_pack(mlstm_context *ctx, const mlstm_desc *desc, const mlstm_tensor_pack *pack,
+                            mlstm_buffer *workspace)
+{
+    return run_pack(ctx, "mlstm_parallel_fwd_pack", desc, 0, pack, workspace);
+}
+
+int mlstm_parallel_bwd_pack(mlstm_context *ctx, const mlstm_desc *desc, const mlstm_tensor_pack *pack,
+                            mlstm_buffer *workspace)
+{
+    return run_pack(ctx, "mlstm_parallel_bwd_pack", desc, 1, pack, workspace);
+}
+
+/* The positional entry points: a pack of their arguments (compute calls never modify a buffer handle, only the
+ * memory behind it, so dropping const here is safe). */
+int mlstm_parallel_fwd(mlstm_context *ctx, const mlstm_desc *desc, const mlstm_buffer *q, const mlstm_buffer *k,
+                       const mlstm_buffer *v, const mlstm_buffer *i, const mlstm_buffer *f, mlstm_buffer *h,
+                       mlstm_buffer *m, mlstm_buffer *n)
+{
+    mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT] = {(mlstm_buffer *)q, (mlstm_buffer *)k, (mlstm_buffer *)v,
+                                                    (mlstm_buffer *)i, (mlstm_buffer *)f, h, m, n};
+    return run(ctx, "mlstm_parallel_fwd", desc, 0, bufs, NULL);
+}
+
+int mlstm_parallel_bwd(mlstm_context *ctx, const mlstm_desc *desc, const mlstm_buffer *q, const mlstm_buffer *k,
+                       const mlstm_buffer *v, const mlstm_buffer *i, const mlstm_buffer *f, const mlstm_buffer *h,
+                       const mlstm_buffer *m, const mlstm_buffer *n, const mlstm_buffer *dh, mlstm_buffer *dq,
+                       mlstm_buffer *dk, mlstm_buffer *dv, mlstm_buffer *di, mlstm_buffer *df)
+{
+    mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT] = {
+        (mlstm_buffer *)q, (mlstm_buffer *)k, (mlstm_buffer *)v, (mlstm_buffer *)i, (mlstm_buffer *)f,
+        (mlstm_buffer *)h, (mlstm_buffer *)m, (mlstm_buffer *)n, (mlstm_buffer *)dh, dq, dk, dv, di, df};
+    return run(ctx, "mlstm_parallel_bwd", desc, 1, bufs, NULL);
+}
+
+/* ---- plans ---- */
+
+static int check_plan(const mlstm_plan *plan)
+{
+    return (plan != NULL && plan->magic == MLSTM_PLAN_MAGIC && mlstm_check_context(plan->ctx) == MLSTM_OK)
+               ? MLSTM_OK
+               : MLSTM_ERR_INVALID_ARGUMENT;
+}
+
+int mlstm_plan_create(mlstm_context *ctx, const mlstm_desc *desc, unsigned directions, mlstm_plan **out)
+{
+    static const char fn[] = "mlstm_plan_create";
+    if (out != NULL)
+        *out = NULL;
+    if (mlstm_check_context(ctx) != MLSTM_OK)
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    if (out == NULL)
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: out is NULL", fn);
+    if (directions == 0 || (directions & ~(unsigned)(MLSTM_PLAN_FWD | MLSTM_PLAN_BWD)) != 0)
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT,
+                          "%s: directions = %u: must be MLSTM_PLAN_FWD, MLSTM_PLAN_BWD or both", fn, directions);
+    mlstm_plan *plan = calloc(1, sizeof *plan);
+    if (plan == NULL)
+        return mlstm_fail(ctx, MLSTM_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    int st = mlstm_plan_geometry(ctx, fn, desc, directions, &plan->desc, &plan->base, plan->extent);
+    for (int bwd = 0; bwd < 2 && st == MLSTM_OK; bwd++)
+        if (directions & (bwd ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD))
+            st = check_supported(ctx, fn, &plan->base, bwd);
+    if (st == MLSTM_OK && ctx->ops->plan_create) {
+        st = ctx->ops->plan_create(ctx->impl, &plan->base, directions, &plan->backend_plan, &plan->workspace_bytes);
+        if (st != MLSTM_OK)
+            st = mlstm_fail_backend(ctx, st, fn);
+    }
+    /* the workspace of the resolved algorithm (and of a backend's staging), either direction */
+    for (int bwd = 0; bwd < 2 && st == MLSTM_OK; bwd++) {
+        if (!(directions & (bwd ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD)))
+            continue;
+        mlstm_params q = plan->base;
+        uint64_t need = 0;
+        st = mlstm_resolve_algo(ctx, fn, &plan->desc, bwd, &q);
+        if (st == MLSTM_OK)
+            st = mlstm_call_workspace_bytes(ctx, fn, &q, bwd, &need);
+        if (st == MLSTM_OK && need > plan->workspace_bytes)
+            plan->workspace_bytes = (size_t)need;
+    }
+    if (st != MLSTM_OK) {
+        free(plan);
+        return st;
+    }
+    plan->magic = MLSTM_PLAN_MAGIC;
+    plan->ctx = ctx;
+    plan->directions = directions;
+    plan->base.plan = plan->backend_plan;
+    plan->next = ctx->plans;
+    if (ctx->plans)
+        ctx->plans->prev = plan;
+    ctx->plans = plan;
+    ctx->last_error[0] = '\0';
+    *out = plan;
+    return MLSTM_OK;
+}
+
+void mlstm_plan_destroy(mlstm_plan *plan)
+{
+    if (check_plan(plan) != MLSTM_OK)
+        return;
+    mlstm_context *ctx = plan->ctx;
+    if (plan->prev)
+        plan->prev->next = plan->next;
+    else
+        ctx->plans = plan->next;
+    if (plan->next)
+        plan->next->prev = plan->prev;
+    if (ctx->ops->plan_destroy)
+        ctx->ops->plan_destroy(ctx->impl, plan->backend_plan);
+    plan->magic = 0;
+    free(plan);
+}
+
+int mlstm_plan_workspace_size(const mlstm_plan *plan, size_t *bytes)
+{
+    if (check_plan(plan) != MLSTM_OK)
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    if (bytes == NULL)
+        return mlstm_fail(plan->ctx, MLSTM_ERR_INVALID_ARGUMENT, "mlstm_plan_workspace_size: bytes is NULL");
+    *bytes = plan->workspace_bytes;
+    return MLSTM_OK;
+}
+
+static int plan_execute(mlstm_plan *plan, const char *fn, int backward, const mlstm_tensor_pack *pack,
+                        mlstm_buffer *workspace)
+{
+    if (check_plan(plan) != MLSTM_OK)
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    mlstm_context *ctx = plan->ctx;
+    if (!(plan->directions & (backward ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD)))
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: the plan was created without MLSTM_PLAN_%s", fn,
+                          backward ? "BWD" : "FWD");
+    mlstm_buffer *bufs[MLSTM_TENSOR_COUNT];
+    mlstm_params p = plan->base;
+    int st = load_pack(ctx, fn, pack, bufs);
+    if (st == MLSTM_OK)
+        st = mlstm_bind_buffers(ctx, fn, &plan->desc, backward, plan->extent, bufs, &p);
+    if (st == MLSTM_OK)
+        st = mlstm_resolve_algo(ctx, fn, &plan->desc, backward, &p);
+    if (st == MLSTM_OK)
+        st = mlstm_bind_workspace(ctx, fn, workspace, plan->workspace_bytes, backward, &p);
+    return st != MLSTM_OK ? st : launch(ctx, fn, &p, backward);
+}
+
+int mlstm_plan_execute_fwd(mlstm_plan *plan, const mlstm_tensor_pack *pack, mlstm_buffer *workspace)
+{
+    return plan_execute(plan, "mlstm_plan_execute_fwd", 0, pack, workspace);
+}
+
+int mlstm_plan_execute_bwd(mlstm_plan *plan, const mlstm_tensor_pack *pack, mlstm_buffer *workspace)
+{
+    return plan_execute(plan, "mlstm_plan_execute_bwd", 1, pack, workspace);
 }
 
 /* Host path: one temporary device buffer per tensor, sized to the tensor's extent. Outputs
@@ -216,7 +393,8 @@ static int run_host(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, 
     if (mlstm_check_context(ctx) != MLSTM_OK)
         return MLSTM_ERR_INVALID_ARGUMENT;
     char msg[1024];
-    int st = mlstm_validate_desc(desc, NULL, msg, sizeof msg);
+    mlstm_desc norm;
+    int st = mlstm_validate_desc(desc, &norm, NULL, msg, sizeof msg);
     if (st != MLSTM_OK)
         return mlstm_fail(ctx, st, "%s: %s", fn, msg);
     uint64_t extent[MLSTM_TENSOR_COUNT] = {0};
@@ -226,8 +404,8 @@ static int run_host(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, 
         if (host[t] == NULL)
             return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: host array %s is NULL", fn,
                               mlstm_tensor_name(t));
-        st = mlstm_tensor_geometry(desc, t, NULL, &extent[t], msg, sizeof msg);
-        const mlstm_layout *l = &desc->layout[t];
+        st = mlstm_tensor_geometry(&norm, t, NULL, &extent[t], msg, sizeof msg);
+        const mlstm_layout *l = &norm.layout[t];
         if (st == MLSTM_ERR_BAD_LAYOUT && !mlstm_tensor_is_output(t, backward) && l->batch >= 0 &&
             l->head >= 0 && l->seq >= 0)
             st = MLSTM_OK; /* inputs may alias themselves, as in mlstm_prepare_call */
@@ -238,7 +416,7 @@ static int run_host(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, 
     for (int t = 0; t < MLSTM_TENSOR_COUNT && st == MLSTM_OK; t++) {
         if (!mlstm_tensor_used(t, backward))
             continue;
-        st = mlstm_buffer_create(ctx, mlstm_tensor_dtype(desc, t), (size_t)extent[t], &bufs[t]);
+        st = mlstm_buffer_create(ctx, mlstm_tensor_dtype(&norm, t), (size_t)extent[t], &bufs[t]);
         if (st == MLSTM_OK && !mlstm_tensor_is_output(t, backward))
             st = mlstm_buffer_write(bufs[t], 0, (size_t)extent[t], host[t]);
     }
@@ -253,7 +431,7 @@ static int run_host(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, 
         st = mlstm_buffer_write(bufs[t], 0, (size_t)extent[t], host[t]);
     }
     if (st == MLSTM_OK)
-        st = run(ctx, fn, desc, backward, bufs);
+        st = run(ctx, fn, desc, backward, bufs, NULL);
     if (st == MLSTM_OK)
         st = mlstm_synchronize(ctx);
     /* read everything back into a staging copy first, so a failure leaves the caller's arrays untouched */
@@ -261,7 +439,7 @@ static int run_host(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, 
     for (int t = 0; t < MLSTM_TENSOR_COUNT && st == MLSTM_OK; t++) {
         if (!mlstm_tensor_used(t, backward) || !mlstm_tensor_is_output(t, backward))
             continue;
-        stage[t] = malloc((size_t)extent[t] * mlstm_dtype_size(mlstm_tensor_dtype(desc, t)));
+        stage[t] = malloc((size_t)extent[t] * mlstm_dtype_size(mlstm_tensor_dtype(&norm, t)));
         if (stage[t] == NULL)
             st = mlstm_fail(ctx, MLSTM_ERR_OUT_OF_MEMORY, "%s: out of host memory for the download", fn);
         else
@@ -269,7 +447,7 @@ static int run_host(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, 
     }
     for (int t = 0; t < MLSTM_TENSOR_COUNT; t++) {
         if (st == MLSTM_OK && stage[t])
-            memcpy(host[t], stage[t], (size_t)extent[t] * mlstm_dtype_size(mlstm_tensor_dtype(desc, t)));
+            memcpy(host[t], stage[t], (size_t)extent[t] * mlstm_dtype_size(mlstm_tensor_dtype(&norm, t)));
         free(stage[t]);
     }
     for (int t = 0; t < MLSTM_TENSOR_COUNT; t++)

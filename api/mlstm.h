@@ -85,7 +85,11 @@ typedef enum mlstm_algo {
                                     kernels: needs a workspace (mlstm_workspace_size) */
 } mlstm_algo;
 
-/* The tensors of one call, used to index mlstm_desc.layout. */
+
+/* The roles of the tensors of a call: indices of mlstm_desc.layout and mlstm_tensor_pack.tensors. New roles
+ * (the memory states, for example) are appended before MLSTM_TENSOR_COUNT, which may grow up to
+ * MLSTM_MAX_TENSORS; the values of existing roles never change. */
+#define MLSTM_MAX_TENSORS 32
 typedef enum mlstm_tensor {
     MLSTM_TENSOR_Q = 0, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_I, MLSTM_TENSOR_F,
     MLSTM_TENSOR_H, MLSTM_TENSOR_M, MLSTM_TENSOR_N,
@@ -104,9 +108,19 @@ typedef struct mlstm_layout {
     int64_t batch, head, seq;
 } mlstm_layout;
 
+/* ---- Structs that grow: the ABI rules ----
+ * mlstm_desc, mlstm_options and mlstm_tensor_pack start with struct_size, the sizeof of the struct as the
+ * caller's code was compiled. The init functions below are static inline, so they set the caller's sizeof and
+ * never write beyond it. New members are only ever appended, and a zero value of a new member always means the
+ * behaviour from before it existed. The library accepts any struct_size from the first published size of the
+ * struct (MLSTM_DESC_SIZE_V1, ...) up to its own sizeof, reading the members the caller's struct holds and
+ * defaulting the rest; a larger struct_size (a caller built against a newer header) is accepted when every
+ * byte beyond the library's sizeof is zero, and rejected with MLSTM_ERR_INVALID_ARGUMENT otherwise (the caller
+ * set a member this library does not know). The library never writes into these structs. */
+
 /* Describes one problem. Initialise with mlstm_desc_init(), then set the sizes. */
 typedef struct mlstm_desc {
-    uint32_t struct_size;      /* set by mlstm_desc_init: sizeof(mlstm_desc) */
+    uint32_t struct_size;      /* sizeof(mlstm_desc) as the caller compiled it (set by mlstm_desc_init) */
     int64_t batch;             /* B  >= 1 */
     int64_t heads;             /* NH >= 1 */
     int64_t seq_len;           /* S  >= 1 */
@@ -117,13 +131,19 @@ typedef struct mlstm_desc {
     float scale;               /* 0 = 1/sqrt(dqk); else finite */
     int grad_mode;             /* mlstm_grad_mode, default MLSTM_GRAD_EXACT */
     int math_mode;             /* mlstm_math_mode, default MLSTM_MATH_DEFAULT */
-    mlstm_layout layout[MLSTM_TENSOR_COUNT]; /* per tensor; all zero = contiguous */
-    int algo;                  /* mlstm_algo, default MLSTM_ALGO_AUTO */
+    mlstm_layout layout[MLSTM_MAX_TENSORS]; /* by mlstm_tensor role; all zero = contiguous. Entries from
+                                                MLSTM_TENSOR_COUNT on are for later roles and must be zero */
+    int algo;                  /* mlstm_algo, default (0) MLSTM_ALGO_AUTO */
 } mlstm_desc;
 
-/* Fills *desc with defaults: zero sizes (to be set), f32, eps 1e-6, scale 0, exact gradients,
- * contiguous layouts, algorithm auto. */
-MLSTM_API void mlstm_desc_init(mlstm_desc *desc);
+/* Size of the first published mlstm_desc (libmlstm 0.1: 14 layouts); the smallest struct_size accepted. */
+#define MLSTM_DESC_SIZE_V1 (offsetof(mlstm_desc, layout) + 14 * sizeof(mlstm_layout))
+
+/* Fills the first `size` bytes of *desc with defaults (zero sizes, to be set; f32, eps 1e-6, scale 0, exact
+ * gradients, contiguous layouts, algorithm auto) and sets struct_size = size; writes nothing beyond `size` bytes. For
+ * bindings that cannot use the inline mlstm_desc_init (pass their struct's size). */
+MLSTM_API void mlstm_desc_init_sized(mlstm_desc *desc, size_t size);
+static inline void mlstm_desc_init(mlstm_desc *desc) { mlstm_desc_init_sized(desc, sizeof *desc); }
 
 /* ---- Contexts ----
  * Thread safety: contexts are independent (own queue or stream, program cache, last-error text) and may be
@@ -134,14 +154,19 @@ typedef struct mlstm_context mlstm_context;
 typedef struct mlstm_buffer mlstm_buffer;
 
 typedef struct mlstm_options {
-    uint32_t struct_size;      /* set by mlstm_options_init */
+    uint32_t struct_size;      /* sizeof(mlstm_options) as the caller compiled it (set by mlstm_options_init) */
     const char *backend;       /* "auto", "cuda", "opencl", or NULL: then MLSTM_BACKEND, then "auto" */
     int device;                /* device index, -1: then MLSTM_DEVICE, then 0 */
     int opencl_platform;       /* OpenCL platform index, -1: then MLSTM_OPENCL_PLATFORM, then the first
                                   platform that has a device */
 } mlstm_options;
 
-MLSTM_API void mlstm_options_init(mlstm_options *opt);
+/* Size of the first published mlstm_options; the smallest struct_size accepted. */
+#define MLSTM_OPTIONS_SIZE_V1 (offsetof(mlstm_options, opencl_platform) + sizeof(int))
+
+/* Defaults (backend NULL, device -1, opencl_platform -1) for the first `size` bytes of *opt, struct_size = size. */
+MLSTM_API void mlstm_options_init_sized(mlstm_options *opt, size_t size);
+static inline void mlstm_options_init(mlstm_options *opt) { mlstm_options_init_sized(opt, sizeof *opt); }
 
 /* Creates a context on one device. opt may be NULL (environment, then defaults). On failure *out is NULL
  * and the status says why; mlstm_last_error_global() then gives the detail. */
@@ -179,21 +204,58 @@ MLSTM_API int mlstm_buffer_dtype(const mlstm_buffer *buf);
 MLSTM_API int mlstm_buffer_write(mlstm_buffer *buf, size_t offset, size_t count, const void *src);
 MLSTM_API int mlstm_buffer_read(mlstm_buffer *buf, size_t offset, size_t count, void *dst);
 
+/* ---- Tensor packs: the tensors of one call, by role ----
+ * tensors[role] is the buffer of that mlstm_tensor role (its layout comes from the desc). A forward reads q, k,
+ * v, i, f and writes h, m, n; a backward reads q, k, v, i, f, h, m, n, dh and writes dq, dk, dv, di, df. Roles a
+ * direction does not use are ignored, so one pack can serve both directions; entries from MLSTM_TENSOR_COUNT on
+ * must be NULL (roles of later versions). */
+typedef struct mlstm_tensor_pack {
+    uint32_t struct_size;                    /* sizeof(mlstm_tensor_pack) as compiled (mlstm_tensor_pack_init) */
+    mlstm_buffer *tensors[MLSTM_MAX_TENSORS];
+} mlstm_tensor_pack;
+
+/* Size of the first published mlstm_tensor_pack; the smallest struct_size accepted. */
+#define MLSTM_TENSOR_PACK_SIZE_V1 (sizeof(mlstm_tensor_pack))
+
+/* Empties *pack (every role NULL) and sets struct_size. */
+static inline void mlstm_tensor_pack_init(mlstm_tensor_pack *pack)
+{
+    if (pack == NULL)
+        return;
+    pack->struct_size = (uint32_t)sizeof *pack;
+    for (int r = 0; r < MLSTM_MAX_TENSORS; r++)
+        pack->tensors[r] = NULL;
+}
+
+/* ---- Workspace ----
+ * Device scratch memory some computations need (none of today's fused kernels do; later algorithms will). A
+ * workspace is an ordinary mlstm_buffer of the call's context, of any dtype, whose size in bytes (elements *
+ * element size; a view selects a range) is at least the plan's mlstm_plan_workspace_size. Where that size is 0
+ * the workspace may be NULL. One workspace may serve many calls, but not two calls in flight on different
+ * contexts or queues at once. */
+
 /* ---- The mLSTM parallel formulation ----
  * Forward: h = mLSTM(q, k, v, i, f); m, n are the per-row stabiliser and normaliser the backward needs.
  * n is stored signed: n_t = l_t when |l_t| > exp(-m_t) (the |l_t| branch wins), else exp(-m_t); the
  * normaliser is |n_t|. Calls are asynchronous on device buffers (mlstm_synchronize waits); on error
- * nothing is written. */
-MLSTM_API int mlstm_parallel_fwd(mlstm_context *ctx, const mlstm_desc *desc,
-                                 mlstm_buffer *q, mlstm_buffer *k, mlstm_buffer *v,
-                                 mlstm_buffer *i, mlstm_buffer *f,
-                                 mlstm_buffer *h, mlstm_buffer *m, mlstm_buffer *n);
+ * nothing is written. Each call validates desc and every buffer; to validate a problem once and compile its
+ * kernels ahead of time, use a plan (below). */
+MLSTM_API int mlstm_parallel_fwd_pack(mlstm_context *ctx, const mlstm_desc *desc, const mlstm_tensor_pack *pack,
+                                      mlstm_buffer *workspace);
 /* Backward: given dh and the forward's h, m, n, writes dq, dk, dv, di, df. */
+MLSTM_API int mlstm_parallel_bwd_pack(mlstm_context *ctx, const mlstm_desc *desc, const mlstm_tensor_pack *pack,
+                                      mlstm_buffer *workspace);
+
+/* The same with the tensors as arguments (no workspace): thin wrappers over the _pack calls. */
+MLSTM_API int mlstm_parallel_fwd(mlstm_context *ctx, const mlstm_desc *desc,
+                                 const mlstm_buffer *q, const mlstm_buffer *k, const mlstm_buffer *v,
+                                 const mlstm_buffer *i, const mlstm_buffer *f,
+                                 mlstm_buffer *h, mlstm_buffer *m, mlstm_buffer *n);
 MLSTM_API int mlstm_parallel_bwd(mlstm_context *ctx, const mlstm_desc *desc,
-                                 mlstm_buffer *q, mlstm_buffer *k, mlstm_buffer *v,
-                                 mlstm_buffer *i, mlstm_buffer *f,
-                                 mlstm_buffer *h, mlstm_buffer *m, mlstm_buffer *n,
-                                 mlstm_buffer *dh,
+                                 const mlstm_buffer *q, const mlstm_buffer *k, const mlstm_buffer *v,
+                                 const mlstm_buffer *i, const mlstm_buffer *f,
+                                 const mlstm_buffer *h, const mlstm_buffer *m, const mlstm_buffer *n,
+                                 const mlstm_buffer *dh,
                                  mlstm_buffer *dq, mlstm_buffer *dk, mlstm_buffer *dv,
                                  mlstm_buffer *di, mlstm_buffer *df);
 
@@ -225,6 +287,31 @@ MLSTM_API int mlstm_workspace_size(mlstm_context *ctx, const mlstm_desc *desc, i
  * workspace. The buffer must stay alive while set (destroying it unsets it) and must not be a tensor of the
  * calls that use it. */
 MLSTM_API int mlstm_context_set_workspace(mlstm_context *ctx, mlstm_buffer *workspace);
+
+/* ---- Plans: a problem validated and prepared once, executed many times ----
+ * mlstm_plan_create validates desc (sizes, scalars, layouts) once, asks the backend whether it serves the
+ * problem (MLSTM_ERR_UNSUPPORTED otherwise), fixes what can be fixed ahead of the call (the OpenCL backend
+ * builds its programs here) and reports the workspace the calls need. Executing a plan checks only what a
+ * call can change: the plan and the workspace, and that every buffer of the pack is live, of the plan's
+ * context and dtype, large enough for its tensor's extent, and that no output overlaps another tensor. It
+ * compiles nothing. The plan keeps its own copy of desc. Plans belong to their context (same threading rules)
+ * and are destroyed with it at the latest. */
+typedef struct mlstm_plan mlstm_plan;
+
+typedef enum mlstm_direction {
+    MLSTM_PLAN_FWD = 1, /* the plan may run the forward */
+    MLSTM_PLAN_BWD = 2  /* the plan may run the backward */
+} mlstm_direction;
+
+/* directions: MLSTM_PLAN_FWD, MLSTM_PLAN_BWD or both ORed. On failure *out is NULL. */
+MLSTM_API int mlstm_plan_create(mlstm_context *ctx, const mlstm_desc *desc, unsigned directions,
+                                mlstm_plan **out);
+/* NULL is a no-op. Waits for nothing: queued calls of the plan keep running. */
+MLSTM_API void mlstm_plan_destroy(mlstm_plan *plan);
+/* Bytes of workspace the plan's calls need (0: none, pass NULL). */
+MLSTM_API int mlstm_plan_workspace_size(const mlstm_plan *plan, size_t *bytes);
+MLSTM_API int mlstm_plan_execute_fwd(mlstm_plan *plan, const mlstm_tensor_pack *pack, mlstm_buffer *workspace);
+MLSTM_API int mlstm_plan_execute_bwd(mlstm_plan *plan, const mlstm_tensor_pack *pack, mlstm_buffer *workspace);
 
 /* Elements a tensor of the given role occupies under desc (its layout), or 0 when desc is invalid. */
 MLSTM_API size_t mlstm_tensor_extent(const mlstm_desc *desc, int tensor);

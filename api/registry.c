@@ -35,15 +35,33 @@ const char *mlstm_backend_name_at(int index)
     return ops ? ops->name : NULL;
 }
 
-void mlstm_options_init(mlstm_options *opt)
+void mlstm_options_init_sized(mlstm_options *opt, size_t size)
 {
-    if (opt == NULL)
+    if (opt == NULL || size < sizeof opt->struct_size)
         return;
-    memset(opt, 0, sizeof *opt);
-    opt->struct_size = (uint32_t)sizeof *opt;
-    opt->backend = NULL;
-    opt->device = -1;
-    opt->opencl_platform = -1;
+    mlstm_options o;
+    memset(&o, 0, sizeof o);
+    o.struct_size = (uint32_t)(size <= UINT32_MAX ? size : UINT32_MAX);
+    o.backend = NULL;
+    o.device = -1;
+    o.opencl_platform = -1;
+    memset(opt, 0, size); /* members of a newer header default to zero (the growth rule in mlstm.h) */
+    memcpy(opt, &o, size < sizeof o ? size : sizeof o);
+}
+
+int mlstm_context_adopt(const mlstm_backend_ops *ops, void *impl, mlstm_context **out)
+{
+    mlstm_context *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) {
+        ops->destroy(impl);
+        mlstm_set_global_error("out of host memory allocating the context");
+        return MLSTM_ERR_OUT_OF_MEMORY;
+    }
+    ctx->magic = MLSTM_CONTEXT_MAGIC;
+    ctx->ops = ops;
+    ctx->impl = impl;
+    *out = ctx;
+    return MLSTM_OK;
 }
 
 static void compiled_list(char *out, size_t len)
@@ -72,24 +90,18 @@ static int create_on(const mlstm_backend_ops *ops, const mlstm_backend_config *c
         mlstm_set_global_error("backend '%s' has no usable device%s%s", ops->name, msg[0] ? ": " : "", msg);
         return st != MLSTM_OK ? st : MLSTM_ERR_NO_DEVICE;
     }
-    mlstm_context *ctx = calloc(1, sizeof *ctx);
-    if (ctx == NULL) {
-        mlstm_set_global_error("out of host memory allocating the context");
-        return MLSTM_ERR_OUT_OF_MEMORY;
-    }
+    void *impl = NULL;
     msg[0] = '\0';
-    st = ops->init(cfg, &ctx->impl, msg, sizeof msg);
+    st = ops->init(cfg, &impl, msg, sizeof msg);
     if (st != MLSTM_OK) {
         mlstm_set_global_error("backend '%s' failed to initialise device %d: %s%s%s", ops->name, cfg->device,
                                mlstm_status_string(st), msg[0] ? ": " : "", msg);
-        free(ctx);
         return st;
     }
-    ctx->magic = MLSTM_CONTEXT_MAGIC;
-    ctx->ops = ops;
-    ctx->env_algo = cfg->algo;
-    *out = ctx;
-    return MLSTM_OK;
+    st = mlstm_context_adopt(ops, impl, out);
+    if (st == MLSTM_OK)
+        (*out)->env_algo = cfg->algo;
+    return st;
 }
 
 int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
@@ -103,12 +115,11 @@ int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
     mlstm_options o;
     mlstm_options_init(&o);
     if (opt != NULL) {
-        if (opt->struct_size != sizeof *opt) {
-            mlstm_set_global_error("mlstm_context_create: options.struct_size is %u, expected %zu "
-                                   "(initialise with mlstm_options_init)", opt->struct_size, sizeof *opt);
+        char msg[512];
+        if (mlstm_load_struct(opt, "mlstm_options", MLSTM_OPTIONS_SIZE_V1, sizeof o, &o, msg, sizeof msg) != MLSTM_OK) {
+            mlstm_set_global_error("mlstm_context_create: %s", msg);
             return MLSTM_ERR_INVALID_ARGUMENT;
         }
-        o = *opt;
     }
     const char *name = o.backend ? o.backend : mlstm_env_string("MLSTM_BACKEND");
     if (name == NULL)
@@ -191,6 +202,8 @@ void mlstm_context_destroy(mlstm_context *ctx)
         return;
     if (ctx->ops->synchronize)
         ctx->ops->synchronize(ctx->impl);
+    while (ctx->plans)
+        mlstm_plan_destroy(ctx->plans);
     while (ctx->buffers)
         mlstm_buffer_destroy(ctx->buffers);
     ctx->ops->destroy(ctx->impl);

@@ -57,18 +57,48 @@ int mlstm_check_context(const mlstm_context *ctx)
     return (ctx != NULL && ctx->magic == MLSTM_CONTEXT_MAGIC) ? MLSTM_OK : MLSTM_ERR_INVALID_ARGUMENT;
 }
 
-void mlstm_desc_init(mlstm_desc *desc)
+void mlstm_desc_init_sized(mlstm_desc *desc, size_t size)
 {
-    if (desc == NULL)
+    if (desc == NULL || size < sizeof desc->struct_size)
         return;
-    memset(desc, 0, sizeof *desc);
-    desc->struct_size = (uint32_t)sizeof *desc;
-    desc->dtype = MLSTM_DTYPE_F32;
-    desc->eps = 1e-6f;
-    desc->scale = 0.0f;
-    desc->grad_mode = MLSTM_GRAD_EXACT;
-    desc->math_mode = MLSTM_MATH_DEFAULT;
-    desc->algo = MLSTM_ALGO_AUTO;
+    mlstm_desc d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = (uint32_t)(size <= UINT32_MAX ? size : UINT32_MAX);
+    d.dtype = MLSTM_DTYPE_F32;
+    d.eps = 1e-6f;
+    d.scale = 0.0f;
+    d.grad_mode = MLSTM_GRAD_EXACT;
+    d.math_mode = MLSTM_MATH_DEFAULT;
+    d.algo = MLSTM_ALGO_AUTO;
+    /* members beyond this library's sizeof (a newer header) default to zero, by the growth rule in mlstm.h */
+    memset(desc, 0, size);
+    memcpy(desc, &d, size < sizeof d ? size : sizeof d);
+}
+
+int mlstm_load_struct(const void *in, const char *name, size_t first_size, size_t lib_size, void *out, char *msg,
+                      size_t len)
+{
+    uint32_t size;
+    memcpy(&size, in, sizeof size);
+    if (size < first_size) {
+        snprintf(msg, len, "%s.struct_size is %u, below the first published size %zu (initialise it with %s_init)",
+                 name, size, first_size, name);
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    }
+    if (size > lib_size + MLSTM_STRUCT_GROWTH_MAX) {
+        snprintf(msg, len, "%s.struct_size is %u, more than %d bytes beyond this libmlstm's %zu (not initialised "
+                 "with %s_init?)", name, size, MLSTM_STRUCT_GROWTH_MAX, lib_size, name);
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    }
+    const unsigned char *bytes = in;
+    for (size_t b = lib_size; b < size; b++)
+        if (bytes[b] != 0) {
+            snprintf(msg, len, "%s.struct_size is %u and byte %zu is not zero: the caller sets a member this "
+                     "libmlstm (%s, %zu bytes) does not know", name, size, b, mlstm_version(), lib_size);
+            return MLSTM_ERR_INVALID_ARGUMENT;
+        }
+    memcpy(out, in, size < lib_size ? size : lib_size);
+    return MLSTM_OK;
 }
 
 /* 64-bit unsigned helpers that report overflow. */
@@ -87,17 +117,22 @@ static int add_u64(uint64_t a, uint64_t b, uint64_t *r)
     return 1;
 }
 
-int mlstm_validate_desc(const mlstm_desc *d, float *scale, char *msg, size_t len)
+int mlstm_validate_desc(const mlstm_desc *in, mlstm_desc *d, float *scale, char *msg, size_t len)
 {
-    if (d == NULL) {
+    if (in == NULL) {
         snprintf(msg, len, "desc is NULL");
         return MLSTM_ERR_INVALID_ARGUMENT;
     }
-    if (d->struct_size != sizeof *d) {
-        snprintf(msg, len, "desc->struct_size is %u, expected %zu (initialise the desc with mlstm_desc_init)",
-                 d->struct_size, sizeof *d);
-        return MLSTM_ERR_INVALID_ARGUMENT;
-    }
+    mlstm_desc_init(d);
+    int st = mlstm_load_struct(in, "mlstm_desc", MLSTM_DESC_SIZE_V1, sizeof *d, d, msg, len);
+    if (st != MLSTM_OK)
+        return st;
+    for (int t = MLSTM_TENSOR_COUNT; t < MLSTM_MAX_TENSORS; t++)
+        if (d->layout[t].batch != 0 || d->layout[t].head != 0 || d->layout[t].seq != 0) {
+            snprintf(msg, len, "desc->layout[%d] is set, but this libmlstm (%s) knows only roles 0..%d", t,
+                     mlstm_version(), MLSTM_TENSOR_COUNT - 1);
+            return MLSTM_ERR_INVALID_ARGUMENT;
+        }
     const struct { const char *name; int64_t v, max; } sizes[] = {
         {"batch", d->batch, INT64_MAX}, {"heads", d->heads, INT64_MAX}, {"seq_len", d->seq_len, INT64_MAX},
         {"dqk", d->dqk, MLSTM_MAX_HEAD_DIM}, {"dv", d->dv, MLSTM_MAX_HEAD_DIM}};
@@ -227,20 +262,19 @@ size_t mlstm_tensor_extent(const mlstm_desc *desc, int tensor)
 {
     char msg[256];
     uint64_t ext = 0;
-    if (tensor < 0 || tensor >= MLSTM_TENSOR_COUNT || mlstm_validate_desc(desc, NULL, msg, sizeof msg) != MLSTM_OK)
+    mlstm_desc d;
+    if (tensor < 0 || tensor >= MLSTM_TENSOR_COUNT || mlstm_validate_desc(desc, &d, NULL, msg, sizeof msg) != MLSTM_OK)
         return 0;
-    int st = mlstm_tensor_geometry(desc, tensor, NULL, &ext, msg, sizeof msg);
+    int st = mlstm_tensor_geometry(&d, tensor, NULL, &ext, msg, sizeof msg);
     return (st == MLSTM_OK || st == MLSTM_ERR_BAD_LAYOUT) ? (size_t)ext : 0;
 }
 
-int mlstm_prepare_call(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
-                       mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT], mlstm_params *p)
+int mlstm_plan_geometry(mlstm_context *ctx, const char *fn, const mlstm_desc *in, unsigned directions,
+                        mlstm_desc *desc, mlstm_params *p, uint64_t extent[MLSTM_TENSOR_COUNT])
 {
     char msg[1024];
-    if (mlstm_check_context(ctx) != MLSTM_OK)
-        return MLSTM_ERR_INVALID_ARGUMENT;
     float scale = 0.0f;
-    int st = mlstm_validate_desc(desc, &scale, msg, sizeof msg);
+    int st = mlstm_validate_desc(in, desc, &scale, msg, sizeof msg);
     if (st != MLSTM_OK)
         return mlstm_fail(ctx, st, "%s: %s", fn, msg);
     memset(p, 0, sizeof *p);
@@ -254,8 +288,27 @@ int mlstm_prepare_call(mlstm_context *ctx, const char *fn, const mlstm_desc *des
     p->scale = scale;
     p->grad_mode = desc->grad_mode;
     p->math_mode = desc->math_mode;
+    const int bwd = (directions & MLSTM_PLAN_BWD) != 0;
+    for (int t = 0; t < MLSTM_TENSOR_COUNT; t++) {
+        extent[t] = 0;
+        if (!mlstm_tensor_used(t, bwd))
+            continue;
+        st = mlstm_tensor_geometry(desc, t, &p->t[t], &extent[t], msg, sizeof msg);
+        const int output = ((directions & MLSTM_PLAN_FWD) && mlstm_tensor_is_output(t, 0)) ||
+                           ((directions & MLSTM_PLAN_BWD) && mlstm_tensor_is_output(t, 1));
+        if (st == MLSTM_ERR_BAD_LAYOUT && !output && desc->layout[t].batch >= 0 && desc->layout[t].head >= 0 &&
+            desc->layout[t].seq >= 0)
+            st = MLSTM_OK; /* inputs may alias themselves (e.g. broadcast with stride 0) */
+        if (st != MLSTM_OK)
+            return mlstm_fail(ctx, st, "%s: %s", fn, msg);
+    }
+    return MLSTM_OK;
+}
 
-    uint64_t extent[MLSTM_TENSOR_COUNT] = {0};
+int mlstm_bind_buffers(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
+                       const uint64_t extent[MLSTM_TENSOR_COUNT], mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT],
+                       mlstm_params *p)
+{
     for (int t = 0; t < MLSTM_TENSOR_COUNT; t++) {
         if (!mlstm_tensor_used(t, backward))
             continue;
@@ -270,18 +323,10 @@ int mlstm_prepare_call(mlstm_context *ctx, const char *fn, const mlstm_desc *des
         if (b->dtype != want)
             return mlstm_fail(ctx, MLSTM_ERR_DTYPE_MISMATCH, "%s: buffer %s has dtype %d, tensor %s needs dtype %d",
                               fn, name, b->dtype, name, want);
-        st = mlstm_tensor_geometry(desc, t, &p->t[t], &extent[t], msg, sizeof msg);
-        if (st == MLSTM_ERR_BAD_LAYOUT && !mlstm_tensor_is_output(t, backward) &&
-            desc->layout[t].batch >= 0 && desc->layout[t].head >= 0 && desc->layout[t].seq >= 0)
-            st = MLSTM_OK; /* inputs may alias themselves (e.g. broadcast with stride 0) */
-        if (st != MLSTM_OK)
-            return mlstm_fail(ctx, st, "%s: %s", fn, msg);
         if (extent[t] > (uint64_t)b->count)
             return mlstm_fail(ctx, MLSTM_ERR_BUFFER_TOO_SMALL,
                               "%s: buffer %s holds %zu elements, its layout addresses %llu", fn, name, b->count,
                               (unsigned long long)extent[t]);
-        p->t[t].mem = b->alloc->mem;
-        p->t[t].offset = (uint64_t)b->offset;
     }
     /* An output must not share memory with any other tensor of the call. Ranges are compared in bytes
      * within one allocation (conservative: the whole extent, gaps included). Two allocations with the same
@@ -302,5 +347,52 @@ int mlstm_prepare_call(mlstm_context *ctx, const char *fn, const mlstm_desc *des
                                   mlstm_tensor_name(o), mlstm_tensor_name(t));
         }
     }
+    for (int t = 0; t < MLSTM_TENSOR_COUNT; t++) {
+        p->t[t].mem = mlstm_tensor_used(t, backward) ? bufs[t]->alloc->mem : NULL;
+        p->t[t].offset = mlstm_tensor_used(t, backward) ? (uint64_t)bufs[t]->offset : 0;
+    }
     return MLSTM_OK;
+}
+
+int mlstm_bind_workspace(mlstm_context *ctx, const char *fn, mlstm_buffer *ws, size_t need, int backward,
+                         mlstm_params *p)
+{
+    if (ws == NULL) {
+        if (need == 0)
+            return MLSTM_OK; /* the context's workspace (mlstm_resolve_algo), or the backend's own */
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: the call needs a workspace of %zu bytes and got NULL",
+                          fn, need);
+    }
+    if (ws->magic != MLSTM_BUFFER_MAGIC)
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: workspace is not a live mlstm_buffer", fn);
+    if (ws->ctx != ctx)
+        return mlstm_fail(ctx, MLSTM_ERR_CONTEXT_MISMATCH, "%s: the workspace belongs to another context", fn);
+    uint64_t call_need = 0;
+    int st = mlstm_call_workspace_bytes(ctx, fn, p, backward, &call_need);
+    if (st != MLSTM_OK)
+        return st;
+    if (call_need > need)
+        need = (size_t)call_need;
+    const size_t es = mlstm_dtype_size(ws->dtype);
+    if (ws->count < need / es + (need % es != 0))
+        return mlstm_fail(ctx, MLSTM_ERR_BUFFER_TOO_SMALL, "%s: workspace holds %zu bytes, the call needs %zu", fn,
+                          ws->count * es, need);
+    if (((uint64_t)ws->offset * es) % 256 != 0)
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: the workspace starts at byte %llu of its allocation; "
+                          "it must be 256-byte aligned", fn, (unsigned long long)((uint64_t)ws->offset * es));
+    p->ws_mem = ws->alloc->mem;
+    p->ws_offset = (uint64_t)ws->offset * es;
+    p->ws_bytes = (uint64_t)ws->count * es;
+    return MLSTM_OK;
+}
+
+int mlstm_prepare_call(mlstm_context *ctx, const char *fn, const mlstm_desc *in, int backward,
+                       mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT], mlstm_params *p)
+{
+    if (mlstm_check_context(ctx) != MLSTM_OK)
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    mlstm_desc desc;
+    uint64_t extent[MLSTM_TENSOR_COUNT];
+    int st = mlstm_plan_geometry(ctx, fn, in, backward ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD, &desc, p, extent);
+    return st != MLSTM_OK ? st : mlstm_bind_buffers(ctx, fn, &desc, backward, extent, bufs, p);
 }

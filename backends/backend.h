@@ -8,7 +8,7 @@
 #include "mlstm.h"
 #include "params.h"
 
-#define MLSTM_BACKEND_ABI_VERSION 1
+#define MLSTM_BACKEND_ABI_VERSION 2 /* 2: the optional plan members */
 
 /* Device choice handed to init, after options and environment are resolved. */
 typedef struct mlstm_backend_config {
@@ -52,6 +52,15 @@ typedef struct mlstm_backend_ops {
      * (p->algo is MLSTM_ALGO_MATERIALIZED; tensor handles may be NULL). MLSTM_OK, MLSTM_ERR_UNSUPPORTED (with
      * the reason, e.g. built without its BLAS) or MLSTM_ERR_SIZE_OVERFLOW. */
     int (*workspace_size)(void *impl, const mlstm_params *p, int backward, uint64_t *bytes);
+
+    /* ---- optional members (NULL-safe); new ones are appended ---- */
+    /* Plans the problem p (sizes, scalars, resolved strides; memory handles NULL) for directions (MLSTM_PLAN_FWD |
+     * MLSTM_PLAN_BWD), after supports() accepted it: fixes the kernel choice and builds what the calls need (the
+     * OpenCL programs), so that fwd/bwd with p->plan set neither compile nor allocate. *plan: state handed back
+     * as p->plan (may stay NULL); *workspace_bytes: device scratch the planned calls need (0: none). NULL member:
+     * plans carry no backend state and need no workspace. */
+    int (*plan_create)(void *impl, const mlstm_params *p, unsigned directions, void **plan, size_t *workspace_bytes);
+    void (*plan_destroy)(void *impl, void *plan);   /* frees what plan_create made; plan may be NULL */
 } mlstm_backend_ops;
 
 #ifdef MLSTM_HAVE_CUDA

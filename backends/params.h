@@ -23,13 +23,14 @@ typedef struct mlstm_params {
     int grad_mode;      /* mlstm_grad_mode */
     int math_mode;      /* mlstm_math_mode */
     int algo;           /* resolved mlstm_algo: MLSTM_ALGO_FUSED or MLSTM_ALGO_MATERIALIZED, never AUTO */
-    /* The caller's workspace for the materialised algorithm (mlstm_context_set_workspace), or ws_mem NULL: then
-     * the backend uses its own, allocated at first use and kept. ws_offset is 256-byte aligned; ws_bytes is at
-     * least the backend's workspace_size for this call (the API checked it). */
+    /* The caller's workspace (the call's or plan's workspace argument, else mlstm_context_set_workspace), or ws_mem
+     * NULL: then the backend uses its own, allocated at first use and kept. ws_offset is 256-byte aligned; ws_bytes
+     * is at least the backend's workspace_size for this call (the API checked it). */
     void *ws_mem;       /* backend memory handle, as mlstm_tensor_arg.mem */
     uint64_t ws_offset; /* bytes */
     uint64_t ws_bytes;
     mlstm_tensor_arg t[MLSTM_TENSOR_COUNT]; /* indexed by mlstm_tensor; bwd-only tensors are zero in fwd */
+    const void *plan;   /* the backend's plan state from plan_create, or NULL: an unplanned call */
 } mlstm_params;
 
 #endif /* MLSTM_PARAMS_H */

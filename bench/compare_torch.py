@@ -68,8 +68,7 @@ class Layout(C.Structure):
 class Desc(C.Structure):
     _fields_ = [("struct_size", C.c_uint32), ("batch", C.c_int64), ("heads", C.c_int64), ("seq_len", C.c_int64),
                 ("dqk", C.c_int64), ("dv", C.c_int64), ("dtype", C.c_int), ("eps", C.c_float),
-                ("scale", C.c_float), ("grad_mode", C.c_int), ("math_mode", C.c_int), ("layout", Layout * 14),
-                ("algo", C.c_int)]
+                ("scale", C.c_float), ("grad_mode", C.c_int), ("math_mode", C.c_int), ("layout", Layout * 14)]
 
 
 class Options(C.Structure):
@@ -93,7 +92,7 @@ class Lib:
         L.mlstm_context_destroy.argtypes = [C.c_void_p]
         L.mlstm_synchronize.argtypes = [C.c_void_p]
         opts = Options()
-        L.mlstm_options_init(C.byref(opts))
+        L.mlstm_options_init_sized(C.byref(opts), C.c_size_t(C.sizeof(opts)))  # the init is inline in C: pass our size
         opts.backend = b"cuda"
         ctx = C.c_void_p()
         st = L.mlstm_context_create(C.byref(opts), C.byref(ctx))
@@ -121,7 +120,7 @@ class Lib:
 
 def make_desc(lib, B, NH, S, DQK, DV, dtype, grad_mode=0, layouts=None):
     d = Desc()
-    lib.L.mlstm_desc_init(C.byref(d))
+    lib.L.mlstm_desc_init_sized(C.byref(d), C.c_size_t(C.sizeof(d)))  # a 0.1-sized desc (14 layouts): accepted as is
     d.batch, d.heads, d.seq_len, d.dqk, d.dv, d.dtype, d.grad_mode = B, NH, S, DQK, DV, dtype, grad_mode
     if layouts:
         for idx, (sb, sh, ss) in layouts.items():

@@ -172,7 +172,9 @@ static int nested(const mlstm_desc *d, int64_t dim, const int64_t st[3])
 static void model_desc(const mlstm_desc *d, int outputs_of_bwd, model_t *m)
 {
     memset(m, 0, sizeof *m);
-    if (d == NULL || d->struct_size != sizeof *d) {
+    /* the ABI rule of mlstm.h: any struct_size from the first published size up to the library's (the harness
+     * never passes a larger one: the library would read the bytes beyond this struct) */
+    if (d == NULL || d->struct_size < MLSTM_DESC_SIZE_V1 || d->struct_size > sizeof *d) {
         m->desc_viol = BIT(MLSTM_ERR_INVALID_ARGUMENT);
         return;
     }
@@ -308,7 +310,9 @@ static const mlstm_desc *gen_desc(rd_t *r, mlstm_desc *d)
     if (flags == 0xff)
         return NULL;
     if (flags == 0xfe)
-        d->struct_size = (uint32_t)(sizeof *d - 8);
+        d->struct_size = (uint32_t)(MLSTM_DESC_SIZE_V1 - 8); /* below the first published size */
+    if (flags == 0xfd)
+        d->struct_size = (uint32_t)MLSTM_DESC_SIZE_V1;       /* a 0.1 caller: valid, the tail defaults */
     d->batch = gen_dim(r, 0);
     d->heads = gen_dim(r, 0);
     d->seq_len = gen_dim(r, 2);
@@ -836,6 +840,17 @@ static void fuzz_device(rd_t *r, int bwd)
             if (!used(t, bwd))
                 continue;
             const bref *b = &refs[t];
+            /* layouts are checked before buffers (the plan's half of validation), so a layout's violation is
+             * possible whatever the buffer */
+            allowed |= m.geo_viol[t];
+            if (m.geo_ok[t] && is_out(t, bwd)) {
+                if (m.inj[t] == 0)
+                    allowed |= BIT(MLSTM_ERR_BAD_LAYOUT);
+                else if (m.inj[t] < 0) /* > ENUM_CAP elements: not injective, or larger than any buffer here */
+                    allowed |= BIT(MLSTM_ERR_BAD_LAYOUT) | BIT(MLSTM_ERR_BUFFER_TOO_SMALL);
+                else if (!m.nested[t])
+                    conservative = 1;
+            }
             if (b->b == NULL) {
                 allowed |= BIT(MLSTM_ERR_INVALID_ARGUMENT);
                 continue;
@@ -844,19 +859,8 @@ static void fuzz_device(rd_t *r, int bwd)
                 allowed |= BIT(MLSTM_ERR_CONTEXT_MISMATCH);
             if (b->dtype != tdtype(d, t))
                 allowed |= BIT(MLSTM_ERR_DTYPE_MISMATCH);
-            allowed |= m.geo_viol[t];
-            if (!m.geo_ok[t])
-                continue;
-            if (m.ext[t] > b->count)
+            if (m.geo_ok[t] && m.ext[t] > b->count)
                 allowed |= BIT(MLSTM_ERR_BUFFER_TOO_SMALL);
-            if (is_out(t, bwd)) {
-                if (m.inj[t] == 0)
-                    allowed |= BIT(MLSTM_ERR_BAD_LAYOUT);
-                else if (m.inj[t] < 0) /* > ENUM_CAP elements: not injective, or larger than any buffer here */
-                    allowed |= BIT(MLSTM_ERR_BAD_LAYOUT) | BIT(MLSTM_ERR_BUFFER_TOO_SMALL);
-                else if (!m.nested[t])
-                    conservative = 1;
-            }
         }
         /* outputs must not share memory with any other tensor of the call (whole extents compared) */
         for (int o = 0; o < NT; o++) {
@@ -1183,9 +1187,11 @@ static void fuzz_misc(rd_t *r)
     int st;
     switch (u8(r) % 5) {
     case 0:
+        /* never a size the library would accept or read beyond this struct for (the ABI rule of mlstm.h:
+         * MLSTM_OPTIONS_SIZE_V1 up to sizeof, and zero bytes beyond up to 256 more); too large ones are not read */
         o.struct_size = u32(r);
-        if (o.struct_size == sizeof o)
-            o.struct_size++;
+        if (o.struct_size >= MLSTM_OPTIONS_SIZE_V1 && o.struct_size <= sizeof o + 256)
+            o.struct_size %= (uint32_t)MLSTM_OPTIONS_SIZE_V1;
         st = mlstm_context_create(&o, &c);
         REQUIRE(st == MLSTM_ERR_INVALID_ARGUMENT && c == NULL, "create with struct_size %u: %d", o.struct_size, st);
         break;

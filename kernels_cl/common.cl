@@ -33,8 +33,8 @@
 #ifndef MLSTM_RCHUNK
 #define MLSTM_RCHUNK 16      // tile rows of v / dh / q / k staged in local memory per step of an accumulation
 #endif
-#ifndef MLSTM_M_FLOOR
-#define MLSTM_M_FLOOR (-10.0f) // stabiliser floor, as api/mlstm.h: m_t = max(MLSTM_M_FLOOR, max_j logD_tj)
+#ifndef MLSTM_M_FLOOR // the stabiliser floor, m_t = max(MLSTM_M_FLOOR, max_j logD_tj): defined once, in api/mlstm.h
+#error "MLSTM_M_FLOOR is passed by the host (backends/opencl/cl_program.c) as a build option"
 #endif
 
 /* ---- Derived sizes ----

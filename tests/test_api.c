@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -123,7 +124,7 @@ static void test_init_defaults(void **state)
     assert_true(d.scale == 0.0f);
     assert_int_equal(d.grad_mode, MLSTM_GRAD_EXACT);
     assert_int_equal(d.math_mode, MLSTM_MATH_DEFAULT);
-    for (int t = 0; t < MLSTM_TENSOR_COUNT; t++)
+    for (int t = 0; t < MLSTM_MAX_TENSORS; t++)
         assert_true(d.layout[t].batch == 0 && d.layout[t].head == 0 && d.layout[t].seq == 0);
     mlstm_options o;
     memset(&o, 0xab, sizeof o);
@@ -342,12 +343,48 @@ static void fx_destroy(fixture *fx)
     memset(fx, 0, sizeof *fx);
 }
 
+/* Which entry points call() uses: the bad-input tests run once per mode (see main). */
+enum { MODE_POSITIONAL = 0, MODE_PACK = 1, MODE_PLAN = 2 };
+static int g_call_mode = MODE_POSITIONAL;
+
+static void fill_pack(mlstm_tensor_pack *pk, mlstm_buffer *const b[MLSTM_TENSOR_COUNT])
+{
+    mlstm_tensor_pack_init(pk);
+    for (int t = 0; t < MLSTM_TENSOR_COUNT; t++)
+        pk->tensors[t] = b[t];
+}
+
+/* One call through the mode's entry points: positional, pack, or plan create + execute + destroy (a desc the plan
+ * rejects fails at creation, buffers at execution). */
 static int call(mlstm_context *ctx, const mlstm_desc *d, mlstm_buffer *const b[MLSTM_TENSOR_COUNT], int bwd)
 {
-    if (!bwd)
-        return mlstm_parallel_fwd(ctx, d, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
-    return mlstm_parallel_bwd(ctx, d, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
-                              b[12], b[13]);
+    if (g_call_mode == MODE_POSITIONAL) {
+        if (!bwd)
+            return mlstm_parallel_fwd(ctx, d, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
+        return mlstm_parallel_bwd(ctx, d, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+                                  b[12], b[13]);
+    }
+    mlstm_tensor_pack pk;
+    fill_pack(&pk, b);
+    if (g_call_mode == MODE_PACK)
+        return bwd ? mlstm_parallel_bwd_pack(ctx, d, &pk, NULL) : mlstm_parallel_fwd_pack(ctx, d, &pk, NULL);
+    mlstm_plan *plan = (mlstm_plan *)(uintptr_t)1;
+    int st = mlstm_plan_create(ctx, d, bwd ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD, &plan);
+    if (st != MLSTM_OK) {
+        if (plan != NULL)
+            fail_msg("mlstm_plan_create failed (%d) but left *out non-NULL", st);
+        return st;
+    }
+    size_t ws = 1;
+    assert_int_equal(mlstm_plan_workspace_size(plan, &ws), MLSTM_OK);
+    assert_int_equal(ws, 0); /* the fused path needs none */
+    st = bwd ? mlstm_plan_execute_bwd(plan, &pk, NULL) : mlstm_plan_execute_fwd(plan, &pk, NULL);
+    char keep[4096];
+    snprintf(keep, sizeof keep, "%s", mlstm_context_last_error(ctx));
+    mlstm_plan_destroy(plan);
+    if (st != MLSTM_OK && strcmp(keep, mlstm_context_last_error(ctx)) != 0)
+        fail_msg("mlstm_plan_destroy changed the context's last error");
+    return st;
 }
 
 /* Every output buffer of the direction still holds the canary, bitwise. */
@@ -483,7 +520,11 @@ static void test_bad_desc_values(void **state)
         expect_both(fx, &d, want, what); \
     } while (0)
     BAD(d.struct_size = 0, MLSTM_ERR_INVALID_ARGUMENT, "struct_size 0 (desc not initialised)");
-    BAD(d.struct_size = (uint32_t)sizeof d - 8, MLSTM_ERR_INVALID_ARGUMENT, "struct_size wrong");
+    BAD(d.struct_size = (uint32_t)MLSTM_DESC_SIZE_V1 - 8, MLSTM_ERR_INVALID_ARGUMENT,
+        "struct_size below the first published size");
+    BAD(d.struct_size = (uint32_t)sizeof d + 100000, MLSTM_ERR_INVALID_ARGUMENT, "struct_size far too large");
+    BAD(d.layout[MLSTM_TENSOR_COUNT].seq = 1, MLSTM_ERR_INVALID_ARGUMENT, "layout of a role this version lacks");
+    BAD(d.layout[MLSTM_MAX_TENSORS - 1].batch = -1, MLSTM_ERR_INVALID_ARGUMENT, "layout of the last role slot");
     BAD(d.batch = 0, MLSTM_ERR_INVALID_ARGUMENT, "batch 0");
     BAD(d.heads = 0, MLSTM_ERR_INVALID_ARGUMENT, "heads 0");
     BAD(d.seq_len = 0, MLSTM_ERR_INVALID_ARGUMENT, "seq_len 0");
@@ -848,6 +889,327 @@ static void test_valid_edges(void **state)
     expect_both(fx, &d, MLSTM_OK, "TF32 math, detached gradients");
 }
 
+/* ------------------------------------------------------------------------------------------------ */
+/* Growing structs (the ABI rules of mlstm.h), tensor packs and plans                                */
+
+/* The init functions write exactly the caller's size; struct sizes between the first published one and the
+ * library's are read with the tail defaulted; larger ones only with a zero tail. */
+static void test_struct_sizes(void **state)
+{
+    (void)state;
+    struct { mlstm_desc d; unsigned char after[64]; } g;
+    memset(&g, 0xa5, sizeof g);
+    mlstm_desc_init_sized(&g.d, MLSTM_DESC_SIZE_V1);
+    assert_int_equal(g.d.struct_size, MLSTM_DESC_SIZE_V1);
+    const unsigned char *raw = (const unsigned char *)&g.d;
+    for (size_t b = MLSTM_DESC_SIZE_V1; b < sizeof g.d; b++)
+        if (raw[b] != 0xa5)
+            fail_msg("mlstm_desc_init_sized(%zu) wrote byte %zu", (size_t)MLSTM_DESC_SIZE_V1, b);
+    assert_true(g.d.eps == 1e-6f && g.d.dtype == MLSTM_DTYPE_F32);
+    mlstm_desc_init_sized(&g.d, 2); /* smaller than struct_size itself: writes nothing */
+    assert_int_equal(g.d.struct_size, MLSTM_DESC_SIZE_V1);
+    mlstm_desc_init_sized(NULL, sizeof g.d);
+    /* a newer caller's desc: the bytes beyond the library's struct default to zero */
+    mlstm_desc_init_sized(&g.d, sizeof g);
+    assert_int_equal(g.d.struct_size, sizeof g);
+    for (size_t b = 0; b < sizeof g.after; b++)
+        assert_int_equal(g.after[b], 0);
+    assert_int_equal(MLSTM_DESC_SIZE_V1, 408); /* the 0.1 struct on LP64: 72 bytes of scalars, 14 layouts */
+    assert_int_equal(MLSTM_OPTIONS_SIZE_V1, sizeof(mlstm_options));
+
+    struct { mlstm_options o; unsigned char after[32]; } go;
+    memset(&go, 0x5a, sizeof go);
+    mlstm_options_init_sized(&go.o, sizeof go.o);
+    for (size_t b = 0; b < sizeof go.after; b++)
+        assert_int_equal(go.after[b], 0x5a);
+    mlstm_context *c = (mlstm_context *)(uintptr_t)1;
+    go.o.struct_size = (uint32_t)sizeof go; /* a newer caller whose extra members are set */
+    go.o.backend = "no-such-backend";
+    assert_int_equal(mlstm_context_create(&go.o, &c), MLSTM_ERR_INVALID_ARGUMENT);
+    assert_null(c);
+    assert_non_null(strstr(mlstm_last_error_global(), "does not know"));
+    memset(go.after, 0, sizeof go.after); /* ... now unset: read as the defaults, so the bad name is what fails */
+    assert_int_equal(mlstm_context_create(&go.o, &c), MLSTM_ERR_BACKEND_UNAVAILABLE);
+    go.o.struct_size = (uint32_t)MLSTM_OPTIONS_SIZE_V1 - 4;
+    assert_int_equal(mlstm_context_create(&go.o, &c), MLSTM_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mlstm_last_error_global(), "first published size"));
+}
+
+/* A desc from a newer caller (zero tail: accepted; set tail: rejected, outputs untouched) and packs that break the
+ * rules, through every entry point that takes them. */
+static void test_desc_and_pack_growth(void **state)
+{
+    (void)state;
+    NEED_CONTEXT();
+    fixture *fx = &g_fx;
+    struct { mlstm_desc d; uint64_t newer[4]; } g;
+    memset(&g, 0, sizeof g);
+    g.d = fx->desc;
+    g.d.struct_size = (uint32_t)sizeof g;
+    for (int bwd = 0; bwd < 2; bwd++)
+        expect_status(fx, &g.d, fx->buf, bwd, MLSTM_OK, "desc of a newer caller, unknown members zero");
+    g.newer[2] = 1;
+    for (int bwd = 0; bwd < 2; bwd++)
+        expect_status(fx, &g.d, fx->buf, bwd, MLSTM_ERR_INVALID_ARGUMENT, "desc of a newer caller, unknown member set");
+
+    mlstm_tensor_pack pk;
+    for (int bwd = 0; bwd < 2; bwd++) {
+        fx_fill(fx, bwd);
+        int (*run)(mlstm_context *, const mlstm_desc *, const mlstm_tensor_pack *, mlstm_buffer *) =
+            bwd ? mlstm_parallel_bwd_pack : mlstm_parallel_fwd_pack;
+        assert_int_equal(run(g_ctx, &fx->desc, NULL, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+        fill_pack(&pk, fx->buf);
+        pk.tensors[MLSTM_TENSOR_COUNT] = fx->buf[0];
+        assert_int_equal(run(g_ctx, &fx->desc, &pk, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(mlstm_context_last_error(g_ctx), "role"));
+        fill_pack(&pk, fx->buf);
+        pk.struct_size = 8;
+        assert_int_equal(run(g_ctx, &fx->desc, &pk, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+        fx_expect_untouched(fx, bwd, "bad packs");
+        /* a pack with every role set serves both directions (fwd ignores the backward's roles) */
+        fill_pack(&pk, fx->buf);
+        assert_int_equal(run(g_ctx, &fx->desc, &pk, NULL), MLSTM_OK);
+    }
+}
+
+/* A zeroed host array large enough for any tensor of the fixture's shape. */
+static void *zero_host(void)
+{
+    static float zeros[1024];
+    return zeros;
+}
+
+/* Reads every output of the fixture into one host array (for bitwise comparisons). */
+static unsigned char *fx_outputs(fixture *fx, int bwd, size_t *len)
+{
+    size_t total = 0;
+    for (int t = 0; t < MLSTM_TENSOR_COUNT; t++)
+        if (is_output(t, bwd))
+            total += fx->count[t] * tu_dtype_size(fx->dtype[t]);
+    unsigned char *out = malloc(total), *at = out;
+    assert_non_null(out);
+    assert_int_equal(mlstm_synchronize(g_ctx), MLSTM_OK);
+    for (int t = 0; t < MLSTM_TENSOR_COUNT; t++)
+        if (is_output(t, bwd)) {
+            assert_int_equal(mlstm_buffer_read(fx->buf[t], 0, fx->count[t], at), MLSTM_OK);
+            at += fx->count[t] * tu_dtype_size(fx->dtype[t]);
+        }
+    *len = total;
+    return out;
+}
+
+static void test_plan_api(void **state)
+{
+    (void)state;
+    NEED_CONTEXT();
+    fixture *fx = &g_fx;
+    mlstm_plan *plan = (mlstm_plan *)(uintptr_t)1;
+    /* creation errors: *out NULL afterwards, a reason recorded */
+    assert_int_equal(mlstm_plan_create(NULL, &fx->desc, MLSTM_PLAN_FWD, &plan), MLSTM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(mlstm_plan_create(g_ctx, &fx->desc, MLSTM_PLAN_FWD, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+    const unsigned bad_dirs[] = {0u, 4u, MLSTM_PLAN_FWD | 8u};
+    for (size_t k = 0; k < sizeof bad_dirs / sizeof bad_dirs[0]; k++) {
+        plan = (mlstm_plan *)(uintptr_t)1;
+        assert_int_equal(mlstm_plan_create(g_ctx, &fx->desc, bad_dirs[k], &plan), MLSTM_ERR_INVALID_ARGUMENT);
+        assert_null(plan);
+        assert_non_null(strstr(mlstm_context_last_error(g_ctx), "directions"));
+    }
+    plan = (mlstm_plan *)(uintptr_t)1;
+    assert_int_equal(mlstm_plan_create(g_ctx, NULL, MLSTM_PLAN_FWD, &plan), MLSTM_ERR_INVALID_ARGUMENT);
+    assert_null(plan);
+    mlstm_plan_destroy(NULL);
+    size_t ws = 7;
+    assert_int_equal(mlstm_plan_workspace_size(NULL, &ws), MLSTM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(ws, 7);
+    mlstm_tensor_pack pk;
+    fill_pack(&pk, fx->buf);
+    assert_int_equal(mlstm_plan_execute_fwd(NULL, &pk, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(mlstm_plan_execute_bwd(NULL, &pk, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+
+    /* a plan gives bitwise what the positional calls give; it keeps its own copy of the desc */
+    size_t len_ref[2], len_plan[2];
+    unsigned char *ref[2], *got[2];
+    g_call_mode = MODE_POSITIONAL;
+    for (int bwd = 0; bwd < 2; bwd++) {
+        fx_fill(fx, bwd);
+        assert_int_equal(call(g_ctx, &fx->desc, fx->buf, bwd), MLSTM_OK);
+        ref[bwd] = fx_outputs(fx, bwd, &len_ref[bwd]);
+    }
+    mlstm_desc d = fx->desc;
+    assert_int_equal(mlstm_plan_create(g_ctx, &d, MLSTM_PLAN_FWD | MLSTM_PLAN_BWD, &plan), MLSTM_OK);
+    d.seq_len = 0; /* invalid now: the plan does not look */
+    assert_int_equal(mlstm_plan_workspace_size(plan, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+    assert_int_equal(mlstm_plan_workspace_size(plan, &ws), MLSTM_OK);
+    assert_int_equal(ws, 0);
+    for (int bwd = 0; bwd < 2; bwd++) {
+        fx_fill(fx, bwd);
+        assert_int_equal(bwd ? mlstm_plan_execute_bwd(plan, &pk, NULL) : mlstm_plan_execute_fwd(plan, &pk, NULL),
+                         MLSTM_OK);
+        got[bwd] = fx_outputs(fx, bwd, &len_plan[bwd]);
+        assert_int_equal(len_ref[bwd], len_plan[bwd]);
+        assert_memory_equal(ref[bwd], got[bwd], len_ref[bwd]);
+        free(ref[bwd]);
+        free(got[bwd]);
+    }
+
+    /* execution errors: clear status, a reason, outputs untouched */
+    mlstm_options o;
+    mlstm_options_init(&o);
+    o.backend = mlstm_context_backend_name(g_ctx);
+    mlstm_context *other = NULL;
+    assert_int_equal(mlstm_context_create(&o, &other), MLSTM_OK);
+    mlstm_buffer *foreign = NULL, *ws_other = NULL, *ws_own = NULL, *q16 = NULL, *small = NULL;
+    assert_int_equal(mlstm_buffer_create(other, MLSTM_DTYPE_F32, fx->count[MLSTM_TENSOR_K], &foreign), MLSTM_OK);
+    assert_int_equal(mlstm_buffer_create(other, MLSTM_DTYPE_F32, 64, &ws_other), MLSTM_OK);
+    assert_int_equal(mlstm_buffer_create(g_ctx, MLSTM_DTYPE_F32, 64, &ws_own), MLSTM_OK);
+    assert_int_equal(mlstm_buffer_create(g_ctx, MLSTM_DTYPE_F16, fx->count[MLSTM_TENSOR_Q], &q16), MLSTM_OK);
+    assert_int_equal(mlstm_buffer_create(g_ctx, MLSTM_DTYPE_F32, mlstm_tensor_extent(&fx->desc, MLSTM_TENSOR_V) - 1,
+                                         &small), MLSTM_OK);
+    struct { int role; mlstm_buffer *buf; mlstm_buffer *ws; int want; const char *what; } bad[] = {
+        {MLSTM_TENSOR_K, foreign, NULL, MLSTM_ERR_CONTEXT_MISMATCH, "k of another context"},
+        {MLSTM_TENSOR_Q, q16, NULL, MLSTM_ERR_DTYPE_MISMATCH, "q f16 for an f32 plan"},
+        {MLSTM_TENSOR_V, small, NULL, MLSTM_ERR_BUFFER_TOO_SMALL, "v one element short"},
+        {MLSTM_TENSOR_F, NULL, NULL, MLSTM_ERR_INVALID_ARGUMENT, "f NULL"},
+        {-1, NULL, ws_other, MLSTM_ERR_CONTEXT_MISMATCH, "workspace of another context"},
+    };
+    for (int bwd = 0; bwd < 2; bwd++)
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+            mlstm_tensor_pack pb;
+            fill_pack(&pb, fx->buf);
+            if (bad[k].role >= 0)
+                pb.tensors[bad[k].role] = bad[k].buf;
+            fx_fill(fx, bwd);
+            int st = bwd ? mlstm_plan_execute_bwd(plan, &pb, bad[k].ws) : mlstm_plan_execute_fwd(plan, &pb, bad[k].ws);
+            if (st != bad[k].want)
+                fail_msg("plan execute with %s: %d, expected %d (%s)", bad[k].what, st, bad[k].want,
+                         mlstm_context_last_error(g_ctx));
+            assert_true(strlen(mlstm_context_last_error(g_ctx)) > 0);
+            fx_expect_untouched(fx, bwd, bad[k].what);
+        }
+    /* an own workspace is accepted where none is needed */
+    fx_fill(fx, 0);
+    assert_int_equal(mlstm_plan_execute_fwd(plan, &pk, ws_own), MLSTM_OK);
+    /* Too small a workspace: the fused path needs 0 bytes, so no workspace can be too small; the check
+     * (mlstm_bind_workspace) is exercised once an algorithm with scratch memory exists. */
+    assert_int_equal(mlstm_plan_workspace_size(plan, &ws), MLSTM_OK);
+    if (ws == 0)
+        printf("  note: %s: the plan needs no workspace, so the too-small-workspace case does not apply\n", __func__);
+    else {
+        fx_fill(fx, 0);
+        assert_int_equal(mlstm_plan_execute_fwd(plan, &pk, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+        fx_expect_untouched(fx, 0, "missing workspace");
+    }
+    mlstm_plan_destroy(plan);
+
+    /* a forward-only plan refuses the backward */
+    assert_int_equal(mlstm_plan_create(g_ctx, &fx->desc, MLSTM_PLAN_FWD, &plan), MLSTM_OK);
+    fx_fill(fx, 1);
+    assert_int_equal(mlstm_plan_execute_bwd(plan, &pk, NULL), MLSTM_ERR_INVALID_ARGUMENT);
+    fx_expect_untouched(fx, 1, "bwd on a fwd-only plan");
+    /* plans still alive when their context goes are freed with it (ASan / valgrind check the leak) */
+    mlstm_plan *orphan = NULL;
+    mlstm_desc od = fx->desc;
+    assert_int_equal(mlstm_plan_create(other, &od, MLSTM_PLAN_BWD, &orphan), MLSTM_OK);
+    /* a plan of the other context with buffers of this one */
+    assert_int_equal(mlstm_plan_execute_bwd(orphan, &pk, NULL), MLSTM_ERR_CONTEXT_MISMATCH);
+    fx_expect_untouched(fx, 1, "plan of another context");
+    mlstm_plan_destroy(plan);
+    mlstm_buffer_destroy(q16);
+    mlstm_buffer_destroy(small);
+    mlstm_buffer_destroy(ws_own);
+    mlstm_context_destroy(other);
+}
+
+/* Limits are MLSTM_ERR_UNSUPPORTED at plan creation, before any buffer exists: 16 x 2^31 positions exceed both
+ * backends (OpenCL indexes positions with int; CUDA's grids hold at most 2^31 - 1 blocks of 8 rows). */
+static void test_plan_unsupported(void **state)
+{
+    (void)state;
+    NEED_CONTEXT();
+    mlstm_desc d;
+    mlstm_desc_init(&d);
+    d.batch = 16; d.heads = 1; d.seq_len = INT32_MAX; d.dqk = 1; d.dv = 1;
+    mlstm_plan *plan = (mlstm_plan *)(uintptr_t)1;
+    int st = mlstm_plan_create(g_ctx, &d, MLSTM_PLAN_FWD | MLSTM_PLAN_BWD, &plan);
+    if (st != MLSTM_ERR_UNSUPPORTED)
+        fail_msg("plan for 16 x 2^31 positions: %d, expected MLSTM_ERR_UNSUPPORTED (%s)", st,
+                 mlstm_context_last_error(g_ctx));
+    assert_null(plan);
+    assert_true(strlen(mlstm_context_last_error(g_ctx)) > 0);
+}
+
+/* A plan compiles at creation, never at execution: an OpenCL context reads its kernel sources from a folder
+ * (MLSTM_OPENCL_KERNEL_DIR), the plan is made, the folder is emptied; the plan still runs, while an unplanned call
+ * that needs a new program fails to build it. */
+static void test_plan_compiles_ahead(void **state)
+{
+    (void)state;
+    NEED_CONTEXT();
+    if (strcmp(mlstm_context_backend_name(g_ctx), "opencl") != 0) {
+        printf("[ SKIP ] %s: kernel sources on disk are an OpenCL-backend feature; this run uses '%s'\n", __func__,
+               mlstm_context_backend_name(g_ctx));
+        skip();
+    }
+    char dir[] = "/tmp/mlstm_plan_kernels_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    static const char *const files[] = {"common.cl", "fwd.cl", "bwd.cl"};
+    char path[3][512];
+    for (int k = 0; k < 3; k++) {
+        char src[512];
+        snprintf(src, sizeof src, "%s/%s", MLSTM_KERNELS_CL_DIR, files[k]);
+        snprintf(path[k], sizeof path[k], "%s/%s", dir, files[k]);
+        FILE *in = fopen(src, "rb"), *out = fopen(path[k], "wb");
+        assert_non_null(in);
+        assert_non_null(out);
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+            assert_int_equal(fwrite(buf, 1, n, out), n);
+        fclose(in);
+        fclose(out);
+    }
+    setenv("MLSTM_OPENCL_KERNEL_DIR", dir, 1);
+    mlstm_options o;
+    mlstm_options_init(&o);
+    o.backend = "opencl";
+    mlstm_context *ctx = NULL;
+    int st = mlstm_context_create(&o, &ctx);
+    unsetenv("MLSTM_OPENCL_KERNEL_DIR");
+    assert_int_equal(st, MLSTM_OK);
+    mlstm_desc d;
+    fx_desc(&d, MLSTM_DTYPE_F16);
+    mlstm_plan *plan = NULL;
+    st = mlstm_plan_create(ctx, &d, MLSTM_PLAN_FWD | MLSTM_PLAN_BWD, &plan);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(remove(path[k]), 0);
+    assert_int_equal(rmdir(dir), 0);
+    if (st != MLSTM_OK)
+        fail_msg("plan with the kernel sources present: %d (%s)", st, mlstm_context_last_error(ctx));
+    mlstm_buffer *b[MLSTM_TENSOR_COUNT] = {0};
+    for (int t = 0; t < MLSTM_TENSOR_COUNT; t++) {
+        assert_int_equal(mlstm_buffer_create(ctx, is_f32_tensor(t) ? MLSTM_DTYPE_F32 : MLSTM_DTYPE_F16,
+                                             mlstm_tensor_extent(&d, t), &b[t]), MLSTM_OK);
+        unsigned char zero[256] = {0};
+        assert_true(mlstm_tensor_extent(&d, t) * 4 <= sizeof zero);
+        assert_int_equal(mlstm_buffer_write(b[t], 0, mlstm_tensor_extent(&d, t), zero), MLSTM_OK);
+    }
+    mlstm_tensor_pack pk;
+    fill_pack(&pk, b);
+    st = mlstm_plan_execute_fwd(plan, &pk, NULL);
+    if (st == MLSTM_OK)
+        st = mlstm_plan_execute_bwd(plan, &pk, NULL);
+    if (st == MLSTM_OK)
+        st = mlstm_synchronize(ctx);
+    if (st != MLSTM_OK)
+        fail_msg("planned calls after the sources were removed: %d (%s)", st, mlstm_context_last_error(ctx));
+    /* the control: a bf16 call was never planned, and its program cannot be built now */
+    d.dtype = MLSTM_DTYPE_BF16;
+    assert_int_equal(mlstm_parallel_fwd_host(ctx, &d, zero_host(), zero_host(), zero_host(), zero_host(), zero_host(),
+                                             zero_host(), zero_host(), zero_host()),
+                     MLSTM_ERR_KERNEL_BUILD);
+    mlstm_context_destroy(ctx);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -872,6 +1234,26 @@ static int group_teardown(void **state)
     return 0;
 }
 
+/* Runs test in call mode `mode`, then restores the positional mode. */
+#define MODE_VARIANT(test, mode)                                                                        \
+    static void test##_##mode(void **state)                                                            \
+    {                                                                                                  \
+        g_call_mode = mode;                                                                            \
+        test(state);                                                                                   \
+        g_call_mode = MODE_POSITIONAL;                                                                 \
+    }
+#define VARIANTS(test) MODE_VARIANT(test, MODE_PACK) MODE_VARIANT(test, MODE_PLAN)
+VARIANTS(test_valid_call_succeeds)
+VARIANTS(test_bad_handles)
+VARIANTS(test_bad_desc_values)
+VARIANTS(test_bad_layouts)
+VARIANTS(test_output_aliasing)
+VARIANTS(test_buffer_mismatches)
+VARIANTS(test_context_mismatch)
+#define PACK_AND_PLAN(test)                                                                             \
+    cmocka_unit_test_setup_teardown(test##_MODE_PACK, fx_setup, fx_teardown),                          \
+        cmocka_unit_test_setup_teardown(test##_MODE_PLAN, fx_setup, fx_teardown)
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -893,6 +1275,19 @@ int main(void)
         cmocka_unit_test(test_buffers),
         cmocka_unit_test(test_host_api_errors),
         cmocka_unit_test_setup_teardown(test_valid_edges, fx_setup, fx_teardown),
+        cmocka_unit_test(test_struct_sizes),
+        cmocka_unit_test_setup_teardown(test_desc_and_pack_growth, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_plan_api, fx_setup, fx_teardown),
+        cmocka_unit_test(test_plan_unsupported),
+        cmocka_unit_test(test_plan_compiles_ahead),
+        /* the bad-input tests again through the tensor-pack and plan entry points */
+        PACK_AND_PLAN(test_valid_call_succeeds),
+        PACK_AND_PLAN(test_bad_handles),
+        PACK_AND_PLAN(test_bad_desc_values),
+        PACK_AND_PLAN(test_bad_layouts),
+        PACK_AND_PLAN(test_output_aliasing),
+        PACK_AND_PLAN(test_buffer_mismatches),
+        PACK_AND_PLAN(test_context_mismatch),
     };
     const char *filter = getenv("MLSTM_TEST_FILTER");
     if (filter && filter[0])

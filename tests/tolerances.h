@@ -1,4 +1,4 @@
-/* The precision contract (DESIGN.md section 2) as one table: (storage dtype, output tensor) -> maximum
+/* The precision contract (README.md, "Precision contract") as one table: (storage dtype, output tensor) -> maximum
  * relative L2 error ||x - x_ref|| / ||x_ref|| against the float64 reference computed from the storage-rounded
  * inputs. m, n, di, df are f32 outputs but are computed from rounded-storage inputs, so the same per-dtype
  * thresholds apply. Never loosen an entry to make a case pass: report the case instead. */
@@ -73,7 +73,8 @@ static inline double tol_max_rel_l2_tf32(int output)
     return (output >= 0 && output < TOL_COUNT) ? tol_tf32_table[output] : -1.0;
 }
 
-/* Extreme gates (|i|, |f| up to G ~ 1e3). The contract's numbers hold for gates of order 1 (DESIGN.md section 2).
+/* Extreme gates (|i|, |f| up to G ~ 1e3). The contract's numbers hold for gates of order 1 (README.md, "Precision
+ * contract").
  * The gate math is f32 by contract: logsigmoid(f_u) and the sums F_t - F_j + i_j - m_t are formed from f32
  * values of magnitude up to G, so even a perfect f32 kernel carries an absolute error of a few ulps of G in
  * each exponent, i.e. a relative error of about 2^-24 * G in D' and in every output (6e-5 at G = 1e3, above the

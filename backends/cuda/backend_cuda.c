@@ -1,8 +1,11 @@
 /* libmlstm CUDA backend, host side (C11, CUDA runtime API linked statically): device probe, per-context
  * state (device, stream), device buffers, launches through kernels_cuda/ (the materialised algorithm through
- * materialized_cuda.c), and cudaError_t -> mlstm_status
- * mapping with a "cudaXxx failed: cudaErrorName (code) at file:line" detail for last_error. */
+ * materialized_cuda.c), the limits it serves (supports), and cudaError_t -> mlstm_status mapping with a
+ * "cudaXxx failed: cudaErrorName (code) at file:line" detail for last_error. Every entry point leaves the calling
+ * thread's current device as it found it. */
+#include <limits.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +75,40 @@ static int fail_at(mlstm_cuda_impl *c, cudaError_t e, const char *what, const ch
             return fail_at((c), e_, #call, __FILE__, __LINE__, 0);                                               \
     } while (0)
 
+/* ---- the caller's current device ---- */
+
+/* Makes the context's device current and remembers the caller's (CUDA's default, device 0, when the thread never
+ * chose one) in *prev for leave_device. */
+static int enter_device(mlstm_cuda_impl *c, int *prev)
+{
+    if (cudaGetDevice(prev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        *prev = -1;
+    }
+    if (*prev == c->device)
+        return MLSTM_OK;
+    cudaError_t e = cudaSetDevice(c->device);
+    return e == cudaSuccess ? MLSTM_OK : fail_at(c, e, "cudaSetDevice", __FILE__, __LINE__, 0);
+}
+
+static void leave_device(int prev, int device)
+{
+    if (prev >= 0 && prev != device && cudaSetDevice(prev) != cudaSuccess)
+        (void)cudaGetLastError();
+}
+
+/* Evaluates call (an mlstm_status expression) on the context's device and returns its status, the caller's device
+ * current again. */
+#define ON_DEVICE(c, call)                                                                                       \
+    do {                                                                                                         \
+        int prev_ = -1;                                                                                          \
+        int st_ = enter_device((c), &prev_);                                                                     \
+        if (st_ == MLSTM_OK)                                                                                     \
+            st_ = (call);                                                                                        \
+        leave_device(prev_, (c)->device);                                                                        \
+        return st_;                                                                                              \
+    } while (0)
+
 /* ---- probe / init / destroy ---- */
 
 static int cuda_probe(int *n_devices, char *msg, size_t msg_len)
@@ -98,7 +135,8 @@ static void cuda_destroy(void *impl)
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
     if (c == NULL)
         return;
-    if (cudaSetDevice(c->device) == cudaSuccess) {
+    int prev = -1;
+    if (enter_device(c, &prev) == MLSTM_OK) {
         if (c->stream != c->own_stream)
             (void)cudaStreamSynchronize(c->stream);
         if (c->own_stream) {
@@ -111,6 +149,7 @@ static void cuda_destroy(void *impl)
     }
     mlstm_cuda_kernels_release(c->dispatch);
     (void)cudaGetLastError();
+    leave_device(prev, c->device);
     free(c);
 }
 
@@ -134,8 +173,11 @@ static int cuda_init(const mlstm_backend_config *cfg, void **impl, char *msg, si
         return MLSTM_ERR_NO_DEVICE;
     }
     struct cudaDeviceProp prop;
-    if ((e = cudaSetDevice(c->device)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, c->device)) != cudaSuccess) {
-        st = fail_at(c, e, "cudaSetDevice/cudaGetDeviceProperties", __FILE__, __LINE__, 0);
+    int prev = -1;
+    if ((st = enter_device(c, &prev)) != MLSTM_OK)
+        goto fail;
+    if ((e = cudaGetDeviceProperties(&prop, c->device)) != cudaSuccess) {
+        st = fail_at(c, e, "cudaGetDeviceProperties", __FILE__, __LINE__, 0);
         goto fail;
     }
     if (prop.major < 8) {
@@ -158,11 +200,13 @@ static int cuda_init(const mlstm_backend_config *cfg, void **impl, char *msg, si
             goto fail;
         }
     }
+    leave_device(prev, c->device);
     *impl = c;
     return MLSTM_OK;
 fail:
     put_msg(msg, msg_len, "%s", c->err);
     cuda_destroy(c);
+    leave_device(prev, cfg->device);
     return st;
 }
 
@@ -174,11 +218,8 @@ static const char *cuda_last_kernels(void *impl) { return impl ? ((mlstm_cuda_im
 
 /* ---- buffers ---- */
 
-static int cuda_buffer_alloc(void *impl, size_t bytes, void **mem)
+static int alloc_on(mlstm_cuda_impl *c, size_t bytes, void **mem)
 {
-    mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
-    *mem = NULL;
-    CU_TRY(c, cudaSetDevice(c->device));
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
     if (e != cudaSuccess) {
@@ -191,19 +232,27 @@ static int cuda_buffer_alloc(void *impl, size_t bytes, void **mem)
     return MLSTM_OK;
 }
 
+static int cuda_buffer_alloc(void *impl, size_t bytes, void **mem)
+{
+    mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
+    *mem = NULL;
+    ON_DEVICE(c, alloc_on(c, bytes, mem));
+}
+
 static void cuda_buffer_free(void *impl, void *mem)
 {
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
     if (mem == NULL)
         return;
-    if (cudaSetDevice(c->device) == cudaSuccess)
+    int prev = -1;
+    if (enter_device(c, &prev) == MLSTM_OK)
         (void)cudaFree(mem);
     (void)cudaGetLastError();
+    leave_device(prev, c->device);
 }
 
-static int cuda_copy(mlstm_cuda_impl *c, void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
+static int copy_on(mlstm_cuda_impl *c, void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
 {
-    CU_TRY(c, cudaSetDevice(c->device));
     if (bytes == 0)
         return MLSTM_OK;
     CU_TRY(c, cudaMemcpyAsync(dst, src, bytes, kind, c->stream));
@@ -213,12 +262,14 @@ static int cuda_copy(mlstm_cuda_impl *c, void *dst, const void *src, size_t byte
 
 static int cuda_buffer_write(void *impl, void *mem, size_t offset_bytes, size_t bytes, const void *src)
 {
-    return cuda_copy((mlstm_cuda_impl *)impl, (char *)mem + offset_bytes, src, bytes, cudaMemcpyHostToDevice);
+    mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
+    ON_DEVICE(c, copy_on(c, (char *)mem + offset_bytes, src, bytes, cudaMemcpyHostToDevice));
 }
 
 static int cuda_buffer_read(void *impl, void *mem, size_t offset_bytes, size_t bytes, void *dst)
 {
-    return cuda_copy((mlstm_cuda_impl *)impl, dst, (const char *)mem + offset_bytes, bytes, cudaMemcpyDeviceToHost);
+    mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
+    ON_DEVICE(c, copy_on(c, dst, (const char *)mem + offset_bytes, bytes, cudaMemcpyDeviceToHost));
 }
 
 /* ---- compute ---- */
@@ -256,10 +307,29 @@ static int ensure_workspace(mlstm_cuda_impl *c, size_t bytes)
     return MLSTM_OK;
 }
 
-static int cuda_run(void *impl, const mlstm_params *p, int backward)
+/* Limits of the kernels: 1-D grids of at most INT_MAX blocks, where the per-row passes take 8 rows of (batch, head,
+ * position) per block and the tile kernels at least 16 positions of one (batch, head) (the OpenCL backend's
+ * supports() states its own limits the same way). Head dimensions 1..MLSTM_MAX_HEAD_DIM are all served (the API
+ * rejects larger ones). */
+static int cuda_supports(void *impl, const mlstm_params *p, int backward)
 {
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
-    CU_TRY(c, cudaSetDevice(c->device));
+    (void)backward;
+    /* no overflow: the API bounds batch * heads * seq_len * head_dim * 4 bytes by INT64_MAX */
+    const uint64_t bh = (uint64_t)p->batch * (uint64_t)p->heads;
+    const uint64_t rows = bh * (uint64_t)p->seq_len, tiles = bh * (((uint64_t)p->seq_len + 15) / 16);
+    if ((rows + 7) / 8 > (uint64_t)INT_MAX || tiles > (uint64_t)INT_MAX) {
+        put_msg(c->err, sizeof c->err,
+                "%lld x %lld x %lld positions exceed the CUDA backend's grids (at most %d blocks of 8 rows, or of 16 "
+                "positions of one batch and head)", (long long)p->batch, (long long)p->heads, (long long)p->seq_len,
+                INT_MAX);
+        return MLSTM_ERR_UNSUPPORTED;
+    }
+    return MLSTM_OK;
+}
+
+static int run_on(mlstm_cuda_impl *c, const mlstm_params *p, int backward)
+{
     if (p->algo == MLSTM_ALGO_MATERIALIZED)
         return mlstm_cuda_mat_run(&c->mat, p, backward, (void *)c->stream, c->err, sizeof c->err);
     /* the head-dim staging: in the caller's workspace (mlstm_context_set_workspace) where set, else the context's */
@@ -283,25 +353,75 @@ static int cuda_run(void *impl, const mlstm_params *p, int backward)
     return MLSTM_OK;
 }
 
-static int cuda_fwd(void *impl, const mlstm_params *p) { return cuda_run(impl, p, 0); }
-static int cuda_bwd(void *impl, const mlstm_params *p) { return cuda_run(impl, p, 1); }
-
-static int cuda_synchronize(void *impl)
+static int cuda_fwd(void *impl, const mlstm_params *p)
 {
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
-    CU_TRY(c, cudaSetDevice(c->device));
+    ON_DEVICE(c, run_on(c, p, 0));
+}
+
+static int cuda_bwd(void *impl, const mlstm_params *p)
+{
+    mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
+    ON_DEVICE(c, run_on(c, p, 1));
+}
+
+static int sync_on(mlstm_cuda_impl *c)
+{
     CU_TRY(c, cudaStreamSynchronize(c->stream));
     return MLSTM_OK;
 }
 
+static int cuda_synchronize(void *impl)
+{
+    mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
+    ON_DEVICE(c, sync_on(c));
+}
+
 /* ---- interop hooks (backend_cuda.h) ---- */
+
+/* MLSTM_OK when stream runs on the context's device (which is current). */
+static int stream_on_device(mlstm_cuda_impl *c, cudaStream_t stream)
+{
+#if CUDART_VERSION >= 12080
+    int dev = -1;
+    cudaError_t e = cudaStreamGetDevice(stream, &dev);
+    if (e != cudaSuccess) {
+        (void)fail_at(c, e, "cudaStreamGetDevice", __FILE__, __LINE__, 0);
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    }
+#else /* no cudaStreamGetDevice: an event of the context's device cannot be recorded into another device's stream */
+    const int dev = -1;
+    cudaEvent_t ev;
+    CU_TRY(c, cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    cudaError_t e = cudaEventRecord(ev, stream);
+    (void)cudaEventDestroy(ev);
+    (void)cudaGetLastError();
+    if (e == cudaSuccess)
+        return MLSTM_OK;
+#endif
+    if (dev == c->device)
+        return MLSTM_OK;
+    put_msg(c->err, sizeof c->err, "stream %p belongs to %s CUDA device (%d), the context runs on device %d",
+            (void *)stream, dev >= 0 ? "another" : "another or no", dev, c->device);
+    return MLSTM_ERR_INVALID_ARGUMENT;
+}
 
 int mlstm_cuda_set_stream(void *impl, void *stream)
 {
     mlstm_cuda_impl *c = (mlstm_cuda_impl *)impl;
     if (c == NULL)
         return MLSTM_ERR_INVALID_ARGUMENT;
-    c->stream = stream ? (cudaStream_t)stream : c->own_stream;
+    cudaStream_t s = stream ? (cudaStream_t)stream : c->own_stream;
+    if (s != c->own_stream && s != cudaStreamLegacy && s != cudaStreamPerThread) { /* the special handles: any device */
+        int prev = -1;
+        int st = enter_device(c, &prev);
+        if (st == MLSTM_OK)
+            st = stream_on_device(c, s);
+        leave_device(prev, c->device);
+        if (st != MLSTM_OK)
+            return st;
+    }
+    c->stream = s;
     return MLSTM_OK;
 }
 
@@ -345,11 +465,13 @@ const mlstm_backend_ops mlstm_backend_cuda_ops = {
     /* .buffer_free  = */ cuda_buffer_free,
     /* .buffer_write = */ cuda_buffer_write,
     /* .buffer_read  = */ cuda_buffer_read,
-    /* .supports     = */ NULL,
+    /* .supports     = */ cuda_supports,
     /* .fwd          = */ cuda_fwd,
     /* .bwd          = */ cuda_bwd,
     /* .synchronize  = */ cuda_synchronize,
     /* .last_error   = */ cuda_last_error,
     /* .last_kernels = */ cuda_last_kernels,
     /* .workspace_size = */ cuda_workspace_size,
+    /* .plan_create  = */ NULL, /* plans carry no CUDA state yet; the instance choice stays per call */
+    /* .plan_destroy = */ NULL,
 };

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cl_internal.h"
+#include "backend_opencl.h"
 
 #define MLSTM_CL_PLATFORM_NOT_FOUND_KHR (-1001) /* the ICD loader's "no platform" (cl_khr_icd) */
 
@@ -135,6 +136,77 @@ static int cl_probe(int *n_devices, char *msg, size_t msg_len)
     return MLSTM_OK;
 }
 
+/* A zeroed backend state for one device, with its error text. */
+static int new_ctx(cl_platform_id platform, cl_device_id device, const char *kernel_dir, mlstm_cl_ctx **out,
+                   char *msg, size_t msg_len)
+{
+    mlstm_cl_ctx *cx = calloc(1, sizeof *cx);
+    char *ebuf = malloc(1024);
+    if (!cx || !ebuf) {
+        free(cx);
+        free(ebuf);
+        snprintf(msg, msg_len, "out of host memory");
+        return MLSTM_ERR_OUT_OF_MEMORY;
+    }
+    cx->platform = platform;
+    cx->device = device;
+    snprintf(cx->kernel_dir, sizeof cx->kernel_dir, "%s", kernel_dir);
+    cx->error = ebuf;
+    cx->error[0] = '\0';
+    cx->error_cap = 1024;
+    *out = cx;
+    return MLSTM_OK;
+}
+
+/* Releases what a state holds (programs, queue, context, the device retain) and frees it. */
+static void free_ctx(mlstm_cl_ctx *cx)
+{
+    mlstm_cl_mat_release(cx);
+    mlstm_cl_release_programs(cx);
+    if (cx->queue)
+        clReleaseCommandQueue(cx->queue);
+    if (cx->context)
+        clReleaseContext(cx->context);
+    if (cx->retained_device)
+        clReleaseDevice(cx->device);
+    free(cx->error);
+    free(cx);
+}
+
+/* Reads the device's limits and name into cx; MLSTM_OK, or a status with the detail in msg. */
+static int read_device(mlstm_cl_ctx *cx, const char *label, char *msg, size_t msg_len)
+{
+    const cl_device_id device = cx->device;
+    cl_bool available = CL_FALSE, compiler = CL_FALSE;
+    cl_int err = clGetDeviceInfo(device, CL_DEVICE_AVAILABLE, sizeof available, &available, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(device, CL_DEVICE_COMPILER_AVAILABLE, sizeof compiler, &compiler, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof cx->local_mem, &cx->local_mem, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof cx->max_alloc, &cx->max_alloc, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof cx->max_wg, &cx->max_wg, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(device, CL_DEVICE_ADDRESS_BITS, sizeof cx->address_bits, &cx->address_bits, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(device, CL_DEVICE_NAME, sizeof cx->device_name - 1, cx->device_name, NULL);
+    cl_device_type type = 0;
+    if (err == CL_SUCCESS)
+        err = clGetDeviceInfo(device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    cx->generic_dims = (type & CL_DEVICE_TYPE_CPU) != 0;
+    if (err != CL_SUCCESS) {
+        snprintf(msg, msg_len, "clGetDeviceInfo failed: %s (%d)", mlstm_cl_error_name(err), err);
+        return MLSTM_ERR_DEVICE;
+    }
+    if (!available || !compiler) {
+        snprintf(msg, msg_len, "%s (%s) is %s", label, cx->device_name,
+                 !available ? "not available" : "without an OpenCL C compiler");
+        return MLSTM_ERR_NO_DEVICE;
+    }
+    return MLSTM_OK;
+}
+
 static int cl_init(const mlstm_backend_config *cfg, void **impl, char *msg, size_t msg_len)
 {
     cl_platform_id *plat;
@@ -182,46 +254,14 @@ static int cl_init(const mlstm_backend_config *cfg, void **impl, char *msg, size
         return MLSTM_ERR_DEVICE;
     }
 
-    mlstm_cl_ctx *cx = calloc(1, sizeof *cx);
-    char *ebuf = malloc(1024);
-    if (!cx || !ebuf) {
-        free(cx);
-        free(ebuf);
-        snprintf(msg, msg_len, "out of host memory");
-        return MLSTM_ERR_OUT_OF_MEMORY;
-    }
-    cx->platform = platform;
-    cx->device = device;
-    snprintf(cx->kernel_dir, sizeof cx->kernel_dir, "%s", cfg->opencl_kernel_dir);
-    cx->error = ebuf;
-    cx->error[0] = '\0';
-    cx->error_cap = 1024;
-    cl_bool available = CL_FALSE, compiler = CL_FALSE;
-    err = clGetDeviceInfo(device, CL_DEVICE_AVAILABLE, sizeof available, &available, NULL);
-    if (err == CL_SUCCESS)
-        err = clGetDeviceInfo(device, CL_DEVICE_COMPILER_AVAILABLE, sizeof compiler, &compiler, NULL);
-    if (err == CL_SUCCESS)
-        err = clGetDeviceInfo(device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof cx->local_mem, &cx->local_mem, NULL);
-    if (err == CL_SUCCESS)
-        err = clGetDeviceInfo(device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof cx->max_alloc, &cx->max_alloc, NULL);
-    if (err == CL_SUCCESS)
-        err = clGetDeviceInfo(device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof cx->max_wg, &cx->max_wg, NULL);
-    if (err == CL_SUCCESS)
-        err = clGetDeviceInfo(device, CL_DEVICE_ADDRESS_BITS, sizeof cx->address_bits, &cx->address_bits, NULL);
-    if (err == CL_SUCCESS)
-        err = clGetDeviceInfo(device, CL_DEVICE_NAME, sizeof cx->device_name - 1, cx->device_name, NULL);
-    cl_device_type type = 0;
-    if (err == CL_SUCCESS)
-        err = clGetDeviceInfo(device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
-    cx->generic_dims = (type & CL_DEVICE_TYPE_CPU) != 0;
-    if (err != CL_SUCCESS) {
-        snprintf(msg, msg_len, "clGetDeviceInfo failed: %s (%d)", mlstm_cl_error_name(err), err);
-        st = MLSTM_ERR_DEVICE;
-    } else if (!available || !compiler) {
-        snprintf(msg, msg_len, "OpenCL device %d of platform %d (%s) is %s", cfg->device, pi, cx->device_name,
-                 !available ? "not available" : "without an OpenCL C compiler");
-        st = MLSTM_ERR_NO_DEVICE;
-    } else {
+    mlstm_cl_ctx *cx = NULL;
+    st = new_ctx(platform, device, cfg->opencl_kernel_dir, &cx, msg, msg_len);
+    if (st != MLSTM_OK)
+        return st;
+    char label[160];
+    snprintf(label, sizeof label, "OpenCL device %d of platform %d", cfg->device, pi);
+    st = read_device(cx, label, msg, msg_len);
+    if (st == MLSTM_OK) {
         const cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)platform, 0};
         cx->context = clCreateContext(props, 1, &device, NULL, NULL, &err);
         if (err == CL_SUCCESS)
@@ -233,13 +273,137 @@ static int cl_init(const mlstm_backend_config *cfg, void **impl, char *msg, size
         }
     }
     if (st != MLSTM_OK) {
-        if (cx->context)
-            clReleaseContext(cx->context);
-        free(cx->error);
-        free(cx);
+        free_ctx(cx);
         return st;
     }
     *impl = cx;
+    return MLSTM_OK;
+}
+
+/* ---- a context on the caller's OpenCL objects (backend_opencl.h) ---- */
+
+int mlstm_opencl_init_external(void *context, void *device, void *queue, const char *kernel_dir, void **impl,
+                               char *msg, size_t msg_len)
+{
+    const cl_context c = (cl_context)context;
+    const cl_device_id d = (cl_device_id)device;
+    const cl_command_queue q = (cl_command_queue)queue;
+    *impl = NULL;
+    size_t bytes = 0;
+    cl_int err = clGetContextInfo(c, CL_CONTEXT_DEVICES, 0, NULL, &bytes);
+    cl_device_id *devs = err == CL_SUCCESS && bytes ? malloc(bytes) : NULL;
+    if (devs)
+        err = clGetContextInfo(c, CL_CONTEXT_DEVICES, bytes, devs, NULL);
+    int found = 0;
+    for (size_t i = 0; devs && err == CL_SUCCESS && i < bytes / sizeof *devs; ++i)
+        found |= devs[i] == d;
+    free(devs);
+    if (err != CL_SUCCESS || !found) {
+        if (err != CL_SUCCESS)
+            snprintf(msg, msg_len, "clGetContextInfo(CL_CONTEXT_DEVICES) failed: %s (%d): not a valid cl_context",
+                     mlstm_cl_error_name(err), err);
+        else
+            snprintf(msg, msg_len, "the cl_device_id is not a device of the cl_context");
+        return err == CL_OUT_OF_HOST_MEMORY ? MLSTM_ERR_OUT_OF_MEMORY : MLSTM_ERR_INVALID_ARGUMENT;
+    }
+    if (q) {
+        cl_context qc = NULL;
+        cl_device_id qd = NULL;
+        cl_command_queue_properties props = 0;
+        err = clGetCommandQueueInfo(q, CL_QUEUE_CONTEXT, sizeof qc, &qc, NULL);
+        if (err == CL_SUCCESS)
+            err = clGetCommandQueueInfo(q, CL_QUEUE_DEVICE, sizeof qd, &qd, NULL);
+        if (err == CL_SUCCESS)
+            err = clGetCommandQueueInfo(q, CL_QUEUE_PROPERTIES, sizeof props, &props, NULL);
+        if (err != CL_SUCCESS || qc != c || qd != d || (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)) {
+            snprintf(msg, msg_len, "the cl_command_queue %s",
+                     err != CL_SUCCESS ? "is not a valid command queue"
+                     : qc != c         ? "belongs to another cl_context"
+                     : qd != d         ? "belongs to another device of the context"
+                                       : "is out of order (the backward's kernels rely on an in-order queue)");
+            return MLSTM_ERR_INVALID_ARGUMENT;
+        }
+    }
+    cl_platform_id platform = NULL;
+    err = clGetDeviceInfo(d, CL_DEVICE_PLATFORM, sizeof platform, &platform, NULL);
+    if (err != CL_SUCCESS) {
+        snprintf(msg, msg_len, "clGetDeviceInfo(CL_DEVICE_PLATFORM) failed: %s (%d)", mlstm_cl_error_name(err), err);
+        return MLSTM_ERR_INVALID_ARGUMENT;
+    }
+    mlstm_cl_ctx *cx = NULL;
+    int st = new_ctx(platform, d, kernel_dir ? kernel_dir : "", &cx, msg, msg_len);
+    if (st != MLSTM_OK)
+        return st;
+    st = read_device(cx, "the caller's OpenCL device", msg, msg_len);
+    if (st == MLSTM_OK) {
+        /* the retains taken here are the ones cl_destroy releases; the caller keeps its own references */
+        clRetainContext(c);
+        cx->context = c;
+        clRetainDevice(d);
+        cx->retained_device = 1;
+        if (q) {
+            clRetainCommandQueue(q);
+            cx->queue = q;
+        } else {
+            cx->queue = clCreateCommandQueue(c, d, 0, &err);
+            if (err != CL_SUCCESS) {
+                snprintf(msg, msg_len, "clCreateCommandQueue failed: %s (%d)", mlstm_cl_error_name(err), err);
+                st = mlstm_cl_status(err) == MLSTM_ERR_OUT_OF_MEMORY ? MLSTM_ERR_OUT_OF_MEMORY : MLSTM_ERR_DEVICE;
+            }
+        }
+    }
+    if (st != MLSTM_OK) {
+        free_ctx(cx);
+        return st;
+    }
+    *impl = cx;
+    return MLSTM_OK;
+}
+
+void mlstm_opencl_handles(void *impl, void **context, void **device, void **queue)
+{
+    const mlstm_cl_ctx *cx = impl;
+    if (context)
+        *context = cx->context;
+    if (device)
+        *device = cx->device;
+    if (queue)
+        *queue = cx->queue;
+}
+
+int mlstm_opencl_check_mem(void *impl, void *mem, size_t bytes)
+{
+    mlstm_cl_ctx *cx = impl;
+#if !defined(__APPLE__)
+    /* cl_khr_icd: every object of an ICD platform begins with its platform's dispatch table pointer. A host block
+     * passed as a cl_mem fails this comparison before an OpenCL call dereferences it (through the ICD loader,
+     * which would crash on it). */
+    void *dispatch_mem = NULL, *dispatch_ctx = NULL;
+    memcpy(&dispatch_mem, mem, sizeof dispatch_mem);
+    memcpy(&dispatch_ctx, cx->context, sizeof dispatch_ctx);
+    if (dispatch_mem != dispatch_ctx)
+        return mlstm_cl_fail(cx, MLSTM_ERR_INVALID_ARGUMENT,
+                             "%p is not an OpenCL object of the context's platform (a host pointer?)", mem);
+#endif
+    cl_context owner = NULL;
+    cl_mem_object_type type = 0;
+    size_t size = 0;
+    cl_int err = clGetMemObjectInfo((cl_mem)mem, CL_MEM_CONTEXT, sizeof owner, &owner, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetMemObjectInfo((cl_mem)mem, CL_MEM_TYPE, sizeof type, &type, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetMemObjectInfo((cl_mem)mem, CL_MEM_SIZE, sizeof size, &size, NULL);
+    if (err != CL_SUCCESS)
+        return mlstm_cl_fail(cx, MLSTM_ERR_INVALID_ARGUMENT, "clGetMemObjectInfo(%p) failed: %s (%d): not a cl_mem",
+                             mem, mlstm_cl_error_name(err), err);
+    if (owner != cx->context)
+        return mlstm_cl_fail(cx, MLSTM_ERR_CONTEXT_MISMATCH, "cl_mem %p belongs to another cl_context", mem);
+    if (type != CL_MEM_OBJECT_BUFFER)
+        return mlstm_cl_fail(cx, MLSTM_ERR_INVALID_ARGUMENT, "cl_mem %p is not a buffer object (type 0x%x)", mem,
+                             (unsigned)type);
+    if (size < bytes)
+        return mlstm_cl_fail(cx, MLSTM_ERR_BUFFER_TOO_SMALL, "cl_mem %p holds %zu bytes, the buffer needs %zu", mem,
+                             size, bytes);
     return MLSTM_OK;
 }
 
@@ -249,12 +413,7 @@ static void cl_destroy(void *impl)
     if (!cx)
         return;
     clFinish(cx->queue);
-    mlstm_cl_mat_release(cx);
-    mlstm_cl_release_programs(cx);
-    clReleaseCommandQueue(cx->queue);
-    clReleaseContext(cx->context);
-    free(cx->error);
-    free(cx);
+    free_ctx(cx);
 }
 
 static const char *cl_device_name(void *impl) { return ((mlstm_cl_ctx *)impl)->device_name; }
@@ -409,6 +568,57 @@ static uint64_t tile_groups(const mlstm_params *p, int block, int *ntiles)
     return bh > UINT64_MAX / (uint64_t)*ntiles ? 0 : bh * (uint64_t)*ntiles;
 }
 
+/* ---- plans: the programs of a problem, built once ---- */
+
+typedef struct mlstm_cl_plan {
+    const mlstm_cl_program *program[2]; /* by MLSTM_CL_FWD / MLSTM_CL_BWD; NULL for a direction not planned */
+} mlstm_cl_plan;
+
+/* The program of a call: the plan's, else from the context's cache (built on first use). */
+static int call_program(mlstm_cl_ctx *cx, int direction, const mlstm_params *p, const mlstm_cl_program **out)
+{
+    const mlstm_cl_plan *plan = p->plan;
+    if (plan && plan->program[direction]) {
+        *out = plan->program[direction];
+        return MLSTM_OK;
+    }
+    return mlstm_cl_get_program(cx, direction, p, out);
+}
+
+static int cl_plan_create(void *impl, const mlstm_params *p, unsigned directions, void **out, size_t *workspace_bytes)
+{
+    mlstm_cl_ctx *cx = impl;
+    *out = NULL;
+    *workspace_bytes = 0; /* the fused kernels need no scratch memory */
+    mlstm_cl_plan *plan = calloc(1, sizeof *plan);
+    if (!plan)
+        return mlstm_cl_fail(cx, MLSTM_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (int dir = MLSTM_CL_FWD; dir <= MLSTM_CL_BWD; ++dir) {
+        if (!(directions & (dir == MLSTM_CL_FWD ? MLSTM_PLAN_FWD : MLSTM_PLAN_BWD)))
+            continue;
+        int ntiles;
+        int st = mlstm_cl_get_program(cx, dir, p, &plan->program[dir]);
+        if (st == MLSTM_OK && global_size(cx, tile_groups(p, plan->program[dir]->tiles.block, &ntiles),
+                                          (size_t)plan->program[dir]->tiles.rows * plan->program[dir]->tiles.cols) == 0)
+            st = mlstm_cl_fail(cx, MLSTM_ERR_UNSUPPORTED, "%lld x %lld x %lld positions need more work-groups than "
+                               "the device's index range holds", (long long)p->batch, (long long)p->heads,
+                               (long long)p->seq_len);
+        if (st != MLSTM_OK) {
+            free(plan);
+            return st;
+        }
+    }
+    *out = plan;
+    return MLSTM_OK;
+}
+
+/* The programs belong to the context's cache; the plan only points at them. */
+static void cl_plan_destroy(void *impl, void *plan)
+{
+    (void)impl;
+    free(plan);
+}
+
 static int cl_fwd(void *impl, const mlstm_params *p)
 {
     mlstm_cl_ctx *cx = impl;
@@ -417,7 +627,7 @@ static int cl_fwd(void *impl, const mlstm_params *p)
     if (st == MLSTM_OK && p->algo == MLSTM_ALGO_MATERIALIZED)
         return mlstm_cl_mat_fwd(cx, p);
     if (st == MLSTM_OK)
-        st = mlstm_cl_get_program(cx, MLSTM_CL_FWD, p, &pr);
+        st = call_program(cx, MLSTM_CL_FWD, p, &pr);
     if (st != MLSTM_OK)
         return st;
     int ntiles;
@@ -450,7 +660,7 @@ static int cl_bwd(void *impl, const mlstm_params *p)
     if (st == MLSTM_OK && p->algo == MLSTM_ALGO_MATERIALIZED)
         return mlstm_cl_mat_bwd(cx, p);
     if (st == MLSTM_OK)
-        st = mlstm_cl_get_program(cx, MLSTM_CL_BWD, p, &pr);
+        st = call_program(cx, MLSTM_CL_BWD, p, &pr);
     if (st != MLSTM_OK)
         return st;
     int ntiles;
@@ -542,4 +752,6 @@ const mlstm_backend_ops mlstm_backend_opencl_ops = {
     /* .last_error   = */ cl_last_error,
     /* .last_kernels = */ NULL,
     /* .workspace_size = */ cl_workspace_size,
+    /* .plan_create  = */ cl_plan_create,
+    /* .plan_destroy = */ cl_plan_destroy,
 };

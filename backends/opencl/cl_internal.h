@@ -50,6 +50,7 @@ typedef struct mlstm_cl_ctx {
     cl_ulong max_alloc;       /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
     size_t max_wg;            /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
     cl_uint address_bits;     /* CL_DEVICE_ADDRESS_BITS */
+    int retained_device;      /* 1: cl_destroy releases a clRetainDevice (contexts on the caller's objects) */
     int generic_dims;         /* 1 on CPU devices: programs serve every head dimension (see cl_program.c) */
     char device_name[256];
     char kernel_dir[1024];    /* "" = embedded sources; else .cl files are read from here (development) */

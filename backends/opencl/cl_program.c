@@ -230,9 +230,9 @@ int mlstm_cl_get_program(mlstm_cl_ctx *cx, int direction, const mlstm_params *p,
         pr->tiles = t;
         pr->direction = direction;
         snprintf(pr->options, sizeof pr->options,
-                 "-cl-std=CL1.2 -DMLSTM_DTYPE=%d -DMLSTM_DQK=%d -DMLSTM_DV=%d -DMLSTM_EXACT_DIMS=%d -DMLSTM_BLOCK=%d "
+                 "-cl-std=CL1.2 -DMLSTM_M_FLOOR=((float)%.9g) -DMLSTM_DTYPE=%d -DMLSTM_DQK=%d -DMLSTM_DV=%d -DMLSTM_EXACT_DIMS=%d -DMLSTM_BLOCK=%d "
                  "-DMLSTM_WG_ROWS=%d -DMLSTM_WG_COLS=%d -DMLSTM_DCHUNK=%d -DMLSTM_RCHUNK=%d",
-                 p->dtype, dqk, dv, exact_dims, t.block, t.rows, t.cols, t.dchunk, t.rchunk);
+                 (double)MLSTM_M_FLOOR, p->dtype, dqk, dv, exact_dims, t.block, t.rows, t.cols, t.dchunk, t.rchunk);
         for (mlstm_cl_program *o = cx->programs; o; o = o->next) /* same binary under another request */
             if (o->direction == direction && strcmp(o->options, pr->options) == 0) {
                 free(pr);
