@@ -308,7 +308,9 @@ MLSTM_API int mlstm_plan_create(mlstm_context *ctx, const mlstm_desc *desc, unsi
                                 mlstm_plan **out);
 /* NULL is a no-op. Waits for nothing: queued calls of the plan keep running. */
 MLSTM_API void mlstm_plan_destroy(mlstm_plan *plan);
-/* Bytes of workspace the plan's calls need (0: none, pass NULL). */
+/* Bytes of workspace the plan's calls need (0: none, pass NULL). A workspace of at least that size keeps execution
+ * free of allocation; with NULL the calls use the context's (mlstm_context_set_workspace) or its own, allocated at
+ * first need (an error inside CUDA graph capture). */
 MLSTM_API int mlstm_plan_workspace_size(const mlstm_plan *plan, size_t *bytes);
 MLSTM_API int mlstm_plan_execute_fwd(mlstm_plan *plan, const mlstm_tensor_pack *pack, mlstm_buffer *workspace);
 MLSTM_API int mlstm_plan_execute_bwd(mlstm_plan *plan, const mlstm_tensor_pack *pack, mlstm_buffer *workspace);

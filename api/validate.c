@@ -357,12 +357,8 @@ int mlstm_bind_buffers(mlstm_context *ctx, const char *fn, const mlstm_desc *des
 int mlstm_bind_workspace(mlstm_context *ctx, const char *fn, mlstm_buffer *ws, size_t need, int backward,
                          mlstm_params *p)
 {
-    if (ws == NULL) {
-        if (need == 0)
-            return MLSTM_OK; /* the context's workspace (mlstm_resolve_algo), or the backend's own */
-        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: the call needs a workspace of %zu bytes and got NULL",
-                          fn, need);
-    }
+    if (ws == NULL)
+        return MLSTM_OK; /* the context's workspace (mlstm_resolve_algo), or the backend's own */
     if (ws->magic != MLSTM_BUFFER_MAGIC)
         return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: workspace is not a live mlstm_buffer", fn);
     if (ws->ctx != ctx)

@@ -121,7 +121,7 @@ template <typename T> cudaError_t sum_slices(const SliceSrc &src, int n, int64_t
                                              const mlstm_params *p, cudaStream_t st)
 {
     const int64_t rows = p->batch * p->heads * p->seq_len;
-    if (cols == 1 && std::is_same<T, float>::value)
+    if (cols == 1 && ld == 1 && std::is_same<T, float>::value) /* di, df */
         sum_vec_kernel<<<row_grid(rows, COPY_THREADS), COPY_THREADS, 0, st>>>(src, n, dst, p->heads, p->seq_len, rows);
     else
         sum_slices_kernel<T><<<row_grid(rows, ROWS_PER_CTA), COPY_THREADS, 0, st>>>(src, n, ld, dst, cols, p->heads,

@@ -24,7 +24,8 @@ typedef struct {
 
 enum { CK_CONTRACT = 0, CK_DI, CK_CLOSED, CK_HUGE };
 
-/* f32-level bound for di (and df) from the f32 tiles in normalizer-detached mode (the SIMT path reaches 5e-7, the
+/* f32-level bound for di from the f32 tiles in normalizer-detached mode (df = q.dq - k.dk - di still comes from the
+ * rounded P tiles of the dQ / dK products, so it keeps the contract's bound) (the SIMT path reaches 5e-7, the
  * rounded-P sum 1.7e-3 in bf16) */
 #define DI_F32_BOUND 1e-5
 
@@ -173,7 +174,7 @@ int main(int argc, char **argv)
                 continue;
             const double err = rel_l2(dev.t[o], ref.t[o], n);
             double bound = tol_max_rel_l2(c.dtype, o);
-            if (k->kind == CK_DI && (o == MC_OUT_DI || o == MC_OUT_DF))
+            if (k->kind == CK_DI && o == MC_OUT_DI) /* df keeps the rounded-P sum: kernels_cuda/NOTES.md */
                 bound = DI_F32_BOUND;
             const int miss = !(err <= bound);
             bad |= miss;

@@ -147,7 +147,10 @@ static void test_workspace_api(void **state)
     size_t bytes = 1;
     d.algo = MLSTM_ALGO_FUSED;
     assert_int_equal(mlstm_workspace_size(g_mat, &d, 1, &bytes), MLSTM_OK);
-    assert_int_equal(bytes, 0);
+    /* the fused kernels need none, but on CUDA where head dims are staged (README "Head dimensions": this shape's
+     * DQK != DV is) */
+    if (strcmp(mlstm_context_backend_name(g_mat), "cuda") != 0)
+        assert_int_equal(bytes, 0);
     d.algo = 7;
     assert_int_equal(mlstm_workspace_size(g_mat, &d, 0, &bytes), MLSTM_ERR_INVALID_ARGUMENT);
     assert_int_equal(fwd(g_mat, &d, (float[WB * WNH * WS * WDV]){0}, (float[WB * WNH * WS]){0},

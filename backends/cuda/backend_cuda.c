@@ -382,6 +382,15 @@ static int cuda_synchronize(void *impl)
 /* MLSTM_OK when stream runs on the context's device (which is current). */
 static int stream_on_device(mlstm_cuda_impl *c, cudaStream_t stream)
 {
+    /* a stream under graph capture is taken as is: querying it (or recording into it) there would invalidate the
+     * caller's capture */
+    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cap = cudaStreamCaptureStatusNone;
+    }
+    if (cap != cudaStreamCaptureStatusNone)
+        return MLSTM_OK;
 #if CUDART_VERSION >= 12080
     int dev = -1;
     cudaError_t e = cudaStreamGetDevice(stream, &dev);

@@ -95,8 +95,9 @@ static int get_kernels(mlstm_cl_ctx *cx, int dtype, cl_kernel **out)
     if (err != CL_SUCCESS)
         return mlstm_cl_fail(cx, mlstm_cl_status(err), "clCreateProgramWithSource(materialized) failed: %s (%d)",
                              mlstm_cl_error_name(err), err);
-    char options[64];
-    snprintf(options, sizeof options, "-cl-std=CL1.2 -DMLSTM_DTYPE=%d", dtype);
+    char options[128];
+    snprintf(options, sizeof options, "-cl-std=CL1.2 -DMLSTM_M_FLOOR=((float)%.9g) -DMLSTM_DTYPE=%d",
+             (double)MLSTM_M_FLOOR, dtype);
     err = clBuildProgram(prog, 1, &cx->device, options, NULL, NULL);
     if (err != CL_SUCCESS) {
         size_t log_len = 0;
