@@ -28,33 +28,39 @@ template <typename T> __device__ __forceinline__ T *row_ptr(const Cols &c, int64
     return (T *)c.p + (bh / NH) * c.sb + (bh % NH) * c.sh + s * c.ss;
 }
 
-/* dst[.., c] = c < src_cols ? src[.., c] : 0 for c < dst_cols (zero padding, or a plain column copy) */
-template <typename T>
+/* dst[.., c] = c < src_cols ? src[.., c] : 0 for c < dst_cols (zero padding, or a plain column copy); U is the unit
+ * moved (the element, or 16 bytes where rows and column counts allow), counts in units */
+template <typename U>
 __global__ void __launch_bounds__(COPY_THREADS)
 copy_cols_kernel(Cols src, int64_t src_cols, Cols dst, int64_t dst_cols, int64_t NH, int64_t S, int64_t rows)
 {
     const int64_t r = (int64_t)blockIdx.x * ROWS_PER_CTA + (threadIdx.x >> 5);
     if (r >= rows) return;
-    const T *sp = row_ptr<T>(src, r, NH, S);
-    T *dp = row_ptr<T>(dst, r, NH, S);
-    for (int64_t c = threadIdx.x & 31; c < dst_cols; c += 32) dp[c] = c < src_cols ? sp[c] : T{};
+    const U *sp = row_ptr<U>(src, r, NH, S);
+    U *dp = row_ptr<U>(dst, r, NH, S);
+    for (int64_t c = threadIdx.x & 31; c < dst_cols; c += 32) dp[c] = c < src_cols ? sp[c] : U{};
 }
 
 /* dst[.., c] = sum over the n contiguous (rows, ld) slices of src (in f32, one rounding), c < cols */
 struct SliceSrc {
     const void *p[HEAD_DIM_MAX_SLICES];
 };
-template <typename T>
+template <typename T, int V>
 __global__ void __launch_bounds__(COPY_THREADS)
 sum_slices_kernel(SliceSrc src, int n, int64_t ld, Cols dst, int64_t cols, int64_t NH, int64_t S, int64_t rows)
 {
     const int64_t r = (int64_t)blockIdx.x * ROWS_PER_CTA + (threadIdx.x >> 5);
     if (r >= rows) return;
     T *dp = row_ptr<T>(dst, r, NH, S);
-    for (int64_t c = threadIdx.x & 31; c < cols; c += 32) {
-        float acc = 0.0f;
-        for (int k = 0; k < n; ++k) acc += to_f32(((const T *)src.p[k])[r * ld + c]);
-        dp[c] = from_f32<T>(acc);
+    for (int64_t c = (threadIdx.x & 31) * V; c < cols; c += 32 * V) {
+        float acc[V] = {};
+        for (int k = 0; k < n; ++k) {
+            const T *sp = (const T *)src.p[k] + r * ld + c;
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc[e] += to_f32(sp[e]);
+        }
+#pragma unroll
+        for (int e = 0; e < V; ++e) dp[c + e] = from_f32<T>(acc[e]);
     }
 }
 
@@ -103,12 +109,27 @@ bool in_place(const mlstm_params *p, int x, int64_t c0, int64_t width, int D)
     return ((uintptr_t)c.p & 15) == 0 && (c.sb & m) == 0 && (c.sh & m) == 0 && (c.ss & m) == 0;
 }
 
+/* 16-byte units where every row start of both tensors and both column counts allow them */
+bool vec16(const Cols &a, const Cols &b, int64_t ca, int64_t cb, size_t esz)
+{
+    const int64_t m = 16 / (int64_t)esz - 1;
+    return ((uintptr_t)a.p & 15) == 0 && ((uintptr_t)b.p & 15) == 0 && ((a.sb | a.sh | a.ss | b.sb | b.sh | b.ss) & m) == 0 &&
+           ((ca | cb) & m) == 0;
+}
+Cols in_units(const Cols &c, int64_t per_unit) { return Cols{c.p, c.sb / per_unit, c.sh / per_unit, c.ss / per_unit}; }
+
 template <typename T> cudaError_t copy_cols(const Cols &src, int64_t src_cols, const Cols &dst, int64_t dst_cols,
                                             const mlstm_params *p, cudaStream_t st)
 {
     const int64_t rows = p->batch * p->heads * p->seq_len;
-    copy_cols_kernel<T><<<row_grid(rows, ROWS_PER_CTA), COPY_THREADS, 0, st>>>(src, src_cols, dst, dst_cols, p->heads,
-                                                                               p->seq_len, rows);
+    const unsigned grid = row_grid(rows, ROWS_PER_CTA);
+    if (vec16(src, dst, src_cols, dst_cols, sizeof(T))) {
+        constexpr int64_t k = 16 / sizeof(T);
+        copy_cols_kernel<uint4><<<grid, COPY_THREADS, 0, st>>>(in_units(src, k), src_cols / k, in_units(dst, k),
+                                                              dst_cols / k, p->heads, p->seq_len, rows);
+    } else {
+        copy_cols_kernel<T><<<grid, COPY_THREADS, 0, st>>>(src, src_cols, dst, dst_cols, p->heads, p->seq_len, rows);
+    }
     return cudaGetLastError();
 }
 cudaError_t copy_cols_any(int dtype, const Cols &src, int64_t src_cols, const Cols &dst, int64_t dst_cols,
@@ -123,9 +144,12 @@ template <typename T> cudaError_t sum_slices(const SliceSrc &src, int n, int64_t
     const int64_t rows = p->batch * p->heads * p->seq_len;
     if (cols == 1 && ld == 1 && std::is_same<T, float>::value) /* di, df */
         sum_vec_kernel<<<row_grid(rows, COPY_THREADS), COPY_THREADS, 0, st>>>(src, n, dst, p->heads, p->seq_len, rows);
+    else if (cols % 8 == 0 && ld % 8 == 0 && ((uintptr_t)dst.p & 15) == 0 && ((dst.sb | dst.sh | dst.ss) & 7) == 0)
+        sum_slices_kernel<T, 8><<<row_grid(rows, ROWS_PER_CTA), COPY_THREADS, 0, st>>>(src, n, ld, dst, cols, p->heads,
+                                                                                      p->seq_len, rows);
     else
-        sum_slices_kernel<T><<<row_grid(rows, ROWS_PER_CTA), COPY_THREADS, 0, st>>>(src, n, ld, dst, cols, p->heads,
-                                                                                   p->seq_len, rows);
+        sum_slices_kernel<T, 1><<<row_grid(rows, ROWS_PER_CTA), COPY_THREADS, 0, st>>>(src, n, ld, dst, cols, p->heads,
+                                                                                      p->seq_len, rows);
     return cudaGetLastError();
 }
 cudaError_t sum_slices_any(int dtype, const SliceSrc &src, int n, int64_t ld, const Cols &dst, int64_t cols,

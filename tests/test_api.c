@@ -377,7 +377,9 @@ static int call(mlstm_context *ctx, const mlstm_desc *d, mlstm_buffer *const b[M
     }
     size_t ws = 1;
     assert_int_equal(mlstm_plan_workspace_size(plan, &ws), MLSTM_OK);
-    assert_int_equal(ws, 0); /* the fused path needs none */
+    /* the fused path needs none, but on CUDA where it stages head dims (README "Head dimensions") */
+    if (strcmp(mlstm_context_backend_name(ctx), "cuda") != 0)
+        assert_int_equal(ws, 0);
     st = bwd ? mlstm_plan_execute_bwd(plan, &pk, NULL) : mlstm_plan_execute_fwd(plan, &pk, NULL);
     char keep[4096];
     snprintf(keep, sizeof keep, "%s", mlstm_context_last_error(ctx));
@@ -1040,7 +1042,8 @@ static void test_plan_api(void **state)
     d.seq_len = 0; /* invalid now: the plan does not look */
     assert_int_equal(mlstm_plan_workspace_size(plan, NULL), MLSTM_ERR_INVALID_ARGUMENT);
     assert_int_equal(mlstm_plan_workspace_size(plan, &ws), MLSTM_OK);
-    assert_int_equal(ws, 0);
+    if (strcmp(mlstm_context_backend_name(g_ctx), "cuda") != 0) /* CUDA stages this shape's head dims */
+        assert_int_equal(ws, 0);
     for (int bwd = 0; bwd < 2; bwd++) {
         fx_fill(fx, bwd);
         assert_int_equal(bwd ? mlstm_plan_execute_bwd(plan, &pk, NULL) : mlstm_plan_execute_fwd(plan, &pk, NULL),
