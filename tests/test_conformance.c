@@ -188,8 +188,8 @@ static void build_default_table(void)
     add_shape(SH(2, 1, 17, 3, 5, EXT_U), FWD_F32 | BWX_F32 | BWX_BF16, 30);
     /* closed input gates (i ~ -30): every row on the m floor, D' ~ e^-20. In f16, h, dq, dk, dv (~1e-11) lie
      * below the smallest subnormal (2^-24) and round to 0, so there they are only held to T's resolution
-     * (tolerances.h), while m, n, di, df (f32, ~1e-13 for di) keep the full check: a score or P tile that
-     * underflows f16 on the way loses di and df (issue: relative error 1.0). Tensor-core head dims 64/128/256. */
+     * (tolerances.h), while m, n, di, df (f32; di ~1e-13) keep the full check: a score or P tile that underflows
+     * f16 on the way returns di = df = 0 (relative error 1.0). Tensor-core head dims 64/128/256. */
     add_shape(SH(2, 1, 65, 64, 64, CLOSED), ALL_SET | FWD_TF32 | BWX_TF32, 31);
     add_shape(SH(1, 2, 130, 128, 128, CLOSED), ALL_SET, 50);
     add_shape(SH(1, 1, 100, 256, 256, CLOSED), FWD_F16 | BWX_ALL | BWD_F16, 51);
