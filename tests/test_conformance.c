@@ -8,7 +8,10 @@
  * MLSTM_TEST_WORKSPACE_MB (default 64); MLSTM_TEST_FILTER=<cmocka glob>, e.g. 'bwd/bf16/'
  * followed by a star; MLSTM_TEST_SLOW=1 runs the long precision-contract set INSTEAD of the default set (GPU runs:
  * `MLSTM_BACKEND=cuda MLSTM_TEST_SLOW=1 ./test_conformance`, or `ctest -L slow` in a build configured with
- * -DMLSTM_SLOW_TESTS=ON); `test_conformance --list` prints the case names. The context is created with
+ * -DMLSTM_SLOW_TESTS=ON); `test_conformance --list` prints the case names. The default set ends with the GPU set
+ * (names "gpu/...": training-sized grids), which runs on the CUDA backend and elsewhere only with
+ * MLSTM_TEST_GPU_SET=1 (e.g. OpenCL on a GPU; =0 skips it on CUDA), and skips with that reason otherwise. Names
+ * "didf/..." also hold di and df to tests/tolerances.h's tighter f16 / bf16 bound. The context is created with
  * mlstm_context_create(NULL, ...), the production selection path. */
 #include <math.h>
 #include <setjmp.h>
@@ -43,14 +46,21 @@ enum {
     BWX_ALL = BWX_F32 | BWX_F16 | BWX_BF16,
     BWD_ALL = BWD_F32 | BWD_F16 | BWD_BF16,
     STD_SET = FWD_ALL | BWX_ALL | BWD_F32 | BWD_BF16,
-    NO_F16 = FWD_F32 | FWD_BF16 | BWX_F32 | BWX_BF16 | BWD_F32 | BWD_BF16,
     ALL_SET = FWD_ALL | BWX_ALL | BWD_ALL
 };
 
 typedef enum { KIND_CASE = 0, KIND_DETERMINISM, KIND_HOST_API } test_kind;
 
+/* Entry flags (the name gets the prefix shown, so a cmocka glob selects them):
+ *   IN_GPU_SET "gpu/":  training-sized grids (more CTAs than a GPU has SMs, so the kernels large calls pick run);
+ *                       they run where the backend is CUDA, or with MLSTM_TEST_GPU_SET=1 (e.g. OpenCL on a GPU),
+ *                       and skip with that reason elsewhere (minutes each on a CPU device);
+ *   DIDF_TIGHT "didf/": di and df (f32 outputs) also held to tests/tolerances.h's tol_didf_tight on f16 / bf16. */
+enum { IN_GPU_SET = 1u << 0, DIDF_TIGHT = 1u << 1 };
+
 typedef struct {
     test_kind kind;
+    unsigned flags;
     mc_case c;
     char name[256];
 } table_entry;
@@ -60,7 +70,7 @@ _Static_assert((int)TOL_COUNT == (int)MC_OUT_COUNT && (int)TOL_DF == (int)MC_OUT
 static table_entry *g_table;
 static size_t g_count, g_cap;
 
-static void push(test_kind kind, mc_case c)
+static void push_flags(test_kind kind, mc_case c, unsigned flags)
 {
     mc_case_finish(&c);
     if (g_count == g_cap) {
@@ -71,10 +81,13 @@ static void push(test_kind kind, mc_case c)
     }
     table_entry *e = &g_table[g_count++];
     e->kind = kind;
+    e->flags = flags;
     e->c = c;
-    snprintf(e->name, sizeof e->name, "%s%s", kind == KIND_DETERMINISM ? "determinism/" : kind == KIND_HOST_API ? "host_api/" : "",
-             c.name);
+    snprintf(e->name, sizeof e->name, "%s%s%s%s", flags & IN_GPU_SET ? "gpu/" : "", flags & DIDF_TIGHT ? "didf/" : "",
+             kind == KIND_DETERMINISM ? "determinism/" : kind == KIND_HOST_API ? "host_api/" : "", c.name);
 }
+
+static void push(test_kind kind, mc_case c) { push_flags(kind, c, 0); }
 
 typedef struct {
     int64_t B, NH, S, DQK, DV;
@@ -99,7 +112,7 @@ static mc_case shape_case(shape s, int dtype, uint64_t seed)
     return c;
 }
 
-static void add_shape(shape s, unsigned combos, uint64_t seed)
+static void add_shape_flags(shape s, unsigned combos, uint64_t seed, unsigned flags)
 {
     static const int dts[3] = { MLSTM_DTYPE_F32, MLSTM_DTYPE_F16, MLSTM_DTYPE_BF16 };
     for (int kind = 0; kind < 3; kind++) {         /* fwd, bwd exact, bwd detached */
@@ -109,7 +122,7 @@ static void add_shape(shape s, unsigned combos, uint64_t seed)
             mc_case c = shape_case(s, dts[d], seed);
             c.bwd = kind > 0;
             c.grad_mode = kind == 2 ? MLSTM_GRAD_NORMALIZER_DETACHED : MLSTM_GRAD_EXACT;
-            push(KIND_CASE, c);
+            push_flags(KIND_CASE, c, flags);
         }
     }
     static const unsigned tf32_kinds[3] = { FWD_TF32, BWX_TF32, BWD_TF32 };
@@ -120,18 +133,22 @@ static void add_shape(shape s, unsigned combos, uint64_t seed)
         c.bwd = kind > 0;
         c.grad_mode = kind == 2 ? MLSTM_GRAD_NORMALIZER_DETACHED : MLSTM_GRAD_EXACT;
         c.math_mode = MLSTM_MATH_TF32;
-        push(KIND_CASE, c);
+        push_flags(KIND_CASE, c, flags);
     }
 }
+
+static void add_shape(shape s, unsigned combos, uint64_t seed) { add_shape_flags(s, combos, seed, 0); }
 
 #define SH(B, NH, S, DQK, DV, G) ((shape){ B, NH, S, DQK, DV, MC_GATES_##G, MC_LAYOUT_BNSD, 0, 0.0f, 0.0f })
 #define SHL(B, NH, S, DQK, DV, G, L, ODD) ((shape){ B, NH, S, DQK, DV, MC_GATES_##G, MC_LAYOUT_##L, ODD, 0.0f, 0.0f })
 
 /* The default set: runs in CI on a 2-core CPU through PoCL, so S*S*D*B*NH stays small per case (S >= 1000
- * only with D <= 64 and B = NH = 1; D = 512 only with S <= 130). A backend may compile one program per
- * (direction, dtype, DQK, DV, gradient mode) (the OpenCL one does: seconds each on PoCL), so the S sweep, the
- * regimes and the layouts reuse a few head-dim pairs: (64,64) and (48,96) carry the full dtype x mode matrix,
- * the other pairs (1, 3, 5, 96/48, 100/160, 256, 512, 512/1, 1/512) run in one or two dtypes. */
+ * only with D <= 64 and B = NH = 1; D = 512 only with S <= 200; the whole set takes seconds there), except the
+ * GPU set at the end, which runs on GPU backends only. A backend may compile one program per (direction, dtype,
+ * DQK, DV) (the OpenCL one does on GPUs; on CPUs one per direction and dtype serves every head dim), so the S
+ * sweep, the regimes and the layouts reuse a few head-dim pairs: (64,64) and (48,96) carry them, the pairs
+ * 1, 3, 5, 96/48, 100/160, 256, 512, 512/1, 1/512 run in one or two dtypes, and the tensor-core head-dim classes
+ * (64/128, 128/64, 96, 128/256, 256/512, 192, 100/36, 320, 512) in every dtype and both modes. */
 static void build_default_table(void)
 {
     /* S: 1, tiny, both neighbours of every power-of-two tile size, long; head dims 64 */
@@ -171,9 +188,14 @@ static void build_default_table(void)
     add_shape(SH(1, 2, 129, 48, 96, EXT_U), FWD_ALL | BWX_ALL | BWD_F32, 28);
     add_shape(SH(1, 1, 200, 64, 64, EXT_N), ALL_SET | TF32_ALL, 29);
     add_shape(SH(2, 1, 17, 3, 5, EXT_U), FWD_F32 | BWX_F32 | BWX_BF16, 30);
-    /* closed input gates: every row on the m floor. No f16: |h| ~ e^-20 lies below f16's smallest
-     * subnormal (2^-24), so f16 storage cannot hold the result (bf16 has f32's exponent range). */
-    add_shape(SH(2, 1, 65, 64, 64, CLOSED), NO_F16 | FWD_TF32 | BWX_TF32, 31);
+    /* closed input gates (i ~ -30): every row on the m floor, D' ~ e^-20. In f16, h, dq, dk, dv (~1e-11) lie
+     * below the smallest subnormal (2^-24) and round to 0, so there they are only held to T's resolution
+     * (tolerances.h), while m, n, di, df (f32; di ~1e-13) keep the full check: a score or P tile that underflows
+     * f16 on the way returns di = df = 0 (relative error 1.0). Tensor-core head dims 64/128/256. */
+    add_shape(SH(2, 1, 65, 64, 64, CLOSED), ALL_SET | FWD_TF32 | BWX_TF32, 31);
+    add_shape(SH(1, 2, 130, 128, 128, CLOSED), ALL_SET, 50);
+    add_shape(SH(1, 1, 100, 256, 256, CLOSED), FWD_F16 | BWX_ALL | BWD_F16, 51);
+    add_shape(SHL(2, 2, 77, 64, 64, CLOSED, BSND, 0), BWX_F16 | BWD_F16 | BWX_BF16, 52);
     /* strided layouts and view offsets */
     add_shape(SHL(2, 3, 129, 48, 96, STD, BSND, 0), FWD_ALL | BWX_ALL | BWD_F32, 32);
     add_shape(SHL(2, 2, 65, 64, 64, NORMAL, PADDED, 0), STD_SET, 33);
@@ -186,6 +208,47 @@ static void build_default_table(void)
     s.eps = 1e-2f;
     s.scale = 0.5f;
     add_shape(s, FWD_F32 | FWD_TF32 | FWD_BF16 | BWX_F32 | BWX_F16 | BWD_F32 | BWX_TF32, 38);
+
+    /* di and df to near-f32 accuracy on f16 / bf16 storage (tolerances.h, tol_didf_tight), at tensor-core head
+     * dims, both gradient modes ("didf/" prefix) */
+    const unsigned half_bw = BWX_F16 | BWX_BF16 | BWD_F16 | BWD_BF16;
+    add_shape_flags(SH(2, 2, 130, 64, 64, STD), half_bw, 53, DIDF_TIGHT);
+    add_shape_flags(SH(1, 2, 200, 128, 128, STD), half_bw, 54, DIDF_TIGHT);
+    add_shape_flags(SH(1, 1, 160, 256, 256, NORMAL), half_bw, 55, DIDF_TIGHT);
+    add_shape_flags(SHL(2, 1, 129, 128, 128, STD, BSND, 0), BWX_BF16 | BWD_F16, 56, DIDF_TIGHT);
+
+    /* every head-dimension class of the tensor-core path: DQK != DV both ways, head dims that are not multiples of
+     * 64, the xLSTM-7B heads (256 / 512), up to 512 / 512, rows that are not 16-byte aligned (100 / 36 in f16 / bf16:
+     * 200- and 72-byte rows; odd view offsets), every dtype and both modes, S across one to a few tiles */
+    add_shape(SH(2, 1, 130, 64, 128, STD), ALL_SET | TF32_ALL, 80);
+    add_shape(SH(1, 2, 97, 128, 64, NORMAL), ALL_SET, 81);
+    add_shape(SH(2, 2, 65, 96, 96, STD), ALL_SET, 82);
+    add_shape(SHL(1, 2, 150, 128, 256, STD, BSND, 0), ALL_SET, 83);
+    add_shape(SH(1, 1, 200, 256, 512, STD), ALL_SET | TF32_ALL, 84);
+    add_shape(SH(2, 1, 129, 192, 192, NORMAL), ALL_SET, 85);
+    add_shape(SH(1, 2, 77, 100, 36, STD), ALL_SET | TF32_ALL, 86);
+    add_shape(SH(1, 1, 129, 320, 320, STD), ALL_SET, 87);
+    add_shape(SH(1, 1, 70, 512, 512, STD), ALL_SET, 88);
+    add_shape(SHL(2, 1, 88, 64, 128, NORMAL, PADDED, 1), FWD_F16 | BWX_F16 | BWD_BF16, 89);
+
+    /* The GPU set ("gpu/" prefix; see IN_GPU_SET): grids of B*NH*ceil(S/64) = 512 .. 1024 query tiles, several per
+     * SM of any current GPU, so that dispatch picks the kernels of training-sized calls (the smaller cases above
+     * only reach the small-grid variants). Exact mode, f16 and bf16, head dims 64 / 128 / 256 (an f16 exact-mode
+     * precision loss at D = 128 showed only on such grids), then tight di / df and the other head-dim classes. The
+     * float64 reference of the largest (B8 NH8 S1024 D256) is ~70 G multiply-adds: seconds on a GPU host's cores. */
+    add_shape_flags(SH(8, 8, 1024, 64, 64, STD), BWX_F16 | BWX_BF16, 60, IN_GPU_SET);
+    add_shape_flags(SH(8, 8, 1024, 128, 128, STD), BWX_F16 | BWX_BF16, 61, IN_GPU_SET);
+    add_shape_flags(SH(8, 8, 1024, 256, 256, STD), BWX_F16 | BWX_BF16, 62, IN_GPU_SET);
+    add_shape_flags(SH(8, 8, 512, 64, 64, NORMAL), BWX_BF16 | BWD_F16, 63, IN_GPU_SET | DIDF_TIGHT);
+    add_shape_flags(SH(8, 8, 512, 128, 128, STD), BWX_F16 | BWD_BF16, 64, IN_GPU_SET | DIDF_TIGHT);
+    add_shape_flags(SH(4, 8, 512, 256, 256, STD), BWX_BF16 | BWD_F16, 65, IN_GPU_SET | DIDF_TIGHT);
+    add_shape_flags(SH(8, 8, 512, 256, 512, STD), FWD_BF16 | BWX_BF16 | BWD_F16, 66, IN_GPU_SET);
+    add_shape_flags(SH(8, 8, 512, 64, 128, STD), BWX_F16 | BWD_BF16, 67, IN_GPU_SET);
+    add_shape_flags(SH(8, 8, 512, 96, 96, NORMAL), BWX_F16 | BWX_BF16, 68, IN_GPU_SET);
+    add_shape_flags(SH(4, 8, 512, 192, 192, STD), BWX_F16 | BWD_BF16, 69, IN_GPU_SET);
+    add_shape_flags(SHL(4, 8, 768, 128, 256, STD, BSND, 0), BWX_BF16 | BWX_F32, 70, IN_GPU_SET);
+    add_shape_flags(SH(2, 8, 512, 512, 512, STD), BWX_BF16 | BWD_F16, 71, IN_GPU_SET);
+    add_shape_flags(SH(4, 8, 512, 100, 36, STD), BWX_F16 | BWD_BF16, 72, IN_GPU_SET);
 
     /* bitwise determinism, run after run */
     mc_case c;
@@ -299,10 +362,101 @@ static void device_run_or_skip(const mc_case *c, const char *name, mc_outputs *o
         fail_msg("%s: %s", name, canary_msg);
 }
 
+/* Error of one output against its reference, appended to the report line and, over tol, to the failures:
+ * relative L2 error with each element charged max(0, |x - ref| - the storage resolution of the output's dtype)
+ * (tolerances.h); by_magnitude compares |x| with |ref| (TF32 n); den_floor > ||ref|| (degenerate gradients)
+ * replaces the denominator and marks the value with '*'; a reference that lies wholly below the dtype's
+ * subnormal range (rounds to 0 in storage) marks it with '~'. */
+typedef struct {
+    char line[1536], fails[1536];
+    size_t lu, fu;
+} report;
+
+static void check_output(report *r, const char *label, const double *dev, const double *ref, size_t n, int dtype,
+                         double tol, int by_magnitude, double den_floor)
+{
+    size_t first = 0;
+    const size_t bad = tu_count_nonfinite(dev, n, &first);
+    double err;
+    const char *mark = "";
+    if (bad) {
+        err = INFINITY;
+        r->fu += (size_t)snprintf(r->fails + r->fu, sizeof r->fails - r->fu, " %s: %zu NaN/Inf (first at %zu: %g, ref %g);",
+                                  label, bad, first, dev[first], ref[first]);
+    } else {
+        const double res = tol_storage_resolution(dtype);
+        double *d = malloc(n * sizeof *d);
+        if (!d)
+            abort();
+        double ref_max = 0.0;
+        for (size_t x = 0; x < n; x++) {
+            const double diff = fabs(by_magnitude ? fabs(dev[x]) - fabs(ref[x]) : dev[x] - ref[x]);
+            d[x] = diff > res ? diff - res : 0.0;
+            ref_max = fmax(ref_max, fabs(ref[x]));
+        }
+        double num = tu_l2(d, n), den = tu_l2(ref, n);
+        free(d);
+        if (den_floor > den) {
+            den = den_floor;
+            mark = "*";
+        } else if (ref_max < 2.0 * res) {
+            mark = "~";
+        }
+        err = den > 0.0 ? num / den : num;
+        if (!(err <= tol))
+            r->fu += (size_t)snprintf(r->fails + r->fu, sizeof r->fails - r->fu, " %s: rel L2 %.3e > %.0e (max abs diff %.3e);",
+                                      label, err, tol, tu_max_abs_diff(dev, ref, n));
+    }
+    r->lu += (size_t)snprintf(r->line + r->lu, sizeof r->line - r->lu, by_magnitude ? " |%s|=%.2e%s" : " %s=%.2e%s", label,
+                              err, mark);
+    if (r->fu >= sizeof r->fails)
+        r->fu = sizeof r->fails - 1;
+    if (r->lu >= sizeof r->line)
+        r->lu = sizeof r->line - 1;
+}
+
+/* "didf/" cases: di and df against the float64 backward evaluated at the inputs this backward received (the
+ * device's stored h in exact mode; g_ref already holds the detached mode's evaluation at the device's m and n),
+ * held to tol_didf_tight (tests/tolerances.h). */
+static void check_didf_tight(report *r, const mc_case *c)
+{
+    mc_outputs at = { { NULL } };
+    const mc_outputs *ref = &g_ref;
+    if (c->grad_mode == MLSTM_GRAD_EXACT) {
+        for (int o = MC_OUT_DQ; o < MC_OUT_COUNT; o++) {
+            at.t[o] = malloc(mc_output_count(c, o) * sizeof(double));
+            if (!at.t[o])
+                abort();
+        }
+        at.t[MC_OUT_H] = g_dev.t[MC_OUT_H]; /* borrowed: already in storage precision */
+        mc_reference_bwd_at(c, &g_in, c->grad_mode, g_ref.t[MC_OUT_M], g_ref.t[MC_OUT_N], &at);
+        at.t[MC_OUT_H] = NULL;
+        ref = &at;
+    }
+    r->lu += (size_t)snprintf(r->line + r->lu, sizeof r->line - r->lu, " | at the received %s:",
+                              c->grad_mode == MLSTM_GRAD_EXACT ? "h" : "m, n");
+    check_output(r, "di", g_dev.t[MC_OUT_DI], ref->t[MC_OUT_DI], mc_output_count(c, MC_OUT_DI), MLSTM_DTYPE_F32,
+                 tol_didf_tight(c->dtype), 0, 0.0);
+    check_output(r, "df", g_dev.t[MC_OUT_DF], ref->t[MC_OUT_DF], mc_output_count(c, MC_OUT_DF), MLSTM_DTYPE_F32,
+                 tol_didf_tight(c->dtype), 0, 0.0);
+    r->lu += (size_t)snprintf(r->line + r->lu, sizeof r->line - r->lu, " (tol %.2g)", tol_didf_tight(c->dtype));
+    if (r->lu >= sizeof r->line)
+        r->lu = sizeof r->line - 1;
+    mc_outputs_free(&at);
+}
+
+static int g_gpu_set; /* run the "gpu/" entries (group_setup) */
+
 static void test_case(void **state)
 {
     const table_entry *e = *state;
     const mc_case *c = &e->c;
+    if ((e->flags & IN_GPU_SET) && !g_gpu_set) {
+        printf("[ SKIP ] %s: GPU set (a training-sized grid: minutes on a CPU device); runs on the CUDA backend, "
+               "elsewhere with MLSTM_TEST_GPU_SET=1\n", e->name);
+        fflush(stdout);
+        skip();
+    }
     mc_inputs_make(c, &g_in);
     mc_reference(c, &g_in, c->grad_mode, &g_ref);
 
@@ -334,53 +488,27 @@ static void test_case(void **state)
     if (c->bwd && c->grad_mode == MLSTM_GRAD_NORMALIZER_DETACHED)
         mc_reference_bwd_at(c, &g_in, c->grad_mode, g_dev.t[MC_OUT_M], g_dev.t[MC_OUT_N], &g_ref);
 
-    char line[1024], fails[1024];
-    size_t lu = 0, fu = 0;
-    line[0] = fails[0] = '\0';
+    report r;
+    r.lu = r.fu = 0;
+    r.line[0] = r.fails[0] = '\0';
     for (int o = 0; o < MC_OUT_COUNT; o++) {
         const size_t n = mc_output_count(c, o);
         if (!n)
             continue;
         const double tol = (tf32 ? tol_max_rel_l2_tf32(o) : tol_max_rel_l2(c->dtype, o)) + gate_allowance;
-        const int by_magnitude = tf32 && o == MC_OUT_N;
-        size_t first = 0;
-        const size_t bad = tu_count_nonfinite(g_dev.t[o], n, &first);
-        double err;
-        int star = 0;
-        if (bad) {
-            err = INFINITY;
-            fu += (size_t)snprintf(fails + fu, sizeof fails - fu, " %s: %zu NaN/Inf (first at %zu: %g, ref %g);",
-                                   mc_output_name(o), bad, first, g_dev.t[o][first], g_ref.t[o][first]);
-        } else {
-            double *d = malloc(n * sizeof *d);
-            if (!d)
-                abort();
-            for (size_t x = 0; x < n; x++)
-                d[x] = by_magnitude ? fabs(g_dev.t[o][x]) - fabs(g_ref.t[o][x]) : g_dev.t[o][x] - g_ref.t[o][x];
-            double num = tu_l2(d, n), den = tu_l2(g_ref.t[o], n);
-            free(d);
-            if (degenerate && mag_den[o] > den) {
-                den = mag_den[o];
-                star = 1;
-            }
-            err = den > 0.0 ? num / den : num;
-            if (!(err <= tol))
-                fu += (size_t)snprintf(fails + fu, sizeof fails - fu, " %s: rel L2 %.3e > %.0e (max abs diff %.3e);",
-                                       mc_output_name(o), err, tol, tu_max_abs_diff(g_dev.t[o], g_ref.t[o], n));
-        }
-        lu += (size_t)snprintf(line + lu, sizeof line - lu, by_magnitude ? " |%s|=%.2e%s" : " %s=%.2e%s",
-                               mc_output_name(o), err, star ? "*" : "");
-        if (fu >= sizeof fails)
-            fu = sizeof fails - 1;
+        check_output(&r, mc_output_name(o), g_dev.t[o], g_ref.t[o], n, out_dtype(c, o), tol, tf32 && o == MC_OUT_N,
+                     degenerate ? mag_den[o] : 0.0);
     }
-    printf("[ CASE ] %s:%s (tol %.2g) fwd %.1f ms%s", e->name, line,
-           (tf32 ? tol_max_rel_l2_tf32(TOL_H) : tol_max_rel_l2(c->dtype, TOL_H)) + gate_allowance, ms[0],
-           c->bwd ? "" : "\n");
+    r.lu += (size_t)snprintf(r.line + r.lu, sizeof r.line - r.lu, " (tol %.2g)",
+                             (tf32 ? tol_max_rel_l2_tf32(TOL_H) : tol_max_rel_l2(c->dtype, TOL_H)) + gate_allowance);
+    if ((e->flags & DIDF_TIGHT) && c->bwd)
+        check_didf_tight(&r, c);
+    printf("[ CASE ] %s:%s fwd %.1f ms%s", e->name, r.line, ms[0], c->bwd ? "" : "\n");
     if (c->bwd)
         printf(" bwd %.1f ms\n", ms[1]);
     fflush(stdout);
-    if (fails[0])
-        fail_msg("%s:%s", e->name, fails);
+    if (r.fails[0])
+        fail_msg("%s:%s", e->name, r.fails);
 }
 
 /* The same case twice: every output bitwise identical (DESIGN.md section 3: deterministic). */
@@ -521,6 +649,11 @@ static int group_setup(void **state)
         return -1;
     }
     g_backend_tf32 = strcmp(mlstm_context_backend_name(g_ctx), "cuda") == 0;
+    /* the GPU set: on CUDA unless MLSTM_TEST_GPU_SET=0; elsewhere only with MLSTM_TEST_GPU_SET=1 (the API does not
+     * say whether an OpenCL device is a GPU) */
+    const char *gpu_set = getenv("MLSTM_TEST_GPU_SET");
+    g_gpu_set = gpu_set && gpu_set[0] ? tu_env_flag("MLSTM_TEST_GPU_SET")
+                                      : strcmp(mlstm_context_backend_name(g_ctx), "cuda") == 0;
     const char *wmb = getenv("MLSTM_TEST_WORKSPACE_MB");
     g_workspace_limit = (size_t)((wmb && wmb[0] ? atof(wmb) : 64.0) * 1048576.0);
     const char *algo = getenv("MLSTM_ALGO");
