@@ -55,7 +55,8 @@ typedef enum { KIND_CASE = 0, KIND_DETERMINISM, KIND_HOST_API } test_kind;
  *   IN_GPU_SET "gpu/":  training-sized grids (more CTAs than a GPU has SMs, so the kernels large calls pick run);
  *                       they run where the backend is CUDA, or with MLSTM_TEST_GPU_SET=1 (e.g. OpenCL on a GPU),
  *                       and skip with that reason elsewhere (minutes each on a CPU device);
- *   DIDF_TIGHT "didf/": di and df (f32 outputs) also held to tests/tolerances.h's tol_didf_tight on f16 / bf16. */
+ *   DIDF_TIGHT "didf/": di (an f32 output) also held to tests/tolerances.h's tol_didf_tight on f16 / bf16; df keeps
+ *                     the contract (tolerances.h says why). */
 enum { IN_GPU_SET = 1u << 0, DIDF_TIGHT = 1u << 1 };
 
 typedef struct {
@@ -415,9 +416,9 @@ static void check_output(report *r, const char *label, const double *dev, const 
         r->lu = sizeof r->line - 1;
 }
 
-/* "didf/" cases: di and df against the float64 backward evaluated at the inputs this backward received (the
- * device's stored h in exact mode; g_ref already holds the detached mode's evaluation at the device's m and n),
- * held to tol_didf_tight (tests/tolerances.h). */
+/* "didf/" cases: di against the float64 backward evaluated at the inputs this backward received (the device's
+ * stored h in exact mode; g_ref already holds the detached mode's evaluation at the device's m and n), held to
+ * tol_didf_tight (tests/tolerances.h); df is held to the contract by the regular check. */
 static void check_didf_tight(report *r, const mc_case *c)
 {
     mc_outputs at = { { NULL } };
@@ -436,8 +437,6 @@ static void check_didf_tight(report *r, const mc_case *c)
     r->lu += (size_t)snprintf(r->line + r->lu, sizeof r->line - r->lu, " | at the received %s:",
                               c->grad_mode == MLSTM_GRAD_EXACT ? "h" : "m, n");
     check_output(r, "di", g_dev.t[MC_OUT_DI], ref->t[MC_OUT_DI], mc_output_count(c, MC_OUT_DI), MLSTM_DTYPE_F32,
-                 tol_didf_tight(c->dtype), 0, 0.0);
-    check_output(r, "df", g_dev.t[MC_OUT_DF], ref->t[MC_OUT_DF], mc_output_count(c, MC_OUT_DF), MLSTM_DTYPE_F32,
                  tol_didf_tight(c->dtype), 0, 0.0);
     r->lu += (size_t)snprintf(r->line + r->lu, sizeof r->line - r->lu, " (tol %.2g)", tol_didf_tight(c->dtype));
     if (r->lu >= sizeof r->line)
