@@ -510,7 +510,7 @@ static void test_case(void **state)
         fail_msg("%s:%s", e->name, r.fails);
 }
 
-/* The same case twice: every output bitwise identical (DESIGN.md section 3: deterministic). */
+/* The same case twice: every output bitwise identical (README.md "Threads, determinism, non-finite inputs"). */
 static void test_determinism(void **state)
 {
     const table_entry *e = *state;

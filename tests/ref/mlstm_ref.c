@@ -1,5 +1,5 @@
 /* Naive float64 reference of the mLSTM parallel formulation, forward and backward (see mlstm_ref.h).
- * Straight from DESIGN.md section 1 plus the house decisions (m floored at -10, n stored signed); loops
+ * Straight from README.md "The math" plus the house decisions (m floored at -10, n stored signed); loops
  * over rows so memory is O(S * D) and cost O(S^2 * D) per (batch, head). Not tuned; clarity first. Rows (and,
  * in the backward, columns) are independent, so with OpenMP they run in parallel (the long test cases). */
 #include "mlstm_ref.h"

@@ -1,4 +1,4 @@
-/* Naive float64 reference of the mLSTM parallel formulation (DESIGN.md section 1), forward and backward,
+/* Naive float64 reference of the mLSTM parallel formulation (README.md "The math"), forward and backward,
  * written straight from the equations for the tests. Contiguous (B, NH, S, D) double arrays; cost
  * O(S^2 * D) per (b, h) with no S x S allocation (rows are looped), so S = 8192 is feasible.
  * House decisions mirrored from api/mlstm.h: m floored at MLSTM_M_FLOOR (-10); n stored signed. */
