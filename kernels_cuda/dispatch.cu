@@ -211,7 +211,9 @@ int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backw
     return (int)p->dqk;
 }
 
-/* A forced variant that cannot serve a call it applies to: the call fails (tests must not fall back silently) */
+/* A pinned variant whose instance exists for the call's class but was refused at setup (or, for the cluster split,
+ * lacks TMA): the call fails, so that tests never fall back silently; variants with no instance for the call's head
+ * dim or math mode do not apply to it (dispatch chooses) */
 #define MLSTM_UNAVAILABLE(v) MLSTM_RUN(cudaErrorNotSupported, k_variants[v].name)
 
 template <typename T, int D>
@@ -303,10 +305,11 @@ int fwd_t<float>(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cuda
 {
     const bool tf32 = tc32_mode(p) == 1;
     const int d = tc32_dim(ds, p, a);
+    /* a pinned f32 variant applies where it has an instance for the call (wg32: D 64/128, default math) */
     Variant v = forced(ds, ROLE_FWD, MLSTM_DTYPE_F32);
+    if ((v == V_FWD_WG32 && (tf32 || (d != 64 && d != 128))) || (v == V_FWD_TC32 && d == 0)) v = V_AUTO;
     if (v == V_AUTO) v = d == 0 ? V_FWD_SIMT : (!tf32 && ds.wg_mode != 0 && d <= 128 && ds.wgf_ok[d == 128]) ? V_FWD_WG32 : V_FWD_TC32;
-    if (v == V_FWD_WG32 && (tf32 || (d != 64 && d != 128) || !ds.wgf_ok[d == 128])) MLSTM_UNAVAILABLE(v);
-    if (v == V_FWD_TC32 && d == 0) v = V_FWD_SIMT; /* (a forced tc32 on a shape it has no instance for) */
+    if (v == V_FWD_WG32 && !ds.wgf_ok[d == 128]) MLSTM_UNAVAILABLE(v);
     trace_add(tr, k_variants[v].name, MLSTM_DTYPE_F32, p->dqk);
     if (v == V_FWD_WG32) {
         MLSTM_RUN((d == 64 ? run_fwd_wgmma_f32<64>(a, st) : run_fwd_wgmma_f32<128>(a, st)), "mlstm_fwd_wgmma_f32_kernel launch");
@@ -354,9 +357,9 @@ int bwd_t<float>(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cuda
     const bool tf32 = tc32_mode(p) == 1;
     const int d = tc32_dim(ds, p, a, true);
     Variant v = forced(ds, ROLE_BWD32, MLSTM_DTYPE_F32);
+    if ((v == V_BWD_WG32 && (tf32 || (d != 64 && d != 128))) || (v == V_BWD_TC32 && d == 0)) v = V_AUTO;
     if (v == V_AUTO) v = d == 0 ? V_BWD_SIMT : (!tf32 && ds.wg_mode != 0 && d <= 128 && ds.wgfb_ok[d == 128]) ? V_BWD_WG32 : V_BWD_TC32;
-    if (v == V_BWD_WG32 && (tf32 || (d != 64 && d != 128) || !ds.wgfb_ok[d == 128])) MLSTM_UNAVAILABLE(v);
-    if (v == V_BWD_TC32 && d == 0) v = V_BWD_SIMT;
+    if (v == V_BWD_WG32 && !ds.wgfb_ok[d == 128]) MLSTM_UNAVAILABLE(v);
     trace_add(tr, k_variants[v].name, MLSTM_DTYPE_F32, p->dqk);
     if (v == V_BWD_WG32) {
         MLSTM_RUN((d == 64 ? run_bwd_wgmma_f32<64>(a, st) : run_bwd_wgmma_f32<128>(a, st)),

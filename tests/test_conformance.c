@@ -505,6 +505,10 @@ static void test_case(void **state)
     printf("[ CASE ] %s:%s fwd %.1f ms%s", e->name, r.line, ms[0], c->bwd ? "" : "\n");
     if (c->bwd)
         printf(" bwd %.1f ms\n", ms[1]);
+    /* the kernels the last call enqueued (CUDA; bench/gpu_instances.sh checks each pinned variant ran) */
+    const char *kernels = mlstm_context_last_kernels(g_ctx);
+    if (kernels[0])
+        printf("[ KERNELS ] %s: %s\n", e->name, kernels);
     fflush(stdout);
     if (r.fails[0])
         fail_msg("%s:%s", e->name, r.fails);
