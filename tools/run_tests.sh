@@ -2,7 +2,7 @@
 # The test command (README, .ci/run): installs the dependencies, builds libmlstm with every backend whose
 # toolchain is present (CUDA compiles and links when nvcc exists; OpenCL runs on PoCL when no GPU is
 # present), runs the whole default test suite through CTest, then the fuzz job (60 s of libFuzzer on the
-# public API), the ASan+UBSan job and the valgrind job. Exit status 0 only if everything passed.
+# public API), the ASan+UBSan, ThreadSanitizer and valgrind jobs. Exit status 0 only if everything passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install_deps.sh
@@ -17,4 +17,5 @@ cmake --build "$BUILD" -j "$JOBS"
 ctest --test-dir "$BUILD" --output-on-failure -j 1 --timeout 1500
 bash fuzz/run_fuzz.sh "${MLSTM_FUZZ_SECONDS:-60}"
 bash tools/sanitize.sh
+bash tools/tsan.sh
 bash tools/valgrind.sh
