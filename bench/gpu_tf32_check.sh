@@ -1,5 +1,5 @@
 #!/bin/bash
-# One-call GPU check of the CUDA f32 tensor-core kernels (kernels_cuda/fwd_tf32.cuh, bwd_tf32.cuh, forced on:
+# One-call GPU check of the CUDA f32 tensor-core kernels (kernels_cuda/fwd/fwd_tf32.cuh, bwd/bwd_tf32.cuh, forced on:
 # MLSTM_CUDA_F32_TC=1): builds sm_90 in $BUILD (default build-gpu), runs the f32 conformance cases (default set,
 # slow-set f32 forward), test_extreme, test_determinism, compute-sanitizer, bench_mlstm f32 forward and forward +
 # backward as SIMT vs 3xTF32 vs TF32, then the slow-set f32 backward cases (slowbwd: float64 references of S up to

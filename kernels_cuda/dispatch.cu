@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "launch.h"
+#include "common/launch.h"
 #include <type_traits>
-#include "tile_config.h"
+#include "common/tile_config.h"
 #include "mlstm_cuda_kernels.h"
 #include "head_dims.h"
 

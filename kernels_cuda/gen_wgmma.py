@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""libmlstm CUDA kernels: writes wgmma_ops.cuh, the inline-asm wrappers of the sm_90a warpgroup MMA
+"""libmlstm CUDA kernels: writes common/wgmma_ops.cuh, the inline-asm wrappers of the sm_90a warpgroup MMA
 (wgmma.mma_async m64nNk16, f32 accumulation, f16/bf16 inputs) with their long operand lists (committed;
 rerun after changing the shape list). Usage: python3 kernels_cuda/gen_wgmma.py"""
 import os
@@ -55,7 +55,7 @@ def main():
                     "                     : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(db), \"r\"(scale_d));",
                     "    }", "};"]
     out += ["#endif", "", "} // namespace wg", "} // namespace mlstm", ""]
-    with open(os.path.join(HERE, "wgmma_ops.cuh"), "w") as f:
+    with open(os.path.join(HERE, "common", "wgmma_ops.cuh"), "w") as f:
         f.write("\n".join(out))
 
 

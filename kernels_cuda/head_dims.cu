@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <type_traits>
 #include "head_dims.h"
-#include "common.cuh"
+#include "common/common.cuh"
 
 namespace mlstm {
 namespace {

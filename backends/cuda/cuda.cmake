@@ -24,7 +24,7 @@ target_sources(${MLSTM_LIB_TARGET} PRIVATE
   ${_mlstm_cuda_root}/backends/cuda/materialized_cuda.c
   ${_mlstm_cuda_root}/kernels_cuda/dispatch.cu
   ${_mlstm_cuda_root}/kernels_cuda/head_dims.cu
-  ${_mlstm_cuda_root}/kernels_cuda/materialized.cu
+  ${_mlstm_cuda_root}/kernels_cuda/materialized/materialized.cu
   ${MLSTM_CUDA_INSTANCE_SOURCES})
 
 set_target_properties(${MLSTM_LIB_TARGET} PROPERTIES
@@ -34,6 +34,7 @@ set_target_properties(${MLSTM_LIB_TARGET} PROPERTIES
   CUDA_SEPARABLE_COMPILATION OFF
   CUDA_RUNTIME_LIBRARY Static)
 
+# kernels_cuda/ is the root of the kernels' includes ("common/mma.cuh", "fwd/fwd_tc.cuh", ...)
 target_include_directories(${MLSTM_LIB_TARGET} PRIVATE
   ${_mlstm_cuda_root}/api ${_mlstm_cuda_root}/backends ${_mlstm_cuda_root}/kernels_cuda)
 target_compile_definitions(${MLSTM_LIB_TARGET} PRIVATE MLSTM_HAVE_CUDA=1)

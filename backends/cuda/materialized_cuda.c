@@ -1,8 +1,8 @@
 /* CUDA backend, the materialised algorithm: q k^T, C v and the backward's products as cuBLAS strided-batched GEMMs
  * (cublasGemmStridedBatchedEx over b*NH) on f32 copies of the tensors in a workspace, with the kernels of
- * kernels_cuda/materialized.cu between them. cuBLAS is loaded with dlopen at first use, so the library keeps
- * loading (and serving the fused kernels) where no driver or no cuBLAS is installed, and its size does not grow by
- * cuBLAS's static archives. Precision: f32 storage runs IEEE SGEMMs (CUBLAS_COMPUTE_32F_PEDANTIC); f16 / bf16
+ * kernels_cuda/materialized/materialized.cu between them. cuBLAS is loaded with dlopen at first use, so the library
+ * keeps loading (and serving the fused kernels) where no driver or no cuBLAS is installed, and its size does not grow
+ * by cuBLAS's static archives. Precision: f32 storage runs IEEE SGEMMs (CUBLAS_COMPUTE_32F_PEDANTIC); f16 / bf16
  * storage (and MLSTM_MATH_TF32) run TF32 tensor-core GEMMs, on which f16 / bf16 operands are exact, with the S x S
  * operands of the second products rounded to TF32's 10-bit mantissa (as the contract lets a C or P tile be rounded
  * to the storage type before the second product, with f32's range instead of f16's). */
@@ -18,7 +18,7 @@
 #include "backend.h"
 #include "mat_layout.h"
 #include "cuda/materialized_cuda.h"
-#include "../../kernels_cuda/materialized.h"
+#include "../../kernels_cuda/materialized/materialized.h"
 
 #define CUBLAS_SCRATCH_BYTES ((uint64_t)32 << 20) /* cublasSetWorkspace: 32 MiB, NVIDIA's advice for Hopper */
 #define STR2(x) #x

@@ -4,10 +4,10 @@
  * reference as test_conformance does (degenerate-gradient metric, extreme-gate allowance, normalizer-detached mode
  * re-evaluated at the forward's m, n). Prints the errors and an FNV-1a digest of all outputs (run twice: determinism).
  * Usage: emu_bwd_tf32 exact|detached mode(0 3xTF32 | 1 TF32) D S B NH gates seed [eps] [scale] */
-#include "bwd_tf32.cuh"
-#include "simt.cuh"
-#include "aux.cuh"
-#include "tile_config.h"
+#include "bwd/bwd_tf32.cuh"
+#include "simt/simt.cuh"
+#include "bwd/aux.cuh"
+#include "common/tile_config.h"
 #include "emu_grid.h"
 
 namespace mlstm { namespace simt { alignas(16) float sm[SMEM_FLOATS]; } }

@@ -1,10 +1,10 @@
-/* kernel_emu: runs tc32::mlstm_fwd_kernel (kernels_cuda/fwd_tf32.cuh, compiled for the host with the stand-ins of
+/* kernel_emu: runs tc32::mlstm_fwd_kernel (kernels_cuda/fwd/fwd_tf32.cuh, compiled for the host with the stand-ins of
  * this folder) on the CPU, CTA by CTA, on the inputs of a conformance case (tests/util: same seeds, same values) and
  * compares h, m, n with the case's float64 reference as test_conformance does (TF32: tolerances.h's TF32 row, n by
  * magnitude). Usage: emu_fwd_tf32 mode(0 3xTF32 | 1 TF32) D S B NH gates(std|normal|ext_u|ext_n|closed) seed
  *                     [eps] [scale] */
-#include "fwd_tf32.cuh"
-#include "tile_config.h"
+#include "fwd/fwd_tf32.cuh"
+#include "common/tile_config.h"
 #include "emu_grid.h"
 
 int main(int argc, char **argv)

@@ -18,23 +18,26 @@ mkdir -p $W
 EMU_DIR=$W python3 - <<'PY'
 import os, re
 W = os.environ["EMU_DIR"]
-src = open("kernels_cuda/common.cuh").read()
+for d in ("common", "fwd", "bwd", "simt"):  # the copies keep kernels_cuda/'s layout
+    os.makedirs(f"{W}/{d}", exist_ok=True)
+src = open("kernels_cuda/common/common.cuh").read()
 old = 'asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));'
 assert src.count(old) == 1
-open(f"{W}/common.cuh", "w").write(src.replace(old, "y = exp2f(x);"))
-src = open("kernels_cuda/fwd_tf32.cuh").read()
+open(f"{W}/common/common.cuh", "w").write(src.replace(old, "y = exp2f(x);"))
+src = open("kernels_cuda/fwd/fwd_tf32.cuh").read()
 new, k = re.subn(r'asm\("mma\.sync\.aligned\.m16n8k8.*?"r"\(b1\)\);', "emu_mma_tf32(c, a, b0, b1);", src, flags=re.S)
 assert k == 1
-open(f"{W}/fwd_tf32.cuh", "w").write(new)
-open(f"{W}/bwd_tf32.cuh", "w").write(open("kernels_cuda/bwd_tf32.cuh").read())  # includes the copy above
-src = open("kernels_cuda/simt.cuh").read()  # for EMU_SIMT=1: extern smem -> simt::sm (emu_bwd_main.cpp), the rest static
+open(f"{W}/fwd/fwd_tf32.cuh", "w").write(new)
+open(f"{W}/bwd/bwd_tf32.cuh", "w").write(open("kernels_cuda/bwd/bwd_tf32.cuh").read())  # includes the copy above
+# for EMU_SIMT=1: extern smem -> simt::sm (emu_bwd_main.cpp), the rest static
+src = open("kernels_cuda/simt/simt.cuh").read()
 src = src.replace("extern __shared__ ", "extern ")
 new, k = re.subn(r'^(\s+)__shared__ ', r'\1static ', src, flags=re.M)
-open(f"{W}/simt.cuh", "w").write(new)
-src = open("kernels_cuda/aux.cuh").read()
+open(f"{W}/simt/simt.cuh", "w").write(new)
+src = open("kernels_cuda/bwd/aux.cuh").read()
 new, k = re.subn(r'^(\s+)__shared__ ', r'\1static ', src, flags=re.M)
 assert k >= 2
-open(f"{W}/aux.cuh", "w").write(new)
+open(f"{W}/bwd/aux.cuh", "w").write(new)
 PY
 # inputs and reference from the test utilities (tests/util, tests/ref); libmlstm only to satisfy the link
 gcc -std=c11 -O2 -fopenmp -I api -I tests/util -I tests/ref -c tests/util/mlstm_case.c -o $W/mlstm_case.o

@@ -4,8 +4,8 @@
  * backwards, so the gate offset between query and key tile is accumulated in compensated (hi, lo) form. */
 #pragma once
 
-#include "mma.cuh"
-#include "range_guard.cuh"
+#include "common/mma.cuh"
+#include "common/range_guard.cuh"
 
 namespace mlstm {
 namespace tc {

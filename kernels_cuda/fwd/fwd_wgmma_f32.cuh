@@ -10,9 +10,9 @@
  * - epilogue: O 2^esc and l divided by q's row scale, then normaliser, h, m, n as fwd_tf32.cuh. */
 #pragma once
 
-#include "fwd_tc.cuh"
-#include "fwd_tf32.cuh"
-#include "wgmma_f32.cuh"
+#include "fwd/fwd_tc.cuh"
+#include "fwd/fwd_tf32.cuh"
+#include "common/wgmma_f32.cuh"
 
 namespace mlstm {
 namespace wg {

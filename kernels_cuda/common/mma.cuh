@@ -4,7 +4,7 @@
  * with g = lane/4, q = lane%4. */
 #pragma once
 
-#include "common.cuh"
+#include "common/common.cuh"
 
 namespace mlstm {
 

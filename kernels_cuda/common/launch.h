@@ -6,7 +6,7 @@
 
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled (called through cudaGetDriverEntryPointByVersion) */
-#include "common.cuh"
+#include "common/common.cuh"
 
 namespace mlstm {
 

@@ -4,7 +4,7 @@
  * one product of tf32-rounded operands. Tiling as fwd_tc.cuh; gate math compensated as in simt.cuh's f32 path. */
 #pragma once
 
-#include "mma.cuh"
+#include "common/mma.cuh"
 
 namespace mlstm {
 namespace tc32 {

@@ -1,8 +1,8 @@
-/* libmlstm CUDA kernels of the materialised algorithm (kernels_cuda/materialized.cu): plain C entry points that the
- * host code (backends/cuda/materialized_cuda.c) calls between its cuBLAS products. Same kernels, names and
- * workspace arrays as kernels_cl/materialized.cl. Each returns a cudaError_t value (0 = enqueued); streams travel as
- * void *. Workspace arrays are f32 device pointers; slice g = b * NH + h of an S-long array starts at g * S, of an
- * S x S matrix at g * S * S, of the per-tile sums at g * ntiles * S. */
+/* libmlstm CUDA kernels of the materialised algorithm (kernels_cuda/materialized/materialized.cu): plain C entry
+ * points that the host code (backends/cuda/materialized_cuda.c) calls between its cuBLAS products. Same kernels,
+ * names and workspace arrays as kernels_cl/materialized.cl. Each returns a cudaError_t value (0 = enqueued);
+ * streams travel as void *. Workspace arrays are f32 device pointers; slice g = b * NH + h of an S-long array starts
+ * at g * S, of an S x S matrix at g * S * S, of the per-tile sums at g * ntiles * S. */
 #ifndef MLSTM_CUDA_MATERIALIZED_H
 #define MLSTM_CUDA_MATERIALIZED_H
 

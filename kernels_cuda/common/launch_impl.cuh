@@ -5,25 +5,25 @@
 #include <limits.h>
 #include <string.h>
 #include <type_traits>
-#include "launch.h"
-#include "tile_config.h"
-#include "fwd_tc.cuh"
-#include "bwd_tc.cuh"
-#include "simt.cuh"
+#include "common/launch.h"
+#include "common/tile_config.h"
+#include "fwd/fwd_tc.cuh"
+#include "bwd/bwd_tc.cuh"
+#include "simt/simt.cuh"
 #ifdef MLSTM_INST_TF32 /* only the f32 tensor-core instance files compile those kernels */
-#include "fwd_tf32.cuh"
-#include "bwd_tf32.cuh"
+#include "fwd/fwd_tf32.cuh"
+#include "bwd/bwd_tf32.cuh"
 #endif
 #ifdef MLSTM_INST_WGMMA /* only the sm_90a instance files compile those kernels */
-#include "fwd_wgmma.cuh"
-#include "bwd_wgmma.cuh"
+#include "fwd/fwd_wgmma.cuh"
+#include "bwd/bwd_wgmma.cuh"
 #endif
 #ifdef MLSTM_INST_WGMMA_F32 /* only the sm_90a f32 instance files */
-#include "fwd_wgmma_f32.cuh"
-#include "bwd_wgmma_f32.cuh"
+#include "fwd/fwd_wgmma_f32.cuh"
+#include "bwd/bwd_wgmma_f32.cuh"
 #endif
 #ifdef MLSTM_INST_AUX /* only inst/mlstm_bwd_aux.cu compiles the light passes */
-#include "aux.cuh"
+#include "bwd/aux.cuh"
 #endif
 
 namespace mlstm {

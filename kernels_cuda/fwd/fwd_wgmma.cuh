@@ -21,9 +21,9 @@
  * tiles), 4 also the cluster pair's staged epilogue. */
 #pragma once
 
-#include "fwd_tc.cuh"
-#include "tile_config.h"
-#include "wgmma.cuh"
+#include "fwd/fwd_tc.cuh"
+#include "common/tile_config.h"
+#include "common/wgmma.cuh"
 
 namespace mlstm {
 namespace wg {

@@ -7,7 +7,7 @@
  * same bound as 3xTF32 (fwd_tf32.cuh), at half the tensor-core time and with the same 2-byte swizzled tiles. */
 #pragma once
 
-#include "wgmma.cuh"
+#include "common/wgmma.cuh"
 
 namespace mlstm {
 namespace wg {

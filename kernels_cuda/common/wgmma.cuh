@@ -6,8 +6,8 @@
 
 #include <cuda.h> /* CUtensorMap (the type only: the maps are encoded on the host, launch_impl.cuh) */
 
-#include "mma.cuh"
-#include "wgmma_ops.cuh"
+#include "common/mma.cuh"
+#include "common/wgmma_ops.cuh"
 
 namespace mlstm {
 namespace wg {

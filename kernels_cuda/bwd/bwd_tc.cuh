@@ -9,8 +9,8 @@
 #pragma once
 
 #include <type_traits>
-#include "mma.cuh"
-#include "range_guard.cuh"
+#include "common/mma.cuh"
+#include "common/range_guard.cuh"
 
 namespace mlstm {
 namespace tc {

@@ -1,6 +1,7 @@
-/* kernel_emu: stand-in for kernels_cuda/mma.cuh: cp.async as an immediate copy, and the emulated tf32 mma. */
+/* kernel_emu: stand-in for kernels_cuda/common/mma.cuh (same path under this folder, which run.sh puts ahead of
+ * kernels_cuda/ on the include path): cp.async as an immediate copy, and the emulated tf32 mma. */
 #pragma once
-#include "common.cuh"
+#include "common/common.cuh"
 namespace mlstm {
 inline void cp_async16(void *smem, const void *gmem, bool valid)
 {

@@ -13,10 +13,10 @@
  * split_guard_raise exponent for its A tiles. */
 #pragma once
 
-#include "bwd_tf32.cuh"
-#include "fwd_tc.cuh"
-#include "tile_config.h"
-#include "wgmma_f32.cuh"
+#include "bwd/bwd_tf32.cuh"
+#include "fwd/fwd_tc.cuh"
+#include "common/tile_config.h"
+#include "common/wgmma_f32.cuh"
 
 #include <type_traits>
 

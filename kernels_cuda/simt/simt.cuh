@@ -5,7 +5,7 @@
 #pragma once
 
 #include <type_traits>
-#include "common.cuh"
+#include "common/common.cuh"
 
 namespace mlstm {
 namespace simt {

@@ -2,8 +2,8 @@
  * backends/cuda/materialized_cuda.c, a line-by-line port of kernels_cl/materialized.cl (same names, same math,
  * same compensated (hi, lo) sums, so both backends' materialised results agree with their fused ones the same
  * way). See materialized.h for the entry points and the workspace arrays. */
-#include "common.cuh"
-#include "materialized.h"
+#include "common/common.cuh"
+#include "materialized/materialized.h"
 
 namespace mlstm {
 namespace mat {

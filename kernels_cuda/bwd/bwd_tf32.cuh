@@ -15,7 +15,7 @@
  * SIMT path's per-element dh.(v - sigma h): a tensor-core product cannot form that difference. */
 #pragma once
 
-#include "fwd_tf32.cuh"
+#include "fwd/fwd_tf32.cuh"
 
 namespace mlstm {
 namespace tc32 {

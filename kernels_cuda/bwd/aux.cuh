@@ -7,7 +7,7 @@
  *                           totals (compensated), df = da*sigmoid(-f). */
 #pragma once
 
-#include "common.cuh"
+#include "common/common.cuh"
 
 #ifdef __CUDACC__
 #define MLSTM_NOINLINE __noinline__

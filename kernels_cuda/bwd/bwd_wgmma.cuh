@@ -12,8 +12,8 @@
  * The streamed tiles are double-buffered through cp.async. */
 #pragma once
 
-#include "bwd_tc.cuh"
-#include "wgmma.cuh"
+#include "bwd/bwd_tc.cuh"
+#include "common/wgmma.cuh"
 
 namespace mlstm {
 namespace wg {

@@ -13,7 +13,7 @@
 #include <cfloat>
 #include <type_traits>
 #include <cuda_fp16.h>
-#include "common.cuh"
+#include "common/common.cuh"
 
 namespace mlstm {
 namespace tc {
