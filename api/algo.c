@@ -1,6 +1,7 @@
-/* Which algorithm a call runs (desc->algo, else MLSTM_ALGO, else the measured table below) and the workspace of
- * the materialised algorithm: mlstm_workspace_size, mlstm_context_set_workspace, and the checks that hand a call
- * the caller's workspace (size, alignment, no overlap with the call's tensors). */
+/* Which algorithm a call runs (desc->algo, else MLSTM_ALGO, else the measured table below) and the workspace of a
+ * call: mlstm_workspace_size, mlstm_context_set_workspace, and the one check that hands a call the caller's
+ * workspace (its argument, else the context's: live, same context, aligned, large enough, no overlap with the
+ * call's tensors). */
 #include <stdio.h>
 #include <string.h>
 #include "internal.h"
@@ -74,29 +75,45 @@ static void tensor_bytes(const mlstm_desc *desc, const mlstm_params *p, int t, u
     *hi = *lo + ext * es;
 }
 
-int mlstm_resolve_algo(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward, mlstm_params *p)
+void mlstm_resolve_algo(const mlstm_context *ctx, const mlstm_desc *desc, int backward, mlstm_params *p)
 {
     p->algo = choose(ctx, desc, p, backward);
+}
+
+int mlstm_attach_workspace(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
+                           mlstm_buffer *arg, size_t min_bytes, mlstm_params *p)
+{
     p->ws_mem = NULL;
     p->ws_offset = p->ws_bytes = 0;
     uint64_t need;
     int st = mlstm_call_workspace_bytes(ctx, fn, p, backward, &need);
-    if (st != MLSTM_OK || need == 0 || ctx->workspace == NULL)
+    if (st != MLSTM_OK)
         return st;
-    const mlstm_buffer *w = ctx->workspace;
+    if (need < min_bytes)
+        need = min_bytes;
+    const mlstm_buffer *w = arg ? arg : ctx->workspace;
+    const char *which = arg ? "the workspace argument" : "the workspace set with mlstm_context_set_workspace";
+    if (w == NULL || (arg == NULL && need == 0))
+        return MLSTM_OK; /* the backend's own, allocated at first need */
+    if (w->magic != MLSTM_BUFFER_MAGIC)
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: %s is not a live mlstm_buffer", fn, which);
+    if (w->ctx != ctx)
+        return mlstm_fail(ctx, MLSTM_ERR_CONTEXT_MISMATCH, "%s: %s belongs to another context", fn, which);
     const size_t es = mlstm_dtype_size(w->dtype);
     const uint64_t have = (uint64_t)w->count * es, lo = (uint64_t)w->offset * es;
+    if (lo % WORKSPACE_ALIGN != 0)
+        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: %s starts at byte %llu of its allocation; it must be "
+                          "%d-byte aligned", fn, which, (unsigned long long)lo, WORKSPACE_ALIGN);
     if (have < need)
-        return mlstm_fail(ctx, MLSTM_ERR_BUFFER_TOO_SMALL,
-                          "%s: the workspace set with mlstm_context_set_workspace holds %llu bytes; this call needs "
-                          "%llu (mlstm_workspace_size)", fn, (unsigned long long)have, (unsigned long long)need);
+        return mlstm_fail(ctx, MLSTM_ERR_BUFFER_TOO_SMALL, "%s: %s holds %llu bytes; this call needs %llu "
+                          "(mlstm_workspace_size)", fn, which, (unsigned long long)have, (unsigned long long)need);
     for (int t = 0; t < MLSTM_TENSOR_COUNT; t++) {
         if (!mlstm_tensor_used(t, backward) || p->t[t].mem != w->alloc->mem)
             continue;
         uint64_t t_lo, t_hi;
         tensor_bytes(desc, p, t, &t_lo, &t_hi);
         if (t_lo < lo + have && lo < t_hi)
-            return mlstm_fail(ctx, MLSTM_ERR_BAD_LAYOUT, "%s: the workspace overlaps tensor %s in memory", fn,
+            return mlstm_fail(ctx, MLSTM_ERR_BAD_LAYOUT, "%s: %s overlaps tensor %s in memory", fn, which,
                               mlstm_tensor_name(t));
     }
     p->ws_mem = w->alloc->mem;

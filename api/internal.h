@@ -84,9 +84,14 @@ int mlstm_env_tristate(const char *name);
 /* MLSTM_ALGO: "auto" or unset -> MLSTM_ALGO_AUTO, "fused", "materialized" (or "materialised"); anything else -1. */
 int mlstm_env_algo(void);
 
-/* algo.c: resolves p->algo (desc's choice, else MLSTM_ALGO, else the measured table) and fills the workspace
- * fields of p from the context's workspace, checking its size; a failure is recorded on ctx. */
-int mlstm_resolve_algo(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward, mlstm_params *p);
+/* algo.c: resolves p->algo (desc's choice, else MLSTM_ALGO, else the measured table). */
+void mlstm_resolve_algo(const mlstm_context *ctx, const mlstm_desc *desc, int backward, mlstm_params *p);
+/* algo.c: fills the workspace fields of p (algorithm resolved) from arg (a call's or plan's workspace argument),
+ * else from the context's (mlstm_context_set_workspace), checked once for every path: live, of ctx, 256-byte
+ * aligned, at least max(min_bytes, what the call needs), not overlapping the call's tensors. Without either, the
+ * fields stay empty and the backend uses its own. A failure is recorded on ctx. */
+int mlstm_attach_workspace(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
+                           mlstm_buffer *arg, size_t min_bytes, mlstm_params *p);
 
 /* registry.c */
 int mlstm_registry_count(void);
@@ -116,9 +121,6 @@ int mlstm_plan_geometry(mlstm_context *ctx, const char *fn, const mlstm_desc *in
 int mlstm_bind_buffers(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
                        const uint64_t extent[MLSTM_TENSOR_COUNT], mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT],
                        mlstm_params *p);
-/* Checks a workspace (NULL allowed when need is 0) and sets the workspace fields of p. */
-int mlstm_bind_workspace(mlstm_context *ctx, const char *fn, mlstm_buffer *ws, size_t need, int backward,
-                         mlstm_params *p);
 /* algo.c: the workspace bytes p (its algorithm resolved) needs on this backend */
 int mlstm_call_workspace_bytes(mlstm_context *ctx, const char *fn, const mlstm_params *p, int backward, uint64_t *bytes);
 /* Full validation of a call: desc, buffers (context, dtype, size), layouts, aliasing; fills params. */

@@ -212,10 +212,10 @@ static int run(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int b
 {
     mlstm_params p;
     int st = mlstm_prepare_call(ctx, fn, desc, backward, bufs, &p);
-    if (st == MLSTM_OK)
-        st = mlstm_resolve_algo(ctx, fn, desc, backward, &p); /* the algorithm; the context's workspace if set */
-    if (st == MLSTM_OK)
-        st = mlstm_bind_workspace(ctx, fn, workspace, 0, backward, &p); /* the call's own, if given */
+    if (st == MLSTM_OK) {
+        mlstm_resolve_algo(ctx, desc, backward, &p);
+        st = mlstm_attach_workspace(ctx, fn, desc, backward, workspace, 0, &p);
+    }
     if (st == MLSTM_OK)
         st = check_supported(ctx, fn, &p, backward);
     return st != MLSTM_OK ? st : launch(ctx, fn, &p, backward);
@@ -304,9 +304,8 @@ int mlstm_plan_create(mlstm_context *ctx, const mlstm_desc *desc, unsigned direc
             continue;
         mlstm_params q = plan->base;
         uint64_t need = 0;
-        st = mlstm_resolve_algo(ctx, fn, &plan->desc, bwd, &q);
-        if (st == MLSTM_OK)
-            st = mlstm_call_workspace_bytes(ctx, fn, &q, bwd, &need);
+        mlstm_resolve_algo(ctx, &plan->desc, bwd, &q);
+        st = mlstm_call_workspace_bytes(ctx, fn, &q, bwd, &need);
         if (st == MLSTM_OK && need > plan->workspace_bytes)
             plan->workspace_bytes = (size_t)need;
     }
@@ -368,10 +367,10 @@ static int plan_execute(mlstm_plan *plan, const char *fn, int backward, const ml
     int st = load_pack(ctx, fn, pack, bufs);
     if (st == MLSTM_OK)
         st = mlstm_bind_buffers(ctx, fn, &plan->desc, backward, plan->extent, bufs, &p);
-    if (st == MLSTM_OK)
-        st = mlstm_resolve_algo(ctx, fn, &plan->desc, backward, &p);
-    if (st == MLSTM_OK)
-        st = mlstm_bind_workspace(ctx, fn, workspace, plan->workspace_bytes, backward, &p);
+    if (st == MLSTM_OK) {
+        mlstm_resolve_algo(ctx, &plan->desc, backward, &p);
+        st = mlstm_attach_workspace(ctx, fn, &plan->desc, backward, workspace, plan->workspace_bytes, &p);
+    }
     return st != MLSTM_OK ? st : launch(ctx, fn, &p, backward);
 }
 

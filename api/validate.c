@@ -43,13 +43,7 @@ static int64_t tensor_dim(const mlstm_desc *d, int tensor)
 
 int mlstm_tensor_dtype(const mlstm_desc *d, int tensor)
 {
-    switch (tensor) {
-    case MLSTM_TENSOR_I: case MLSTM_TENSOR_F: case MLSTM_TENSOR_M: case MLSTM_TENSOR_N:
-    case MLSTM_TENSOR_DI: case MLSTM_TENSOR_DF:
-        return MLSTM_DTYPE_F32;
-    default:
-        return d->dtype;
-    }
+    return mlstm_tensor_is_f32(tensor) ? MLSTM_DTYPE_F32 : d->dtype;
 }
 
 int mlstm_check_context(const mlstm_context *ctx)
@@ -351,34 +345,6 @@ int mlstm_bind_buffers(mlstm_context *ctx, const char *fn, const mlstm_desc *des
         p->t[t].mem = mlstm_tensor_used(t, backward) ? bufs[t]->alloc->mem : NULL;
         p->t[t].offset = mlstm_tensor_used(t, backward) ? (uint64_t)bufs[t]->offset : 0;
     }
-    return MLSTM_OK;
-}
-
-int mlstm_bind_workspace(mlstm_context *ctx, const char *fn, mlstm_buffer *ws, size_t need, int backward,
-                         mlstm_params *p)
-{
-    if (ws == NULL)
-        return MLSTM_OK; /* the context's workspace (mlstm_resolve_algo), or the backend's own */
-    if (ws->magic != MLSTM_BUFFER_MAGIC)
-        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: workspace is not a live mlstm_buffer", fn);
-    if (ws->ctx != ctx)
-        return mlstm_fail(ctx, MLSTM_ERR_CONTEXT_MISMATCH, "%s: the workspace belongs to another context", fn);
-    uint64_t call_need = 0;
-    int st = mlstm_call_workspace_bytes(ctx, fn, p, backward, &call_need);
-    if (st != MLSTM_OK)
-        return st;
-    if (call_need > need)
-        need = (size_t)call_need;
-    const size_t es = mlstm_dtype_size(ws->dtype);
-    if (ws->count < need / es + (need % es != 0))
-        return mlstm_fail(ctx, MLSTM_ERR_BUFFER_TOO_SMALL, "%s: workspace holds %zu bytes, the call needs %zu", fn,
-                          ws->count * es, need);
-    if (((uint64_t)ws->offset * es) % 256 != 0)
-        return mlstm_fail(ctx, MLSTM_ERR_INVALID_ARGUMENT, "%s: the workspace starts at byte %llu of its allocation; "
-                          "it must be 256-byte aligned", fn, (unsigned long long)((uint64_t)ws->offset * es));
-    p->ws_mem = ws->alloc->mem;
-    p->ws_offset = (uint64_t)ws->offset * es;
-    p->ws_bytes = (uint64_t)ws->count * es;
     return MLSTM_OK;
 }
 

@@ -1074,6 +1074,7 @@ static void test_plan_api(void **state)
         {MLSTM_TENSOR_V, small, NULL, MLSTM_ERR_BUFFER_TOO_SMALL, "v one element short"},
         {MLSTM_TENSOR_F, NULL, NULL, MLSTM_ERR_INVALID_ARGUMENT, "f NULL"},
         {-1, NULL, ws_other, MLSTM_ERR_CONTEXT_MISMATCH, "workspace of another context"},
+        {-1, NULL, fx->buf[MLSTM_TENSOR_H], MLSTM_ERR_BAD_LAYOUT, "workspace overlapping h"},
     };
     for (int bwd = 0; bwd < 2; bwd++)
         for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
