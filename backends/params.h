@@ -15,6 +15,13 @@ typedef struct mlstm_tensor_arg {
     int64_t stride_b, stride_h, stride_s;
 } mlstm_tensor_arg;
 
+/* The tensors stored in f32 whatever the call's dtype: the gates, the stabiliser, the normaliser and their gradients. */
+static inline int mlstm_tensor_is_f32(int t)
+{
+    return t == MLSTM_TENSOR_I || t == MLSTM_TENSOR_F || t == MLSTM_TENSOR_M || t == MLSTM_TENSOR_N ||
+           t == MLSTM_TENSOR_DI || t == MLSTM_TENSOR_DF;
+}
+
 typedef struct mlstm_params {
     int64_t batch, heads, seq_len, dqk, dv;
     int dtype;          /* mlstm_dtype of q, k, v, h, dh, dq, dk, dv; the gate-like tensors are f32 */

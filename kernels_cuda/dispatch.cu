@@ -21,9 +21,7 @@ KArgs make_args(const mlstm_params *p)
     const size_t esz = p->dtype == MLSTM_DTYPE_F32 ? 4 : 2;
     for (int x = 0; x < MLSTM_TENSOR_COUNT; ++x) {
         const mlstm_tensor_arg &t = p->t[x];
-        const bool f32 = x == MLSTM_TENSOR_I || x == MLSTM_TENSOR_F || x == MLSTM_TENSOR_M ||
-                         x == MLSTM_TENSOR_N || x == MLSTM_TENSOR_DI || x == MLSTM_TENSOR_DF;
-        const size_t sz = f32 ? 4 : esz;
+        const size_t sz = mlstm_tensor_is_f32(x) ? 4 : esz;
         a.t[x].p = t.mem ? (void *)((char *)t.mem + t.offset * sz) : nullptr;
         a.t[x].sb = t.stride_b;
         a.t[x].sh = t.stride_h;
@@ -283,6 +281,19 @@ int bwd_tc(const Dispatch &ds, const KArgs &a, cudaStream_t st, mlstm_cuda_trace
     return 0;
 }
 
+/* The f32 variant of a role (d: the f32 tensor-core head dim serving the call, 0 for none): a pinned one where it has
+ * an instance for the call (wg: D 64/128 and the default math; tc: any d), else the split-f16 wgmma kernel where the
+ * device accepted it, else 3xTF32 / TF32, else SIMT. The caller fails a pinned wg the device refused. */
+Variant f32_variant(const Dispatch &ds, int role, int d, bool tf32, const bool wg_ok[2], Variant simt, Variant tc,
+                    Variant wg)
+{
+    Variant v = forced(ds, role, MLSTM_DTYPE_F32);
+    if ((v == wg && (tf32 || (d != 64 && d != 128))) || (v == tc && d == 0)) v = V_AUTO;
+    if (v != V_AUTO) return v;
+    if (d == 0) return simt;
+    return !tf32 && ds.wg_mode != 0 && (d == 64 || d == 128) && wg_ok[d == 128] ? wg : tc;
+}
+
 template <typename T>
 int fwd_t(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
           mlstm_cuda_fail *fail)
@@ -305,10 +316,7 @@ int fwd_t<float>(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cuda
 {
     const bool tf32 = tc32_mode(p) == 1;
     const int d = tc32_dim(ds, p, a);
-    /* a pinned f32 variant applies where it has an instance for the call (wg32: D 64/128, default math) */
-    Variant v = forced(ds, ROLE_FWD, MLSTM_DTYPE_F32);
-    if ((v == V_FWD_WG32 && (tf32 || (d != 64 && d != 128))) || (v == V_FWD_TC32 && d == 0)) v = V_AUTO;
-    if (v == V_AUTO) v = d == 0 ? V_FWD_SIMT : (!tf32 && ds.wg_mode != 0 && d <= 128 && ds.wgf_ok[d == 128]) ? V_FWD_WG32 : V_FWD_TC32;
+    const Variant v = f32_variant(ds, ROLE_FWD, d, tf32, ds.wgf_ok, V_FWD_SIMT, V_FWD_TC32, V_FWD_WG32);
     if (v == V_FWD_WG32 && !ds.wgf_ok[d == 128]) MLSTM_UNAVAILABLE(v);
     trace_add(tr, k_variants[v].name, MLSTM_DTYPE_F32, p->dqk);
     if (v == V_FWD_WG32) {
@@ -356,9 +364,7 @@ int bwd_t<float>(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cuda
     MLSTM_RUN(run_bwd_prep<float>(a, st), "mlstm_bwd_prep_kernel launch");
     const bool tf32 = tc32_mode(p) == 1;
     const int d = tc32_dim(ds, p, a, true);
-    Variant v = forced(ds, ROLE_BWD32, MLSTM_DTYPE_F32);
-    if ((v == V_BWD_WG32 && (tf32 || (d != 64 && d != 128))) || (v == V_BWD_TC32 && d == 0)) v = V_AUTO;
-    if (v == V_AUTO) v = d == 0 ? V_BWD_SIMT : (!tf32 && ds.wg_mode != 0 && d <= 128 && ds.wgfb_ok[d == 128]) ? V_BWD_WG32 : V_BWD_TC32;
+    const Variant v = f32_variant(ds, ROLE_BWD32, d, tf32, ds.wgfb_ok, V_BWD_SIMT, V_BWD_TC32, V_BWD_WG32);
     if (v == V_BWD_WG32 && !ds.wgfb_ok[d == 128]) MLSTM_UNAVAILABLE(v);
     trace_add(tr, k_variants[v].name, MLSTM_DTYPE_F32, p->dqk);
     if (v == V_BWD_WG32) {

@@ -78,17 +78,12 @@ sum_vec_kernel(SliceSrc src, int n, Cols dst, int64_t NH, int64_t S, int64_t row
 unsigned row_grid(int64_t rows, int per_cta) { return (unsigned)((rows + per_cta - 1) / per_cta); }
 
 size_t dtype_bytes(int dtype) { return dtype == MLSTM_DTYPE_F32 ? 4 : 2; }
-bool is_f32_tensor(int x)
-{
-    return x == MLSTM_TENSOR_I || x == MLSTM_TENSOR_F || x == MLSTM_TENSOR_M || x == MLSTM_TENSOR_N ||
-           x == MLSTM_TENSOR_DI || x == MLSTM_TENSOR_DF;
-}
 
 /* The columns [c0, c0 + w) of tensor x of p as a Cols */
 Cols cols_of(const mlstm_params *p, int x, int64_t c0)
 {
     const mlstm_tensor_arg &t = p->t[x];
-    const size_t esz = is_f32_tensor(x) ? 4 : dtype_bytes(p->dtype);
+    const size_t esz = mlstm_tensor_is_f32(x) ? 4 : dtype_bytes(p->dtype);
     return Cols{(char *)t.mem + (t.offset + c0) * esz, t.stride_b, t.stride_h, t.stride_s};
 }
 
@@ -268,7 +263,7 @@ bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool ba
         for (int x = 0; x < MLSTM_TENSOR_COUNT; ++x) {
             probe.t[x].mem = probe.t[x].mem ? (void *)(uintptr_t)256 : nullptr;
             probe.t[x].offset = 0;
-            probe.t[x].stride_s = is_f32_tensor(x) ? 1 : D;
+            probe.t[x].stride_s = mlstm_tensor_is_f32(x) ? 1 : D;
             probe.t[x].stride_h = probe.t[x].stride_s * p->seq_len;
             probe.t[x].stride_b = probe.t[x].stride_h * p->heads;
         }

@@ -284,9 +284,9 @@ static int ensure_workspace(mlstm_cuda_impl *c, size_t bytes)
     CU_TRY(c, cudaStreamIsCapturing(c->stream, &cap));
     if (cap != cudaStreamCaptureStatusNone) {
         put_msg(c->err, sizeof c->err,
-                "this call needs a %zu-byte device workspace (head dims staged for the tensor-core kernels) and the "
-                "context has %zu bytes; it cannot be allocated during CUDA graph capture: run the call once before "
-                "capturing",
+                "this call needs a %zu-byte device workspace (the materialised algorithm, or head dims staged for the "
+                "tensor-core kernels) and the context has %zu bytes; libmlstm does not allocate during CUDA graph "
+                "capture: pass one (mlstm_context_set_workspace) or run the call once before capturing",
                 bytes, c->ws_bytes);
         return MLSTM_ERR_OUT_OF_MEMORY; /* as the materialised algorithm's workspace (mlstm.h) */
     }
@@ -328,26 +328,29 @@ static int cuda_supports(void *impl, const mlstm_params *p, int backward)
     return MLSTM_OK;
 }
 
+static int cuda_workspace_size(void *impl, const mlstm_params *p, int backward, uint64_t *bytes);
+
 static int run_on(mlstm_cuda_impl *c, const mlstm_params *p, int backward)
 {
-    if (p->algo == MLSTM_ALGO_MATERIALIZED)
-        return mlstm_cuda_mat_run(&c->mat, p, backward, (void *)c->stream, c->err, sizeof c->err);
-    /* the head-dim staging: in the caller's workspace (mlstm_context_set_workspace) where set, else the context's */
-    void *ws = c->ws;
-    size_t ws_bytes = c->ws_bytes;
-    if (p->ws_mem != NULL) {
-        ws = (char *)p->ws_mem + p->ws_offset;
-        ws_bytes = (size_t)p->ws_bytes;
-    } else {
-        int st = ensure_workspace(c, mlstm_cuda_kernels_workspace_size(c->dispatch, p, backward));
+    /* the workspace of either algorithm: the caller's where the API attached one, else the context's own */
+    mlstm_params q = *p;
+    if (q.ws_mem == NULL) {
+        uint64_t need = 0;
+        int st = cuda_workspace_size(c, p, backward, &need);
+        if (st == MLSTM_OK && need > 0)
+            st = ensure_workspace(c, (size_t)need);
         if (st != MLSTM_OK)
             return st;
-        ws = c->ws;
-        ws_bytes = c->ws_bytes;
+        q.ws_mem = c->ws;
+        q.ws_offset = 0;
+        q.ws_bytes = c->ws_bytes;
     }
+    if (q.algo == MLSTM_ALGO_MATERIALIZED)
+        return mlstm_cuda_mat_run(&c->mat, &q, backward, (void *)c->stream, c->err, sizeof c->err);
+    void *ws = q.ws_mem ? (char *)q.ws_mem + q.ws_offset : NULL;
     mlstm_cuda_fail f = {0, "", "", 0};
-    int e = backward ? mlstm_cuda_kernels_bwd(c->dispatch, p, (void *)c->stream, ws, ws_bytes, &c->trace, &f)
-                     : mlstm_cuda_kernels_fwd(c->dispatch, p, (void *)c->stream, ws, ws_bytes, &c->trace, &f);
+    int e = backward ? mlstm_cuda_kernels_bwd(c->dispatch, &q, (void *)c->stream, ws, (size_t)q.ws_bytes, &c->trace, &f)
+                     : mlstm_cuda_kernels_fwd(c->dispatch, &q, (void *)c->stream, ws, (size_t)q.ws_bytes, &c->trace, &f);
     if (e != 0)
         return fail_at(c, (cudaError_t)f.code, f.what, f.file, f.line, 1);
     return MLSTM_OK;

@@ -42,8 +42,6 @@ struct mlstm_cuda_mat {
     set_workspace_fn set_workspace;
     status_name_fn status_name;
     gemm_fn gemm;
-    void *ws;                    /* the context's own workspace (cudaMalloc), or NULL */
-    uint64_t ws_bytes;
 };
 
 static int fail(char *err, size_t len, int status, const char *fmt, ...)
@@ -87,8 +85,6 @@ void mlstm_cuda_mat_release(mlstm_cuda_mat *m)
         m->destroy(m->handle);
     if (m->lib)
         dlclose(m->lib);
-    if (m->ws)
-        (void)cudaFree(m->ws);
     free(m);
 }
 
@@ -167,43 +163,13 @@ static int kernel(const call *c, int e, const char *what)
     return e == 0 ? MLSTM_OK : cuda_fail(c->err, c->len, (cudaError_t)e, what);
 }
 
-/* The call's workspace: the caller's, or the context's own (grown when smaller; never inside a capture). */
-static int workspace(mlstm_cuda_mat *m, const mlstm_params *p, cudaStream_t stream, uint64_t bytes, float **ws,
-                     char *err, size_t len)
+/* The call's workspace: backend_cuda.c always hands one over in p (the caller's or the context's own) */
+static int workspace(const mlstm_params *p, uint64_t bytes, float **ws, char *err, size_t len)
 {
-    if (p->ws_mem) {
-        *ws = (float *)((char *)p->ws_mem + p->ws_offset);
-        return MLSTM_OK;
-    }
-    if (m->ws && m->ws_bytes >= bytes) {
-        *ws = (float *)m->ws;
-        return MLSTM_OK;
-    }
-    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    cudaError_t e = cudaStreamIsCapturing(stream, &cap);
-    if (e != cudaSuccess)
-        return cuda_fail(err, len, e, "cudaStreamIsCapturing");
-    if (cap != cudaStreamCaptureStatusNone)
-        return fail(err, len, MLSTM_ERR_OUT_OF_MEMORY,
-                    "the materialised algorithm needs a workspace of %llu bytes and the stream is being captured into a "
-                    "CUDA graph, where libmlstm does not allocate: pass one with mlstm_context_set_workspace, or run "
-                    "the call once before the capture", (unsigned long long)bytes);
-    if (m->ws) {
-        if ((e = cudaStreamSynchronize(stream)) != cudaSuccess)
-            return cuda_fail(err, len, e, "cudaStreamSynchronize");
-        (void)cudaFree(m->ws);
-        m->ws = NULL;
-        m->ws_bytes = 0;
-    }
-    if ((e = cudaMalloc(&m->ws, (size_t)bytes)) != cudaSuccess) {
-        m->ws = NULL;
-        (void)cudaGetLastError();
-        return fail(err, len, MLSTM_ERR_OUT_OF_MEMORY,
-                    "allocating the materialised algorithm's workspace of %llu bytes (%.1f GiB) failed: %s",
-                    (unsigned long long)bytes, (double)bytes / 1073741824.0, cudaGetErrorName(e));
-    }
-    m->ws_bytes = bytes;
-    *ws = (float *)m->ws;
+    if (p->ws_mem == NULL || p->ws_bytes < bytes)
+        return fail(err, len, MLSTM_ERR_INTERNAL, "the materialised algorithm got a workspace of %llu bytes, needs %llu",
+                    (unsigned long long)p->ws_bytes, (unsigned long long)bytes);
+    *ws = (float *)((char *)p->ws_mem + p->ws_offset);
     return MLSTM_OK;
 }
 
@@ -236,7 +202,7 @@ static int prepare(mlstm_cuda_mat **state, const mlstm_params *p, int backward, 
         if ((st = load_cublas(m, err, len)) != MLSTM_OK)
             return st;
     }
-    if ((st = workspace(m, p, c->stream, bytes, &c->ws, err, len)) != MLSTM_OK)
+    if ((st = workspace(p, bytes, &c->ws, err, len)) != MLSTM_OK)
         return st;
     cublasStatus_t s = m->set_stream(m->handle, c->stream);
     if (s == CUBLAS_STATUS_SUCCESS)
