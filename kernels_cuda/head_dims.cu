@@ -94,22 +94,23 @@ Cols contiguous(void *ptr, const mlstm_params *p, int64_t cols)
 }
 mlstm_tensor_arg as_arg(const Cols &c) { return mlstm_tensor_arg{c.p, 0, c.sb, c.sh, c.ss}; }
 
-/* Whether the D columns from c0 of tensor x can be handed to the instance in place: they exist, and rows are 16-byte
- * aligned (base and every stride) */
+/* Every row of c starts on a 16-byte boundary (base and every stride; esz-byte elements) */
+bool rows16(const Cols &c, size_t esz)
+{
+    const int64_t m = 16 / (int64_t)esz - 1;
+    return ((uintptr_t)c.p & 15) == 0 && ((c.sb | c.sh | c.ss) & m) == 0;
+}
+
+/* Whether the D columns from c0 of tensor x can be handed to the instance in place: they exist, rows 16-byte aligned */
 bool in_place(const mlstm_params *p, int x, int64_t c0, int64_t width, int D)
 {
-    if (c0 + D > width) return false;
-    const Cols c = cols_of(p, x, c0);
-    const int64_t m = 16 / (int64_t)dtype_bytes(p->dtype) - 1;
-    return ((uintptr_t)c.p & 15) == 0 && (c.sb & m) == 0 && (c.sh & m) == 0 && (c.ss & m) == 0;
+    return c0 + D <= width && rows16(cols_of(p, x, c0), dtype_bytes(p->dtype));
 }
 
 /* 16-byte units where every row start of both tensors and both column counts allow them */
 bool vec16(const Cols &a, const Cols &b, int64_t ca, int64_t cb, size_t esz)
 {
-    const int64_t m = 16 / (int64_t)esz - 1;
-    return ((uintptr_t)a.p & 15) == 0 && ((uintptr_t)b.p & 15) == 0 && ((a.sb | a.sh | a.ss | b.sb | b.sh | b.ss) & m) == 0 &&
-           ((ca | cb) & m) == 0;
+    return rows16(a, esz) && rows16(b, esz) && ((ca | cb) & (16 / (int64_t)esz - 1)) == 0;
 }
 Cols in_units(const Cols &c, int64_t per_unit) { return Cols{c.p, c.sb / per_unit, c.sh / per_unit, c.ss / per_unit}; }
 
