@@ -9,37 +9,81 @@
 #define WORKSPACE_ALIGN 256 /* bytes: the first byte of a caller's workspace */
 
 /* auto: the shapes where the materialised algorithm was measured faster than the fused kernels, per backend,
- * direction and storage dtype. Filled from bench/RESULTS.md (bench_mlstm --algo materialized beside --algo
- * fused). No GPU measurement has been recorded yet, so the table is empty and auto = fused everywhere. A row
- * matches when every bound holds: head dim max(DQK, DV) >= min_dim, min_seq <= S <= max_seq (0 = no bound). */
+ * direction and storage dtype, on GPUs (a CPU device keeps the fused kernels: nothing was measured there). The
+ * measurements: bench/RESULTS.md, "auto table" (NVIDIA H100, bench_mlstm --algo fused / materialized, B1 NH8,
+ * S 1024 and 4096, bf16 and f32, 2026-12-06). A row matches when every bound holds (0 = no bound). */
 typedef struct {
     const char *backend; /* "cuda", "opencl"; NULL ends the table */
     int backward;        /* 0 forward, 1 backward */
     int dtype;           /* an mlstm_dtype, 0 = every dtype */
-    int64_t min_dim, min_seq, max_seq;
+    int64_t min_dqk;     /* DQK >= */
+    int64_t min_dim;     /* max(DQK, DV) >= */
+    int64_t max_seq;     /* S <= */
+    int64_t max_bh;      /* B * NH <= */
 } auto_rule;
 
 static const auto_rule auto_table[] = {
-    {NULL, 0, 0, 0, 0, 0},
+    /* CUDA: DQK > 256 has no tensor-core instance (SIMT): 512/512 S4096 bf16 42.5 -> 1.8 ms forward */
+    {"cuda", 0, 0, 257, 0, 0, 0},
+    {"cuda", 1, 0, 257, 0, 0, 0},
+    /* CUDA f32 backward at DQK 256 (3xTF32 mma.sync): 256/256 S4096 12.7 -> 9.6 ms, 256/512 25.5 -> 12.5 ms */
+    {"cuda", 1, MLSTM_DTYPE_F32, 256, 0, 0, 0},
+    /* CUDA f32 forward 256/512 on small grids: S1024 B1 NH8 0.61 -> 0.44 ms (S4096: the fused kernels win) */
+    {"cuda", 0, MLSTM_DTYPE_F32, 256, 512, 1024, 8},
+    /* OpenCL: forward at DQK 512 (512/512 S4096 bf16 14.2 -> 12.0 ms), backward from head dim 256 (256/256 S4096
+     * 19.3 -> 16.9 ms, 256/512 53.3 -> 22.9 ms), and every shape on small grids (S1024 B1 NH8: 64/64 forward
+     * 0.38 -> 0.28 ms, backward 0.91 -> 0.64 ms; the fused kernels leave most of the GPU idle there) */
+    {"opencl", 0, 0, 512, 0, 0, 0},
+    {"opencl", 1, 0, 0, 256, 0, 0},
+    {"opencl", 0, 0, 0, 0, 1024, 8},
+    {"opencl", 1, 0, 0, 0, 1024, 8},
+    {NULL, 0, 0, 0, 0, 0, 0},
 };
 
-static int auto_choice(const mlstm_context *ctx, const mlstm_params *p, int backward)
+/* Where auto finds the materialised algorithm faster but no workspace is at hand, the backend's own workspace is
+ * allocated up to this size; beyond it auto stays fused (the S x S matrices of long sequences would not fit). */
+#define AUTO_OWN_WORKSPACE_MAX ((uint64_t)1 << 30)
+
+static int table_says_materialized(const mlstm_context *ctx, const mlstm_params *p, int backward)
 {
+    if (ctx->ops->device_is_cpu && ctx->ops->device_is_cpu(ctx->impl))
+        return 0;
     const int64_t dim = p->dqk > p->dv ? p->dqk : p->dv;
     for (const auto_rule *r = auto_table; r->backend; r++)
         if (!strcmp(r->backend, ctx->ops->name) && r->backward == !!backward && (!r->dtype || r->dtype == p->dtype) &&
-            dim >= r->min_dim && p->seq_len >= r->min_seq && (!r->max_seq || p->seq_len <= r->max_seq))
-            return MLSTM_ALGO_MATERIALIZED;
-    return MLSTM_ALGO_FUSED;
+            p->dqk >= r->min_dqk && dim >= r->min_dim && (!r->max_seq || p->seq_len <= r->max_seq) &&
+            (!r->max_bh || p->batch * p->heads <= r->max_bh))
+            return 1;
+    return 0;
 }
 
-static int choose(const mlstm_context *ctx, const mlstm_desc *desc, const mlstm_params *p, int backward)
+/* auto: materialised where the table says so and its workspace is at hand: a caller's workspace (ws, else the
+ * context's) large enough, or none given and the backend's own within AUTO_OWN_WORKSPACE_MAX */
+static int auto_choice(const mlstm_context *ctx, const mlstm_params *p, int backward, const mlstm_buffer *ws)
+{
+    if (ctx->ops->workspace_size == NULL || !table_says_materialized(ctx, p, backward))
+        return MLSTM_ALGO_FUSED;
+    mlstm_params q = *p;
+    q.algo = MLSTM_ALGO_MATERIALIZED;
+    uint64_t need;
+    if (ctx->ops->workspace_size(ctx->impl, &q, backward, &need) != MLSTM_OK) /* e.g. built without the BLAS */
+        return MLSTM_ALGO_FUSED;
+    const mlstm_buffer *w = ws ? ws : ctx->workspace;
+    if (w == NULL)
+        return need <= AUTO_OWN_WORKSPACE_MAX ? MLSTM_ALGO_MATERIALIZED : MLSTM_ALGO_FUSED;
+    const int live = w->magic == MLSTM_BUFFER_MAGIC && w->ctx == ctx; /* else attach_workspace reports it */
+    return live && (uint64_t)w->count * mlstm_dtype_size(w->dtype) >= need ? MLSTM_ALGO_MATERIALIZED
+                                                                           : MLSTM_ALGO_FUSED;
+}
+
+static int choose(const mlstm_context *ctx, const mlstm_desc *desc, const mlstm_params *p, int backward,
+                  const mlstm_buffer *ws)
 {
     if (desc->algo != MLSTM_ALGO_AUTO)
         return desc->algo;
     if (ctx->env_algo != MLSTM_ALGO_AUTO)
         return ctx->env_algo;
-    return auto_choice(ctx, p, backward);
+    return auto_choice(ctx, p, backward, ws);
 }
 
 /* The workspace bytes of the resolved algorithm of p (the fused kernels need one only where a backend stages
@@ -75,9 +119,11 @@ static void tensor_bytes(const mlstm_desc *desc, const mlstm_params *p, int t, u
     *hi = *lo + ext * es;
 }
 
-void mlstm_resolve_algo(const mlstm_context *ctx, const mlstm_desc *desc, int backward, mlstm_params *p)
+int mlstm_resolve_algo(const mlstm_context *ctx, const mlstm_desc *desc, int backward, const mlstm_buffer *ws,
+                       mlstm_params *p)
 {
-    p->algo = choose(ctx, desc, p, backward);
+    p->algo = choose(ctx, desc, p, backward, ws);
+    return desc->algo == MLSTM_ALGO_AUTO && ctx->env_algo == MLSTM_ALGO_AUTO;
 }
 
 int mlstm_attach_workspace(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
@@ -136,7 +182,7 @@ int mlstm_workspace_size(mlstm_context *ctx, const mlstm_desc *desc, int backwar
     int st = mlstm_plan_geometry(ctx, fn, desc, backward ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD, &d, &p, extent);
     if (st != MLSTM_OK)
         return st;
-    p.algo = choose(ctx, &d, &p, backward);
+    p.algo = choose(ctx, &d, &p, backward, NULL);
     uint64_t need;
     st = mlstm_call_workspace_bytes(ctx, fn, &p, backward, &need);
     if (st != MLSTM_OK)

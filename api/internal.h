@@ -44,6 +44,8 @@ struct mlstm_plan {
     uint64_t extent[MLSTM_TENSOR_COUNT];
     void *backend_plan;
     size_t workspace_bytes;
+    int algo[2];              /* the algorithm of each planned direction, resolved once (forward, backward) */
+    int algo_auto[2];         /* chosen by the automatic rule (mlstm_resolve_algo) */
     mlstm_plan *prev, *next;  /* the context's list of live plans */
 };
 
@@ -84,8 +86,11 @@ int mlstm_env_tristate(const char *name);
 /* MLSTM_ALGO: "auto" or unset -> MLSTM_ALGO_AUTO, "fused", "materialized" (or "materialised"); anything else -1. */
 int mlstm_env_algo(void);
 
-/* algo.c: resolves p->algo (desc's choice, else MLSTM_ALGO, else the measured table). */
-void mlstm_resolve_algo(const mlstm_context *ctx, const mlstm_desc *desc, int backward, mlstm_params *p);
+/* algo.c: resolves p->algo (desc's choice, else MLSTM_ALGO, else the measured table, which takes the materialised
+ * algorithm only where its workspace is at hand: ws, the call's or plan's workspace argument, else the context's).
+ * Returns 1 where the choice was automatic (the caller may fall back to the fused kernels). */
+int mlstm_resolve_algo(const mlstm_context *ctx, const mlstm_desc *desc, int backward, const mlstm_buffer *ws,
+                       mlstm_params *p);
 /* algo.c: fills the workspace fields of p (algorithm resolved) from arg (a call's or plan's workspace argument),
  * else from the context's (mlstm_context_set_workspace), checked once for every path: live, of ctx, 256-byte
  * aligned, at least max(min_bytes, what the call needs), not overlapping the call's tensors. Without either, the

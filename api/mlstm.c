@@ -207,18 +207,34 @@ static int check_supported(mlstm_context *ctx, const char *fn, const mlstm_param
     return st == MLSTM_OK ? MLSTM_OK : mlstm_fail_backend(ctx, st, fn);
 }
 
+/* Attaches the workspace, asks the backend (ask_backend: supports()), launches. Where the automatic choice (automatic set) took the
+ * materialised algorithm and the backend cannot run it after all (MLSTM_ERR_UNSUPPORTED: e.g. its BLAS does not
+ * load), the call runs the fused kernels instead: auto never fails where fused would not. */
+static int attach_and_launch(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
+                             mlstm_buffer *workspace, size_t min_bytes, int automatic, int ask_backend,
+                             mlstm_params *p)
+{
+    int st = mlstm_attach_workspace(ctx, fn, desc, backward, workspace, min_bytes, p);
+    if (st == MLSTM_OK && ask_backend)
+        st = check_supported(ctx, fn, p, backward);
+    if (st == MLSTM_OK)
+        st = launch(ctx, fn, p, backward);
+    if (st == MLSTM_ERR_UNSUPPORTED && automatic && p->algo == MLSTM_ALGO_MATERIALIZED) {
+        p->algo = MLSTM_ALGO_FUSED;
+        return attach_and_launch(ctx, fn, desc, backward, workspace, 0, 0, 1, p);
+    }
+    return st;
+}
+
 static int run(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
                mlstm_buffer *const bufs[MLSTM_TENSOR_COUNT], mlstm_buffer *workspace)
 {
     mlstm_params p;
     int st = mlstm_prepare_call(ctx, fn, desc, backward, bufs, &p);
-    if (st == MLSTM_OK) {
-        mlstm_resolve_algo(ctx, desc, backward, &p);
-        st = mlstm_attach_workspace(ctx, fn, desc, backward, workspace, 0, &p);
-    }
-    if (st == MLSTM_OK)
-        st = check_supported(ctx, fn, &p, backward);
-    return st != MLSTM_OK ? st : launch(ctx, fn, &p, backward);
+    if (st != MLSTM_OK)
+        return st;
+    const int automatic = mlstm_resolve_algo(ctx, desc, backward, workspace, &p);
+    return attach_and_launch(ctx, fn, desc, backward, workspace, 0, automatic, 1, &p);
 }
 
 static int run_pack(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
@@ -304,7 +320,8 @@ int mlstm_plan_create(mlstm_context *ctx, const mlstm_desc *desc, unsigned direc
             continue;
         mlstm_params q = plan->base;
         uint64_t need = 0;
-        mlstm_resolve_algo(ctx, &plan->desc, bwd, &q);
+        plan->algo_auto[bwd] = mlstm_resolve_algo(ctx, &plan->desc, bwd, NULL, &q);
+        plan->algo[bwd] = q.algo;
         st = mlstm_call_workspace_bytes(ctx, fn, &q, bwd, &need);
         if (st == MLSTM_OK && need > plan->workspace_bytes)
             plan->workspace_bytes = (size_t)need;
@@ -367,11 +384,12 @@ static int plan_execute(mlstm_plan *plan, const char *fn, int backward, const ml
     int st = load_pack(ctx, fn, pack, bufs);
     if (st == MLSTM_OK)
         st = mlstm_bind_buffers(ctx, fn, &plan->desc, backward, plan->extent, bufs, &p);
-    if (st == MLSTM_OK) {
-        mlstm_resolve_algo(ctx, &plan->desc, backward, &p);
-        st = mlstm_attach_workspace(ctx, fn, &plan->desc, backward, workspace, plan->workspace_bytes, &p);
-    }
-    return st != MLSTM_OK ? st : launch(ctx, fn, &p, backward);
+    if (st != MLSTM_OK)
+        return st;
+    p.algo = plan->algo[backward]; /* fixed when the plan was made */
+    /* the backend accepted the plan's problem when it was made (supports, plan_create): no second question */
+    return attach_and_launch(ctx, fn, &plan->desc, backward, workspace, plan->workspace_bytes,
+                             plan->algo_auto[backward], 0, &p);
 }
 
 int mlstm_plan_execute_fwd(mlstm_plan *plan, const mlstm_tensor_pack *pack, mlstm_buffer *workspace)

@@ -61,6 +61,9 @@ typedef struct mlstm_backend_ops {
      * plans carry no backend state and need no workspace. */
     int (*plan_create)(void *impl, const mlstm_params *p, unsigned directions, void **plan, size_t *workspace_bytes);
     void (*plan_destroy)(void *impl, void *plan);   /* frees what plan_create made; plan may be NULL */
+    /* 1 where the context's device is a CPU (the automatic algorithm choice keeps its GPU measurements off it);
+     * NULL member: a GPU */
+    int (*device_is_cpu)(void *impl);
 } mlstm_backend_ops;
 
 #ifdef MLSTM_HAVE_CUDA

@@ -41,6 +41,10 @@ copy_cols_kernel(Cols src, int64_t src_cols, Cols dst, int64_t dst_cols, int64_t
     for (int64_t c = threadIdx.x & 31; c < dst_cols; c += 32) dp[c] = c < src_cols ? sp[c] : U{};
 }
 
+__device__ __forceinline__ uint32_t bits_of(float x) { return __float_as_uint(x); }
+__device__ __forceinline__ uint32_t bits_of(__half x) { return __half_as_ushort(x); }
+__device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+
 /* dst[.., c] = sum over the n contiguous (rows, ld) slices of src (in f32, one rounding), c < cols */
 struct SliceSrc {
     const void *p[HEAD_DIM_MAX_SLICES];
@@ -52,15 +56,39 @@ sum_slices_kernel(SliceSrc src, int n, int64_t ld, Cols dst, int64_t cols, int64
     const int64_t r = (int64_t)blockIdx.x * ROWS_PER_CTA + (threadIdx.x >> 5);
     if (r >= rows) return;
     T *dp = row_ptr<T>(dst, r, NH, S);
+    /* V > 1: whole 16-byte loads and stores (V * sizeof(T) a multiple of 16, rows aligned: checked by the launch) */
+    constexpr int NW = V > 1 ? (int)(V * sizeof(T) / 16) : 0;
+    static_assert(V == 1 || NW * 16 == (int)(V * sizeof(T)), "16-byte vectors");
     for (int64_t c = (threadIdx.x & 31) * V; c < cols; c += 32 * V) {
         float acc[V] = {};
         for (int k = 0; k < n; ++k) {
             const T *sp = (const T *)src.p[k] + r * ld + c;
+            if constexpr (V > 1) {
+                uint4 w[NW];
 #pragma unroll
-            for (int e = 0; e < V; ++e) acc[e] += to_f32(sp[e]);
+                for (int i = 0; i < NW; ++i) w[i] = reinterpret_cast<const uint4 *>(sp)[i];
+                const T *x = reinterpret_cast<const T *>(w);
+#pragma unroll
+                for (int e = 0; e < V; ++e) acc[e] += to_f32(x[e]);
+            } else {
+                acc[0] += to_f32(sp[0]);
+            }
         }
+        if constexpr (V > 1) {
+            constexpr int PW = 4 / sizeof(T); /* elements per 32-bit word */
+            uint32_t w[4 * NW];
 #pragma unroll
-        for (int e = 0; e < V; ++e) dp[c + e] = from_f32<T>(acc[e]);
+            for (int i = 0; i < 4 * NW; ++i) {
+                w[i] = 0;
+#pragma unroll
+                for (int e = 0; e < PW; ++e) w[i] |= (uint32_t)bits_of(from_f32<T>(acc[i * PW + e])) << (32 / PW * e);
+            }
+#pragma unroll
+            for (int i = 0; i < NW; ++i)
+                reinterpret_cast<uint4 *>(dp + c)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+        } else {
+            dp[c] = from_f32<T>(acc[0]);
+        }
     }
 }
 

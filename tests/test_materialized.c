@@ -4,6 +4,7 @@
  * equal results with the caller's and the context's own workspace), desc.algo and MLSTM_ALGO validation.
  * No device: exit 77. A backend without the materialised algorithm (OpenCL built without CLBlast) skips. */
 #define _POSIX_C_SOURCE 200809L /* setenv, unsetenv */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,11 @@
 
 #include "mlstm.h"
 #include "mlstm_case.h"
+#ifdef MLSTM_TEST_OPENCL
+#define CL_TARGET_OPENCL_VERSION 120
+#include <CL/cl.h>
+#include "mlstm_opencl.h"
+#endif
 #include "test_util.h"
 #include "tolerances.h"
 
@@ -225,6 +231,74 @@ static void test_env_algo(void **state)
     assert_non_null(strstr(mlstm_last_error_global(), "MLSTM_ALGO"));
 }
 
+/* Whether ctx's device is a CPU (the automatic choice keeps the fused kernels there, api/algo.c) */
+static int device_is_cpu(const mlstm_context *ctx)
+{
+#ifdef MLSTM_TEST_OPENCL
+    if (!strcmp(mlstm_context_backend_name(ctx), "opencl")) {
+        cl_device_id dev = NULL;
+        cl_device_type type = 0;
+        assert_int_equal(mlstm_context_get_opencl(ctx, NULL, &dev, NULL), MLSTM_OK);
+        assert_int_equal(clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof type, &type, NULL), CL_SUCCESS);
+        return (type & CL_DEVICE_TYPE_CPU) != 0;
+    }
+#endif
+    (void)ctx;
+    return 0;
+}
+
+static int create_with_algo(const char *algo, mlstm_context **ctx);
+
+/* MLSTM_ALGO_AUTO follows the measured table (api/algo.c): DQK = DV = 512 is materialised in both directions on
+ * every GPU backend (the fused kernels have no tensor-core instance there), fused on a CPU device; a context
+ * workspace too small for the materialised algorithm keeps auto on the fused kernels; the call runs either way. */
+static void test_auto_choice(void **state)
+{
+    (void)state;
+    mlstm_context *ctx = NULL;
+    assert_int_equal(create_with_algo("auto", &ctx), MLSTM_OK);
+    mlstm_desc d;
+    mlstm_desc_init(&d);
+    d.batch = 1; d.heads = 1; d.seq_len = 48; d.dqk = 512; d.dv = 512;
+    const int cpu = device_is_cpu(ctx);
+    for (int bwd = 0; bwd < 2; bwd++) {
+        size_t fused = 1, mat = 0, autob = 0;
+        d.algo = MLSTM_ALGO_FUSED;
+        assert_int_equal(mlstm_workspace_size(ctx, &d, bwd, &fused), MLSTM_OK);
+        d.algo = MLSTM_ALGO_MATERIALIZED;
+        const int st = mlstm_workspace_size(ctx, &d, bwd, &mat);
+        d.algo = MLSTM_ALGO_AUTO;
+        assert_int_equal(mlstm_workspace_size(ctx, &d, bwd, &autob), MLSTM_OK);
+        if (st == MLSTM_ERR_UNSUPPORTED) { /* built without the BLAS: auto stays fused */
+            assert_int_equal(autob, fused);
+            continue;
+        }
+        assert_int_equal(st, MLSTM_OK);
+        assert_true(mat > fused);
+        assert_int_equal(autob, cpu ? fused : mat);
+        /* a context workspace smaller than the materialised algorithm needs: auto takes the fused kernels */
+        mlstm_buffer *small = NULL;
+        assert_int_equal(mlstm_buffer_create(ctx, MLSTM_DTYPE_F32, (mat - 256) / 4, &small), MLSTM_OK);
+        assert_int_equal(mlstm_context_set_workspace(ctx, small), MLSTM_OK);
+        assert_int_equal(mlstm_workspace_size(ctx, &d, bwd, &autob), MLSTM_OK);
+        assert_int_equal(autob, fused);
+        assert_int_equal(mlstm_context_set_workspace(ctx, NULL), MLSTM_OK);
+        mlstm_buffer_destroy(small);
+        printf("[ CASE ] auto 512/512 %s: workspace fused %zu, materialised %zu; auto chose %s (%s device)\n",
+               bwd ? "bwd" : "fwd", fused, mat, cpu ? "fused" : "materialised", cpu ? "CPU" : "GPU");
+    }
+    /* the call itself under auto */
+    static float h[48 * 512], m[48], n[48];
+    float *q = calloc(48 * 512, sizeof(float)), *k = calloc(48 * 512, sizeof(float)), *v = calloc(48 * 512, sizeof(float));
+    float ig[48] = {0}, fg[48] = {0};
+    assert_non_null(q); assert_non_null(k); assert_non_null(v);
+    for (int x = 0; x < 48 * 512; x++) q[x] = k[x] = v[x] = (float)((x % 7) - 3) * 0.125f;
+    assert_int_equal(mlstm_parallel_fwd_host(ctx, &d, q, k, v, ig, fg, h, m, n), MLSTM_OK);
+    for (int x = 0; x < 48 * 512; x++) assert_true(isfinite(h[x]));
+    free(q); free(k); free(v);
+    mlstm_context_destroy(ctx);
+}
+
 /* A context created with MLSTM_ALGO set to algo (the previous value restored). */
 static int create_with_algo(const char *algo, mlstm_context **ctx)
 {
@@ -275,6 +349,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fused_vs_materialized, teardown),
         cmocka_unit_test_teardown(test_workspace_api, teardown),
         cmocka_unit_test(test_env_algo),
+        cmocka_unit_test(test_auto_choice),
     };
     const char *filter = getenv("MLSTM_TEST_FILTER");
     if (filter && filter[0])

@@ -486,4 +486,5 @@ const mlstm_backend_ops mlstm_backend_cuda_ops = {
     /* .workspace_size = */ cuda_workspace_size,
     /* .plan_create  = */ NULL, /* plans carry no CUDA state yet; the instance choice stays per call */
     /* .plan_destroy = */ NULL,
+    /* .device_is_cpu = */ NULL,
 };

@@ -734,6 +734,11 @@ static int cl_workspace_size(void *impl, const mlstm_params *p, int backward, ui
     return mlstm_cl_mat_workspace_size(impl, p, backward, bytes);
 }
 
+static int cl_device_is_cpu(void *impl)
+{
+    return ((const mlstm_cl_ctx *)impl)->generic_dims; /* set from CL_DEVICE_TYPE_CPU (cl_init) */
+}
+
 const mlstm_backend_ops mlstm_backend_opencl_ops = {
     /* .abi_version  = */ MLSTM_BACKEND_ABI_VERSION,
     /* .name         = */ "opencl",
@@ -754,4 +759,5 @@ const mlstm_backend_ops mlstm_backend_opencl_ops = {
     /* .workspace_size = */ cl_workspace_size,
     /* .plan_create  = */ cl_plan_create,
     /* .plan_destroy = */ cl_plan_destroy,
+    /* .device_is_cpu = */ cl_device_is_cpu,
 };

@@ -50,38 +50,72 @@ __device__ MLSTM_NOINLINE float prep_dot_h_recomputed(const KArgs &a, int64_t b,
     return warp_sum(dot) / (fabsf(n) + a.eps);
 }
 
-/* One warp per row t (at most 32 registers: full occupancy for the common path; the rare recomputation may spill);
- * sigma_t from the signed n and m the forward stored (see api/mlstm.h). A row whose dh . h comes
- * out inf or NaN (h overflowed T in the forward) recomputes h_t in f32 (prep_dot_h_recomputed), so that delta, hence
- * P, stays finite: the gradients then overflow to +-inf only where their exact values do not fit T, and never turn
- * into NaN (an inf delta_t times an underflowed D' factor, or inf - inf in a product). */
-template <typename T>
-__global__ void __launch_bounds__(256, 8) mlstm_bwd_prep_kernel(const __grid_constant__ KArgs args)
+constexpr int PREP_LANES = 8;                  /* lanes per row: 16-byte loads, 4 rows per warp */
+constexpr int PREP_ROWS = 256 / PREP_LANES;    /* rows per CTA of 256 threads */
+
+/* (dh_t . h_t) partial sum of one lane: 16-byte vectors (VEC) or elements, every PREP_LANES-th from sub */
+template <typename T, bool VEC>
+__device__ __forceinline__ float prep_partial(const T *hr, const T *dr, int64_t DV, int sub)
 {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t row = (int64_t)blockIdx.x * 8 + warp;
-    const int64_t S = args.S;
-    if (row >= args.B * args.NH * S) return;
-    const int64_t bh = row / S, t = row % S;
+    float acc = 0.0f;
+    if constexpr (VEC) {
+        constexpr int E = 16 / sizeof(T);
+        const uint4 *hv = reinterpret_cast<const uint4 *>(hr), *dv = reinterpret_cast<const uint4 *>(dr);
+        for (int64_t c = sub; c < DV / E; c += PREP_LANES) {
+            const uint4 x = __ldg(hv + c), y = __ldg(dv + c);
+            const T *xe = reinterpret_cast<const T *>(&x), *ye = reinterpret_cast<const T *>(&y);
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc = fmaf(to_f32(xe[e]), to_f32(ye[e]), acc);
+        }
+    } else {
+        for (int64_t d = sub; d < DV; d += PREP_LANES) acc = fmaf(to_f32(hr[d]), to_f32(dr[d]), acc);
+    }
+    return acc;
+}
+
+/* PREP_LANES lanes per row t, every load of the row issued at once (the kernel is latency-bound: one round trip to
+ * memory per row); sigma_t from the signed n and m the forward stored (see api/mlstm.h). A row whose dh . h comes
+ * out inf or NaN (h overflowed T in the forward) recomputes h_t in f32 (prep_dot_h_recomputed, the whole warp, out of
+ * line), so that delta, hence P, stays finite: the gradients then overflow to +-inf only where their exact values do
+ * not fit T, and never turn into NaN (an inf delta_t times an underflowed D' factor, or inf - inf in a product).
+ * VEC: h and dh rows start on 16-byte boundaries and DV is a whole number of 16-byte vectors. */
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(256, 4) mlstm_bwd_prep_kernel(const __grid_constant__ KArgs args)
+{
+    const int lane = threadIdx.x & 31, sub = lane % PREP_LANES;
+    const int64_t S = args.S, rows = args.B * args.NH * S;
+    const int64_t row = (int64_t)blockIdx.x * PREP_ROWS + threadIdx.x / PREP_LANES;
+    const bool live = row < rows;
+    const int64_t bh = live ? row / S : 0, t = live ? row % S : 0;
     const int64_t b = bh / args.NH, hh = bh % args.NH;
     const TArg &th = args.t[MLSTM_TENSOR_H], &tdh = args.t[MLSTM_TENSOR_DH], &tdf = args.t[MLSTM_TENSOR_DF];
     const TArg &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
     float delta = 0.0f;
     if (args.grad_mode == MLSTM_GRAD_EXACT) {
-        const float n = bh_ptr<float>(tn, b, hh)[t * tn.ss];
-        const float m = bh_ptr<float>(tm, b, hh)[t * tm.ss];
-        const float sigma = (n < 0.0f) ? -1.0f : (n > expf(-m) ? 1.0f : 0.0f);
-        if (sigma != 0.0f) {
-            const T *hr = bh_ptr<T>(th, b, hh) + t * th.ss;
-            const T *dr = bh_ptr<T>(tdh, b, hh) + t * tdh.ss;
-            float acc = 0.0f;
-            for (int64_t d = lane; d < args.DV; d += 32) acc += to_f32(hr[d]) * to_f32(dr[d]);
-            acc = warp_sum(acc);
-            if (!(fabsf(acc) < INFINITY)) acc = prep_dot_h_recomputed<T>(args, b, hh, t, m, n);
-            delta = sigma * acc;
+        float n = 0.0f, m = 0.0f, acc = 0.0f;
+        if (live) {
+            n = bh_ptr<float>(tn, b, hh)[t * tn.ss];
+            m = bh_ptr<float>(tm, b, hh)[t * tm.ss];
+            acc = prep_partial<T, VEC>(bh_ptr<T>(th, b, hh) + t * th.ss, bh_ptr<T>(tdh, b, hh) + t * tdh.ss, args.DV,
+                                       sub);
         }
+#pragma unroll
+        for (int o = PREP_LANES / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        const float sigma = (n < 0.0f) ? -1.0f : (n > expf(-m) ? 1.0f : 0.0f);
+        /* rows of this warp whose stored h overflowed: recomputed one after the other by the whole warp */
+        unsigned redo = __ballot_sync(0xffffffffu, live && sigma != 0.0f && !(fabsf(acc) < INFINITY) && sub == 0);
+        while (redo) {
+            const int src = __ffs(redo) - 1;
+            redo &= redo - 1;
+            const int64_t rt = __shfl_sync(0xffffffffu, t, src), rb = __shfl_sync(0xffffffffu, b, src);
+            const int64_t rh = __shfl_sync(0xffffffffu, hh, src);
+            const float rm = __shfl_sync(0xffffffffu, m, src), rn = __shfl_sync(0xffffffffu, n, src);
+            const float r = prep_dot_h_recomputed<T>(args, rb, rh, rt, rm, rn);
+            if (lane / PREP_LANES == src / PREP_LANES) acc = r;
+        }
+        delta = sigma != 0.0f ? sigma * acc : 0.0f;
     }
-    if (lane == 0) bh_ptr<float>(tdf, b, hh)[t * tdf.ss] = delta;
+    if (live && sub == 0) bh_ptr<float>(tdf, b, hh)[t * tdf.ss] = delta;
 }
 
 constexpr int GATES_NT = 512;

@@ -343,8 +343,14 @@ template <typename T> cudaError_t run_bwd_simt(const KArgs &a, cudaStream_t st)
 static_assert(DF_TILE == simt::TB, "mlstm_bwd_gates_tiled_kernel walks the SIMT dQ kernel's tiles");
 template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 {
-    const int64_t n = (a.B * a.NH * a.S + 7) / 8;
-    return launch_1d(mlstm_bwd_prep_kernel<T>, n, 256, 0, st, a);
+    const int64_t n = (a.B * a.NH * a.S + PREP_ROWS - 1) / PREP_ROWS;
+    /* 16-byte vectors where every h and dh row starts on a 16-byte boundary and DV fills whole vectors */
+    const TArg &h = a.t[MLSTM_TENSOR_H], &dh = a.t[MLSTM_TENSOR_DH];
+    const int64_t e = 16 / (int64_t)sizeof(T) - 1;
+    const bool vec = (((uintptr_t)h.p | (uintptr_t)dh.p) & 15) == 0 &&
+                     ((h.sb | h.sh | h.ss | dh.sb | dh.sh | dh.ss | a.DV) & e) == 0;
+    return vec ? launch_1d(mlstm_bwd_prep_kernel<T, true>, n, 256, 0, st, a)
+               : launch_1d(mlstm_bwd_prep_kernel<T, false>, n, 256, 0, st, a);
 }
 
 #endif
