@@ -207,9 +207,10 @@ static int check_supported(mlstm_context *ctx, const char *fn, const mlstm_param
     return st == MLSTM_OK ? MLSTM_OK : mlstm_fail_backend(ctx, st, fn);
 }
 
-/* Attaches the workspace, asks the backend (ask_backend: supports()), launches. Where the automatic choice (automatic set) took the
- * materialised algorithm and the backend cannot run it after all (MLSTM_ERR_UNSUPPORTED: e.g. its BLAS does not
- * load), the call runs the fused kernels instead: auto never fails where fused would not. */
+/* Attaches the workspace, asks the backend (ask_backend: supports()), launches. Where the automatic choice
+ * (automatic set) took the materialised algorithm and the backend cannot run it after all (MLSTM_ERR_UNSUPPORTED:
+ * its BLAS does not load; MLSTM_ERR_OUT_OF_MEMORY: its workspace cannot be allocated, or not during a CUDA graph
+ * capture), the call runs the fused kernels instead: auto never fails where fused would not. */
 static int attach_and_launch(mlstm_context *ctx, const char *fn, const mlstm_desc *desc, int backward,
                              mlstm_buffer *workspace, size_t min_bytes, int automatic, int ask_backend,
                              mlstm_params *p)
@@ -219,7 +220,8 @@ static int attach_and_launch(mlstm_context *ctx, const char *fn, const mlstm_des
         st = check_supported(ctx, fn, p, backward);
     if (st == MLSTM_OK)
         st = launch(ctx, fn, p, backward);
-    if (st == MLSTM_ERR_UNSUPPORTED && automatic && p->algo == MLSTM_ALGO_MATERIALIZED) {
+    if ((st == MLSTM_ERR_UNSUPPORTED || st == MLSTM_ERR_OUT_OF_MEMORY) && automatic &&
+        p->algo == MLSTM_ALGO_MATERIALIZED) {
         p->algo = MLSTM_ALGO_FUSED;
         return attach_and_launch(ctx, fn, desc, backward, workspace, 0, 0, 1, p);
     }

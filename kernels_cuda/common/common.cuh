@@ -118,7 +118,7 @@ __device__ __forceinline__ void scale_frag_rows(float (&x)[N][4], const float *f
 /* ---- math ------------------------------------------------------------------------------------------ */
 
 #define MLSTM_LOG2E 1.4426950408889634f
-#define MLSTM_FLOOR (-10.0f) /* == MLSTM_M_FLOOR in api/mlstm.h */
+#define MLSTM_FLOOR MLSTM_M_FLOOR /* the stabiliser floor: defined once, in api/mlstm.h (through params.h) */
 
 /* logsigmoid(f) = min(f,0) - log1p(exp(-|f|)), stable for any finite f. */
 __device__ __forceinline__ float logsigmoid(float f) { return fminf(f, 0.0f) - log1pf(expf(-fabsf(f))); }
