@@ -311,23 +311,25 @@ int mlstm_plan_create(mlstm_context *ctx, const mlstm_desc *desc, unsigned direc
     for (int bwd = 0; bwd < 2 && st == MLSTM_OK; bwd++)
         if (directions & (bwd ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD))
             st = check_supported(ctx, fn, &plan->base, bwd);
+    /* each direction's algorithm, fixed now, and the workspace it needs (with a backend's staging) */
+    uint64_t need[2] = {0, 0};
+    for (int bwd = 0; bwd < 2 && st == MLSTM_OK; bwd++) {
+        plan->algo[bwd] = plan->base.plan_algo[bwd] = MLSTM_ALGO_FUSED;
+        if (!(directions & (bwd ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD)))
+            continue;
+        mlstm_params q = plan->base;
+        plan->algo_auto[bwd] = mlstm_resolve_algo(ctx, &plan->desc, bwd, NULL, &q);
+        plan->algo[bwd] = plan->base.plan_algo[bwd] = q.algo;
+        st = mlstm_call_workspace_bytes(ctx, fn, &q, bwd, &need[bwd]);
+    }
     if (st == MLSTM_OK && ctx->ops->plan_create) {
         st = ctx->ops->plan_create(ctx->impl, &plan->base, directions, &plan->backend_plan, &plan->workspace_bytes);
         if (st != MLSTM_OK)
             st = mlstm_fail_backend(ctx, st, fn);
     }
-    /* the workspace of the resolved algorithm (and of a backend's staging), either direction */
-    for (int bwd = 0; bwd < 2 && st == MLSTM_OK; bwd++) {
-        if (!(directions & (bwd ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD)))
-            continue;
-        mlstm_params q = plan->base;
-        uint64_t need = 0;
-        plan->algo_auto[bwd] = mlstm_resolve_algo(ctx, &plan->desc, bwd, NULL, &q);
-        plan->algo[bwd] = q.algo;
-        st = mlstm_call_workspace_bytes(ctx, fn, &q, bwd, &need);
-        if (st == MLSTM_OK && need > plan->workspace_bytes)
-            plan->workspace_bytes = (size_t)need;
-    }
+    for (int bwd = 0; bwd < 2; bwd++)
+        if (need[bwd] > plan->workspace_bytes)
+            plan->workspace_bytes = (size_t)need[bwd];
     if (st != MLSTM_OK) {
         free(plan);
         return st;

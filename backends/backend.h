@@ -54,9 +54,10 @@ typedef struct mlstm_backend_ops {
     int (*workspace_size)(void *impl, const mlstm_params *p, int backward, uint64_t *bytes);
 
     /* ---- optional members (NULL-safe); new ones are appended ---- */
-    /* Plans the problem p (sizes, scalars, resolved strides; memory handles NULL) for directions (MLSTM_PLAN_FWD |
-     * MLSTM_PLAN_BWD), after supports() accepted it: fixes the kernel choice and builds what the calls need (the
-     * OpenCL programs), so that fwd/bwd with p->plan set neither compile nor allocate. *plan: state handed back
+    /* Plans the problem p (sizes, scalars, resolved strides; memory handles NULL; p->plan_algo: each direction's
+     * algorithm) for directions (MLSTM_PLAN_FWD | MLSTM_PLAN_BWD), after supports() accepted it: fixes the kernel
+     * choice and builds what the calls need (the OpenCL programs), so that fwd/bwd with p->plan set neither compile
+     * nor allocate. *plan: state handed back
      * as p->plan (may stay NULL); *workspace_bytes: device scratch the planned calls need (0: none). NULL member:
      * plans carry no backend state and need no workspace. */
     int (*plan_create)(void *impl, const mlstm_params *p, unsigned directions, void **plan, size_t *workspace_bytes);

@@ -8,7 +8,7 @@ set -o pipefail
 BUILD=${1:-build-gpu}
 LOG=${LOGDIR:-gpu-logs/instances}
 mkdir -p "$LOG"
-export MLSTM_BACKEND=cuda
+export MLSTM_BACKEND=cuda MLSTM_TEST_GPU_SET=${MLSTM_TEST_GPU_SET:-1} # the GPU set: training-sized grids
 # one line per run; together they pin every variant of the registry (kernels_cuda/dispatch.cu, k_variants) once
 SETS=("fwd.tc,dkdv.tc,dq.tc,fwd.tc32,bwd.tc32"
       "fwd.tc_small,dkdv.tc_small,dq.wg_split"

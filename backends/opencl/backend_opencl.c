@@ -596,6 +596,15 @@ static int cl_plan_create(void *impl, const mlstm_params *p, unsigned directions
     for (int dir = MLSTM_CL_FWD; dir <= MLSTM_CL_BWD; ++dir) {
         if (!(directions & (dir == MLSTM_CL_FWD ? MLSTM_PLAN_FWD : MLSTM_PLAN_BWD)))
             continue;
+        if (p->plan_algo[dir == MLSTM_CL_BWD] == MLSTM_ALGO_MATERIALIZED) { /* its program now; CLBlast's own
+                                                                             * kernels compile at its first call */
+            const int st = mlstm_cl_mat_build(cx, p->dtype);
+            if (st != MLSTM_OK) {
+                free(plan);
+                return st;
+            }
+            continue;
+        }
         int ntiles;
         int st = mlstm_cl_get_program(cx, dir, p, &plan->program[dir]);
         if (st == MLSTM_OK && global_size(cx, tile_groups(p, plan->program[dir]->tiles.block, &ntiles),

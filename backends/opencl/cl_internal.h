@@ -81,6 +81,9 @@ void mlstm_cl_release_programs(mlstm_cl_ctx *cx);
 
 /* materialized_cl.c: the materialised algorithm (CLBlast SGEMMs and kernels_cl/materialized.cl). */
 int mlstm_cl_mat_workspace_size(mlstm_cl_ctx *cx, const mlstm_params *p, int backward, uint64_t *bytes);
+/* Builds the materialised algorithm's program for dtype ahead of the calls (plans); MLSTM_ERR_UNSUPPORTED without
+ * CLBlast */
+int mlstm_cl_mat_build(mlstm_cl_ctx *cx, int dtype);
 int mlstm_cl_mat_fwd(mlstm_cl_ctx *cx, const mlstm_params *p);
 int mlstm_cl_mat_bwd(mlstm_cl_ctx *cx, const mlstm_params *p);
 void mlstm_cl_mat_release(mlstm_cl_ctx *cx);

@@ -277,6 +277,14 @@ typedef struct {
     cl_long NH;
 } mat_call;
 
+int mlstm_cl_mat_build(mlstm_cl_ctx *cx, int dtype)
+{
+    if (!cx->mat && !(cx->mat = calloc(1, sizeof *cx->mat)))
+        return mlstm_cl_fail(cx, MLSTM_ERR_OUT_OF_MEMORY, "out of host memory");
+    cl_kernel *k;
+    return get_kernels(cx, dtype, &k);
+}
+
 static int prepare(mlstm_cl_ctx *cx, const mlstm_params *p, int backward, mat_call *c)
 {
     if (!cx->mat && !(cx->mat = calloc(1, sizeof *cx->mat)))
@@ -494,6 +502,12 @@ int mlstm_cl_mat_bwd(mlstm_cl_ctx *cx, const mlstm_params *p)
 }
 
 #else /* !MLSTM_HAVE_CLBLAST: the API never gets here (workspace_size reports UNSUPPORTED first) */
+
+int mlstm_cl_mat_build(mlstm_cl_ctx *cx, int dtype)
+{
+    (void)dtype;
+    return mlstm_cl_fail(cx, MLSTM_ERR_UNSUPPORTED, "the materialised algorithm needs CLBlast, which this build lacks");
+}
 
 int mlstm_cl_mat_fwd(mlstm_cl_ctx *cx, const mlstm_params *p)
 {
