@@ -43,7 +43,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: bench_mlstm [--dtype f32|f16|bf16|all] [--shapes B,NH,S,DQK,DV[;...]]\n"
             "                   [--dims [DQK/DV,...]] [--sizes B,NH,S[;...]] [--iters N] [--warmup N]\n"
-            "                   [--fwd-only] [--math ieee|tf32] [--csv FILE] [--check] [--algo auto|fused|materialized]\n"
+            "                   [--fwd-only] [--math ieee|tf32] [--csv FILE] [--check] [--algo auto|fused|materialized|both]\n"
             "  default shapes: the anchor shapes B=1 NH=8, S 1024..8192, DH 64/128/256 (use --shapes on a CPU);\n"
             "           a shape of four numbers B,NH,S,D means DQK = DV = D.\n"
             "  --dims:  sweep head dims (DQK/DV pairs, D alone = D/D; without a list: %s)\n"
@@ -55,7 +55,8 @@ static void usage(void)
             "  both are at most 1.2 (the issue's target), 'over' otherwise.\n"
             "  --check: compare h and every gradient of one run per shape with the float64 reference\n"
             "           (slow for large shapes: O(S^2 D) on one CPU core); exit 1 on a contract violation.\n"
-            "  --algo: desc.algo (materialized: the S x S matrices through cuBLAS / CLBlast)\n"
+            "  --algo: desc.algo (materialized: the S x S matrices through cuBLAS / CLBlast; both: fused and materialised\n"
+            "          side by side in one row, with the speed-up of fused)\n"
             "  --math tf32: desc.math_mode = MLSTM_MATH_TF32 (f32 products on TF32 tensor cores where the backend\n"
             "           offers it; --check then allows 5e-3, tests/tolerances.h's TF32 value).\n"
             "  path: the backend and math mode the shapes ran with.\n"
@@ -231,6 +232,7 @@ enum { MAX_SHAPES = 256, MAX_DIMS = 64 };
 
 typedef struct bench_opts {
     int dtypes[3], ndtypes, math_mode, iters, warmup, fwd_only, check;
+    int both; /* --algo both: the fused and the materialised algorithm per row */
     const char *csv_path;
     shape shapes[MAX_SHAPES];
     int nshapes;
@@ -374,6 +376,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
             if (!strcmp(v, "auto")) g_algo = MLSTM_ALGO_AUTO;
             else if (!strcmp(v, "fused")) g_algo = MLSTM_ALGO_FUSED;
             else if (!strcmp(v, "materialized")) g_algo = MLSTM_ALGO_MATERIALIZED;
+            else if (!strcmp(v, "both")) o->both = 1;
             else return -1;
         }
         else if (!strcmp(argv[a], "--dims"))  /* the list is optional */
@@ -412,6 +415,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 typedef struct row {
     run_result r;
     int ok;                  /* the run succeeded */
+    run_result mat;          /* --algo both: the materialised algorithm's run (r is the fused one) */
+    int mat_ok;
     long long ref_dim;       /* 0: none; the row is aligned when ref_dim == dqk == dv */
     double fw_ratio, fwbw_ratio;
 } row;
@@ -454,14 +459,31 @@ static const char *target_mark(const row *w, int fwd_only)
     return (w->fw_ratio <= 1.2 && (fwd_only || w->fwbw_ratio <= 1.2)) ? "ok" : "over";
 }
 
-static void print_header(int check)
+static void print_header(int check, int both)
 {
-    printf("%-3s %-3s %-6s %-8s %-5s %-12s %9s %9s %9s %9s %-8s %7s %8s %-6s%s\n", "B", "NH", "S", "DQK/DV",
-           "dtype", "path", "fw ms", "fw TF/s", "fwbw ms", "fwbw TF/s", "ref", "fw/ref", "fwbw/ref", "target",
-           check ? " max rel err" : "");
+    printf("%-3s %-3s %-6s %-8s %-5s %-12s %9s %9s %9s %9s %-8s %7s %8s %-6s", "B", "NH", "S", "DQK/DV",
+           "dtype", "path", "fw ms", "fw TF/s", "fwbw ms", "fwbw TF/s", "ref", "fw/ref", "fwbw/ref", "target");
+    if (both)
+        printf(" | %9s %9s %9s %9s %8s %8s", "mat fw ms", "fw TF/s", "fwbw ms", "fwbw TF/s", "fused x", "fwbw x");
+    printf("%s\n", check ? " max rel err" : "");
 }
 
-static void print_row(const shape *sh, int dtype, const char *path, const row *w, int fwd_only, int check)
+/* --algo both: the materialised run beside the fused one, and how many times faster fused is */
+static void print_mat(const shape *sh, const row *w)
+{
+    char b[6][32];
+    if (!w->mat_ok) {
+        printf(" | %-9s", "failed");
+        return;
+    }
+    const double f = fwd_flops(sh);
+    printf(" | %9s %9s %9s %9s %8s %8s", num(b[0], 32, w->mat.fw_ms, 4), num(b[1], 32, f / (w->mat.fw_ms * 1e9), 4),
+           num(b[2], 32, w->mat.fwbw_ms, 4), num(b[3], 32, 3.5 * f / (w->mat.fwbw_ms * 1e9), 4),
+           num(b[4], 32, w->ok ? w->mat.fw_ms / w->r.fw_ms : NAN, 3),
+           num(b[5], 32, w->ok ? w->mat.fwbw_ms / w->r.fwbw_ms : NAN, 3));
+}
+
+static void print_row(const shape *sh, int dtype, const char *path, const row *w, int fwd_only, int check, int both)
 {
     char dims[24], ref[24], b[6][32];
     snprintf(dims, sizeof dims, "%lld/%lld", sh->dqk, sh->dv);
@@ -470,7 +492,10 @@ static void print_row(const shape *sh, int dtype, const char *path, const row *w
     else snprintf(ref, sizeof ref, "%lld/%lld", w->ref_dim, w->ref_dim);
     printf("%-3lld %-3lld %-6lld %-8s %-5s %-12s ", sh->b, sh->nh, sh->s, dims, tu_dtype_name(dtype), path);
     if (!w->ok) {
-        printf("run failed (message above)\n");
+        printf("run failed (message above)");
+        if (both)
+            print_mat(sh, w);
+        printf("\n");
         return;
     }
     double f = fwd_flops(sh);
@@ -478,13 +503,15 @@ static void print_row(const shape *sh, int dtype, const char *path, const row *w
            num(b[1], 32, f / (w->r.fw_ms * 1e9), 4), num(b[2], 32, w->r.fwbw_ms, 4),
            num(b[3], 32, 3.5 * f / (w->r.fwbw_ms * 1e9), 4), ref, num(b[4], 32, w->fw_ratio, 3),
            num(b[5], 32, w->fwbw_ratio, 3), target_mark(w, fwd_only));
+    if (both)
+        print_mat(sh, w);
     if (check)
         printf(" %.2e %s", w->r.err_max, w->r.check_ok ? "ok" : "FAILED");
     printf("\n");
 }
 
 static void csv_row(FILE *csv, const char *backend, const char *path, const shape *sh, int dtype, const row *w,
-                    int check)
+                    int check, int both)
 {
     if (!w->ok)
         return;
@@ -494,6 +521,10 @@ static void csv_row(FILE *csv, const char *backend, const char *path, const shap
             3.5 * f / (w->r.fwbw_ms * 1e9), path, w->ref_dim, w->fw_ratio, w->fwbw_ratio);
     if (check)
         fprintf(csv, ",%.3e", w->r.err_max);
+    if (both && w->mat_ok)
+        fprintf(csv, ",%.5f,%.5f", w->mat.fw_ms, w->mat.fwbw_ms);
+    else if (both)
+        fprintf(csv, ",,");
     fprintf(csv, "\n");
 }
 
@@ -518,23 +549,33 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/%s", backend, o.math_mode == MLSTM_MATH_TF32 ? "tf32" : "ieee");
     if (csv)
         fprintf(csv, "backend,B,NH,S,DQK,DV,dtype,mlstm_fw_ms,mlstm_fwbw_ms,mlstm_fw_tflops,mlstm_fwbw_tflops,"
-                     "path,ref_dim,fw_vs_ref,fwbw_vs_ref%s\n", o.check ? ",max_rel_err" : "");
+                     "path,ref_dim,fw_vs_ref,fwbw_vs_ref%s%s\n", o.check ? ",max_rel_err" : "",
+                o.both ? ",mat_fw_ms,mat_fwbw_ms" : "");
     printf("libmlstm %s, backend %s, device %s; median of %d runs after %d warm-up\n", mlstm_version(), backend,
            mlstm_context_device_name(ctx), o.iters, o.warmup);
-    print_header(o.check);
+    print_header(o.check, o.both);
     fflush(stdout);
     int failed = 0;
     for (int x = 0; x < o.ndtypes; x++)
         for (int s = 0; s < o.nshapes; s++) {
             row *w = &rows[s];
             *w = (row){0};
+            if (o.both)
+                g_algo = MLSTM_ALGO_FUSED;
             w->ok = bench_shape(ctx, &o.shapes[s], o.dtypes[x], o.math_mode, o.iters, o.warmup, o.fwd_only,
                                 o.check, &w->r) == MLSTM_OK;
+            if (o.both) {
+                g_algo = MLSTM_ALGO_MATERIALIZED;
+                w->mat_ok = bench_shape(ctx, &o.shapes[s], o.dtypes[x], o.math_mode, o.iters, o.warmup, o.fwd_only,
+                                        o.check, &w->mat) == MLSTM_OK;
+                if (!w->mat_ok || (o.check && !w->mat.check_ok))
+                    failed = 1;
+            }
             compare_with_ref(&o, rows, s);
-            print_row(&o.shapes[s], o.dtypes[x], path, w, o.fwd_only, o.check);
+            print_row(&o.shapes[s], o.dtypes[x], path, w, o.fwd_only, o.check, o.both);
             fflush(stdout);
             if (csv)
-                csv_row(csv, backend, path, &o.shapes[s], o.dtypes[x], w, o.check);
+                csv_row(csv, backend, path, &o.shapes[s], o.dtypes[x], w, o.check, o.both);
             if (!w->ok || (o.check && !w->r.check_ok))
                 failed = 1;
         }

@@ -41,7 +41,7 @@ DEFAULT_SHAPES = ("1,8,2048,64;1,8,4096,64;1,8,8192,64;1,8,2048,128;1,8,4096,128
 PRESETS = {"xlstm7b": "4,8,2048,256,512;1,8,4096,256,512;1,8,8192,256,512"}
 DEFAULT_DIMS = "64/128,96/96,128/256,192/192,256/512,320/320,512/512"
 ALIGNED = (64, 128, 256, 512)
-PEERS = ("tfla", "sdpa", "parallel")
+PEERS = ("tfla", "sdpa", "parallel", "mat")  # "mat": libmlstm's own materialised algorithm (cuBLAS)
 
 
 def load_torch():
@@ -69,6 +69,14 @@ class Desc(C.Structure):
     _fields_ = [("struct_size", C.c_uint32), ("batch", C.c_int64), ("heads", C.c_int64), ("seq_len", C.c_int64),
                 ("dqk", C.c_int64), ("dv", C.c_int64), ("dtype", C.c_int), ("eps", C.c_float),
                 ("scale", C.c_float), ("grad_mode", C.c_int), ("math_mode", C.c_int), ("layout", Layout * 14)]
+
+
+class DescAlgo(C.Structure):
+    """The current mlstm_desc (32 layouts, then the algorithm): for calls that pick the algorithm"""
+    _fields_ = Desc._fields_[:-1] + [("layout", Layout * 32), ("algo", C.c_int)]
+
+
+ALGO_MATERIALIZED = 2  # MLSTM_ALGO_MATERIALIZED
 
 
 class Options(C.Structure):
@@ -118,9 +126,18 @@ class Lib:
                    "set_stream")
 
 
-def make_desc(lib, B, NH, S, DQK, DV, dtype, grad_mode=0, layouts=None):
-    d = Desc()
-    lib.L.mlstm_desc_init_sized(C.byref(d), C.c_size_t(C.sizeof(d)))  # a 0.1-sized desc (14 layouts): accepted as is
+def make_desc(lib, B, NH, S, DQK, DV, dtype, grad_mode=0, layouts=None, algo=None):
+    """A 0.1-sized desc (14 layouts), accepted as is; with algo, the current desc (returned with it, to keep alive)
+    seen through a Desc (its first fields)"""
+    if algo is not None:
+        full = DescAlgo()
+        lib.L.mlstm_desc_init_sized(C.byref(full), C.c_size_t(C.sizeof(full)))
+        full.algo = algo
+        d = C.cast(C.pointer(full), C.POINTER(Desc)).contents
+        d._full = full
+    else:
+        d = Desc()
+        lib.L.mlstm_desc_init_sized(C.byref(d), C.c_size_t(C.sizeof(d)))
     d.batch, d.heads, d.seq_len, d.dqk, d.dv, d.dtype, d.grad_mode = B, NH, S, DQK, DV, dtype, grad_mode
     if layouts:
         for idx, (sb, sh, ss) in layouts.items():
@@ -131,7 +148,7 @@ def make_desc(lib, B, NH, S, DQK, DV, dtype, grad_mode=0, layouts=None):
 class Problem:
     """Tensors of one call (torch, on the GPU), optionally in (B, S, NH, D) layout, and their wrapped buffers."""
 
-    def __init__(self, lib, B, NH, S, DQK, DV, dtype, gates="3+n", bsnd=False, seed=0, grad_mode=0):
+    def __init__(self, lib, B, NH, S, DQK, DV, dtype, gates="3+n", bsnd=False, seed=0, grad_mode=0, algo=None):
         g = torch.Generator(device="cuda").manual_seed(seed)
         dev = "cuda"
         T = tdt(dtype)
@@ -167,7 +184,7 @@ class Problem:
                     layouts[idx] = (S * NH, 1, NH)
                 else:
                     layouts[idx] = (S * NH * D, D, NH * D)
-        self.desc = make_desc(lib, B, NH, S, DQK, DV, dtype, grad_mode, layouts)
+        self.desc = make_desc(lib, B, NH, S, DQK, DV, dtype, grad_mode, layouts, algo)
         self.bufs = {}
         for name in TENSORS:
             t = getattr(self, name)
@@ -533,6 +550,21 @@ def ours(lib, shape, dtype, mk, args):
     return Pair(fw, fwbw, p.close)
 
 
+def peer_mat(lib, shape, dtype, mk, args):
+    """libmlstm's materialised algorithm (cuBLAS products, the context's own workspace, allocated by the untimed first
+    call, so that the graph capture of the timing allocates nothing)"""
+    p = Problem(lib, *shape, dtype, "3+n", algo=ALGO_MATERIALIZED)
+
+    def fw():
+        lib.set_stream()
+        p.fwd()
+
+    def fwbw():
+        fw()
+        p.bwd()
+    return Pair(fw, fwbw, p.close)
+
+
 def peer_sdpa(lib, shape, dtype, mk, args):
     if dtype == F32:
         raise NA("not timed in f32 (SDPA is the f16 / bf16 yardstick)")
@@ -568,7 +600,8 @@ def peer_parallel(lib, shape, dtype, mk, args):
 
 # (--peers name, row key, table label, setup); "mlstm" is libmlstm itself
 IMPLS = {"mlstm": ("mlstm", "ours", ours), "sdpa": ("sdpa", "SDPA", peer_sdpa),
-         "tfla": ("tfla_chunk", "TFLA chunkwise", peer_tfla), "parallel": ("triton_par", "Triton parallel", peer_parallel)}
+         "tfla": ("tfla_chunk", "TFLA chunkwise", peer_tfla), "parallel": ("triton_par", "Triton parallel", peer_parallel),
+         "mat": ("mat", "libmlstm materialised", peer_mat)}
 
 
 def finish_row(r, ref):
@@ -609,6 +642,36 @@ def bench_all(lib, shapes, dtypes, peers, args):
     print()
     print("\n".join(table(rows, peers)), flush=True)
     return rows
+
+
+def profile_all(lib, shapes, dtypes, reps=10):
+    """Per-kernel device time of one libmlstm forward + backward (torch.profiler, CUDA activity; mean of reps)."""
+    from torch.profiler import profile, ProfilerActivity
+    for dtype in dtypes:
+        for (B, NH, S, DQK, DV) in shapes:
+            p = Problem(lib, B, NH, S, DQK, DV, dtype, "3+n")
+            def step():
+                lib.set_stream()
+                p.fwd()
+                p.bwd()
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as pr:
+                for _ in range(reps):
+                    step()
+                torch.cuda.synchronize()
+            tot = {}
+            for e in pr.events():
+                if e.device_type.name == "CUDA":
+                    name = e.name.replace("void ", "").split("(")[0][:110] or e.name[:110]
+                    tot[name] = tot.get(name, 0.0) + e.device_time / reps
+            print("profile %s B%d NH%d S%d %d/%d (us per fw+bw, %d reps):" % (DNAME[dtype], B, NH, S, DQK, DV, reps))
+            for name, t in sorted(tot.items(), key=lambda x: -x[1]):
+                print("  %9.1f  %s" % (t, name))
+            print("  %9.1f  total" % sum(tot.values()), flush=True)
+            p.close()
+            torch.cuda.empty_cache()
 
 
 # ---- output (no torch needed) -----------------------------------------------------------------------------------
@@ -690,6 +753,8 @@ def main():
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--plan", action="store_true", help="print the shapes --bench would run, then exit")
+    ap.add_argument("--profile", action="store_true",
+                    help="per-kernel device time of one fw+bw per shape (torch.profiler), instead of --check/--bench")
     ap.add_argument("--dtypes", default="bf16,f16,f32", type=parse_names(list(DTYPES), "--dtypes"))
     ap.add_argument("--shapes", default=None, type=parse_shapes,
                     help="B,NH,S,D or B,NH,S,DQK,DV[;...] or a preset (%s); default: %s" % (
@@ -712,7 +777,7 @@ def main():
     if args.plan:
         plan(shapes, dtypes, args.peers)
         return 0
-    if not args.check and not args.bench:
+    if not args.check and not args.bench and not args.profile:
         args.check = args.bench = True
     load_torch()
     try:
@@ -721,6 +786,8 @@ def main():
         sys.exit("cannot use %s: %s" % (args.lib, e))
     print("device: %s (torch %s) %s" % (lib.device, torch.__version__, time.strftime("%Y-%m-%d %H:%M")), flush=True)
     result = {"device": lib.device, "date": time.strftime("%Y-%m-%d")}
+    if args.profile:
+        profile_all(lib, shapes, dtypes)
     if args.check:
         result["check"] = check_all(lib)
     if args.bench:
