@@ -537,8 +537,8 @@ def triton_dtype_ok(dtype):
         raise NA("f16 / bf16 need DISABLE_LLVM_OPT=1 (Triton's compiler aborts the process on them otherwise)")
 
 
-def ours(lib, shape, dtype, mk, args):
-    p = Problem(lib, *shape, dtype, "3+n")
+def ours(lib, shape, dtype, mk, args, algo=None):
+    p = Problem(lib, *shape, dtype, "3+n", algo=algo)
 
     def fw():
         lib.set_stream()
@@ -553,16 +553,7 @@ def ours(lib, shape, dtype, mk, args):
 def peer_mat(lib, shape, dtype, mk, args):
     """libmlstm's materialised algorithm (cuBLAS products, the context's own workspace, allocated by the untimed first
     call, so that the graph capture of the timing allocates nothing)"""
-    p = Problem(lib, *shape, dtype, "3+n", algo=ALGO_MATERIALIZED)
-
-    def fw():
-        lib.set_stream()
-        p.fwd()
-
-    def fwbw():
-        fw()
-        p.bwd()
-    return Pair(fw, fwbw, p.close)
+    return ours(lib, shape, dtype, mk, args, algo=ALGO_MATERIALIZED)
 
 
 def peer_sdpa(lib, shape, dtype, mk, args):
