@@ -114,17 +114,8 @@ int main(int argc, char **argv)
     int fails = 0, ran = 0;
     for (size_t ci = 0; ci < sizeof g_cases / sizeof g_cases[0]; ci++) {
         const check_case *k = &g_cases[ci];
-        mc_case c;
-        memset(&c, 0, sizeof c);
-        c.bwd = 1;
-        c.dtype = k->dtype;
-        c.grad_mode = k->grad_mode;
-        c.B = k->B; c.NH = k->NH; c.S = k->S; c.DQK = k->D; c.DV = k->D;
-        c.gates = k->gates;
-        c.layout = k->layout;
-        c.eps = 1e-6f;
-        c.seed = k->seed;
-        mc_case_finish(&c);
+        const mc_case c = mc_case_make(1, k->dtype, k->grad_mode, k->B, k->NH, k->S, k->D, k->D, k->gates, k->layout,
+                                       k->seed);
         char full[300];
         snprintf(full, sizeof full, "%s:%s", k->what, c.name);
         if (filter && !strstr(full, filter))

@@ -94,18 +94,6 @@ static void test_cross(void **state)
     }
 }
 
-static mc_case mk(int bwd, int dtype, int mode, int64_t B, int64_t NH, int64_t S, int64_t DQK, int64_t DV, int gates,
-                  int layout, uint64_t seed)
-{
-    mc_case c;
-    memset(&c, 0, sizeof c);
-    c.bwd = bwd; c.dtype = dtype; c.grad_mode = mode;
-    c.B = B; c.NH = NH; c.S = S; c.DQK = DQK; c.DV = DV;
-    c.gates = gates; c.layout = layout; c.eps = 1e-6f; c.seed = seed;
-    mc_case_finish(&c);
-    return c;
-}
-
 int main(void)
 {
     char why[4096] = "";
@@ -137,14 +125,14 @@ int main(void)
 
     static mc_case cases[8];
     int nc = 0;
-    cases[nc++] = mk(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 2, 2, 129, 64, 64, MC_GATES_STD, MC_LAYOUT_BNSD, 201);
-    cases[nc++] = mk(1, MLSTM_DTYPE_BF16, MLSTM_GRAD_EXACT, 1, 2, 1000, 128, 128, MC_GATES_STD, MC_LAYOUT_BNSD, 202);
-    cases[nc++] = mk(1, MLSTM_DTYPE_F16, MLSTM_GRAD_NORMALIZER_DETACHED, 2, 3, 65, 48, 96, MC_GATES_NORMAL,
+    cases[nc++] = mc_case_make(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 2, 2, 129, 64, 64, MC_GATES_STD, MC_LAYOUT_BNSD, 201);
+    cases[nc++] = mc_case_make(1, MLSTM_DTYPE_BF16, MLSTM_GRAD_EXACT, 1, 2, 1000, 128, 128, MC_GATES_STD, MC_LAYOUT_BNSD, 202);
+    cases[nc++] = mc_case_make(1, MLSTM_DTYPE_F16, MLSTM_GRAD_NORMALIZER_DETACHED, 2, 3, 65, 48, 96, MC_GATES_NORMAL,
                      MC_LAYOUT_BSND, 203);
-    cases[nc++] = mk(1, MLSTM_DTYPE_F32, MLSTM_GRAD_NORMALIZER_DETACHED, 1, 1, 200, 64, 64, MC_GATES_EXT_U,
+    cases[nc++] = mc_case_make(1, MLSTM_DTYPE_F32, MLSTM_GRAD_NORMALIZER_DETACHED, 1, 1, 200, 64, 64, MC_GATES_EXT_U,
                      MC_LAYOUT_PADDED, 204);
-    cases[nc++] = mk(0, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 2048, 256, 256, MC_GATES_STD, MC_LAYOUT_BNSD, 205);
-    cases[nc++] = mk(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 17, 3, 5, MC_GATES_NORMAL, MC_LAYOUT_BNSD, 206);
+    cases[nc++] = mc_case_make(0, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 2048, 256, 256, MC_GATES_STD, MC_LAYOUT_BNSD, 205);
+    cases[nc++] = mc_case_make(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 17, 3, 5, MC_GATES_NORMAL, MC_LAYOUT_BNSD, 206);
 
     struct CMUnitTest tests[8];
     memset(tests, 0, sizeof tests);

@@ -61,33 +61,21 @@ static void run_or_skip(mlstm_context *ctx, const mc_case *c, mc_outputs *out)
         fail_msg("%s: %s", c->name, canary_msg);
 }
 
-static mc_case make_case(int bwd, int dtype, int grad_mode, int64_t B, int64_t NH, int64_t S, int64_t DQK,
-                         int64_t DV, int gates, int layout, uint64_t seed)
-{
-    mc_case c;
-    memset(&c, 0, sizeof c);
-    c.bwd = bwd; c.dtype = dtype; c.grad_mode = grad_mode;
-    c.B = B; c.NH = NH; c.S = S; c.DQK = DQK; c.DV = DV;
-    c.gates = gates; c.layout = layout; c.eps = 1e-6f; c.seed = seed;
-    mc_case_finish(&c);
-    return c;
-}
-
 /* Fused and materialised on the same inputs: every output's relative L2 difference within the contract's
  * bound for the dtype (each is within it of the float64 reference; conformance checks that). */
 static void test_fused_vs_materialized(void **state)
 {
     (void)state;
     const mc_case cases[] = {
-        make_case(0, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 2, 3, 129, 48, 96, MC_GATES_STD, MC_LAYOUT_BNSD, 1),
-        make_case(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 2, 2, 97, 64, 64, MC_GATES_STD, MC_LAYOUT_BSND, 2),
-        make_case(1, MLSTM_DTYPE_F32, MLSTM_GRAD_NORMALIZER_DETACHED, 1, 2, 200, 32, 16, MC_GATES_NORMAL,
+        mc_case_make(0, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 2, 3, 129, 48, 96, MC_GATES_STD, MC_LAYOUT_BNSD, 1),
+        mc_case_make(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 2, 2, 97, 64, 64, MC_GATES_STD, MC_LAYOUT_BSND, 2),
+        mc_case_make(1, MLSTM_DTYPE_F32, MLSTM_GRAD_NORMALIZER_DETACHED, 1, 2, 200, 32, 16, MC_GATES_NORMAL,
                   MC_LAYOUT_PADDED, 3),
-        make_case(1, MLSTM_DTYPE_BF16, MLSTM_GRAD_EXACT, 1, 2, 130, 48, 96, MC_GATES_STD, MC_LAYOUT_BNSD, 4),
-        make_case(1, MLSTM_DTYPE_F16, MLSTM_GRAD_NORMALIZER_DETACHED, 2, 1, 65, 64, 64, MC_GATES_NORMAL,
+        mc_case_make(1, MLSTM_DTYPE_BF16, MLSTM_GRAD_EXACT, 1, 2, 130, 48, 96, MC_GATES_STD, MC_LAYOUT_BNSD, 4),
+        mc_case_make(1, MLSTM_DTYPE_F16, MLSTM_GRAD_NORMALIZER_DETACHED, 2, 1, 65, 64, 64, MC_GATES_NORMAL,
                   MC_LAYOUT_BNSD, 5),
-        make_case(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 300, 16, 16, MC_GATES_CLOSED, MC_LAYOUT_BNSD, 6),
-        make_case(0, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 150, 3, 5, MC_GATES_EXT_N, MC_LAYOUT_BNSD, 7),
+        mc_case_make(1, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 300, 16, 16, MC_GATES_CLOSED, MC_LAYOUT_BNSD, 6),
+        mc_case_make(0, MLSTM_DTYPE_F32, MLSTM_GRAD_EXACT, 1, 1, 150, 3, 5, MC_GATES_EXT_N, MC_LAYOUT_BNSD, 7),
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         const mc_case *c = &cases[k];

@@ -35,6 +35,18 @@ const char *mc_layout_name(int layout)
     return (layout >= 0 && layout < MC_LAYOUT_COUNT) ? n[layout] : "?";
 }
 
+mc_case mc_case_make(int bwd, int dtype, int grad_mode, int64_t B, int64_t NH, int64_t S, int64_t DQK, int64_t DV,
+                     int gates, int layout, uint64_t seed)
+{
+    mc_case c;
+    memset(&c, 0, sizeof c);
+    c.bwd = bwd; c.dtype = dtype; c.grad_mode = grad_mode;
+    c.B = B; c.NH = NH; c.S = S; c.DQK = DQK; c.DV = DV;
+    c.gates = gates; c.layout = layout; c.eps = 1e-6f; c.seed = seed;
+    mc_case_finish(&c);
+    return c;
+}
+
 void mc_case_finish(mc_case *c)
 {
     char extra[96] = "";

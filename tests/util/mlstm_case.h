@@ -47,6 +47,9 @@ typedef struct mc_case {
 /* Fills c->name from the parameters, e.g. bwd/bf16/exact/B2_NH3_S129_DQK48_DV96/gates=ext_u/layout=bsnd/seed=7
  * (non-default eps/scale/offsets/math mode are appended, e.g. /math=tf32). */
 void mc_case_finish(mc_case *c);
+/* A finished case of these parameters, contiguous tensor offsets, eps 1e-6, default scale and math */
+mc_case mc_case_make(int bwd, int dtype, int grad_mode, int64_t B, int64_t NH, int64_t S, int64_t DQK, int64_t DV,
+                     int gates, int layout, uint64_t seed);
 const char *mc_gates_name(int gates);
 const char *mc_layout_name(int layout);
 
