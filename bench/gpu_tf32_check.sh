@@ -3,7 +3,8 @@
 # MLSTM_CUDA_F32_TC=1): builds sm_90 in $BUILD (default build-gpu), runs the f32 conformance cases (default set,
 # slow-set f32 forward), test_extreme, test_determinism, compute-sanitizer, bench_mlstm f32 forward and forward +
 # backward as SIMT vs 3xTF32 vs TF32, then the slow-set f32 backward cases (slowbwd: float64 references of S up to
-# 8192, minutes). Usage (repository root, after `. .gpu-deps/gpu-env.sh`):
+# 8192, minutes). Usage (repository root, with the OpenCL loader, cmocka and
+# CLBlast installed as README "Set up" lists):
 #   bash bench/gpu_tf32_check.sh [test,slow,sanitize,bench,slowbwd]
 set -o pipefail
 export MLSTM_CUDA_F32_TC=1
