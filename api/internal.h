@@ -44,8 +44,7 @@ struct mlstm_plan {
     uint64_t extent[MLSTM_TENSOR_COUNT];
     void *backend_plan;
     size_t workspace_bytes;
-    int algo[2];              /* the algorithm of each planned direction, resolved once (forward, backward) */
-    int algo_auto[2];         /* chosen by the automatic rule (mlstm_resolve_algo) */
+    int algo_auto[2];         /* base.plan_algo[d] was chosen by the automatic rule (mlstm_resolve_algo) */
     mlstm_plan *prev, *next;  /* the context's list of live plans */
 };
 

@@ -314,12 +314,12 @@ int mlstm_plan_create(mlstm_context *ctx, const mlstm_desc *desc, unsigned direc
     /* each direction's algorithm, fixed now, and the workspace it needs (with a backend's staging) */
     uint64_t need[2] = {0, 0};
     for (int bwd = 0; bwd < 2 && st == MLSTM_OK; bwd++) {
-        plan->algo[bwd] = plan->base.plan_algo[bwd] = MLSTM_ALGO_FUSED;
+        plan->base.plan_algo[bwd] = MLSTM_ALGO_FUSED;
         if (!(directions & (bwd ? MLSTM_PLAN_BWD : MLSTM_PLAN_FWD)))
             continue;
         mlstm_params q = plan->base;
         plan->algo_auto[bwd] = mlstm_resolve_algo(ctx, &plan->desc, bwd, NULL, &q);
-        plan->algo[bwd] = plan->base.plan_algo[bwd] = q.algo;
+        plan->base.plan_algo[bwd] = q.algo;
         st = mlstm_call_workspace_bytes(ctx, fn, &q, bwd, &need[bwd]);
     }
     if (st == MLSTM_OK && ctx->ops->plan_create) {
@@ -390,7 +390,7 @@ static int plan_execute(mlstm_plan *plan, const char *fn, int backward, const ml
         st = mlstm_bind_buffers(ctx, fn, &plan->desc, backward, plan->extent, bufs, &p);
     if (st != MLSTM_OK)
         return st;
-    p.algo = plan->algo[backward]; /* fixed when the plan was made */
+    p.algo = p.plan_algo[backward]; /* fixed when the plan was made */
     /* the backend accepted the plan's problem when it was made (supports, plan_create): no second question */
     return attach_and_launch(ctx, fn, &plan->desc, backward, workspace, plan->workspace_bytes,
                              plan->algo_auto[backward], 0, &p);

@@ -30,7 +30,7 @@ typedef struct mlstm_params {
     int grad_mode;      /* mlstm_grad_mode */
     int math_mode;      /* mlstm_math_mode */
     int algo;           /* resolved mlstm_algo: MLSTM_ALGO_FUSED or MLSTM_ALGO_MATERIALIZED, never AUTO */
-    int plan_algo[2];   /* plan_create only: the resolved algorithm of the forward [0] and backward [1] */
+    int plan_algo[2];   /* plans: the algorithm of the forward [0] and backward [1], fixed when the plan is made */
     /* The caller's workspace (the call's or plan's workspace argument, else mlstm_context_set_workspace), or ws_mem
      * NULL: then the backend uses its own, allocated at first use and kept. ws_offset is 256-byte aligned; ws_bytes
      * is at least the backend's workspace_size for this call (the API checked it). */
