@@ -75,10 +75,8 @@ int masked_class(int64_t dqk, int64_t dv)
     if (dqk % 8 != 0 || dv % 8 != 0) return 0;
     const int64_t w = dqk > dv ? dqk : dv;
     const int D = w <= 64 ? 64 : w <= 128 ? 128 : w <= 256 ? 256 : 0;
-    /* the D = 256 cluster forward loads K and V through TMA maps of DQK / DV columns in 64-column boxes: narrower
-     * heads there stay on the staged path (head_dims.cu), where every variant serves them */
-    if (D == 256 && (dqk < 64 || dv < 64)) return 0;
-    return D;
+    /* wider classes compile the masks out (tile_config.h): their narrower heads take the staged path (head_dims.cu) */
+    return D <= MASKED_COLS_MAX_D ? D : 0;
 }
 
 } // namespace mlstm

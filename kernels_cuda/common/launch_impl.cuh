@@ -137,7 +137,7 @@ template <typename T, int D, bool SPLIT> struct WgFwd {
     static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST, C::CL>;
 };
 
-/* the TMA map of tensor t, D of its columns (launch.h tma_shape; boxes of 64 columns x rows, zero-filled beyond D) */
+/* the TMA map of tensor t (launch.h tma_shape; boxes of 64 columns x rows) */
 template <typename T>
 static inline cudaError_t tma_map(CUtensorMap *m, const TArg &t, const KArgs &a, int64_t D, int rows)
 {
@@ -164,10 +164,8 @@ template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &
     wg::TmaKV tm;
     memset(&tm, 0, sizeof tm);
     if (KK::TMA) {
-        /* the maps span the tensors' own columns (DQK, DV <= D): the tensor-memory-access engine zero-fills the
-         * rest of each 64-column box, as the cp.async loaders do (masked columns) */
-        MLSTM_TRY(tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, a.DQK, KK::C::BN));
-        MLSTM_TRY(tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, a.DV, KK::C::BN));
+        MLSTM_TRY(tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, D, KK::C::BN));
+        MLSTM_TRY(tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, D, KK::C::BN));
     }
     return launch_1d_cl(KK::fwd, n, KK::C::CL, KK::F::NT, KK::F::SMEM, st, a, tm);
 }

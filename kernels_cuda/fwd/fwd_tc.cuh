@@ -179,7 +179,7 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
                 T *row = gh + t * th.ss;
 #pragma unroll
                 for (int n = 0; n < D / 8; ++n)
-                    if (n * 8 + 2 * q4 < args.DV) /* DV <= D, a multiple of 8 (masked columns) */
+                    if (col_in<D>(n * 8 + 2 * q4, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
                         *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * q4) =
                             pack2<T>(o[mt][n][rr * 2] * inv, o[mt][n][rr * 2 + 1] * inv);
                 if (q4 == 0) {
@@ -312,12 +312,12 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
 
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
 
-    load_tile_async<T, BM, D, NT>(sQ, gq, tq.ss, qs, S, args.DQK);
+    load_tile_async<T, BM, D, NT>(sQ, gq, tq.ss, qs, S, masked_cols<D>(args.DQK));
 #pragma unroll
     for (int gs = 0; gs < KS; ++gs)
         if (kt_hi - gs >= 0) {
-            load_tile_async<T, BN, D, NT>(sK + gs * BN * D, gk, tk.ss, (kt_hi - gs) * BN, S, args.DQK);
-            load_tile_async<T, BN, D, NT>(sV + gs * BN * D, gv, tv.ss, (kt_hi - gs) * BN, S, args.DV);
+            load_tile_async<T, BN, D, NT>(sK + gs * BN * D, gk, tk.ss, (kt_hi - gs) * BN, S, masked_cols<D>(args.DQK));
+            load_tile_async<T, BN, D, NT>(sV + gs * BN * D, gv, tv.ss, (kt_hi - gs) * BN, S, masked_cols<D>(args.DV));
         }
     cp_async_commit();
 
@@ -379,8 +379,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             for (int gs = 0; gs < KS; ++gs)
                 if (knext - gs >= 0) {
                     const int sl = (buf ^ 1) * KS + gs;
-                    load_tile_async<T, BN, D, NT>(sK + sl * BN * D, gk, tk.ss, (knext - gs) * BN, S, args.DQK);
-                    load_tile_async<T, BN, D, NT>(sV + sl * BN * D, gv, tv.ss, (knext - gs) * BN, S, args.DV);
+                    load_tile_async<T, BN, D, NT>(sK + sl * BN * D, gk, tk.ss, (knext - gs) * BN, S, masked_cols<D>(args.DQK));
+                    load_tile_async<T, BN, D, NT>(sV + sl * BN * D, gv, tv.ss, (knext - gs) * BN, S, masked_cols<D>(args.DV));
                 }
             cp_async_commit();
             if (warp == GW) {
