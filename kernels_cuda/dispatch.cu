@@ -65,18 +65,18 @@ template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16
 
 } // namespace
 
-/* The f16/bf16 tensor-core class serving (dqk, dv) as they stand, 0 for none: D = dqk = dv, or the smallest D in
- * {64, 128, 256} holding both where both are multiples of 8 (masked columns: the loaders zero-fill the tiles beyond
+/* The f16/bf16 tensor-core class serving (dqk, dv) as they stand, 0 for none: D = dqk = dv, or D = 128 where the
+ * wider of the two lies in 65..128 and both are multiples of 8 (masked columns: the loaders zero-fill the tiles beyond
  * DQK / DV, the epilogues store only those columns; the zeros add nothing to q.k, and the output columns beyond DV
- * are never formed in memory) */
+ * are never formed in memory). Only the D = 128 class masks (tile_config.h MASKED_COLS_CLASS). */
 int masked_class(int64_t dqk, int64_t dv)
 {
     if (dqk == dv && dim_index(dqk) >= 0) return (int)dqk;
     if (dqk % 8 != 0 || dv % 8 != 0) return 0;
     const int64_t w = dqk > dv ? dqk : dv;
     const int D = w <= 64 ? 64 : w <= 128 ? 128 : w <= 256 ? 256 : 0;
-    /* wider classes compile the masks out (tile_config.h): their narrower heads take the staged path (head_dims.cu) */
-    return D <= MASKED_COLS_MAX_D ? D : 0;
+    /* the other classes compile the masks out (tile_config.h): their narrower heads take the staged path (head_dims.cu) */
+    return D == MASKED_COLS_CLASS ? D : 0;
 }
 
 } // namespace mlstm

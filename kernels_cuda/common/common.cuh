@@ -14,16 +14,16 @@
 namespace mlstm {
 
 /* The column count a tile of class D loads or stores for a tensor of `cols` columns: cols where the class masks
- * columns (tile_config.h MASKED_COLS_MAX_D), else D itself (a compile-time constant: the masks vanish). */
+ * columns (tile_config.h MASKED_COLS_CLASS), else D itself (a compile-time constant: the masks vanish). */
 template <int D> __device__ __forceinline__ int64_t masked_cols(int64_t cols)
 {
-    return D <= MASKED_COLS_MAX_D ? cols : (int64_t)D;
+    return D == MASKED_COLS_CLASS ? cols : (int64_t)D;
 }
 /* Whether column col of a class-D tile exists in a tensor of `cols` columns (always, at compile time, where the class
  * does not mask) */
 template <int D> __device__ __forceinline__ bool col_in(int64_t col, int64_t cols)
 {
-    return D > MASKED_COLS_MAX_D || col < cols;
+    return D != MASKED_COLS_CLASS || col < cols;
 }
 
 /* ---- kernel arguments ------------------------------------------------------------------------------ */
