@@ -64,6 +64,21 @@ int dim_index(int64_t d) { return d == 64 ? 0 : d == 128 ? 1 : d == 256 ? 2 : -1
 template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16>::value ? 1 : 0; }
 
 } // namespace
+
+/* The f16/bf16 tensor-core class serving (dqk, dv) as they stand, 0 for none: D = dqk = dv, or D = 128 where the
+ * wider of the two lies in 65..128 and both are multiples of 8 (masked columns: the loaders zero-fill the tiles beyond
+ * DQK / DV, the epilogues store only those columns; the zeros add nothing to q.k, and the output columns beyond DV
+ * are never formed in memory). Only the D = 128 class masks (tile_config.h MASKED_COLS_CLASS). */
+int masked_class(int64_t dqk, int64_t dv)
+{
+    if (dqk == dv && dim_index(dqk) >= 0) return (int)dqk;
+    if (dqk % 8 != 0 || dv % 8 != 0) return 0;
+    const int64_t w = dqk > dv ? dqk : dv;
+    const int D = w <= 64 ? 64 : w <= 128 ? 128 : w <= 256 ? 256 : 0;
+    /* the other classes compile the masks out (tile_config.h): their narrower heads take the staged path (head_dims.cu) */
+    return D == MASKED_COLS_CLASS ? D : 0;
+}
+
 } // namespace mlstm
 
 using namespace mlstm;
@@ -168,8 +183,10 @@ template <int D> bool wgmma_split_ok(const Dispatch &ds, const KArgs &a, int t)
     if (!ds.wgs_ok[t][dim_index(D)]) return false;
     if (TileCfg<D>::FwdWgK::CL > 1) { /* the cluster variant loads K/V through TMA */
         cuuint64_t dims[4], strides[3];
-        if (!ds.tma_ok || !tma_shape(a.t[MLSTM_TENSOR_K], a, D, dims, strides) ||
-            !tma_shape(a.t[MLSTM_TENSOR_V], a, D, dims, strides))
+        /* masked columns: the maps span DQK / DV columns; at least one whole 64-column box each (narrower heads
+         * take the cp.async variants) */
+        if (!ds.tma_ok || a.DQK < 64 || a.DV < 64 || !tma_shape(a.t[MLSTM_TENSOR_K], a, a.DQK, dims, strides) ||
+            !tma_shape(a.t[MLSTM_TENSOR_V], a, a.DV, dims, strides))
             return false;
     }
     return true;
@@ -202,11 +219,11 @@ int tc32_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool bac
 int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backward)
 {
     if (p->dtype != MLSTM_DTYPE_F16 && p->dtype != MLSTM_DTYPE_BF16) return 0;
-    if (p->dqk != p->dv) return 0;
-    const int di = dim_index(p->dqk);
+    const int D = masked_class(p->dqk, p->dv);
+    const int di = dim_index(D);
     if (di < 0 || !ds.tc_ok[backward ? 1 : 0][p->dtype == MLSTM_DTYPE_BF16 ? 1 : 0][di]) return 0;
     if (!tc_aligned(a, backward)) return 0;
-    return (int)p->dqk;
+    return D;
 }
 
 /* A pinned variant whose instance exists for the call's class but was refused at setup (or, for the cluster split,

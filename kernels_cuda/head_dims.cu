@@ -129,10 +129,26 @@ bool rows16(const Cols &c, size_t esz)
     return ((uintptr_t)c.p & 15) == 0 && ((c.sb | c.sh | c.ss) & m) == 0;
 }
 
-/* Whether the D columns from c0 of tensor x can be handed to the instance in place: they exist, rows 16-byte aligned */
+/* The widths of the slice calls' tensors: q, k (dq, dk) of DQK columns where the D instance serves them as they
+ * stand (f16/bf16 masked columns, dispatch.cu masked_class), else D (zero-padded staging); v, h, dh, dv of slice s
+ * (its w = min(D, DV - s D) columns) likewise */
+int64_t slice_dqk(const mlstm_params *p, int D)
+{
+    return p->dtype != MLSTM_DTYPE_F32 && p->dqk < D && masked_class(p->dqk, D) == D ? p->dqk : D;
+}
+int64_t slice_dv(const mlstm_params *p, int64_t c0, int D)
+{
+    const int64_t w = p->dv - c0 < D ? p->dv - c0 : D;
+    return p->dtype != MLSTM_DTYPE_F32 && w < D && masked_class(slice_dqk(p, D), w) == D ? w : D;
+}
+
+/* Whether the columns from c0 of tensor x (width columns) that the slice call of class D reads or writes (slice_dqk
+ * or slice_dv of them) can be handed to it in place: they exist and the rows are 16-byte aligned */
 bool in_place(const mlstm_params *p, int x, int64_t c0, int64_t width, int D)
 {
-    return c0 + D <= width && rows16(cols_of(p, x, c0), dtype_bytes(p->dtype));
+    const bool qk = x == MLSTM_TENSOR_Q || x == MLSTM_TENSOR_K || x == MLSTM_TENSOR_DQ || x == MLSTM_TENSOR_DK;
+    const int64_t need = qk ? slice_dqk(p, D) : slice_dv(p, c0, D);
+    return c0 + need <= width && rows16(cols_of(p, x, c0), dtype_bytes(p->dtype));
 }
 
 /* 16-byte units where every row start of both tensors and both column counts allow them */
@@ -268,10 +284,12 @@ int unstage(const mlstm_params *p, const mlstm_params &ps, int x, int64_t c0, in
     return 0;
 }
 
+/* The slice calls' params: q, k of slice_dqk columns; v, h, dh, dv set per slice (slice_dv) */
 mlstm_params slice_params(const mlstm_params *p, const HeadDimPlan &hp)
 {
     mlstm_params ps = *p;
-    ps.dqk = ps.dv = hp.D;
+    ps.dqk = slice_dqk(p, hp.D);
+    ps.dv = hp.D;
     return ps;
 }
 
@@ -328,6 +346,7 @@ int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, D, st, fail))) return e;
     for (int s = 0; s < hp.nslice; ++s) {
         const int64_t c0 = (int64_t)s * D;
+        ps.dv = slice_dv(p, c0, D);
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, D, st, fail))) return e;
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, false, D, st, fail))) return e;
         if ((e = direct_fwd(ds, &ps, st, s == 0 ? tr : nullptr, fail))) return e; /* each slice writes the same m and n */
@@ -349,6 +368,7 @@ int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, D, st, fail))) return e;
     for (int s = 0; s < ns; ++s) {
         const int64_t c0 = (int64_t)s * D;
+        ps.dv = slice_dv(p, c0, D);
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, D, st, fail))) return e;
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DH, c0, p->dv, g.dh, true, D, st, fail))) return e;
         if (exact && (e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, true, D, st, fail))) return e;

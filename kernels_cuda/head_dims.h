@@ -23,9 +23,12 @@
 
 namespace mlstm {
 
-/* dispatch.cu: whether the tensor-core path (f16/bf16, or f32 tensor cores) serves p as it stands (DQK = DV = 64,
- * 128 or 256, 16-byte aligned rows, the instance accepted at setup), and the direct launches (that path or SIMT) */
+/* dispatch.cu: whether the tensor-core path serves p as it stands (16-byte aligned rows, the instance accepted at
+ * setup, and f32: DQK = DV = 64, 128 or 256; f16/bf16: that, or DQK and DV multiples of 8 up to 256, masked columns),
+ * and the direct launches (that path or SIMT) */
 bool direct_tc(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward);
+/* dispatch.cu: the f16/bf16 tensor-core class D serving (dqk, dv) as they stand (masked columns), 0 for none */
+int masked_class(int64_t dqk, int64_t dv);
 int direct_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
                mlstm_cuda_fail *fail);
 int direct_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,

@@ -43,7 +43,8 @@ void mlstm_cuda_kernels_release(mlstm_cuda_dispatch *ds);
 /* The registry of kernel variants: name i (1, 2, ...), NULL past the last. */
 const char *mlstm_cuda_kernels_variant_name(int i);
 /* Device workspace bytes the call of p needs (0 for most calls): head dims that no instance serves as they stand
- * (DQK != DV, dims other than 64/128/256, rows not 16-byte aligned) run on a tensor-core instance through padded and
+ * (f16/bf16 column counts that are not multiples of 8, f32 heads other than DQK = DV in 64/128/256, DV above 256
+ * (slices, the backward's dq / dk sums), rows not 16-byte aligned) run on a tensor-core instance through padded and
  * sliced copies staged there (kernels_cuda/head_dims.cu). */
 size_t mlstm_cuda_kernels_workspace_size(const mlstm_cuda_dispatch *ds, const mlstm_params *p, int backward);
 /* Enqueues the forward / backward of p on stream (a cudaStream_t), with ws (ws_bytes, at least

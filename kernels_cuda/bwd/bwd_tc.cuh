@@ -235,7 +235,7 @@ __device__ __forceinline__ void dkdv_element(float (&st)[BMQ / 8][4], float (&dp
  * residual r_j = di'_j - di_j, with di'_j the same sum over the T-rounded P of the dK product: k_j . dk_j from the f32
  * accumulator (kval(row, col) gives k at (row, col), (row, col + 1) of the tile) or, RD_PS, from the partial sums
  * di_rd. r_j goes into dq[j][0..1] as one f32 (the dQ kernel reads it before it writes that row, dq_epilogue). */
-template <typename T, int DOUT, bool GUARD, bool RD_PS, typename KVal>
+template <typename T, int D, int DOUT, bool GUARD, bool RD_PS, typename KVal>
 __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t ks, int wk0, int c0,
                                               bool write_di, const float (&adk)[DOUT / 8][4],
                                               const float (&adv)[DOUT / 8][4], const float (&esc)[2],
@@ -273,10 +273,13 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
             T *rv = gdv + j * tdv.ss + c0;
 #pragma unroll
             for (int n = 0; n < DOUT / 8; ++n) {
-                *reinterpret_cast<uint32_t *>(rk + n * 8 + 2 * q4) =
-                    pack2<T>(adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
-                *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
-                    pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
+                const int col = c0 + n * 8 + 2 * q4; /* DQK, DV <= D, multiples of 8 (masked columns) */
+                if (col_in<D>(col, args.DQK))
+                    *reinterpret_cast<uint32_t *>(rk + n * 8 + 2 * q4) =
+                        pack2<T>(adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
+                if (col_in<D>(col, args.DV))
+                    *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
+                        pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
             }
             if (q4 == 0 && write_di) {
                 gdi[j * tdi.ss] = di;
@@ -357,10 +360,10 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ; /* == first query tile touching the key tile (BNK % BMQ == 0) */
 
-    load_tile_async<T, BNK, D, NT>(sK, gk, tk.ss, ks, S);
-    load_tile_async<T, BNK, D, NT>(sV, gv, tv.ss, ks, S);
-    load_tile_async<T, BMQ, D, NT>(sQ, gq, tq.ss, qt0 * BMQ, S);
-    load_tile_async<T, BMQ, D, NT>(sH, gdh, tdh.ss, qt0 * BMQ, S);
+    load_tile_async<T, BNK, D, NT>(sK, gk, tk.ss, ks, S, masked_cols<D>(args.DQK));
+    load_tile_async<T, BNK, D, NT>(sV, gv, tv.ss, ks, S, masked_cols<D>(args.DV));
+    load_tile_async<T, BMQ, D, NT>(sQ, gq, tq.ss, qt0 * BMQ, S, masked_cols<D>(args.DQK));
+    load_tile_async<T, BMQ, D, NT>(sH, gdh, tdh.ss, qt0 * BMQ, S, masked_cols<D>(args.DV));
     cp_async_commit();
 
     /* key gates (see bwd_row_a / bwd_col_b): every warp scans the aligned 64-block holding its 16 keys and keeps
@@ -395,8 +398,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
         __syncthreads();
         const int64_t qs = qt * BMQ;
         if (qt + 1 < nqt) {
-            load_tile_async<T, BMQ, D, NT>(sQ + (buf ^ 1) * BMQ * D, gq, tq.ss, qs + BMQ, S);
-            load_tile_async<T, BMQ, D, NT>(sH + (buf ^ 1) * BMQ * D, gdh, tdh.ss, qs + BMQ, S);
+            load_tile_async<T, BMQ, D, NT>(sQ + (buf ^ 1) * BMQ * D, gq, tq.ss, qs + BMQ, S, masked_cols<D>(args.DQK));
+            load_tile_async<T, BMQ, D, NT>(sH + (buf ^ 1) * BMQ * D, gdh, tdh.ss, qs + BMQ, S, masked_cols<D>(args.DV));
             cp_async_commit();
             if (warp == 0) qg.load(qs + BMQ);
         }
@@ -579,7 +582,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
         if (qt + 1 < nqt && warp == 0) qg.finish(qs + BMQ, sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1) * NKB);
     }
 
-    dkdv_epilogue<T, DOUT, GUARD, Cfg::SPLIT>(args, b, hh, ks, wk0, c0, (PAIR ? role : dc) == 0, adk, adv, esc, di_ex, di_rd,
+    dkdv_epilogue<T, D, DOUT, GUARD, Cfg::SPLIT>(args, b, hh, ks, wk0, c0, (PAIR ? role : dc) == 0, adk, adv, esc, di_ex, di_rd,
                                              [&](int kr, int col) {
                                                  const T *kp = sK + swz<D>(kr, col);
                                                  return make_float2(to_f32(kp[0]), to_f32(kp[1]));
@@ -696,7 +699,7 @@ __device__ __forceinline__ void dq_epilogue(const KArgs &args, int64_t b, int64_
         for (int n = 0; n < D / 8; ++n) {
             const int col = n * 8 + 2 * q4;
             const float x0 = adq[n][rr * 2] * osc, x1 = adq[n][rr * 2 + 1] * osc;
-            if (ok) {
+            if (ok && col_in<D>(col, args.DQK)) { /* DQK <= D, a multiple of 8 (masked columns) */
                 qd += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1;
                 *reinterpret_cast<uint32_t *>(row + col) = pack2<T>(x0, x1);
             }
@@ -749,9 +752,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     constexpr int GW = NW - 1;
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
 
-    load_tile_async<T, BM, D, NT>(sH, gdh, tdh.ss, qs, S);
-    load_tile_async<T, BN, D, NT>(sK, gk, tk.ss, kt_hi * BN, S);
-    load_tile_async<T, BN, D, NT>(sV, gv, tv.ss, kt_hi * BN, S);
+    load_tile_async<T, BM, D, NT>(sH, gdh, tdh.ss, qs, S, masked_cols<D>(args.DV));
+    load_tile_async<T, BN, D, NT>(sK, gk, tk.ss, kt_hi * BN, S, masked_cols<D>(args.DQK));
+    load_tile_async<T, BN, D, NT>(sV, gv, tv.ss, kt_hi * BN, S, masked_cols<D>(args.DV));
     cp_async_commit();
 
     if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
@@ -790,8 +793,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
         const int64_t ks = kt * BN;
         if (kt > 0) {
             const int64_t kn = (kt - 1) * BN;
-            load_tile_async<T, BN, D, NT>(sK + (buf ^ 1) * BN * D, gk, tk.ss, kn, S);
-            load_tile_async<T, BN, D, NT>(sV + (buf ^ 1) * BN * D, gv, tv.ss, kn, S);
+            load_tile_async<T, BN, D, NT>(sK + (buf ^ 1) * BN * D, gk, tk.ss, kn, S, masked_cols<D>(args.DQK));
+            load_tile_async<T, BN, D, NT>(sV + (buf ^ 1) * BN * D, gv, tv.ss, kn, S, masked_cols<D>(args.DV));
             cp_async_commit();
             if (warp == GW) gnext.load(gf, tf.ss, gi, ti.ss, kn & ~(int64_t)63, S);
         }

@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
-            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - KS * it, gk, tk.ss, gv, tv.ss, S, pt);
+            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - KS * it, gk, tk.ss, gv, tv.ss, S, pt, masked_cols<D>(args.DQK), masked_cols<D>(args.DV));
             mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
         }
         cp_async_wait<0>(); /* no copy outlives its thread */
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
 
     /* ---- consumer warpgroups ---- */
     setmaxnreg_inc<Cfg::CONS_REGS>();
-    load_tile_sw128<T, BM, D, 256>(aH, gdh, tdh.ss, qs, S);
+    load_tile_sw128<T, BM, D, 256>(aH, gdh, tdh.ss, qs, S, (int)threadIdx.x, masked_cols<D>(args.DV));
     cp_async_commit();
     if ((warp & 3) == 0 && (KS == 1 || wgi == 0)) /* the 64-block local cumsum of each consumer's query rows */
         store_tile_cumsum<64>(gf, tf.ss, qs + (KS > 1 ? 0 : 64 * wgi), S, sFq + (KS > 1 ? 0 : 64 * wgi));
@@ -340,10 +340,10 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ;
 
-    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S);
-    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S);
-    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S);
-    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S);
+    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
+    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S, (int)threadIdx.x, masked_cols<D>(args.DV));
+    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
+    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DV));
     cp_async_commit();
 
     float gkn[2];
@@ -367,8 +367,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
         __syncthreads();
         const int64_t qs = qt * BMQ;
         if (qt + 1 < nqt) {
-            load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S);
-            load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S);
+            load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
+            load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DV));
             cp_async_commit();
         }
         gp.early(qt);
@@ -444,7 +444,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
         gp.late(qt, buf);
     }
 
-    tc::dkdv_epilogue<T, D, GUARD, false>(args, b, hh, ks, wk0, 0, true, adk, adv, esc, di_ex, di_rd, [&](int kr, int col) {
+    tc::dkdv_epilogue<T, D, D, GUARD, false>(args, b, hh, ks, wk0, 0, true, adk, adv, esc, di_ex, di_rd, [&](int kr, int col) {
         const T *kp = reinterpret_cast<const T *>(smem + Cfg::K_OFF + sw128_off<BNK>(kr, col));
         return make_float2(to_f32(kp[0]), to_f32(kp[1]));
     });
@@ -512,10 +512,10 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ;
 
-    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S);
-    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S);
-    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S);
-    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S);
+    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
+    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S, (int)threadIdx.x, masked_cols<D>(args.DV));
+    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
+    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DV));
     cp_async_commit();
 
     float gkn[2];
@@ -542,8 +542,8 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         __syncthreads();
         const int64_t qs = qt * BMQ;
         if (qt + 1 < nqt) {
-            load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S);
-            load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S);
+            load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
+            load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DV));
             cp_async_commit();
         }
         gp.early(qt);
@@ -674,7 +674,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         di_ex[0] = xm[256 + tid];
         di_ex[1] = xm[384 + tid];
     }
-    tc::dkdv_epilogue<T, DOUT, GUARD, true>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
+    tc::dkdv_epilogue<T, D, DOUT, GUARD, true>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
                                              [](int, int) { return make_float2(0.0f, 0.0f); });
 #endif
 }

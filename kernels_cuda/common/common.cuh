@@ -9,8 +9,22 @@
 #include <stdint.h>
 
 #include "params.h"
+#include "common/tile_config.h"
 
 namespace mlstm {
+
+/* The column count a tile of class D loads or stores for a tensor of `cols` columns: cols where the class masks
+ * columns (tile_config.h MASKED_COLS_CLASS), else D itself (a compile-time constant: the masks vanish). */
+template <int D> __device__ __forceinline__ int64_t masked_cols(int64_t cols)
+{
+    return D == MASKED_COLS_CLASS ? cols : (int64_t)D;
+}
+/* Whether column col of a class-D tile exists in a tensor of `cols` columns (always, at compile time, where the class
+ * does not mask) */
+template <int D> __device__ __forceinline__ bool col_in(int64_t col, int64_t cols)
+{
+    return D != MASKED_COLS_CLASS || col < cols;
+}
 
 /* ---- kernel arguments ------------------------------------------------------------------------------ */
 

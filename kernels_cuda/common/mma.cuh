@@ -30,17 +30,18 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool va
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-/* Loads rows [r0, r0+R) of a (rows x D) global matrix (row stride ld elements, 16-byte aligned rows) into a
- * swizzled smem tile of R rows; rows >= nrows are zero-filled. All NT threads take part. */
+/* Loads rows [r0, r0+R) of a (rows x cols) global matrix (row stride ld elements, 16-byte aligned rows, cols <= D a
+ * multiple of 8) into a swizzled smem tile of R rows x D columns; rows >= nrows and columns >= cols are zero-filled.
+ * All NT threads take part. */
 template <typename T, int R, int D, int NT>
 __device__ __forceinline__ void load_tile_async(T *sm, const T *__restrict__ g, int64_t ld, int64_t r0,
-                                                int64_t nrows)
+                                                int64_t nrows, int64_t cols = D)
 {
     constexpr int CH = D / 8;    /* 16-byte chunks per row */
     constexpr int RPP = NT / CH; /* rows per pass: each thread keeps one column chunk c of rows rr + RPP j */
     static_assert(NT % CH == 0 && R % RPP == 0, "whole passes of NT / CH rows");
     const int c = (int)threadIdx.x % CH, rr = (int)threadIdx.x / CH;
-    const int64_t left = nrows - r0 - rr; /* row rr + RPP j exists iff RPP j < left */
+    const int64_t left = cols > c * 8 ? nrows - r0 - rr : 0; /* row rr + RPP j exists iff RPP j < left */
     const T *p = g + (left > 0 ? r0 + rr : 0) * ld + c * 8; /* advances by adds */
 #pragma unroll
     for (int j = 0; j < R / RPP; ++j) {

@@ -21,6 +21,13 @@ template <int NW_, int BMQ_, int DOUT_, bool PAIR_ = false> struct DkdvTile {
 };
 template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = BN_; };
 
+/* Masked columns (f16/bf16 heads narrower than their class D, DQK and DV multiples of 8: zero-filled loads,
+ * predicated stores) exist for the D = 128 class only. The other classes compile the masks out: with them, aligned
+ * heads ran slower in the same-call A/B on an H100 (D = 64 forward +6%, D = 256 forward and backward +2-5%; D = 128
+ * within 2%: bench/RESULTS.md 2026-12-06, eleventh session), and their narrower heads keep the staged copies
+ * (kernels_cuda/head_dims.cu). */
+constexpr int MASKED_COLS_CLASS = 128;
+
 /* D = 64: small accumulators, so each warp takes 32 query rows (MT = 2) and shares every K/V fragment
  * between two m16 tiles (halves shared-memory traffic per MMA). 48 KB smem: several CTAs per SM. */
 #ifndef MLSTM_TC64_FWD

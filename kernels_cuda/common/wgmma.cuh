@@ -27,11 +27,12 @@ __device__ __forceinline__ uint32_t sw128_off(int r, int c)
     return (uint32_t)((c >> 6) * R * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4) + (c & 7) * 2);
 }
 
-/* Rows [r0, r0+R) of a (rows x D) global matrix (row stride ld elements, 16-byte aligned rows) into an R-row
- * swizzled tile; rows >= nrows are zero-filled. NT threads take part (tid: 0..NT-1). */
+/* Rows [r0, r0+R) of a (rows x cols) global matrix (row stride ld elements, 16-byte aligned rows, cols <= D a
+ * multiple of 8) into an R-row x D-column swizzled tile; rows >= nrows and columns >= cols are zero-filled. NT threads
+ * take part (tid: 0..NT-1). */
 template <typename T, int R, int D, int NT>
 __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restrict__ g, int64_t ld, int64_t r0,
-                                                int64_t nrows, int tid = (int)threadIdx.x)
+                                                int64_t nrows, int tid = (int)threadIdx.x, int64_t cols = D)
 {
     constexpr int RPP = NT / 8; /* rows per pass: every thread keeps one 16-byte column of a 64-column block */
     static_assert(NT % 64 == 0 && R % RPP == 0, "whole passes of NT / 8 rows");
@@ -43,9 +44,10 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restri
 #pragma unroll
     for (int cb = 0; cb < D / 64; ++cb) {
         const T *p = row + cb * 64;
+        const bool col_ok = cb * 64 + c8 * 8 < cols;
 #pragma unroll
         for (int j = 0; j < R / RPP; ++j) {
-            const bool ok = (int64_t)j * RPP < left;
+            const bool ok = col_ok && (int64_t)j * RPP < left;
             cp_async16(d0 + (uint32_t)(cb * R * 128 + j * RPP * 128), ok ? p : g, ok);
             p += (int64_t)RPP * ld;
         }
@@ -53,18 +55,20 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t tile, const T *__restri
 }
 
 /* A warp-specialised kernel's producer copies one stage: key tiles kt0, kt0 - 1, ..., kt0 - KS + 1 (none below 0) of
- * K and V into slots stage * KS + gs (tiles of BN rows, kv_bytes each); the 128 producer threads (pt) take part. */
+ * K and V (k_cols / v_cols of their columns, the rest zero) into slots stage * KS + gs (tiles of BN rows, kv_bytes
+ * each); the 128 producer threads (pt) take part. */
 template <typename T, int BN, int D, int KS>
 __device__ __forceinline__ void ws_copy_stage(uint32_t aK, uint32_t aV, int kv_bytes, int stage, int64_t kt0,
-                                              const T *gk, int64_t k_ss, const T *gv, int64_t v_ss, int64_t S, int pt)
+                                              const T *gk, int64_t k_ss, const T *gv, int64_t v_ss, int64_t S, int pt,
+                                              int64_t k_cols = D, int64_t v_cols = D)
 {
 #pragma unroll
     for (int gs = 0; gs < KS; ++gs) {
         const int64_t kt = kt0 - gs;
         if (kt >= 0) {
             const int sl = stage * KS + gs;
-            load_tile_sw128<T, BN, D, 128>(aK + sl * kv_bytes, gk, k_ss, kt * BN, S, pt);
-            load_tile_sw128<T, BN, D, 128>(aV + sl * kv_bytes, gv, v_ss, kt * BN, S, pt);
+            load_tile_sw128<T, BN, D, 128>(aK + sl * kv_bytes, gk, k_ss, kt * BN, S, pt, k_cols);
+            load_tile_sw128<T, BN, D, 128>(aV + sl * kv_bytes, gv, v_ss, kt * BN, S, pt, v_cols);
         }
     }
 }

@@ -155,7 +155,8 @@ __device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32
     for (int e = 0; e < E; ++e) ex[lane * E + e] = fast_exp2(gv[e] * MLSTM_LOG2E - x2);
 }
 
-/* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h, m, n. */
+/* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h (its first args.DV <= D columns), m,
+ * n. */
 template <typename T, int MT, int D, bool GUARD>
 __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
                                              const float (&o)[MT][D / 8][4], const float (&mrun)[MT][2],
@@ -178,8 +179,9 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
                 T *row = gh + t * th.ss;
 #pragma unroll
                 for (int n = 0; n < D / 8; ++n)
-                    *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * q4) =
-                        pack2<T>(o[mt][n][rr * 2] * inv, o[mt][n][rr * 2 + 1] * inv);
+                    if (col_in<D>(n * 8 + 2 * q4, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
+                        *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * q4) =
+                            pack2<T>(o[mt][n][rr * 2] * inv, o[mt][n][rr * 2 + 1] * inv);
                 if (q4 == 0) {
                     gm[t * tm.ss] = m;
                     gn[t * tn.ss] = nsig;
@@ -310,12 +312,12 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
 
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
 
-    load_tile_async<T, BM, D, NT>(sQ, gq, tq.ss, qs, S);
+    load_tile_async<T, BM, D, NT>(sQ, gq, tq.ss, qs, S, masked_cols<D>(args.DQK));
 #pragma unroll
     for (int gs = 0; gs < KS; ++gs)
         if (kt_hi - gs >= 0) {
-            load_tile_async<T, BN, D, NT>(sK + gs * BN * D, gk, tk.ss, (kt_hi - gs) * BN, S);
-            load_tile_async<T, BN, D, NT>(sV + gs * BN * D, gv, tv.ss, (kt_hi - gs) * BN, S);
+            load_tile_async<T, BN, D, NT>(sK + gs * BN * D, gk, tk.ss, (kt_hi - gs) * BN, S, masked_cols<D>(args.DQK));
+            load_tile_async<T, BN, D, NT>(sV + gs * BN * D, gv, tv.ss, (kt_hi - gs) * BN, S, masked_cols<D>(args.DV));
         }
     cp_async_commit();
 
@@ -377,8 +379,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             for (int gs = 0; gs < KS; ++gs)
                 if (knext - gs >= 0) {
                     const int sl = (buf ^ 1) * KS + gs;
-                    load_tile_async<T, BN, D, NT>(sK + sl * BN * D, gk, tk.ss, (knext - gs) * BN, S);
-                    load_tile_async<T, BN, D, NT>(sV + sl * BN * D, gv, tv.ss, (knext - gs) * BN, S);
+                    load_tile_async<T, BN, D, NT>(sK + sl * BN * D, gk, tk.ss, (knext - gs) * BN, S, masked_cols<D>(args.DQK));
+                    load_tile_async<T, BN, D, NT>(sV + sl * BN * D, gv, tv.ss, (knext - gs) * BN, S, masked_cols<D>(args.DV));
                 }
             cp_async_commit();
             if (warp == GW) {

@@ -93,7 +93,8 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
     for (int i = (int)threadIdx.x & 127; i < 64 * U; i += 128) {
         const int r = i / U, c = i % U;
         const int64_t t = qs + r0 + r;
-        if (t < S) *reinterpret_cast<uint4 *>(gh + t * th.ss + c * 8) = *reinterpret_cast<const uint4 *>(stg + r * P + c * 16);
+        if (t < S && col_in<D>(c * 8, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
+            *reinterpret_cast<uint4 *>(gh + t * th.ss + c * 8) = *reinterpret_cast<const uint4 *>(stg + r * P + c * 16);
     }
 }
 
@@ -222,7 +223,7 @@ __global__ void __launch_bounds__(384, 1)
             }
             if constexpr (!TMA) { /* (issued before the gates, racecheck reported a hazard on sA in the D = 64 key split) */
                 ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * NG - g0, gk, tk.ss, gv, tv.ss,
-                                            S, pt);
+                                            S, pt, masked_cols<D>(args.DQK), masked_cols<D>(args.DV));
                 mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
             }
         }
@@ -238,7 +239,7 @@ __global__ void __launch_bounds__(384, 1)
 
     /* ---- consumer warpgroups ---- */
     setmaxnreg_inc<Cfg::CONS_REGS>();
-    load_tile_sw128<T, BM, D, 256>(aQ, gq, tq.ss, qs, S);
+    load_tile_sw128<T, BM, D, 256>(aQ, gq, tq.ss, qs, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
     cp_async_commit();
     if (warp == 0) { /* query-tile local cumsum, for the producer's scan warps (barrier 3) and, after their first
                       * full-stage wait, the consumers */
