@@ -1,7 +1,8 @@
 /* numerics_check: the tensor-core numerical edges of issues 13, 14 and 17 on training-sized grids, against the
  * float64 reference of tests/ref (through tests/util): f16/bf16 exact-mode gradients at D = 64/128/256 on grids larger
  * than a GPU's SM count, di from the f32 tiles (normalizer-detached, so that no storage-rounded h enters), closed input
- * gates (di, df must not flush to zero), and huge gates (no NaN; +-inf only where the exact value does not fit f16).
+ * gates (di, df must not flush to zero), and huge gates (no NaN; +-inf only where the exact value does not fit f16, or
+ * lies within the rounding bound of the f16 P tile of it: huge_violations).
  * Prints the relative L2 error of every output and exits 1 when one misses its bound (0: all pass, 77: no device).
  * Usage: numerics_check [substring of the case names to run]; the backend comes from MLSTM_BACKEND as everywhere. */
 #include <math.h>
@@ -76,25 +77,43 @@ static double gauss(uint64_t *s)
     return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
 }
 
-/* huge gates: counts NaN, and infinities whose reference fits f16 (|ref| < 65520 rounds to a finite f16) or has the
- * other sign, and finite values whose reference does not fit; returns the number of such entries */
-static size_t huge_violations(const char *name, const double *x, const double *r, size_t n)
+/* huge gates: counts NaN, infinities of the wrong sign, finite values whose reference does not fit f16, and
+ * infinities whose reference fits (|ref| < 65520 rounds to a finite f16). Such an infinity is the problem's
+ * conditioning, not a defect, where rounding the f16 P tile can carry the result over the threshold: every term
+ * of dq, dk has its P_tj rounded once to f16 (relative error <= 2^-11; the range guard keeps the tiles normal), so
+ * |computed - exact| <= 2^-11 mag to first order (mag: the sum of the terms' absolute values, from the float64
+ * reference; the f32 accumulation adds ~2^-24 mag). Infinities beyond that bound count as violations; mag NULL
+ * (dv, whose C tile is rounded the same way and showed no such entry) counts every one. Returns the violations. */
+static size_t huge_violations(const char *name, const double *x, const double *r, const double *mag, size_t n)
 {
-    size_t nan = 0, bad_inf = 0, bad_fin = 0, inf_ok = 0;
+    const double U = ldexp(1.0, -11) + ldexp(1.0, -20);
+    size_t nan = 0, wrong_sign = 0, bad_fin = 0, inf_ok = 0, inf_fit_bound = 0, inf_fit_beyond = 0;
+    double worst = 0.0; /* largest (65520 - |exact|) / (U mag) among the infinities where it fits */
     for (size_t k = 0; k < n; k++) {
         if (isnan(x[k]))
             nan++;
         else if (isinf(x[k])) {
-            if (fabs(r[k]) >= 65520.0 && (x[k] > 0) == (r[k] > 0))
+            if ((x[k] > 0) != (r[k] > 0))
+                wrong_sign++;
+            else if (fabs(r[k]) >= 65520.0)
                 inf_ok++;
-            else
-                bad_inf++;
+            else {
+                const double need = mag ? (65520.0 - fabs(r[k])) / (U * mag[k]) : INFINITY;
+                worst = fmax(worst, need);
+                if (need <= 1.0)
+                    inf_fit_bound++;
+                else
+                    inf_fit_beyond++;
+            }
         } else if (fabs(r[k]) >= 65520.0 * 1.01)
             bad_fin++;
     }
-    printf("    %-3s NaN %zu, inf where the exact value overflows %zu, inf where it fits or of the wrong sign %zu, "
-           "finite where it overflows %zu\n", name, nan, inf_ok, bad_inf, bad_fin);
-    return nan + bad_inf + bad_fin;
+    printf("    %-3s NaN %zu, inf where the exact value overflows %zu, inf of the wrong sign %zu, finite where it "
+           "overflows %zu, inf where it fits: %zu within the P-rounding bound, %zu beyond it\n", name, nan, inf_ok,
+           wrong_sign, bad_fin, inf_fit_bound, inf_fit_beyond);
+    if (inf_fit_bound + inf_fit_beyond)
+        printf("        largest (65520 - |exact|) / (2^-11 mag) among them: %.3g (<= 1: within the bound)\n", worst);
+    return nan + wrong_sign + bad_fin + inf_fit_beyond;
 }
 
 int main(int argc, char **argv)
@@ -173,9 +192,14 @@ int main(int argc, char **argv)
         }
         if (k->kind == CK_HUGE) {
             size_t v = 0;
-            v += huge_violations("dq", dev.t[MC_OUT_DQ], ref.t[MC_OUT_DQ], mc_output_count(&c, MC_OUT_DQ));
-            v += huge_violations("dk", dev.t[MC_OUT_DK], ref.t[MC_OUT_DK], mc_output_count(&c, MC_OUT_DK));
-            v += huge_violations("dv", dev.t[MC_OUT_DV], ref.t[MC_OUT_DV], mc_output_count(&c, MC_OUT_DV));
+            mc_outputs mag;
+            mc_reference_magnitudes(&c, &in, c.grad_mode, &ref, &mag);
+            v += huge_violations("dq", dev.t[MC_OUT_DQ], ref.t[MC_OUT_DQ], mag.t[MC_OUT_DQ],
+                                 mc_output_count(&c, MC_OUT_DQ));
+            v += huge_violations("dk", dev.t[MC_OUT_DK], ref.t[MC_OUT_DK], mag.t[MC_OUT_DK],
+                                 mc_output_count(&c, MC_OUT_DK));
+            v += huge_violations("dv", dev.t[MC_OUT_DV], ref.t[MC_OUT_DV], NULL, mc_output_count(&c, MC_OUT_DV));
+            mc_outputs_free(&mag);
             for (int o = MC_OUT_DI; o <= MC_OUT_DF; o++) {
                 size_t nn = 0, n = mc_output_count(&c, o);
                 for (size_t x = 0; x < n; x++) nn += !isfinite(dev.t[o][x]);

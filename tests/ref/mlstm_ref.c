@@ -141,9 +141,10 @@ void mlstm_ref_fwd_fixed(const mlstm_ref_shape *s, const double *q, const double
     fwd_impl(s, q, k, v, i, f, m_fixed, n_fixed, h, NULL, n_out);
 }
 
-void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, const double *v,
-                   const double *i, const double *f, const double *h, const double *m, const double *n,
-                   const double *dh, double *dq, double *dk, double *dv, double *di, double *df)
+/* magnitudes: dq, dk get the sums of the terms' absolute values instead (the rest as always) */
+static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k, const double *v, const double *i,
+                     const double *f, const double *h, const double *m, const double *n, const double *dh, double *dq,
+                     double *dk, double *dv, double *di, double *df, int magnitudes)
 {
     const int64_t S = s->S, DQK = s->DQK, DV = s->DV;
     double *F = malloc((size_t)S * sizeof *F);
@@ -181,7 +182,7 @@ void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, c
                 (void)st;
                 const double *kj = kh + j * DQK;
                 for (int64_t d = 0; d < DQK; d++)
-                    dqt[d] += s->scale * p * kj[d];
+                    dqt[d] += magnitudes ? fabs(s->scale * p * kj[d]) : s->scale * p * kj[d];
             }
         }
         /* columns: dk_j = scale sum_{t>=j} P_tj q_t, dv_j = sum_t C_tj dh_t / (|n_t| + eps), di_j = sum_t P_tj S_tj */
@@ -195,7 +196,7 @@ void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, c
                 REF_P_AND_S(t, j, p, st);
                 const double *qt = qh + t * DQK, *dht = dhh + t * DV;
                 for (int64_t d = 0; d < DQK; d++)
-                    dkj[d] += s->scale * p * qt[d];
+                    dkj[d] += magnitudes ? fabs(s->scale * p * qt[d]) : s->scale * p * qt[d];
                 const double cw = st * dp_ * inv[t];
                 for (int64_t d = 0; d < DV; d++)
                     dvj[d] += cw * dht[d];
@@ -217,4 +218,18 @@ void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, c
     free(inv);
     free(delta);
     free(F);
+}
+
+void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, const double *v,
+                   const double *i, const double *f, const double *h, const double *m, const double *n,
+                   const double *dh, double *dq, double *dk, double *dv, double *di, double *df)
+{
+    bwd_impl(s, q, k, v, i, f, h, m, n, dh, dq, dk, dv, di, df, 0);
+}
+
+void mlstm_ref_bwd_magnitudes(const mlstm_ref_shape *s, const double *q, const double *k, const double *v,
+                              const double *i, const double *f, const double *h, const double *m, const double *n,
+                              const double *dh, double *dq_mag, double *dk_mag, double *dv, double *di, double *df)
+{
+    bwd_impl(s, q, k, v, i, f, h, m, n, dh, dq_mag, dk_mag, dv, di, df, 1);
 }

@@ -25,6 +25,13 @@ void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, c
                    const double *i, const double *f, const double *h, const double *m, const double *n,
                    const double *dh, double *dq, double *dk, double *dv, double *di, double *df);
 
+/* The same, but dq_mag, dk_mag get the sums of the absolute values of the terms of dq, dk (scale |P_tj| |k_j|,
+ * scale |P_tj| |q_t|): an elementwise bound on what rounding the P tile costs (a relative error e in every P_tj
+ * moves dq, dk by at most e times these). dv, di, df as in mlstm_ref_bwd. */
+void mlstm_ref_bwd_magnitudes(const mlstm_ref_shape *s, const double *q, const double *k, const double *v,
+                              const double *i, const double *f, const double *h, const double *m, const double *n,
+                              const double *dh, double *dq_mag, double *dk_mag, double *dv, double *di, double *df);
+
 /* Forward variant for finite-difference checks: the stabiliser m is taken from m_fixed (not recomputed);
  * if n_fixed is not NULL the normaliser is taken from it too (|n_fixed| + eps), which makes the forward the
  * function whose gradient the normalizer-detached mode computes. n_out (may be NULL) gets the signed n
