@@ -14,6 +14,9 @@ BWD_SMALL_DIMS = [64, 128, 256]  # must match TileCfg<D>::BWD_SMALL (dispatch.cu
 WG_DKDV_DIMS = [64, 128, 256]  # must match TileCfg<D>::DKDV_WG (dispatch.cu checks)
 TF32_DIMS = [64, 128, 256]  # f32 tensor-core forward and backward (fwd/fwd_tf32.cuh, bwd/bwd_tf32.cuh)
 WG_F32_DIMS = [64, 128]  # sm_90a f32 forward on split f16 wgmma (fwd/fwd_wgmma_f32.cuh)
+# classes whose sm_90a wgmma kernels also get masking instances of their own (heads narrower than D, common.cuh
+# masked_cols); the D = 128 instances mask in any case (tile_config.h MASKED_COLS_CLASS)
+WG_MASKED_DIMS = [256]
 TF32_MODES = {"3xtf32": 0, "tf32": 1}  # tc32::MODE_3XTF32 (default), MODE_TF32 (MLSTM_MATH_TF32)
 
 
@@ -51,6 +54,20 @@ def main():
                                    f"sm_90a warpgroup-MMA dK/dV kernel, D={d}, {t}.",
                                    f"MLSTM_INSTANTIATE_BWD_DKDV_WGMMA({TYPES[t]}, {d})\n",
                                    pre="#define MLSTM_INST_WGMMA 1\n"))
+            if d in WG_MASKED_DIMS:
+                wg = "#define MLSTM_INST_WGMMA 1\n"
+                files.append(write(f"mlstm_fwd_dh{d}_{t}_wgmma_masked.cu",
+                                   f"sm_90a warpgroup-MMA forward, D={d}, {t}, masked columns.",
+                                   f"MLSTM_INSTANTIATE_FWD_WGMMA_MASKED({TYPES[t]}, {d}, false)\n", pre=wg))
+                files.append(write(f"mlstm_fwd_dh{d}_{t}_wgmma_split_masked.cu",
+                                   f"sm_90a warpgroup-MMA forward, D={d}, {t}, key split, masked columns.",
+                                   f"MLSTM_INSTANTIATE_FWD_WGMMA_MASKED({TYPES[t]}, {d}, true)\n", pre=wg))
+                files.append(write(f"mlstm_bwd_dq_dh{d}_{t}_wgmma_masked.cu",
+                                   f"sm_90a warpgroup-MMA dQ kernel, D={d}, {t}, masked columns.",
+                                   f"MLSTM_INSTANTIATE_BWD_DQ_WGMMA_MASKED({TYPES[t]}, {d})\n", pre=wg))
+                files.append(write(f"mlstm_bwd_dkdv_dh{d}_{t}_wgmma_masked.cu",
+                                   f"sm_90a warpgroup-MMA dK/dV kernel, D={d}, {t}, masked columns.",
+                                   f"MLSTM_INSTANTIATE_BWD_DKDV_WGMMA_MASKED({TYPES[t]}, {d})\n", pre=wg))
             if d in BWD_SMALL_DIMS:
                 files.append(write(f"mlstm_bwd_dh{d}_{t}_small.cu",
                                    f"Tensor-core backward dK/dV, D={d}, {t}, "
