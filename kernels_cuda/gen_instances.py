@@ -55,19 +55,15 @@ def main():
                                    f"MLSTM_INSTANTIATE_BWD_DKDV_WGMMA({TYPES[t]}, {d})\n",
                                    pre="#define MLSTM_INST_WGMMA 1\n"))
             if d in WG_MASKED_DIMS:
-                wg = "#define MLSTM_INST_WGMMA 1\n"
-                files.append(write(f"mlstm_fwd_dh{d}_{t}_wgmma_masked.cu",
-                                   f"sm_90a warpgroup-MMA forward, D={d}, {t}, masked columns.",
-                                   f"MLSTM_INSTANTIATE_FWD_WGMMA_MASKED({TYPES[t]}, {d}, false)\n", pre=wg))
-                files.append(write(f"mlstm_fwd_dh{d}_{t}_wgmma_split_masked.cu",
-                                   f"sm_90a warpgroup-MMA forward, D={d}, {t}, key split, masked columns.",
-                                   f"MLSTM_INSTANTIATE_FWD_WGMMA_MASKED({TYPES[t]}, {d}, true)\n", pre=wg))
-                files.append(write(f"mlstm_bwd_dq_dh{d}_{t}_wgmma_masked.cu",
-                                   f"sm_90a warpgroup-MMA dQ kernel, D={d}, {t}, masked columns.",
-                                   f"MLSTM_INSTANTIATE_BWD_DQ_WGMMA_MASKED({TYPES[t]}, {d})\n", pre=wg))
-                files.append(write(f"mlstm_bwd_dkdv_dh{d}_{t}_wgmma_masked.cu",
-                                   f"sm_90a warpgroup-MMA dK/dV kernel, D={d}, {t}, masked columns.",
-                                   f"MLSTM_INSTANTIATE_BWD_DKDV_WGMMA_MASKED({TYPES[t]}, {d})\n", pre=wg))
+                for stem, what, macro in (
+                        ("fwd", "forward", f"FWD_WGMMA_MASKED({TYPES[t]}, {d}, false)"),
+                        ("fwd", "forward, key split", f"FWD_WGMMA_MASKED({TYPES[t]}, {d}, true)"),
+                        ("bwd_dq", "dQ kernel", f"BWD_DQ_WGMMA_MASKED({TYPES[t]}, {d})"),
+                        ("bwd_dkdv", "dK/dV kernel", f"BWD_DKDV_WGMMA_MASKED({TYPES[t]}, {d})")):
+                    split = "_split" if "split" in what else ""
+                    files.append(write(f"mlstm_{stem}_dh{d}_{t}_wgmma{split}_masked.cu",
+                                       f"sm_90a warpgroup-MMA {what}, D={d}, {t}, masked columns.",
+                                       f"MLSTM_INSTANTIATE_{macro}\n", pre="#define MLSTM_INST_WGMMA 1\n"))
             if d in BWD_SMALL_DIMS:
                 files.append(write(f"mlstm_bwd_dh{d}_{t}_small.cu",
                                    f"Tensor-core backward dK/dV, D={d}, {t}, "
