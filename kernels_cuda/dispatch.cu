@@ -65,20 +65,6 @@ template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16
 
 } // namespace
 
-/* The f16/bf16 tensor-core class serving (dqk, dv) as they stand, 0 for none: D = dqk = dv, or D = 128 where the
- * wider of the two lies in 65..128 and both are multiples of 8 (masked columns: the loaders zero-fill the tiles beyond
- * DQK / DV, the epilogues store only those columns; the zeros add nothing to q.k, and the output columns beyond DV
- * are never formed in memory). Only the D = 128 class masks (tile_config.h MASKED_COLS_CLASS). */
-int masked_class(int64_t dqk, int64_t dv)
-{
-    if (dqk == dv && dim_index(dqk) >= 0) return (int)dqk;
-    if (dqk % 8 != 0 || dv % 8 != 0) return 0;
-    const int64_t w = dqk > dv ? dqk : dv;
-    const int D = w <= 64 ? 64 : w <= 128 ? 128 : w <= 256 ? 256 : 0;
-    /* the other classes compile the masks out (tile_config.h): their narrower heads take the staged path (head_dims.cu) */
-    return D == MASKED_COLS_CLASS ? D : 0;
-}
-
 } // namespace mlstm
 
 using namespace mlstm;
@@ -123,6 +109,7 @@ struct mlstm_cuda_dispatch {
     bool tc_split_ok[2][3];    /* the key-split forward */
     bool wg_ok[2][3], wgs_ok[2][3], wgq_ok[2][3], wgk_ok[2][3]; /* wgmma forward, its split, dQ, dK/dV */
     bool wgf_ok[2], wgfb_ok[2];                                 /* f32 split-f16 wgmma forward / backward, D 64/128 */
+    bool wgm_ok[2], wgsm_ok[2], wgqm_ok[2], wgkm_ok[2]; /* the masking D = 256 wgmma instances: forward, split, dQ, dK/dV */
     bool tc32_ok[2][2][3];                                      /* [backward][mode][d] */
     Variant force[ROLE_COUNT][2]; /* tests: MLSTM_CUDA_FORCE per role and storage (16-bit, f32); V_AUTO: dispatch chooses */
 };
@@ -132,19 +119,40 @@ namespace mlstm {
 namespace {
 
 /* The trace of a call: the names of the instances it enqueued, "+"-joined */
-void trace_add(mlstm_cuda_trace *tr, const char *name, int dtype, int64_t D)
+void trace_add(mlstm_cuda_trace *tr, const char *name, int dtype, int64_t D, bool masking = false)
 {
     if (!tr) return;
     const size_t n = strlen(tr->kernels);
     if (n + 1 >= sizeof tr->kernels) return;
-    snprintf(tr->kernels + n, sizeof tr->kernels - n, "%s%s.%s.d%lld", n ? "+" : "", name,
-             dtype == MLSTM_DTYPE_F32 ? "f32" : dtype == MLSTM_DTYPE_F16 ? "f16" : "bf16", (long long)D);
+    /* "m": the separately compiled masking instance of a class that does not mask by default (D = 256) */
+    snprintf(tr->kernels + n, sizeof tr->kernels - n, "%s%s.%s.d%lld%s", n ? "+" : "", name,
+             dtype == MLSTM_DTYPE_F32 ? "f32" : dtype == MLSTM_DTYPE_F16 ? "f16" : "bf16", (long long)D,
+             masking ? "m" : "");
 }
 
 /* A forced variant of role r applies to calls of its storage class; elsewhere dispatch chooses */
 Variant forced(const Dispatch &ds, int role, int dtype)
 {
     return ds.force[role][dtype == MLSTM_DTYPE_F32 ? 1 : 0];
+}
+
+/* Whether the f16/bf16 tensor-core class D serves heads narrower than D by masking columns on this context, in this
+ * direction: D = 128 always (its instances mask); D = 256 where the sm_90a masking instances were accepted, the
+ * wgmma kernels are allowed and no pinned variant (MLSTM_CUDA_FORCE) of the direction is one without a masking
+ * instance (the mma.sync kernels) */
+bool class_masks_impl(const Dispatch &ds, int dtype, int D, bool backward)
+{
+    if (dtype != MLSTM_DTYPE_F16 && dtype != MLSTM_DTYPE_BF16) return false;
+    if (D == MASKED_COLS_CLASS) return true;
+    if (D != 256 || ds.wg_mode == 0) return false;
+    const int t = dtype == MLSTM_DTYPE_BF16 ? 1 : 0;
+    if (!backward) {
+        const Variant v = forced(ds, ROLE_FWD, dtype);
+        return ds.wgm_ok[t] && (v == V_AUTO || v == V_FWD_WG || v == V_FWD_WG_SPLIT);
+    }
+    const Variant vk = forced(ds, ROLE_DKDV, dtype), vq = forced(ds, ROLE_DQ, dtype);
+    return ds.wgkm_ok[t] && ds.wgqm_ok[t] && (vk == V_AUTO || vk == V_DKDV_WG) &&
+           (vq == V_AUTO || vq == V_DQ_WG || vq == V_DQ_WG_SPLIT);
 }
 
 bool use_small(const Dispatch &ds, int64_t ctas_default)
@@ -178,9 +186,9 @@ template <int D> bool bwd_small(const Dispatch &ds, const KArgs &a, int t)
 }
 
 /* the key-split wgmma forward can serve a: the instance, and for the cluster variant TMA maps of K and V */
-template <int D> bool wgmma_split_ok(const Dispatch &ds, const KArgs &a, int t)
+template <int D> bool wgmma_split_ok(const Dispatch &ds, const KArgs &a, int t, bool mc = false)
 {
-    if (!ds.wgs_ok[t][dim_index(D)]) return false;
+    if (!(mc ? ds.wgsm_ok[t] : ds.wgs_ok[t][dim_index(D)])) return false;
     if (TileCfg<D>::FwdWgK::CL > 1) { /* the cluster variant loads K/V through TMA */
         cuuint64_t dims[4], strides[3];
         /* masked columns: the maps span DQK / DV columns; at least one whole 64-column box each (narrower heads
@@ -193,9 +201,9 @@ template <int D> bool wgmma_split_ok(const Dispatch &ds, const KArgs &a, int t)
 }
 /* ... and is chosen: when its default grid has fewer CTAs than FWD_WG_SPLIT_PCT percent of the SMs (or always /
  * never under MLSTM_CUDA_SMALL_TILES=1 / 0) */
-template <int D> bool use_wgmma_split(const Dispatch &ds, const KArgs &a, int t)
+template <int D> bool use_wgmma_split(const Dispatch &ds, const KArgs &a, int t, bool mc = false)
 {
-    if (ds.small_mode == 0 || !wgmma_split_ok<D>(ds, a, t)) return false;
+    if (ds.small_mode == 0 || !wgmma_split_ok<D>(ds, a, t, mc)) return false;
     if (ds.small_mode == 1) return true;
     return (a.S + 127) / 128 * a.B * a.NH * 100 < (int64_t)TileCfg<D>::FWD_WG_SPLIT_PCT * ds.sms; /* 128-row tiles */
 }
@@ -219,7 +227,7 @@ int tc32_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool bac
 int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backward)
 {
     if (p->dtype != MLSTM_DTYPE_F16 && p->dtype != MLSTM_DTYPE_BF16) return 0;
-    const int D = masked_class(p->dqk, p->dv);
+    const int D = masked_class(ds, p->dtype, p->dqk, p->dv, backward);
     const int di = dim_index(D);
     if (di < 0 || !ds.tc_ok[backward ? 1 : 0][p->dtype == MLSTM_DTYPE_BF16 ? 1 : 0][di]) return 0;
     if (!tc_aligned(a, backward)) return 0;
@@ -236,19 +244,33 @@ int fwd_tc(const Dispatch &ds, const KArgs &a, cudaStream_t st, mlstm_cuda_trace
 {
     constexpr int t = tix<T>();
     const int di = dim_index(D);
+    /* a narrower head on a class that does not mask by default: its masking wgmma instances (masked_class) */
+    const bool mc = D != MASKED_COLS_CLASS && (a.DQK < D || a.DV < D);
     Variant v = forced(ds, ROLE_FWD, t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16);
     if (v == V_AUTO) {
-        if (ds.wg_ok[t][di] && ds.wg_mode != 0) v = use_wgmma_split<D>(ds, a, t) ? V_FWD_WG_SPLIT : V_FWD_WG;
-        else v = fwd_tc_variant<D>(ds, a, t);
+        if (mc || (ds.wg_ok[t][di] && ds.wg_mode != 0))
+            v = use_wgmma_split<D>(ds, a, t, mc) ? V_FWD_WG_SPLIT : V_FWD_WG;
+        else
+            v = fwd_tc_variant<D>(ds, a, t);
     }
-    const bool ok = v == V_FWD_TC ? ds.tc_ok[0][t][di]
+    const bool ok = mc ? (v == V_FWD_WG ? ds.wgm_ok[t] : v == V_FWD_WG_SPLIT && wgmma_split_ok<D>(ds, a, t, true))
+                    : v == V_FWD_TC ? ds.tc_ok[0][t][di]
                     : v == V_FWD_TC_SMALL ? ds.tc_small_ok[0][t][di]
                     : v == V_FWD_TC_SPLIT ? ds.tc_split_ok[t][di]
                     : v == V_FWD_WG ? ds.wg_ok[t][di]
                     : v == V_FWD_WG_SPLIT ? wgmma_split_ok<D>(ds, a, t)
                                           : false;
     if (!ok) MLSTM_UNAVAILABLE(v);
-    trace_add(tr, k_variants[v].name, t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16, D);
+    trace_add(tr, k_variants[v].name, t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16, D, mc);
+    if constexpr (D == 256) {
+        if (mc) {
+            if (v == V_FWD_WG_SPLIT)
+                MLSTM_RUN((run_fwd_wgmma<T, D, true, true>(a, st)), "mlstm_fwd_wgmma_kernel (split, masked) launch");
+            else
+                MLSTM_RUN((run_fwd_wgmma<T, D, false, true>(a, st)), "mlstm_fwd_wgmma_kernel (masked) launch");
+            return 0;
+        }
+    }
     switch (v) {
     case V_FWD_WG_SPLIT: MLSTM_RUN((run_fwd_wgmma<T, D, true>(a, st)), "mlstm_fwd_wgmma_kernel (split) launch"); break;
     case V_FWD_WG: MLSTM_RUN((run_fwd_wgmma<T, D, false>(a, st)), "mlstm_fwd_wgmma_kernel launch"); break;
@@ -273,19 +295,30 @@ int bwd_tc(const Dispatch &ds, const KArgs &a, cudaStream_t st, mlstm_cuda_trace
     constexpr int dt = t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16;
     const int di = dim_index(D);
     const bool wg = ds.wg_mode != 0;
+    /* a narrower head on a class that does not mask by default: its masking wgmma instances (masked_class) */
+    const bool mc = D != MASKED_COLS_CLASS && (a.DQK < D || a.DV < D);
     Variant vk = forced(ds, ROLE_DKDV, dt), vq = forced(ds, ROLE_DQ, dt);
     if (vk == V_AUTO) {
-        if (TileCfg<D>::DKDV_WG && ds.wgk_ok[t][di] && wg) vk = V_DKDV_WG;
+        if (mc || (TileCfg<D>::DKDV_WG && ds.wgk_ok[t][di] && wg)) vk = V_DKDV_WG;
         else vk = bwd_small<D>(ds, a, t) ? V_DKDV_TC_SMALL : V_DKDV_TC;
     }
-    if (vq == V_AUTO) vq = ds.wgq_ok[t][di] && wg ? (dq_split(ds, a) ? V_DQ_WG_SPLIT : V_DQ_WG) : V_DQ_TC;
-    const bool ok_k = vk == V_DKDV_WG ? TileCfg<D>::DKDV_WG && ds.wgk_ok[t][di]
+    if (vq == V_AUTO) vq = mc || (ds.wgq_ok[t][di] && wg) ? (dq_split(ds, a) ? V_DQ_WG_SPLIT : V_DQ_WG) : V_DQ_TC;
+    const bool ok_k = mc ? vk == V_DKDV_WG && ds.wgkm_ok[t]
+                      : vk == V_DKDV_WG ? TileCfg<D>::DKDV_WG && ds.wgk_ok[t][di]
                       : vk == V_DKDV_TC_SMALL ? TileCfg<D>::BWD_SMALL && ds.tc_small_ok[1][t][di]
                                               : ds.tc_ok[1][t][di];
     if (!ok_k) MLSTM_UNAVAILABLE(vk);
-    if (vq != V_DQ_TC && !ds.wgq_ok[t][di]) MLSTM_UNAVAILABLE(vq);
-    trace_add(tr, k_variants[vk].name, dt, D);
-    trace_add(tr, k_variants[vq].name, dt, D);
+    if (mc ? vq == V_DQ_TC || !ds.wgqm_ok[t] : vq != V_DQ_TC && !ds.wgq_ok[t][di]) MLSTM_UNAVAILABLE(vq);
+    trace_add(tr, k_variants[vk].name, dt, D, mc);
+    trace_add(tr, k_variants[vq].name, dt, D, mc);
+    if constexpr (D == 256) {
+        if (mc) {
+            MLSTM_RUN((run_bwd_dkdv_wgmma<T, D, true>(a, st)), "mlstm_bwd_dkdv_wgmma_kernel (masked) launch");
+            MLSTM_RUN((run_bwd_dq_wgmma<T, D, true>(a, st, vq == V_DQ_WG_SPLIT)),
+                      "mlstm_bwd_dq_wgmma_kernel (masked) launch");
+            return 0;
+        }
+    }
     if constexpr (TileCfg<D>::DKDV_WG) {
         if (vk == V_DKDV_WG) MLSTM_RUN((run_bwd_dkdv_wgmma<T, D>(a, st)), "mlstm_bwd_dkdv_wgmma_kernel launch");
     }
@@ -424,6 +457,10 @@ template <typename T> static void tc_setup_all(Dispatch &ds, int t, bool sm90, b
         ds.wgk_ok[t][0] = accepted(setup_bwd_dkdv_wgmma<T, 64>());
         ds.wgk_ok[t][1] = accepted(setup_bwd_dkdv_wgmma<T, 128>());
         ds.wgk_ok[t][2] = accepted(setup_bwd_dkdv_wgmma<T, 256>());
+        ds.wgm_ok[t] = accepted(setup_fwd_wgmma<T, 256, false, true>());
+        ds.wgsm_ok[t] = ds.wgm_ok[t] && accepted(setup_fwd_wgmma<T, 256, true, true>());
+        ds.wgqm_ok[t] = accepted(setup_bwd_dq_wgmma<T, 256, true>());
+        ds.wgkm_ok[t] = accepted(setup_bwd_dkdv_wgmma<T, 256, true>());
     }
     ds.tc_ok[0][t][0] = accepted(setup_fwd_tc<T, 64, FWD_DEFAULT>());
     ds.tc_ok[0][t][1] = accepted(setup_fwd_tc<T, 128, FWD_DEFAULT>());
@@ -553,6 +590,26 @@ extern "C" void mlstm_cuda_kernels_release(mlstm_cuda_dispatch *ds) { free(ds); 
 extern "C" const char *mlstm_cuda_kernels_variant_name(int i) { return i > 0 && i < V_COUNT ? k_variants[i].name : NULL; }
 
 namespace mlstm {
+bool masked_cols_ok(int D, int64_t cols)
+{
+    /* the D = 256 split forward loads K and V through TMA maps of the tensors' own columns in 64-column boxes */
+    return cols % 8 == 0 && (D != 256 || cols >= 64);
+}
+
+bool class_masks(const Dispatch &ds, int dtype, int D, bool backward)
+{
+    return class_masks_impl(ds, dtype, D, backward);
+}
+
+int masked_class(const Dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool backward)
+{
+    if (dqk == dv && dim_index(dqk) >= 0) return (int)dqk;
+    const int64_t w = dqk > dv ? dqk : dv;
+    const int D = w <= 64 ? 64 : w <= 128 ? 128 : w <= 256 ? 256 : 0;
+    if (D == 0 || !masked_cols_ok(D, dqk) || !masked_cols_ok(D, dv)) return 0;
+    return class_masks_impl(ds, dtype, D, backward) ? D : 0;
+}
+
 bool direct_tc(const Dispatch &ds, const mlstm_params *p, bool backward)
 {
     const KArgs a = make_args(p);

@@ -14,6 +14,9 @@ BWD_SMALL_DIMS = [64, 128, 256]  # must match TileCfg<D>::BWD_SMALL (dispatch.cu
 WG_DKDV_DIMS = [64, 128, 256]  # must match TileCfg<D>::DKDV_WG (dispatch.cu checks)
 TF32_DIMS = [64, 128, 256]  # f32 tensor-core forward and backward (fwd/fwd_tf32.cuh, bwd/bwd_tf32.cuh)
 WG_F32_DIMS = [64, 128]  # sm_90a f32 forward on split f16 wgmma (fwd/fwd_wgmma_f32.cuh)
+# classes whose sm_90a wgmma kernels also get masking instances of their own (heads narrower than D, common.cuh
+# masked_cols); the D = 128 instances mask in any case (tile_config.h MASKED_COLS_CLASS)
+WG_MASKED_DIMS = [256]
 TF32_MODES = {"3xtf32": 0, "tf32": 1}  # tc32::MODE_3XTF32 (default), MODE_TF32 (MLSTM_MATH_TF32)
 
 
@@ -51,6 +54,16 @@ def main():
                                    f"sm_90a warpgroup-MMA dK/dV kernel, D={d}, {t}.",
                                    f"MLSTM_INSTANTIATE_BWD_DKDV_WGMMA({TYPES[t]}, {d})\n",
                                    pre="#define MLSTM_INST_WGMMA 1\n"))
+            if d in WG_MASKED_DIMS:
+                for stem, what, macro in (
+                        ("fwd", "forward", f"FWD_WGMMA_MASKED({TYPES[t]}, {d}, false)"),
+                        ("fwd", "forward, key split", f"FWD_WGMMA_MASKED({TYPES[t]}, {d}, true)"),
+                        ("bwd_dq", "dQ kernel", f"BWD_DQ_WGMMA_MASKED({TYPES[t]}, {d})"),
+                        ("bwd_dkdv", "dK/dV kernel", f"BWD_DKDV_WGMMA_MASKED({TYPES[t]}, {d})")):
+                    split = "_split" if "split" in what else ""
+                    files.append(write(f"mlstm_{stem}_dh{d}_{t}_wgmma{split}_masked.cu",
+                                       f"sm_90a warpgroup-MMA {what}, D={d}, {t}, masked columns.",
+                                       f"MLSTM_INSTANTIATE_{macro}\n", pre="#define MLSTM_INST_WGMMA 1\n"))
             if d in BWD_SMALL_DIMS:
                 files.append(write(f"mlstm_bwd_dh{d}_{t}_small.cu",
                                    f"Tensor-core backward dK/dV, D={d}, {t}, "

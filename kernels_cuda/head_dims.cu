@@ -130,24 +130,24 @@ bool rows16(const Cols &c, size_t esz)
 }
 
 /* The widths of the slice calls' tensors: q, k (dq, dk) of DQK columns where the D instance serves them as they
- * stand (f16/bf16 masked columns, dispatch.cu masked_class), else D (zero-padded staging); v, h, dh, dv of slice s
- * (its w = min(D, DV - s D) columns) likewise */
-int64_t slice_dqk(const mlstm_params *p, int D)
+ * stand (f16/bf16 masked columns: hp.masked, dispatch.cu masked_class), else D (zero-padded staging); v, h, dh, dv of
+ * slice s (its w = min(D, DV - s D) columns) likewise */
+int64_t slice_dqk(const mlstm_params *p, const HeadDimPlan &hp)
 {
-    return p->dtype != MLSTM_DTYPE_F32 && p->dqk < D && masked_class(p->dqk, D) == D ? p->dqk : D;
+    return hp.masked && p->dqk < hp.D && masked_cols_ok(hp.D, p->dqk) ? p->dqk : hp.D;
 }
-int64_t slice_dv(const mlstm_params *p, int64_t c0, int D)
+int64_t slice_dv(const mlstm_params *p, int64_t c0, const HeadDimPlan &hp)
 {
-    const int64_t w = p->dv - c0 < D ? p->dv - c0 : D;
-    return p->dtype != MLSTM_DTYPE_F32 && w < D && masked_class(slice_dqk(p, D), w) == D ? w : D;
+    const int64_t w = p->dv - c0 < hp.D ? p->dv - c0 : hp.D;
+    return hp.masked && w < hp.D && masked_cols_ok(hp.D, w) ? w : hp.D;
 }
 
-/* Whether the columns from c0 of tensor x (width columns) that the slice call of class D reads or writes (slice_dqk
- * or slice_dv of them) can be handed to it in place: they exist and the rows are 16-byte aligned */
-bool in_place(const mlstm_params *p, int x, int64_t c0, int64_t width, int D)
+/* Whether the columns from c0 of tensor x (width columns) that the slice call of class hp.D reads or writes
+ * (slice_dqk or slice_dv of them) can be handed to it in place: they exist and the rows are 16-byte aligned */
+bool in_place(const mlstm_params *p, int x, int64_t c0, int64_t width, const HeadDimPlan &hp)
 {
     const bool qk = x == MLSTM_TENSOR_Q || x == MLSTM_TENSOR_K || x == MLSTM_TENSOR_DQ || x == MLSTM_TENSOR_DK;
-    const int64_t need = qk ? slice_dqk(p, D) : slice_dv(p, c0, D);
+    const int64_t need = qk ? slice_dqk(p, hp) : slice_dv(p, c0, hp);
     return c0 + need <= width && rows16(cols_of(p, x, c0), dtype_bytes(p->dtype));
 }
 
@@ -224,7 +224,7 @@ struct Staging {
 bool needs_stage(const mlstm_params *p, int x, int64_t width, const HeadDimPlan &hp)
 {
     for (int s = 0; s < hp.nslice; ++s)
-        if (!in_place(p, x, (int64_t)s * hp.D, width, hp.D)) return true;
+        if (!in_place(p, x, (int64_t)s * hp.D, width, hp)) return true;
     return false;
 }
 
@@ -234,8 +234,8 @@ Staging lay_out(const mlstm_params *p, const HeadDimPlan &hp, bool backward, Are
     Staging g = {};
     const size_t tile = (size_t)p->batch * p->heads * p->seq_len * hp.D * dtype_bytes(p->dtype);
     const size_t vec = (size_t)p->batch * p->heads * p->seq_len * 4;
-    if (!in_place(p, MLSTM_TENSOR_Q, 0, p->dqk, hp.D)) g.q = ar.take(tile);
-    if (!in_place(p, MLSTM_TENSOR_K, 0, p->dqk, hp.D)) g.k = ar.take(tile);
+    if (!in_place(p, MLSTM_TENSOR_Q, 0, p->dqk, hp)) g.q = ar.take(tile);
+    if (!in_place(p, MLSTM_TENSOR_K, 0, p->dqk, hp)) g.k = ar.take(tile);
     if (needs_stage(p, MLSTM_TENSOR_V, p->dv, hp)) g.v = ar.take(tile);
     if (!backward) {
         if (needs_stage(p, MLSTM_TENSOR_H, p->dv, hp)) g.h = ar.take(tile);
@@ -246,8 +246,8 @@ Staging lay_out(const mlstm_params *p, const HeadDimPlan &hp, bool backward, Are
     if (needs_stage(p, MLSTM_TENSOR_DV, p->dv, hp)) g.dv = ar.take(tile);
     const bool single = hp.nslice == 1;
     for (int s = 0; s < hp.nslice; ++s) {
-        if (!single || !in_place(p, MLSTM_TENSOR_DQ, 0, p->dqk, hp.D)) g.dq[s] = ar.take(tile);
-        if (!single || !in_place(p, MLSTM_TENSOR_DK, 0, p->dqk, hp.D)) g.dk[s] = ar.take(tile);
+        if (!single || !in_place(p, MLSTM_TENSOR_DQ, 0, p->dqk, hp)) g.dq[s] = ar.take(tile);
+        if (!single || !in_place(p, MLSTM_TENSOR_DK, 0, p->dqk, hp)) g.dk[s] = ar.take(tile);
         if (!single) {
             g.di[s] = ar.take(vec);
             g.df[s] = ar.take(vec);
@@ -259,9 +259,10 @@ Staging lay_out(const mlstm_params *p, const HeadDimPlan &hp, bool backward, Are
 /* Tensor x of the slice call: in place (its columns from c0), or the staging buffer (filled from the call's
  * columns [c0, c0 + w) when fill is set, zero-padded to D) */
 int slice_tensor(const mlstm_params *p, mlstm_params &ps, int x, int64_t c0, int64_t width, void *stage, bool fill,
-                 int D, cudaStream_t st, mlstm_cuda_fail *fail)
+                 const HeadDimPlan &hp, cudaStream_t st, mlstm_cuda_fail *fail)
 {
-    if (in_place(p, x, c0, width, D)) {
+    const int D = hp.D;
+    if (in_place(p, x, c0, width, hp)) {
         ps.t[x] = as_arg(cols_of(p, x, c0));
         return 0;
     }
@@ -273,10 +274,11 @@ int slice_tensor(const mlstm_params *p, mlstm_params &ps, int x, int64_t c0, int
 }
 
 /* Copies a staged slice output back into the call's columns [c0, c0 + w) of tensor x */
-int unstage(const mlstm_params *p, const mlstm_params &ps, int x, int64_t c0, int64_t width, int D, cudaStream_t st,
-            mlstm_cuda_fail *fail)
+int unstage(const mlstm_params *p, const mlstm_params &ps, int x, int64_t c0, int64_t width, const HeadDimPlan &hp,
+            cudaStream_t st, mlstm_cuda_fail *fail)
 {
-    if (in_place(p, x, c0, width, D)) return 0;
+    const int D = hp.D;
+    if (in_place(p, x, c0, width, hp)) return 0;
     const int64_t w = width - c0 < D ? width - c0 : D;
     const mlstm_tensor_arg &t = ps.t[x];
     MLSTM_RUN(copy_cols_any(p->dtype, Cols{t.mem, t.stride_b, t.stride_h, t.stride_s}, w, cols_of(p, x, c0), w, p, st),
@@ -288,7 +290,7 @@ int unstage(const mlstm_params *p, const mlstm_params &ps, int x, int64_t c0, in
 mlstm_params slice_params(const mlstm_params *p, const HeadDimPlan &hp)
 {
     mlstm_params ps = *p;
-    ps.dqk = slice_dqk(p, hp.D);
+    ps.dqk = slice_dqk(p, hp);
     ps.dv = hp.D;
     return ps;
 }
@@ -306,7 +308,8 @@ bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool ba
         const int64_t ns = (p->dv + D - 1) / D;
         if (ns > HEAD_DIM_MAX_SLICES) continue;
         /* the instance exists and was accepted: ask the direct path about an aligned stand-in of this shape */
-        mlstm_params probe = slice_params(p, HeadDimPlan{D, (int)ns});
+        const HeadDimPlan cand = {D, (int)ns, class_masks(ds, p->dtype, D, backward)};
+        mlstm_params probe = slice_params(p, cand);
         for (int x = 0; x < MLSTM_TENSOR_COUNT; ++x) {
             probe.t[x].mem = probe.t[x].mem ? (void *)(uintptr_t)256 : nullptr;
             probe.t[x].offset = 0;
@@ -324,6 +327,7 @@ bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool ba
     if (best == 0) return false;
     hp->D = best;
     hp->nslice = (int)((p->dv + best - 1) / best);
+    hp->masked = class_masks(ds, p->dtype, best, backward);
     return true;
 }
 
@@ -342,15 +346,15 @@ int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
     const int D = hp.D;
     mlstm_params ps = slice_params(p, hp);
     int e;
-    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, D, st, fail))) return e;
-    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, D, st, fail))) return e;
+    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, hp, st, fail))) return e;
+    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, hp, st, fail))) return e;
     for (int s = 0; s < hp.nslice; ++s) {
         const int64_t c0 = (int64_t)s * D;
-        ps.dv = slice_dv(p, c0, D);
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, D, st, fail))) return e;
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, false, D, st, fail))) return e;
+        ps.dv = slice_dv(p, c0, hp);
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, hp, st, fail))) return e;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, false, hp, st, fail))) return e;
         if ((e = direct_fwd(ds, &ps, st, s == 0 ? tr : nullptr, fail))) return e; /* each slice writes the same m and n */
-        if ((e = unstage(p, ps, MLSTM_TENSOR_H, c0, p->dv, D, st, fail))) return e;
+        if ((e = unstage(p, ps, MLSTM_TENSOR_H, c0, p->dv, hp, st, fail))) return e;
     }
     return 0;
 }
@@ -364,15 +368,15 @@ int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
     const bool exact = p->grad_mode == MLSTM_GRAD_EXACT;
     mlstm_params ps = slice_params(p, hp);
     int e;
-    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, D, st, fail))) return e;
-    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, D, st, fail))) return e;
+    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, hp, st, fail))) return e;
+    if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, hp, st, fail))) return e;
     for (int s = 0; s < ns; ++s) {
         const int64_t c0 = (int64_t)s * D;
-        ps.dv = slice_dv(p, c0, D);
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, D, st, fail))) return e;
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DH, c0, p->dv, g.dh, true, D, st, fail))) return e;
-        if (exact && (e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, true, D, st, fail))) return e;
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DV, c0, p->dv, g.dv, false, D, st, fail))) return e;
+        ps.dv = slice_dv(p, c0, hp);
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, hp, st, fail))) return e;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DH, c0, p->dv, g.dh, true, hp, st, fail))) return e;
+        if (exact && (e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, true, hp, st, fail))) return e;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DV, c0, p->dv, g.dv, false, hp, st, fail))) return e;
         if (g.dq[s]) ps.t[MLSTM_TENSOR_DQ] = as_arg(contiguous(g.dq[s], p, D));
         else ps.t[MLSTM_TENSOR_DQ] = as_arg(cols_of(p, MLSTM_TENSOR_DQ, 0));
         if (g.dk[s]) ps.t[MLSTM_TENSOR_DK] = as_arg(contiguous(g.dk[s], p, D));
@@ -380,7 +384,7 @@ int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
         if (g.di[s]) ps.t[MLSTM_TENSOR_DI] = as_arg(contiguous(g.di[s], p, 1));
         if (g.df[s]) ps.t[MLSTM_TENSOR_DF] = as_arg(contiguous(g.df[s], p, 1));
         if ((e = direct_bwd(ds, &ps, st, s == 0 ? tr : nullptr, fail))) return e;
-        if ((e = unstage(p, ps, MLSTM_TENSOR_DV, c0, p->dv, D, st, fail))) return e;
+        if ((e = unstage(p, ps, MLSTM_TENSOR_DV, c0, p->dv, hp, st, fail))) return e;
     }
     /* dq, dk (D wide slices -> DQK columns) and, over several slices, di and df: one f32 sum each */
     const struct { void *const *parts; int x; int64_t ld, cols; int dtype; } outs[4] = {

@@ -27,8 +27,16 @@ namespace mlstm {
  * setup, and f32: DQK = DV = 64, 128 or 256; f16/bf16: that, or DQK and DV multiples of 8 up to 256, masked columns),
  * and the direct launches (that path or SIMT) */
 bool direct_tc(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward);
-/* dispatch.cu: the f16/bf16 tensor-core class D serving (dqk, dv) as they stand (masked columns), 0 for none */
-int masked_class(int64_t dqk, int64_t dv);
+/* dispatch.cu, masked columns (f16/bf16 heads narrower than their class D: the loaders zero-fill the tiles beyond
+ * DQK / DV, the epilogues store only those columns; zeros add nothing to q.k, and the output columns beyond DV are
+ * never formed in memory). class_masks: whether class D serves such heads on this context in this direction (D =
+ * 128 always; D = 256 through its sm_90a masking instances where accepted, the wgmma kernels allowed and no pinned
+ * mma.sync variant; f32 never). masked_cols_ok: whether a tensor of `cols` columns can be masked on class D (a
+ * multiple of 8; D = 256: at least 64, the TMA boxes of its split forward). masked_class: the class serving
+ * (dqk, dv) as they stand: D = dqk = dv, or the smallest class holding both where it masks them, else 0. */
+bool class_masks(const mlstm_cuda_dispatch &ds, int dtype, int D, bool backward);
+bool masked_cols_ok(int D, int64_t cols);
+int masked_class(const mlstm_cuda_dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool backward);
 int direct_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
                mlstm_cuda_fail *fail);
 int direct_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
@@ -38,8 +46,9 @@ int direct_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_
  * q, k are zero-padded to D columns and v, h (dh, dv) are cut into nslice column slices of width D (the last one
  * zero-padded). Staging is needed where a tensor is narrower than D or its rows are not 16-byte aligned. */
 struct HeadDimPlan {
-    int D;      /* the instance's head dim (64, 128 or 256) */
-    int nslice; /* ceil(DV / D), at most 8 */
+    int D;       /* the instance's head dim (64, 128 or 256) */
+    int nslice;  /* ceil(DV / D), at most 8 */
+    bool masked; /* class D masks columns for this call (class_masks): narrower tensors are used in place */
 };
 constexpr int HEAD_DIM_MAX_SLICES = 8;
 

@@ -149,7 +149,7 @@ static void add_shape(shape s, unsigned combos, uint64_t seed) { add_shape_flags
  * DQK, DV) (the OpenCL one does on GPUs; on CPUs one per direction and dtype serves every head dim), so the S
  * sweep, the regimes and the layouts reuse a few head-dim pairs: (64,64) and (48,96) carry them, the pairs
  * 1, 3, 5, 96/48, 100/160, 256, 512, 512/1, 1/512 run in one or two dtypes, and the tensor-core head-dim classes
- * (64/128, 128/64, 96, 128/256, 256/512, 192, 100/36, 320, 512) in every dtype and both modes. */
+ * (64/128, 128/64, 96, 128/256, 256/512, 192, 100/36, 320, 512, 200/320) in every dtype and both modes. */
 static void build_default_table(void)
 {
     /* S: 1, tiny, both neighbours of every power-of-two tile size, long; head dims 64 */
@@ -231,6 +231,8 @@ static void build_default_table(void)
     add_shape(SH(1, 1, 129, 320, 320, STD), ALL_SET, 87);
     add_shape(SH(1, 1, 70, 512, 512, STD), ALL_SET, 88);
     add_shape(SHL(2, 1, 88, 64, 128, NORMAL, PADDED, 1), FWD_F16 | BWX_F16 | BWD_BF16, 89);
+    /* the masking D = 256 instances (sm_90a): DQK 200 masked, DV 320 as a full slice and a masked 64-column one */
+    add_shape(SH(1, 2, 130, 200, 320, STD), ALL_SET, 90);
 
     /* The GPU set ("gpu/" prefix; see IN_GPU_SET): grids of B*NH*ceil(S/64) = 512 .. 1024 query tiles, several per
      * SM of any current GPU, so that dispatch picks the kernels of training-sized calls (the smaller cases above
@@ -250,6 +252,7 @@ static void build_default_table(void)
     add_shape_flags(SHL(4, 8, 768, 128, 256, STD, BSND, 0), BWX_BF16 | BWX_F32, 70, IN_GPU_SET);
     add_shape_flags(SH(2, 8, 512, 512, 512, STD), BWX_BF16 | BWD_F16, 71, IN_GPU_SET);
     add_shape_flags(SH(4, 8, 512, 100, 36, STD), BWX_F16 | BWD_BF16, 72, IN_GPU_SET);
+    add_shape_flags(SH(4, 8, 512, 200, 136, STD), BWX_BF16 | BWD_F16, 73, IN_GPU_SET);
 
     /* bitwise determinism, run after run */
     mc_case c;

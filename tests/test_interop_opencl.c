@@ -44,20 +44,23 @@ static cl_uint refcount_queue(cl_command_queue q)
     return n;
 }
 
-/* The context's reference count once the implementation's own deferred releases are done: PoCL frees a released
- * cl_mem (and the context reference it holds) asynchronously, so under load the count can lag for a moment. Waits
- * up to 5 s for it to reach want; a reference libmlstm leaked never goes away, so the check still fails then. */
-static cl_uint settled_refcount_context(cl_context c, cl_command_queue q, cl_uint want)
+/* A reference count once the implementation's own deferred releases are done: PoCL frees a released cl_mem (and
+ * the context reference it holds) and retires finished commands (and the queue reference each holds)
+ * asynchronously, so under load a count can lag for a moment. Waits up to 5 s for it to reach want; a reference
+ * libmlstm leaked never goes away, so the check still fails then. */
+static cl_uint settled_refcount(cl_uint (*count)(void *), void *obj, cl_command_queue q, cl_uint want)
 {
     clFinish(q);
-    cl_uint n = refcount_context(c);
+    cl_uint n = count(obj);
     for (int i = 0; i < 500 && n != want; i++) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        n = refcount_context(c);
+        n = count(obj);
     }
     return n;
 }
+static cl_uint count_context(void *c) { return refcount_context((cl_context)c); }
+static cl_uint count_queue(void *q) { return refcount_queue((cl_command_queue)q); }
 
 static void make_desc(mlstm_desc *d)
 {
@@ -188,8 +191,8 @@ static void test_own_objects(void **state)
     clReleaseMemObject(foreign);
     clReleaseContext(other);
     /* libmlstm released exactly the references it took */
-    assert_int_equal(settled_refcount_context(clctx, queue, ctx_refs), ctx_refs);
-    assert_int_equal(refcount_queue(queue), queue_refs);
+    assert_int_equal(settled_refcount(count_context, clctx, queue, ctx_refs), ctx_refs);
+    assert_int_equal(settled_refcount(count_queue, queue, queue, queue_refs), queue_refs);
     clReleaseCommandQueue(queue);
     clReleaseContext(clctx);
 }

@@ -82,6 +82,10 @@ static void test_fused_vs_materialized(void **state)
         mc_inputs_make(c, &g_in);
         run_or_skip(g_fused, c, &g_a);
         run_or_skip(g_mat, c, &g_b);
+        /* the call trace names the algorithm (CUDA reports its kernels; OpenCL reports none) */
+        const char *lk = mlstm_context_last_kernels(g_mat);
+        if (!strcmp(mlstm_context_backend_name(g_mat), "cuda") && strncmp(lk, "materialized.", 13) != 0)
+            fail_msg("%s: mlstm_context_last_kernels after a materialised call: \"%s\"", c->name, lk);
         const double allowance = tol_gate_allowance(mc_extreme_gate_magnitude(c, &g_in));
         printf("[ CASE ] %s: materialised vs fused:", c->name);
         for (int o = 0; o < MC_OUT_COUNT; o++) {

@@ -345,8 +345,12 @@ static int run_on(mlstm_cuda_impl *c, const mlstm_params *p, int backward)
         q.ws_offset = 0;
         q.ws_bytes = c->ws_bytes;
     }
-    if (q.algo == MLSTM_ALGO_MATERIALIZED)
+    if (q.algo == MLSTM_ALGO_MATERIALIZED) {
+        /* the call trace names the algorithm, so that mlstm_context_last_kernels never reports an earlier call's */
+        snprintf(c->trace.kernels, sizeof c->trace.kernels, "materialized.%s.%s", backward ? "bwd" : "fwd",
+                 q.dtype == MLSTM_DTYPE_F32 ? "f32" : q.dtype == MLSTM_DTYPE_F16 ? "f16" : "bf16");
         return mlstm_cuda_mat_run(&c->mat, &q, backward, (void *)c->stream, c->err, sizeof c->err);
+    }
     void *ws = q.ws_mem ? (char *)q.ws_mem + q.ws_offset : NULL;
     mlstm_cuda_fail f = {0, "", "", 0};
     int e = backward ? mlstm_cuda_kernels_bwd(c->dispatch, &q, (void *)c->stream, ws, (size_t)q.ws_bytes, &c->trace, &f)

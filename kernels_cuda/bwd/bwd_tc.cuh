@@ -235,7 +235,7 @@ __device__ __forceinline__ void dkdv_element(float (&st)[BMQ / 8][4], float (&dp
  * residual r_j = di'_j - di_j, with di'_j the same sum over the T-rounded P of the dK product: k_j . dk_j from the f32
  * accumulator (kval(row, col) gives k at (row, col), (row, col + 1) of the tile) or, RD_PS, from the partial sums
  * di_rd. r_j goes into dq[j][0..1] as one f32 (the dQ kernel reads it before it writes that row, dq_epilogue). */
-template <typename T, int D, int DOUT, bool GUARD, bool RD_PS, typename KVal>
+template <typename T, int D, int DOUT, bool GUARD, bool RD_PS, bool MC = (D == MASKED_COLS_CLASS), typename KVal>
 __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t ks, int wk0, int c0,
                                               bool write_di, const float (&adk)[DOUT / 8][4],
                                               const float (&adv)[DOUT / 8][4], const float (&esc)[2],
@@ -274,10 +274,10 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
 #pragma unroll
             for (int n = 0; n < DOUT / 8; ++n) {
                 const int col = c0 + n * 8 + 2 * q4; /* DQK, DV <= D, multiples of 8 (masked columns) */
-                if (col_in<D>(col, args.DQK))
+                if (col_in<D, MC>(col, args.DQK))
                     *reinterpret_cast<uint32_t *>(rk + n * 8 + 2 * q4) =
                         pack2<T>(adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
-                if (col_in<D>(col, args.DV))
+                if (col_in<D, MC>(col, args.DV))
                     *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
                         pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
             }
@@ -676,7 +676,7 @@ __device__ __forceinline__ void dq_elementwise(float (&dp)[BN / 8][4], const flo
 /* dQ epilogue of a warp's rows: dq = sgn * acc (range guard undone); df_t = q_t . dq_t (from the f32 accumulator)
  * minus r_t, the residual the dK/dV kernel left in dq[t][0..1] (dkdv_epilogue), read before the row is written: the
  * gates kernel's dF_t = df_t - di_t is then q.dq - k.dk of the rounded P tiles of both kernels, which cancel */
-template <typename T, int D, bool GUARD>
+template <typename T, int D, bool GUARD, bool MC = (D == MASKED_COLS_CLASS)>
 __device__ __forceinline__ void dq_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
                                             const float (&adq)[D / 8][4], const float (&esc)[2])
 {
@@ -699,7 +699,7 @@ __device__ __forceinline__ void dq_epilogue(const KArgs &args, int64_t b, int64_
         for (int n = 0; n < D / 8; ++n) {
             const int col = n * 8 + 2 * q4;
             const float x0 = adq[n][rr * 2] * osc, x1 = adq[n][rr * 2 + 1] * osc;
-            if (ok && col_in<D>(col, args.DQK)) { /* DQK <= D, a multiple of 8 (masked columns) */
+            if (ok && col_in<D, MC>(col, args.DQK)) { /* DQK <= D, a multiple of 8 (masked columns) */
                 qd += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1;
                 *reinterpret_cast<uint32_t *>(row + col) = pack2<T>(x0, x1);
             }

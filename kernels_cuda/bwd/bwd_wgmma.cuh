@@ -97,7 +97,7 @@ struct DqWsCfg {
     static_assert(SMEM <= 232448, "shared memory per block");
 };
 
-template <typename T, int D, int BN, int NST, int KS>
+template <typename T, int D, int BN, int NST, int KS, bool MC = (D == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_constant__ KArgs args)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
-            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - KS * it, gk, tk.ss, gv, tv.ss, S, pt, masked_cols<D>(args.DQK), masked_cols<D>(args.DV));
+            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - KS * it, gk, tk.ss, gv, tv.ss, S, pt, masked_cols<D, MC>(args.DQK), masked_cols<D, MC>(args.DV));
             mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
         }
         cp_async_wait<0>(); /* no copy outlives its thread */
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
 
     /* ---- consumer warpgroups ---- */
     setmaxnreg_inc<Cfg::CONS_REGS>();
-    load_tile_sw128<T, BM, D, 256>(aH, gdh, tdh.ss, qs, S, (int)threadIdx.x, masked_cols<D>(args.DV));
+    load_tile_sw128<T, BM, D, 256>(aH, gdh, tdh.ss, qs, S, (int)threadIdx.x, masked_cols<D, MC>(args.DV));
     cp_async_commit();
     if ((warp & 3) == 0 && (KS == 1 || wgi == 0)) /* the 64-block local cumsum of each consumer's query rows */
         store_tile_cumsum<64>(gf, tf.ss, qs + (KS > 1 ? 0 : 64 * wgi), S, sFq + (KS > 1 ? 0 : 64 * wgi));
@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
         if (!tc::fwd_split_merge<1, D, GUARD, 256>(reinterpret_cast<float *>(smem), BM, grp, wr0, o1, m0, l0, esc))
             return; /* group 1 */
     }
-    tc::dq_epilogue<T, D, GUARD>(args, b, hh, qs + wgr, wr0, adq, esc);
+    tc::dq_epilogue<T, D, GUARD, MC>(args, b, hh, qs + wgr, wr0, adq, esc);
 #endif
 }
 
@@ -474,7 +474,7 @@ struct DkdvPairCfg {
 /* named barrier of all 256 threads (barrier 1; __syncthreads is 0) */
 __device__ __forceinline__ void pair_bar() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
 
-template <typename T, int D, int BMQ>
+template <typename T, int D, int BMQ, bool MC = (D == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const __grid_constant__ KArgs args)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -512,10 +512,10 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ;
 
-    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
-    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S, (int)threadIdx.x, masked_cols<D>(args.DV));
-    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
-    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DV));
+    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S, (int)threadIdx.x, masked_cols<D, MC>(args.DQK));
+    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S, (int)threadIdx.x, masked_cols<D, MC>(args.DV));
+    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D, MC>(args.DQK));
+    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D, MC>(args.DV));
     cp_async_commit();
 
     float gkn[2];
@@ -542,8 +542,8 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         __syncthreads();
         const int64_t qs = qt * BMQ;
         if (qt + 1 < nqt) {
-            load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
-            load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DV));
+            load_tile_sw128<T, BMQ, D, NT>(aQ + (buf ^ 1) * Cfg::QT_BYTES, gq, tq.ss, qs + BMQ, S, (int)threadIdx.x, masked_cols<D, MC>(args.DQK));
+            load_tile_sw128<T, BMQ, D, NT>(aH + (buf ^ 1) * Cfg::QT_BYTES, gdh, tdh.ss, qs + BMQ, S, (int)threadIdx.x, masked_cols<D, MC>(args.DV));
             cp_async_commit();
         }
         gp.early(qt);
@@ -674,7 +674,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         di_ex[0] = xm[256 + tid];
         di_ex[1] = xm[384 + tid];
     }
-    tc::dkdv_epilogue<T, D, DOUT, GUARD, true>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
+    tc::dkdv_epilogue<T, D, DOUT, GUARD, true, MC>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
                                              [](int, int) { return make_float2(0.0f, 0.0f); });
 #endif
 }

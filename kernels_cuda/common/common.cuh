@@ -13,17 +13,19 @@
 
 namespace mlstm {
 
-/* The column count a tile of class D loads or stores for a tensor of `cols` columns: cols where the class masks
- * columns (tile_config.h MASKED_COLS_CLASS), else D itself (a compile-time constant: the masks vanish). */
-template <int D> __device__ __forceinline__ int64_t masked_cols(int64_t cols)
+/* Masked columns (tile_config.h): MC says whether a kernel instance masks them; by default the D = 128 instances do
+ * (MASKED_COLS_CLASS), and separately compiled sm_90a D = 256 instances (MC = true) serve the narrower heads of
+ * that class. The column count a class-D tile loads or stores for a tensor of `cols` columns: cols where the
+ * instance masks, else D itself (a compile-time constant: the masks vanish). */
+template <int D, bool MC = (D == MASKED_COLS_CLASS)> __device__ __forceinline__ int64_t masked_cols(int64_t cols)
 {
-    return D == MASKED_COLS_CLASS ? cols : (int64_t)D;
+    return MC ? cols : (int64_t)D;
 }
-/* Whether column col of a class-D tile exists in a tensor of `cols` columns (always, at compile time, where the class
- * does not mask) */
-template <int D> __device__ __forceinline__ bool col_in(int64_t col, int64_t cols)
+/* Whether column col of a class-D tile exists in a tensor of `cols` columns (always, at compile time, where the
+ * instance does not mask) */
+template <int D, bool MC = (D == MASKED_COLS_CLASS)> __device__ __forceinline__ bool col_in(int64_t col, int64_t cols)
 {
-    return D != MASKED_COLS_CLASS || col < cols;
+    return !MC || col < cols;
 }
 
 /* ---- kernel arguments ------------------------------------------------------------------------------ */

@@ -46,14 +46,19 @@ template <typename T, int D> cudaError_t setup_bwd_dq_tc();
  * inputs as the tensor-core path; only for devices of compute capability 9.0 and builds that include sm_90a.
  * SPLIT: the small-grid variant (TileCfg<D>::FwdWgK: key split, or a cluster of CTAs, which loads K/V through TMA and
  * so needs tma_shape of K and V) */
-template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st);
-template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma();
+/* MC: the instance masks columns (common.cuh masked_cols): the D = 128 ones always; for D = 256, separately
+ * compiled masking instances (MC = true) serve heads narrower than 256 (dispatch.cu masked_class) */
+template <typename T, int D, bool SPLIT, bool MC = (D == MASKED_COLS_CLASS)>
+cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st);
+template <typename T, int D, bool SPLIT, bool MC = (D == MASKED_COLS_CLASS)> cudaError_t setup_fwd_wgmma();
 /* sm_90a warpgroup-MMA dQ and dK/dV kernels (bwd_wgmma.cuh), same conditions; replace run_bwd_dq_tc and
  * run_bwd_dkdv_tc (dK/dV: D = 256 as warpgroup pairs, TileCfg<D>::DKDV_WG_PAIR) */
-template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool split);
-template <typename T, int D> cudaError_t setup_bwd_dq_wgmma();
-template <typename T, int D> cudaError_t run_bwd_dkdv_wgmma(const KArgs &a, cudaStream_t st);
-template <typename T, int D> cudaError_t setup_bwd_dkdv_wgmma();
+template <typename T, int D, bool MC = (D == MASKED_COLS_CLASS)>
+cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool split);
+template <typename T, int D, bool MC = (D == MASKED_COLS_CLASS)> cudaError_t setup_bwd_dq_wgmma();
+template <typename T, int D, bool MC = (D == MASKED_COLS_CLASS)>
+cudaError_t run_bwd_dkdv_wgmma(const KArgs &a, cudaStream_t st);
+template <typename T, int D, bool MC = (D == MASKED_COLS_CLASS)> cudaError_t setup_bwd_dkdv_wgmma();
 
 /* tensor-core path for f32 storage: D in {64, 128, 256}, DQK = DV = D, 16-byte aligned rows;
  * MODE 0: 3xTF32 (IEEE-f32-grade, the default), 1: TF32 (MLSTM_MATH_TF32). The backward (dK/dV + dQ) runs between

@@ -130,11 +130,13 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
 
 #ifdef MLSTM_INST_WGMMA
 /* ---- sm_90a warpgroup-MMA forward ---- */
-template <typename T, int D, bool SPLIT> struct WgFwd {
+/* MC: the instance masks columns (common.cuh masked_cols; the D = 128 instances always, D = 256 in instances of its
+ * own, MLSTM_INSTANTIATE_*_MASKED) */
+template <typename T, int D, bool SPLIT, bool MC = (D == MASKED_COLS_CLASS)> struct WgFwd {
     using C = typename std::conditional<SPLIT, typename TileCfg<D>::FwdWgK, typename TileCfg<D>::FwdWg>::type;
     using F = wg::FwdCfg<D, C::BN, C::KS, C::NST, C::CL>;
     static constexpr bool TMA = C::CL > 1; /* the kernel's default */
-    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST, C::CL>;
+    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST, C::CL, TMA, MC>;
 };
 
 /* the TMA map of tensor t (launch.h tma_shape; boxes of 64 columns x rows) */
@@ -151,66 +153,73 @@ static inline cudaError_t tma_map(CUtensorMap *m, const TArg &t, const KArgs &a,
     return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <typename T, int D, bool SPLIT> cudaError_t setup_fwd_wgmma()
+template <typename T, int D, bool SPLIT, bool MC> cudaError_t setup_fwd_wgmma()
 {
-    using KK = WgFwd<T, D, SPLIT>;
+    using KK = WgFwd<T, D, SPLIT, MC>;
     return set_smem(KK::fwd, KK::F::SMEM);
 }
 
-template <typename T, int D, bool SPLIT> cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
+template <typename T, int D, bool SPLIT, bool MC>
+cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
 {
-    using KK = WgFwd<T, D, SPLIT>;
+    using KK = WgFwd<T, D, SPLIT, MC>;
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
     wg::TmaKV tm;
     memset(&tm, 0, sizeof tm);
     if (KK::TMA) {
-        MLSTM_TRY(tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, D, KK::C::BN));
-        MLSTM_TRY(tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, D, KK::C::BN));
+        /* a masking instance's maps span the tensors' own columns (DQK, DV <= D): the tensor-memory-access engine
+         * zero-fills the rest of each 64-column box, as the cp.async loaders do */
+        MLSTM_TRY(tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, KK::C::BN));
+        MLSTM_TRY(tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, KK::C::BN));
     }
     return launch_1d_cl(KK::fwd, n, KK::C::CL, KK::F::NT, KK::F::SMEM, st, a, tm);
 }
 
-template <typename T, int D> struct WgDq {
+template <typename T, int D, bool MC = (D == MASKED_COLS_CLASS)> struct WgDq {
     using QS = wg::DqWsCfg<D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2>;
-    static constexpr auto dq_split = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2>;
+    static constexpr auto dq_split =
+        wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2, MC>;
     using QL = wg::DqWsCfg<D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1>;
-    static constexpr auto dq = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1>;
+    static constexpr auto dq = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1, MC>;
 };
 
-template <typename T, int D> cudaError_t setup_bwd_dq_wgmma()
+template <typename T, int D, bool MC> cudaError_t setup_bwd_dq_wgmma()
 {
-    using KK = WgDq<T, D>;
+    using KK = WgDq<T, D, MC>;
     MLSTM_TRY(set_smem(KK::dq, KK::QL::SMEM));
     return set_smem(KK::dq_split, KK::QS::SMEM);
 }
 
 /* split (dispatch.cu): the key split of one query tile per CTA (small grids), else two query tiles per CTA */
-template <typename T, int D> cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool split)
+template <typename T, int D, bool MC>
+cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool split)
 {
-    using KK = WgDq<T, D>;
+    using KK = WgDq<T, D, MC>;
     const auto tiles = [&](int bm) { return (a.S + bm - 1) / bm * a.B * a.NH; };
     if (split) return launch_1d(KK::dq_split, tiles(KK::QS::BM), KK::QS::NT, KK::QS::SMEM, st, a);
     return launch_1d(KK::dq, tiles(KK::QL::BM), KK::QL::NT, KK::QL::SMEM, st, a);
 }
 
-template <typename T, int D, bool PAIR = TileCfg<D>::DKDV_WG_PAIR> struct WgDkdv {
+/* the single-warpgroup kernel masks as its class does (D <= 128); the pairs (D = 256) take MC */
+template <typename T, int D, bool MC, bool PAIR = TileCfg<D>::DKDV_WG_PAIR> struct WgDkdv {
+    static_assert(MC == (D == MASKED_COLS_CLASS), "the single-warpgroup dK/dV kernel masks as its class does");
     using K = wg::DkdvCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
     static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ>;
 };
-template <typename T, int D> struct WgDkdv<T, D, true> { /* two warpgroups per 64 keys (bwd_wgmma.cuh) */
+template <typename T, int D, bool MC> struct WgDkdv<T, D, MC, true> { /* two warpgroups per 64 keys (bwd_wgmma.cuh) */
     using K = wg::DkdvPairCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
-    static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_pair_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ>;
+    static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_pair_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ, MC>;
 };
 
-template <typename T, int D> cudaError_t setup_bwd_dkdv_wgmma()
+template <typename T, int D, bool MC> cudaError_t setup_bwd_dkdv_wgmma()
 {
-    using KK = WgDkdv<T, D>;
+    using KK = WgDkdv<T, D, MC>;
     return set_smem(KK::dkdv, KK::K::SMEM);
 }
 
-template <typename T, int D> cudaError_t run_bwd_dkdv_wgmma(const KArgs &a, cudaStream_t st)
+template <typename T, int D, bool MC> cudaError_t run_bwd_dkdv_wgmma(const KArgs &a, cudaStream_t st)
 {
-    using KK = WgDkdv<T, D>;
+    using KK = WgDkdv<T, D, MC>;
     const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * a.B * a.NH;
     return launch_1d(KK::dkdv, nk, KK::K::NT, KK::K::SMEM, st, a);
 }
@@ -378,6 +387,16 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 #define MLSTM_INSTANTIATE_BWD_DKDV_WGMMA(T, D)                                                                  \
     template cudaError_t mlstm::run_bwd_dkdv_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t);                    \
     template cudaError_t mlstm::setup_bwd_dkdv_wgmma<T, D>();
+/* the masking sm_90a instances of a class that does not mask by default (D = 256; common.cuh masked_cols) */
+#define MLSTM_INSTANTIATE_FWD_WGMMA_MASKED(T, D, SPLIT)                                                         \
+    template cudaError_t mlstm::run_fwd_wgmma<T, D, SPLIT, true>(const mlstm::KArgs &, cudaStream_t);            \
+    template cudaError_t mlstm::setup_fwd_wgmma<T, D, SPLIT, true>();
+#define MLSTM_INSTANTIATE_BWD_DQ_WGMMA_MASKED(T, D)                                                             \
+    template cudaError_t mlstm::run_bwd_dq_wgmma<T, D, true>(const mlstm::KArgs &, cudaStream_t, bool);          \
+    template cudaError_t mlstm::setup_bwd_dq_wgmma<T, D, true>();
+#define MLSTM_INSTANTIATE_BWD_DKDV_WGMMA_MASKED(T, D)                                                           \
+    template cudaError_t mlstm::run_bwd_dkdv_wgmma<T, D, true>(const mlstm::KArgs &, cudaStream_t);              \
+    template cudaError_t mlstm::setup_bwd_dkdv_wgmma<T, D, true>();
 #define MLSTM_INSTANTIATE_FWD_TF32(D, MODE)                                                                     \
     template cudaError_t mlstm::run_fwd_tf32<D, MODE>(const mlstm::KArgs &, cudaStream_t);                       \
     template cudaError_t mlstm::setup_fwd_tf32<D, MODE>();

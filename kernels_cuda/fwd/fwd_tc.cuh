@@ -157,7 +157,7 @@ __device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32
 
 /* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h (its first args.DV <= D columns), m,
  * n. */
-template <typename T, int MT, int D, bool GUARD>
+template <typename T, int MT, int D, bool GUARD, bool MC = (D == MASKED_COLS_CLASS)>
 __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
                                              const float (&o)[MT][D / 8][4], const float (&mrun)[MT][2],
                                              const float (&lrun)[MT][2], const float (&esc)[MT * 2])
@@ -179,7 +179,7 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
                 T *row = gh + t * th.ss;
 #pragma unroll
                 for (int n = 0; n < D / 8; ++n)
-                    if (col_in<D>(n * 8 + 2 * q4, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
+                    if (col_in<D, MC>(n * 8 + 2 * q4, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
                         *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * q4) =
                             pack2<T>(o[mt][n][rr * 2] * inv, o[mt][n][rr * 2 + 1] * inv);
                 if (q4 == 0) {

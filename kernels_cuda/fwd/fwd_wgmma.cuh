@@ -63,7 +63,7 @@ struct FwdCfg {
  * goes through shared memory at stg (64 rows, pitch P bytes) so that the global stores are 16-byte and row-contiguous
  * (the fragment layout's 4-byte stores took ~2 us for 64 x 256 on H100); m and n as in fwd_epilogue. Warpgroup barrier
  * bar (128 threads). */
-template <typename T, int D, int P, bool GUARD>
+template <typename T, int D, int P, bool GUARD, bool MC = (D == MASKED_COLS_CLASS)>
 __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int r0, int wr0,
                                                     const float (&o)[1][D / 8][4], const float (&mrun)[1][2],
                                                     const float (&lrun)[1][2], const float (&esc)[2],
@@ -93,14 +93,15 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
     for (int i = (int)threadIdx.x & 127; i < 64 * U; i += 128) {
         const int r = i / U, c = i % U;
         const int64_t t = qs + r0 + r;
-        if (t < S && col_in<D>(c * 8, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
+        if (t < S && col_in<D, MC>(c * 8, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
             *reinterpret_cast<uint4 *>(gh + t * th.ss + c * 8) = *reinterpret_cast<const uint4 *>(stg + r * P + c * 16);
     }
 }
 
 /* TMA (tm: the K / V maps): producer thread 0 loads each stage with tensor copies (the cluster variant); else the
  * 128 producer threads cp.async it and tm is unused */
-template <typename T, int D, int BN, int KS, int NST, int CL = 1, bool TMA = (CL > 1)>
+template <typename T, int D, int BN, int KS, int NST, int CL = 1, bool TMA = (CL > 1),
+          bool MC = (D == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(384, 1)
     mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaKV tm)
 {
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(384, 1)
             }
             if constexpr (!TMA) { /* (issued before the gates, racecheck reported a hazard on sA in the D = 64 key split) */
                 ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * NG - g0, gk, tk.ss, gv, tv.ss,
-                                            S, pt, masked_cols<D>(args.DQK), masked_cols<D>(args.DV));
+                                            S, pt, masked_cols<D, MC>(args.DQK), masked_cols<D, MC>(args.DV));
                 mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
             }
         }
@@ -239,7 +240,7 @@ __global__ void __launch_bounds__(384, 1)
 
     /* ---- consumer warpgroups ---- */
     setmaxnreg_inc<Cfg::CONS_REGS>();
-    load_tile_sw128<T, BM, D, 256>(aQ, gq, tq.ss, qs, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
+    load_tile_sw128<T, BM, D, 256>(aQ, gq, tq.ss, qs, S, (int)threadIdx.x, masked_cols<D, MC>(args.DQK));
     cp_async_commit();
     if (warp == 0) { /* query-tile local cumsum, for the producer's scan warps (barrier 3) and, after their first
                       * full-stage wait, the consumers */
@@ -375,7 +376,7 @@ __global__ void __launch_bounds__(384, 1)
         cluster_arrive(); /* the peer's copy has landed */
         tc::fwd_split_combine<1, D, GUARD>(reinterpret_cast<const float *>(smem + Cfg::IN_OFF), 64, wgr, wr0, o, mrun,
                                            lrun, esc);
-        fwd_epilogue_staged<T, D, Cfg::STG_PITCH, GUARD>(args, b, hh, qs, wgr, wr0, o, mrun, lrun, esc,
+        fwd_epilogue_staged<T, D, Cfg::STG_PITCH, GUARD, MC>(args, b, hh, qs, wgr, wr0, o, mrun, lrun, esc,
                                                          smem + Cfg::STG_OFF, 4);
         cluster_wait();
         return;
@@ -386,7 +387,7 @@ __global__ void __launch_bounds__(384, 1)
         if (!tc::fwd_split_merge<1, D, GUARD, 256>(reinterpret_cast<float *>(smem), BM, grp, wr0, o, mrun, lrun, esc))
             return; /* group 1: no further barrier below */
     }
-    tc::fwd_epilogue<T, 1, D, GUARD>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
+    tc::fwd_epilogue<T, 1, D, GUARD, MC>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
 #endif
 }
 
