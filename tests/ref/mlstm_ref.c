@@ -141,7 +141,18 @@ void mlstm_ref_fwd_fixed(const mlstm_ref_shape *s, const double *q, const double
     fwd_impl(s, q, k, v, i, f, m_fixed, n_fixed, h, NULL, n_out);
 }
 
-/* magnitudes: dq, dk get the sums of the terms' absolute values instead (the rest as always) */
+/* abs_dot: sum |a_d b_d| */
+static double abs_dot(const double *a, const double *b, int64_t n)
+{
+    double acc = 0.0;
+    for (int64_t d = 0; d < n; d++)
+        acc += fabs(a[d] * b[d]);
+    return acc;
+}
+
+/* magnitudes 1: dq, dk get the sums of the terms' absolute values instead; 2: the sums of |terms| with P_tj's
+ * factor (dh_t . v_j - delta_t) replaced by the magnitudes it is computed from, sum |dh_t v_j| + sum |dh_t h_t| (the
+ * rest as always) */
 static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k, const double *v, const double *i,
                      const double *f, const double *h, const double *m, const double *n, const double *dh, double *dq,
                      double *dk, double *dv, double *di, double *df, int magnitudes)
@@ -167,7 +178,11 @@ static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
             delta[t] = s->grad_mode == 0 ? sigma * dot(dhh + t * DV, hh + t * DV, DV) : 0.0;
             inv[t] = 1.0 / (fabs(nh[t]) + s->eps);
         }
-        /* P_tj = (dh_t . v_j - delta_t) / (|n_t| + eps) * D'_tj, recomputed where needed */
+        /* P_tj = (dh_t . v_j - delta_t) / (|n_t| + eps) * D'_tj, recomputed where needed; pmag: the same with the
+         * factor's magnitudes (magnitudes == 2) */
+#define pmag(t, j)                                                                                \
+        ((abs_dot(dhh + (t) * DV, vh + (j) * DV, DV) +                                            \
+          (s->grad_mode == 0 ? abs_dot(dhh + (t) * DV, hh + (t) * DV, DV) : 0.0)) * inv[t] * dp_)
 #define REF_P_AND_S(t, j, P, St)                                                                  \
         const double dp_ = exp((F[t] - F[j]) + ih[j] - mh[t]);                                    \
         const double St = s->scale * dot(qh + (t) * DQK, kh + (j) * DQK, DQK);                     \
@@ -182,7 +197,8 @@ static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
                 (void)st;
                 const double *kj = kh + j * DQK;
                 for (int64_t d = 0; d < DQK; d++)
-                    dqt[d] += magnitudes ? fabs(s->scale * p * kj[d]) : s->scale * p * kj[d];
+                    dqt[d] += magnitudes ? fabs(s->scale * (magnitudes == 2 ? pmag(t, j) : p) * kj[d])
+                                         : s->scale * p * kj[d];
             }
         }
         /* columns: dk_j = scale sum_{t>=j} P_tj q_t, dv_j = sum_t C_tj dh_t / (|n_t| + eps), di_j = sum_t P_tj S_tj */
@@ -196,7 +212,8 @@ static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
                 REF_P_AND_S(t, j, p, st);
                 const double *qt = qh + t * DQK, *dht = dhh + t * DV;
                 for (int64_t d = 0; d < DQK; d++)
-                    dkj[d] += magnitudes ? fabs(s->scale * p * qt[d]) : s->scale * p * qt[d];
+                    dkj[d] += magnitudes ? fabs(s->scale * (magnitudes == 2 ? pmag(t, j) : p) * qt[d])
+                                         : s->scale * p * qt[d];
                 const double cw = st * dp_ * inv[t];
                 for (int64_t d = 0; d < DV; d++)
                     dvj[d] += cw * dht[d];
@@ -205,6 +222,7 @@ static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
             dih[j] = dij;
         }
 #undef REF_P_AND_S
+#undef pmag
         /* gates: dF_u = q_u . dq_u - k_u . dk_u, da = reverse cumsum, df = da * sigmoid(-f) */
         for (int64_t u = 0; u < S; u++)
             dF[u] = dot(qh + u * DQK, dqh + u * DQK, DQK) - dot(kh + u * DQK, dkh + u * DQK, DQK);
@@ -229,7 +247,8 @@ void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, c
 
 void mlstm_ref_bwd_magnitudes(const mlstm_ref_shape *s, const double *q, const double *k, const double *v,
                               const double *i, const double *f, const double *h, const double *m, const double *n,
-                              const double *dh, double *dq_mag, double *dk_mag, double *dv, double *di, double *df)
+                              const double *dh, int kind, double *dq_mag, double *dk_mag, double *dv, double *di,
+                              double *df)
 {
-    bwd_impl(s, q, k, v, i, f, h, m, n, dh, dq_mag, dk_mag, dv, di, df, 1);
+    bwd_impl(s, q, k, v, i, f, h, m, n, dh, dq_mag, dk_mag, dv, di, df, kind == MLSTM_REF_MAG_DP ? 2 : 1);
 }

@@ -25,12 +25,17 @@ void mlstm_ref_bwd(const mlstm_ref_shape *s, const double *q, const double *k, c
                    const double *i, const double *f, const double *h, const double *m, const double *n,
                    const double *dh, double *dq, double *dk, double *dv, double *di, double *df);
 
-/* The same, but dq_mag, dk_mag get the sums of the absolute values of the terms of dq, dk (scale |P_tj| |k_j|,
- * scale |P_tj| |q_t|): an elementwise bound on what rounding the P tile costs (a relative error e in every P_tj
- * moves dq, dk by at most e times these). dv, di, df as in mlstm_ref_bwd. */
+/* The same, but dq_mag, dk_mag get elementwise error magnitudes of dq, dk (dv, di, df as in mlstm_ref_bwd).
+ * MLSTM_REF_MAG_P: the sums of the absolute values of the terms (scale |P_tj| |k_j|, scale |P_tj| |q_t|): a relative
+ * error e in every P_tj moves dq, dk by at most e times these (rounding the P tile to f16: e = 2^-11).
+ * MLSTM_REF_MAG_DP: the same sums with P_tj's factor dh_t . v_j - delta_t replaced by the magnitudes it is formed from,
+ * sum_d |dh_td v_jd| + sum_d |dh_td h_td| (exact mode): an error of e times those in every dh.v - delta (f32
+ * accumulation, about (2 DV) 2^-24) moves dq, dk by at most e times these. */
+enum { MLSTM_REF_MAG_P = 0, MLSTM_REF_MAG_DP = 1 };
 void mlstm_ref_bwd_magnitudes(const mlstm_ref_shape *s, const double *q, const double *k, const double *v,
                               const double *i, const double *f, const double *h, const double *m, const double *n,
-                              const double *dh, double *dq_mag, double *dk_mag, double *dv, double *di, double *df);
+                              const double *dh, int kind, double *dq_mag, double *dk_mag, double *dv, double *di,
+                              double *df);
 
 /* Forward variant for finite-difference checks: the stabiliser m is taken from m_fixed (not recomputed);
  * if n_fixed is not NULL the normaliser is taken from it too (|n_fixed| + eps), which makes the forward the

@@ -235,6 +235,7 @@ void mc_reference(const mc_case *c, const mc_inputs *in, int grad_mode, mc_outpu
         mc_reference_bwd_at(c, in, grad_mode, out->t[MC_OUT_M], out->t[MC_OUT_N], out);
 }
 
+/* magnitudes: -1 the backward itself, else the mlstm_ref_bwd_magnitudes kind */
 static void reference_bwd(const mc_case *c, const mc_inputs *in, int grad_mode, const double *m, const double *n,
                           mc_outputs *out, int magnitudes)
 {
@@ -248,24 +249,28 @@ static void reference_bwd(const mc_case *c, const mc_inputs *in, int grad_mode, 
     double *h_stored = xmalloc_d(nh);
     for (size_t e = 0; e < nh; e++)
         h_stored[e] = tu_round_to_dtype(out->t[MC_OUT_H][e], c->dtype);
-    (magnitudes ? mlstm_ref_bwd_magnitudes : mlstm_ref_bwd)(&s, in->q, in->k, in->v, in->i, in->f, h_stored, m, n,
-                                                             in->dh, out->t[MC_OUT_DQ], out->t[MC_OUT_DK],
-                                                             out->t[MC_OUT_DV], out->t[MC_OUT_DI], out->t[MC_OUT_DF]);
+    if (magnitudes < 0)
+        mlstm_ref_bwd(&s, in->q, in->k, in->v, in->i, in->f, h_stored, m, n, in->dh, out->t[MC_OUT_DQ],
+                      out->t[MC_OUT_DK], out->t[MC_OUT_DV], out->t[MC_OUT_DI], out->t[MC_OUT_DF]);
+    else
+        mlstm_ref_bwd_magnitudes(&s, in->q, in->k, in->v, in->i, in->f, h_stored, m, n, in->dh, magnitudes,
+                                 out->t[MC_OUT_DQ], out->t[MC_OUT_DK], out->t[MC_OUT_DV], out->t[MC_OUT_DI],
+                                 out->t[MC_OUT_DF]);
     free(h_stored);
 }
 
 void mc_reference_bwd_at(const mc_case *c, const mc_inputs *in, int grad_mode, const double *m, const double *n,
                          mc_outputs *out)
 {
-    reference_bwd(c, in, grad_mode, m, n, out, 0);
+    reference_bwd(c, in, grad_mode, m, n, out, -1);
 }
 
-void mc_reference_magnitudes(const mc_case *c, const mc_inputs *in, int grad_mode, const mc_outputs *ref,
+void mc_reference_magnitudes(const mc_case *c, const mc_inputs *in, int grad_mode, const mc_outputs *ref, int kind,
                              mc_outputs *mag)
 {
     outputs_alloc(c, mag);
     memcpy(mag->t[MC_OUT_H], ref->t[MC_OUT_H], mc_output_count(c, MC_OUT_H) * sizeof(double));
-    reference_bwd(c, in, grad_mode, ref->t[MC_OUT_M], ref->t[MC_OUT_N], mag, 1);
+    reference_bwd(c, in, grad_mode, ref->t[MC_OUT_M], ref->t[MC_OUT_N], mag, kind);
 }
 
 /* ---- device run ---- */

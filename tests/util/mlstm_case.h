@@ -88,9 +88,10 @@ void mc_desc(const mc_case *c, mlstm_desc *d);
 int mc_run_device(mlstm_context *ctx, const mc_case *c, const mc_inputs *in, mc_outputs *out, char *api_msg,
                   size_t api_len, char *canary_msg, size_t canary_len, double *phase_ms);
 
-/* Elementwise magnitudes of the backward (mlstm_ref_bwd_magnitudes) at the reference's own h, m, n (ref, filled
- * by mc_reference): mag->t[MC_OUT_DQ], [MC_OUT_DK] hold the sums of |terms| of dq, dk; the other outputs are scratch. */
-void mc_reference_magnitudes(const mc_case *c, const mc_inputs *in, int grad_mode, const mc_outputs *ref,
+/* Elementwise error magnitudes of the backward (mlstm_ref_bwd_magnitudes, kind MLSTM_REF_MAG_P or _DP) at the
+ * reference's own h, m, n (ref, filled by mc_reference): mag->t[MC_OUT_DQ], [MC_OUT_DK] hold those of dq, dk; the
+ * other outputs are scratch. */
+void mc_reference_magnitudes(const mc_case *c, const mc_inputs *in, int grad_mode, const mc_outputs *ref, int kind,
                              mc_outputs *mag);
 
 /* For the extreme-gate regimes: max |i|, |f| over the case's inputs (the gate magnitude G of tolerances.h);
