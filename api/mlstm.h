@@ -177,7 +177,8 @@ MLSTM_API void mlstm_context_destroy(mlstm_context *ctx);
 MLSTM_API const char *mlstm_context_backend_name(const mlstm_context *ctx); /* "cuda", "opencl"; "" for NULL */
 MLSTM_API const char *mlstm_context_device_name(const mlstm_context *ctx);  /* "" for NULL */
 /* The kernels the last mlstm_parallel_fwd / _bwd on this context enqueued, "+"-joined variant names such as
- * "fwd.wg.bf16.d128" (for logs and tests; "" where the backend does not report them, or for NULL). */
+ * "fwd.wg.bf16.d128", or the algorithm ("materialized.fwd.bf16") (for logs and tests; "" where the backend does not
+ * report them, or for NULL). */
 MLSTM_API const char *mlstm_context_last_kernels(const mlstm_context *ctx);
 /* Detail of the last failure on this context ("" if none). Owned by the context; valid until the next
  * call on the context. */
