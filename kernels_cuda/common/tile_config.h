@@ -23,9 +23,9 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
 
 /* Masked columns (f16/bf16 heads narrower than their class D, DQK and DV multiples of 8: zero-filled loads,
  * predicated stores) exist for the D = 128 class only. The other classes compile the masks out: with them, aligned
- * heads ran slower in the same-call A/B on an H100 (D = 64 forward +6%, D = 256 forward and backward +2-5%; D = 128
- * within 2%: bench/RESULTS.md 2026-12-06, eleventh session), and their narrower heads keep the staged copies
- * (kernels_cuda/head_dims.cu). */
+ * heads ran slower in the same-call A/B (D = 64 and D = 256; D = 128 within the noise) (bench/RESULTS.md, "Tile choices"), and their
+ * narrower heads keep the staged copies (kernels_cuda/head_dims.cu) or, for D = 256 on sm_90a, take masking instances
+ * of their own (launch.h). */
 constexpr int MASKED_COLS_CLASS = 128;
 
 /* D = 64: small accumulators, so each warp takes 32 query rows (MT = 2) and shares every K/V fragment
@@ -69,15 +69,14 @@ constexpr int MASKED_COLS_CLASS = 128;
 /* Small-grid variants (query / key tiles of 64 rows: twice the CTAs of the defaults for D = 64/128), chosen
  * at run time when the default grid has fewer than MLSTM_SMALL_CTAS_PER_SM CTAs per SM (dispatch.cu; env
  * MLSTM_CUDA_SMALL_TILES=0/1/auto: never/always/by grid size; unset: MLSTM_SMALL_TILES_DEFAULT).
- * NOTES.md history 2: fwd (1,4,64) was ~25% faster at S=2048.
+ * The forward (1, 4, 64) was faster at S = 2048 (bench/RESULTS.md, "Tile choices").
  * D = 256 dK/dV is different: its default (64-key CTAs, x2 column split, 128 KB so that sm_80 takes it) already
  * makes a large grid, but shared memory allows one 4-warp CTA per SM. Its "small" slot holds the sm_90 variant,
  * used whenever the device runs it (BWD_ALT_ALWAYS): 8 warps in 4 pairs on 64 keys (PAIR: one warp of a pair
  * computes S^T, the other dP^T, they swap the rounded tiles through shared memory and each accumulates one column
  * half of dK and dV), ~139 KB, so neither the column split's recomputation nor a 4-warp SM remains. */
 /* Default policy when the env variable is unset: -1 auto, 0 never. Auto since the small-grid instances passed
- * the conformance suite on an H100 (194/194 with MLSTM_CUDA_SMALL_TILES=auto, 2026-11-25) and ran faster at
- * every S <= 4096 measured (bench/RESULTS.md: D128 S4096 fwd 0.237 -> 0.169 ms, fwd+bwd 0.756 -> 0.678 ms). */
+ * the conformance suite and ran faster at every S <= 4096 measured (bench/RESULTS.md, "Tile choices"). */
 #ifndef MLSTM_SMALL_TILES_DEFAULT
 #define MLSTM_SMALL_TILES_DEFAULT (-1)
 #endif
@@ -101,9 +100,8 @@ constexpr int MASKED_COLS_CLASS = 128;
 #endif
 /* Key-split forward (KS = 2: two groups of 4 warps on the same 64 query rows, alternate key tiles; halves the
  * serial chain of key tiles per CTA), chosen instead of the small tiles when even their grid has fewer than
- * MLSTM_SPLIT_CTAS_PER_SM CTAs per SM. H200, bf16, B1 NH8 (bench/RESULTS.md, 2026-11-26): faster than the small
- * tiles at S <= 2048 (256 CTAs: D128 S2048 0.081 -> 0.065 ms, D256 0.150 -> 0.116), slower at S = 4096 (512
- * CTAs: D128 0.176 -> 0.225). */
+ * MLSTM_SPLIT_CTAS_PER_SM CTAs per SM: faster than the small tiles at S <= 2048 of B1 NH8 (256 CTAs), slower at
+ * S = 4096 (512 CTAs) (bench/RESULTS.md, "Tile choices"). */
 #ifndef MLSTM_SPLIT_CTAS_PER_SM
 #define MLSTM_SPLIT_CTAS_PER_SM 3
 #endif
@@ -116,8 +114,7 @@ constexpr int MASKED_COLS_CLASS = 128;
 #ifndef MLSTM_TC256_FWD_K
 #define MLSTM_TC256_FWD_K 2010832
 #endif
-/* H200, bf16, B1 NH8, fwd+bwd (bench/RESULTS.md, 2026-11-26): default -> 8 warps, no pairs (832128) -> pairs:
- * S2048 0.733 -> 0.542 -> 0.477 ms, S4096 2.412 -> 1.663 -> 1.428, S8192 9.257 -> 6.315 -> 5.429. Packed as
+/* The pairs beat the default and 8 warps without pairs (832128) at S 2048..8192 (bench/RESULTS.md, "Tile choices"). Packed as
  * PAIR*10000000 + NW*100000 + BMQ*1000 + DOUT. */
 #ifndef MLSTM_TC256_DKDV_S
 #define MLSTM_TC256_DKDV_S 10832128
@@ -129,8 +126,8 @@ constexpr int MASKED_COLS_CLASS = 128;
 /* sm_90a warpgroup-MMA forward (fwd_wgmma.cuh): (NST, BN) packed as NST * 1000 + BN: two consumer warpgroups of 64
  * query rows each and a producer warpgroup, BN keys per tile, NST K/V stages. D = 64/128: S = 64 x 128 per warpgroup
  * (64 floats per thread), O 32/64 floats; D = 256: O is 128 floats per thread, so 64-key tiles. Shared memory (Q +
- * NST K/V stages + gates): 154 / 167 / 196 KB. H200 (bench/RESULTS.md 05:02): 64-key tiles slower at S8192 (D64
- * 0.248 -> 0.338 ms), fewer or more stages within noise. */
+ * NST K/V stages + gates): 154 / 167 / 196 KB. 64-key tiles were slower at S8192, fewer or more stages within the
+ * noise (bench/RESULTS.md, "Tile choices"). */
 template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
     static constexpr int NST = NST_, BN = BN_, KS = KS_, CL = CL_;
 };
@@ -145,11 +142,9 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 /* Policy when env MLSTM_CUDA_WGMMA is unset: -1 auto (dispatch.cu use_wgmma), 0 never, 1 whenever eligible.
  * Auto since the kernels passed the conformance set, test_extreme, test_determinism and the sanitizers on an H200 and
- * ran faster than the mma.sync kernels at every measured shape (bench/RESULTS.md, 2026-11-26: bf16 B1 NH8 forward
- * D128 S4096 0.177 -> 0.112 ms, D256 S8192 1.286 -> 0.718, D64 S8192 0.316 -> 0.303 once the key gates came from
- * distributed producers; before that D64 S8192 was the one exception, 0.338 ms).
- * Variants measured and dropped: one warpgroup of 64 rows per CTA for small grids (two CTAs per SM; slower at
- * every S), 64-key tiles for D = 64 (S8192 0.338 -> 0.411 ms). */
+ * ran faster than the mma.sync kernels at every measured shape. Variants measured and dropped: one warpgroup of 64
+ * rows per CTA for small grids (two CTAs per SM; slower at every S), 64-key tiles for D = 64 (slower at S8192)
+ * (bench/RESULTS.md, "Tile choices"). */
 #ifndef MLSTM_WGMMA_DEFAULT
 #define MLSTM_WGMMA_DEFAULT (-1)
 #endif
@@ -159,12 +154,12 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
  * rows, each taking every other key tile, for grids below MLSTM_TC{D}_FWD_WG_SPLIT_PCT percent of the SMs (default
  * tiles). Two K/V tiles per stage, so 64 / 64 / 32-key tiles with 4 / 3 / 2 stages keep shared memory at 146 / 216 /
  * 164 KB. It halves the serial chain of key tiles of a CTA; once the default grid fills the GPU it only adds the
- * merge (H200, bf16 B1 NH8, first split kernel: D128 S4096 0.122 -> 0.190 ms).
+ * merge (bench/RESULTS.md, "Tile choices").
  * Cluster variant (a pair, CL = 2, packed as 200000 + NST * 1000 + BN): the two CTAs of a thread-block cluster cover
  * the same 128 rows with the default tiles, CTA r every other key tile, K/V through TMA, the two partial states merged
- * by a bulk copy between the CTAs' shared memories. D = 256 uses it: H100 bf16 B1 NH8 fw S1024 33.9 -> 24.6 us, S2048
- * 69.2 -> 51 us; for D = 64 / 128 the pair (first version) was slower than the key split (S512 9.6 -> 11.3 us, 12.2 ->
- * 14.3). Clusters of four were slower for all and are gone (kernels_cuda/NOTES.md history 14, 15). */
+ * by a bulk copy between the CTAs' shared memories. D = 256 uses it (faster than the key split at S1024 and S2048);
+ * for D = 64 / 128 the pair (first version) was slower than the key split; clusters of four were slower for all and
+ * are gone (bench/RESULTS.md, "Tile choices"). */
 #ifndef MLSTM_TC64_FWD_WG_K
 #define MLSTM_TC64_FWD_WG_K 24064
 #endif
@@ -174,9 +169,8 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_TC256_FWD_WG_K
 #define MLSTM_TC256_FWD_WG_K 202064
 #endif
-/* the split's threshold in percent of the SMs, per D. H200, bf16 B1 NH8 S2048 (128 default CTAs; bench/RESULTS.md,
- * 2026-11-26 05:22): split 0.0299 / 0.0373 / 0.0688 ms against unsplit 0.0312 / 0.0392 / 0.0699 for D = 64 / 128 / 256,
- * and the split wins by more at S <= 1024; at S4096 (256 CTAs) the default tiles fill the GPU. */
+/* the split's threshold in percent of the SMs, per D: the split won at every D with the 128 default CTAs of B1 NH8
+ * S2048 and by more at S <= 1024; at S4096 (256 CTAs) the default tiles fill the GPU (bench/RESULTS.md, "Tile choices"). */
 #ifndef MLSTM_TC64_FWD_WG_SPLIT_PCT
 #define MLSTM_TC64_FWD_WG_SPLIT_PCT 100
 #endif
@@ -187,7 +181,7 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #define MLSTM_TC256_FWD_WG_SPLIT_PCT 100
 #endif
 /* The two consumer warpgroups of the default-tile forward take turns issuing their score products (fwd_wgmma.cuh
- * PP; H100 bf16 S8192 fw D64 0.211 -> 0.201 ms, D128 0.288 -> 0.276, S <= 2048 unchanged) */
+ * PP; faster at S8192, unchanged at S <= 2048: bench/RESULTS.md, "Tile choices") */
 #ifndef MLSTM_FWD_WG_PINGPONG
 #define MLSTM_FWD_WG_PINGPONG 1
 #endif
@@ -195,8 +189,7 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
  * rows), tiles packed as NST * 1000 + BN (BN at most 64: a key tile stays inside one 64-block of the gate cumsums).
  * Key split for small grids (DQ_WS): both consumers on one query tile taking every other key tile, NST stages of two
  * K/V tiles; shared memory 141 / 213 / 164 KB. Used while the dQ grid has at most MLSTM_DQ_WS_CTAS_PER_SM tiles per SM:
- * H200, bf16 B1 NH8 fwd+bwd against the former one-warpgroup kernel (bench/RESULTS.md 05:34-05:38) S1024 D128 0.083
- * -> 0.079 ms, S2048 0.167 -> 0.158 (two tiles per SM), but S8192 1.300 -> 1.337 (eight per SM). */
+ * it beat the former one-warpgroup kernel at two tiles per SM and lost at eight (bench/RESULTS.md, "Tile choices"). */
 #ifndef MLSTM_TC64_DQ_WS
 #define MLSTM_TC64_DQ_WS 4064
 #endif
@@ -210,8 +203,8 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #define MLSTM_DQ_WS_CTAS_PER_SM 2
 #endif
 /* Above that (DQ_WSL): the consumers on two 64-row query tiles sharing each stage's K/V tile; shared memory 86 / 166 /
- * 197 KB. H200, bf16 B1 NH8 fwd+bwd against the former one-warpgroup kernel (bench/RESULTS.md 06:08): S4096 D64 0.271
- * -> 0.260 ms, D128 0.366 -> 0.347, D256 0.723 -> 0.701; S8192 0.896 -> 0.913, 1.296 -> 1.248, 2.677 -> 2.569. */
+ * 197 KB. It beat the former one-warpgroup kernel at S4096 and S8192 for every D but D = 64 at S8192
+ * (bench/RESULTS.md, "Tile choices"). */
 #ifndef MLSTM_TC64_DQ_WSL
 #define MLSTM_TC64_DQ_WSL 4064
 #endif
@@ -222,9 +215,8 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #define MLSTM_TC256_DQ_WSL 4032
 #endif
 /* sm_90a dK/dV kernel: one warpgroup per 64 keys, BMQ queries per tile (dK and dV accumulators are D/2 floats per
- * thread each; D = 256 would need 256 and keeps the mma.sync warp pairs). Shared memory 49 / 97 KB. H200, bf16 B1 NH8
- * fwd+bwd (bench/RESULTS.md, 2026-11-26): D = 128 with 64-query tiles (a few spilled registers) against 32: S2048
- * 0.250 -> 0.233 ms, S8192 1.990 -> 1.877; D = 64 with 32-query tiles against 64: S8192 1.173 -> 1.486 (slower). */
+ * thread each; D = 256 takes the warpgroup pairs below). Shared memory 49 / 97 KB. D = 128 with 64-query tiles (a
+ * few spilled registers) beat 32; D = 64 with 32-query tiles was slower than 64 (bench/RESULTS.md, "Tile choices"). */
 #ifndef MLSTM_TC64_DKDV_WG
 #define MLSTM_TC64_DKDV_WG 64
 #endif
@@ -273,10 +265,9 @@ template <> struct TileCfg<256> {
 
 /* f32 storage on tensor cores (fwd_tf32.cuh), forward only: (MT, NW, BN) packed as the FWD entries above. f32
  * tiles take twice the shared memory of f16/bf16 and the 3xTF32 operand split needs registers, so:
- * D = 64: (1, 4, 64), 80 KB: 64-row query tiles (twice the CTAs of (2, 4, 32)); H200 A/B, 3xTF32 forward B1 NH8
- * (bench/RESULTS.md 2026-11-26): S1024 0.123 -> 0.085 ms, S4096 0.538 -> 0.425, S8192 1.500 -> 1.638 (slower).
- * D = 128: (1, 8, 32), 130 KB (one CTA of 8 warps per SM; K/V tiles shared by 128 query rows); (1, 8, 64) was 5%
- * faster on the H200 but needs 194 KB, more than sm_80's 163 KB. D = 256: (1, 4, 16), 129 KB (O alone is 128
+ * D = 64: (1, 4, 64), 80 KB: 64-row query tiles (twice the CTAs of (2, 4, 32); faster up to S4096, slower at S8192).
+ * D = 128: (1, 8, 32), 130 KB (one CTA of 8 warps per SM; K/V tiles shared by 128 query rows); (1, 8, 64) was
+ * faster but needs 194 KB, more than sm_80's 163 KB (bench/RESULTS.md, "Tile choices"). D = 256: (1, 4, 16), 129 KB (O alone is 128
  * floats per thread). All fit sm_80. */
 #ifndef MLSTM_TF32_64_FWD
 #define MLSTM_TF32_64_FWD 10464
@@ -289,7 +280,7 @@ template <> struct TileCfg<256> {
 #endif
 /* Whether the f32 forward uses these kernels when env MLSTM_CUDA_F32_TC is unset (=1 on, =0 off). On since they
  * passed the f32 conformance set (default and slow), test_extreme, test_determinism and the sanitizers on an H200
- * (NOTES.md history 8, 2026-11-26; 3xTF32 h error <= 1.8e-6). */
+ * (bench/RESULTS.md, "Tile choices"). */
 #ifndef MLSTM_F32_TC_DEFAULT
 #define MLSTM_F32_TC_DEFAULT 1
 #endif
@@ -297,8 +288,8 @@ template <> struct TileCfg<256> {
  * (NW, BN) as DQ above; NW = 4 (64-key / 64-row CTAs: one gate block, one df tile). dK/dV: K and V tiles of 64 keys
  * stay in shared memory while BMQ query rows per step stream through two buffers; the dK and dV accumulators take
  * D / 4 floats per thread each, so D = 256 splits by output (SPLIT: one CTA per key tile for dV, one for dK and di).
- * dQ: Q and dh of 64 rows stay, BN keys per step in two buffers. ptxas (NOTES.md history 11) drove the step sizes:
- * D = 128 dK/dV with 32-row steps spilled 244 B (16: none), D = 256 dQ with 16-key steps 56 B (8: none).
+ * dQ: Q and dh of 64 rows stay, BN keys per step in two buffers. ptxas drove the step sizes: D = 128 dK/dV with
+ * 32-row steps spilled 244 B (16: none), D = 256 dQ with 16-key steps 56 B (8: none).
  * Shared memory (occupancy on an H100, 228 KB and 64K registers per SM): D64 dK/dV 86 KB (2 CTAs), dQ 66.5 KB (3);
  * D128 dK/dV 110 KB (2), dQ 98.5 KB (2); D256 dK/dV 206 KB (1; sm_90 only: on sm_80 the setup refuses it and the
  * SIMT kernels serve D = 256), dQ 162.5 KB (1). */
@@ -346,8 +337,7 @@ template <int NW_, int BMQ_, bool SPLIT_> struct Dkdv32Tile {
 #endif
 /* its element loops: M_PARTIAL sums a thread's M_tj of a step (8 per row) in plain f32 before the compensated add
  * into di / the row sums; FULL_BLOCKS drops the per-element mask where a block is below the diagonal and inside S.
- * H100 f32 B1 NH8 fwd+bwd D64 S8192 4.709 -> 4.40 ms, D128 7.30 -> 6.54; df (slow set, gates=normal, D64 S8192)
- * 6.2e-7 -> 3.6e-6 with M_PARTIAL (kernels_cuda/NOTES.md history 14) */
+ * Faster, at some df accuracy in one gate regime (bench/RESULTS.md, "Tile choices"; kernels_cuda/NOTES.md, open items) */
 #ifndef MLSTM_F32_M_PARTIAL
 #define MLSTM_F32_M_PARTIAL 1
 #endif
