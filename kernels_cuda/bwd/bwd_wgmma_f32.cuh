@@ -7,8 +7,8 @@
  * dF. M must be bitwise the same in both kernels: here the dK/dV kernel forms S^T and dP^T with keys as the wgmma's
  * rows (so P^T and (C/n)^T are A fragments in registers) and the dQ kernel S and dP with queries as rows (P is the A
  * fragment of dQ += P K), through split_score, which issues the same products in the same order either way; wgmma's
- * accumulation is symmetric in the operand roles (measured, NOTES.md history 13), and the scaled values are formed in
- * one operation order, ((block sums + corrections) / (k's row scale)) / (q's row scale).
+ * accumulation is symmetric in the operand roles (measured: bench/RESULTS.md, measurement log, item 13), and the
+ * scaled values are formed in one operation order, ((block sums + corrections) / (k's row scale)) / (q's row scale).
  * Row scales: operand rows as split_copy / split_convert; each accumulator row (dV, dK: keys; dQ: queries) has its own
  * split_guard_raise exponent for its A tiles. */
 #pragma once

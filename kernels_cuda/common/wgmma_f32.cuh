@@ -110,7 +110,7 @@ __device__ __forceinline__ void split_convert(uint32_t aHi, uint32_t aLo, float 
  * x being the query-side operand (Q or dh) and y the key-side one (K or V), whichever is A (A_IS_QUERY). The dQ
  * kernel (queries as rows) and the dK/dV kernel (keys as rows) thus issue the same products in the same order, and
  * the f32 gate gradients need bitwise the same S_tj, dP_tj in both: wgmma's f32 accumulation was measured symmetric
- * in the operand roles and independent of N (H100, NOTES.md history 13). */
+ * in the operand roles and independent of N (H100, bench/RESULTS.md, measurement log, item 13). */
 template <int N, int D, int RA, int RB, bool A_IS_QUERY>
 __device__ __forceinline__ void split_score(float (&s)[N / 2], float (&s2)[N / 2], float (&c)[N / 2], uint32_t aHi,
                                             uint32_t aLo, uint32_t bHi, uint32_t bLo)
