@@ -64,7 +64,6 @@ int dim_index(int64_t d) { return d == 64 ? 0 : d == 128 ? 1 : d == 256 ? 2 : -1
 template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16>::value ? 1 : 0; }
 
 } // namespace
-
 } // namespace mlstm
 
 using namespace mlstm;
