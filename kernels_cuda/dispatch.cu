@@ -135,25 +135,6 @@ Variant forced(const Dispatch &ds, int role, int dtype)
     return ds.force[role][dtype == MLSTM_DTYPE_F32 ? 1 : 0];
 }
 
-/* Whether the f16/bf16 tensor-core class D serves heads narrower than D by masking columns on this context, in this
- * direction: D = 128 always (its instances mask); D = 256 where the sm_90a masking instances were accepted, the
- * wgmma kernels are allowed and no pinned variant (MLSTM_CUDA_FORCE) of the direction is one without a masking
- * instance (the mma.sync kernels) */
-bool class_masks_impl(const Dispatch &ds, int dtype, int D, bool backward)
-{
-    if (dtype != MLSTM_DTYPE_F16 && dtype != MLSTM_DTYPE_BF16) return false;
-    if (D == MASKED_COLS_CLASS) return true;
-    if (D != 256 || ds.wg_mode == 0) return false;
-    const int t = dtype == MLSTM_DTYPE_BF16 ? 1 : 0;
-    if (!backward) {
-        const Variant v = forced(ds, ROLE_FWD, dtype);
-        return ds.wgm_ok[t] && (v == V_AUTO || v == V_FWD_WG || v == V_FWD_WG_SPLIT);
-    }
-    const Variant vk = forced(ds, ROLE_DKDV, dtype), vq = forced(ds, ROLE_DQ, dtype);
-    return ds.wgkm_ok[t] && ds.wgqm_ok[t] && (vk == V_AUTO || vk == V_DKDV_WG) &&
-           (vq == V_AUTO || vq == V_DQ_WG || vq == V_DQ_WG_SPLIT);
-}
-
 bool use_small(const Dispatch &ds, int64_t ctas_default)
 {
     if (ds.small_mode >= 0) return ds.small_mode == 1;
@@ -595,9 +576,23 @@ bool masked_cols_ok(int D, int64_t cols)
     return cols % 8 == 0 && (D != 256 || cols >= 64);
 }
 
+/* Whether the f16/bf16 tensor-core class D serves heads narrower than D by masking columns on this context, in this
+ * direction: D = 128 always (its instances mask); D = 256 where the sm_90a masking instances were accepted, the
+ * wgmma kernels are allowed and no pinned variant (MLSTM_CUDA_FORCE) of the direction is one without a masking
+ * instance (the mma.sync kernels) */
 bool class_masks(const Dispatch &ds, int dtype, int D, bool backward)
 {
-    return class_masks_impl(ds, dtype, D, backward);
+    if (dtype != MLSTM_DTYPE_F16 && dtype != MLSTM_DTYPE_BF16) return false;
+    if (D == MASKED_COLS_CLASS) return true;
+    if (D != 256 || ds.wg_mode == 0) return false;
+    const int t = dtype == MLSTM_DTYPE_BF16 ? 1 : 0;
+    if (!backward) {
+        const Variant v = forced(ds, ROLE_FWD, dtype);
+        return ds.wgm_ok[t] && (v == V_AUTO || v == V_FWD_WG || v == V_FWD_WG_SPLIT);
+    }
+    const Variant vk = forced(ds, ROLE_DKDV, dtype), vq = forced(ds, ROLE_DQ, dtype);
+    return ds.wgkm_ok[t] && ds.wgqm_ok[t] && (vk == V_AUTO || vk == V_DKDV_WG) &&
+           (vq == V_AUTO || vq == V_DQ_WG || vq == V_DQ_WG_SPLIT);
 }
 
 int masked_class(const Dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool backward)
@@ -606,7 +601,7 @@ int masked_class(const Dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool ba
     const int64_t w = dqk > dv ? dqk : dv;
     const int D = w <= 64 ? 64 : w <= 128 ? 128 : w <= 256 ? 256 : 0;
     if (D == 0 || !masked_cols_ok(D, dqk) || !masked_cols_ok(D, dv)) return 0;
-    return class_masks_impl(ds, dtype, D, backward) ? D : 0;
+    return class_masks(ds, dtype, D, backward) ? D : 0;
 }
 
 bool direct_tc(const Dispatch &ds, const mlstm_params *p, bool backward)

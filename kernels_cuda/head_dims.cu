@@ -301,7 +301,7 @@ bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool ba
 {
     if (p->dqk > 256 || direct_tc(ds, p, backward)) return false;
     /* cost ~ slices x D, D = 64 counted as 128 (its kernels run at about half the rate per FLOP); ties: larger D */
-    int best = 0;
+    HeadDimPlan best = {0, 0, false};
     int64_t best_cost = 0;
     for (int D = 256; D >= 64; D /= 2) {
         if (D < p->dqk) continue;
@@ -319,15 +319,13 @@ bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool ba
         }
         if (!direct_tc(ds, &probe, backward)) continue;
         const int64_t cost = ns * (D < 128 ? 128 : D);
-        if (best == 0 || cost < best_cost) {
-            best = D;
+        if (best.D == 0 || cost < best_cost) {
+            best = cand;
             best_cost = cost;
         }
     }
-    if (best == 0) return false;
-    hp->D = best;
-    hp->nslice = (int)((p->dv + best - 1) / best);
-    hp->masked = class_masks(ds, p->dtype, best, backward);
+    if (best.D == 0) return false;
+    *hp = best;
     return true;
 }
 

@@ -67,17 +67,6 @@ static double rel_l2(const double *x, const double *r, size_t n)
     return d > 0.0 ? sqrt(e / d) : sqrt(e);
 }
 
-/* standard normal from a 64-bit LCG (the huge-gate inputs only) */
-static double gauss(uint64_t *s)
-{
-    double u[2];
-    for (int k = 0; k < 2; k++) {
-        *s = *s * 6364136223846793005ull + 1442695040888963407ull;
-        u[k] = ((double)(*s >> 11) + 0.5) / 9007199254740992.0;
-    }
-    return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
-}
-
 /* huge gates: counts NaN, infinities of the wrong sign, finite values whose reference does not fit f16, and
  * infinities whose reference fits (|ref| < 65520 rounds to a finite f16). Such an infinity is the problem's
  * conditioning, not a defect, where the computation's first-order error bound reaches the threshold: every term of
@@ -152,14 +141,8 @@ int main(int argc, char **argv)
         memset(&ref, 0, sizeof ref);
         memset(&dev, 0, sizeof dev);
         mc_inputs_make(&c, &in);
-        if (k->kind == CK_HUGE) { /* i ~ 20 N(0,1), f ~ 10 N(0,1), f32-rounded like every gate input */
-            uint64_t s = k->seed * 0x9e3779b97f4a7c15ull + 1;
-            const size_t n = (size_t)(c.B * c.NH * c.S);
-            for (size_t x = 0; x < n; x++) {
-                in.i[x] = (double)(float)(20.0 * gauss(&s));
-                in.f[x] = (double)(float)(10.0 * gauss(&s));
-            }
-        }
+        if (k->kind == CK_HUGE)
+            mc_inputs_huge_gates(&c, &in);
         char api_msg[2048], canary[512];
         double ms[2] = { 0, 0 };
         st = mc_run_device(ctx, &c, &in, &dev, api_msg, sizeof api_msg, canary, sizeof canary, ms);

@@ -12,15 +12,6 @@
 #include "mlstm_ref.h"
 #include "test_util.h"
 
-static double gauss(uint64_t *s)
-{
-    double u[2];
-    for (int k = 0; k < 2; k++) {
-        *s = *s * 6364136223846793005ull + 1442695040888963407ull;
-        u[k] = ((double)(*s >> 11) + 0.5) / 9007199254740992.0;
-    }
-    return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
-}
 static double r16(double x) { return tu_round_to_dtype(x, MLSTM_DTYPE_F16); }
 /* f16's 11-bit significand without its range (the range guard scales each row by a power of two) */
 static double r11(double x)
@@ -30,7 +21,6 @@ static double r11(double x)
     const double m = frexp(x, &e);
     return ldexp(nearbyint(ldexp(m, 11)), e - 11);
 }
-static double lsig(double x) { return x < 0 ? x - log1p(exp(x)) : -log1p(exp(-x)); }
 
 int main(void)
 {
@@ -38,12 +28,7 @@ int main(void)
     mc_case c = mc_case_make(1, MLSTM_DTYPE_F16, MLSTM_GRAD_EXACT, 2, 4, 700, 256, 256, MC_GATES_STD, MC_LAYOUT_BSND, seed);
     mc_inputs in;
     mc_inputs_make(&c, &in);
-    uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
-    const size_t ng = (size_t)(c.B * c.NH * c.S);
-    for (size_t x = 0; x < ng; x++) {
-        in.i[x] = (double)(float)(20.0 * gauss(&s));
-        in.f[x] = (double)(float)(10.0 * gauss(&s));
-    }
+    mc_inputs_huge_gates(&c, &in);
     mc_outputs ref;
     memset(&ref, 0, sizeof ref);
     mc_reference(&c, &in, c.grad_mode, &ref);
@@ -58,16 +43,18 @@ int main(void)
         const double *ig = in.i + bh * S, *fg = in.f + bh * S;
         const double *h = ref.t[MC_OUT_H] + bh * S * DV, *m = ref.t[MC_OUT_M] + bh * S, *n = ref.t[MC_OUT_N] + bh * S;
         double acc = 0; float accf = 0;
-        for (int64_t t = 0; t < S; t++) { acc += lsig(fg[t]); F[t] = acc; accf += (float)lsig(fg[t]); Ff[t] = accf; }
+        for (int64_t t = 0; t < S; t++) { acc += mlstm_ref_logsigmoid(fg[t]); F[t] = acc; accf += (float)mlstm_ref_logsigmoid(fg[t]); Ff[t] = accf; }
         for (int64_t t = 0; t < S; t++) {
             const double sigma = n[t] < 0 ? -1.0 : (n[t] > exp(-m[t]) ? 1.0 : 0.0);
             double d = 0; float df = 0;
             for (int64_t e = 0; e < DV; e++) { double he = r16(h[t * DV + e]); d += dh[t * DV + e] * he; df += (float)(dh[t * DV + e] * he); }
             del[t] = sigma * d; delf[t] = (float)(sigma * df);
             { /* F: delta from an h whose forward error flips a few roundings (h relative error 1e-4 before rounding) */
-                uint64_t hs = (uint64_t)(bh * S + t) * 2654435761ull + 12345;
+                tu_rng hr;
+                tu_rng_seed(&hr, (uint64_t)(bh * S + t));
                 double dd = 0;
-                for (int64_t e = 0; e < DV; e++) dd += dh[t * DV + e] * r16(h[t * DV + e] * (1.0 + 1e-4 * gauss(&hs)));
+                for (int64_t e = 0; e < DV; e++)
+                    dd += dh[t * DV + e] * r16(h[t * DV + e] * (1.0 + 1e-4 * tu_rng_normal(&hr)));
                 delh[t] = sigma * dd;
             }
             inv[t] = 1.0 / (fabs(n[t]) + (double)c.eps);

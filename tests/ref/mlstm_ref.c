@@ -178,9 +178,9 @@ static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
             delta[t] = s->grad_mode == 0 ? sigma * dot(dhh + t * DV, hh + t * DV, DV) : 0.0;
             inv[t] = 1.0 / (fabs(nh[t]) + s->eps);
         }
-        /* P_tj = (dh_t . v_j - delta_t) / (|n_t| + eps) * D'_tj, recomputed where needed; pmag: the same with the
+        /* P_tj = (dh_t . v_j - delta_t) / (|n_t| + eps) * D'_tj, recomputed where needed; REF_P_MAG: the same with the
          * factor's magnitudes (magnitudes == 2) */
-#define pmag(t, j)                                                                                \
+#define REF_P_MAG(t, j)                                                                                \
         ((abs_dot(dhh + (t) * DV, vh + (j) * DV, DV) +                                            \
           (s->grad_mode == 0 ? abs_dot(dhh + (t) * DV, hh + (t) * DV, DV) : 0.0)) * inv[t] * dp_)
 #define REF_P_AND_S(t, j, P, St)                                                                  \
@@ -197,7 +197,7 @@ static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
                 (void)st;
                 const double *kj = kh + j * DQK;
                 for (int64_t d = 0; d < DQK; d++)
-                    dqt[d] += magnitudes ? fabs(s->scale * (magnitudes == 2 ? pmag(t, j) : p) * kj[d])
+                    dqt[d] += magnitudes ? fabs(s->scale * (magnitudes == 2 ? REF_P_MAG(t, j) : p) * kj[d])
                                          : s->scale * p * kj[d];
             }
         }
@@ -212,7 +212,7 @@ static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
                 REF_P_AND_S(t, j, p, st);
                 const double *qt = qh + t * DQK, *dht = dhh + t * DV;
                 for (int64_t d = 0; d < DQK; d++)
-                    dkj[d] += magnitudes ? fabs(s->scale * (magnitudes == 2 ? pmag(t, j) : p) * qt[d])
+                    dkj[d] += magnitudes ? fabs(s->scale * (magnitudes == 2 ? REF_P_MAG(t, j) : p) * qt[d])
                                          : s->scale * p * qt[d];
                 const double cw = st * dp_ * inv[t];
                 for (int64_t d = 0; d < DV; d++)
@@ -222,7 +222,7 @@ static void bwd_impl(const mlstm_ref_shape *s, const double *q, const double *k,
             dih[j] = dij;
         }
 #undef REF_P_AND_S
-#undef pmag
+#undef REF_P_MAG
         /* gates: dF_u = q_u . dq_u - k_u . dk_u, da = reverse cumsum, df = da * sigmoid(-f) */
         for (int64_t u = 0; u < S; u++)
             dF[u] = dot(qh + u * DQK, dqh + u * DQK, DQK) - dot(kh + u * DQK, dkh + u * DQK, DQK);

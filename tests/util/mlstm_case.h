@@ -60,6 +60,9 @@ typedef struct mc_inputs {
 } mc_inputs;
 void mc_inputs_make(const mc_case *c, mc_inputs *in);
 void mc_inputs_free(mc_inputs *in);
+/* Issue 17's huge-gate regime: overwrites in's gates with i ~ 20 N(0,1), f ~ 10 N(0,1) (f32-rounded like every
+ * gate input), drawn from c->seed */
+void mc_inputs_huge_gates(const mc_case *c, mc_inputs *in);
 
 /* Outputs as contiguous doubles (t[o] NULL when the case does not produce output o). */
 typedef struct mc_outputs {
