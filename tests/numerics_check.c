@@ -112,6 +112,43 @@ static size_t huge_violations(const char *name, const double *x, const double *r
     return nan + wrong_sign + bad_fin + beyond;
 }
 
+/* The backward reads the forward's stored h (f16), m and n (f32). For each infinity of dq, dk whose exact value
+ * fits f16, prints the float64 backward at those stored values beside the exact one: at the device's h, m, n
+ * together, and at its h alone and its m, n alone. Where the value at the stored inputs overflows (or reaches the
+ * threshold), the infinity is the backward's faithful answer to its inputs, i.e. the forward's rounding
+ * propagated by the problem's conditioning; where it does not, the backward kernels' own arithmetic is at fault. */
+static void huge_at_device_forward(const mc_case *c, const mc_inputs *in, const mc_outputs *ref, const mc_outputs *dev)
+{
+    mc_outputs at[3]; /* 0: device h, m, n; 1: device h, reference m, n; 2: reference h, device m, n */
+    for (int a = 0; a < 3; a++) {
+        memset(&at[a], 0, sizeof at[a]);
+        mc_reference(c, in, c->grad_mode, &at[a]);
+        if (a < 2)
+            memcpy(at[a].t[MC_OUT_H], dev->t[MC_OUT_H], mc_output_count(c, MC_OUT_H) * sizeof(double));
+        const int dm = a != 1;
+        mc_reference_bwd_at(c, in, c->grad_mode, dm ? dev->t[MC_OUT_M] : ref->t[MC_OUT_M],
+                            dm ? dev->t[MC_OUT_N] : ref->t[MC_OUT_N], &at[a]);
+    }
+    for (int o = MC_OUT_DQ; o <= MC_OUT_DK; o++) {
+        const size_t n = mc_output_count(c, o);
+        size_t flagged = 0, explained = 0;
+        for (size_t x = 0; x < n; x++) {
+            if (!isinf(dev->t[o][x]) || fabs(ref->t[o][x]) >= 65520.0)
+                continue;
+            flagged++;
+            explained += fabs(at[0].t[o][x]) >= 65520.0;
+            const size_t row = x / (size_t)c->DQK; /* (b, h, s) row of the contiguous (B, NH, S, DQK) output */
+            printf("        %s[bh %zu, s %zu, col %zu]: exact %.7g; at the stored h, m, n %.7g; h only %.7g; "
+                   "m, n only %.7g\n", mc_output_name(o), row / (size_t)c->S, row % (size_t)c->S,
+                   x % (size_t)c->DQK, ref->t[o][x], at[0].t[o][x], at[1].t[o][x], at[2].t[o][x]);
+        }
+        printf("    %-3s infinities where the exact value fits: %zu, of which the backward at the stored h, m, n "
+               "overflows: %zu\n", mc_output_name(o), flagged, explained);
+    }
+    for (int a = 0; a < 3; a++)
+        mc_outputs_free(&at[a]);
+}
+
 int main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : NULL;
@@ -193,6 +230,7 @@ int main(int argc, char **argv)
                                  mc_output_count(&c, MC_OUT_DV));
             mc_outputs_free(&mp);
             mc_outputs_free(&mdp);
+            huge_at_device_forward(&c, &in, &ref, &dev);
             for (int o = MC_OUT_DI; o <= MC_OUT_DF; o++) {
                 size_t nn = 0, n = mc_output_count(&c, o);
                 for (size_t x = 0; x < n; x++) nn += !isfinite(dev.t[o][x]);
