@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include "common/launch.h"
-#include <type_traits>
 #include "common/tile_config.h"
 #include "mlstm_cuda_kernels.h"
 #include "head_dims.h"
@@ -58,23 +57,25 @@ bool rows_aligned(const KArgs &a, bool backward, int elems)
 /* the 2-byte tensor-core path */
 bool tc_aligned(const KArgs &a, bool backward) { return rows_aligned(a, backward, 8); }
 
-/* head dim -> index of the per-dim tables (64/128/256 -> 0/1/2), -1 elsewhere */
-int dim_index(int64_t d) { return d == 64 ? 0 : d == 128 ? 1 : d == 256 ? 2 : -1; }
-
-template <typename T> constexpr int tix() { return std::is_same<T, __nv_bfloat16>::value ? 1 : 0; }
+/* The sm_90a dQ kernel serves both of its variants (two query tiles per CTA / key split): a registry row each */
+template <typename T, int D, bool MC, bool SPLIT> cudaError_t run_dq_wgmma(const KArgs &a, cudaStream_t st)
+{
+    return run_bwd_dq_wgmma<T, D, MC>(a, st, SPLIT);
+}
 
 } // namespace
 } // namespace mlstm
 
 using namespace mlstm;
 
-/* The instance registry, one line per kernel variant: its name (what MLSTM_CUDA_FORCE names and the call trace
- * reports), the direction role it fills, and the storage it serves (16-bit f16/bf16, f32, or any). */
+/* The variants, one line each: the name (what MLSTM_CUDA_FORCE names and the call trace reports), the direction
+ * role it fills, the storage it serves (16-bit f16/bf16, f32, or any) and what a failed launch reports. */
 enum VariantRole { ROLE_FWD = 0, ROLE_DKDV = 1, ROLE_DQ = 2, ROLE_BWD32 = 3, ROLE_COUNT = 4 };
 enum VariantDtypes { VD_HALF = 1, VD_F32 = 2, VD_ANY = 3 };
 struct VariantInfo {
     const char *name;
     int role, dtypes;
+    const char *launch;
 };
 enum Variant {
     V_AUTO = 0,
@@ -85,14 +86,57 @@ enum Variant {
     V_COUNT
 };
 static const VariantInfo k_variants[V_COUNT] = {
-    {"auto", -1, 0},
-    {"fwd.simt", ROLE_FWD, VD_ANY},      {"fwd.tc", ROLE_FWD, VD_HALF},        {"fwd.tc_small", ROLE_FWD, VD_HALF},
-    {"fwd.tc_split", ROLE_FWD, VD_HALF}, {"fwd.wg", ROLE_FWD, VD_HALF},        {"fwd.wg_split", ROLE_FWD, VD_HALF},
-    {"fwd.tc32", ROLE_FWD, VD_F32},      {"fwd.wg32", ROLE_FWD, VD_F32},
-    {"dkdv.tc", ROLE_DKDV, VD_HALF},     {"dkdv.tc_small", ROLE_DKDV, VD_HALF}, {"dkdv.wg", ROLE_DKDV, VD_HALF},
-    {"dq.tc", ROLE_DQ, VD_HALF},         {"dq.wg", ROLE_DQ, VD_HALF},          {"dq.wg_split", ROLE_DQ, VD_HALF},
-    {"bwd.simt", ROLE_BWD32, VD_ANY},    {"bwd.tc32", ROLE_BWD32, VD_F32},     {"bwd.wg32", ROLE_BWD32, VD_F32},
+    {"auto", -1, 0, ""},
+    {"fwd.simt", ROLE_FWD, VD_ANY, "mlstm_fwd_kernel (simt) launch"},
+    {"fwd.tc", ROLE_FWD, VD_HALF, "mlstm_fwd_kernel (tc) launch"},
+    {"fwd.tc_small", ROLE_FWD, VD_HALF, "mlstm_fwd_kernel (tc small) launch"},
+    {"fwd.tc_split", ROLE_FWD, VD_HALF, "mlstm_fwd_kernel (tc split) launch"},
+    {"fwd.wg", ROLE_FWD, VD_HALF, "mlstm_fwd_wgmma_kernel launch"},
+    {"fwd.wg_split", ROLE_FWD, VD_HALF, "mlstm_fwd_wgmma_kernel (split) launch"},
+    {"fwd.tc32", ROLE_FWD, VD_F32, "mlstm_fwd_kernel (tc32) launch"},
+    {"fwd.wg32", ROLE_FWD, VD_F32, "mlstm_fwd_wgmma_f32_kernel launch"},
+    {"dkdv.tc", ROLE_DKDV, VD_HALF, "mlstm_bwd_dkdv_kernel (tc) launch"},
+    {"dkdv.tc_small", ROLE_DKDV, VD_HALF, "mlstm_bwd_dkdv_kernel (tc small) launch"},
+    {"dkdv.wg", ROLE_DKDV, VD_HALF, "mlstm_bwd_dkdv_wgmma_kernel launch"},
+    {"dq.tc", ROLE_DQ, VD_HALF, "mlstm_bwd_dq_kernel (tc) launch"},
+    {"dq.wg", ROLE_DQ, VD_HALF, "mlstm_bwd_dq_wgmma_kernel launch"},
+    {"dq.wg_split", ROLE_DQ, VD_HALF, "mlstm_bwd_dq_wgmma_kernel (split) launch"},
+    {"bwd.simt", ROLE_BWD32, VD_ANY, "mlstm_bwd_dkdv/dq_kernel (simt) launch"},
+    {"bwd.tc32", ROLE_BWD32, VD_F32, "mlstm_bwd_dkdv/dq_kernel (tc32) launch"},
+    {"bwd.wg32", ROLE_BWD32, VD_F32, "mlstm_bwd_dkdv/dq_wgmma_f32_kernel launch"},
 };
+
+/* Where an instance runs: sm_80 and later; sm_90 and later (compiled for sm_90+ only, stubs on sm_80); sm_90a code
+ * (compute capability 9.0 exactly, in builds that include sm_90a) */
+enum InstanceArch { ARCH_ANY = 0, ARCH_SM90 = 1, ARCH_SM90A = 2 };
+/* The facts of an instance's tiles that dispatch's policies read (tile_config.h): rows, the query (or key) rows of
+ * one CTA of its grid; parts, its CTAs per such row tile; pct, the key-split wgmma forward's grid threshold (percent
+ * of the SMs); always, the alternative dK/dV whenever the device runs it; tma, it loads K/V through TMA maps */
+struct InstancePolicy {
+    int rows, parts, pct;
+    bool always, tma;
+};
+/* The instance registry: one row per compiled, dispatchable kernel instance, generated with the instance sources
+ * from the one list in gen_instances.py (inst/registry.inc). A head-dimension class is the D of its rows. */
+struct Instance {
+    Variant variant;
+    int dtype;     /* storage dtype */
+    int D;         /* head-dimension class (DQK = DV = D, or narrower heads where mc); 0: any (SIMT) */
+    bool mc;       /* masks columns beyond DQK / DV (common.cuh masked_cols) */
+    int mode;      /* f32 tensor-core math: 0 3xTF32, 1 TF32 (MLSTM_MATH_TF32) */
+    int arch;      /* InstanceArch */
+    cudaError_t (*run)(const KArgs &, cudaStream_t);
+    cudaError_t (*setup)();
+    Variant needs; /* the variant of the same (dtype, D, mc) whose acceptance this one also needs, or V_AUTO */
+    InstancePolicy pol;
+};
+static const Instance k_instances[] = {
+#define MLSTM_INSTANCE(v, dt, d, mc, mode, arch, run, setup, needs, ...)                                           \
+    {v, dt, d, mc, mode, arch, run, setup, needs, __VA_ARGS__},
+#include "inst/registry.inc"
+#undef MLSTM_INSTANCE
+};
+enum { INSTANCE_COUNT = (int)(sizeof k_instances / sizeof k_instances[0]) };
 
 /* The dispatch state of one context: the instances its device accepted at setup and the policies read then.
  * Immutable after mlstm_cuda_kernels_setup, so contexts (and threads) never see each other's settings. */
@@ -102,20 +146,65 @@ struct mlstm_cuda_dispatch {
     int wg_mode;    /* sm_90a warpgroup-MMA kernels: -1 auto, 0 never, 1 whenever eligible (MLSTM_CUDA_WGMMA) */
     bool f32_tc;    /* f32 on tensor cores at all (MLSTM_CUDA_F32_TC) */
     bool tma_ok;    /* the device launches clusters and the driver's tensor-map encoder was found */
-    /* per-instance acceptance: [dtype f16=0 / bf16=1][D 64/128/256 -> 0/1/2], f32 ones [mode 3xTF32/TF32][D] */
-    bool tc_ok[2][2][3];       /* [backward][t][d]: default tiles (forward; dK/dV + dQ) */
-    bool tc_small_ok[2][2][3]; /* [backward][t][d]: the small-grid tiles */
-    bool tc_split_ok[2][3];    /* the key-split forward */
-    bool wg_ok[2][3], wgs_ok[2][3], wgq_ok[2][3], wgk_ok[2][3]; /* wgmma forward, its split, dQ, dK/dV */
-    bool wgf_ok[2], wgfb_ok[2];                                 /* f32 split-f16 wgmma forward / backward, D 64/128 */
-    bool wgm_ok[2], wgsm_ok[2], wgqm_ok[2], wgkm_ok[2]; /* the masking D = 256 wgmma instances: forward, split, dQ, dK/dV */
-    bool tc32_ok[2][2][3];                                      /* [backward][mode][d] */
+    bool ok[INSTANCE_COUNT];      /* per registry row: the device accepted the instance at setup */
     Variant force[ROLE_COUNT][2]; /* tests: MLSTM_CUDA_FORCE per role and storage (16-bit, f32); V_AUTO: dispatch chooses */
 };
 typedef mlstm_cuda_dispatch Dispatch;
 
 namespace mlstm {
 namespace {
+
+/* The registry row of variant v for (dtype, D, f32 mode) that masks columns where mask is set, else the one that
+ * does not (or, in a class whose instances always mask, the masking one); -1 where there is none */
+int find_instance(Variant v, int dtype, int D, bool mask, int mode = 0)
+{
+    /* the registry's rows of each variant, listed once (thread-safe static initialisation): a call scans a dozen */
+    struct Rows {
+        short n[V_COUNT], i[V_COUNT][INSTANCE_COUNT];
+    };
+    static const Rows rows = [] {
+        Rows r = {};
+        for (int k = 0; k < INSTANCE_COUNT; ++k) {
+            const int vv = k_instances[k].variant;
+            r.i[vv][r.n[vv]++] = (short)k;
+        }
+        return r;
+    }();
+    int any = -1;
+    for (int j = 0; j < rows.n[v]; ++j) {
+        const int i = rows.i[v][j];
+        const Instance &in = k_instances[i];
+        if (in.dtype != dtype || in.D != D || in.mode != mode) continue;
+        if (in.mc == mask) return i;
+        if (!mask) any = i;
+    }
+    return any;
+}
+/* ... where this context's device accepted it, else null */
+const Instance *usable(const Dispatch &ds, Variant v, int dtype, int D, bool mask, int mode = 0)
+{
+    const int i = find_instance(v, dtype, D, mask, mode);
+    return i >= 0 && ds.ok[i] ? &k_instances[i] : nullptr;
+}
+/* the policy facts of variant v's instance in class D (zeros where there is none) */
+InstancePolicy policy_of(Variant v, int dtype, int D, bool mask)
+{
+    const int i = find_instance(v, dtype, D, mask);
+    return i >= 0 ? k_instances[i].pol : InstancePolicy{};
+}
+/* the number of row tiles of `rows` rows covering S */
+int64_t row_tiles(int64_t S, int rows) { return rows > 0 ? (S + rows - 1) / rows : S; }
+
+/* The f16/bf16 tensor-core classes (the D of the registry's fwd.tc rows), ascending: the smallest one holding w
+ * columns, or 0 */
+int smallest_class(int64_t w)
+{
+    int best = 0;
+    for (const Instance &in : k_instances)
+        if (in.variant == V_FWD_TC && in.dtype == MLSTM_DTYPE_F16 && in.D >= w && (best == 0 || in.D < best))
+            best = in.D;
+    return best;
+}
 
 /* The trace of a call: the names of the instances it enqueued, "+"-joined */
 void trace_add(mlstm_cuda_trace *tr, const char *name, int dtype, int64_t D, bool masking = false)
@@ -127,6 +216,11 @@ void trace_add(mlstm_cuda_trace *tr, const char *name, int dtype, int64_t D, boo
     snprintf(tr->kernels + n, sizeof tr->kernels - n, "%s%s.%s.d%lld%s", n ? "+" : "", name,
              dtype == MLSTM_DTYPE_F32 ? "f32" : dtype == MLSTM_DTYPE_F16 ? "f16" : "bf16", (long long)D,
              masking ? "m" : "");
+}
+/* ... of one instance, run for a call of head dim D */
+void trace_instance(mlstm_cuda_trace *tr, const Instance &in, int64_t D)
+{
+    trace_add(tr, k_variants[in.variant].name, in.dtype, D, in.mc && in.D != MASKED_COLS_CLASS);
 }
 
 /* A forced variant of role r applies to calls of its storage class; elsewhere dispatch chooses */
@@ -143,49 +237,50 @@ bool use_small(const Dispatch &ds, int64_t ctas_default)
 
 /* forward tile variant: the small tiles when the default grid is below MLSTM_SMALL_CTAS_PER_SM CTAs per SM, and
  * the key split instead when even the small tiles' grid is below MLSTM_SPLIT_CTAS_PER_SM (auto mode only) */
-template <int D> Variant fwd_tc_variant(const Dispatch &ds, const KArgs &a, int t)
+Variant fwd_tc_variant(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask)
 {
-    using C = typename TileCfg<D>::Fwd;
-    using CS = typename TileCfg<D>::FwdS;
-    const int di = dim_index(D);
-    if (!ds.tc_small_ok[0][t][di] || !use_small(ds, (a.S + C::BM - 1) / C::BM * a.B * a.NH)) return V_FWD_TC;
-    if (ds.small_mode < 0 && ds.tc_split_ok[t][di] &&
-        (a.S + CS::BM - 1) / CS::BM * a.B * a.NH < (int64_t)MLSTM_SPLIT_CTAS_PER_SM * ds.sms)
+    const int64_t bh = a.B * a.NH;
+    if (!usable(ds, V_FWD_TC_SMALL, dt, D, mask) ||
+        !use_small(ds, row_tiles(a.S, policy_of(V_FWD_TC, dt, D, mask).rows) * bh))
+        return V_FWD_TC;
+    if (ds.small_mode < 0 && usable(ds, V_FWD_TC_SPLIT, dt, D, mask) &&
+        row_tiles(a.S, policy_of(V_FWD_TC_SMALL, dt, D, mask).rows) * bh < (int64_t)MLSTM_SPLIT_CTAS_PER_SM * ds.sms)
         return V_FWD_TC_SPLIT;
     return V_FWD_TC_SMALL;
 }
 /* the alternative dK/dV tiles: by grid size (D = 64/128), or whenever available unless the env variable says
  * never (D = 256: the sm_90 8-warp variant, tile_config.h) */
-template <int D> bool bwd_small(const Dispatch &ds, const KArgs &a, int t)
+bool bwd_small(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask)
 {
-    using C = typename TileCfg<D>::Dkdv;
-    constexpr int BNK = 16 * C::NW;
-    if (!TileCfg<D>::BWD_SMALL || !ds.tc_small_ok[1][t][dim_index(D)]) return false;
-    if (TileCfg<D>::BWD_ALT_ALWAYS) return ds.small_mode != 0;
-    return use_small(ds, (a.S + BNK - 1) / BNK * (D / C::DOUT) * a.B * a.NH);
+    const Instance *in = usable(ds, V_DKDV_TC_SMALL, dt, D, mask);
+    if (!in) return false;
+    if (in->pol.always) return ds.small_mode != 0;
+    return use_small(ds, row_tiles(a.S, in->pol.rows) * in->pol.parts * a.B * a.NH);
 }
 
-/* the key-split wgmma forward can serve a: the instance, and for the cluster variant TMA maps of K and V */
-template <int D> bool wgmma_split_ok(const Dispatch &ds, const KArgs &a, int t, bool mc = false)
+/* the key-split wgmma forward's instance, where it can serve a (the cluster variant loads K and V through TMA
+ * maps), else null */
+const Instance *wgmma_split(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask)
 {
-    if (!(mc ? ds.wgsm_ok[t] : ds.wgs_ok[t][dim_index(D)])) return false;
-    if (TileCfg<D>::FwdWgK::CL > 1) { /* the cluster variant loads K/V through TMA */
-        cuuint64_t dims[4], strides[3];
-        /* masked columns: the maps span DQK / DV columns; at least one whole 64-column box each (narrower heads
-         * take the cp.async variants) */
-        if (!ds.tma_ok || a.DQK < 64 || a.DV < 64 || !tma_shape(a.t[MLSTM_TENSOR_K], a, a.DQK, dims, strides) ||
-            !tma_shape(a.t[MLSTM_TENSOR_V], a, a.DV, dims, strides))
-            return false;
-    }
-    return true;
+    const Instance *in = usable(ds, V_FWD_WG_SPLIT, dt, D, mask);
+    if (!in || !in->pol.tma) return in;
+    cuuint64_t dims[4], strides[3];
+    /* masked columns: the maps span DQK / DV columns; at least one whole 64-column box each (narrower heads take
+     * the cp.async variants) */
+    if (!ds.tma_ok || a.DQK < 64 || a.DV < 64 || !tma_shape(a.t[MLSTM_TENSOR_K], a, a.DQK, dims, strides) ||
+        !tma_shape(a.t[MLSTM_TENSOR_V], a, a.DV, dims, strides))
+        return nullptr;
+    return in;
 }
-/* ... and is chosen: when its default grid has fewer CTAs than FWD_WG_SPLIT_PCT percent of the SMs (or always /
- * never under MLSTM_CUDA_SMALL_TILES=1 / 0) */
-template <int D> bool use_wgmma_split(const Dispatch &ds, const KArgs &a, int t, bool mc = false)
+/* ... and is chosen: when its default grid has fewer CTAs than its percentage of the SMs (or always / never under
+ * MLSTM_CUDA_SMALL_TILES=1 / 0) */
+bool use_wgmma_split(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask)
 {
-    if (ds.small_mode == 0 || !wgmma_split_ok<D>(ds, a, t, mc)) return false;
+    if (ds.small_mode == 0) return false;
+    const Instance *in = wgmma_split(ds, a, dt, D, mask);
+    if (!in) return false;
     if (ds.small_mode == 1) return true;
-    return (a.S + 127) / 128 * a.B * a.NH * 100 < (int64_t)TileCfg<D>::FWD_WG_SPLIT_PCT * ds.sms; /* 128-row tiles */
+    return row_tiles(a.S, 128) * a.B * a.NH * 100 < (int64_t)in->pol.pct * ds.sms; /* 128-row tiles */
 }
 
 /* the f32 tensor-core kernels */
@@ -196,21 +291,21 @@ int tc32_mode(const mlstm_params *p) { return p->math_mode == MLSTM_MATH_TF32 ? 
 /* head dim served by the f32 tensor-core forward (or backward), or 0 */
 int tc32_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backward = false)
 {
-    if (p->dtype != MLSTM_DTYPE_F32 || !ds.f32_tc || p->dqk != p->dv) return 0;
-    const int di = dim_index(p->dqk);
-    if (di < 0 || !ds.tc32_ok[backward ? 1 : 0][tc32_mode(p)][di]) return 0;
+    if (p->dtype != MLSTM_DTYPE_F32 || !ds.f32_tc || p->dqk != p->dv || p->dqk > 4096) return 0;
+    if (!usable(ds, backward ? V_BWD_TC32 : V_FWD_TC32, MLSTM_DTYPE_F32, (int)p->dqk, false, tc32_mode(p))) return 0;
     if (!tc32_aligned(a, backward)) return 0;
     return (int)p->dqk;
 }
 
-/* head dim served by the tensor-core path, or 0 */
+/* head dim (class) served by the 16-bit tensor-core path, or 0: its default instances accepted, aligned rows */
 int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backward)
 {
     if (p->dtype != MLSTM_DTYPE_F16 && p->dtype != MLSTM_DTYPE_BF16) return 0;
     const int D = masked_class(ds, p->dtype, p->dqk, p->dv, backward);
-    const int di = dim_index(D);
-    if (di < 0 || !ds.tc_ok[backward ? 1 : 0][p->dtype == MLSTM_DTYPE_BF16 ? 1 : 0][di]) return 0;
-    if (!tc_aligned(a, backward)) return 0;
+    if (D == 0) return 0;
+    const bool ok = backward ? usable(ds, V_DKDV_TC, p->dtype, D, false) && usable(ds, V_DQ_TC, p->dtype, D, false)
+                             : usable(ds, V_FWD_TC, p->dtype, D, false) != nullptr;
+    if (!ok || !tc_aligned(a, backward)) return 0;
     return D;
 }
 
@@ -219,45 +314,22 @@ int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backw
  * dim or math mode do not apply to it (dispatch chooses) */
 #define MLSTM_UNAVAILABLE(v) MLSTM_RUN(cudaErrorNotSupported, k_variants[v].name)
 
-template <typename T, int D>
-int fwd_tc(const Dispatch &ds, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
+/* The f16/bf16 forward on class D */
+int fwd_half(const Dispatch &ds, const KArgs &a, int dt, int D, cudaStream_t st, mlstm_cuda_trace *tr,
+             mlstm_cuda_fail *fail)
 {
-    constexpr int t = tix<T>();
-    const int di = dim_index(D);
-    /* a narrower head on a class that does not mask by default: its masking wgmma instances (masked_class) */
-    const bool mc = D != MASKED_COLS_CLASS && (a.DQK < D || a.DV < D);
-    Variant v = forced(ds, ROLE_FWD, t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16);
+    const bool mask = a.DQK < D || a.DV < D; /* a narrower head (masked_class) */
+    Variant v = forced(ds, ROLE_FWD, dt);
     if (v == V_AUTO) {
-        if (mc || (ds.wg_ok[t][di] && ds.wg_mode != 0))
-            v = use_wgmma_split<D>(ds, a, t, mc) ? V_FWD_WG_SPLIT : V_FWD_WG;
+        if (ds.wg_mode != 0 && usable(ds, V_FWD_WG, dt, D, mask))
+            v = use_wgmma_split(ds, a, dt, D, mask) ? V_FWD_WG_SPLIT : V_FWD_WG;
         else
-            v = fwd_tc_variant<D>(ds, a, t);
+            v = fwd_tc_variant(ds, a, dt, D, mask);
     }
-    const bool ok = mc ? (v == V_FWD_WG ? ds.wgm_ok[t] : v == V_FWD_WG_SPLIT && wgmma_split_ok<D>(ds, a, t, true))
-                    : v == V_FWD_TC ? ds.tc_ok[0][t][di]
-                    : v == V_FWD_TC_SMALL ? ds.tc_small_ok[0][t][di]
-                    : v == V_FWD_TC_SPLIT ? ds.tc_split_ok[t][di]
-                    : v == V_FWD_WG ? ds.wg_ok[t][di]
-                    : v == V_FWD_WG_SPLIT ? wgmma_split_ok<D>(ds, a, t)
-                                          : false;
-    if (!ok) MLSTM_UNAVAILABLE(v);
-    trace_add(tr, k_variants[v].name, t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16, D, mc);
-    if constexpr (D == 256) {
-        if (mc) {
-            if (v == V_FWD_WG_SPLIT)
-                MLSTM_RUN((run_fwd_wgmma<T, D, true, true>(a, st)), "mlstm_fwd_wgmma_kernel (split, masked) launch");
-            else
-                MLSTM_RUN((run_fwd_wgmma<T, D, false, true>(a, st)), "mlstm_fwd_wgmma_kernel (masked) launch");
-            return 0;
-        }
-    }
-    switch (v) {
-    case V_FWD_WG_SPLIT: MLSTM_RUN((run_fwd_wgmma<T, D, true>(a, st)), "mlstm_fwd_wgmma_kernel (split) launch"); break;
-    case V_FWD_WG: MLSTM_RUN((run_fwd_wgmma<T, D, false>(a, st)), "mlstm_fwd_wgmma_kernel launch"); break;
-    case V_FWD_TC_SPLIT: MLSTM_RUN((run_fwd_tc<T, D, FWD_SPLIT>(a, st)), "mlstm_fwd_kernel (tc split) launch"); break;
-    case V_FWD_TC_SMALL: MLSTM_RUN((run_fwd_tc<T, D, FWD_SMALL>(a, st)), "mlstm_fwd_kernel (tc small) launch"); break;
-    default: MLSTM_RUN((run_fwd_tc<T, D, FWD_DEFAULT>(a, st)), "mlstm_fwd_kernel (tc) launch"); break;
-    }
+    const Instance *in = v == V_FWD_WG_SPLIT ? wgmma_split(ds, a, dt, D, mask) : usable(ds, v, dt, D, mask);
+    if (!in) MLSTM_UNAVAILABLE(v);
+    trace_instance(tr, *in, D);
+    MLSTM_RUN(in->run(a, st), k_variants[v].launch);
     return 0;
 }
 
@@ -268,147 +340,107 @@ bool dq_split(const Dispatch &ds, const KArgs &a)
     if (ds.small_mode >= 0) return ds.small_mode == 1;
     return (a.S + 63) / 64 * a.B * a.NH <= (int64_t)MLSTM_DQ_WS_CTAS_PER_SM * ds.sms;
 }
-template <typename T, int D>
-int bwd_tc(const Dispatch &ds, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
+/* The f16/bf16 dK/dV and dQ kernels on class D */
+int bwd_half(const Dispatch &ds, const KArgs &a, int dt, int D, cudaStream_t st, mlstm_cuda_trace *tr,
+             mlstm_cuda_fail *fail)
 {
-    constexpr int t = tix<T>();
-    constexpr int dt = t ? MLSTM_DTYPE_BF16 : MLSTM_DTYPE_F16;
-    const int di = dim_index(D);
-    const bool wg = ds.wg_mode != 0;
-    /* a narrower head on a class that does not mask by default: its masking wgmma instances (masked_class) */
-    const bool mc = D != MASKED_COLS_CLASS && (a.DQK < D || a.DV < D);
+    const bool mask = a.DQK < D || a.DV < D, wg = ds.wg_mode != 0;
     Variant vk = forced(ds, ROLE_DKDV, dt), vq = forced(ds, ROLE_DQ, dt);
-    if (vk == V_AUTO) {
-        if (mc || (TileCfg<D>::DKDV_WG && ds.wgk_ok[t][di] && wg)) vk = V_DKDV_WG;
-        else vk = bwd_small<D>(ds, a, t) ? V_DKDV_TC_SMALL : V_DKDV_TC;
-    }
-    if (vq == V_AUTO) vq = mc || (ds.wgq_ok[t][di] && wg) ? (dq_split(ds, a) ? V_DQ_WG_SPLIT : V_DQ_WG) : V_DQ_TC;
-    const bool ok_k = mc ? vk == V_DKDV_WG && ds.wgkm_ok[t]
-                      : vk == V_DKDV_WG ? TileCfg<D>::DKDV_WG && ds.wgk_ok[t][di]
-                      : vk == V_DKDV_TC_SMALL ? TileCfg<D>::BWD_SMALL && ds.tc_small_ok[1][t][di]
-                                              : ds.tc_ok[1][t][di];
-    if (!ok_k) MLSTM_UNAVAILABLE(vk);
-    if (mc ? vq == V_DQ_TC || !ds.wgqm_ok[t] : vq != V_DQ_TC && !ds.wgq_ok[t][di]) MLSTM_UNAVAILABLE(vq);
-    trace_add(tr, k_variants[vk].name, dt, D, mc);
-    trace_add(tr, k_variants[vq].name, dt, D, mc);
-    if constexpr (D == 256) {
-        if (mc) {
-            MLSTM_RUN((run_bwd_dkdv_wgmma<T, D, true>(a, st)), "mlstm_bwd_dkdv_wgmma_kernel (masked) launch");
-            MLSTM_RUN((run_bwd_dq_wgmma<T, D, true>(a, st, vq == V_DQ_WG_SPLIT)),
-                      "mlstm_bwd_dq_wgmma_kernel (masked) launch");
-            return 0;
-        }
-    }
-    if constexpr (TileCfg<D>::DKDV_WG) {
-        if (vk == V_DKDV_WG) MLSTM_RUN((run_bwd_dkdv_wgmma<T, D>(a, st)), "mlstm_bwd_dkdv_wgmma_kernel launch");
-    }
-    if constexpr (TileCfg<D>::BWD_SMALL) {
-        if (vk == V_DKDV_TC_SMALL) MLSTM_RUN((run_bwd_dkdv_tc<T, D, true>(a, st)), "mlstm_bwd_dkdv_kernel (tc small) launch");
-    }
-    if (vk == V_DKDV_TC) MLSTM_RUN((run_bwd_dkdv_tc<T, D, false>(a, st)), "mlstm_bwd_dkdv_kernel (tc) launch");
-    if (vq == V_DQ_TC) MLSTM_RUN((run_bwd_dq_tc<T, D>(a, st)), "mlstm_bwd_dq_kernel (tc) launch");
-    else MLSTM_RUN((run_bwd_dq_wgmma<T, D>(a, st, vq == V_DQ_WG_SPLIT)), "mlstm_bwd_dq_wgmma_kernel launch");
+    if (vk == V_AUTO)
+        vk = wg && usable(ds, V_DKDV_WG, dt, D, mask) ? V_DKDV_WG
+             : bwd_small(ds, a, dt, D, mask)          ? V_DKDV_TC_SMALL
+                                                       : V_DKDV_TC;
+    if (vq == V_AUTO)
+        vq = wg && usable(ds, V_DQ_WG, dt, D, mask) ? (dq_split(ds, a) ? V_DQ_WG_SPLIT : V_DQ_WG) : V_DQ_TC;
+    const Instance *ik = usable(ds, vk, dt, D, mask), *iq = usable(ds, vq, dt, D, mask);
+    if (!ik) MLSTM_UNAVAILABLE(vk);
+    if (!iq) MLSTM_UNAVAILABLE(vq);
+    trace_instance(tr, *ik, D);
+    trace_instance(tr, *iq, D);
+    MLSTM_RUN(ik->run(a, st), k_variants[vk].launch);
+    MLSTM_RUN(iq->run(a, st), k_variants[vq].launch);
     return 0;
 }
 
 /* The f32 variant of a role (d: the f32 tensor-core head dim serving the call, 0 for none): a pinned one where it has
  * an instance for the call (wg: D 64/128 and the default math; tc: any d), else the split-f16 wgmma kernel where the
  * device accepted it, else 3xTF32 / TF32, else SIMT. The caller fails a pinned wg the device refused. */
-Variant f32_variant(const Dispatch &ds, int role, int d, bool tf32, const bool wg_ok[2], Variant simt, Variant tc,
-                    Variant wg)
+Variant f32_variant(const Dispatch &ds, int role, int d, bool tf32, Variant simt, Variant tc, Variant wg)
 {
     Variant v = forced(ds, role, MLSTM_DTYPE_F32);
-    if ((v == wg && (tf32 || (d != 64 && d != 128))) || (v == tc && d == 0)) v = V_AUTO;
+    const bool wg_exists = d != 0 && find_instance(wg, MLSTM_DTYPE_F32, d, false) >= 0;
+    if ((v == wg && (tf32 || !wg_exists)) || (v == tc && d == 0)) v = V_AUTO;
     if (v != V_AUTO) return v;
     if (d == 0) return simt;
-    return !tf32 && ds.wg_mode != 0 && (d == 64 || d == 128) && wg_ok[d == 128] ? wg : tc;
+    return !tf32 && ds.wg_mode != 0 && usable(ds, wg, MLSTM_DTYPE_F32, d, false) ? wg : tc;
 }
 
-template <typename T>
-int fwd_t(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
-          mlstm_cuda_fail *fail)
+/* The row of the chosen variant v of an f32 call on head dim d (f32 math mode of p), or null where refused */
+const Instance *f32_instance(const Dispatch &ds, const mlstm_params *p, Variant v, Variant simt, Variant tc, int d)
 {
-    if (forced(ds, ROLE_FWD, p->dtype) != V_FWD_SIMT) {
-        switch (tc_dim(ds, p, a, false)) {
-        case 64: return fwd_tc<T, 64>(ds, a, st, tr, fail);
-        case 128: return fwd_tc<T, 128>(ds, a, st, tr, fail);
-        case 256: return fwd_tc<T, 256>(ds, a, st, tr, fail);
-        default: break;
-        }
-    }
-    trace_add(tr, k_variants[V_FWD_SIMT].name, p->dtype, p->dqk);
-    MLSTM_RUN(run_fwd_simt<T>(a, st), "mlstm_fwd_kernel (simt) launch");
-    return 0;
+    if (v == simt) return usable(ds, simt, MLSTM_DTYPE_F32, 0, false);
+    return usable(ds, v, MLSTM_DTYPE_F32, d, false, v == tc ? tc32_mode(p) : 0);
 }
-template <>
-int fwd_t<float>(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
-                 mlstm_cuda_fail *fail)
+
+cudaError_t run_prep(int dtype, const KArgs &a, cudaStream_t st)
 {
-    const bool tf32 = tc32_mode(p) == 1;
-    const int d = tc32_dim(ds, p, a);
-    const Variant v = f32_variant(ds, ROLE_FWD, d, tf32, ds.wgf_ok, V_FWD_SIMT, V_FWD_TC32, V_FWD_WG32);
-    if (v == V_FWD_WG32 && !ds.wgf_ok[d == 128]) MLSTM_UNAVAILABLE(v);
-    trace_add(tr, k_variants[v].name, MLSTM_DTYPE_F32, p->dqk);
-    if (v == V_FWD_WG32) {
-        MLSTM_RUN((d == 64 ? run_fwd_wgmma_f32<64>(a, st) : run_fwd_wgmma_f32<128>(a, st)), "mlstm_fwd_wgmma_f32_kernel launch");
+    switch (dtype) {
+    case MLSTM_DTYPE_F32: return run_bwd_prep<float>(a, st);
+    case MLSTM_DTYPE_F16: return run_bwd_prep<__half>(a, st);
+    default: return run_bwd_prep<__nv_bfloat16>(a, st);
+    }
+}
+
+int fwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
+             mlstm_cuda_fail *fail)
+{
+    const int dt = p->dtype;
+    if (dt == MLSTM_DTYPE_F32) {
+        const int d = tc32_dim(ds, p, a);
+        const Variant v = f32_variant(ds, ROLE_FWD, d, tc32_mode(p) == 1, V_FWD_SIMT, V_FWD_TC32, V_FWD_WG32);
+        const Instance *in = f32_instance(ds, p, v, V_FWD_SIMT, V_FWD_TC32, d);
+        if (!in) MLSTM_UNAVAILABLE(v);
+        trace_instance(tr, *in, p->dqk);
+        MLSTM_RUN(in->run(a, st), k_variants[v].launch);
         return 0;
     }
-    switch (v == V_FWD_TC32 ? d : 0) {
-    case 64: MLSTM_RUN((tf32 ? run_fwd_tf32<64, 1>(a, st) : run_fwd_tf32<64, 0>(a, st)), "mlstm_fwd_kernel (tc32, D=64) launch"); break;
-    case 128: MLSTM_RUN((tf32 ? run_fwd_tf32<128, 1>(a, st) : run_fwd_tf32<128, 0>(a, st)), "mlstm_fwd_kernel (tc32, D=128) launch"); break;
-    case 256: MLSTM_RUN((tf32 ? run_fwd_tf32<256, 1>(a, st) : run_fwd_tf32<256, 0>(a, st)), "mlstm_fwd_kernel (tc32, D=256) launch"); break;
-    default: MLSTM_RUN(run_fwd_simt<float>(a, st), "mlstm_fwd_kernel (simt) launch"); break;
+    if (forced(ds, ROLE_FWD, dt) != V_FWD_SIMT) {
+        const int D = tc_dim(ds, p, a, false);
+        if (D) return fwd_half(ds, a, dt, D, st, tr, fail);
     }
+    const Instance *in = usable(ds, V_FWD_SIMT, dt, 0, false);
+    if (!in) MLSTM_UNAVAILABLE(V_FWD_SIMT);
+    trace_instance(tr, *in, p->dqk);
+    MLSTM_RUN(in->run(a, st), k_variants[V_FWD_SIMT].launch);
     return 0;
 }
 
-template <typename T>
-int bwd_t(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
-          mlstm_cuda_fail *fail)
+int bwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
+             mlstm_cuda_fail *fail)
 {
-    MLSTM_RUN(run_bwd_prep<T>(a, st), "mlstm_bwd_prep_kernel launch");
-    const bool simt = forced(ds, ROLE_BWD32, p->dtype) == V_BWD_SIMT;
-    int e = -1;
-    switch (simt ? 0 : tc_dim(ds, p, a, true)) {
-    case 64: e = bwd_tc<T, 64>(ds, a, st, tr, fail); break;
-    case 128: e = bwd_tc<T, 128>(ds, a, st, tr, fail); break;
-    case 256: e = bwd_tc<T, 256>(ds, a, st, tr, fail); break;
-    default: break;
+    const int dt = p->dtype;
+    MLSTM_RUN(run_prep(dt, a, st), "mlstm_bwd_prep_kernel launch");
+    if (dt == MLSTM_DTYPE_F32) {
+        const int d = tc32_dim(ds, p, a, true);
+        const Variant v = f32_variant(ds, ROLE_BWD32, d, tc32_mode(p) == 1, V_BWD_SIMT, V_BWD_TC32, V_BWD_WG32);
+        const Instance *in = f32_instance(ds, p, v, V_BWD_SIMT, V_BWD_TC32, d);
+        if (!in) MLSTM_UNAVAILABLE(v);
+        trace_instance(tr, *in, p->dqk);
+        MLSTM_RUN(in->run(a, st), k_variants[v].launch); /* each leaves df as mlstm_bwd_gates_tiled_kernel expects */
+        MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch");
+        return 0;
     }
-    if (e > 0) return e;
-    if (e < 0) {
-        trace_add(tr, k_variants[V_BWD_SIMT].name, p->dtype, p->dqk);
-        MLSTM_RUN(run_bwd_simt<T>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch");
+    const int D = forced(ds, ROLE_BWD32, dt) == V_BWD_SIMT ? 0 : tc_dim(ds, p, a, true);
+    if (D) {
+        const int e = bwd_half(ds, a, dt, D, st, tr, fail);
+        if (e) return e;
+    } else {
+        const Instance *in = usable(ds, V_BWD_SIMT, dt, 0, false);
+        if (!in) MLSTM_UNAVAILABLE(V_BWD_SIMT);
+        trace_instance(tr, *in, p->dqk);
+        MLSTM_RUN(in->run(a, st), k_variants[V_BWD_SIMT].launch);
     }
     MLSTM_RUN(run_bwd_gates(a, st), "mlstm_bwd_gates_kernel launch");
-    return 0;
-}
-template <int D> cudaError_t bwd_tf32(const mlstm_params *p, const KArgs &a, cudaStream_t st)
-{
-    return tc32_mode(p) == 1 ? run_bwd_tf32<D, 1>(a, st) : run_bwd_tf32<D, 0>(a, st);
-}
-template <>
-int bwd_t<float>(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
-                 mlstm_cuda_fail *fail)
-{
-    MLSTM_RUN(run_bwd_prep<float>(a, st), "mlstm_bwd_prep_kernel launch");
-    const bool tf32 = tc32_mode(p) == 1;
-    const int d = tc32_dim(ds, p, a, true);
-    const Variant v = f32_variant(ds, ROLE_BWD32, d, tf32, ds.wgfb_ok, V_BWD_SIMT, V_BWD_TC32, V_BWD_WG32);
-    if (v == V_BWD_WG32 && !ds.wgfb_ok[d == 128]) MLSTM_UNAVAILABLE(v);
-    trace_add(tr, k_variants[v].name, MLSTM_DTYPE_F32, p->dqk);
-    if (v == V_BWD_WG32) {
-        MLSTM_RUN((d == 64 ? run_bwd_wgmma_f32<64>(a, st) : run_bwd_wgmma_f32<128>(a, st)),
-                  "mlstm_bwd_dkdv/dq_wgmma_f32_kernel launch");
-    } else {
-        switch (v == V_BWD_TC32 ? d : 0) { /* both leave df as mlstm_bwd_gates_tiled_kernel expects it */
-        case 64: MLSTM_RUN(bwd_tf32<64>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=64) launch"); break;
-        case 128: MLSTM_RUN(bwd_tf32<128>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=128) launch"); break;
-        case 256: MLSTM_RUN(bwd_tf32<256>(p, a, st), "mlstm_bwd_dkdv/dq_kernel (tc32, D=256) launch"); break;
-        default: MLSTM_RUN(run_bwd_simt<float>(a, st), "mlstm_bwd_dkdv/dq_kernel (simt) launch"); break;
-        }
-    }
-    MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch");
     return 0;
 }
 
@@ -420,44 +452,6 @@ static bool accepted(cudaError_t e)
 {
     if (e != cudaSuccess) (void)cudaGetLastError();
     return e == cudaSuccess;
-}
-
-template <typename T> static void tc_setup_all(Dispatch &ds, int t, bool sm90, bool sm90a)
-{
-    if (sm90a) {
-        ds.wg_ok[t][0] = accepted(setup_fwd_wgmma<T, 64, false>());
-        ds.wg_ok[t][1] = accepted(setup_fwd_wgmma<T, 128, false>());
-        ds.wg_ok[t][2] = accepted(setup_fwd_wgmma<T, 256, false>());
-        ds.wgs_ok[t][0] = ds.wg_ok[t][0] && accepted(setup_fwd_wgmma<T, 64, true>());
-        ds.wgs_ok[t][1] = ds.wg_ok[t][1] && accepted(setup_fwd_wgmma<T, 128, true>());
-        ds.wgs_ok[t][2] = ds.wg_ok[t][2] && accepted(setup_fwd_wgmma<T, 256, true>());
-        ds.wgq_ok[t][0] = accepted(setup_bwd_dq_wgmma<T, 64>());
-        ds.wgq_ok[t][1] = accepted(setup_bwd_dq_wgmma<T, 128>());
-        ds.wgq_ok[t][2] = accepted(setup_bwd_dq_wgmma<T, 256>());
-        ds.wgk_ok[t][0] = accepted(setup_bwd_dkdv_wgmma<T, 64>());
-        ds.wgk_ok[t][1] = accepted(setup_bwd_dkdv_wgmma<T, 128>());
-        ds.wgk_ok[t][2] = accepted(setup_bwd_dkdv_wgmma<T, 256>());
-        ds.wgm_ok[t] = accepted(setup_fwd_wgmma<T, 256, false, true>());
-        ds.wgsm_ok[t] = ds.wgm_ok[t] && accepted(setup_fwd_wgmma<T, 256, true, true>());
-        ds.wgqm_ok[t] = accepted(setup_bwd_dq_wgmma<T, 256, true>());
-        ds.wgkm_ok[t] = accepted(setup_bwd_dkdv_wgmma<T, 256, true>());
-    }
-    ds.tc_ok[0][t][0] = accepted(setup_fwd_tc<T, 64, FWD_DEFAULT>());
-    ds.tc_ok[0][t][1] = accepted(setup_fwd_tc<T, 128, FWD_DEFAULT>());
-    ds.tc_ok[0][t][2] = accepted(setup_fwd_tc<T, 256, FWD_DEFAULT>());
-    ds.tc_ok[1][t][0] = accepted(setup_bwd_dkdv_tc<T, 64, false>()) && accepted(setup_bwd_dq_tc<T, 64>());
-    ds.tc_ok[1][t][1] = accepted(setup_bwd_dkdv_tc<T, 128, false>()) && accepted(setup_bwd_dq_tc<T, 128>());
-    ds.tc_ok[1][t][2] = accepted(setup_bwd_dkdv_tc<T, 256, false>()) && accepted(setup_bwd_dq_tc<T, 256>());
-    if (!sm90) return; /* the small-grid variants are compiled for sm_90+ only (stubs on sm_80) */
-    ds.tc_small_ok[0][t][0] = accepted(setup_fwd_tc<T, 64, FWD_SMALL>());
-    ds.tc_small_ok[0][t][1] = accepted(setup_fwd_tc<T, 128, FWD_SMALL>());
-    ds.tc_small_ok[0][t][2] = accepted(setup_fwd_tc<T, 256, FWD_SMALL>());
-    ds.tc_split_ok[t][0] = accepted(setup_fwd_tc<T, 64, FWD_SPLIT>());
-    ds.tc_split_ok[t][1] = accepted(setup_fwd_tc<T, 128, FWD_SPLIT>());
-    ds.tc_split_ok[t][2] = accepted(setup_fwd_tc<T, 256, FWD_SPLIT>());
-    ds.tc_small_ok[1][t][0] = accepted(setup_bwd_dkdv_tc<T, 64, true>());
-    ds.tc_small_ok[1][t][1] = accepted(setup_bwd_dkdv_tc<T, 128, true>());
-    ds.tc_small_ok[1][t][2] = accepted(setup_bwd_dkdv_tc<T, 256, true>());
 }
 
 /* The driver's tensor-map encoder (a process-wide driver entry point): looked up once, thread-safely */
@@ -501,10 +495,6 @@ static bool parse_force(Dispatch &ds, const char *spec)
 extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma,
                                         const char *force, mlstm_cuda_dispatch **out)
 {
-    static_assert(TileCfg<64>::BWD_SMALL && TileCfg<128>::BWD_SMALL && TileCfg<256>::BWD_SMALL,
-                  "small dK/dV instances (gen_instances.py BWD_SMALL_DIMS) out of step with tile_config.h");
-    static_assert(TileCfg<64>::DKDV_WG && TileCfg<128>::DKDV_WG && TileCfg<256>::DKDV_WG,
-                  "wgmma dK/dV instances (gen_instances.py WG_DKDV_DIMS) out of step with tile_config.h");
     *out = nullptr;
     Dispatch *ds = (Dispatch *)calloc(1, sizeof(Dispatch));
     if (!ds) MLSTM_RUN(cudaErrorMemoryAllocation, "dispatch state allocation");
@@ -536,31 +526,26 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
         clusters = 0;
     }
     ds->tma_ok = sm90a && clusters && tma_encoder() != nullptr; /* (the switch of the cluster forward) */
-    tc_setup_all<__half>(*ds, 0, major >= 9, sm90a);
-    tc_setup_all<__nv_bfloat16>(*ds, 1, major >= 9, sm90a);
     ds->f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;
-    if (sm90a) {
-        ds->wgf_ok[0] = accepted(setup_fwd_wgmma_f32<64>());
-        ds->wgf_ok[1] = accepted(setup_fwd_wgmma_f32<128>());
-        ds->wgfb_ok[0] = accepted(setup_bwd_wgmma_f32<64>());
-        ds->wgfb_ok[1] = accepted(setup_bwd_wgmma_f32<128>());
-    }
-    for (int bw = 0; bw < 2; ++bw) {
-        ds->tc32_ok[bw][0][0] = accepted(bw ? setup_bwd_tf32<64, 0>() : setup_fwd_tf32<64, 0>());
-        ds->tc32_ok[bw][0][1] = accepted(bw ? setup_bwd_tf32<128, 0>() : setup_fwd_tf32<128, 0>());
-        ds->tc32_ok[bw][0][2] = accepted(bw ? setup_bwd_tf32<256, 0>() : setup_fwd_tf32<256, 0>());
-        ds->tc32_ok[bw][1][0] = accepted(bw ? setup_bwd_tf32<64, 1>() : setup_fwd_tf32<64, 1>());
-        ds->tc32_ok[bw][1][1] = accepted(bw ? setup_bwd_tf32<128, 1>() : setup_fwd_tf32<128, 1>());
-        ds->tc32_ok[bw][1][2] = accepted(bw ? setup_bwd_tf32<256, 1>() : setup_fwd_tf32<256, 1>());
-    }
-    /* the SIMT path (63 KB) is the fallback for everything: its setup must succeed */
-    const cudaError_t simt[6] = {setup_fwd_simt<float>(), setup_fwd_simt<__half>(), setup_fwd_simt<__nv_bfloat16>(),
-                                 setup_bwd_simt<float>(), setup_bwd_simt<__half>(), setup_bwd_simt<__nv_bfloat16>()};
-    for (cudaError_t e : simt)
-        if (e != cudaSuccess) {
+    /* every registry row the device can run: its setup (a refused shared-memory size only disables it); the SIMT
+     * path (63 KB) is the fallback for everything, so its setup must succeed */
+    for (int i = 0; i < INSTANCE_COUNT; ++i) {
+        const Instance &in = k_instances[i];
+        const bool runs = in.arch == ARCH_ANY || (in.arch == ARCH_SM90 && major >= 9) || (in.arch == ARCH_SM90A && sm90a);
+        if (!runs) continue;
+        const cudaError_t e = in.setup();
+        if (e != cudaSuccess && in.D == 0) {
             free(ds);
             MLSTM_RUN(e, "cudaFuncSetAttribute (SIMT kernels)");
         }
+        ds->ok[i] = accepted(e);
+    }
+    for (int i = 0; i < INSTANCE_COUNT; ++i) { /* the key-split wgmma forward also needs its default tiles */
+        const Instance &in = k_instances[i];
+        if (in.needs == V_AUTO) continue;
+        const int j = find_instance(in.needs, in.dtype, in.D, in.mc, in.mode);
+        ds->ok[i] = ds->ok[i] && j >= 0 && ds->ok[j];
+    }
     *out = ds;
     return 0;
 }
@@ -577,31 +562,40 @@ bool masked_cols_ok(int D, int64_t cols)
 }
 
 /* Whether the f16/bf16 tensor-core class D serves heads narrower than D by masking columns on this context, in this
- * direction: D = 128 always (its instances mask); D = 256 where the sm_90a masking instances were accepted, the
- * wgmma kernels are allowed and no pinned variant (MLSTM_CUDA_FORCE) of the direction is one without a masking
- * instance (the mma.sync kernels) */
+ * direction: D = MASKED_COLS_CLASS always (its instances mask); another class where each role of the direction has
+ * an accepted masking instance of the variant dispatch would run (the pinned one, MLSTM_CUDA_FORCE, else the wgmma
+ * one: only those have masking instances of their own, gen_instances.py WG_MASKED_DIMS) */
 bool class_masks(const Dispatch &ds, int dtype, int D, bool backward)
 {
     if (dtype != MLSTM_DTYPE_F16 && dtype != MLSTM_DTYPE_BF16) return false;
     if (D == MASKED_COLS_CLASS) return true;
-    if (D != 256 || ds.wg_mode == 0) return false;
-    const int t = dtype == MLSTM_DTYPE_BF16 ? 1 : 0;
-    if (!backward) {
-        const Variant v = forced(ds, ROLE_FWD, dtype);
-        return ds.wgm_ok[t] && (v == V_AUTO || v == V_FWD_WG || v == V_FWD_WG_SPLIT);
-    }
-    const Variant vk = forced(ds, ROLE_DKDV, dtype), vq = forced(ds, ROLE_DQ, dtype);
-    return ds.wgkm_ok[t] && ds.wgqm_ok[t] && (vk == V_AUTO || vk == V_DKDV_WG) &&
-           (vq == V_AUTO || vq == V_DQ_WG || vq == V_DQ_WG_SPLIT);
+    if (ds.wg_mode == 0) return false;
+    const auto serves = [&](int role, Variant wg) {
+        const Variant v = forced(ds, role, dtype);
+        return usable(ds, v == V_AUTO ? wg : v, dtype, D, true) != nullptr;
+    };
+    return backward ? serves(ROLE_DKDV, V_DKDV_WG) && serves(ROLE_DQ, V_DQ_WG) : serves(ROLE_FWD, V_FWD_WG);
 }
 
 int masked_class(const Dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool backward)
 {
-    if (dqk == dv && dim_index(dqk) >= 0) return (int)dqk;
-    const int64_t w = dqk > dv ? dqk : dv;
-    const int D = w <= 64 ? 64 : w <= 128 ? 128 : w <= 256 ? 256 : 0;
-    if (D == 0 || !masked_cols_ok(D, dqk) || !masked_cols_ok(D, dv)) return 0;
+    const int D = smallest_class(dqk > dv ? dqk : dv);
+    if (D == 0) return 0;
+    if (dqk == D && dv == D) return D;
+    if (!masked_cols_ok(D, dqk) || !masked_cols_ok(D, dv)) return 0;
     return class_masks(ds, dtype, D, backward) ? D : 0;
+}
+
+int tc_classes(int *out, int max)
+{
+    int n = 0;
+    for (int D = smallest_class(1); D != 0 && n < max; D = smallest_class(D + 1)) out[n++] = D;
+    for (int i = 0; i < n / 2; ++i) { /* largest first */
+        const int t = out[i];
+        out[i] = out[n - 1 - i];
+        out[n - 1 - i] = t;
+    }
+    return n;
 }
 
 bool direct_tc(const Dispatch &ds, const mlstm_params *p, bool backward)
@@ -612,24 +606,12 @@ bool direct_tc(const Dispatch &ds, const mlstm_params *p, bool backward)
 
 int direct_fwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
-    const KArgs a = make_args(p);
-    switch (p->dtype) {
-    case MLSTM_DTYPE_F32: return fwd_t<float>(ds, p, a, st, tr, fail);
-    case MLSTM_DTYPE_F16: return fwd_t<__half>(ds, p, a, st, tr, fail);
-    case MLSTM_DTYPE_BF16: return fwd_t<__nv_bfloat16>(ds, p, a, st, tr, fail);
-    default: MLSTM_RUN(cudaErrorInvalidValue, "dtype"); return 0;
-    }
+    return fwd_call(ds, p, make_args(p), st, tr, fail);
 }
 
 int direct_bwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
-    const KArgs a = make_args(p);
-    switch (p->dtype) {
-    case MLSTM_DTYPE_F32: return bwd_t<float>(ds, p, a, st, tr, fail);
-    case MLSTM_DTYPE_F16: return bwd_t<__half>(ds, p, a, st, tr, fail);
-    case MLSTM_DTYPE_BF16: return bwd_t<__nv_bfloat16>(ds, p, a, st, tr, fail);
-    default: MLSTM_RUN(cudaErrorInvalidValue, "dtype"); return 0;
-    }
+    return bwd_call(ds, p, make_args(p), st, tr, fail);
 }
 } // namespace mlstm
 

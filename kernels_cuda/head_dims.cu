@@ -299,11 +299,14 @@ mlstm_params slice_params(const mlstm_params *p, const HeadDimPlan &hp)
 
 bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward, HeadDimPlan *hp)
 {
-    if (p->dqk > 256 || direct_tc(ds, p, backward)) return false;
+    int classes[8];
+    const int nc = tc_classes(classes, 8);
+    if (nc == 0 || p->dqk > classes[0] || direct_tc(ds, p, backward)) return false;
     /* cost ~ slices x D, D = 64 counted as 128 (its kernels run at about half the rate per FLOP); ties: larger D */
     HeadDimPlan best = {0, 0, false};
     int64_t best_cost = 0;
-    for (int D = 256; D >= 64; D /= 2) {
+    for (int c = 0; c < nc; ++c) {
+        const int D = classes[c];
         if (D < p->dqk) continue;
         const int64_t ns = (p->dv + D - 1) / D;
         if (ns > HEAD_DIM_MAX_SLICES) continue;

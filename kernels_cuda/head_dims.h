@@ -37,6 +37,9 @@ bool direct_tc(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backwa
 bool class_masks(const mlstm_cuda_dispatch &ds, int dtype, int D, bool backward);
 bool masked_cols_ok(int D, int64_t cols);
 int masked_class(const mlstm_cuda_dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool backward);
+/* dispatch.cu: the f16/bf16 tensor-core head-dimension classes of the instance registry, largest first (at most max
+ * of them written to out); returns their number */
+int tc_classes(int *out, int max);
 int direct_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
                mlstm_cuda_fail *fail);
 int direct_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
