@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """libmlstm CUDA kernels: writes common/wgmma_ops.cuh, the inline-asm wrappers of the sm_90a warpgroup MMA
 (wgmma.mma_async m64nNk16, f32 accumulation, f16/bf16 inputs) with their long operand lists (committed;
-rerun after changing the shape list). Usage: python3 kernels_cuda/gen_wgmma.py"""
+rerun after changing the shape list). Usage: python3 kernels_cuda/gen_wgmma.py [output file]"""
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SS_N = [32, 64, 128]    # S = Q K^T (or dP = dH V^T ...): A and B both K-major in shared memory, N = keys per tile
@@ -55,7 +56,8 @@ def main():
                     "                     : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(db), \"r\"(scale_d));",
                     "    }", "};"]
     out += ["#endif", "", "} // namespace wg", "} // namespace mlstm", ""]
-    with open(os.path.join(HERE, "common", "wgmma_ops.cuh"), "w") as f:
+    path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "common", "wgmma_ops.cuh")
+    with open(path, "w") as f:
         f.write("\n".join(out))
 
 
