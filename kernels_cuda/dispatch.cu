@@ -557,8 +557,9 @@ extern "C" const char *mlstm_cuda_kernels_variant_name(int i) { return i > 0 && 
 namespace mlstm {
 bool masked_cols_ok(int D, int64_t cols)
 {
-    /* the D = 256 split forward loads K and V through TMA maps of the tensors' own columns in 64-column boxes */
-    return cols % 8 == 0 && (D != 256 || cols >= 64);
+    /* a class whose split forward loads K and V through TMA maps (D = 256: the cluster pair) spans the tensors' own
+     * columns in 64-column boxes */
+    return cols % 8 == 0 && (!policy_of(V_FWD_WG_SPLIT, MLSTM_DTYPE_F16, D, false).tma || cols >= 64);
 }
 
 /* Whether the f16/bf16 tensor-core class D serves heads narrower than D by masking columns on this context, in this

@@ -2,7 +2,9 @@
 """libmlstm CUDA kernels: the one list of kernel instances. Writes the one-instance-per-file .cu sources under inst/
 (plus inst/instances.cmake) and inst/registry.inc, the instance table dispatch.cu chooses from (committed; rerun after
 changing the list). One file per (direction, head dim, dtype, variant) keeps each nvcc job small so the build
-parallelises. A new head-dimension class is a TileCfg<D> in common/tile_config.h and its D in the dims below.
+parallelises. A new f16/bf16 head-dimension class is its TileCfg<D> (common/tile_config.h) and its D in TC_DIMS
+below (and in gen_wgmma.py's shapes where its kernels need a new wgmma N); dispatch.cu and head_dims.cu take the
+classes and their tile facts from the registry.
 Usage: python3 kernels_cuda/gen_instances.py [output folder, default inst/]"""
 import os
 import sys
