@@ -21,6 +21,8 @@
 typedef int cudaError_t;
 typedef void *cudaStream_t;
 
+struct uint4 { uint32_t x, y, z, w; };
+template <typename T> static inline T __ldg(const T *p) { return *p; }
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 static inline float2 make_float2(float x, float y) { return float2{x, y}; }
@@ -38,6 +40,7 @@ inline EmuIdx block;
 inline float xf[32][32];
 inline int xi[32][32];
 inline uint32_t ma[32][32][4], mb[32][32][2];
+inline int64_t xl[32][32];
 inline void yield_state(int s)
 {
     thr[cur].state = s;
@@ -89,6 +92,26 @@ inline float __shfl_sync(unsigned, float v, int src)
     emu::warp_bar();
     return r;
 }
+inline int64_t __shfl_sync(unsigned, int64_t v, int src)
+{
+    const int w = emu_warp(), l = emu_lane();
+    emu::xl[w][l] = v;
+    emu::warp_bar();
+    const int64_t r = emu::xl[w][src & 31];
+    emu::warp_bar();
+    return r;
+}
+inline unsigned __ballot_sync(unsigned, bool p)
+{
+    const int w = emu_warp(), l = emu_lane();
+    emu::xi[w][l] = p;
+    emu::warp_bar();
+    unsigned r = 0;
+    for (int k = 0; k < 32; ++k) r |= (emu::xi[w][k] != 0 ? 1u : 0u) << k;
+    emu::warp_bar();
+    return r;
+}
+inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
 inline bool __any_sync(unsigned, bool p)
 {
     const int w = emu_warp(), l = emu_lane();

@@ -12,6 +12,16 @@
 
 namespace mlstm { namespace simt { alignas(16) float sm[SMEM_FLOATS]; } }
 
+/* the backward's prep kernel as run_bwd_prep<float> launches it */
+static void run_prep(const mlstm::KArgs &a)
+{
+    const int64_t n = (a.B * a.NH * a.S + mlstm::PREP_ROWS - 1) / mlstm::PREP_ROWS;
+    const mlstm::TArg &h = a.t[MLSTM_TENSOR_H], &dh = a.t[MLSTM_TENSOR_DH];
+    const bool vec = (((uintptr_t)h.p | (uintptr_t)dh.p) & 15) == 0 && ((h.sb | h.sh | h.ss | dh.sb | dh.sh | dh.ss | a.DV) & 3) == 0;
+    if (vec) run_grid(mlstm::mlstm_bwd_prep_kernel<float, true>, a, n, 256);
+    else run_grid(mlstm::mlstm_bwd_prep_kernel<float, false>, a, n, 256);
+}
+
 /* EMU_SIMT=1: the SIMT f32 backward between the same prep and gates kernels, as run_bwd_simt<float> launches it */
 static bool use_simt()
 {
@@ -24,7 +34,7 @@ static void launch_bwd_simt(const mlstm::KArgs &a)
     const int64_t nt = (a.S + TB - 1) / TB, nch = (a.DQK + TB - 1) / TB + (a.DV + TB - 1) / TB;
     std::printf("  SIMT backward: %lld + %lld CTAs\n", (long long)(nt * nch * a.B * a.NH), (long long)(nt * a.B * a.NH));
     std::memset(sm, 0xA5, sizeof sm);
-    run_grid(mlstm::mlstm_bwd_prep_kernel<float>, a, (a.B * a.NH * a.S + 7) / 8, 256);
+    run_prep(a);
     run_grid(mlstm_bwd_dkdv_kernel<float>, a, nt * nch * a.B * a.NH, NT);
     run_grid(mlstm_bwd_dq_kernel<float>, a, nt * a.B * a.NH, NT);
     run_grid(mlstm::mlstm_bwd_gates_tiled_kernel, a, a.B * a.NH, mlstm::GATES_TNT);
@@ -43,7 +53,7 @@ static void launch_bwd(const mlstm::KArgs &a)
     const int64_t nq = (a.S + Q::BM - 1) / Q::BM * a.B * a.NH;
     std::printf("  dkdv (NW, BMQ, SPLIT) = (%d, %d, %d), smem %d B, %lld CTAs; dq (NW, BN) = (%d, %d), smem %d B, "
                 "%lld CTAs\n", CK::NW, CK::BMQ, (int)CK::SPLIT, K::SMEM, (long long)nk, CQ::NW, CQ::BN, Q::SMEM, (long long)nq);
-    run_grid(mlstm::mlstm_bwd_prep_kernel<float>, a, (a.B * a.NH * a.S + 7) / 8, 256);
+    run_prep(a);
     run_grid(mlstm::tc32::mlstm_bwd_dkdv_kernel<D, MODE, CK::NW, CK::BMQ, CK::SPLIT>, a, nk, K::NT);
     run_grid(mlstm::tc32::mlstm_bwd_dq_kernel<D, MODE, CQ::NW, CQ::BN>, a, nq, Q::NT);
     run_grid(mlstm::mlstm_bwd_gates_tiled_kernel, a, a.B * a.NH, mlstm::GATES_TNT);

@@ -46,7 +46,7 @@ gcc -std=c11 -O2 -fopenmp -I api -c tests/ref/mlstm_ref.c -o $W/mlstm_ref.o
 for t in fwd bwd; do
   src=tools/kernel_emu/emu_main.cpp; [ $t = bwd ] && src=tools/kernel_emu/emu_bwd_main.cpp
   if [ ! -x $W/emu_${t}_tf32 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/emu_${t}_tf32 -name '*.[ch]*')" ]; then
-    g++ -std=c++17 -O2 -ffp-contract=off -w ${EMU_CXXFLAGS:-} -I $W -I tools/kernel_emu -I kernels_cuda -I backends -I api \
+    g++ -std=c++17 -O2 -ffp-contract=off -fno-strict-aliasing -w ${EMU_CXXFLAGS:-} -I $W -I tools/kernel_emu -I kernels_cuda -I backends -I api \
       -I tests/ref -I tests/util -I tests $src $W/mlstm_case.o $W/test_util.o $W/mlstm_ref.o \
       -L "${MLSTM_LIB_DIR:-build}" -Wl,-rpath,"$PWD/${MLSTM_LIB_DIR:-build}" -lmlstm -fopenmp -lm -o $W/emu_${t}_tf32
   fi
