@@ -41,6 +41,7 @@ inline float xf[32][32];
 inline int xi[32][32];
 inline uint32_t ma[32][32][4], mb[32][32][2];
 inline int64_t xl[32][32];
+inline unsigned char *smem_base = nullptr; /* the CTA's dynamic shared memory (shared addresses: offsets from it) */
 inline void yield_state(int s)
 {
     thr[cur].state = s;
@@ -127,6 +128,8 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline uint32_t __float_as_uint(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
 inline float __uint_as_float(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
+inline int __float_as_int(float x) { int i; std::memcpy(&i, &x, 4); return i; }
+inline float __int_as_float(int i) { float x; std::memcpy(&x, &i, 4); return x; }
 inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int min(int a, int b) { return a < b ? a : b; }

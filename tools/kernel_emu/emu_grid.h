@@ -1,7 +1,7 @@
 /* kernel_emu: what the emulator targets share: the CTA runner (a kernel over a 1-D grid, CTA after CTA, every CUDA
- * thread a coroutine of cuda_runtime.h, the dynamic shared memory tc32::smem filled with garbage before each CTA), the
- * f32 tensor-core forward launch, a conformance case from the command line, and the suite's error metric. Include
- * after fwd_tf32.cuh and tile_config.h. */
+ * thread a coroutine of cuda_runtime.h, the dynamic shared memory (tc32::smem unless given) filled with garbage before
+ * each CTA), the f32 tensor-core forward launch, a conformance case from the command line, and the suite's error
+ * metric. Include after fwd_tf32.cuh (or define EMU_NO_TF32: no f32 launch) and tile_config.h. */
 #pragma once
 #include <vector>
 extern "C" {
@@ -20,8 +20,11 @@ static void thread_main()
     swapcontext(&emu::thr[emu::cur].ctx, &emu::sched);
 }
 
-static void run_grid(void (*kernel)(mlstm::KArgs), const mlstm::KArgs &a, int64_t nblocks, int nt)
+/* sm: the kernel's dynamic shared memory array (tc32::smem unless given), refilled with garbage before each CTA */
+static void run_grid(void (*kernel)(mlstm::KArgs), const mlstm::KArgs &a, int64_t nblocks, int nt,
+                     unsigned char *sm = mlstm::tc32::smem, size_t sm_bytes = sizeof mlstm::tc32::smem)
 {
+    emu::smem_base = sm;
     g_args = &a;
     g_kernel = kernel;
     const size_t STACK = 256 * 1024;
@@ -30,7 +33,7 @@ static void run_grid(void (*kernel)(mlstm::KArgs), const mlstm::KArgs &a, int64_
     emu::thr = th.data();
     emu::nt = nt;
     for (int64_t bid = 0; bid < nblocks; ++bid) {
-        std::memset(mlstm::tc32::smem, 0xA5, sizeof mlstm::tc32::smem); /* garbage, not zeros */
+        std::memset(sm, 0xA5, sm_bytes); /* garbage, not zeros */
         emu::block = EmuIdx{(int)bid, 0, 0};
         for (int t = 0; t < nt; ++t) {
             th[t].state = emu::RUN;
@@ -77,6 +80,7 @@ static void run_grid(void (*kernel)(mlstm::KArgs), const mlstm::KArgs &a, int64_
     for (auto &t : th) std::free(t.stack);
 }
 
+#ifndef EMU_NO_TF32 /* emu_tc16_main.cpp: the f16/bf16 build has no fwd_tf32.cuh */
 /* the f32 tensor-core forward of mode MODE over the grid run_fwd_tf32 launches */
 template <int D, int MODE>
 static void launch_fwd(const mlstm::KArgs &a)
@@ -102,6 +106,8 @@ static void launch_fwd_for(const mlstm::KArgs &a, int D, int mode)
     case 513: launch_fwd<256, 1>(a); break;
     }
 }
+
+#endif
 
 /* An f32 conformance case from argv[0..]: mode(0 3xTF32 | 1 TF32) D S B NH gates seed [eps] [scale]; returns false
  * on a bad argument. */

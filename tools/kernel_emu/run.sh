@@ -4,17 +4,21 @@
 # static storage) and runs conformance cases against the float64 reference. No GPU needed; slow (every CUDA thread is
 # a coroutine): small shapes only. Needs g++ and a built libmlstm in build/ (or MLSTM_LIB_DIR; only to satisfy the
 # link of the test utilities).
-# Usage (repository root): bash tools/kernel_emu/run.sh [quick | acc | bwd | bwd-quick | bwd-sweep | bwd-det]
+# Usage (repository root): bash tools/kernel_emu/run.sh [quick | acc | bwd | bwd-quick | bwd-sweep | bwd-det | tc16 |
+#   tc16-quick]
 #   (none) the default set's f32 forward cases; bwd: its f32 backward cases (both gradient and math modes);
 #   bwd-sweep: more sequence lengths for every head dim (3xTF32);
 #   bwd-det: backward cases run twice and in a strided layout, digests compared. EMU_TC_TRUNC=1: truncating
 #   tensor-core accumulation; EMU_REF_FWD=1: the backward gets the reference's h, m, n (f32) instead of the emulated
 #   forward's, so that its errors are its own (exact mode amplifies the forward's h error through dP - delta);
 #   EMU_SIMT=1: the SIMT f32 backward kernels (simt.cuh) instead of the tensor-core ones, for comparison.
+# tc16: the f16 and bf16 tensor-core forward (fwd_tc.cuh, mma.sync m16n8k16 through emu_mma16.h) at D 64/128/256,
+#   S 1..200, against the f16/bf16 rows of tolerances.h; tc16-quick: two of those cases.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 W=${EMU_DIR:-build-emu} # a separate EMU_DIR per concurrent run
 mkdir -p $W
+LIB=$(realpath -m "${MLSTM_LIB_DIR:-build}") # absolute, for the rpath
 EMU_DIR=$W python3 - <<'PY'
 import os, re
 W = os.environ["EMU_DIR"]
@@ -38,19 +42,48 @@ src = open("kernels_cuda/bwd/aux.cuh").read()
 new, k = re.subn(r'^(\s+)__shared__ ', r'\1static ', src, flags=re.M)
 assert k >= 2
 open(f"{W}/bwd/aux.cuh", "w").write(new)
+# tc16 (the f16/bf16 forward, fwd_tc.cuh): the real common/mma.cuh with its asm replaced by emu_mma16.h's functions,
+# in a folder of its own ahead of the others on that build's include path (the tf32 builds keep
+# tools/kernel_emu/common/mma.cuh)
+os.makedirs(f"{W}/tc16/common", exist_ok=True)
+src = open("kernels_cuda/common/mma.cuh").read()
+subs = [
+    (r'asm volatile\("cp\.async\.cg\.shared\.global .*?\);', "emu_cp_async16(saddr, gmem, n);"),
+    (r'asm volatile\("cp\.async\.commit_group;.*?\);', ""),
+    (r'asm volatile\("cp\.async\.wait_group .*?\);', ""),
+    (r'asm volatile\("ldmatrix\.sync\.aligned\.m8n8\.x4\.shared\.b16 .*?\);', "emu_ldsm_x4(r0, r1, r2, r3, addr, false);"),
+    (r'asm volatile\("ldmatrix\.sync\.aligned\.m8n8\.x4\.trans\.shared\.b16 .*?\);', "emu_ldsm_x4(r0, r1, r2, r3, addr, true);"),
+    (r'asm volatile\("mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32 .*?"r"\(b1\)\);', "emu_mma16816<__half>(c, a, b0, b1);"),
+    (r'asm volatile\("mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32 .*?"r"\(b1\)\);', "emu_mma16816<__nv_bfloat16>(c, a, b0, b1);"),
+    (r'#include "common/common\.cuh"\n', '#include "common/common.cuh"\n#include "emu_mma16.h"\n'),
+]
+for pat, rep in subs:
+    src, k = re.subn(pat, rep, src, flags=re.S)
+    assert k == 1, pat
+assert "asm" not in src
+open(f"{W}/tc16/common/mma.cuh", "w").write(src)
 PY
 # inputs and reference from the test utilities (tests/util, tests/ref); libmlstm only to satisfy the link
 gcc -std=c11 -O2 -fopenmp -I api -I tests/util -I tests/ref -c tests/util/mlstm_case.c -o $W/mlstm_case.o
 gcc -std=c11 -O2 -fopenmp -I api -I tests/util -I tests/ref -c tests/util/test_util.c -o $W/test_util.o
 gcc -std=c11 -O2 -fopenmp -I api -c tests/ref/mlstm_ref.c -o $W/mlstm_ref.o
+tc16=0; case "${1:-}" in tc16*) tc16=1 ;; esac
 for t in fwd bwd; do
+  [ $tc16 = 1 ] && break # the tc16 modes build only their own binary
   src=tools/kernel_emu/emu_main.cpp; [ $t = bwd ] && src=tools/kernel_emu/emu_bwd_main.cpp
   if [ ! -x $W/emu_${t}_tf32 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/emu_${t}_tf32 -name '*.[ch]*')" ]; then
     g++ -std=c++17 -O2 -ffp-contract=off -fno-strict-aliasing -w ${EMU_CXXFLAGS:-} -I $W -I tools/kernel_emu -I kernels_cuda -I backends -I api \
       -I tests/ref -I tests/util -I tests $src $W/mlstm_case.o $W/test_util.o $W/mlstm_ref.o \
-      -L "${MLSTM_LIB_DIR:-build}" -Wl,-rpath,"$PWD/${MLSTM_LIB_DIR:-build}" -lmlstm -fopenmp -lm -o $W/emu_${t}_tf32
+      -L "$LIB" -Wl,-rpath,"$LIB" -lmlstm -fopenmp -lm -o $W/emu_${t}_tf32
   fi
 done
+# the f16/bf16 forward (fwd_tc.cuh): its own include folder first
+if [ $tc16 = 1 ] && { [ ! -x $W/emu_fwd_tc16 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/emu_fwd_tc16 -name '*.[ch]*')" ]; }; then
+  g++ -std=c++17 -O2 -ffp-contract=off -fno-strict-aliasing -w ${EMU_CXXFLAGS:-} -I $W/tc16 -I $W -I tools/kernel_emu -I kernels_cuda \
+    -I backends -I api -I tests/ref -I tests/util -I tests tools/kernel_emu/emu_tc16_main.cpp $W/mlstm_case.o \
+    $W/test_util.o $W/mlstm_ref.o -L "$LIB" -Wl,-rpath,"$LIB" -lmlstm -fopenmp \
+    -lm -o $W/emu_fwd_tc16
+fi
 fail=0
 run() {
   local rc=0
@@ -60,6 +93,35 @@ run() {
 }
 E=$W/emu_fwd_tf32
 case "${1:-}" in
+tc16) # the f16/bf16 tensor-core forward (fwd_tc.cuh, the default tiles) against the f16/bf16 tolerances
+  # (args: dtype D S B NH gates seed [eps scale])
+  E=$W/emu_fwd_tc16
+  seed=300
+  for dt in f16 bf16; do
+    for D in 64 128 256; do
+      for S in 1 17 65 129 200; do
+        seed=$((seed + 1))
+        gates=std; [ $((seed % 2)) = 0 ] && gates=normal
+        nh=1; [ $S -le 65 ] && nh=2
+        run $dt $D $S 1 $nh $gates $seed
+      done
+    done
+  done
+  # the gate regimes of the default set (closed: f16 h below its subnormal range; extreme: the f16 range guard),
+  # eps/scale, a longer sequence
+  for dt in f16 bf16; do
+    run $dt 64 65 2 1 closed 31
+    run $dt 64 200 1 1 ext_n 29
+    run $dt 128 129 1 1 ext_u 41
+    run $dt 64 70 1 2 std 38 0.01 0.5
+    run $dt 256 1000 1 1 std 10
+  done
+  exit $fail ;;
+tc16-quick)
+  E=$W/emu_fwd_tc16
+  run f16 64 129 2 1 std 9
+  run bf16 64 65 1 2 normal 7
+  exit $fail ;;
 quick)
   run 0 64 129 2 3 std 9
   exit $fail ;;
