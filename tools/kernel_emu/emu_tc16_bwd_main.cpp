@@ -1,0 +1,185 @@
+/* kernel_emu: runs the f16/bf16 tensor-core backward on the CPU as dispatch.cu's bwd_call launches it for a 16-bit call
+ * with the default tiles (aux.cuh's mlstm_bwd_prep_kernel<T, VEC>, bwd_tc.cuh's dK/dV and dQ kernels, aux.cuh's
+ * mlstm_bwd_gates_kernel), after the f16/bf16 tensor-core forward, and compares all eight outputs with the float64
+ * reference as test_conformance does (f16/bf16 tolerances, storage resolution, degenerate-gradient metric, detached
+ * mode re-evaluated at the forward's m, n).
+ * EMU_REF_FWD=1: the backward gets the reference's h, m, n instead of the emulated forward's.
+ * Usage: emu_bwd_tc16 exact|detached f16|bf16 D(64|128|256) S B NH gates seed [eps] [scale] */
+#define EMU_NO_TF32
+#include "fwd/fwd_tc.cuh"
+#include "bwd/bwd_tc.cuh"
+#include "bwd/aux.cuh"
+#include "common/tile_config.h"
+#include "emu_grid.h"
+
+/* the kernels' `extern __shared__ smem[]` (declared inside mlstm::tc) */
+namespace mlstm { namespace tc { alignas(128) unsigned char smem[232448]; } }
+
+static void grid(void (*k)(mlstm::KArgs), const mlstm::KArgs &a, int64_t n, int nt)
+{
+    run_grid(k, a, n, nt, mlstm::tc::smem, sizeof mlstm::tc::smem);
+}
+
+/* the prep kernel as run_bwd_prep<T> launches it (16-byte vectors where h and dh rows allow them) */
+template <typename T> static void run_prep(const mlstm::KArgs &a)
+{
+    const int64_t n = (a.B * a.NH * a.S + mlstm::PREP_ROWS - 1) / mlstm::PREP_ROWS;
+    const mlstm::TArg &h = a.t[MLSTM_TENSOR_H], &dh = a.t[MLSTM_TENSOR_DH];
+    const int64_t e = 16 / (int64_t)sizeof(T) - 1;
+    const bool vec = (((uintptr_t)h.p | (uintptr_t)dh.p) & 15) == 0 && ((h.sb | h.sh | h.ss | dh.sb | dh.sh | dh.ss | a.DV) & e) == 0;
+    if (vec) grid(mlstm::mlstm_bwd_prep_kernel<T, true>, a, n, 256);
+    else grid(mlstm::mlstm_bwd_prep_kernel<T, false>, a, n, 256);
+}
+
+/* forward (run_fwd_tc<T, D, FWD_DEFAULT>; bwd false) or prep, dK/dV (run_bwd_dkdv_tc<T, D, false>), dQ
+ * (run_bwd_dq_tc<T, D>) and the gates kernel (run_bwd_gates) (bwd true), with launch_impl.cuh's grids */
+template <typename T, int D> static void launch_all(const mlstm::KArgs &a, bool bwd)
+{
+    using C = typename mlstm::TileCfg<D>::Fwd;
+    using F = mlstm::tc::FwdCfg<D, C::MT, C::NW, C::BN, C::KS>;
+    using CK = typename mlstm::TileCfg<D>::Dkdv;
+    using K = mlstm::tc::DkdvCfg<D, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>;
+    using CQ = typename mlstm::TileCfg<D>::Dq;
+    using Q = mlstm::tc::DqCfg<D, CQ::NW, CQ::BN>;
+    static_assert(F::SMEM <= (int)sizeof mlstm::tc::smem && K::SMEM <= (int)sizeof mlstm::tc::smem &&
+                      Q::SMEM <= (int)sizeof mlstm::tc::smem, "smem");
+    static_assert(!CK::PAIR, "the warp-pair dK/dV needs named barriers, which the emulator lacks");
+    const int64_t nf = (a.S + F::BM - 1) / F::BM * a.B * a.NH;
+    const int64_t nk = (a.S + K::BNK - 1) / K::BNK * K::NGRID * a.B * a.NH;
+    const int64_t nq = (a.S + Q::BM - 1) / Q::BM * a.B * a.NH;
+    if (!bwd) return grid(mlstm::tc::mlstm_fwd_kernel<T, D, C::MT, C::NW, C::BN, false, C::KS>, a, nf, F::NT);
+    std::printf("  fwd (MT, NW, BN, KS) = (%d, %d, %d, %d) %lld CTAs; dkdv (NW, BMQ, DOUT) = (%d, %d, %d), smem %d B, "
+                "%lld CTAs; dq (NW, BN) = (%d, %d), smem %d B, %lld CTAs\n", C::MT, C::NW, C::BN, C::KS, (long long)nf,
+                CK::NW, CK::BMQ, CK::DOUT, K::SMEM, (long long)nk, CQ::NW, CQ::BN, Q::SMEM, (long long)nq);
+    run_prep<T>(a);
+    grid(mlstm::tc::mlstm_bwd_dkdv_kernel<T, D, CK::NW, CK::BMQ, CK::DOUT, false, CK::PAIR>, a, nk, K::NT);
+    grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, CQ::NW, CQ::BN>, a, nq, Q::NT);
+    grid(mlstm::mlstm_bwd_gates_kernel, a, a.B * a.NH, mlstm::GATES_NT);
+}
+
+template <typename T> static void launch_for(const mlstm::KArgs &a, int D, bool bwd)
+{
+    if (D == 64) launch_all<T, 64>(a, bwd);
+    else if (D == 128) launch_all<T, 128>(a, bwd);
+    else launch_all<T, 256>(a, bwd);
+}
+
+/* test_conformance's check_output: relative L2 error with each element charged max(0, |x - ref| - res), the
+ * denominator raised to den_min (degenerate-gradient metric; 0: none); INFINITY on a NaN/Inf */
+static double rel_l2_res(const float *x, const double *ref, size_t n, double res, double den_min)
+{
+    double num = 0, den = 0;
+    for (size_t e = 0; e < n; ++e) {
+        if (!std::isfinite(x[e])) return INFINITY;
+        double d = std::fabs(x[e] - ref[e]);
+        d = d > res ? d - res : 0.0;
+        num += d * d;
+        den += ref[e] * ref[e];
+    }
+    den = std::sqrt(den);
+    if (den_min > den) den = den_min;
+    return den > 0 ? std::sqrt(num) / den : std::sqrt(num);
+}
+
+/* the case on storage type T: q, k, v, h, dh, dq, dk, dv in T, the rest f32 */
+template <typename T> static bool run_case(mc_case &c, T (*to_t)(float), float (*to_f)(T))
+{
+    mc_inputs in;
+    mc_outputs ref;
+    case_data(c, in, ref);
+    double mag_den[MC_OUT_COUNT];
+    const int degenerate = mc_degenerate_scales(&c, &in, &ref, mag_den);
+    const int D = (int)c.DQK;
+    const size_t rows = (size_t)(c.B * c.NH * c.S), nq = rows * D;
+    static const int half_t[] = {MLSTM_TENSOR_Q, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_H, MLSTM_TENSOR_DH,
+                                 MLSTM_TENSOR_DQ, MLSTM_TENSOR_DK, MLSTM_TENSOR_DV};
+    static const int row_t[] = {MLSTM_TENSOR_I, MLSTM_TENSOR_F, MLSTM_TENSOR_M, MLSTM_TENSOR_N, MLSTM_TENSOR_DI,
+                                MLSTM_TENSOR_DF};
+    const double *src[MLSTM_TENSOR_COUNT] = {in.q, in.k, in.v, in.i, in.f, nullptr, nullptr, nullptr, in.dh};
+    std::vector<T> hb[MLSTM_TENSOR_COUNT];
+    std::vector<float> fb[MLSTM_TENSOR_COUNT];
+    void *ptrs[MLSTM_TENSOR_COUNT];
+    for (int t : half_t) { /* inputs storage-rounded already: exact; outputs NaN */
+        hb[t].assign(nq, to_t(NAN));
+        if (src[t])
+            for (size_t e = 0; e < nq; ++e) hb[t][e] = to_t((float)src[t][e]);
+        ptrs[t] = hb[t].data();
+    }
+    for (int t : row_t) {
+        fb[t].assign(rows, NAN);
+        if (src[t])
+            for (size_t e = 0; e < rows; ++e) fb[t][e] = (float)src[t][e];
+        ptrs[t] = fb[t].data();
+    }
+    const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK});
+    std::printf("emu %s\n", c.name);
+    launch_for<T>(a, D, false);
+    const char *refh = std::getenv("EMU_REF_FWD"); /* 1: the backward gets the reference's h (rounded to T), m, n
+                                                    * (f32) instead of the forward's, so that its errors are its own */
+    if (refh && refh[0] == '1') {
+        for (size_t e = 0; e < nq; ++e) hb[MLSTM_TENSOR_H][e] = to_t((float)ref.t[MC_OUT_H][e]);
+        for (size_t r = 0; r < rows; ++r) {
+            fb[MLSTM_TENSOR_M][r] = (float)ref.t[MC_OUT_M][r];
+            fb[MLSTM_TENSOR_N][r] = (float)ref.t[MC_OUT_N][r];
+            /* the exp(-m) branch: n as expf of the stored m, as the forward writes it (see emu_bwd_main.cpp) */
+            if (ref.t[MC_OUT_N][r] == std::exp(-ref.t[MC_OUT_M][r])) fb[MLSTM_TENSOR_N][r] = std::exp(-fb[MLSTM_TENSOR_M][r]);
+        }
+    }
+    launch_for<T>(a, D, true);
+
+    static const int out_tensor[MC_OUT_COUNT] = {MLSTM_TENSOR_H,  MLSTM_TENSOR_M,  MLSTM_TENSOR_N,  MLSTM_TENSOR_DQ,
+                                                 MLSTM_TENSOR_DK, MLSTM_TENSOR_DV, MLSTM_TENSOR_DI, MLSTM_TENSOR_DF};
+    std::vector<float> out[MC_OUT_COUNT];
+    for (int o = 0; o < MC_OUT_COUNT; ++o) {
+        const int t = out_tensor[o];
+        if (hb[t].empty()) out[o] = fb[t];
+        else {
+            out[o].resize(nq);
+            for (size_t e = 0; e < nq; ++e) out[o][e] = to_f(hb[t][e]);
+        }
+    }
+    if (c.grad_mode == MLSTM_GRAD_NORMALIZER_DETACHED) { /* as test_conformance: at the forward's m, n */
+        std::vector<double> md(out[MC_OUT_M].begin(), out[MC_OUT_M].end()), nd(out[MC_OUT_N].begin(), out[MC_OUT_N].end());
+        mc_reference_bwd_at(&c, &in, c.grad_mode, md.data(), nd.data(), &ref);
+    }
+    const double gate_allowance = tol_gate_allowance(mc_extreme_gate_magnitude(&c, &in));
+    bool ok = true;
+    std::printf("  rel L2:");
+    for (int o = 0; o < MC_OUT_COUNT; ++o) {
+        const bool half = !hb[out_tensor[o]].empty();
+        const double res = tol_storage_resolution(half ? c.dtype : MLSTM_DTYPE_F32);
+        const double err = rel_l2_res(out[o].data(), ref.t[o], out[o].size(), res, degenerate ? mag_den[o] : 0.0);
+        const double t0 = tol_max_rel_l2(c.dtype, o), tol = t0 + gate_allowance;
+        ok &= t0 >= 0 && err <= tol;
+        std::printf(" %s=%.3e%s%s", mc_output_name(o), err, degenerate && o >= MC_OUT_DQ ? "*" : "",
+                    err <= tol ? "" : "!");
+    }
+    std::printf(" (tol %.1e / grads %.1e)\n  %s\n", tol_max_rel_l2(c.dtype, MC_OUT_H) + gate_allowance,
+                tol_max_rel_l2(c.dtype, MC_OUT_DQ) + gate_allowance, ok ? "OK" : "FAILED");
+    mc_inputs_free(&in);
+    mc_outputs_free(&ref);
+    return ok;
+}
+
+int main(int argc, char **argv)
+{
+    mc_case c;
+    /* parse_case (emu_grid.h) reads argv[2..] as mode D S ...; the dtype takes the mode's place */
+    if (argc < 9 || !parse_case(argc - 2, argv + 2, c) ||
+        (std::strcmp(argv[2], "f16") != 0 && std::strcmp(argv[2], "bf16") != 0)) {
+        std::fprintf(stderr, "usage: emu_bwd_tc16 exact|detached f16|bf16 D S B NH gates seed [eps] [scale]\n");
+        return 2;
+    }
+    c.math_mode = MLSTM_MATH_DEFAULT;
+    c.bwd = 1;
+    c.grad_mode = std::strcmp(argv[1], "detached") ? MLSTM_GRAD_EXACT : MLSTM_GRAD_NORMALIZER_DETACHED;
+    bool ok;
+    if (!std::strcmp(argv[2], "f16")) {
+        c.dtype = MLSTM_DTYPE_F16;
+        ok = run_case<__half>(c, __float2half_rn, __half2float);
+    } else {
+        c.dtype = MLSTM_DTYPE_BF16;
+        ok = run_case<__nv_bfloat16>(c, __float2bfloat16_rn, __bfloat162float);
+    }
+    return ok ? 0 : 1;
+}
