@@ -16,8 +16,9 @@
 #   S 1..200, against the f16/bf16 rows of tolerances.h; tc16-quick: two of those cases.
 # tc16-bwd: the f16/bf16 tensor-core backward (prep, bwd_tc.cuh's dK/dV and dQ with the default tiles, gates) after
 #   that forward, exact and detached, D 64/128/256, S 17/65/129, all eight outputs (emu_bwd_tc16; EMU_REF_FWD=1 as
-#   above). Known: bf16 exact D 64 S 65 seed 421 fails df (1.1e-2 > 1e-2); with EMU_REF_FWD=1 it is 3.4e-3, so the
-#   excess is the forward's h error amplified by exact mode (dP - delta), not the backward kernels.
+#   above). Known: bf16 exact D 64 S 65 seed 421 fails df (1.1e-2 > 1e-2); with EMU_REF_FWD=1 it is 3.4e-3, which
+#   points at the forward's h error amplified by exact mode (dP - delta) rather than the backward kernels (open: not
+#   yet run on a GPU, where the conformance suite has no such case).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 W=${EMU_DIR:-build-emu} # a separate EMU_DIR per concurrent run
