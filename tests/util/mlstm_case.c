@@ -245,6 +245,14 @@ static void outputs_alloc(const mc_case *c, mc_outputs *o)
     }
 }
 
+void mc_outputs_copy(const mc_case *c, const mc_outputs *src, mc_outputs *dst)
+{
+    outputs_alloc(c, dst);
+    for (int k = 0; k < MC_OUT_COUNT; k++)
+        if (dst->t[k])
+            memcpy(dst->t[k], src->t[k], mc_output_count(c, k) * sizeof(double));
+}
+
 void mc_reference(const mc_case *c, const mc_inputs *in, int grad_mode, mc_outputs *out)
 {
     /* exactly the scalars the kernel receives: float eps, float resolved scale */

@@ -71,6 +71,8 @@ typedef struct mc_outputs {
 size_t mc_output_count(const mc_case *c, int out);
 const char *mc_output_name(int out);
 void mc_outputs_free(mc_outputs *o);
+/* dst: a newly allocated copy of src (outputs of case c) */
+void mc_outputs_copy(const mc_case *c, const mc_outputs *src, mc_outputs *dst);
 
 /* The float64 reference of the case (backward in grad_mode, from the reference's own h, m, n). */
 void mc_reference(const mc_case *c, const mc_inputs *in, int grad_mode, mc_outputs *out);

@@ -184,14 +184,16 @@ static mlstm::KArgs layout_args(const mc_case &c, void *const *ptrs, const EmuLa
     return a;
 }
 
-/* test_conformance's relative L2 error of one output (by magnitude: |x| - |ref|; den: a larger denominator for the
- * degenerate-gradient metric, 0 for none; INFINITY on a NaN/Inf) */
-static double rel_l2(const float *x, const double *ref, size_t n, bool by_magnitude, double den_min)
+/* test_conformance's relative L2 error of one output (by magnitude: |x| - |ref|; each element charged max(0, |d| - res),
+ * res the output's storage resolution (0: none); den_min: a larger denominator for the degenerate-gradient metric, 0
+ * for none; INFINITY on a NaN/Inf) */
+static double rel_l2(const float *x, const double *ref, size_t n, bool by_magnitude, double den_min, double res = 0.0)
 {
     double num = 0, den = 0;
     for (size_t e = 0; e < n; ++e) {
         if (!std::isfinite(x[e])) return INFINITY;
-        const double d = by_magnitude ? std::fabs((double)x[e]) - std::fabs(ref[e]) : x[e] - ref[e];
+        double d = std::fabs(by_magnitude ? std::fabs((double)x[e]) - std::fabs(ref[e]) : x[e] - ref[e]);
+        d = d > res ? d - res : 0.0;
         num += d * d;
         den += ref[e] * ref[e];
     }

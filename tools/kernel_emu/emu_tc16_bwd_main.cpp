@@ -12,13 +12,7 @@
 #include "common/tile_config.h"
 #include "emu_grid.h"
 
-/* the kernels' `extern __shared__ smem[]` (declared inside mlstm::tc) */
-namespace mlstm { namespace tc { alignas(128) unsigned char smem[232448]; } }
-
-static void grid(void (*k)(mlstm::KArgs), const mlstm::KArgs &a, int64_t n, int nt)
-{
-    run_grid(k, a, n, nt, mlstm::tc::smem, sizeof mlstm::tc::smem);
-}
+#include "emu_tc16.h"
 
 /* the prep kernel as run_bwd_prep<T> launches it (16-byte vectors where h and dh rows allow them) */
 template <typename T> static void run_prep(const mlstm::KArgs &a)
@@ -27,34 +21,29 @@ template <typename T> static void run_prep(const mlstm::KArgs &a)
     const mlstm::TArg &h = a.t[MLSTM_TENSOR_H], &dh = a.t[MLSTM_TENSOR_DH];
     const int64_t e = 16 / (int64_t)sizeof(T) - 1;
     const bool vec = (((uintptr_t)h.p | (uintptr_t)dh.p) & 15) == 0 && ((h.sb | h.sh | h.ss | dh.sb | dh.sh | dh.ss | a.DV) & e) == 0;
-    if (vec) grid(mlstm::mlstm_bwd_prep_kernel<T, true>, a, n, 256);
-    else grid(mlstm::mlstm_bwd_prep_kernel<T, false>, a, n, 256);
+    if (vec) tc_grid(mlstm::mlstm_bwd_prep_kernel<T, true>, a, n, 256);
+    else tc_grid(mlstm::mlstm_bwd_prep_kernel<T, false>, a, n, 256);
 }
 
 /* forward (run_fwd_tc<T, D, FWD_DEFAULT>; bwd false) or prep, dK/dV (run_bwd_dkdv_tc<T, D, false>), dQ
  * (run_bwd_dq_tc<T, D>) and the gates kernel (run_bwd_gates) (bwd true), with launch_impl.cuh's grids */
 template <typename T, int D> static void launch_all(const mlstm::KArgs &a, bool bwd)
 {
-    using C = typename mlstm::TileCfg<D>::Fwd;
-    using F = mlstm::tc::FwdCfg<D, C::MT, C::NW, C::BN, C::KS>;
+    if (!bwd) return launch_tc_fwd<T, D>(a);
     using CK = typename mlstm::TileCfg<D>::Dkdv;
     using K = mlstm::tc::DkdvCfg<D, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>;
     using CQ = typename mlstm::TileCfg<D>::Dq;
     using Q = mlstm::tc::DqCfg<D, CQ::NW, CQ::BN>;
-    static_assert(F::SMEM <= (int)sizeof mlstm::tc::smem && K::SMEM <= (int)sizeof mlstm::tc::smem &&
-                      Q::SMEM <= (int)sizeof mlstm::tc::smem, "smem");
+    static_assert(K::SMEM <= (int)sizeof mlstm::tc::smem && Q::SMEM <= (int)sizeof mlstm::tc::smem, "smem");
     static_assert(!CK::PAIR, "the warp-pair dK/dV needs named barriers, which the emulator lacks");
-    const int64_t nf = (a.S + F::BM - 1) / F::BM * a.B * a.NH;
     const int64_t nk = (a.S + K::BNK - 1) / K::BNK * K::NGRID * a.B * a.NH;
     const int64_t nq = (a.S + Q::BM - 1) / Q::BM * a.B * a.NH;
-    if (!bwd) return grid(mlstm::tc::mlstm_fwd_kernel<T, D, C::MT, C::NW, C::BN, false, C::KS>, a, nf, F::NT);
-    std::printf("  fwd (MT, NW, BN, KS) = (%d, %d, %d, %d) %lld CTAs; dkdv (NW, BMQ, DOUT) = (%d, %d, %d), smem %d B, "
-                "%lld CTAs; dq (NW, BN) = (%d, %d), smem %d B, %lld CTAs\n", C::MT, C::NW, C::BN, C::KS, (long long)nf,
-                CK::NW, CK::BMQ, CK::DOUT, K::SMEM, (long long)nk, CQ::NW, CQ::BN, Q::SMEM, (long long)nq);
+    std::printf("  dkdv (NW, BMQ, DOUT) = (%d, %d, %d), smem %d B, %lld CTAs; dq (NW, BN) = (%d, %d), smem %d B, "
+                "%lld CTAs\n", CK::NW, CK::BMQ, CK::DOUT, K::SMEM, (long long)nk, CQ::NW, CQ::BN, Q::SMEM, (long long)nq);
     run_prep<T>(a);
-    grid(mlstm::tc::mlstm_bwd_dkdv_kernel<T, D, CK::NW, CK::BMQ, CK::DOUT, false, CK::PAIR>, a, nk, K::NT);
-    grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, CQ::NW, CQ::BN>, a, nq, Q::NT);
-    grid(mlstm::mlstm_bwd_gates_kernel, a, a.B * a.NH, mlstm::GATES_NT);
+    tc_grid(mlstm::tc::mlstm_bwd_dkdv_kernel<T, D, CK::NW, CK::BMQ, CK::DOUT, false, CK::PAIR>, a, nk, K::NT);
+    tc_grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, CQ::NW, CQ::BN>, a, nq, Q::NT);
+    tc_grid(mlstm::mlstm_bwd_gates_kernel, a, a.B * a.NH, mlstm::GATES_NT);
 }
 
 template <typename T> static void launch_for(const mlstm::KArgs &a, int D, bool bwd)
@@ -64,26 +53,11 @@ template <typename T> static void launch_for(const mlstm::KArgs &a, int D, bool 
     else launch_all<T, 256>(a, bwd);
 }
 
-/* test_conformance's check_output: relative L2 error with each element charged max(0, |x - ref| - res), the
- * denominator raised to den_min (degenerate-gradient metric; 0: none); INFINITY on a NaN/Inf */
-static double rel_l2_res(const float *x, const double *ref, size_t n, double res, double den_min)
-{
-    double num = 0, den = 0;
-    for (size_t e = 0; e < n; ++e) {
-        if (!std::isfinite(x[e])) return INFINITY;
-        double d = std::fabs(x[e] - ref[e]);
-        d = d > res ? d - res : 0.0;
-        num += d * d;
-        den += ref[e] * ref[e];
-    }
-    den = std::sqrt(den);
-    if (den_min > den) den = den_min;
-    return den > 0 ? std::sqrt(num) / den : std::sqrt(num);
-}
-
 /* the case on storage type T: q, k, v, h, dh, dq, dk, dv in T, the rest f32 */
-template <typename T> static bool run_case(mc_case &c, T (*to_t)(float), float (*to_f)(T))
+template <typename T> static bool run_case(mc_case &c)
 {
+    const auto to_t = mlstm::from_f32<T>;
+    const auto to_f = [](T x) { return mlstm::to_f32(x); };
     mc_inputs in;
     mc_outputs ref;
     case_data(c, in, ref);
@@ -148,7 +122,7 @@ template <typename T> static bool run_case(mc_case &c, T (*to_t)(float), float (
     for (int o = 0; o < MC_OUT_COUNT; ++o) {
         const bool half = !hb[out_tensor[o]].empty();
         const double res = tol_storage_resolution(half ? c.dtype : MLSTM_DTYPE_F32);
-        const double err = rel_l2_res(out[o].data(), ref.t[o], out[o].size(), res, degenerate ? mag_den[o] : 0.0);
+        const double err = rel_l2(out[o].data(), ref.t[o], out[o].size(), false, degenerate ? mag_den[o] : 0.0, res);
         const double t0 = tol_max_rel_l2(c.dtype, o), tol = t0 + gate_allowance;
         ok &= t0 >= 0 && err <= tol;
         std::printf(" %s=%.3e%s%s", mc_output_name(o), err, degenerate && o >= MC_OUT_DQ ? "*" : "",
@@ -164,22 +138,17 @@ template <typename T> static bool run_case(mc_case &c, T (*to_t)(float), float (
 int main(int argc, char **argv)
 {
     mc_case c;
+    bool ok = false;
     /* parse_case (emu_grid.h) reads argv[2..] as mode D S ...; the dtype takes the mode's place */
-    if (argc < 9 || !parse_case(argc - 2, argv + 2, c) ||
-        (std::strcmp(argv[2], "f16") != 0 && std::strcmp(argv[2], "bf16") != 0)) {
+    if (argc < 9 || !parse_case(argc - 2, argv + 2, c)) {
         std::fprintf(stderr, "usage: emu_bwd_tc16 exact|detached f16|bf16 D S B NH gates seed [eps] [scale]\n");
         return 2;
     }
-    c.math_mode = MLSTM_MATH_DEFAULT;
     c.bwd = 1;
     c.grad_mode = std::strcmp(argv[1], "detached") ? MLSTM_GRAD_EXACT : MLSTM_GRAD_NORMALIZER_DETACHED;
-    bool ok;
-    if (!std::strcmp(argv[2], "f16")) {
-        c.dtype = MLSTM_DTYPE_F16;
-        ok = run_case<__half>(c, __float2half_rn, __half2float);
-    } else {
-        c.dtype = MLSTM_DTYPE_BF16;
-        ok = run_case<__nv_bfloat16>(c, __float2bfloat16_rn, __bfloat162float);
+    if (!with_dtype(argv[2], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {
+        std::fprintf(stderr, "emu_bwd_tc16: dtype %s: f16 or bf16\n", argv[2]);
+        return 2;
     }
     return ok ? 0 : 1;
 }

@@ -7,48 +7,20 @@
 #include "common/tile_config.h"
 #include "emu_grid.h"
 
-/* the kernel's `extern __shared__ smem[]` (declared inside mlstm::tc) */
-namespace mlstm { namespace tc { alignas(128) unsigned char smem[232448]; } }
-
-/* the f16/bf16 forward of head dim D over the grid run_fwd_tc<T, D, FWD_DEFAULT> launches (launch_impl.cuh) */
-template <typename T, int D>
-static void launch_tc(const mlstm::KArgs &a)
-{
-    using C = typename mlstm::TileCfg<D>::Fwd;
-    using F = mlstm::tc::FwdCfg<D, C::MT, C::NW, C::BN, C::KS>;
-    static_assert(F::SMEM <= (int)sizeof mlstm::tc::smem, "smem");
-    const int64_t n = (a.S + F::BM - 1) / F::BM * a.B * a.NH;
-    std::printf("  fwd tiles (MT, NW, BN, KS) = (%d, %d, %d, %d), BM %d, smem %d B, %lld CTAs\n", C::MT, C::NW, C::BN,
-                C::KS, F::BM, F::SMEM, (long long)n);
-    run_grid(mlstm::tc::mlstm_fwd_kernel<T, D, C::MT, C::NW, C::BN, false, C::KS>, a, n, F::NT, mlstm::tc::smem,
-             sizeof mlstm::tc::smem);
-}
+#include "emu_tc16.h"
 
 template <typename T> static void launch_tc_for(const mlstm::KArgs &a, int D)
 {
-    if (D == 64) launch_tc<T, 64>(a);
-    else if (D == 128) launch_tc<T, 128>(a);
-    else launch_tc<T, 256>(a);
-}
-
-/* relative L2 error with each element charged max(0, |x - ref| - res) (test_conformance's check_output) */
-static double rel_l2_res(const float *x, const double *ref, size_t n, double res)
-{
-    double num = 0, den = 0;
-    for (size_t e = 0; e < n; ++e) {
-        if (!std::isfinite(x[e])) return INFINITY;
-        double d = std::fabs(x[e] - ref[e]);
-        d = d > res ? d - res : 0.0;
-        num += d * d;
-        den += ref[e] * ref[e];
-    }
-    den = std::sqrt(den);
-    return den > 0 ? std::sqrt(num) / den : std::sqrt(num);
+    if (D == 64) launch_tc_fwd<T, 64>(a);
+    else if (D == 128) launch_tc_fwd<T, 128>(a);
+    else launch_tc_fwd<T, 256>(a);
 }
 
 /* the case on storage type T: q, k, v, h in T, the rest f32 */
-template <typename T> static bool run_case(mc_case &c, T (*to_t)(float), float (*to_f)(T))
+template <typename T> static bool run_case(mc_case &c)
 {
+    const auto to_t = mlstm::from_f32<T>;
+    const auto to_f = [](T x) { return mlstm::to_f32(x); };
     mc_inputs in;
     mc_outputs ref;
     case_data(c, in, ref);
@@ -74,7 +46,7 @@ template <typename T> static bool run_case(mc_case &c, T (*to_t)(float), float (
     std::printf("  rel L2:");
     for (int o = 0; o < 3; ++o) {
         const double res = tol_storage_resolution(o == MC_OUT_H ? c.dtype : MLSTM_DTYPE_F32);
-        const double err = rel_l2_res(dev[o], ref.t[o], cnt[o], res);
+        const double err = rel_l2(dev[o], ref.t[o], cnt[o], false, 0.0, res);
         const double tol = tol_max_rel_l2(c.dtype, o) + gate_allowance;
         ok &= err <= tol;
         std::printf(" %s=%.3e (tol %.1e)", mc_output_name(o), err, tol);
@@ -88,20 +60,11 @@ template <typename T> static bool run_case(mc_case &c, T (*to_t)(float), float (
 int main(int argc, char **argv)
 {
     mc_case c;
+    bool ok = false;
     /* parse_case (emu_grid.h) reads argv[1..] as mode D S ...; the dtype takes the mode's place */
-    if (argc < 8 || !parse_case(argc - 1, argv + 1, c) ||
-        (std::strcmp(argv[1], "f16") != 0 && std::strcmp(argv[1], "bf16") != 0)) {
+    if (argc < 8 || !parse_case(argc - 1, argv + 1, c) || !with_dtype(argv[1], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {
         std::fprintf(stderr, "usage: emu_fwd_tc16 f16|bf16 D S B NH gates seed [eps] [scale]\n");
         return 2;
-    }
-    c.math_mode = MLSTM_MATH_DEFAULT;
-    bool ok;
-    if (!std::strcmp(argv[1], "f16")) {
-        c.dtype = MLSTM_DTYPE_F16;
-        ok = run_case<__half>(c, __float2half_rn, __half2float);
-    } else {
-        c.dtype = MLSTM_DTYPE_BF16;
-        ok = run_case<__nv_bfloat16>(c, __float2bfloat16_rn, __bfloat162float);
     }
     return ok ? 0 : 1;
 }

@@ -1,0 +1,42 @@
+/* kernel_emu: what the f16/bf16 tensor-core emulators (emu_tc16_main.cpp: forward; emu_tc16_bwd_main.cpp: forward
+ * and backward) share: the kernels' shared memory, the grid runner on it, the forward as run_fwd_tc<T, D, FWD_DEFAULT>
+ * launches it, and the storage type named on the command line. Include after fwd_tc.cuh, tile_config.h, emu_grid.h. */
+#pragma once
+#include <cstring>
+
+/* the kernels' `extern __shared__ smem[]` (declared inside mlstm::tc) */
+namespace mlstm { namespace tc { alignas(128) unsigned char smem[232448]; } }
+
+static void tc_grid(void (*k)(mlstm::KArgs), const mlstm::KArgs &a, int64_t n, int nt)
+{
+    run_grid(k, a, n, nt, mlstm::tc::smem, sizeof mlstm::tc::smem);
+}
+
+/* the f16/bf16 forward of head dim D over the grid run_fwd_tc<T, D, FWD_DEFAULT> launches (launch_impl.cuh) */
+template <typename T, int D> static void launch_tc_fwd(const mlstm::KArgs &a)
+{
+    using C = typename mlstm::TileCfg<D>::Fwd;
+    using F = mlstm::tc::FwdCfg<D, C::MT, C::NW, C::BN, C::KS>;
+    static_assert(F::SMEM <= (int)sizeof mlstm::tc::smem, "smem");
+    const int64_t n = (a.S + F::BM - 1) / F::BM * a.B * a.NH;
+    std::printf("  fwd tiles (MT, NW, BN, KS) = (%d, %d, %d, %d), BM %d, smem %d B, %lld CTAs\n", C::MT, C::NW, C::BN,
+                C::KS, F::BM, F::SMEM, (long long)n);
+    tc_grid(mlstm::tc::mlstm_fwd_kernel<T, D, C::MT, C::NW, C::BN, false, C::KS>, a, n, F::NT);
+}
+
+/* runs the case on the storage type named dtype ("f16": run16, "bf16": run_b16; c.dtype set), its result in ok;
+ * false for another name */
+static bool with_dtype(const char *dtype, mc_case &c, bool (*run16)(mc_case &), bool (*run_b16)(mc_case &), bool &ok)
+{
+    c.math_mode = MLSTM_MATH_DEFAULT;
+    if (!std::strcmp(dtype, "f16")) {
+        c.dtype = MLSTM_DTYPE_F16;
+        ok = run16(c);
+    } else if (!std::strcmp(dtype, "bf16")) {
+        c.dtype = MLSTM_DTYPE_BF16;
+        ok = run_b16(c);
+    } else {
+        return false;
+    }
+    return true;
+}
