@@ -121,7 +121,8 @@ struct InstancePolicy {
 struct Instance {
     Variant variant;
     int dtype;     /* storage dtype */
-    int D;         /* head-dimension class (DQK = DV = D, or narrower heads where mc); 0: any (SIMT) */
+    int D;         /* head-dimension class: DQK <= D (= D unless mc); 0: any (SIMT) */
+    int dvt;       /* its output (V) tile: DV <= dvt (= dvt unless mc); D but for D = 512 (tile_config.h) */
     bool mc;       /* masks columns beyond DQK / DV (common.cuh masked_cols) */
     int mode;      /* f32 tensor-core math: 0 3xTF32, 1 TF32 (MLSTM_MATH_TF32) */
     int arch;      /* InstanceArch */
@@ -131,8 +132,8 @@ struct Instance {
     InstancePolicy pol;
 };
 static const Instance k_instances[] = {
-#define MLSTM_INSTANCE(v, dt, d, mc, mode, arch, run, setup, needs, ...)                                           \
-    {v, dt, d, mc, mode, arch, run, setup, needs, __VA_ARGS__},
+#define MLSTM_INSTANCE(v, dt, d, dvt, mc, mode, arch, run, setup, needs, ...)                                      \
+    {v, dt, d, dvt, mc, mode, arch, run, setup, needs, __VA_ARGS__},
 #include "inst/registry.inc"
 #undef MLSTM_INSTANCE
 };
@@ -195,15 +196,22 @@ InstancePolicy policy_of(Variant v, int dtype, int D, bool mask)
 /* the number of row tiles of `rows` rows covering S */
 int64_t row_tiles(int64_t S, int rows) { return rows > 0 ? (S + rows - 1) / rows : S; }
 
-/* The f16/bf16 tensor-core classes (the D of the registry's fwd.tc rows), ascending: the smallest one holding w
- * columns, or 0 */
-int smallest_class(int64_t w)
+/* The f16/bf16 tensor-core classes are the D of the registry's fwd.tc rows, each with its output tile dvt. The
+ * smallest class whose scores hold dqk columns and whose output tile holds dv, or 0 */
+int smallest_class(int64_t dqk, int64_t dv)
 {
     int best = 0;
     for (const Instance &in : k_instances)
-        if (in.variant == V_FWD_TC && in.dtype == MLSTM_DTYPE_F16 && in.D >= w && (best == 0 || in.D < best))
+        if (in.variant == V_FWD_TC && in.dtype == MLSTM_DTYPE_F16 && in.D >= dqk && in.dvt >= dv &&
+            (best == 0 || in.D < best))
             best = in.D;
     return best;
+}
+/* the fwd.tc row of class D (f16), or null */
+const Instance *class_row(int D)
+{
+    const int i = find_instance(V_FWD_TC, MLSTM_DTYPE_F16, D, false);
+    return i >= 0 ? &k_instances[i] : nullptr;
 }
 
 /* The trace of a call: the names of the instances it enqueued, "+"-joined */
@@ -217,10 +225,12 @@ void trace_add(mlstm_cuda_trace *tr, const char *name, int dtype, int64_t D, boo
              dtype == MLSTM_DTYPE_F32 ? "f32" : dtype == MLSTM_DTYPE_F16 ? "f16" : "bf16", (long long)D,
              masking ? "m" : "");
 }
-/* ... of one instance, run for a call of head dim D */
+/* ... of one instance, run for a call of head dim D ("m" where the instance is the masking one of a class that has a
+ * non-masking one too) */
 void trace_instance(mlstm_cuda_trace *tr, const Instance &in, int64_t D)
 {
-    trace_add(tr, k_variants[in.variant].name, in.dtype, D, in.mc && in.D != MASKED_COLS_CLASS);
+    trace_add(tr, k_variants[in.variant].name, in.dtype, D,
+              in.mc && &k_instances[find_instance(in.variant, in.dtype, in.D, false)] != &in);
 }
 
 /* A forced variant of role r applies to calls of its storage class; elsewhere dispatch chooses */
@@ -318,8 +328,9 @@ int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backw
 int fwd_half(const Dispatch &ds, const KArgs &a, int dt, int D, cudaStream_t st, mlstm_cuda_trace *tr,
              mlstm_cuda_fail *fail)
 {
-    const bool mask = a.DQK < D || a.DV < D; /* a narrower head (masked_class) */
+    const bool mask = a.DQK < D || a.DV < class_row(D)->dvt; /* a narrower head (masked_class) */
     Variant v = forced(ds, ROLE_FWD, dt);
+    if (v != V_AUTO && find_instance(v, dt, D, mask) < 0) v = V_AUTO; /* a pin with no instance in the class */
     if (v == V_AUTO) {
         if (ds.wg_mode != 0 && usable(ds, V_FWD_WG, dt, D, mask))
             v = use_wgmma_split(ds, a, dt, D, mask) ? V_FWD_WG_SPLIT : V_FWD_WG;
@@ -563,13 +574,15 @@ bool masked_cols_ok(int D, int64_t cols)
 }
 
 /* Whether the f16/bf16 tensor-core class D serves heads narrower than D by masking columns on this context, in this
- * direction: D = MASKED_COLS_CLASS always (its instances mask); another class where each role of the direction has
- * an accepted masking instance of the variant dispatch would run (the pinned one, MLSTM_CUDA_FORCE, else the wgmma
- * one: only those have masking instances of their own, gen_instances.py WG_MASKED_DIMS) */
+ * direction: a class whose mma.sync instances mask (MASKED_COLS_CLASS, the forward-only D = 512) always; another class
+ * where each role of the direction has an accepted masking instance of the variant dispatch would run (the pinned
+ * one, MLSTM_CUDA_FORCE, else the wgmma one: only those have masking instances of their own, gen_instances.py
+ * WG_MASKED_DIMS) */
 bool class_masks(const Dispatch &ds, int dtype, int D, bool backward)
 {
     if (dtype != MLSTM_DTYPE_F16 && dtype != MLSTM_DTYPE_BF16) return false;
-    if (D == MASKED_COLS_CLASS) return true;
+    const Instance *cr = class_row(D);
+    if (D == MASKED_COLS_CLASS || (cr && cr->mc)) return true;
     if (ds.wg_mode == 0) return false;
     const auto serves = [&](int role, Variant wg) {
         const Variant v = forced(ds, role, dtype);
@@ -580,9 +593,9 @@ bool class_masks(const Dispatch &ds, int dtype, int D, bool backward)
 
 int masked_class(const Dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool backward)
 {
-    const int D = smallest_class(dqk > dv ? dqk : dv);
+    const int D = smallest_class(dqk, dv);
     if (D == 0) return 0;
-    if (dqk == D && dv == D) return D;
+    if (dqk == D && dv == class_row(D)->dvt) return D;
     if (!masked_cols_ok(D, dqk) || !masked_cols_ok(D, dv)) return 0;
     return class_masks(ds, dtype, D, backward) ? D : 0;
 }
@@ -590,13 +603,19 @@ int masked_class(const Dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool ba
 int tc_classes(int *out, int max)
 {
     int n = 0;
-    for (int D = smallest_class(1); D != 0 && n < max; D = smallest_class(D + 1)) out[n++] = D;
+    for (int D = smallest_class(1, 0); D != 0 && n < max; D = smallest_class(D + 1, 0)) out[n++] = D;
     for (int i = 0; i < n / 2; ++i) { /* largest first */
         const int t = out[i];
         out[i] = out[n - 1 - i];
         out[n - 1 - i] = t;
     }
     return n;
+}
+
+int class_out_tile(int D)
+{
+    const Instance *cr = class_row(D);
+    return cr ? cr->dvt : 0;
 }
 
 bool direct_tc(const Dispatch &ds, const mlstm_params *p, bool backward)

@@ -1,6 +1,7 @@
-/* libmlstm CUDA kernels: any DQK <= 256 and any DV (up to MLSTM_MAX_HEAD_DIM) on the tensor-core instances of head
- * dim D in {64, 128, 256}. q and k are zero-padded to D columns (zeros change no score); v, h, dh and dv are cut into
- * column slices of width D, each one call of the D instance (the scores are recomputed per slice). The backward's
+/* libmlstm CUDA kernels: any DQK up to the largest class and any DV (up to MLSTM_MAX_HEAD_DIM) on the tensor-core
+ * instances of class D (64, 128, 256; forward only: 512). q and k are zero-padded to D columns (zeros change no score);
+ * v, h, dh and dv are cut into column slices of the class's output tile W (D, or 256 for D = 512), each one call of
+ * the class's instances (the scores are recomputed per slice). The backward's
  * dq, dk, di and df are sums over the slices: all are linear in dC = dh v^T / N + (row term), and the exact mode's
  * row term delta_t = sigma_t dh_t . h_t is itself the sum of the slices' dh . h. */
 #include <stdint.h>
@@ -131,15 +132,15 @@ bool rows16(const Cols &c, size_t esz)
 
 /* The widths of the slice calls' tensors: q, k (dq, dk) of DQK columns where the D instance serves them as they
  * stand (f16/bf16 masked columns: hp.masked, dispatch.cu masked_class), else D (zero-padded staging); v, h, dh, dv of
- * slice s (its w = min(D, DV - s D) columns) likewise */
+ * slice s (its w = min(W, DV - s W) columns) likewise against the output tile W */
 int64_t slice_dqk(const mlstm_params *p, const HeadDimPlan &hp)
 {
     return hp.masked && p->dqk < hp.D && masked_cols_ok(hp.D, p->dqk) ? p->dqk : hp.D;
 }
 int64_t slice_dv(const mlstm_params *p, int64_t c0, const HeadDimPlan &hp)
 {
-    const int64_t w = p->dv - c0 < hp.D ? p->dv - c0 : hp.D;
-    return hp.masked && w < hp.D && masked_cols_ok(hp.D, w) ? w : hp.D;
+    const int64_t w = p->dv - c0 < hp.W ? p->dv - c0 : hp.W;
+    return hp.masked && w < hp.W && masked_cols_ok(hp.D, w) ? w : hp.W;
 }
 
 /* Whether the columns from c0 of tensor x (width columns) that the slice call of class hp.D reads or writes
@@ -224,7 +225,7 @@ struct Staging {
 bool needs_stage(const mlstm_params *p, int x, int64_t width, const HeadDimPlan &hp)
 {
     for (int s = 0; s < hp.nslice; ++s)
-        if (!in_place(p, x, (int64_t)s * hp.D, width, hp)) return true;
+        if (!in_place(p, x, (int64_t)s * hp.W, width, hp)) return true;
     return false;
 }
 
@@ -232,18 +233,19 @@ bool needs_stage(const mlstm_params *p, int x, int64_t width, const HeadDimPlan 
 Staging lay_out(const mlstm_params *p, const HeadDimPlan &hp, bool backward, Arena &ar)
 {
     Staging g = {};
-    const size_t tile = (size_t)p->batch * p->heads * p->seq_len * hp.D * dtype_bytes(p->dtype);
-    const size_t vec = (size_t)p->batch * p->heads * p->seq_len * 4;
+    const size_t rows = (size_t)p->batch * p->heads * p->seq_len;
+    const size_t tile = rows * hp.D * dtype_bytes(p->dtype), vtile = rows * hp.W * dtype_bytes(p->dtype);
+    const size_t vec = rows * 4;
     if (!in_place(p, MLSTM_TENSOR_Q, 0, p->dqk, hp)) g.q = ar.take(tile);
     if (!in_place(p, MLSTM_TENSOR_K, 0, p->dqk, hp)) g.k = ar.take(tile);
-    if (needs_stage(p, MLSTM_TENSOR_V, p->dv, hp)) g.v = ar.take(tile);
+    if (needs_stage(p, MLSTM_TENSOR_V, p->dv, hp)) g.v = ar.take(vtile);
     if (!backward) {
-        if (needs_stage(p, MLSTM_TENSOR_H, p->dv, hp)) g.h = ar.take(tile);
+        if (needs_stage(p, MLSTM_TENSOR_H, p->dv, hp)) g.h = ar.take(vtile);
         return g;
     }
-    if (p->grad_mode == MLSTM_GRAD_EXACT && needs_stage(p, MLSTM_TENSOR_H, p->dv, hp)) g.h = ar.take(tile);
-    if (needs_stage(p, MLSTM_TENSOR_DH, p->dv, hp)) g.dh = ar.take(tile);
-    if (needs_stage(p, MLSTM_TENSOR_DV, p->dv, hp)) g.dv = ar.take(tile);
+    if (p->grad_mode == MLSTM_GRAD_EXACT && needs_stage(p, MLSTM_TENSOR_H, p->dv, hp)) g.h = ar.take(vtile);
+    if (needs_stage(p, MLSTM_TENSOR_DH, p->dv, hp)) g.dh = ar.take(vtile);
+    if (needs_stage(p, MLSTM_TENSOR_DV, p->dv, hp)) g.dv = ar.take(vtile);
     const bool single = hp.nslice == 1;
     for (int s = 0; s < hp.nslice; ++s) {
         if (!single || !in_place(p, MLSTM_TENSOR_DQ, 0, p->dqk, hp)) g.dq[s] = ar.take(tile);
@@ -256,12 +258,18 @@ Staging lay_out(const mlstm_params *p, const HeadDimPlan &hp, bool backward, Are
     return g;
 }
 
+/* The staged width of tensor x: D for q, k (dq, dk), the output tile W for v, h, dh, dv */
+int tile_cols(int x, const HeadDimPlan &hp)
+{
+    return x == MLSTM_TENSOR_Q || x == MLSTM_TENSOR_K || x == MLSTM_TENSOR_DQ || x == MLSTM_TENSOR_DK ? hp.D : hp.W;
+}
+
 /* Tensor x of the slice call: in place (its columns from c0), or the staging buffer (filled from the call's
- * columns [c0, c0 + w) when fill is set, zero-padded to D) */
+ * columns [c0, c0 + w) when fill is set, zero-padded to its tile width) */
 int slice_tensor(const mlstm_params *p, mlstm_params &ps, int x, int64_t c0, int64_t width, void *stage, bool fill,
                  const HeadDimPlan &hp, cudaStream_t st, mlstm_cuda_fail *fail)
 {
-    const int D = hp.D;
+    const int D = tile_cols(x, hp);
     if (in_place(p, x, c0, width, hp)) {
         ps.t[x] = as_arg(cols_of(p, x, c0));
         return 0;
@@ -277,7 +285,7 @@ int slice_tensor(const mlstm_params *p, mlstm_params &ps, int x, int64_t c0, int
 int unstage(const mlstm_params *p, const mlstm_params &ps, int x, int64_t c0, int64_t width, const HeadDimPlan &hp,
             cudaStream_t st, mlstm_cuda_fail *fail)
 {
-    const int D = hp.D;
+    const int D = tile_cols(x, hp);
     if (in_place(p, x, c0, width, hp)) return 0;
     const int64_t w = width - c0 < D ? width - c0 : D;
     const mlstm_tensor_arg &t = ps.t[x];
@@ -291,7 +299,7 @@ mlstm_params slice_params(const mlstm_params *p, const HeadDimPlan &hp)
 {
     mlstm_params ps = *p;
     ps.dqk = slice_dqk(p, hp);
-    ps.dv = hp.D;
+    ps.dv = hp.W;
     return ps;
 }
 
@@ -302,26 +310,27 @@ bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool ba
     int classes[8];
     const int nc = tc_classes(classes, 8);
     if (nc == 0 || p->dqk > classes[0] || direct_tc(ds, p, backward)) return false;
-    /* cost ~ slices x D, D = 64 counted as 128 (its kernels run at about half the rate per FLOP); ties: larger D */
-    HeadDimPlan best = {0, 0, false};
+    /* cost ~ slices x (D + W) / 2, a width of 64 counted as 128 (its kernels run at about half the rate per FLOP);
+     * ties: larger D */
+    HeadDimPlan best = {0, 0, 0, false};
     int64_t best_cost = 0;
     for (int c = 0; c < nc; ++c) {
-        const int D = classes[c];
+        const int D = classes[c], W = class_out_tile(D);
         if (D < p->dqk) continue;
-        const int64_t ns = (p->dv + D - 1) / D;
+        const int64_t ns = (p->dv + W - 1) / W;
         if (ns > HEAD_DIM_MAX_SLICES) continue;
         /* the instance exists and was accepted: ask the direct path about an aligned stand-in of this shape */
-        const HeadDimPlan cand = {D, (int)ns, class_masks(ds, p->dtype, D, backward)};
+        const HeadDimPlan cand = {D, W, (int)ns, class_masks(ds, p->dtype, D, backward)};
         mlstm_params probe = slice_params(p, cand);
         for (int x = 0; x < MLSTM_TENSOR_COUNT; ++x) {
             probe.t[x].mem = probe.t[x].mem ? (void *)(uintptr_t)256 : nullptr;
             probe.t[x].offset = 0;
-            probe.t[x].stride_s = mlstm_tensor_is_f32(x) ? 1 : D;
+            probe.t[x].stride_s = mlstm_tensor_is_f32(x) ? 1 : tile_cols(x, cand);
             probe.t[x].stride_h = probe.t[x].stride_s * p->seq_len;
             probe.t[x].stride_b = probe.t[x].stride_h * p->heads;
         }
         if (!direct_tc(ds, &probe, backward)) continue;
-        const int64_t cost = ns * (D < 128 ? 128 : D);
+        const int64_t cost = ns * ((D < 128 ? 128 : D) + (W < 128 ? 128 : W)) / 2;
         if (best.D == 0 || cost < best_cost) {
             best = cand;
             best_cost = cost;
@@ -344,13 +353,12 @@ int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
 {
     Arena ar = {(char *)ws, 0};
     const Staging g = lay_out(p, hp, false, ar);
-    const int D = hp.D;
     mlstm_params ps = slice_params(p, hp);
     int e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, hp, st, fail))) return e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, hp, st, fail))) return e;
     for (int s = 0; s < hp.nslice; ++s) {
-        const int64_t c0 = (int64_t)s * D;
+        const int64_t c0 = (int64_t)s * hp.W;
         ps.dv = slice_dv(p, c0, hp);
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, hp, st, fail))) return e;
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, false, hp, st, fail))) return e;
@@ -365,14 +373,14 @@ int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
 {
     Arena ar = {(char *)ws, 0};
     const Staging g = lay_out(p, hp, true, ar);
-    const int D = hp.D, ns = hp.nslice;
+    const int D = hp.D, ns = hp.nslice; /* D: dq, dk slices; hp.W: the v-side column slices */
     const bool exact = p->grad_mode == MLSTM_GRAD_EXACT;
     mlstm_params ps = slice_params(p, hp);
     int e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, hp, st, fail))) return e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, hp, st, fail))) return e;
     for (int s = 0; s < ns; ++s) {
-        const int64_t c0 = (int64_t)s * D;
+        const int64_t c0 = (int64_t)s * hp.W;
         ps.dv = slice_dv(p, c0, hp);
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, hp, st, fail))) return e;
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DH, c0, p->dv, g.dh, true, hp, st, fail))) return e;

@@ -38,19 +38,23 @@ bool class_masks(const mlstm_cuda_dispatch &ds, int dtype, int D, bool backward)
 bool masked_cols_ok(int D, int64_t cols);
 int masked_class(const mlstm_cuda_dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool backward);
 /* dispatch.cu: the f16/bf16 tensor-core head-dimension classes of the instance registry, largest first (at most max
- * of them written to out); returns their number */
+ * of them written to out); returns their number. class_out_tile: the output (V) tile width of class D (D, or 256
+ * for the D = 512 class; 0 for no class) */
 int tc_classes(int *out, int max);
+int class_out_tile(int D);
 int direct_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
                mlstm_cuda_fail *fail);
 int direct_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
                mlstm_cuda_fail *fail);
 
-/* head_dims.cu: a call the direct path would send to SIMT but a tensor-core instance of head dim D serves after
- * q, k are zero-padded to D columns and v, h (dh, dv) are cut into nslice column slices of width D (the last one
- * zero-padded). Staging is needed where a tensor is narrower than D or its rows are not 16-byte aligned. */
+/* head_dims.cu: a call the direct path would send to SIMT but a tensor-core instance of class D serves after
+ * q, k are zero-padded to D columns and v, h (dh, dv) are cut into nslice column slices of the class's output tile
+ * W (the last one zero-padded). Staging is needed where a tensor is narrower than its tile or its rows are not
+ * 16-byte aligned. */
 struct HeadDimPlan {
-    int D;       /* the instance's head dim (64, 128 or 256) */
-    int nslice;  /* ceil(DV / D), at most 8 */
+    int D;       /* the instance's class: its score width (64, 128, 256 or 512) */
+    int W;       /* its output tile: the slice width (D, or 256 for D = 512) */
+    int nslice;  /* ceil(DV / W), at most 8 */
     bool masked; /* class D masks columns for this call (class_masks): narrower tensors are used in place */
 };
 constexpr int HEAD_DIM_MAX_SLICES = 8;

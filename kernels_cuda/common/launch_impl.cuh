@@ -72,11 +72,14 @@ static inline cudaError_t launch_1d_cl(K k, int64_t n, int cl, int nt, int smem,
 /* ---- tensor-core path (separate structs so a forward file never instantiates backward kernels) ----
  * forward VAR (launch.h): Fwd, FwdS or FwdK of TileCfg; backward SMALL: DkdvS (dQ is the same kernel either way). */
 template <typename T, int D, int VAR> struct TcFwd {
-    using C = typename std::conditional<
-        VAR == FWD_SPLIT, typename TileCfg<D>::FwdK,
-        typename std::conditional<VAR == FWD_SMALL, typename TileCfg<D>::FwdS, typename TileCfg<D>::Fwd>::type>::type;
-    using F = tc::FwdCfg<D, C::MT, C::NW, C::BN, C::KS>;
-    static constexpr auto fwd = tc::mlstm_fwd_kernel<T, D, C::MT, C::NW, C::BN, VAR != FWD_DEFAULT, C::KS>;
+    using TC = TileCfg<D>;
+    template <int V, int = 0> struct Pick { using type = typename TC::Fwd; };
+    template <int Z> struct Pick<FWD_SMALL, Z> { using type = typename TC::FwdS; };
+    template <int Z> struct Pick<FWD_SPLIT, Z> { using type = typename TC::FwdK; };
+    using C = typename Pick<VAR>::type;
+    using F = tc::FwdCfg<D, TC::DVT, C::MT, C::NW, C::BN, C::KS>;
+    static constexpr auto fwd = tc::mlstm_fwd_kernel<T, D, TC::DVT, C::MT, C::NW, C::BN,
+                                                     VAR != FWD_DEFAULT || TC::FWD_SM90_ONLY, C::KS, TC::MASKS>;
 };
 template <typename T, int D, bool SMALL> struct TcBwd {
     using CK = typename std::conditional<SMALL, typename TileCfg<D>::DkdvS, typename TileCfg<D>::Dkdv>::type;

@@ -244,7 +244,10 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
     static constexpr int DQ_WSL_BN = MLSTM_TC##D##_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC##D##_DQ_WSL / 1000;    \
     static constexpr int DKDV_WG_BMQ = MLSTM_TC##D##_DKDV_WG;                                                  \
     static constexpr bool DKDV_WG = true;                                                                      \
-    static constexpr bool BWD_SMALL = MLSTM_TC##D##_DKDV_S != MLSTM_TC##D##_DKDV; /* a distinct small dK/dV */
+    static constexpr bool BWD_SMALL = MLSTM_TC##D##_DKDV_S != MLSTM_TC##D##_DKDV; /* a distinct small dK/dV */  \
+    static constexpr int DVT = D;                       /* output (V) tile width: DQK = DV = D */              \
+    static constexpr bool MASKS = D == MASKED_COLS_CLASS; /* its mma.sync instances mask columns */            \
+    static constexpr bool FWD_SM90_ONLY = false;        /* the default forward runs on sm_80 too */
 
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
@@ -261,6 +264,21 @@ template <> struct TileCfg<256> {
     MLSTM_TILE_CFG_MEMBERS(256)
     static constexpr bool DKDV_WG_PAIR = true;   /* two warpgroups per 64 keys (bwd_wgmma.cuh) */
     static constexpr bool BWD_ALT_ALWAYS = true; /* the sm_90 dK/dV whenever the device runs it */
+};
+
+/* D = 512 (DQK 257..512), forward only: scores over 512 columns (Q, K tiles 512 wide) and 256-column V / O tiles, so
+ * that O stays at 128 floats per thread; a wider DV runs as 256-column slices (head_dims.cu), each recomputing the
+ * scores. (1, 8, 32): Q 128 KB + two stages of K (32 KB) and V (16 KB) + gates = 225 KB, which only sm_90's 227 KB
+ * hold (FWD_SM90_ONLY: stubs on sm_80, where these heads keep the SIMT kernels). Its instances always mask (DQK and
+ * DV multiples of 8). The backward of these heads stays on the SIMT kernels (no dK/dV, dQ instances of the class). */
+#ifndef MLSTM_TC512_FWD
+#define MLSTM_TC512_FWD 10832
+#endif
+template <> struct TileCfg<512> {
+    using Fwd = MLSTM_FWD_TILE(MLSTM_TC512_FWD);
+    static constexpr int DVT = 256;
+    static constexpr bool MASKS = true;
+    static constexpr bool FWD_SM90_ONLY = true;
 };
 
 /* f32 storage on tensor cores (fwd_tf32.cuh), forward only: (MT, NW, BN) packed as the FWD entries above. f32

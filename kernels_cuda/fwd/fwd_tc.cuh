@@ -1,7 +1,8 @@
-/* libmlstm CUDA kernels: tensor-core forward for f16/bf16 storage (mma.sync m16n8k16, f32 accumulation),
- * head dims DQK = DV = D in {64, 128, 256}. One CTA per (query tile of BM rows, batch*head); each warp owns
- * 16*MT query rows; K/V tiles of BN keys are double-buffered through cp.async and walked from the diagonal
- * backwards, so the gate offset between query and key tile is accumulated in compensated (hi, lo) form. */
+/* libmlstm CUDA kernels: tensor-core forward for f16/bf16 storage (mma.sync m16n8k16, f32 accumulation), score
+ * width DK (DQK padded to the class) and output width DV (the class's V tile: DV = DK, or DK = 512 with DV = 256
+ * slices). One CTA per (query tile of BM rows, batch*head); each warp owns 16*MT query rows; K/V tiles of BN keys
+ * are double-buffered through cp.async and walked from the diagonal backwards, so the gate offset between query and
+ * key tile is accumulated in compensated (hi, lo) form. */
 #pragma once
 
 #include "common/mma.cuh"
@@ -13,23 +14,23 @@ namespace tc {
 /* bytes of a key-split merge buffer of NR rows (fwd_split_store) */
 constexpr int split_buf_bytes(int NR, int D) { return (NR * (D + 8) + 6 * NR) * 4; }
 
-template <int D, int MT, int NW, int BN, int KS = 1>
+template <int DK, int DV, int MT, int NW, int BN, int KS = 1>
 struct FwdCfg {
     static constexpr int BM = 16 * MT * NW / KS; /* KS key groups of NW / KS warps each cover all BM rows */
     static constexpr int NT = 32 * NW;
-    static constexpr int Q_BYTES = BM * D * 2;
-    static constexpr int KV_BYTES = BN * D * 2;
+    static constexpr int Q_BYTES = BM * DK * 2;
+    static constexpr int K_BYTES = BN * DK * 2, V_BYTES = BN * DV * 2;
     static constexpr int K_OFF = Q_BYTES;
-    static constexpr int V_OFF = K_OFF + 2 * KS * KV_BYTES;
+    static constexpr int V_OFF = K_OFF + 2 * KS * K_BYTES;
     /* floats: sFq[BM], then [2][KS][BN] each of sG2, sPM, sE */
-    static constexpr int G_OFF = V_OFF + 2 * KS * KV_BYTES;
+    static constexpr int G_OFF = V_OFF + 2 * KS * V_BYTES;
     static constexpr int SMEM = G_OFF + (BM + 6 * KS * BN) * 4;
-    /* KS > 1: the groups' merge reuses [0, G_OFF) for O [BM][D], l [BM][4], m [BM], esc [BM] (floats) */
-    static_assert(KS == 1 || split_buf_bytes(BM, D) <= G_OFF, "merge buffer");
+    /* KS > 1: the groups' merge reuses [0, G_OFF) for O [BM][DV], l [BM][4], m [BM], esc [BM] (floats) */
+    static_assert(KS == 1 || split_buf_bytes(BM, DV) <= G_OFF, "merge buffer");
     static_assert(NW % KS == 0, "warps per key group");
     static_assert(BM % BN == 0, "query tile must be a multiple of the key tile");
     static_assert(BM % 32 == 0 && BN % 32 == 0 && BN % 16 == 0, "tile sizes");
-    static_assert(D % 64 == 0, "swizzle needs D >= 64");
+    static_assert(DK % 64 == 0 && DV % 64 == 0, "swizzle needs rows of >= 64 columns");
 };
 
 /* the per-key values of the fragment columns a lane holds (columns n * 8 + 2 * q4 + {0, 1}) */
@@ -54,8 +55,8 @@ template <int BN> __device__ __forceinline__ void load_key_row(float (&v)[BN / 8
  * one exp per row instead of one per element (the exp unit is the scarce one next to the tensor cores).
  * gv holds G2_j when MASK, E_j otherwise.
  * GUARD (f16): the row's range-guard exponent esc is subtracted too, and mx gets the row's largest |C|. */
-template <bool MASK, bool GUARD, int MT, int BN, int D>
-__device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (&o)[MT][D / 8][4],
+template <bool MASK, bool GUARD, int MT, int BN, int DV>
+__device__ __forceinline__ void fwd_gate_tile(float (&s)[MT][BN / 8][4], float (&o)[MT][DV / 8][4],
                                               float (&mrun)[MT][2], float (&lrun)[MT][2], const float (&rowF)[MT][2],
                                               const float (&gv)[BN / 8][2], const float *pm, int lim0, int q4,
                                               float lsc, const float (&esc)[MT * 2], float (&mx)[MT * 2])
@@ -155,11 +156,11 @@ __device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32
     for (int e = 0; e < E; ++e) ex[lane * E + e] = fast_exp2(gv[e] * MLSTM_LOG2E - x2);
 }
 
-/* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h (its first args.DV <= D columns), m,
+/* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h (its first args.DV <= DV columns), m,
  * n. */
-template <typename T, int MT, int D, bool GUARD, bool MC = (D == MASKED_COLS_CLASS)>
+template <typename T, int MT, int DV, bool GUARD, bool MC = (DV == MASKED_COLS_CLASS)>
 __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
-                                             const float (&o)[MT][D / 8][4], const float (&mrun)[MT][2],
+                                             const float (&o)[MT][DV / 8][4], const float (&mrun)[MT][2],
                                              const float (&lrun)[MT][2], const float (&esc)[MT * 2])
 {
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
@@ -178,8 +179,8 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
             if (t < S) {
                 T *row = gh + t * th.ss;
 #pragma unroll
-                for (int n = 0; n < D / 8; ++n)
-                    if (col_in<D, MC>(n * 8 + 2 * q4, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
+                for (int n = 0; n < DV / 8; ++n)
+                    if (col_in<DV, MC>(n * 8 + 2 * q4, args.DV)) /* args.DV <= DV, a multiple of 8 (masked columns) */
                         *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * q4) =
                             pack2<T>(o[mt][n][rr * 2] * inv, o[mt][n][rr * 2 + 1] * inv);
                 if (q4 == 0) {
@@ -192,17 +193,17 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
 }
 
 /* Key split, the two halves of a merge of two partial states over disjoint key sets (O, l, m, esc) of the same
- * rows, through a buffer of NR rows (floats; O [NR][D + 8], l [NR][4] per-lane partials, m [NR], esc [NR]) in which
+ * rows, through a buffer of NR rows (floats; O [NR][DV + 8], l [NR][4] per-lane partials, m [NR], esc [NR]) in which
  * a thread's rows are wr0 - r0 + mt * 16 + g (+ 8); the 8 floats of padding per O row put the eight rows g of a
  * warp's accesses into different banks. fwd_split_store writes the state; fwd_split_combine, once the
  * stores are visible, folds the buffer into the caller's state. */
-template <int MT, int D>
-__device__ __forceinline__ void fwd_split_store(float *buf, int NR, int r0, int wr0, const float (&o)[MT][D / 8][4],
+template <int MT, int DV>
+__device__ __forceinline__ void fwd_split_store(float *buf, int NR, int r0, int wr0, const float (&o)[MT][DV / 8][4],
                                                 const float (&mrun)[MT][2], const float (&lrun)[MT][2],
                                                 const float (&esc)[MT * 2])
 {
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    constexpr int DP = D + 8;
+    constexpr int DP = DV + 8;
     float *cO = buf, *cL = cO + NR * DP, *cM = cL + NR * 4, *cE = cM + NR;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -210,7 +211,7 @@ __device__ __forceinline__ void fwd_split_store(float *buf, int NR, int r0, int 
         for (int rr = 0; rr < 2; ++rr) {
             const int r = wr0 - r0 + mt * 16 + g + rr * 8;
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n)
+            for (int n = 0; n < DV / 8; ++n)
                 *reinterpret_cast<float2 *>(cO + r * DP + n * 8 + 2 * q4) = make_float2(o[mt][n][rr * 2], o[mt][n][rr * 2 + 1]);
             cL[r * 4 + q4] = lrun[mt][rr];
             if (q4 == 0) {
@@ -220,12 +221,12 @@ __device__ __forceinline__ void fwd_split_store(float *buf, int NR, int r0, int 
         }
 }
 
-template <int MT, int D, bool GUARD>
-__device__ __forceinline__ void fwd_split_combine(const float *buf, int NR, int r0, int wr0, float (&o)[MT][D / 8][4],
+template <int MT, int DV, bool GUARD>
+__device__ __forceinline__ void fwd_split_combine(const float *buf, int NR, int r0, int wr0, float (&o)[MT][DV / 8][4],
                                                   float (&mrun)[MT][2], float (&lrun)[MT][2], float (&esc)[MT * 2])
 {
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
-    constexpr int DP = D + 8;
+    constexpr int DP = DV + 8;
     const float *cO = buf, *cL = cO + NR * DP, *cM = cL + NR * 4, *cE = cM + NR;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -243,7 +244,7 @@ __device__ __forceinline__ void fwd_split_combine(const float *buf, int NR, int 
             mrun[mt][rr] = mm;
             lrun[mt][rr] = lrun[mt][rr] * f0 + cL[r * 4 + q4] * f1;
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
+            for (int n = 0; n < DV / 8; ++n) {
                 const float2 p = *reinterpret_cast<const float2 *>(cO + r * DP + n * 8 + 2 * q4);
                 o[mt][n][rr * 2] = o[mt][n][rr * 2] * f0 + p.x * f1;
                 o[mt][n][rr * 2 + 1] = o[mt][n][rr * 2 + 1] * f0 + p.y * f1;
@@ -256,17 +257,17 @@ __device__ __forceinline__ void fwd_split_combine(const float *buf, int NR, int 
  * freed (a __syncthreads() after the last use). Every thread calls it (SYNC_N > 0: only the first SYNC_N threads,
  * which then meet at barrier 2 instead of __syncthreads); returns true in group 0, which then holds the merged state
  * and writes the epilogue. */
-template <int MT, int D, bool GUARD, int SYNC_N = 0>
-__device__ __forceinline__ bool fwd_split_merge(float *buf, int BM, int grp, int wr0, float (&o)[MT][D / 8][4],
+template <int MT, int DV, bool GUARD, int SYNC_N = 0>
+__device__ __forceinline__ bool fwd_split_merge(float *buf, int BM, int grp, int wr0, float (&o)[MT][DV / 8][4],
                                                 float (&mrun)[MT][2], float (&lrun)[MT][2], float (&esc)[MT * 2])
 {
-    if (grp == 1) fwd_split_store<MT, D>(buf, BM, 0, wr0, o, mrun, lrun, esc);
+    if (grp == 1) fwd_split_store<MT, DV>(buf, BM, 0, wr0, o, mrun, lrun, esc);
     if (SYNC_N > 0)
         named_sync(2, SYNC_N);
     else
         __syncthreads();
     if (grp == 1) return false;
-    fwd_split_combine<MT, D, GUARD>(buf, BM, 0, wr0, o, mrun, lrun, esc);
+    fwd_split_combine<MT, DV, GUARD>(buf, BM, 0, wr0, o, mrun, lrun, esc);
     return true;
 }
 
@@ -274,7 +275,8 @@ __device__ __forceinline__ bool fwd_split_merge(float *buf, int BM, int grp, int
  * KS > 1 (key split, for grids too small to fill the GPU): the NW warps form KS groups that each cover all BM
  * query rows and take every KS-th key tile (group g: kt_hi - g, kt_hi - g - KS, ...), which divides the serial
  * chain of key tiles a CTA walks by KS; the groups' (O, l, m, esc) are merged through shared memory at the end. */
-template <typename T, int D, int MT, int NW, int BN, bool SM90 = false, int KS = 1>
+template <typename T, int DK, int DV, int MT, int NW, int BN, bool SM90 = false, int KS = 1,
+          bool MC = (DK == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constant__ KArgs args)
 {
     /* SM90: a small-grid variant that dispatch.cu uses on sm_90+ only; its sm_80 image is an empty stub, which
@@ -285,11 +287,11 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     } else
 #endif
     {
-    using Cfg = FwdCfg<D, MT, NW, BN, KS>;
+    using Cfg = FwdCfg<DK, DV, MT, NW, BN, KS>;
     constexpr int BM = Cfg::BM, NT = Cfg::NT, NWG = NW / KS;
     extern __shared__ __align__(128) unsigned char smem[];
     T *sQ = reinterpret_cast<T *>(smem);
-    T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF); /* [2 stages][KS][BN * D] */
+    T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF); /* [2 stages][KS][BN * DK]; sV [2][KS][BN * DV] */
     T *sV = reinterpret_cast<T *>(smem + Cfg::V_OFF);
     float *sFq = reinterpret_cast<float *>(smem + Cfg::G_OFF);
     float *sG2 = sFq + BM;          /* [2][KS][BN] G_j log2e */
@@ -312,12 +314,12 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
 
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
 
-    load_tile_async<T, BM, D, NT>(sQ, gq, tq.ss, qs, S, masked_cols<D>(args.DQK));
+    load_tile_async<T, BM, DK, NT>(sQ, gq, tq.ss, qs, S, masked_cols<DK, MC>(args.DQK));
 #pragma unroll
     for (int gs = 0; gs < KS; ++gs)
         if (kt_hi - gs >= 0) {
-            load_tile_async<T, BN, D, NT>(sK + gs * BN * D, gk, tk.ss, (kt_hi - gs) * BN, S, masked_cols<D>(args.DQK));
-            load_tile_async<T, BN, D, NT>(sV + gs * BN * D, gv, tv.ss, (kt_hi - gs) * BN, S, masked_cols<D>(args.DV));
+            load_tile_async<T, BN, DK, NT>(sK + gs * BN * DK, gk, tk.ss, (kt_hi - gs) * BN, S, masked_cols<DK, MC>(args.DQK));
+            load_tile_async<T, BN, DV, NT>(sV + gs * BN * DV, gv, tv.ss, (kt_hi - gs) * BN, S, masked_cols<DV, MC>(args.DV));
         }
     cp_async_commit();
 
@@ -340,7 +342,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             }
     }
 
-    const FragBase<D> fb;
+    const FragBase<DK> fbk; /* Q, K tiles: rows of DK */
+    const FragBase<DV> fbv; /* V tiles: rows of DV */
     const uint32_t aQ = smem_u32(sQ), aK = smem_u32(sK), aV = smem_u32(sV);
 
     float rowF[MT][2];
@@ -349,12 +352,12 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) rowF[mt][rr] = sFq[wr0 + mt * 16 + g + rr * 8];
 
-    float o[MT][D / 8][4];
+    float o[MT][DV / 8][4];
     float mrun[MT][2], lrun[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n)
+        for (int n = 0; n < DV / 8; ++n)
 #pragma unroll
             for (int c = 0; c < 4; ++c) o[mt][n][c] = 0.0f;
         mrun[mt][0] = mrun[mt][1] = MLSTM_FLOOR;
@@ -379,8 +382,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             for (int gs = 0; gs < KS; ++gs)
                 if (knext - gs >= 0) {
                     const int sl = (buf ^ 1) * KS + gs;
-                    load_tile_async<T, BN, D, NT>(sK + sl * BN * D, gk, tk.ss, (knext - gs) * BN, S, masked_cols<D>(args.DQK));
-                    load_tile_async<T, BN, D, NT>(sV + sl * BN * D, gv, tv.ss, (knext - gs) * BN, S, masked_cols<D>(args.DV));
+                    load_tile_async<T, BN, DK, NT>(sK + sl * BN * DK, gk, tk.ss, (knext - gs) * BN, S, masked_cols<DK, MC>(args.DQK));
+                    load_tile_async<T, BN, DV, NT>(sV + sl * BN * DV, gv, tv.ss, (knext - gs) * BN, S, masked_cols<DV, MC>(args.DV));
                 }
             cp_async_commit();
             if (warp == GW) {
@@ -391,8 +394,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
         }
         const int64_t kt = kt_hi - it * KS - grp; /* this warp's key tile (< 0: none left for its group) */
         const int slot = buf * KS + grp;
-        const uint32_t cK = aK + slot * BN * D * 2;
-        const uint32_t cV = aV + slot * BN * D * 2;
+        const uint32_t cK = aK + slot * BN * DK * 2;
+        const uint32_t cV = aV + slot * BN * DV * 2;
         const float *cPM = sPM + slot * BN;
         const int64_t ks = kt * BN;
 
@@ -407,14 +410,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
 #pragma unroll
                     for (int c = 0; c < 4; ++c) s[mt][n][c] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
+            for (int kk = 0; kk < DK / 16; ++kk) {
                 uint32_t a[MT][4];
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) load_a<D>(a[mt], aQ, fb, wr0 + mt * 16, kk * 16);
+                for (int mt = 0; mt < MT; ++mt) load_a<DK>(a[mt], aQ, fbk, wr0 + mt * 16, kk * 16);
 #pragma unroll
                 for (int np = 0; np < BN / 16; ++np) {
                     uint32_t bb[4];
-                    load_b_nk<D>(bb, cK, fb, np * 16, kk * 16);
+                    load_b_nk<DK>(bb, cK, fbk, np * 16, kk * 16);
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
                         MmaOp<T>::run(s[mt][2 * np], a[mt], bb[0], bb[1]);
@@ -431,9 +434,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
             const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN); /* clamped: far tiles are all valid */
             float mx[MT * 2];
             if (masked)
-                fwd_gate_tile<true, GUARD, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
+                fwd_gate_tile<true, GUARD, MT, BN, DV>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
             else
-                fwd_gate_tile<false, GUARD, MT, BN, D>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
+                fwd_gate_tile<false, GUARD, MT, BN, DV>(s, o, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
             if constexpr (GUARD) {
                 float fac[MT * 2];
                 if (range_guard_update(mx, hw, esc, fac)) {
@@ -455,9 +458,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                     acc_to_a<T>(s[mt], kk, a[mt]);
                 }
 #pragma unroll
-                for (int dp = 0; dp < D / 16; ++dp) {
+                for (int dp = 0; dp < DV / 16; ++dp) {
                     uint32_t bb[4];
-                    load_b_kn<D>(bb, cV, fb, kk * 16, dp * 16);
+                    load_b_kn<DV>(bb, cV, fbv, kk * 16, dp * 16);
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
                         MmaOp<T>::run(o[mt][2 * dp], a[mt], bb[0], bb[1]);
@@ -476,11 +479,11 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
     if constexpr (KS > 1) {
         static_assert(KS == 2, "fwd_split_merge handles two key groups");
         __syncthreads(); /* every warp is done with sQ / sK / sV: the merge reuses them */
-        if (!fwd_split_merge<MT, D, GUARD>(reinterpret_cast<float *>(smem), BM, grp, wr0, o, mrun, lrun, esc))
+        if (!fwd_split_merge<MT, DV, GUARD>(reinterpret_cast<float *>(smem), BM, grp, wr0, o, mrun, lrun, esc))
             return; /* group 1: no further barrier below */
     }
 
-    fwd_epilogue<T, MT, D, GUARD>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
+    fwd_epilogue<T, MT, DV, GUARD, MC>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
     } /* SM90 guard */
 }
 

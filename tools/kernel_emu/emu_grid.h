@@ -145,12 +145,17 @@ static void case_data(mc_case &c, mc_inputs &in, mc_outputs &ref)
 struct EmuLayout {
     bool padded;
     int64_t B, NH, S, D;
+    int64_t DV = 0; /* width of v, h, dh, dv where it differs from D (q, k, dq, dk); 0: D */
     static bool row_tensor(int t)
     {
         return t == MLSTM_TENSOR_I || t == MLSTM_TENSOR_F || t == MLSTM_TENSOR_M || t == MLSTM_TENSOR_N ||
                t == MLSTM_TENSOR_DI || t == MLSTM_TENSOR_DF;
     }
-    int64_t width(int t) const { return row_tensor(t) ? 1 : D; }
+    static bool v_side(int t)
+    {
+        return t == MLSTM_TENSOR_V || t == MLSTM_TENSOR_H || t == MLSTM_TENSOR_DH || t == MLSTM_TENSOR_DV;
+    }
+    int64_t width(int t) const { return row_tensor(t) ? 1 : v_side(t) && DV ? DV : D; }
     int64_t pitch(int t) const { return padded ? width(t) + (row_tensor(t) ? 1 : 4) : width(t); }
     size_t size(int t) const { return (size_t)(B * NH * S * pitch(t)); }
     void strides(int t, int64_t &sb, int64_t &sh, int64_t &ss) const

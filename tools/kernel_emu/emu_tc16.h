@@ -12,16 +12,18 @@ static void tc_grid(void (*k)(mlstm::KArgs), const mlstm::KArgs &a, int64_t n, i
     run_grid(k, a, n, nt, mlstm::tc::smem, sizeof mlstm::tc::smem);
 }
 
-/* the f16/bf16 forward of head dim D over the grid run_fwd_tc<T, D, FWD_DEFAULT> launches (launch_impl.cuh) */
+/* the f16/bf16 forward of class D over the grid run_fwd_tc<T, D, FWD_DEFAULT> launches (launch_impl.cuh: scores
+ * D wide, V / O tiles TileCfg<D>::DVT wide, masking where the class masks) */
 template <typename T, int D> static void launch_tc_fwd(const mlstm::KArgs &a)
 {
-    using C = typename mlstm::TileCfg<D>::Fwd;
-    using F = mlstm::tc::FwdCfg<D, C::MT, C::NW, C::BN, C::KS>;
+    using TC = mlstm::TileCfg<D>;
+    using C = typename TC::Fwd;
+    using F = mlstm::tc::FwdCfg<D, TC::DVT, C::MT, C::NW, C::BN, C::KS>;
     static_assert(F::SMEM <= (int)sizeof mlstm::tc::smem, "smem");
     const int64_t n = (a.S + F::BM - 1) / F::BM * a.B * a.NH;
-    std::printf("  fwd tiles (MT, NW, BN, KS) = (%d, %d, %d, %d), BM %d, smem %d B, %lld CTAs\n", C::MT, C::NW, C::BN,
-                C::KS, F::BM, F::SMEM, (long long)n);
-    tc_grid(mlstm::tc::mlstm_fwd_kernel<T, D, C::MT, C::NW, C::BN, false, C::KS>, a, n, F::NT);
+    std::printf("  fwd class %d/%d tiles (MT, NW, BN, KS) = (%d, %d, %d, %d), BM %d, smem %d B, %lld CTAs\n", D, TC::DVT,
+                C::MT, C::NW, C::BN, C::KS, F::BM, F::SMEM, (long long)n);
+    tc_grid(mlstm::tc::mlstm_fwd_kernel<T, D, TC::DVT, C::MT, C::NW, C::BN, false, C::KS, TC::MASKS>, a, n, F::NT);
 }
 
 /* runs the case on the storage type named dtype ("f16": run16, "bf16": run_b16; c.dtype set), its result in ok;

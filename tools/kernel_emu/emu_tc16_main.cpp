@@ -9,11 +9,13 @@
 
 #include "emu_tc16.h"
 
-template <typename T> static void launch_tc_for(const mlstm::KArgs &a, int D)
+/* the class dispatch would run: D = DQK = DV in 64/128/256, else the D = 512 class (DQK <= 512, DV <= 256, masked) */
+template <typename T> static void launch_tc_for(const mlstm::KArgs &a)
 {
-    if (D == 64) launch_tc_fwd<T, 64>(a);
-    else if (D == 128) launch_tc_fwd<T, 128>(a);
-    else launch_tc_fwd<T, 256>(a);
+    if (a.DQK == 64 && a.DV == 64) launch_tc_fwd<T, 64>(a);
+    else if (a.DQK == 128 && a.DV == 128) launch_tc_fwd<T, 128>(a);
+    else if (a.DQK == 256 && a.DV == 256) launch_tc_fwd<T, 256>(a);
+    else launch_tc_fwd<T, 512>(a);
 }
 
 /* the case on storage type T: q, k, v, h in T, the rest f32 */
@@ -24,23 +26,22 @@ template <typename T> static bool run_case(mc_case &c)
     mc_inputs in;
     mc_outputs ref;
     case_data(c, in, ref);
-    const int D = (int)c.DQK;
-    const size_t rows = (size_t)(c.B * c.NH * c.S), nq = rows * D;
-    std::vector<T> q(nq), k(nq), v(nq), h(nq, to_t(NAN));
+    const size_t rows = (size_t)(c.B * c.NH * c.S), nq = rows * c.DQK, nv = rows * c.DV;
+    std::vector<T> q(nq), k(nq), v(nv), h(nv, to_t(NAN));
     for (size_t e = 0; e < nq; ++e) { /* storage-rounded already: exact */
         q[e] = to_t((float)in.q[e]);
         k[e] = to_t((float)in.k[e]);
-        v[e] = to_t((float)in.v[e]);
     }
+    for (size_t e = 0; e < nv; ++e) v[e] = to_t((float)in.v[e]);
     std::vector<float> i(in.i, in.i + rows), f(in.f, in.f + rows), m(rows, NAN), n(rows, NAN);
     void *ptrs[MLSTM_TENSOR_COUNT] = {q.data(), k.data(), v.data(), i.data(), f.data(), h.data(), m.data(), n.data()};
-    const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK});
+    const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK, c.DV});
     std::printf("emu %s\n", c.name);
-    launch_tc_for<T>(a, D);
-    std::vector<float> hf(nq);
-    for (size_t e = 0; e < nq; ++e) hf[e] = to_f(h[e]);
+    launch_tc_for<T>(a);
+    std::vector<float> hf(nv);
+    for (size_t e = 0; e < nv; ++e) hf[e] = to_f(h[e]);
     const float *dev[3] = {hf.data(), m.data(), n.data()};
-    const size_t cnt[3] = {nq, rows, rows};
+    const size_t cnt[3] = {nv, rows, rows};
     const double gate_allowance = tol_gate_allowance(mc_extreme_gate_magnitude(&c, &in));
     bool ok = true;
     std::printf("  rel L2:");
@@ -61,9 +62,26 @@ int main(int argc, char **argv)
 {
     mc_case c;
     bool ok = false;
-    /* parse_case (emu_grid.h) reads argv[1..] as mode D S ...; the dtype takes the mode's place */
-    if (argc < 8 || !parse_case(argc - 1, argv + 1, c) || !with_dtype(argv[1], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {
-        std::fprintf(stderr, "usage: emu_fwd_tc16 f16|bf16 D S B NH gates seed [eps] [scale]\n");
+    /* parse_case (emu_grid.h) reads argv[1..] as mode D S ...; the dtype takes the mode's place. D may be DQKxDV
+     * (DQK <= 512, DV <= 256, multiples of 8: the D = 512 class), parsed here */
+    int dqk = 0, dv = 0;
+    char d64[] = "64";
+    if (argc >= 8 && std::sscanf(argv[2], "%dx%d", &dqk, &dv) == 2) argv[2] = d64;
+    else dqk = dv = 0;
+    if (argc < 8 || !parse_case(argc - 1, argv + 1, c)) {
+        std::fprintf(stderr, "usage: emu_fwd_tc16 f16|bf16 D|DQKxDV S B NH gates seed [eps] [scale]\n");
+        return 2;
+    }
+    if (dqk) {
+        if (dqk < 8 || dqk > 512 || dv < 8 || dv > 256 || dqk % 8 || dv % 8) {
+            std::fprintf(stderr, "emu_fwd_tc16: DQKxDV: DQK <= 512, DV <= 256, multiples of 8\n");
+            return 2;
+        }
+        c.DQK = dqk;
+        c.DV = dv;
+    }
+    if (!with_dtype(argv[1], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {
+        std::fprintf(stderr, "emu_fwd_tc16: dtype %s: f16 or bf16\n", argv[1]);
         return 2;
     }
     return ok ? 0 : 1;
