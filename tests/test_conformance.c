@@ -254,6 +254,8 @@ static void build_default_table(void)
     add_shape_flags(SH(4, 8, 512, 100, 36, STD), BWX_F16 | BWD_BF16, 72, IN_GPU_SET);
     /* the masking D = 256 instances on a grid above the SM count (the default, not the split, forward) */
     add_shape_flags(SH(4, 8, 1024, 200, 136, STD), FWD_BF16 | FWD_F16 | BWX_BF16 | BWD_F16, 73, IN_GPU_SET);
+    /* the forward-only D = 512 class (sm_90): DQK 384 masked, DV 320 as a full 256-column slice and a masked one */
+    add_shape_flags(SH(4, 8, 512, 384, 320, NORMAL), FWD_BF16 | FWD_F16, 74, IN_GPU_SET);
 
     /* bitwise determinism, run after run */
     mc_case c;
