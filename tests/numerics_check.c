@@ -5,7 +5,8 @@
  * where the backward at the forward's stored h, m, n does not, or within the computation's first-order error bound of
  * the threshold: huge_violations).
  * Prints the relative L2 error of every output and exits 1 when one misses its bound (0: all pass, 77: no device).
- * Usage: numerics_check [substring of the case names to run]; the backend comes from MLSTM_BACKEND as everywhere. */
+ * Usage: numerics_check [substring of the case names to run]; the backend comes from MLSTM_BACKEND as everywhere.
+ * numerics_check sweep [first last] (default seeds 401..520): short sequences, many seeds (sweep_seeds). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -150,6 +151,102 @@ static void huge_at_device_forward(const mc_case *c, const mc_inputs *in, const 
     mc_outputs_free(&part[1]);
 }
 
+/* test_conformance's metric: relative L2 error with each element charged max(0, |x - ref| - the storage resolution
+ * of the output's dtype); den_floor > ||ref|| (degenerate gradients) replaces the denominator */
+static double charged_rel_l2(const double *x, const double *r, size_t n, int dtype, double den_floor)
+{
+    const double res = tol_storage_resolution(dtype);
+    double e = 0.0, d = 0.0;
+    for (size_t k = 0; k < n; k++) {
+        const double a = fabs(x[k] - r[k]), c = a > res ? a - res : 0.0;
+        e += c * c;
+        d += r[k] * r[k];
+    }
+    e = sqrt(e);
+    d = fmax(sqrt(d), den_floor);
+    return d > 0.0 ? e / d : e;
+}
+
+/* The small-S sweep (kernels_cuda/NOTES.md, exact-mode di / df): f16 and bf16, both gradient modes, DQK = DV = 64 /
+ * 128 / 256, S 17 (NH 2) / 65 / 129, B1, gates std (odd seeds) / normal (even), seeds lo..hi, each case against the
+ * contract (test_conformance's metric and bounds; detached mode at the device's m, n as there) and, in exact mode,
+ * also against the float64 backward evaluated at the device's stored h (reference m, n: what the backward received).
+ * Per group: the worst error / bound of each output, the cases over the bound on either reference. Fails only where
+ * a backward misses the contract at the h it received; the misses against the reference's own h are the forward's h
+ * error carried into di, df by exact mode's delta_t = dh_t . h_t, reported, not failed. */
+static int sweep_seeds(mlstm_context *ctx, int lo, int hi)
+{
+    static const int dtypes[] = { MLSTM_DTYPE_F16, MLSTM_DTYPE_BF16 }, dims[] = { 64, 128, 256 }, seqs[] = { 17, 65, 129 };
+    int fails = 0;
+    for (int a = 0; a < 2; a++)
+        for (int gm = 0; gm < 2; gm++)
+            for (int di = 0; di < 3; di++)
+                for (int si = 0; si < 3; si++) {
+                    const int mode = gm ? MLSTM_GRAD_NORMALIZER_DETACHED : MLSTM_GRAD_EXACT;
+                    double worst[MC_OUT_COUNT] = { 0 }, worst_at[MC_OUT_COUNT] = { 0 };
+                    int over = 0, over_at = 0, n = 0;
+                    for (int seed = lo; seed <= hi; seed++, n++) {
+                        const mc_case c = mc_case_make(1, dtypes[a], mode, 1, seqs[si] <= 17 ? 2 : 1, seqs[si], dims[di],
+                                                       dims[di], seed % 2 ? MC_GATES_STD : MC_GATES_NORMAL,
+                                                       MC_LAYOUT_BNSD, (uint64_t)seed);
+                        mc_inputs in;
+                        mc_outputs ref, dev, at = { { NULL } };
+                        char api_msg[512], canary_msg[256];
+                        mc_inputs_make(&c, &in);
+                        mc_reference(&c, &in, mode, &ref);
+                        double den[MC_OUT_COUNT] = { 0 };
+                        const int degenerate = mc_degenerate_scales(&c, &in, &ref, den);
+                        if (mc_run_device(ctx, &c, &in, &dev, api_msg, sizeof api_msg, canary_msg, sizeof canary_msg,
+                                          NULL) != MLSTM_OK || canary_msg[0]) {
+                            printf("FAIL %s: %s%s\n", c.name, api_msg, canary_msg);
+                            mc_inputs_free(&in);
+                            mc_outputs_free(&ref);
+                            return fails + 1;
+                        }
+                        if (mode == MLSTM_GRAD_NORMALIZER_DETACHED) /* as test_conformance */
+                            mc_reference_bwd_at(&c, &in, mode, dev.t[MC_OUT_M], dev.t[MC_OUT_N], &ref);
+                        else {
+                            mc_outputs_copy(&c, &ref, &at);
+                            memcpy(at.t[MC_OUT_H], dev.t[MC_OUT_H], mc_output_count(&c, MC_OUT_H) * sizeof(double));
+                            mc_reference_bwd_at(&c, &in, mode, ref.t[MC_OUT_M], ref.t[MC_OUT_N], &at);
+                        }
+                        const double ga = tol_gate_allowance(mc_extreme_gate_magnitude(&c, &in));
+                        double w = 0.0, w_at = 0.0;
+                        for (int o = 0; o < MC_OUT_COUNT; o++) {
+                            const int dt = (o == MC_OUT_M || o == MC_OUT_N || o >= MC_OUT_DI) ? MLSTM_DTYPE_F32 : c.dtype;
+                            const size_t cnt = mc_output_count(&c, o);
+                            const double bound = tol_max_rel_l2(c.dtype, o) + ga, df = degenerate ? den[o] : 0.0;
+                            const double r = charged_rel_l2(dev.t[o], ref.t[o], cnt, dt, df) / bound;
+                            worst[o] = fmax(worst[o], r);
+                            w = fmax(w, r);
+                            if (at.t[o] && o >= MC_OUT_DQ) {
+                                const double ra = charged_rel_l2(dev.t[o], at.t[o], cnt, dt, df) / bound;
+                                worst_at[o] = fmax(worst_at[o], ra);
+                                w_at = fmax(w_at, ra);
+                            }
+                        }
+                        over += w > 1.0;
+                        over_at += w_at > 1.0;
+                        mc_inputs_free(&in);
+                        mc_outputs_free(&ref);
+                        mc_outputs_free(&dev);
+                        mc_outputs_free(&at);
+                    }
+                    printf("%s %-4s %-8s D%-3d S%-3d: %3d of %d over the contract; worst error / bound:", over_at ? "FAIL" : "ok  ",
+                           dtypes[a] == MLSTM_DTYPE_F16 ? "f16" : "bf16", gm ? "detached" : "exact", dims[di], seqs[si],
+                           over, n);
+                    for (int o = 0; o < MC_OUT_COUNT; o++) printf(" %s %.2f", mc_output_name(o), worst[o]);
+                    if (!gm) {
+                        printf(" | at the stored h: %d over;", over_at);
+                        for (int o = MC_OUT_DQ; o < MC_OUT_COUNT; o++) printf(" %s %.2f", mc_output_name(o), worst_at[o]);
+                    }
+                    printf("\n");
+                    fflush(stdout);
+                    fails += over_at > 0;
+                }
+    return fails;
+}
+
 int main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : NULL;
@@ -164,6 +261,13 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("numerics_check: backend %s, device %s\n", mlstm_context_backend_name(ctx), mlstm_context_device_name(ctx));
+    if (filter && !strcmp(filter, "sweep")) {
+        const int lo = argc > 3 ? atoi(argv[2]) : 401, hi = argc > 3 ? atoi(argv[3]) : 520;
+        const int f = sweep_seeds(ctx, lo, hi);
+        mlstm_context_destroy(ctx);
+        printf("numerics_check sweep: %d group(s) with a backward over the contract at the h it received\n", f);
+        return f ? 1 : 0;
+    }
     int fails = 0, ran = 0;
     for (size_t ci = 0; ci < sizeof g_cases / sizeof g_cases[0]; ci++) {
         const check_case *k = &g_cases[ci];
