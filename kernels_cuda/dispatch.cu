@@ -355,8 +355,10 @@ bool dq_split(const Dispatch &ds, const KArgs &a)
 int bwd_half(const Dispatch &ds, const KArgs &a, int dt, int D, cudaStream_t st, mlstm_cuda_trace *tr,
              mlstm_cuda_fail *fail)
 {
-    const bool mask = a.DQK < D || a.DV < D, wg = ds.wg_mode != 0;
+    const bool mask = a.DQK < D || a.DV < class_row(D)->dvt, wg = ds.wg_mode != 0;
     Variant vk = forced(ds, ROLE_DKDV, dt), vq = forced(ds, ROLE_DQ, dt);
+    if (vk != V_AUTO && find_instance(vk, dt, D, mask) < 0) vk = V_AUTO; /* a pin with no instance in the class */
+    if (vq != V_AUTO && find_instance(vq, dt, D, mask) < 0) vq = V_AUTO;
     if (vk == V_AUTO)
         vk = wg && usable(ds, V_DKDV_WG, dt, D, mask) ? V_DKDV_WG
              : bwd_small(ds, a, dt, D, mask)          ? V_DKDV_TC_SMALL

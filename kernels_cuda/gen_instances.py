@@ -5,8 +5,8 @@ changing the list). One file per (direction, head dim, dtype, variant) keeps eac
 parallelises. A new f16/bf16 head-dimension class is its TileCfg<D> (common/tile_config.h) and its D in TC_DIMS
 below (and in gen_wgmma.py's shapes where its kernels need a new wgmma N); dispatch.cu and head_dims.cu take the
 classes and their tile facts from the registry. A class whose output (V) tile is narrower than its scores (D = 512:
-256-column V / O tiles) says so in OUT_TILE; a forward-only class (TC_FWD_ONLY_DIMS) has no backward instances, so
-its heads keep the SIMT backward.
+256-column V / O tiles) says so in OUT_TILE; a class with the default mma.sync kernels only (TC_MMA_ONLY_DIMS) runs
+on sm_90 (its shared memory), its heads keep the SIMT kernels on sm_80.
 Usage: python3 kernels_cuda/gen_instances.py [output folder, default inst/]"""
 import os
 import sys
@@ -18,7 +18,8 @@ TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 DTYPE_ENUM = {"f32": "MLSTM_DTYPE_F32", "f16": "MLSTM_DTYPE_F16", "bf16": "MLSTM_DTYPE_BF16"}
 TC_TYPES = ["f16", "bf16"]
 TC_DIMS = [64, 128, 256]          # f16/bf16 tensor-core classes (TileCfg<D>)
-TC_FWD_ONLY_DIMS = [512]          # classes with the mma.sync forward only (sm_90+: FWD_SM90_ONLY), always masking
+TC_MMA_ONLY_DIMS = [512]          # classes with the default mma.sync forward and backward only (sm_90+: *_SM90_ONLY),
+                                  # always masking
 OUT_TILE = {512: 256}             # TileCfg<D>::DVT where it is not D
 MASKED_COLS_CLASS = 128           # common/tile_config.h: the class whose instances always mask columns
 # classes whose sm_90a wgmma kernels also get masking instances of their own (heads narrower than D, common.cuh
@@ -52,14 +53,14 @@ def row(variant, t, d, run, setup, mc=False, mode=0, arch="ARCH_ANY", pol="{}", 
 
 def fwd_tc(t, d, var, suffix, what, pol):
     T = TYPES[t]
-    fwd_only = d in TC_FWD_ONLY_DIMS
+    mma_only = d in TC_MMA_ONLY_DIMS
     dims = f"DQK={d}, DV tile {OUT_TILE[d]}" if d in OUT_TILE else f"D={d}"
     inst(f"mlstm_fwd_dh{d}_{t}{suffix}.cu", f"Tensor-core forward, {dims}, {t}{what}.",
          f"MLSTM_INSTANTIATE_FWD_TC({T}, {d}, mlstm::{var})\n")
     variant = {"FWD_DEFAULT": "V_FWD_TC", "FWD_SMALL": "V_FWD_TC_SMALL", "FWD_SPLIT": "V_FWD_TC_SPLIT"}[var]
     row(variant, t, d, f"run_fwd_tc<{T}, {d}, {var}>", f"setup_fwd_tc<{T}, {d}, {var}>",
-        mc=d == MASKED_COLS_CLASS or fwd_only,
-        arch="ARCH_ANY" if var == "FWD_DEFAULT" and not fwd_only else "ARCH_SM90", pol=pol)
+        mc=d == MASKED_COLS_CLASS or mma_only,
+        arch="ARCH_ANY" if var == "FWD_DEFAULT" and not mma_only else "ARCH_SM90", pol=pol)
 
 
 def wg_rows(t, d, masked):
@@ -114,9 +115,15 @@ def main():
                 mc=mc, arch="ARCH_SM90",
                 pol=(f"{{16 * TileCfg<{d}>::Dkdv::NW, {d} / TileCfg<{d}>::Dkdv::DOUT, 0, "
                      f"TileCfg<{d}>::BWD_ALT_ALWAYS, false}}"))
-    for d in TC_FWD_ONLY_DIMS:
+    for d in TC_MMA_ONLY_DIMS:
         for t in TC_TYPES:
+            T = TYPES[t]
             fwd_tc(t, d, "FWD_DEFAULT", "", "", f"{{TileCfg<{d}>::Fwd::BM}}")
+            inst(f"mlstm_bwd_dh{d}_{t}.cu", f"Tensor-core backward (dK/dV, dQ), DQK={d}, DV tile {OUT_TILE[d]}, {t}.",
+                 f"MLSTM_INSTANTIATE_BWD_TC({T}, {d})\n")
+            row("V_DKDV_TC", t, d, f"run_bwd_dkdv_tc<{T}, {d}, false>", f"setup_bwd_dkdv_tc<{T}, {d}, false>", mc=True,
+                arch="ARCH_SM90")
+            row("V_DQ_TC", t, d, f"run_bwd_dq_tc<{T}, {d}>", f"setup_bwd_dq_tc<{T}, {d}>", mc=True, arch="ARCH_SM90")
     for d in TF32_DIMS:
         for mname, mode in TF32_MODES.items():
             inst(f"mlstm_fwd_dh{d}_f32_{mname}.cu", f"Tensor-core forward, D={d}, f32, {mname}.",

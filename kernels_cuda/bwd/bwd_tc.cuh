@@ -1,11 +1,13 @@
-/* libmlstm CUDA kernels: tensor-core backward for f16/bf16 storage, D in {64, 128, 256} (DQK = DV = D).
+/* libmlstm CUDA kernels: tensor-core backward for f16/bf16 storage, score width DK (DQK padded to the class) and
+ * V width DV: DK = DV = D in {64, 128, 256}, or the D = 512 class (DK 512, DV 256 slices: head_dims.cu).
  *   mlstm_bwd_dkdv_kernel: one CTA per (key tile of 16*NW keys, output column block, batch*head); each warp
  *     owns 16 keys and computes S^T = K Q^T and dP^T = V dH^T for query tiles walked from the diagonal
  *     forwards, then dV += (C/n)^T dH and dK += P^T Q; writes dk, dv, di_j = sum_t P_tj S_tj from the f32 tiles, and
  *     into dq[j][0..1] the residual k_j . dk_j - di_j that keeps df on the rounded tiles. PAIR variant (D=256,
  *     sm_90): two warps per 16 keys split S^T / dP^T and the output columns, exchanging tiles in smem.
  *   mlstm_bwd_dq_kernel: one CTA per (query tile, batch*head); dP = dH V^T, dQ += P K over key tiles walked
- *     from the diagonal backwards; reads delta_t from df and overwrites df_t with q_t . dq_t minus that residual. */
+ *     from the diagonal backwards; reads delta_t from df and overwrites df_t with q_t . dq_t minus that residual.
+ *     DK = 512: two warps per 16 rows, each forming the same dP and accumulating one 256-column half of dQ. */
 #pragma once
 
 #include <type_traits>
@@ -235,7 +237,8 @@ __device__ __forceinline__ void dkdv_element(float (&st)[BMQ / 8][4], float (&dp
  * residual r_j = di'_j - di_j, with di'_j the same sum over the T-rounded P of the dK product: k_j . dk_j from the f32
  * accumulator (kval(row, col) gives k at (row, col), (row, col + 1) of the tile) or, RD_PS, from the partial sums
  * di_rd. r_j goes into dq[j][0..1] as one f32 (the dQ kernel reads it before it writes that row, dq_epilogue). */
-template <typename T, int D, int DOUT, bool GUARD, bool RD_PS, bool MC = (D == MASKED_COLS_CLASS), typename KVal>
+template <typename T, int DK, int DV, int DOUT, bool GUARD, bool RD_PS, bool MC = (DK == MASKED_COLS_CLASS),
+          typename KVal>
 __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t ks, int wk0, int c0,
                                               bool write_di, const float (&adk)[DOUT / 8][4],
                                               const float (&adv)[DOUT / 8][4], const float (&esc)[2],
@@ -273,11 +276,13 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
             T *rv = gdv + j * tdv.ss + c0;
 #pragma unroll
             for (int n = 0; n < DOUT / 8; ++n) {
-                const int col = c0 + n * 8 + 2 * q4; /* DQK, DV <= D, multiples of 8 (masked columns) */
-                if (col_in<D, MC>(col, args.DQK))
+                /* DQK <= DK, DV <= the V tile, multiples of 8 (masked columns); DK != DV: the column block may lie
+                 * beyond one of the two (c0 >= DV: no dv block in this CTA) */
+                const int col = c0 + n * 8 + 2 * q4;
+                if ((DK == DV || c0 < DK) && col_in<DK, MC>(col, args.DQK))
                     *reinterpret_cast<uint32_t *>(rk + n * 8 + 2 * q4) =
                         pack2<T>(adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
-                if (col_in<D, MC>(col, args.DV))
+                if ((DK == DV || c0 < DV) && col_in<DV, MC>(col, args.DV))
                     *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
                         pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
             }
@@ -293,30 +298,32 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
 /* PAIR (D = 256 on sm_90): the warps form NW/2 pairs on the same 16 keys; in a pair, warp 0 computes S^T and
  * warp 1 dP^T, they exchange the rounded C/n and P tiles through shared memory, and each accumulates dK and dV for
  * its half of the columns (DOUT = D/2): S^T and dP^T are computed once instead of once per column block. */
-template <int D, int NW, int BMQ, int DOUT, bool PAIR = false>
+template <int DK, int DV, int NW, int BMQ, int DOUT, bool PAIR = false>
 struct DkdvCfg {
     static constexpr int BNK = 16 * (PAIR ? NW / 2 : NW); /* keys per CTA */
     static constexpr int NT = 32 * NW;
-    static constexpr int KV_BYTES = BNK * D * 2;
-    static constexpr int QT_BYTES = BMQ * D * 2;
+    static constexpr int K_BYTES = BNK * DK * 2, V_BYTES = BNK * DV * 2;
+    static constexpr int QT_BYTES = BMQ * DK * 2, HT_BYTES = BMQ * DV * 2;
     static constexpr int K_OFF = 0;
-    static constexpr int V_OFF = KV_BYTES;
-    static constexpr int Q_OFF = 2 * KV_BYTES;             /* [2] buffers */
+    static constexpr int V_OFF = K_BYTES;
+    static constexpr int Q_OFF = K_BYTES + V_BYTES;       /* [2] buffers */
     static constexpr int DH_OFF = Q_OFF + 2 * QT_BYTES;   /* [2] buffers */
     static constexpr int NKB = BNK / 64;                  /* 64-blocks of keys per CTA */
-    static constexpr int G_OFF = DH_OFF + 2 * QT_BYTES;   /* floats: sA[2][BMQ], sDel[2][BMQ], sOf[2][NKB] */
+    static constexpr int G_OFF = DH_OFF + 2 * HT_BYTES;   /* floats: sA[2][BMQ], sDel[2][BMQ], sOf[2][NKB] */
     static constexpr int X_OFF = G_OFF + (4 * BMQ + 2 * NKB) * 4; /* PAIR: [NW][BMQ/16][4][32] u32 tiles, then
                                                                       [NW][2][32] floats row maxima, then
                                                                       [NW/2][BMQ/8][4][32] floats: role 1's f32 P */
     static constexpr int SMEM = X_OFF + (PAIR ? NW * (BMQ / 16 * 4 + 2) * 32 * 4 + NW / 2 * (BMQ / 2) * 32 * 4 : 0);
-    static constexpr int NGRID = PAIR ? 1 : D / DOUT; /* CTAs per key tile */
-    static constexpr bool SPLIT = DOUT < D;
-    static_assert(!PAIR || (DOUT * 2 == D && NW % 2 == 0), "a pair covers D with two column halves");
+    /* CTAs per key tile: column block dc of dk (dc < DK / DOUT) and of dv (dc < DV / DOUT) */
+    static constexpr int NGRID = PAIR ? 1 : (DK > DV ? DK : DV) / DOUT;
+    static constexpr bool SPLIT = DOUT < DK;
+    static_assert(!PAIR || (DK == DV && DOUT * 2 == DK && NW % 2 == 0), "a pair covers D with two column halves");
     static_assert(BNK % 64 == 0 && 64 % BMQ == 0 && BMQ % 32 == 0, "tiles vs the 64-blocks of the gate cumsums");
-    static_assert(D % DOUT == 0 && DOUT % 16 == 0, "output block");
+    static_assert(DK % DOUT == 0 && DV % DOUT == 0 && DOUT % 16 == 0, "output block");
 };
 
-template <typename T, int D, int NW, int BMQ, int DOUT, bool SM90 = false, bool PAIR = false>
+template <typename T, int DK, int DV, int NW, int BMQ, int DOUT, bool SM90 = false, bool PAIR = false,
+          bool MC = (DK == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_constant__ KArgs args)
 {
     /* SM90: a small-grid variant that dispatch.cu uses on sm_90+ only; its sm_80 image is an empty stub, which
@@ -327,7 +334,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     } else
 #endif
     {
-    using Cfg = DkdvCfg<D, NW, BMQ, DOUT, PAIR>;
+    using Cfg = DkdvCfg<DK, DV, NW, BMQ, DOUT, PAIR>;
+    constexpr int D = DK; /* PAIR (DK = DV) */
     constexpr int BNK = Cfg::BNK, NT = Cfg::NT;
     constexpr int NSPLIT = Cfg::NGRID;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -357,13 +365,16 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     const int pair = PAIR ? warp % (NW / 2) : warp, role = PAIR ? warp / (NW / 2) : 0;
     const int wk0 = pair * 16;                 /* first key row of this warp within the tile */
     const int c0 = (PAIR ? role : dc) * DOUT;  /* first output column */
+    const bool has_dk = DK == DV || c0 < DK, has_dv = DK == DV || c0 < DV; /* this CTA's dk / dv column blocks */
+    (void)has_dk;
+    (void)has_dv;
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ; /* == first query tile touching the key tile (BNK % BMQ == 0) */
 
-    load_tile_async<T, BNK, D, NT>(sK, gk, tk.ss, ks, S, masked_cols<D>(args.DQK));
-    load_tile_async<T, BNK, D, NT>(sV, gv, tv.ss, ks, S, masked_cols<D>(args.DV));
-    load_tile_async<T, BMQ, D, NT>(sQ, gq, tq.ss, qt0 * BMQ, S, masked_cols<D>(args.DQK));
-    load_tile_async<T, BMQ, D, NT>(sH, gdh, tdh.ss, qt0 * BMQ, S, masked_cols<D>(args.DV));
+    load_tile_async<T, BNK, DK, NT>(sK, gk, tk.ss, ks, S, masked_cols<DK, MC>(args.DQK));
+    load_tile_async<T, BNK, DV, NT>(sV, gv, tv.ss, ks, S, masked_cols<DV, MC>(args.DV));
+    load_tile_async<T, BMQ, DK, NT>(sQ, gq, tq.ss, qt0 * BMQ, S, masked_cols<DK, MC>(args.DQK));
+    load_tile_async<T, BMQ, DV, NT>(sH, gdh, tdh.ss, qt0 * BMQ, S, masked_cols<DV, MC>(args.DV));
     cp_async_commit();
 
     /* key gates (see bwd_row_a / bwd_col_b): every warp scans the aligned 64-block holding its 16 keys and keeps
@@ -379,7 +390,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
         qg.finish(qt0 * BMQ, sCb, sDel, sOf);
     }
 
-    const FragBase<D> fb;
+    const FragBase<DK> fb; /* K, Q tiles: rows of DK */
+    const FragBase<DV> fbv; /* V, dH tiles: rows of DV (the same bases where DK = DV) */
     const uint32_t aK = smem_u32(sK), aV = smem_u32(sV), aQ = smem_u32(sQ), aH = smem_u32(sH);
 
     float adk[DOUT / 8][4], adv[DOUT / 8][4];
@@ -398,13 +410,13 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
         __syncthreads();
         const int64_t qs = qt * BMQ;
         if (qt + 1 < nqt) {
-            load_tile_async<T, BMQ, D, NT>(sQ + (buf ^ 1) * BMQ * D, gq, tq.ss, qs + BMQ, S, masked_cols<D>(args.DQK));
-            load_tile_async<T, BMQ, D, NT>(sH + (buf ^ 1) * BMQ * D, gdh, tdh.ss, qs + BMQ, S, masked_cols<D>(args.DV));
+            load_tile_async<T, BMQ, DK, NT>(sQ + (buf ^ 1) * BMQ * DK, gq, tq.ss, qs + BMQ, S, masked_cols<DK, MC>(args.DQK));
+            load_tile_async<T, BMQ, DV, NT>(sH + (buf ^ 1) * BMQ * DV, gdh, tdh.ss, qs + BMQ, S, masked_cols<DV, MC>(args.DV));
             cp_async_commit();
             if (warp == 0) qg.load(qs + BMQ);
         }
-        const uint32_t cQ = aQ + buf * BMQ * D * 2;
-        const uint32_t cH = aH + buf * BMQ * D * 2;
+        const uint32_t cQ = aQ + buf * BMQ * DK * 2;
+        const uint32_t cH = aH + buf * BMQ * DV * 2;
         const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
         const float of = sOf[buf * NKB + kbw];
 
@@ -429,7 +441,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                         MmaOp<T>::run(st[2 * np + 1], a4, b4[2], b4[3]);
                     }
                 }
-            } else
+            } else if constexpr (DK == DV)
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) {
                 uint32_t ak[4], av[4];
@@ -444,6 +456,32 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                     MmaOp<T>::run(st[2 * np + 1], ak, bq[2], bq[3]);
                     MmaOp<T>::run(dpt[2 * np], av, bh4[0], bh4[1]);
                     MmaOp<T>::run(dpt[2 * np + 1], av, bh4[2], bh4[3]);
+                }
+            }
+            else { /* S^T over the DK columns of K and Q, dP^T over the DV columns of V and dH */
+#pragma unroll
+                for (int kk = 0; kk < DK / 16; ++kk) {
+                    uint32_t ak[4];
+                    load_a<DK>(ak, aK, fb, wk0, kk * 16);
+#pragma unroll
+                    for (int np = 0; np < BMQ / 16; ++np) {
+                        uint32_t bq[4];
+                        load_b_nk<DK>(bq, cQ, fb, np * 16, kk * 16);
+                        MmaOp<T>::run(st[2 * np], ak, bq[0], bq[1]);
+                        MmaOp<T>::run(st[2 * np + 1], ak, bq[2], bq[3]);
+                    }
+                }
+#pragma unroll
+                for (int kk = 0; kk < DV / 16; ++kk) {
+                    uint32_t av[4];
+                    load_a<DV>(av, aV, fbv, wk0, kk * 16);
+#pragma unroll
+                    for (int np = 0; np < BMQ / 16; ++np) {
+                        uint32_t bh4[4];
+                        load_b_nk<DV>(bh4, cH, fbv, np * 16, kk * 16);
+                        MmaOp<T>::run(dpt[2 * np], av, bh4[0], bh4[1]);
+                        MmaOp<T>::run(dpt[2 * np + 1], av, bh4[2], bh4[3]);
+                    }
                 }
             }
             /* elementwise: rows = keys j (g, g+8), cols = queries t; key j = ks + jr is masked for query
@@ -560,7 +598,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                         MmaOp<T>::run(adk[2 * dp + 1], ap4, bq[2], bq[3]);
                     }
                 }
-            } else
+            } else if constexpr (DK == DV)
             /* dV += (C/n)^T dH ; dK += P^T Q  (k = query index) */
 #pragma unroll
             for (int kk = 0; kk < BMQ / 16; ++kk) {
@@ -578,13 +616,37 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                     MmaOp<T>::run(adk[2 * dp + 1], ap, bq[2], bq[3]);
                 }
             }
+            else {
+#pragma unroll
+                for (int kk = 0; kk < BMQ / 16; ++kk) {
+                    uint32_t ac[4], ap[4];
+                    acc_to_a<T>(st, kk, ac);
+                    acc_to_a<T>(dpt, kk, ap);
+                    if (has_dv) /* CTA-uniform */
+#pragma unroll
+                        for (int dp = 0; dp < DOUT / 16; ++dp) {
+                            uint32_t bh4[4];
+                            load_b_kn<DV>(bh4, cH + c0 * 2, fbv, kk * 16, dp * 16);
+                            MmaOp<T>::run(adv[2 * dp], ac, bh4[0], bh4[1]);
+                            MmaOp<T>::run(adv[2 * dp + 1], ac, bh4[2], bh4[3]);
+                        }
+                    if (has_dk)
+#pragma unroll
+                        for (int dp = 0; dp < DOUT / 16; ++dp) {
+                            uint32_t bq[4];
+                            load_b_kn<DK>(bq, cQ + c0 * 2, fb, kk * 16, dp * 16);
+                            MmaOp<T>::run(adk[2 * dp], ap, bq[0], bq[1]);
+                            MmaOp<T>::run(adk[2 * dp + 1], ap, bq[2], bq[3]);
+                        }
+                }
+            }
         }
         if (qt + 1 < nqt && warp == 0) qg.finish(qs + BMQ, sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1) * NKB);
     }
 
-    dkdv_epilogue<T, D, DOUT, GUARD, Cfg::SPLIT>(args, b, hh, ks, wk0, c0, (PAIR ? role : dc) == 0, adk, adv, esc, di_ex, di_rd,
-                                             [&](int kr, int col) {
-                                                 const T *kp = sK + swz<D>(kr, col);
+    dkdv_epilogue<T, DK, DV, DOUT, GUARD, Cfg::SPLIT, MC>(args, b, hh, ks, wk0, c0, (PAIR ? role : dc) == 0, adk, adv, esc,
+                                                         di_ex, di_rd, [&](int kr, int col) {
+                                                 const T *kp = sK + swz<DK>(kr, col);
                                                  return make_float2(to_f32(kp[0]), to_f32(kp[1]));
                                              });
     } /* SM90 guard */
@@ -710,25 +772,85 @@ __device__ __forceinline__ void dq_epilogue(const KArgs &args, int64_t b, int64_
     }
 }
 
+/* dq_epilogue for NCH column chunks of DQC per row (DK = NCH DQC): each warp writes its chunk (ch) of dq; the chunks'
+ * partial q . dq meet in shared memory sqd ([NCH - 1][BM] floats) and the chunk-0 warp, which owns dq[t][0..1] and
+ * so reads the residual before its store, adds them in chunk order and writes df_t */
+template <typename T, int DK, int DQC, int NCH, bool GUARD, bool MC>
+__device__ __forceinline__ void dq_epilogue_chunked(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
+                                                    int ch, const float (&adq)[DQC / 8][4], const float (&esc)[2],
+                                                    float *sqd)
+{
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tdf = args.t[MLSTM_TENSOR_DF], &tdq = args.t[MLSTM_TENSOR_DQ];
+    const T *gq = bh_ptr<T>(tq, b, hh);
+    float *gdf = bh_ptr<float>(tdf, b, hh);
+    T *gdq = bh_ptr<T>(tdq, b, hh);
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+    float qd[2], res[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int64_t t = qs + wr0 + g + rr * 8;
+        const bool ok = t < args.S;
+        const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
+        T *row = gdq + (ok ? t : 0) * tdq.ss;
+        const T *qrow = gq + (ok ? t : 0) * tq.ss;
+        res[rr] = (ok && q4 == 0 && ch == 0) ? *reinterpret_cast<const float *>(row) : 0.0f;
+        float x = 0.0f;
+#pragma unroll
+        for (int n = 0; n < DQC / 8; ++n) {
+            const int col = ch * DQC + n * 8 + 2 * q4;
+            const float x0 = adq[n][rr * 2] * osc, x1 = adq[n][rr * 2 + 1] * osc;
+            if (ok && col_in<DK, MC>(col, args.DQK)) {
+                x += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1;
+                *reinterpret_cast<uint32_t *>(row + col) = pack2<T>(x0, x1);
+            }
+        }
+        x += __shfl_xor_sync(0xffffffffu, x, 1);
+        x += __shfl_xor_sync(0xffffffffu, x, 2);
+        qd[rr] = x;
+        if (ch > 0 && q4 == 0) sqd[(ch - 1) * 64 + wr0 + g + rr * 8] = x;
+    }
+    __syncthreads();
+    if (ch != 0) return;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int64_t t = qs + wr0 + g + rr * 8;
+        float x = qd[rr];
+#pragma unroll
+        for (int c = 1; c < NCH; ++c) x += sqd[(c - 1) * 64 + wr0 + g + rr * 8];
+        if (t < args.S && q4 == 0) gdf[t * tdf.ss] = x - res[rr];
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
-template <int D, int NW, int BN>
+/* NCH = DK / DQC warps per 16 query rows, DQC = min(DK, 256) dQ columns each (the accumulator stays at 128 floats per
+ * thread); every warp of a row group forms the same dP (bitwise: the same products), so their range guards agree */
+template <int DK, int DV, int NW, int BN>
 struct DqCfg {
-    static constexpr int BM = 16 * NW;
+    static constexpr int DQC = DK < 256 ? DK : 256, NCH = DK / DQC;
+    static constexpr int BM = 16 * NW / NCH;
     static constexpr int NT = 32 * NW;
-    static constexpr int H_BYTES = BM * D * 2;
-    static constexpr int KV_BYTES = BN * D * 2;
+    static constexpr int H_BYTES = BM * DV * 2;
+    static constexpr int K_BYTES = BN * DK * 2, V_BYTES = BN * DV * 2;
     static constexpr int K_OFF = H_BYTES;
-    static constexpr int V_OFF = K_OFF + 2 * KV_BYTES;
-    static constexpr int G_OFF = V_OFF + 2 * KV_BYTES; /* floats: sFq[BM], sG[2][BN] */
-    static constexpr int SMEM = G_OFF + (BM + 2 * BN) * 4;
+    static constexpr int V_OFF = K_OFF + 2 * K_BYTES;
+    static constexpr int G_OFF = V_OFF + 2 * V_BYTES; /* floats: sFq[BM], sG[2][BN], NCH > 1: sQd[NCH - 1][BM] */
+    static constexpr int SMEM = G_OFF + (BM + 2 * BN + (NCH - 1) * BM) * 4;
     static_assert(BM == 64 && 64 % BN == 0 && BN % 32 == 0, "query tile = one 64-block of the gate cumsums");
+    static_assert(DK % DQC == 0, "dQ column chunks");
 };
 
-template <typename T, int D, int NW, int BN>
+template <typename T, int DK, int DV, int NW, int BN, bool SM90 = false, bool MC = (DK == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_constant__ KArgs args)
 {
-    using Cfg = DqCfg<D, NW, BN>;
-    constexpr int BM = Cfg::BM, NT = Cfg::NT;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if constexpr (SM90) { /* as mlstm_bwd_dkdv_kernel: an sm_90-only instance, an empty stub on sm_80 */
+        __trap();
+    } else
+#endif
+    {
+    using Cfg = DqCfg<DK, DV, NW, BN>;
+    constexpr int BM = Cfg::BM, NT = Cfg::NT, DQC = Cfg::DQC, NCH = Cfg::NCH;
     extern __shared__ __align__(128) unsigned char smem[];
     T *sH = reinterpret_cast<T *>(smem);
     T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF);
@@ -748,13 +870,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
-    const int wr0 = warp * 16;
+    const int wr0 = (warp % (NW / NCH)) * 16; /* the warp's 16 rows */
+    const int ch = warp / (NW / NCH);         /* its dQ columns [ch DQC, ch DQC + DQC) */
     constexpr int GW = NW - 1;
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
 
-    load_tile_async<T, BM, D, NT>(sH, gdh, tdh.ss, qs, S, masked_cols<D>(args.DV));
-    load_tile_async<T, BN, D, NT>(sK, gk, tk.ss, kt_hi * BN, S, masked_cols<D>(args.DQK));
-    load_tile_async<T, BN, D, NT>(sV, gv, tv.ss, kt_hi * BN, S, masked_cols<D>(args.DV));
+    load_tile_async<T, BM, DV, NT>(sH, gdh, tdh.ss, qs, S, masked_cols<DV, MC>(args.DV));
+    load_tile_async<T, BN, DK, NT>(sK, gk, tk.ss, kt_hi * BN, S, masked_cols<DK, MC>(args.DQK));
+    load_tile_async<T, BN, DV, NT>(sV, gv, tv.ss, kt_hi * BN, S, masked_cols<DV, MC>(args.DV));
     cp_async_commit();
 
     if (warp == 0) store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq); /* query-tile local cumsum */
@@ -775,12 +898,13 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
         gate_finish(kt_hi * BN, 0);
     }
 
-    const FragBase<D> fb;
+    const FragBase<DV> fb;  /* dH, V tiles: rows of DV */
+    const FragBase<DK> fbk; /* K tiles: rows of DK (the same bases where DK = DV) */
     const uint32_t aH = smem_u32(sH), aK = smem_u32(sK), aV = smem_u32(sV);
 
-    float adq[D / 8][4];
+    float adq[DQC / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
+    for (int n = 0; n < DQC / 8; ++n)
 #pragma unroll
         for (int c = 0; c < 4; ++c) adq[n][c] = 0.0f;
     constexpr bool GUARD = NeedsRangeGuard<T>::value;
@@ -793,13 +917,13 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
         const int64_t ks = kt * BN;
         if (kt > 0) {
             const int64_t kn = (kt - 1) * BN;
-            load_tile_async<T, BN, D, NT>(sK + (buf ^ 1) * BN * D, gk, tk.ss, kn, S, masked_cols<D>(args.DQK));
-            load_tile_async<T, BN, D, NT>(sV + (buf ^ 1) * BN * D, gv, tv.ss, kn, S, masked_cols<D>(args.DV));
+            load_tile_async<T, BN, DK, NT>(sK + (buf ^ 1) * BN * DK, gk, tk.ss, kn, S, masked_cols<DK, MC>(args.DQK));
+            load_tile_async<T, BN, DV, NT>(sV + (buf ^ 1) * BN * DV, gv, tv.ss, kn, S, masked_cols<DV, MC>(args.DV));
             cp_async_commit();
             if (warp == GW) gnext.load(gf, tf.ss, gi, ti.ss, kn & ~(int64_t)63, S);
         }
-        const uint32_t cK = aK + buf * BN * D * 2;
-        const uint32_t cV = aV + buf * BN * D * 2;
+        const uint32_t cK = aK + buf * BN * DK * 2 + ch * DQC * 2; /* the warp's column chunk (DQC % 64 == 0) */
+        const uint32_t cV = aV + buf * BN * DV * 2;
         const float *cG = sG + buf * BN;
 
         const bool skip = ks > qs + wr0 + 15;
@@ -810,13 +934,13 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
 #pragma unroll
                 for (int c = 0; c < 4; ++c) dp[n][c] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
+            for (int kk = 0; kk < DV / 16; ++kk) {
                 uint32_t a[4];
-                load_a<D>(a, aH, fb, wr0, kk * 16);
+                load_a<DV>(a, aH, fb, wr0, kk * 16);
 #pragma unroll
                 for (int np = 0; np < BN / 16; ++np) {
                     uint32_t bb[4];
-                    load_b_nk<D>(bb, cV, fb, np * 16, kk * 16);
+                    load_b_nk<DV>(bb, cV, fb, np * 16, kk * 16);
                     MmaOp<T>::run(dp[2 * np], a, bb[0], bb[1]);
                     MmaOp<T>::run(dp[2 * np + 1], a, bb[2], bb[3]);
                 }
@@ -842,9 +966,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
                 uint32_t a[4];
                 acc_to_a<T>(dp, kk, a);
 #pragma unroll
-                for (int dn = 0; dn < D / 16; ++dn) {
+                for (int dn = 0; dn < DQC / 16; ++dn) {
                     uint32_t bb[4];
-                    load_b_kn<D>(bb, cK, fb, kk * 16, dn * 16);
+                    load_b_kn<DK>(bb, cK, fbk, kk * 16, dn * 16);
                     MmaOp<T>::run(adq[2 * dn], a, bb[0], bb[1]);
                     MmaOp<T>::run(adq[2 * dn + 1], a, bb[2], bb[3]);
                 }
@@ -853,7 +977,12 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
         if (kt > 0 && warp == GW) gate_finish((kt - 1) * BN, buf ^ 1);
     }
 
-    dq_epilogue<T, D, GUARD>(args, b, hh, qs, wr0, adq, esc);
+    if constexpr (NCH == 1)
+        dq_epilogue<T, DK, GUARD, MC>(args, b, hh, qs, wr0, adq, esc);
+    else
+        dq_epilogue_chunked<T, DK, DQC, NCH, GUARD, MC>(args, b, hh, qs, wr0, ch, adq, esc,
+                                                        reinterpret_cast<float *>(smem + Cfg::G_OFF) + BM + 2 * BN);
+    } /* SM90 guard */
 }
 
 } // namespace tc

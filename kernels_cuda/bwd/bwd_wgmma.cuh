@@ -444,7 +444,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
         gp.late(qt, buf);
     }
 
-    tc::dkdv_epilogue<T, D, D, GUARD, false>(args, b, hh, ks, wk0, 0, true, adk, adv, esc, di_ex, di_rd, [&](int kr, int col) {
+    tc::dkdv_epilogue<T, D, D, D, GUARD, false>(args, b, hh, ks, wk0, 0, true, adk, adv, esc, di_ex, di_rd, [&](int kr, int col) {
         const T *kp = reinterpret_cast<const T *>(smem + Cfg::K_OFF + sw128_off<BNK>(kr, col));
         return make_float2(to_f32(kp[0]), to_f32(kp[1]));
     });
@@ -674,7 +674,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         di_ex[0] = xm[256 + tid];
         di_ex[1] = xm[384 + tid];
     }
-    tc::dkdv_epilogue<T, D, DOUT, GUARD, true, MC>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
+    tc::dkdv_epilogue<T, D, D, DOUT, GUARD, true, MC>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
                                              [](int, int) { return make_float2(0.0f, 0.0f); });
 #endif
 }

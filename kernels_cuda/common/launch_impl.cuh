@@ -82,14 +82,17 @@ template <typename T, int D, int VAR> struct TcFwd {
                                                      VAR != FWD_DEFAULT || TC::FWD_SM90_ONLY, C::KS, TC::MASKS>;
 };
 template <typename T, int D, bool SMALL> struct TcBwd {
-    using CK = typename std::conditional<SMALL, typename TileCfg<D>::DkdvS, typename TileCfg<D>::Dkdv>::type;
-    using K = tc::DkdvCfg<D, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>;
-    static constexpr auto dkdv = tc::mlstm_bwd_dkdv_kernel<T, D, CK::NW, CK::BMQ, CK::DOUT, SMALL, CK::PAIR>;
+    using TC = TileCfg<D>;
+    using CK = typename std::conditional<SMALL, typename TC::DkdvS, typename TC::Dkdv>::type;
+    using K = tc::DkdvCfg<D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>;
+    static constexpr auto dkdv = tc::mlstm_bwd_dkdv_kernel<T, D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT,
+                                                           SMALL || TC::BWD_SM90_ONLY, CK::PAIR, TC::MASKS>;
 };
 template <typename T, int D> struct TcDq {
-    using CQ = typename TileCfg<D>::Dq;
-    using Q = tc::DqCfg<D, CQ::NW, CQ::BN>;
-    static constexpr auto dq = tc::mlstm_bwd_dq_kernel<T, D, CQ::NW, CQ::BN>;
+    using TC = TileCfg<D>;
+    using CQ = typename TC::Dq;
+    using Q = tc::DqCfg<D, TC::DVT, CQ::NW, CQ::BN>;
+    static constexpr auto dq = tc::mlstm_bwd_dq_kernel<T, D, TC::DVT, CQ::NW, CQ::BN, TC::BWD_SM90_ONLY, TC::MASKS>;
 };
 
 template <typename T, int D, int VAR> cudaError_t setup_fwd_tc()

@@ -247,7 +247,8 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
     static constexpr bool BWD_SMALL = MLSTM_TC##D##_DKDV_S != MLSTM_TC##D##_DKDV; /* a distinct small dK/dV */  \
     static constexpr int DVT = D;                       /* output (V) tile width: DQK = DV = D */              \
     static constexpr bool MASKS = D == MASKED_COLS_CLASS; /* its mma.sync instances mask columns */            \
-    static constexpr bool FWD_SM90_ONLY = false;        /* the default forward runs on sm_80 too */
+    static constexpr bool FWD_SM90_ONLY = false;        /* the default forward runs on sm_80 too */            \
+    static constexpr bool BWD_SM90_ONLY = false;        /* so does the default backward */
 
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
@@ -266,19 +267,31 @@ template <> struct TileCfg<256> {
     static constexpr bool BWD_ALT_ALWAYS = true; /* the sm_90 dK/dV whenever the device runs it */
 };
 
-/* D = 512 (DQK 257..512), forward only: scores over 512 columns (Q, K tiles 512 wide) and 256-column V / O tiles, so
- * that O stays at 128 floats per thread; a wider DV runs as 256-column slices (head_dims.cu), each recomputing the
- * scores. (1, 8, 32): Q 128 KB + two stages of K (32 KB) and V (16 KB) + gates = 225 KB, which only sm_90's 227 KB
- * hold (FWD_SM90_ONLY: stubs on sm_80, where these heads keep the SIMT kernels). Its instances always mask (DQK and
- * DV multiples of 8). The backward of these heads stays on the SIMT kernels (no dK/dV, dQ instances of the class). */
+/* D = 512 (DQK 257..512): scores over 512 columns (Q, K tiles 512 wide) and 256-column V / O tiles, so that O stays at
+ * 128 floats per thread; a wider DV runs as 256-column slices (head_dims.cu), each recomputing the scores. Forward
+ * (1, 8, 32): Q 128 KB + two stages of K (32 KB) and V (16 KB) + gates = 225 KB, which only sm_90's 227 KB hold.
+ * dK/dV (4, 32, 128): 64 keys, 32-query tiles, four CTAs per key tile, CTA c accumulating dk columns [128 c, +128)
+ * and (c < 2) the same dv columns, each recomputing S^T (512 wide) and dP^T (256 wide); 192 KB. dQ (8 warps, 32-key
+ * tiles): two warps per 16 rows, each forming the same dP and one 256-column half of dQ; 128 KB. sm_90 only
+ * (FWD_SM90_ONLY, BWD_SM90_ONLY: stubs on sm_80, where these heads keep the SIMT kernels). Its instances always mask
+ * (DQK and DV multiples of 8). */
 #ifndef MLSTM_TC512_FWD
 #define MLSTM_TC512_FWD 10832
 #endif
+#ifndef MLSTM_TC512_DKDV
+#define MLSTM_TC512_DKDV 432128
+#endif
+#ifndef MLSTM_TC512_DQ
+#define MLSTM_TC512_DQ 8032
+#endif
 template <> struct TileCfg<512> {
     using Fwd = MLSTM_FWD_TILE(MLSTM_TC512_FWD);
+    using Dkdv = MLSTM_DKDV_TILE(MLSTM_TC512_DKDV);
+    using DkdvS = Dkdv;
+    using Dq = DqTile<MLSTM_TC512_DQ / 1000, MLSTM_TC512_DQ % 1000>;
     static constexpr int DVT = 256;
     static constexpr bool MASKS = true;
-    static constexpr bool FWD_SM90_ONLY = true;
+    static constexpr bool FWD_SM90_ONLY = true, BWD_SM90_ONLY = true;
 };
 
 /* f32 storage on tensor cores (fwd_tf32.cuh), forward only: (MT, NW, BN) packed as the FWD entries above. f32

@@ -63,7 +63,9 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_bwd_dkdv_dh256_bf16_wgmma_masked.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_bwd_dh256_bf16_small.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh512_f16.cu
+    ${CMAKE_CURRENT_LIST_DIR}/mlstm_bwd_dh512_f16.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh512_bf16.cu
+    ${CMAKE_CURRENT_LIST_DIR}/mlstm_bwd_dh512_bf16.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh64_f32_3xtf32.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_bwd_dh64_f32_3xtf32.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh64_f32_tf32.cu

@@ -2,6 +2,7 @@
  * and backward) share: the kernels' shared memory, the grid runner on it, the forward as run_fwd_tc<T, D, FWD_DEFAULT>
  * launches it, and the storage type named on the command line. Include after fwd_tc.cuh, tile_config.h, emu_grid.h. */
 #pragma once
+#include <cstdio>
 #include <cstring>
 
 /* the kernels' `extern __shared__ smem[]` (declared inside mlstm::tc) */
@@ -24,6 +25,28 @@ template <typename T, int D> static void launch_tc_fwd(const mlstm::KArgs &a)
     std::printf("  fwd class %d/%d tiles (MT, NW, BN, KS) = (%d, %d, %d, %d), BM %d, smem %d B, %lld CTAs\n", D, TC::DVT,
                 C::MT, C::NW, C::BN, C::KS, F::BM, F::SMEM, (long long)n);
     tc_grid(mlstm::tc::mlstm_fwd_kernel<T, D, TC::DVT, C::MT, C::NW, C::BN, false, C::KS, TC::MASKS>, a, n, F::NT);
+}
+
+/* The head-dim argument may be DQKxDV (the D = 512 class: DQK <= 512, DV <= 256, multiples of 8): take_dims reads it and
+ * puts "64" in its place for parse_case (emu_grid.h), set_dims then sets the case's DQK and DV (dqk 0: a plain D).
+ * False for a malformed pair. */
+static bool take_dims(char *&arg, int &dqk, int &dv)
+{
+    static char d64[] = "64";
+    dqk = dv = 0;
+    if (std::sscanf(arg, "%dx%d", &dqk, &dv) != 2) {
+        dqk = dv = 0;
+        return true;
+    }
+    arg = d64;
+    return dqk >= 8 && dqk <= 512 && dv >= 8 && dv <= 256 && dqk % 8 == 0 && dv % 8 == 0;
+}
+static void set_dims(mc_case &c, int dqk, int dv)
+{
+    if (dqk) {
+        c.DQK = dqk;
+        c.DV = dv;
+    }
 }
 
 /* runs the case on the storage type named dtype ("f16": run16, "bf16": run_b16; c.dtype set), its result in ok;

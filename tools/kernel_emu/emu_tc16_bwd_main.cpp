@@ -4,7 +4,8 @@
  * reference as test_conformance does (f16/bf16 tolerances, storage resolution, degenerate-gradient metric, detached
  * mode re-evaluated at the forward's m, n).
  * EMU_REF_FWD=1: the backward gets the reference's h, m, n instead of the emulated forward's.
- * Usage: emu_bwd_tc16 exact|detached f16|bf16 D(64|128|256) S B NH gates seed [eps] [scale] */
+ * Usage: emu_bwd_tc16 exact|detached f16|bf16 D(64|128|256)|DQKxDV S B NH gates seed [eps] [scale]
+ * (DQKxDV: DQK <= 512, DV <= 256, multiples of 8: the D = 512 class) */
 #define EMU_NO_TF32
 #include "fwd/fwd_tc.cuh"
 #include "bwd/bwd_tc.cuh"
@@ -30,10 +31,11 @@ template <typename T> static void run_prep(const mlstm::KArgs &a)
 template <typename T, int D> static void launch_all(const mlstm::KArgs &a, bool bwd)
 {
     if (!bwd) return launch_tc_fwd<T, D>(a);
-    using CK = typename mlstm::TileCfg<D>::Dkdv;
-    using K = mlstm::tc::DkdvCfg<D, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>;
-    using CQ = typename mlstm::TileCfg<D>::Dq;
-    using Q = mlstm::tc::DqCfg<D, CQ::NW, CQ::BN>;
+    using TC = mlstm::TileCfg<D>;
+    using CK = typename TC::Dkdv;
+    using K = mlstm::tc::DkdvCfg<D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>;
+    using CQ = typename TC::Dq;
+    using Q = mlstm::tc::DqCfg<D, TC::DVT, CQ::NW, CQ::BN>;
     static_assert(K::SMEM <= (int)sizeof mlstm::tc::smem && Q::SMEM <= (int)sizeof mlstm::tc::smem, "smem");
     static_assert(!CK::PAIR, "the warp-pair dK/dV needs named barriers, which the emulator lacks");
     const int64_t nk = (a.S + K::BNK - 1) / K::BNK * K::NGRID * a.B * a.NH;
@@ -41,16 +43,19 @@ template <typename T, int D> static void launch_all(const mlstm::KArgs &a, bool 
     std::printf("  dkdv (NW, BMQ, DOUT) = (%d, %d, %d), smem %d B, %lld CTAs; dq (NW, BN) = (%d, %d), smem %d B, "
                 "%lld CTAs\n", CK::NW, CK::BMQ, CK::DOUT, K::SMEM, (long long)nk, CQ::NW, CQ::BN, Q::SMEM, (long long)nq);
     run_prep<T>(a);
-    tc_grid(mlstm::tc::mlstm_bwd_dkdv_kernel<T, D, CK::NW, CK::BMQ, CK::DOUT, false, CK::PAIR>, a, nk, K::NT);
-    tc_grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, CQ::NW, CQ::BN>, a, nq, Q::NT);
+    tc_grid(mlstm::tc::mlstm_bwd_dkdv_kernel<T, D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, false, CK::PAIR, TC::MASKS>, a, nk,
+            K::NT);
+    tc_grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, TC::DVT, CQ::NW, CQ::BN, false, TC::MASKS>, a, nq, Q::NT);
     tc_grid(mlstm::mlstm_bwd_gates_kernel, a, a.B * a.NH, mlstm::GATES_NT);
 }
 
-template <typename T> static void launch_for(const mlstm::KArgs &a, int D, bool bwd)
+/* the class dispatch would run: D = DQK = DV in 64/128/256, else the D = 512 class (DQK <= 512, DV <= 256, masked) */
+template <typename T> static void launch_for(const mlstm::KArgs &a, bool bwd)
 {
-    if (D == 64) launch_all<T, 64>(a, bwd);
-    else if (D == 128) launch_all<T, 128>(a, bwd);
-    else launch_all<T, 256>(a, bwd);
+    if (a.DQK == 64 && a.DV == 64) launch_all<T, 64>(a, bwd);
+    else if (a.DQK == 128 && a.DV == 128) launch_all<T, 128>(a, bwd);
+    else if (a.DQK == 256 && a.DV == 256) launch_all<T, 256>(a, bwd);
+    else launch_all<T, 512>(a, bwd);
 }
 
 /* the case on storage type T: q, k, v, h, dh, dq, dk, dv in T, the rest f32 */
@@ -63,8 +68,8 @@ template <typename T> static bool run_case(mc_case &c)
     case_data(c, in, ref);
     double mag_den[MC_OUT_COUNT];
     const int degenerate = mc_degenerate_scales(&c, &in, &ref, mag_den);
-    const int D = (int)c.DQK;
-    const size_t rows = (size_t)(c.B * c.NH * c.S), nq = rows * D;
+    const size_t rows = (size_t)(c.B * c.NH * c.S);
+    const auto count = [&](int t) { return rows * (size_t)(EmuLayout::v_side(t) ? c.DV : c.DQK); };
     static const int half_t[] = {MLSTM_TENSOR_Q, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_H, MLSTM_TENSOR_DH,
                                  MLSTM_TENSOR_DQ, MLSTM_TENSOR_DK, MLSTM_TENSOR_DV};
     static const int row_t[] = {MLSTM_TENSOR_I, MLSTM_TENSOR_F, MLSTM_TENSOR_M, MLSTM_TENSOR_N, MLSTM_TENSOR_DI,
@@ -74,9 +79,9 @@ template <typename T> static bool run_case(mc_case &c)
     std::vector<float> fb[MLSTM_TENSOR_COUNT];
     void *ptrs[MLSTM_TENSOR_COUNT];
     for (int t : half_t) { /* inputs storage-rounded already: exact; outputs NaN */
-        hb[t].assign(nq, to_t(NAN));
+        hb[t].assign(count(t), to_t(NAN));
         if (src[t])
-            for (size_t e = 0; e < nq; ++e) hb[t][e] = to_t((float)src[t][e]);
+            for (size_t e = 0; e < count(t); ++e) hb[t][e] = to_t((float)src[t][e]);
         ptrs[t] = hb[t].data();
     }
     for (int t : row_t) {
@@ -85,13 +90,13 @@ template <typename T> static bool run_case(mc_case &c)
             for (size_t e = 0; e < rows; ++e) fb[t][e] = (float)src[t][e];
         ptrs[t] = fb[t].data();
     }
-    const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK});
+    const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK, c.DV});
     std::printf("emu %s\n", c.name);
-    launch_for<T>(a, D, false);
+    launch_for<T>(a, false);
     const char *refh = std::getenv("EMU_REF_FWD"); /* 1: the backward gets the reference's h (rounded to T), m, n
                                                     * (f32) instead of the forward's, so that its errors are its own */
     if (refh && refh[0] == '1') {
-        for (size_t e = 0; e < nq; ++e) hb[MLSTM_TENSOR_H][e] = to_t((float)ref.t[MC_OUT_H][e]);
+        for (size_t e = 0; e < count(MLSTM_TENSOR_H); ++e) hb[MLSTM_TENSOR_H][e] = to_t((float)ref.t[MC_OUT_H][e]);
         for (size_t r = 0; r < rows; ++r) {
             fb[MLSTM_TENSOR_M][r] = (float)ref.t[MC_OUT_M][r];
             fb[MLSTM_TENSOR_N][r] = (float)ref.t[MC_OUT_N][r];
@@ -99,7 +104,7 @@ template <typename T> static bool run_case(mc_case &c)
             if (ref.t[MC_OUT_N][r] == std::exp(-ref.t[MC_OUT_M][r])) fb[MLSTM_TENSOR_N][r] = std::exp(-fb[MLSTM_TENSOR_M][r]);
         }
     }
-    launch_for<T>(a, D, true);
+    launch_for<T>(a, true);
 
     static const int out_tensor[MC_OUT_COUNT] = {MLSTM_TENSOR_H,  MLSTM_TENSOR_M,  MLSTM_TENSOR_N,  MLSTM_TENSOR_DQ,
                                                  MLSTM_TENSOR_DK, MLSTM_TENSOR_DV, MLSTM_TENSOR_DI, MLSTM_TENSOR_DF};
@@ -108,8 +113,8 @@ template <typename T> static bool run_case(mc_case &c)
         const int t = out_tensor[o];
         if (hb[t].empty()) out[o] = fb[t];
         else {
-            out[o].resize(nq);
-            for (size_t e = 0; e < nq; ++e) out[o][e] = to_f(hb[t][e]);
+            out[o].resize(count(t));
+            for (size_t e = 0; e < count(t); ++e) out[o][e] = to_f(hb[t][e]);
         }
     }
     if (c.grad_mode == MLSTM_GRAD_NORMALIZER_DETACHED) { /* as test_conformance: at the forward's m, n */
@@ -140,10 +145,12 @@ int main(int argc, char **argv)
     mc_case c;
     bool ok = false;
     /* parse_case (emu_grid.h) reads argv[2..] as mode D S ...; the dtype takes the mode's place */
-    if (argc < 9 || !parse_case(argc - 2, argv + 2, c)) {
-        std::fprintf(stderr, "usage: emu_bwd_tc16 exact|detached f16|bf16 D S B NH gates seed [eps] [scale]\n");
+    int dqk = 0, dv = 0;
+    if (argc < 9 || !take_dims(argv[3], dqk, dv) || !parse_case(argc - 2, argv + 2, c)) {
+        std::fprintf(stderr, "usage: emu_bwd_tc16 exact|detached f16|bf16 D|DQKxDV S B NH gates seed [eps] [scale]\n");
         return 2;
     }
+    set_dims(c, dqk, dv);
     c.bwd = 1;
     c.grad_mode = std::strcmp(argv[1], "detached") ? MLSTM_GRAD_EXACT : MLSTM_GRAD_NORMALIZER_DETACHED;
     if (!with_dtype(argv[2], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {

@@ -65,21 +65,11 @@ int main(int argc, char **argv)
     /* parse_case (emu_grid.h) reads argv[1..] as mode D S ...; the dtype takes the mode's place. D may be DQKxDV
      * (DQK <= 512, DV <= 256, multiples of 8: the D = 512 class), parsed here */
     int dqk = 0, dv = 0;
-    char d64[] = "64";
-    if (argc >= 8 && std::sscanf(argv[2], "%dx%d", &dqk, &dv) == 2) argv[2] = d64;
-    else dqk = dv = 0;
-    if (argc < 8 || !parse_case(argc - 1, argv + 1, c)) {
+    if (argc < 8 || !take_dims(argv[2], dqk, dv) || !parse_case(argc - 1, argv + 1, c)) {
         std::fprintf(stderr, "usage: emu_fwd_tc16 f16|bf16 D|DQKxDV S B NH gates seed [eps] [scale]\n");
         return 2;
     }
-    if (dqk) {
-        if (dqk < 8 || dqk > 512 || dv < 8 || dv > 256 || dqk % 8 || dv % 8) {
-            std::fprintf(stderr, "emu_fwd_tc16: DQKxDV: DQK <= 512, DV <= 256, multiples of 8\n");
-            return 2;
-        }
-        c.DQK = dqk;
-        c.DV = dv;
-    }
+    set_dims(c, dqk, dv);
     if (!with_dtype(argv[1], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {
         std::fprintf(stderr, "emu_fwd_tc16: dtype %s: f16 or bf16\n", argv[1]);
         return 2;
