@@ -21,8 +21,11 @@ static void thread_main()
 }
 
 /* sm: the kernel's dynamic shared memory array (tc32::smem unless given), refilled with garbage before each CTA */
+/* smem_used > 0: the kernel's dynamic shared memory size; a block that writes beyond it (into the rest of the
+ * emulator's buffer, which a GPU would not have) stops the run */
 static void run_grid(void (*kernel)(mlstm::KArgs), const mlstm::KArgs &a, int64_t nblocks, int nt,
-                     unsigned char *sm = mlstm::tc32::smem, size_t sm_bytes = sizeof mlstm::tc32::smem)
+                     unsigned char *sm = mlstm::tc32::smem, size_t sm_bytes = sizeof mlstm::tc32::smem,
+                     size_t smem_used = 0)
 {
     emu::smem_base = sm;
     g_args = &a;
@@ -76,6 +79,12 @@ static void run_grid(void (*kernel)(mlstm::KArgs), const mlstm::KArgs &a, int64_
                 std::exit(3);
             }
         }
+        for (size_t x = smem_used; smem_used && x < sm_bytes; ++x)
+            if (sm[x] != 0xA5) {
+                std::fprintf(stderr, "SMEM OVERRUN: block %lld wrote byte %zu of shared memory, beyond its %zu\n",
+                             (long long)bid, x, smem_used);
+                std::exit(3);
+            }
     }
     for (auto &t : th) std::free(t.stack);
 }

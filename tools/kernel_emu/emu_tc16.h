@@ -8,9 +8,9 @@
 /* the kernels' `extern __shared__ smem[]` (declared inside mlstm::tc) */
 namespace mlstm { namespace tc { alignas(128) unsigned char smem[232448]; } }
 
-static void tc_grid(void (*k)(mlstm::KArgs), const mlstm::KArgs &a, int64_t n, int nt)
+static void tc_grid(void (*k)(mlstm::KArgs), const mlstm::KArgs &a, int64_t n, int nt, size_t smem_used = 0)
 {
-    run_grid(k, a, n, nt, mlstm::tc::smem, sizeof mlstm::tc::smem);
+    run_grid(k, a, n, nt, mlstm::tc::smem, sizeof mlstm::tc::smem, smem_used);
 }
 
 /* the f16/bf16 forward of class D over the grid run_fwd_tc<T, D, FWD_DEFAULT> launches (launch_impl.cuh: scores
@@ -24,7 +24,8 @@ template <typename T, int D> static void launch_tc_fwd(const mlstm::KArgs &a)
     const int64_t n = (a.S + F::BM - 1) / F::BM * a.B * a.NH;
     std::printf("  fwd class %d/%d tiles (MT, NW, BN, KS) = (%d, %d, %d, %d), BM %d, smem %d B, %lld CTAs\n", D, TC::DVT,
                 C::MT, C::NW, C::BN, C::KS, F::BM, F::SMEM, (long long)n);
-    tc_grid(mlstm::tc::mlstm_fwd_kernel<T, D, TC::DVT, C::MT, C::NW, C::BN, false, C::KS, TC::MASKS>, a, n, F::NT);
+    tc_grid(mlstm::tc::mlstm_fwd_kernel<T, D, TC::DVT, C::MT, C::NW, C::BN, false, C::KS, TC::MASKS>, a, n, F::NT,
+            F::SMEM);
 }
 
 /* The head-dim argument may be DQKxDV (the D = 512 class: DQK <= 512, DV <= 256, multiples of 8): take_dims reads it and

@@ -44,8 +44,8 @@ template <typename T, int D> static void launch_all(const mlstm::KArgs &a, bool 
                 "%lld CTAs\n", CK::NW, CK::BMQ, CK::DOUT, K::SMEM, (long long)nk, CQ::NW, CQ::BN, Q::SMEM, (long long)nq);
     run_prep<T>(a);
     tc_grid(mlstm::tc::mlstm_bwd_dkdv_kernel<T, D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, false, CK::PAIR, TC::MASKS>, a, nk,
-            K::NT);
-    tc_grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, TC::DVT, CQ::NW, CQ::BN, false, TC::MASKS>, a, nq, Q::NT);
+            K::NT, K::SMEM);
+    tc_grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, TC::DVT, CQ::NW, CQ::BN, false, TC::MASKS>, a, nq, Q::NT, Q::SMEM);
     tc_grid(mlstm::mlstm_bwd_gates_kernel, a, a.B * a.NH, mlstm::GATES_NT);
 }
 
