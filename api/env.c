@@ -1,6 +1,6 @@
 /* The only file of libmlstm that reads the environment: MLSTM_BACKEND, MLSTM_DEVICE,
  * MLSTM_OPENCL_PLATFORM, MLSTM_OPENCL_KERNEL_DIR, MLSTM_ALGO, the tuning switches MLSTM_CUDA_SMALL_TILES,
- * MLSTM_CUDA_F32_TC and MLSTM_CUDA_WGMMA, and MLSTM_CUDA_FORCE (tests). Values are read at context creation (the
+ * MLSTM_CUDA_F32_TC, MLSTM_CUDA_WGMMA and MLSTM_CUDA_D512, and MLSTM_CUDA_FORCE (tests). Values are read at context creation (the
  * callers are in registry.c), never cached. */
 #include <ctype.h>
 #include <errno.h>

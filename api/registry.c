@@ -126,7 +126,8 @@ int mlstm_context_create(const mlstm_options *opt, mlstm_context **out)
         name = "auto";
     mlstm_backend_config cfg = {o.device, o.opencl_platform, mlstm_env_tristate("MLSTM_CUDA_SMALL_TILES"),
                                 mlstm_env_tristate("MLSTM_CUDA_F32_TC"),
-                                mlstm_env_tristate("MLSTM_CUDA_WGMMA"), "", MLSTM_ALGO_AUTO, ""};
+                                mlstm_env_tristate("MLSTM_CUDA_WGMMA"), "", MLSTM_ALGO_AUTO, "",
+                                mlstm_env_tristate("MLSTM_CUDA_D512")};
     const char *force = mlstm_env_string("MLSTM_CUDA_FORCE");
     if (force != NULL) {
         if (strlen(force) >= sizeof cfg.cuda_force) {

@@ -20,6 +20,7 @@ typedef struct mlstm_backend_config {
     char opencl_kernel_dir[1024]; /* development: load the kernels_cl .cl files from here ("" = embedded) */
     int algo;              /* MLSTM_ALGO (an mlstm_algo); the API core keeps it, backends need not read it */
     char cuda_force[256];  /* tests: CUDA kernel variants replacing dispatch's choice (MLSTM_CUDA_FORCE, "" = none) */
+    int cuda_d512;         /* CUDA D = 512 tensor-core class (DQK 257..512), 0 off, 1 on, -2 build default */
 } mlstm_backend_config;
 
 typedef struct mlstm_backend_ops {

@@ -505,7 +505,7 @@ static bool parse_force(Dispatch &ds, const char *spec)
     return true;
 }
 
-extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma,
+extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma, int d512,
                                         const char *force, mlstm_cuda_dispatch **out)
 {
     *out = nullptr;
@@ -540,12 +540,13 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
     }
     ds->tma_ok = sm90a && clusters && tma_encoder() != nullptr; /* (the switch of the cluster forward) */
     ds->f32_tc = f32_tc == -2 ? MLSTM_F32_TC_DEFAULT != 0 : f32_tc != 0;
+    const bool d512_on = d512 == -2 ? MLSTM_D512_DEFAULT != 0 : d512 == 1; /* the D = 512 class (tile_config.h) */
     /* every registry row the device can run: its setup (a refused shared-memory size only disables it); the SIMT
      * path (63 KB) is the fallback for everything, so its setup must succeed */
     for (int i = 0; i < INSTANCE_COUNT; ++i) {
         const Instance &in = k_instances[i];
         const bool runs = in.arch == ARCH_ANY || (in.arch == ARCH_SM90 && major >= 9) || (in.arch == ARCH_SM90A && sm90a);
-        if (!runs) continue;
+        if (!runs || (in.D == 512 && !d512_on)) continue;
         const cudaError_t e = in.setup();
         if (e != cudaSuccess && in.D == 0) {
             free(ds);

@@ -34,10 +34,11 @@ typedef struct mlstm_cuda_trace {
  * (MLSTM_SMALL_TILES_DEFAULT). f32_tc: 0 keeps f32 on the SIMT path, 1 or -1 lets eligible calls use the tensor-core
  * f32 forward and backward (3xTF32, or TF32 under MLSTM_MATH_TF32), -2 the build default (MLSTM_F32_TC_DEFAULT).
  * wgmma: the sm_90a warpgroup-MMA kernels (compute capability 9.0, builds that include sm_90a), 0 off, 1 or -1
- * whenever eligible, -2 the build default (MLSTM_WGMMA_DEFAULT). force (tests; NULL or "" for none): comma-separated
+ * whenever eligible, -2 the build default (MLSTM_WGMMA_DEFAULT). d512: the D = 512 tensor-core class (DQK 257..512,
+ * sm_90), 1 on, 0 or -1 off, -2 the build default (MLSTM_D512_DEFAULT). force (tests; NULL or "" for none): comma-separated
  * variant names (mlstm_cuda_kernels_variant_name) that replace dispatch's choice for the calls of their storage
  * class; such a call fails with cudaErrorNotSupported where the forced instance cannot serve it. */
-int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma, const char *force,
+int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, int f32_tc, int wgmma, int d512, const char *force,
                              mlstm_cuda_dispatch **out);
 void mlstm_cuda_kernels_release(mlstm_cuda_dispatch *ds);
 /* The registry of kernel variants: name i (1, 2, ...), NULL past the last. */

@@ -194,8 +194,8 @@ static int cuda_init(const mlstm_backend_config *cfg, void **impl, char *msg, si
     c->stream = c->own_stream;
     {
         mlstm_cuda_fail f = {0, "", "", 0};
-        if (mlstm_cuda_kernels_setup(&f, cfg->cuda_small_tiles, cfg->cuda_f32_tc, cfg->cuda_wgmma, cfg->cuda_force,
-                                     &c->dispatch) != 0) {
+        if (mlstm_cuda_kernels_setup(&f, cfg->cuda_small_tiles, cfg->cuda_f32_tc, cfg->cuda_wgmma, cfg->cuda_d512,
+                                     cfg->cuda_force, &c->dispatch) != 0) {
             st = fail_at(c, (cudaError_t)f.code, f.what, f.file, f.line, 1);
             goto fail;
         }

@@ -870,8 +870,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
     const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
-    const int wr0 = (warp % (NW / NCH)) * 16; /* the warp's 16 rows */
-    const int ch = warp / (NW / NCH);         /* its dQ columns [ch DQC, ch DQC + DQC) */
+    const int wr0 = (NCH == 1 ? warp : warp % (NW / NCH)) * 16; /* the warp's 16 rows */
+    const int ch = NCH == 1 ? 0 : warp / (NW / NCH);              /* its dQ columns [ch DQC, ch DQC + DQC) */
     constexpr int GW = NW - 1;
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
 
