@@ -294,6 +294,26 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
     }
 }
 
+/* acc += A B^T for a warp's 16 rows from r0 of tile A (at shared address a) and the N rows of tile B (at b), both
+ * rows of W columns (swizzled tiles, fb their fragment bases): a warp's S^T = K Q^T, dP^T = V dH^T or dP = dH V^T */
+template <typename T, int W, int N>
+__device__ __forceinline__ void warp_product_nt(float (&acc)[N / 8][4], uint32_t a, uint32_t b, const FragBase<W> &fb,
+                                                int r0)
+{
+#pragma unroll
+    for (int kk = 0; kk < W / 16; ++kk) {
+        uint32_t a4[4];
+        load_a<W>(a4, a, fb, r0, kk * 16);
+#pragma unroll
+        for (int np = 0; np < N / 16; ++np) {
+            uint32_t b4[4];
+            load_b_nk<W>(b4, b, fb, np * 16, kk * 16);
+            MmaOp<T>::run(acc[2 * np], a4, b4[0], b4[1]);
+            MmaOp<T>::run(acc[2 * np + 1], a4, b4[2], b4[3]);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* PAIR (D = 256 on sm_90): the warps form NW/2 pairs on the same 16 keys; in a pair, warp 0 computes S^T and
  * warp 1 dP^T, they exchange the rounded C/n and P tiles through shared memory, and each accumulates dK and dV for
@@ -428,19 +448,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
 #pragma unroll
                 for (int c = 0; c < 4; ++c) st[n][c] = dpt[n][c] = 0.0f;
             if constexpr (PAIR) { /* this warp's product only: S^T = K Q^T (role 0) or dP^T = V dH^T (role 1) */
-                const uint32_t aA = role ? aV : aK, cB = role ? cH : cQ;
-#pragma unroll
-                for (int kk = 0; kk < D / 16; ++kk) {
-                    uint32_t a4[4];
-                    load_a<D>(a4, aA, fb, wk0, kk * 16);
-#pragma unroll
-                    for (int np = 0; np < BMQ / 16; ++np) {
-                        uint32_t b4[4];
-                        load_b_nk<D>(b4, cB, fb, np * 16, kk * 16);
-                        MmaOp<T>::run(st[2 * np], a4, b4[0], b4[1]);
-                        MmaOp<T>::run(st[2 * np + 1], a4, b4[2], b4[3]);
-                    }
-                }
+                warp_product_nt<T, D, BMQ>(st, role ? aV : aK, role ? cH : cQ, fb, wk0);
             } else if constexpr (DK == DV)
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) {
@@ -459,30 +467,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 }
             }
             else { /* S^T over the DK columns of K and Q, dP^T over the DV columns of V and dH */
-#pragma unroll
-                for (int kk = 0; kk < DK / 16; ++kk) {
-                    uint32_t ak[4];
-                    load_a<DK>(ak, aK, fb, wk0, kk * 16);
-#pragma unroll
-                    for (int np = 0; np < BMQ / 16; ++np) {
-                        uint32_t bq[4];
-                        load_b_nk<DK>(bq, cQ, fb, np * 16, kk * 16);
-                        MmaOp<T>::run(st[2 * np], ak, bq[0], bq[1]);
-                        MmaOp<T>::run(st[2 * np + 1], ak, bq[2], bq[3]);
-                    }
-                }
-#pragma unroll
-                for (int kk = 0; kk < DV / 16; ++kk) {
-                    uint32_t av[4];
-                    load_a<DV>(av, aV, fbv, wk0, kk * 16);
-#pragma unroll
-                    for (int np = 0; np < BMQ / 16; ++np) {
-                        uint32_t bh4[4];
-                        load_b_nk<DV>(bh4, cH, fbv, np * 16, kk * 16);
-                        MmaOp<T>::run(dpt[2 * np], av, bh4[0], bh4[1]);
-                        MmaOp<T>::run(dpt[2 * np + 1], av, bh4[2], bh4[3]);
-                    }
-                }
+                warp_product_nt<T, DK, BMQ>(st, aK, cQ, fb, wk0);
+                warp_product_nt<T, DV, BMQ>(dpt, aV, cH, fbv, wk0);
             }
             /* elementwise: rows = keys j (g, g+8), cols = queries t; key j = ks + jr is masked for query
              * t = qs + u when jr > qrel + u (only query tiles that start before the warp's last key) */
@@ -933,18 +919,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
             for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
                 for (int c = 0; c < 4; ++c) dp[n][c] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < DV / 16; ++kk) {
-                uint32_t a[4];
-                load_a<DV>(a, aH, fb, wr0, kk * 16);
-#pragma unroll
-                for (int np = 0; np < BN / 16; ++np) {
-                    uint32_t bb[4];
-                    load_b_nk<DV>(bb, cV, fb, np * 16, kk * 16);
-                    MmaOp<T>::run(dp[2 * np], a, bb[0], bb[1]);
-                    MmaOp<T>::run(dp[2 * np + 1], a, bb[2], bb[3]);
-                }
-            }
+            warp_product_nt<T, DV, BN>(dp, aH, cV, fb, wr0); /* dP = dH V^T */
             /* key column c of row r masked when ks + c > qs + r; keys >= S have zero K rows (no effect) */
             const int lim0 = wr0 + g - (int)(ks - qs);
             float pw[2];
