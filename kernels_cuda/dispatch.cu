@@ -577,7 +577,7 @@ bool masked_cols_ok(int D, int64_t cols)
 }
 
 /* Whether the f16/bf16 tensor-core class D serves heads narrower than D by masking columns on this context, in this
- * direction: a class whose mma.sync instances mask (MASKED_COLS_CLASS, the forward-only D = 512) always; another class
+ * direction: a class whose mma.sync instances mask (MASKED_COLS_CLASS, D = 512) always; another class
  * where each role of the direction has an accepted masking instance of the variant dispatch would run (the pinned
  * one, MLSTM_CUDA_FORCE, else the wgmma one: only those have masking instances of their own, gen_instances.py
  * WG_MASKED_DIMS) */
@@ -585,7 +585,7 @@ bool class_masks(const Dispatch &ds, int dtype, int D, bool backward)
 {
     if (dtype != MLSTM_DTYPE_F16 && dtype != MLSTM_DTYPE_BF16) return false;
     const Instance *cr = class_row(D);
-    if (D == MASKED_COLS_CLASS || (cr && cr->mc)) return true;
+    if (cr && cr->mc) return true; /* its mma.sync instances mask (MASKED_COLS_CLASS, D = 512) */
     if (ds.wg_mode == 0) return false;
     const auto serves = [&](int role, Variant wg) {
         const Variant v = forced(ds, role, dtype);

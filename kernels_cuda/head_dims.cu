@@ -1,6 +1,6 @@
 /* libmlstm CUDA kernels: any DQK up to the largest class and any DV (up to MLSTM_MAX_HEAD_DIM) on the tensor-core
- * instances of class D (64, 128, 256; forward only: 512). q and k are zero-padded to D columns (zeros change no score);
- * v, h, dh and dv are cut into column slices of the class's output tile W (D, or 256 for D = 512), each one call of
+ * instances of class D (64, 128, 256; 512 on sm_90 with MLSTM_CUDA_D512). q and k are zero-padded to D columns (zeros
+ * change no score); v, h, dh and dv are cut into column slices of the class's output tile W (D, or 256 for D = 512), each one call of
  * the class's instances (the scores are recomputed per slice). The backward's
  * dq, dk, di and df are sums over the slices: all are linear in dC = dh v^T / N + (row term), and the exact mode's
  * row term delta_t = sigma_t dh_t . h_t is itself the sum of the slices' dh . h. */

@@ -15,6 +15,7 @@
 
 #include "mlstm.h"
 #include "mlstm_case.h"
+#include "test_util.h"
 #include "mlstm_ref.h"
 #include "tolerances.h"
 
@@ -151,22 +152,6 @@ static void huge_at_device_forward(const mc_case *c, const mc_inputs *in, const 
     mc_outputs_free(&part[1]);
 }
 
-/* test_conformance's metric: relative L2 error with each element charged max(0, |x - ref| - the storage resolution
- * of the output's dtype); den_floor > ||ref|| (degenerate gradients) replaces the denominator */
-static double charged_rel_l2(const double *x, const double *r, size_t n, int dtype, double den_floor)
-{
-    const double res = tol_storage_resolution(dtype);
-    double e = 0.0, d = 0.0;
-    for (size_t k = 0; k < n; k++) {
-        const double a = fabs(x[k] - r[k]), c = a > res ? a - res : 0.0;
-        e += c * c;
-        d += r[k] * r[k];
-    }
-    e = sqrt(e);
-    d = fmax(sqrt(d), den_floor);
-    return d > 0.0 ? e / d : e;
-}
-
 /* The small-S sweep (kernels_cuda/NOTES.md, exact-mode di / df): f16 and bf16, both gradient modes, DQK = DV = 64 /
  * 128 / 256, S 17 (NH 2) / 65 / 129, B1, gates std (odd seeds) / normal (even), seeds lo..hi, each case against the
  * contract (test_conformance's metric and bounds; detached mode at the device's m, n as there) and, in exact mode,
@@ -216,11 +201,12 @@ static int sweep_seeds(mlstm_context *ctx, int lo, int hi)
                             const int dt = (o == MC_OUT_M || o == MC_OUT_N || o >= MC_OUT_DI) ? MLSTM_DTYPE_F32 : c.dtype;
                             const size_t cnt = mc_output_count(&c, o);
                             const double bound = tol_max_rel_l2(c.dtype, o) + ga, df = degenerate ? den[o] : 0.0;
-                            const double r = charged_rel_l2(dev.t[o], ref.t[o], cnt, dt, df) / bound;
+                            const double res = tol_storage_resolution(dt);
+                            const double r = tu_rel_l2_charged(dev.t[o], ref.t[o], cnt, res, 0, df, NULL) / bound;
                             worst[o] = fmax(worst[o], r);
                             w = fmax(w, r);
                             if (at.t[o] && o >= MC_OUT_DQ) {
-                                const double ra = charged_rel_l2(dev.t[o], at.t[o], cnt, dt, df) / bound;
+                                const double ra = tu_rel_l2_charged(dev.t[o], at.t[o], cnt, res, 0, df, NULL) / bound;
                                 worst_at[o] = fmax(worst_at[o], ra);
                                 w_at = fmax(w_at, ra);
                             }

@@ -314,6 +314,21 @@ __device__ __forceinline__ void warp_product_nt(float (&acc)[N / 8][4], uint32_t
     }
 }
 
+/* acc += A B for one k16 slice kk: A a warp's (16 x 16) fragment a, B the (16 x N) block at rows kk 16 of tile b (rows
+ * of W columns, read transposed: ldmatrix .trans); the dV += (C/n)^T dH, dK += P^T Q and dQ += P K of one slice */
+template <typename T, int W, int N>
+__device__ __forceinline__ void warp_product_kn(float (&acc)[N / 8][4], const uint32_t (&a)[4], uint32_t b,
+                                                const FragBase<W> &fb, int kk)
+{
+#pragma unroll
+    for (int dp = 0; dp < N / 16; ++dp) {
+        uint32_t b4[4];
+        load_b_kn<W>(b4, b, fb, kk * 16, dp * 16);
+        MmaOp<T>::run(acc[2 * dp], a, b4[0], b4[1]);
+        MmaOp<T>::run(acc[2 * dp + 1], a, b4[2], b4[3]);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* PAIR (D = 256 on sm_90): the warps form NW/2 pairs on the same 16 keys; in a pair, warp 0 computes S^T and
  * warp 1 dP^T, they exchange the rounded C/n and P tiles through shared memory, and each accumulates dK and dV for
@@ -385,9 +400,6 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     const int pair = PAIR ? warp % (NW / 2) : warp, role = PAIR ? warp / (NW / 2) : 0;
     const int wk0 = pair * 16;                 /* first key row of this warp within the tile */
     const int c0 = (PAIR ? role : dc) * DOUT;  /* first output column */
-    const bool has_dk = DK == DV || c0 < DK, has_dv = DK == DV || c0 < DV; /* this CTA's dk / dv column blocks */
-    (void)has_dk;
-    (void)has_dv;
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ; /* == first query tile touching the key tile (BNK % BMQ == 0) */
 
@@ -603,27 +615,14 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                 }
             }
             else {
+                const bool has_dk = c0 < DK, has_dv = c0 < DV; /* this CTA's dk / dv column blocks (CTA-uniform) */
 #pragma unroll
                 for (int kk = 0; kk < BMQ / 16; ++kk) {
                     uint32_t ac[4], ap[4];
                     acc_to_a<T>(st, kk, ac);
                     acc_to_a<T>(dpt, kk, ap);
-                    if (has_dv) /* CTA-uniform */
-#pragma unroll
-                        for (int dp = 0; dp < DOUT / 16; ++dp) {
-                            uint32_t bh4[4];
-                            load_b_kn<DV>(bh4, cH + c0 * 2, fbv, kk * 16, dp * 16);
-                            MmaOp<T>::run(adv[2 * dp], ac, bh4[0], bh4[1]);
-                            MmaOp<T>::run(adv[2 * dp + 1], ac, bh4[2], bh4[3]);
-                        }
-                    if (has_dk)
-#pragma unroll
-                        for (int dp = 0; dp < DOUT / 16; ++dp) {
-                            uint32_t bq[4];
-                            load_b_kn<DK>(bq, cQ + c0 * 2, fb, kk * 16, dp * 16);
-                            MmaOp<T>::run(adk[2 * dp], ap, bq[0], bq[1]);
-                            MmaOp<T>::run(adk[2 * dp + 1], ap, bq[2], bq[3]);
-                        }
+                    if (has_dv) warp_product_kn<T, DV, DOUT>(adv, ac, cH + c0 * 2, fbv, kk);
+                    if (has_dk) warp_product_kn<T, DK, DOUT>(adk, ap, cQ + c0 * 2, fb, kk);
                 }
             }
         }
@@ -940,13 +939,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
             for (int kk = 0; kk < BN / 16; ++kk) {
                 uint32_t a[4];
                 acc_to_a<T>(dp, kk, a);
-#pragma unroll
-                for (int dn = 0; dn < DQC / 16; ++dn) {
-                    uint32_t bb[4];
-                    load_b_kn<DK>(bb, cK, fbk, kk * 16, dn * 16);
-                    MmaOp<T>::run(adq[2 * dn], a, bb[0], bb[1]);
-                    MmaOp<T>::run(adq[2 * dn + 1], a, bb[2], bb[3]);
-                }
+                warp_product_kn<T, DK, DQC>(adq, a, cK, fbk, kk); /* dQ += P K */
             }
         }
         if (kt > 0 && warp == GW) gate_finish((kt - 1) * BN, buf ^ 1);

@@ -230,6 +230,27 @@ double tu_rel_l2(const double *x, const double *ref, size_t n)
     return num / den;
 }
 
+double tu_rel_l2_charged(const double *x, const double *ref, size_t n, double res, int by_magnitude, double den_floor,
+                         int *floored)
+{
+    double *d = malloc((n ? n : 1) * sizeof *d);
+    if (!d)
+        abort();
+    for (size_t k = 0; k < n; k++) {
+        const double diff = fabs(by_magnitude ? fabs(x[k]) - fabs(ref[k]) : x[k] - ref[k]);
+        d[k] = diff > res ? diff - res : 0.0;
+    }
+    const double num = tu_l2(d, n);
+    free(d);
+    double den = tu_l2(ref, n);
+    const int fl = den_floor > den;
+    if (fl)
+        den = den_floor;
+    if (floored)
+        *floored = fl;
+    return den > 0.0 ? num / den : num;
+}
+
 double tu_max_abs_diff(const double *x, const double *ref, size_t n)
 {
     double mx = 0.0;

@@ -52,6 +52,11 @@ const char *tu_tensor_name(int t);
 /* ||x - ref||_2 / ||ref||_2; when ||ref|| == 0 returns ||x - ref||_2 (0 when both are zero).
  * Non-finite x gives +Inf. */
 double tu_rel_l2(const double *x, const double *ref, size_t n);
+/* The conformance metric (tests/tolerances.h): ||d|| / ||ref|| with each element charged d_k = max(0, |x_k - ref_k| -
+ * res), res the storage resolution of the output's dtype; by_magnitude compares |x| with |ref|; den_floor > ||ref||
+ * replaces the denominator (degenerate gradients; *floored set to 1 then, else 0; floored may be NULL). */
+double tu_rel_l2_charged(const double *x, const double *ref, size_t n, double res, int by_magnitude, double den_floor,
+                         int *floored);
 double tu_l2(const double *x, size_t n);
 double tu_max_abs_diff(const double *x, const double *ref, size_t n);
 /* Number of NaN/Inf values; the index of the first in *first (if not NULL and any). */

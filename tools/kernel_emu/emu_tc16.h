@@ -28,26 +28,23 @@ template <typename T, int D> static void launch_tc_fwd(const mlstm::KArgs &a)
             F::SMEM);
 }
 
-/* The head-dim argument may be DQKxDV (the D = 512 class: DQK <= 512, DV <= 256, multiples of 8): take_dims reads it and
- * puts "64" in its place for parse_case (emu_grid.h), set_dims then sets the case's DQK and DV (dqk 0: a plain D).
- * False for a malformed pair. */
-static bool take_dims(char *&arg, int &dqk, int &dv)
+/* parse_case (emu_grid.h) over argv[0..argc) (mode slot, D, S, B, NH, gates, seed, ...), where D may also be DQKxDV (the
+ * D = 512 class: DQK <= 512, DV <= 256, multiples of 8); false for a malformed case */
+static bool parse_tc16_case(int argc, char **argv, mc_case &c)
 {
     static char d64[] = "64";
-    dqk = dv = 0;
-    if (std::sscanf(arg, "%dx%d", &dqk, &dv) != 2) {
-        dqk = dv = 0;
-        return true;
+    int dqk = 0, dv = 0;
+    const bool pair = argc > 1 && std::sscanf(argv[1], "%dx%d", &dqk, &dv) == 2;
+    if (pair) {
+        if (dqk < 8 || dqk > 512 || dv < 8 || dv > 256 || dqk % 8 || dv % 8) return false;
+        argv[1] = d64; /* parse_case accepts the classes 64/128/256 only */
     }
-    arg = d64;
-    return dqk >= 8 && dqk <= 512 && dv >= 8 && dv <= 256 && dqk % 8 == 0 && dv % 8 == 0;
-}
-static void set_dims(mc_case &c, int dqk, int dv)
-{
-    if (dqk) {
+    if (!parse_case(argc, argv, c)) return false;
+    if (pair) {
         c.DQK = dqk;
         c.DV = dv;
     }
+    return true;
 }
 
 /* runs the case on the storage type named dtype ("f16": run16, "bf16": run_b16; c.dtype set), its result in ok;

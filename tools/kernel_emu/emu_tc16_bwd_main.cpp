@@ -144,13 +144,11 @@ int main(int argc, char **argv)
 {
     mc_case c;
     bool ok = false;
-    /* parse_case (emu_grid.h) reads argv[2..] as mode D S ...; the dtype takes the mode's place */
-    int dqk = 0, dv = 0;
-    if (argc < 9 || !take_dims(argv[3], dqk, dv) || !parse_case(argc - 2, argv + 2, c)) {
+    /* argv[2..] as mode D S ...; the dtype takes the mode's place */
+    if (argc < 9 || !parse_tc16_case(argc - 2, argv + 2, c)) {
         std::fprintf(stderr, "usage: emu_bwd_tc16 exact|detached f16|bf16 D|DQKxDV S B NH gates seed [eps] [scale]\n");
         return 2;
     }
-    set_dims(c, dqk, dv);
     c.bwd = 1;
     c.grad_mode = std::strcmp(argv[1], "detached") ? MLSTM_GRAD_EXACT : MLSTM_GRAD_NORMALIZER_DETACHED;
     if (!with_dtype(argv[2], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {

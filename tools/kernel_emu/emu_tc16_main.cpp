@@ -62,14 +62,11 @@ int main(int argc, char **argv)
 {
     mc_case c;
     bool ok = false;
-    /* parse_case (emu_grid.h) reads argv[1..] as mode D S ...; the dtype takes the mode's place. D may be DQKxDV
-     * (DQK <= 512, DV <= 256, multiples of 8: the D = 512 class), parsed here */
-    int dqk = 0, dv = 0;
-    if (argc < 8 || !take_dims(argv[2], dqk, dv) || !parse_case(argc - 1, argv + 1, c)) {
+    /* argv[1..] as mode D S ...; the dtype takes the mode's place */
+    if (argc < 8 || !parse_tc16_case(argc - 1, argv + 1, c)) {
         std::fprintf(stderr, "usage: emu_fwd_tc16 f16|bf16 D|DQKxDV S B NH gates seed [eps] [scale]\n");
         return 2;
     }
-    set_dims(c, dqk, dv);
     if (!with_dtype(argv[1], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {
         std::fprintf(stderr, "emu_fwd_tc16: dtype %s: f16 or bf16\n", argv[1]);
         return 2;
