@@ -149,6 +149,7 @@ struct mlstm_cuda_dispatch {
     bool tma_ok;    /* the device launches clusters and the driver's tensor-map encoder was found */
     bool ok[INSTANCE_COUNT];      /* per registry row: the device accepted the instance at setup */
     Variant force[ROLE_COUNT][2]; /* tests: MLSTM_CUDA_FORCE per role and storage (16-bit, f32); V_AUTO: dispatch chooses */
+    SliceStreams slices;          /* the side stream of head-dim slices (null: none, the slices run in turn) */
 };
 typedef mlstm_cuda_dispatch Dispatch;
 
@@ -560,11 +561,24 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
         const int j = find_instance(in.needs, in.dtype, in.D, in.mc, in.mode);
         ds->ok[i] = ds->ok[i] && j >= 0 && ds->ok[j];
     }
+    if (MLSTM_SLICE_STREAMS) { /* an optimisation: where the stream or its events cannot be had, slices run in turn */
+        SliceStreams &ss = ds->slices;
+        if (cudaStreamCreateWithFlags(&ss.side, cudaStreamNonBlocking) != cudaSuccess ||
+            cudaEventCreateWithFlags(&ss.fork, cudaEventDisableTiming) != cudaSuccess ||
+            cudaEventCreateWithFlags(&ss.join, cudaEventDisableTiming) != cudaSuccess) {
+            (void)cudaGetLastError();
+            release_slice_streams(ss);
+        }
+    }
     *out = ds;
     return 0;
 }
 
-extern "C" void mlstm_cuda_kernels_release(mlstm_cuda_dispatch *ds) { free(ds); }
+extern "C" void mlstm_cuda_kernels_release(mlstm_cuda_dispatch *ds)
+{
+    if (ds) release_slice_streams(ds->slices);
+    free(ds);
+}
 
 extern "C" const char *mlstm_cuda_kernels_variant_name(int i) { return i > 0 && i < V_COUNT ? k_variants[i].name : NULL; }
 
@@ -619,6 +633,16 @@ int class_out_tile(int D)
 {
     const Instance *cr = class_row(D);
     return cr ? cr->dvt : 0;
+}
+
+const SliceStreams &slice_streams(const Dispatch &ds) { return ds.slices; }
+
+void release_slice_streams(SliceStreams &ss)
+{
+    if (ss.join) (void)cudaEventDestroy(ss.join);
+    if (ss.fork) (void)cudaEventDestroy(ss.fork);
+    if (ss.side) (void)cudaStreamDestroy(ss.side);
+    ss = SliceStreams{};
 }
 
 bool direct_tc(const Dispatch &ds, const mlstm_params *p, bool backward)

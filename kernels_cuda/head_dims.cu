@@ -303,6 +303,33 @@ mlstm_params slice_params(const mlstm_params *p, const HeadDimPlan &hp)
     return ps;
 }
 
+/* The streams of a call's slices: slice s runs on the call's stream (s even) or the context's side stream (s odd)
+ * when the slices share no staging buffer and the context has a side stream; fork() before the first slice, join()
+ * after the last (always, also after a failed slice, so that no stream stays forked, e.g. in a graph capture). The
+ * forward's slices all write the same m and n: the two streams may store those (bitwise equal) values twice. */
+struct SliceRun {
+    const SliceStreams *ss; /* null: one stream */
+    cudaStream_t st;
+    cudaStream_t stream(int s) const { return ss && (s & 1) ? ss->side : st; }
+    cudaError_t fork() const
+    {
+        if (!ss) return cudaSuccess;
+        cudaError_t e = cudaEventRecord(ss->fork, st);
+        return e != cudaSuccess ? e : cudaStreamWaitEvent(ss->side, ss->fork, 0);
+    }
+    cudaError_t join() const
+    {
+        if (!ss) return cudaSuccess;
+        cudaError_t e = cudaEventRecord(ss->join, ss->side);
+        return e != cudaSuccess ? e : cudaStreamWaitEvent(st, ss->join, 0);
+    }
+};
+SliceRun slice_run(const mlstm_cuda_dispatch &ds, const HeadDimPlan &hp, bool shared_staging, cudaStream_t st)
+{
+    const SliceStreams &ss = slice_streams(ds);
+    return SliceRun{hp.nslice > 1 && !shared_staging && ss.side ? &ss : nullptr, st};
+}
+
 } // namespace
 
 bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward, HeadDimPlan *hp)
@@ -357,14 +384,20 @@ int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
     int e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, hp, st, fail))) return e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, hp, st, fail))) return e;
-    for (int s = 0; s < hp.nslice; ++s) {
+    const SliceRun run = slice_run(ds, hp, g.v || g.h, st);
+    MLSTM_RUN(run.fork(), "head-dim slice streams (fork)");
+    for (int s = 0; s < hp.nslice && !e; ++s) {
         const int64_t c0 = (int64_t)s * hp.W;
+        const cudaStream_t ss = run.stream(s);
         ps.dv = slice_dv(p, c0, hp);
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, hp, st, fail))) return e;
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, false, hp, st, fail))) return e;
-        if ((e = direct_fwd(ds, &ps, st, s == 0 ? tr : nullptr, fail))) return e; /* each slice writes the same m and n */
-        if ((e = unstage(p, ps, MLSTM_TENSOR_H, c0, p->dv, hp, st, fail))) return e;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, hp, ss, fail))) break;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, false, hp, ss, fail))) break;
+        if ((e = direct_fwd(ds, &ps, ss, s == 0 ? tr : nullptr, fail))) break; /* each slice writes the same m and n */
+        e = unstage(p, ps, MLSTM_TENSOR_H, c0, p->dv, hp, ss, fail);
     }
+    const cudaError_t je = run.join();
+    if (e) return e;
+    MLSTM_RUN(je, "head-dim slice streams (join)");
     return 0;
 }
 
@@ -379,22 +412,29 @@ int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
     int e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, hp, st, fail))) return e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, hp, st, fail))) return e;
-    for (int s = 0; s < ns; ++s) {
+    /* each slice has its own dq, dk, di, df parts; v, dh, h, dv staging is one buffer for all slices */
+    const SliceRun run = slice_run(ds, hp, g.v || g.dh || g.h || g.dv, st);
+    MLSTM_RUN(run.fork(), "head-dim slice streams (fork)");
+    for (int s = 0; s < ns && !e; ++s) {
         const int64_t c0 = (int64_t)s * hp.W;
+        const cudaStream_t ss = run.stream(s);
         ps.dv = slice_dv(p, c0, hp);
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, hp, st, fail))) return e;
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DH, c0, p->dv, g.dh, true, hp, st, fail))) return e;
-        if (exact && (e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, true, hp, st, fail))) return e;
-        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DV, c0, p->dv, g.dv, false, hp, st, fail))) return e;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, hp, ss, fail))) break;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DH, c0, p->dv, g.dh, true, hp, ss, fail))) break;
+        if (exact && (e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, true, hp, ss, fail))) break;
+        if ((e = slice_tensor(p, ps, MLSTM_TENSOR_DV, c0, p->dv, g.dv, false, hp, ss, fail))) break;
         if (g.dq[s]) ps.t[MLSTM_TENSOR_DQ] = as_arg(contiguous(g.dq[s], p, D));
         else ps.t[MLSTM_TENSOR_DQ] = as_arg(cols_of(p, MLSTM_TENSOR_DQ, 0));
         if (g.dk[s]) ps.t[MLSTM_TENSOR_DK] = as_arg(contiguous(g.dk[s], p, D));
         else ps.t[MLSTM_TENSOR_DK] = as_arg(cols_of(p, MLSTM_TENSOR_DK, 0));
         if (g.di[s]) ps.t[MLSTM_TENSOR_DI] = as_arg(contiguous(g.di[s], p, 1));
         if (g.df[s]) ps.t[MLSTM_TENSOR_DF] = as_arg(contiguous(g.df[s], p, 1));
-        if ((e = direct_bwd(ds, &ps, st, s == 0 ? tr : nullptr, fail))) return e;
-        if ((e = unstage(p, ps, MLSTM_TENSOR_DV, c0, p->dv, hp, st, fail))) return e;
+        if ((e = direct_bwd(ds, &ps, ss, s == 0 ? tr : nullptr, fail))) break;
+        e = unstage(p, ps, MLSTM_TENSOR_DV, c0, p->dv, hp, ss, fail);
     }
+    const cudaError_t je = run.join();
+    if (e) return e;
+    MLSTM_RUN(je, "head-dim slice streams (join)");
     /* dq, dk (D wide slices -> DQK columns) and, over several slices, di and df: one f32 sum each */
     const struct { void *const *parts; int x; int64_t ld, cols; int dtype; } outs[4] = {
         {g.dq, MLSTM_TENSOR_DQ, D, p->dqk, p->dtype},

@@ -37,6 +37,14 @@ bool direct_tc(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backwa
 bool class_masks(const mlstm_cuda_dispatch &ds, int dtype, int D, bool backward);
 bool masked_cols_ok(int D, int64_t cols);
 int masked_class(const mlstm_cuda_dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool backward);
+/* dispatch.cu: a context's side stream for head-dim slices (tile_config.h MLSTM_SLICE_STREAMS) and the events that
+ * fork it from a call's stream and join it back; all null where the context has none */
+struct SliceStreams {
+    cudaStream_t side;
+    cudaEvent_t fork, join;
+};
+const SliceStreams &slice_streams(const mlstm_cuda_dispatch &ds);
+void release_slice_streams(SliceStreams &ss);
 /* dispatch.cu: the f16/bf16 tensor-core head-dimension classes of the instance registry, largest first (at most max
  * of them written to out); returns their number. class_out_tile: the output (V) tile width of class D (D, or 256
  * for the D = 512 class; 0 for no class) */

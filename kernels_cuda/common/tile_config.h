@@ -28,6 +28,13 @@ template <int NW_, int BN_> struct DqTile { static constexpr int NW = NW_, BN = 
  * of their own (launch.h). */
 constexpr int MASKED_COLS_CLASS = 128;
 
+/* Head-dim column slices (head_dims.cu) run on two streams, the call's and a side stream of the context, where they
+ * use no shared staging buffer: the slices are independent calls, so one slice's kernels fill the SMs that the other
+ * slice's tails and small kernels (backward prep, gates) leave idle. 0: one after the other on the call's stream. */
+#ifndef MLSTM_SLICE_STREAMS
+#define MLSTM_SLICE_STREAMS 1
+#endif
+
 /* D = 64: small accumulators, so each warp takes 32 query rows (MT = 2) and shares every K/V fragment
  * between two m16 tiles (halves shared-memory traffic per MMA). 48 KB smem: several CTAs per SM. */
 #ifndef MLSTM_TC64_FWD
