@@ -282,11 +282,10 @@ template <> struct TileCfg<256> {
  * tiles): two warps per 16 rows, each forming the same dP and one 256-column half of dQ; 128 KB. sm_90 only
  * (FWD_SM90_ONLY, BWD_SM90_ONLY: stubs on sm_80, where these heads keep the SIMT kernels). Its instances always mask
  * (DQK and DV multiples of 8). */
-/* Whether the D = 512 class serves calls when env MLSTM_CUDA_D512 is unset (=1 on, =0 off): off until its kernels
- * have passed the conformance suite on a GPU (conformance_fused.cuda turns it on); the CPU emulator (tools/kernel_emu)
- * is all that has checked them, and an H100 has timed the forward (bench/RESULTS.md, thirteenth session). */
+/* Whether the D = 512 class serves calls when env MLSTM_CUDA_D512 is unset (=1 on, =0 off): on since its kernels
+ * passed the conformance suite on an H100 (conformance_fused.cuda, bench/RESULTS.md, fourteenth session). */
 #ifndef MLSTM_D512_DEFAULT
-#define MLSTM_D512_DEFAULT 0
+#define MLSTM_D512_DEFAULT 1
 #endif
 #ifndef MLSTM_TC512_FWD
 #define MLSTM_TC512_FWD 10832
