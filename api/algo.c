@@ -20,24 +20,26 @@ typedef struct {
     int64_t min_dim;     /* max(DQK, DV) >= */
     int64_t max_seq;     /* S <= */
     int64_t max_bh;      /* B * NH <= */
+    int unless_tc;       /* 1: not where the backend's fused kernels serve the call on tensor cores */
 } auto_rule;
 
 static const auto_rule auto_table[] = {
-    /* CUDA: DQK > 256 has no tensor-core instance (SIMT): 512/512 S4096 bf16 42.5 -> 1.8 ms forward */
-    {"cuda", 0, 0, 257, 0, 0, 0},
-    {"cuda", 1, 0, 257, 0, 0, 0},
+    /* CUDA: DQK > 256 where the fused kernels are the SIMT ones: 512/512 S4096 bf16 42.5 -> 1.8 ms forward. The
+     * f16/bf16 forward of the D = 512 class (sm_90) beats it: 0.91 ms (bench/RESULTS.md, thirteenth session) */
+    {"cuda", 0, 0, 257, 0, 0, 0, 1},
+    {"cuda", 1, 0, 257, 0, 0, 0, 1},
     /* CUDA f32 backward at DQK 256 (3xTF32 mma.sync): 256/256 S4096 12.7 -> 9.6 ms, 256/512 25.5 -> 12.5 ms */
-    {"cuda", 1, MLSTM_DTYPE_F32, 256, 0, 0, 0},
+    {"cuda", 1, MLSTM_DTYPE_F32, 256, 0, 0, 0, 0},
     /* CUDA f32 forward 256/512 on small grids: S1024 B1 NH8 0.61 -> 0.44 ms (S4096: the fused kernels win) */
-    {"cuda", 0, MLSTM_DTYPE_F32, 256, 512, 1024, 8},
+    {"cuda", 0, MLSTM_DTYPE_F32, 256, 512, 1024, 8, 0},
     /* OpenCL: forward at DQK 512 (512/512 S4096 bf16 14.2 -> 12.0 ms), backward from head dim 256 (256/256 S4096
      * 19.3 -> 16.9 ms, 256/512 53.3 -> 22.9 ms), and every shape on small grids (S1024 B1 NH8: 64/64 forward
      * 0.38 -> 0.28 ms, backward 0.91 -> 0.64 ms; the fused kernels leave most of the GPU idle there) */
-    {"opencl", 0, 0, 512, 0, 0, 0},
-    {"opencl", 1, 0, 0, 256, 0, 0},
-    {"opencl", 0, 0, 0, 0, 1024, 8},
-    {"opencl", 1, 0, 0, 0, 1024, 8},
-    {NULL, 0, 0, 0, 0, 0, 0},
+    {"opencl", 0, 0, 512, 0, 0, 0, 0},
+    {"opencl", 1, 0, 0, 256, 0, 0, 0},
+    {"opencl", 0, 0, 0, 0, 1024, 8, 0},
+    {"opencl", 1, 0, 0, 0, 1024, 8, 0},
+    {NULL, 0, 0, 0, 0, 0, 0, 0},
 };
 
 /* Where auto finds the materialised algorithm faster but no workspace is at hand, the backend's own workspace is
@@ -53,7 +55,8 @@ static int table_says_materialized(const mlstm_context *ctx, const mlstm_params 
     for (const auto_rule *r = auto_table; r->backend; r++)
         if (!strcmp(r->backend, ctx->ops->name) && r->backward == !!backward && (!r->dtype || r->dtype == p->dtype) &&
             p->dqk >= r->min_dqk && dim >= r->min_dim && (!r->max_seq || p->seq_len <= r->max_seq) &&
-            (!r->max_bh || p->batch * p->heads <= r->max_bh))
+            (!r->max_bh || p->batch * p->heads <= r->max_bh) &&
+            !(r->unless_tc && ctx->ops->fused_on_tensor_cores && ctx->ops->fused_on_tensor_cores(ctx->impl, p, backward)))
             return 1;
     return 0;
 }

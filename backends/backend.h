@@ -66,6 +66,10 @@ typedef struct mlstm_backend_ops {
     /* 1 where the context's device is a CPU (the automatic algorithm choice keeps its GPU measurements off it);
      * NULL member: a GPU */
     int (*device_is_cpu)(void *impl);
+    /* 1 where the fused kernels serve p (backward: its backward) on the device's tensor cores, 0 where they fall back
+     * to plain kernels (CUDA: the SIMT kernels); the automatic algorithm choice keeps such calls fused where its
+     * table chose the materialised algorithm only for want of them. NULL member: never */
+    int (*fused_on_tensor_cores)(void *impl, const mlstm_params *p, int backward);
 } mlstm_backend_ops;
 
 #ifdef MLSTM_HAVE_CUDA

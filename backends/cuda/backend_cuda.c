@@ -470,6 +470,13 @@ static int cuda_workspace_size(void *impl, const mlstm_params *p, int backward, 
     return mlstm_cuda_mat_workspace_size(p, backward, bytes, c->err, sizeof c->err);
 }
 
+/* the fused kernels dispatch.cu would run for p: a tensor-core path, or the SIMT kernels */
+static int cuda_fused_on_tensor_cores(void *impl, const mlstm_params *p, int backward)
+{
+    const mlstm_cuda_impl *c = impl;
+    return strcmp(mlstm_cuda_kernels_path(c->dispatch, p, backward), "simt") != 0;
+}
+
 const mlstm_backend_ops mlstm_backend_cuda_ops = {
     /* .abi_version  = */ MLSTM_BACKEND_ABI_VERSION,
     /* .name         = */ "cuda",
@@ -491,4 +498,5 @@ const mlstm_backend_ops mlstm_backend_cuda_ops = {
     /* .plan_create  = */ NULL, /* plans carry no CUDA state yet; the instance choice stays per call */
     /* .plan_destroy = */ NULL,
     /* .device_is_cpu = */ NULL,
+    /* .fused_on_tensor_cores = */ cuda_fused_on_tensor_cores,
 };

@@ -769,4 +769,5 @@ const mlstm_backend_ops mlstm_backend_opencl_ops = {
     /* .plan_create  = */ cl_plan_create,
     /* .plan_destroy = */ cl_plan_destroy,
     /* .device_is_cpu = */ cl_device_is_cpu,
+    /* .fused_on_tensor_cores = */ NULL, /* the OpenCL kernels use no tensor cores */
 };
