@@ -24,10 +24,12 @@ typedef struct {
 } auto_rule;
 
 static const auto_rule auto_table[] = {
-    /* CUDA: DQK > 256 where the fused kernels are the SIMT ones: 512/512 S4096 bf16 42.5 -> 1.8 ms forward. The
-     * f16/bf16 forward of the D = 512 class (sm_90) beats it: 0.91 ms (bench/RESULTS.md, thirteenth session) */
+    /* CUDA: DQK > 256 forward where the fused kernels are the SIMT ones: 512/512 S4096 bf16 42.5 -> 1.8 ms. The
+     * f16/bf16 forward of the D = 512 class (sm_90) beats it: 0.90 ms. Its backward does not (8.5 ms against 5.6 ms
+     * at 512/512, 8.4 against 4.6 at 320/320; bench/RESULTS.md, fourteenth session): DQK > 256 backward stays
+     * materialised */
     {"cuda", 0, 0, 257, 0, 0, 0, 1},
-    {"cuda", 1, 0, 257, 0, 0, 0, 1},
+    {"cuda", 1, 0, 257, 0, 0, 0, 0},
     /* CUDA f32 backward at DQK 256 (3xTF32 mma.sync): 256/256 S4096 12.7 -> 9.6 ms, 256/512 25.5 -> 12.5 ms */
     {"cuda", 1, MLSTM_DTYPE_F32, 256, 0, 0, 0, 0},
     /* CUDA f32 forward 256/512 on small grids: S1024 B1 NH8 0.61 -> 0.44 ms (S4096: the fused kernels win) */
