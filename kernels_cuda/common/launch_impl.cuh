@@ -333,7 +333,7 @@ template <typename T> cudaError_t setup_fwd_simt()
 
 template <typename T> cudaError_t run_fwd_simt(const KArgs &a, cudaStream_t st)
 {
-    const int64_t n = (a.S + simt::TB - 1) / simt::TB * ((a.DV + simt::TB - 1) / simt::TB) * a.B * a.NH;
+    const int64_t n = (a.S + simt::TB - 1) / simt::TB * simt::chunk_groups(a.DV, simt::G_FWD) * a.B * a.NH;
     return launch_1d(simt::mlstm_fwd_kernel<T>, n, simt::NT, simt::SMEM_BYTES, st, a);
 }
 
@@ -346,7 +346,7 @@ template <typename T> cudaError_t setup_bwd_simt()
 template <typename T> cudaError_t run_bwd_simt(const KArgs &a, cudaStream_t st)
 {
     const int64_t nt = (a.S + simt::TB - 1) / simt::TB;
-    const int64_t nch = (a.DQK + simt::TB - 1) / simt::TB + (a.DV + simt::TB - 1) / simt::TB;
+    const int64_t nch = simt::chunk_groups(a.DQK, simt::G_DKDV) + simt::chunk_groups(a.DV, simt::G_DKDV);
     const int64_t nk = nt * nch * a.B * a.NH, nq = nt * a.B * a.NH;
     if (!grid_ok(nq)) return cudaErrorInvalidConfiguration; /* both grids checked before either launches */
     MLSTM_TRY(launch_1d(simt::mlstm_bwd_dkdv_kernel<T>, nk, simt::NT, simt::SMEM_BYTES, st, a));

@@ -1,7 +1,9 @@
 /* libmlstm CUDA kernels: the generic SIMT path (f32 FFMA, any storage type, any DQK/DV in 1..512, any
- * strides, any alignment). Tiles of 64 x 64 with 256 threads, each thread a 4 x 4 micro-tile; head dims are
- * walked in chunks (32 for contractions, 64 for outputs) and padded with zeros, never rejected. Same
- * algorithm, gate handling and kernel names as the tensor-core path (tc::), which it backs up. */
+ * strides, any alignment). Tiles of 64 x 64 with 256 threads, each thread a 4 x 4 micro-tile per output chunk; head
+ * dims are walked in chunks (32 for contractions, 64 for outputs) and padded with zeros, never rejected. A CTA
+ * accumulates up to G output chunks from one score (and dP) tile, so wide heads recompute the scores once per G
+ * chunks, not once per chunk. Same algorithm, gate handling and kernel names as the tensor-core path (tc::), which it
+ * backs up. */
 #pragma once
 
 #include <type_traits>
@@ -14,6 +16,27 @@ constexpr int TB = 64;      /* rows and cols of every tile */
 constexpr int NT = 256;     /* threads */
 constexpr int DC = 32;      /* contraction chunk */
 constexpr int LDS = TB + 4; /* smem row stride (floats), keeps float4 alignment */
+/* output chunks per CTA, per kernel (16 accumulator floats per thread and chunk; the kernels already hold ~240
+ * registers at one chunk: with ptxas of CUDA 13, sm_90a, bf16, the forward spills 32 bytes at 4, dQ none at 4, dK/dV
+ * 368 bytes at 2 and 1.1 KB at 4); MLSTM_SIMT_GROUP sets all three (tests) */
+#ifdef MLSTM_SIMT_GROUP
+#define MLSTM_SIMT_GROUP_FWD MLSTM_SIMT_GROUP
+#define MLSTM_SIMT_GROUP_DKDV MLSTM_SIMT_GROUP
+#define MLSTM_SIMT_GROUP_DQ MLSTM_SIMT_GROUP
+#endif
+#ifndef MLSTM_SIMT_GROUP_FWD
+#define MLSTM_SIMT_GROUP_FWD 4
+#endif
+#ifndef MLSTM_SIMT_GROUP_DKDV
+#define MLSTM_SIMT_GROUP_DKDV 2
+#endif
+#ifndef MLSTM_SIMT_GROUP_DQ
+#define MLSTM_SIMT_GROUP_DQ 4
+#endif
+constexpr int G_FWD = MLSTM_SIMT_GROUP_FWD, G_DKDV = MLSTM_SIMT_GROUP_DKDV, G_DQ = MLSTM_SIMT_GROUP_DQ;
+/* the 64-column output chunks of a head dim, and the groups of g of them that one CTA takes */
+__host__ __device__ constexpr int out_chunks(int64_t d) { return (int)((d + TB - 1) / TB); }
+__host__ __device__ constexpr int chunk_groups(int64_t d, int g) { return (out_chunks(d) + g - 1) / g; }
 
 /* smem layout (floats) shared by the three kernels */
 constexpr int A_OFF = 0;                /* [DC][LDS]  transposed chunk of the row-side operand */
@@ -177,6 +200,7 @@ __device__ __forceinline__ void red16_csum(float &h, float &l)
 template <typename T>
 __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ KArgs args)
 {
+    constexpr int G = G_FWD;
     extern __shared__ __align__(16) float sm[];
     float *sA = sm + A_OFF, *sB = sm + B_OFF, *sC = sm + M_OFF, *sV = sm + X_OFF;
     float *sQh = sm + G_OFF, *sQl = sQh + TB, *sGh = sQl + TB, *sGl = sGh + TB;
@@ -184,12 +208,11 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
     const int64_t S = args.S;
     const int DQK = (int)args.DQK, DV = (int)args.DV;
     const int64_t nqt = (S + TB - 1) / TB;
-    const int nvc = (DV + TB - 1) / TB;
-    const CtaPos cp = cta_pos(args, nvc);
-    const int vc = cp.sub;
+    const int nvc = out_chunks(DV);
+    const CtaPos cp = cta_pos(args, chunk_groups(DV, G));
+    const int vc0 = cp.sub * G; /* this CTA's first output chunk; it takes chunks vc0 .. vc0 + G - 1 below nvc */
     const int64_t b = cp.b, hh = cp.hh, qt = nqt - 1 - cp.rank;
     const int64_t qs = qt * TB;
-    const int c0 = vc * TB;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
@@ -208,13 +231,15 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
         rql[i] = sQl[ty * 4 + i];
     }
 
-    float o[4][4], mrun[4], lrun[4];
+    float o[G][4][4], mrun[4], lrun[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         mrun[i] = MLSTM_FLOOR;
         lrun[i] = 0.0f;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) o[i][j] = 0.0f;
+        for (int g = 0; g < G; ++g)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) o[g][i][j] = 0.0f;
     }
     float offh = 0.0f, offl = 0.0f; /* O = sum_{u in [ks, qs)} a_u, compensated (warp 0) */
     const float scale = args.scale;
@@ -248,7 +273,9 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
             mrun[i] = mnew;
             lrun[i] *= alpha;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) o[i][j] *= alpha;
+            for (int g = 0; g < G; ++g)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) o[g][i][j] *= alpha;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 float p = (ld[j] == -INFINITY) ? 0.0f : fast_exp2(__fmul_rn(__fsub_rn(ld[j], mnew), MLSTM_LOG2E));
@@ -258,10 +285,14 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
             }
         }
         store_t(sC, s, ty, tx);
-        load_chunk_n<T>(sV, gv, tv.ss, ks, S, c0, DV);
-        __syncthreads();
-        mm_acc<TB>(o, sC, sV, ty, tx);
-        __syncthreads();
+#pragma unroll
+        for (int g = 0; g < G; ++g) { /* one score tile for all of the CTA's output chunks */
+            if (vc0 + g >= nvc) break; /* CTA-uniform */
+            load_chunk_n<T>(sV, gv, tv.ss, ks, S, (vc0 + g) * TB, DV);
+            __syncthreads();
+            mm_acc<TB>(o[g], sC, sV, ty, tx);
+            __syncthreads();
+        }
     }
 
     const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
@@ -276,11 +307,13 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
         const int64_t t = qs + ty * 4 + i;
         if (t < S) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int c = c0 + tx * 4 + j;
-                if (c < DV) gh[t * th.ss + c] = from_f32<T>(o[i][j] * inv);
-            }
-            if (tx == 0 && vc == 0) {
+            for (int g = 0; g < G; ++g)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int c = (vc0 + g) * TB + tx * 4 + j;
+                    if (c < DV) gh[t * th.ss + c] = from_f32<T>(o[g][i][j] * inv);
+                }
+            if (tx == 0 && vc0 == 0) {
                 gm[t * tm.ss] = m;
                 gn[t * tn.ss] = nsig;
             }
@@ -289,10 +322,12 @@ __global__ void __launch_bounds__(NT) mlstm_fwd_kernel(const __grid_constant__ K
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* dK/dV: CTA = (key tile, one 64-column block of dk or dv, batch*head); walks query tiles upwards. */
+/* dK/dV: CTA = (key tile, a group of up to G 64-column blocks of dk or of dv, batch*head); walks query tiles upwards,
+ * forming S (and dP for dk) once per query tile for all of its blocks. */
 template <typename T>
 __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constant__ KArgs args)
 {
+    constexpr int G = G_DKDV;
     extern __shared__ __align__(16) float sm[];
     float *sA = sm + A_OFF, *sB = sm + B_OFF, *sM = sm + M_OFF, *sX = sm + X_OFF;
     float *sKh = sm + G_OFF, *sKl = sKh + TB, *sKi = sKl + TB; /* key block: compensated cumsum, i */
@@ -304,15 +339,15 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
     const int64_t S = args.S;
     const int DQK = (int)args.DQK, DV = (int)args.DV;
     const int64_t nt = (S + TB - 1) / TB;
-    const int nqc = (DQK + TB - 1) / TB, nvc = (DV + TB - 1) / TB, nch = nqc + nvc;
-    const CtaPos cp = cta_pos(args, nch);
-    const int ch = cp.sub;
+    const int nqg = chunk_groups(DQK, G);
+    const CtaPos cp = cta_pos(args, nqg + chunk_groups(DV, G));
     const int64_t b = cp.b, hh = cp.hh, kt = cp.rank;
     const int64_t ks = kt * TB;
-    const bool is_dk = ch < nqc;
-    const int col0 = (is_dk ? ch : ch - nqc) * TB;
-    const int ncols = is_dk ? DQK : DV;
-    const bool need_s = !is_dk || ch == 0;
+    const bool is_dk = cp.sub < nqg;
+    const bool first = cp.sub == 0;                  /* the dk group with chunk 0: also di */
+    const int ch0 = (is_dk ? cp.sub : cp.sub - nqg) * G; /* the group's first 64-column chunk of dk or dv */
+    const int ncols = is_dk ? DQK : DV, nchunk = out_chunks(ncols);
+    const bool need_s = !is_dk || first;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
@@ -341,11 +376,13 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
         rki[i] = sKi[ty * 4 + i];
     }
 
-    float acc[4][4], di[4] = {0.0f, 0.0f, 0.0f, 0.0f}, dil[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[G][4][4], di[4] = {0.0f, 0.0f, 0.0f, 0.0f}, dil[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int g = 0; g < G; ++g)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[g][i][j] = 0.0f;
     float offh = 0.0f, offl = 0.0f, pth = 0.0f, ptl = 0.0f; /* O and the previous query block's total */
     __shared__ float sOf[2]; /* canonical O of the current query tile */
 
@@ -415,7 +452,7 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
                 /* a masked element (dp = 0) is exactly 0, whatever its operands (an inf h_t, hence delta_t) */
                 if (is_dk) {
                     const float p = dp != 0.0f ? __fmul_rn(__fmul_rn(dpt[i][c], inv), dp) : 0.0f; /* delta inside dpt */
-                    if (ch == 0) {
+                    if (first) {
                         if (CMP)
                             cadd(di[i], dil[i], m_elem(p, st[i][c], scale), 0.0f);
                         else
@@ -428,13 +465,17 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
             }
         }
         store_t(sM, mv, ty, tx); /* sM[t][key] */
-        if (is_dk)
-            load_chunk_n<T>(sX, gq, tq.ss, qs, S, col0, ncols);
-        else
-            load_chunk_n<T>(sX, gdh, tdh.ss, qs, S, col0, ncols);
-        __syncthreads();
-        mm_acc<TB>(acc, sM, sX, ty, tx);
-        __syncthreads();
+#pragma unroll
+        for (int g = 0; g < G; ++g) { /* one P (or C/n) tile for all of the CTA's output chunks */
+            if (ch0 + g >= nchunk) break; /* CTA-uniform */
+            if (is_dk)
+                load_chunk_n<T>(sX, gq, tq.ss, qs, S, (ch0 + g) * TB, ncols);
+            else
+                load_chunk_n<T>(sX, gdh, tdh.ss, qs, S, (ch0 + g) * TB, ncols);
+            __syncthreads();
+            mm_acc<TB>(acc[g], sM, sX, ty, tx);
+            __syncthreads();
+        }
     }
 
     const TArg &tout = args.t[is_dk ? MLSTM_TENSOR_DK : MLSTM_TENSOR_DV], &tdi = args.t[MLSTM_TENSOR_DI];
@@ -455,11 +496,13 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
         }
         if (j < S) {
 #pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                const int col = col0 + tx * 4 + c;
-                if (col < ncols) gout[j * tout.ss + col] = from_f32<T>(acc[i][c] * fac);
-            }
-            if (ch == 0 && tx == 0) {
+            for (int g = 0; g < G; ++g)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    const int col = (ch0 + g) * TB + tx * 4 + c;
+                    if (col < ncols) gout[j * tout.ss + col] = from_f32<T>(acc[g][i][c] * fac);
+                }
+            if (first && tx == 0) {
                 gdi[j * tdi.ss] = dsum;
                 if (CMP) { /* read (then overwritten) by the dQ kernel of this row's tile, launched after */
                     const TArg &tdq = args.t[MLSTM_TENSOR_DQ];
@@ -471,12 +514,12 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dkdv_kernel(const __grid_constan
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* dQ: CTA = (query tile, batch*head); loops over the 64-column blocks of dq, each walking key tiles
- * downwards. Writes df last (no other CTA touches these rows): f32, the tile-local suffix sums of
+/* dQ: CTA = (query tile, batch*head); walks the key tiles downwards once per G 64-column blocks of dq. Writes df last (no other CTA touches these rows): f32, the tile-local suffix sums of
  * dF_t = sum_j M_tj - di_t (see mlstm_bwd_gates_tiled_kernel); other types, df_t = q_t . dq_t. */
 template <typename T>
 __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant__ KArgs args)
 {
+    constexpr int G = G_DQ;
     extern __shared__ __align__(16) float sm[];
     float *sA = sm + A_OFF, *sB = sm + B_OFF, *sM = sm + M_OFF, *sX = sm + X_OFF;
     float *sGh = sm + G_OFF, *sGl = sGh + TB, *sQh = sGl + TB, *sQl = sQh + TB, *sMt = sQl + TB;
@@ -543,13 +586,15 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
         inv[i] = sInv[ty * 4 + i];
     }
 
-    const int ndc = (DQK + TB - 1) / TB;
-    for (int dc = 0; dc < ndc; ++dc) {
-        float acc[4][4];
+    const int ndc = out_chunks(DQK);
+    for (int dc0 = 0; dc0 < ndc; dc0 += G) { /* G 64-column chunks of dq per walk over the key tiles */
+        float acc[G][4][4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int g = 0; g < G; ++g)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[g][i][j] = 0.0f;
         float offh = 0.0f, offl = 0.0f;
         for (int64_t kt = qt; kt >= 0; --kt) {
             const int64_t ks = kt * TB;
@@ -559,7 +604,7 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
             for (int i = 0; i < 4; ++i)
 #pragma unroll
                 for (int j = 0; j < 4; ++j) dp[i][j] = sq[i][j] = 0.0f;
-            const bool need_m = CMP && dc == 0;
+            const bool need_m = CMP && dc0 == 0;
             if (need_m) /* S_tj, bitwise the dK/dV kernel's (same fmaf chain over d) */
                 tile_dot<T>(sq, sA, sB, gq, tq.ss, qs, gk, tk.ss, ks, S, DQK, ty, tx);
             if (exact)
@@ -583,24 +628,30 @@ __global__ void __launch_bounds__(NT) mlstm_bwd_dq_kernel(const __grid_constant_
                 }
             }
             store_t(sM, dp, ty, tx); /* sM[j][t] */
-            load_chunk_n<T>(sX, gk, tk.ss, ks, S, dc * TB, DQK);
-            __syncthreads();
-            mm_acc<TB>(acc, sM, sX, ty, tx);
-            __syncthreads();
+#pragma unroll
+            for (int g = 0; g < G; ++g) { /* one P tile for the walk's chunks */
+                if (dc0 + g >= ndc) break; /* CTA-uniform */
+                load_chunk_n<T>(sX, gk, tk.ss, ks, S, (dc0 + g) * TB, DQK);
+                __syncthreads();
+                mm_acc<TB>(acc[g], sM, sX, ty, tx);
+                __syncthreads();
+            }
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int64_t t = qs + ty * 4 + i;
             if (t < S) {
 #pragma unroll
-                for (int c = 0; c < 4; ++c) {
-                    const int col = dc * TB + tx * 4 + c;
-                    if (col < DQK) {
-                        const float x = acc[i][c] * scale;
-                        gdq[t * tdq.ss + col] = from_f32<T>(x);
-                        if (!CMP) qdq[i] += to_f32(gq[t * tq.ss + col]) * x;
+                for (int g = 0; g < G; ++g)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        const int col = (dc0 + g) * TB + tx * 4 + c;
+                        if (col < DQK) {
+                            const float x = acc[g][i][c] * scale;
+                            gdq[t * tdq.ss + col] = from_f32<T>(x);
+                            if (!CMP) qdq[i] += to_f32(gq[t * tq.ss + col]) * x;
+                        }
                     }
-                }
             }
         }
     }

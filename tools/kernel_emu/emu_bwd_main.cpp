@@ -22,7 +22,8 @@ static void run_prep(const mlstm::KArgs &a)
     else run_grid(mlstm::mlstm_bwd_prep_kernel<float, false>, a, n, 256);
 }
 
-/* EMU_SIMT=1: the SIMT f32 backward between the same prep and gates kernels, as run_bwd_simt<float> launches it */
+/* EMU_SIMT=1: the SIMT f32 forward, then the SIMT f32 backward between the same prep and gates kernels, as
+ * run_fwd_simt<float> / run_bwd_simt<float> launch them (any head dim) */
 static bool use_simt()
 {
     const char *e = std::getenv("EMU_SIMT");
@@ -31,8 +32,9 @@ static bool use_simt()
 static void launch_bwd_simt(const mlstm::KArgs &a)
 {
     using namespace mlstm::simt;
-    const int64_t nt = (a.S + TB - 1) / TB, nch = (a.DQK + TB - 1) / TB + (a.DV + TB - 1) / TB;
-    std::printf("  SIMT backward: %lld + %lld CTAs\n", (long long)(nt * nch * a.B * a.NH), (long long)(nt * a.B * a.NH));
+    const int64_t nt = (a.S + TB - 1) / TB, nch = chunk_groups(a.DQK, G_DKDV) + chunk_groups(a.DV, G_DKDV);
+    std::printf("  SIMT backward: %lld + %lld CTAs (%d / %d output chunks per CTA)\n", (long long)(nt * nch * a.B * a.NH),
+                (long long)(nt * a.B * a.NH), G_DKDV, G_DQ);
     std::memset(sm, 0xA5, sizeof sm);
     run_prep(a);
     run_grid(mlstm_bwd_dkdv_kernel<float>, a, nt * nch * a.B * a.NH, NT);
@@ -91,7 +93,15 @@ int main(int argc, char **argv)
     }
     const mlstm::KArgs a = layout_args(c, ptrs, L);
     std::printf("emu %s\n", c.name);
-    launch_fwd_for(a, D, mode);
+    if (use_simt()) {
+        using namespace mlstm::simt;
+        const int64_t n = (a.S + TB - 1) / TB * chunk_groups(a.DV, G_FWD) * a.B * a.NH;
+        std::printf("  SIMT forward: %lld CTAs\n", (long long)n);
+        std::memset(sm, 0xA5, sizeof sm);
+        run_grid(mlstm_fwd_kernel<float>, a, n, NT);
+    } else {
+        launch_fwd_for(a, D, mode);
+    }
     const char *refh = std::getenv("EMU_REF_FWD"); /* 1: the backward gets the reference's h, m, n (rounded to f32)
                                                     * instead of the forward's, so its errors are its own */
     if (refh && refh[0] == '1') {
@@ -105,7 +115,8 @@ int main(int argc, char **argv)
             if (ref.t[MC_OUT_N][r] == std::exp(-ref.t[MC_OUT_M][r]))
                 buf[MLSTM_TENSOR_N][L.at(MLSTM_TENSOR_N, r)] = std::exp(-buf[MLSTM_TENSOR_M][L.at(MLSTM_TENSOR_M, r)]);
     }
-    if (D == 64) mode ? launch_bwd<64, 1>(a) : launch_bwd<64, 0>(a);
+    if (use_simt()) launch_bwd_simt(a);
+    else if (D == 64) mode ? launch_bwd<64, 1>(a) : launch_bwd<64, 0>(a);
     else if (D == 128) mode ? launch_bwd<128, 1>(a) : launch_bwd<128, 0>(a);
     else mode ? launch_bwd<256, 1>(a) : launch_bwd<256, 0>(a);
     /* outputs back in contiguous order; every gap still a canary */
