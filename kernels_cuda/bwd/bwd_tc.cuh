@@ -478,8 +478,9 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                     MmaOp<T>::run(dpt[2 * np + 1], av, bh4[2], bh4[3]);
                 }
             }
-            else { /* S^T over the DK columns of K and Q, dP^T over the DV columns of V and dH */
-                warp_product_nt<T, DK, BMQ>(st, aK, cQ, fb, wk0);
+            else { /* S^T over the DK columns of K and Q (for dv and di: the CTAs that own a dv block, CTA 0 among
+                    * them; the others leave st zero), dP^T over the DV columns of V and dH */
+                if (c0 < DV) warp_product_nt<T, DK, BMQ>(st, aK, cQ, fb, wk0);
                 warp_product_nt<T, DV, BMQ>(dpt, aV, cH, fbv, wk0);
             }
             /* elementwise: rows = keys j (g, g+8), cols = queries t; key j = ks + jr is masked for query
