@@ -241,7 +241,7 @@ static int device_is_cpu(const mlstm_context *ctx)
 
 static int create_with_algo(const char *algo, mlstm_context **ctx);
 
-/* MLSTM_ALGO_AUTO follows the measured table (api/algo.c): DQK = DV = 512 is materialised in both directions on
+/* MLSTM_ALGO_AUTO follows the measured table (api/algo.c): f32 DQK = DV = 512 is materialised in both directions on
  * every GPU backend (the fused kernels have no tensor-core instance there), fused on a CPU device; a context
  * workspace too small for the materialised algorithm keeps auto on the fused kernels; the call runs either way. */
 static void test_auto_choice(void **state)
@@ -288,6 +288,42 @@ static void test_auto_choice(void **state)
     assert_int_equal(mlstm_parallel_fwd_host(ctx, &d, q, k, v, ig, fg, h, m, n), MLSTM_OK);
     for (int x = 0; x < 48 * 512; x++) assert_true(isfinite(h[x]));
     free(q); free(k); free(v);
+
+    /* bf16: where the fused forward runs on tensor cores (CUDA's D = 512 class, sm_90: its kernel names say d512),
+     * auto keeps that forward fused, which is faster; the backward stays materialised on a GPU */
+    size_t matb = 0;
+    d.dtype = MLSTM_DTYPE_BF16;
+    d.algo = MLSTM_ALGO_MATERIALIZED;
+    if (!cpu && mlstm_workspace_size(ctx, &d, 1, &matb) == MLSTM_OK) {
+        const size_t ne = 48 * 512;
+        uint16_t *x16 = calloc(5 * ne, sizeof(uint16_t)); /* q, k, v, h, dh; then dq, dk, dv */
+        uint16_t *g16 = calloc(3 * ne, sizeof(uint16_t));
+        float *di = calloc(48, sizeof(float)), *df = calloc(48, sizeof(float));
+        assert_non_null(x16); assert_non_null(g16); assert_non_null(di); assert_non_null(df);
+        for (size_t x = 0; x < 3 * ne; x++) x16[x] = (uint16_t)(0x3e00u + (x % 5) * 0x20u); /* 0.125 .. 0.19 */
+        for (size_t x = 4 * ne; x < 5 * ne; x++) x16[x] = 0x3f80u;                          /* dh = 1 */
+        d.algo = MLSTM_ALGO_FUSED;
+        assert_int_equal(mlstm_parallel_fwd_host(ctx, &d, x16, x16 + ne, x16 + 2 * ne, ig, fg, x16 + 3 * ne, m, n),
+                         MLSTM_OK);
+        char fused_k[256];
+        snprintf(fused_k, sizeof fused_k, "%s", mlstm_context_last_kernels(ctx));
+        const int tc = strstr(fused_k, ".d512") != NULL;
+        d.algo = MLSTM_ALGO_AUTO;
+        assert_int_equal(mlstm_parallel_fwd_host(ctx, &d, x16, x16 + ne, x16 + 2 * ne, ig, fg, x16 + 3 * ne, m, n),
+                         MLSTM_OK);
+        const char *lk = mlstm_context_last_kernels(ctx);
+        if (!strstr(lk, tc ? ".d512" : "materialized"))
+            fail_msg("auto bf16 512/512 forward ran \"%s\" (fused: \"%s\")", lk, fused_k);
+        printf("[ CASE ] auto bf16 512/512 fwd: %s (fused: %s)\n", lk, fused_k);
+        assert_int_equal(mlstm_parallel_bwd_host(ctx, &d, x16, x16 + ne, x16 + 2 * ne, ig, fg, x16 + 3 * ne, m, n,
+                                                 x16 + 4 * ne, g16, g16 + ne, g16 + 2 * ne, di, df),
+                         MLSTM_OK);
+        lk = mlstm_context_last_kernels(ctx);
+        if (!strstr(lk, "materialized")) fail_msg("auto bf16 512/512 backward ran \"%s\"", lk);
+        printf("[ CASE ] auto bf16 512/512 bwd: %s\n", lk);
+        for (int x = 0; x < 48; x++) assert_true(isfinite(di[x]) && isfinite(df[x]));
+        free(x16); free(g16); free(di); free(df);
+    }
     mlstm_context_destroy(ctx);
 }
 
