@@ -278,7 +278,7 @@ template <> struct TileCfg<256> {
  * 128 floats per thread; a wider DV runs as 256-column slices (head_dims.cu), each recomputing the scores. Forward
  * (1, 8, 32): Q 128 KB + two stages of K (32 KB) and V (16 KB) + gates = 225 KB, which only sm_90's 227 KB hold.
  * dK/dV (4, 32, 128): 64 keys, 32-query tiles, four CTAs per key tile, CTA c accumulating dk columns [128 c, +128)
- * and (c < 2) the same dv columns, each recomputing S^T (512 wide) and dP^T (256 wide); 192 KB. dQ (8 warps, 32-key
+ * and (c < 2) the same dv columns, each recomputing dP^T (256 wide) and, c < 2, S^T (512 wide); 192 KB. dQ (8 warps, 32-key
  * tiles): two warps per 16 rows, each forming the same dP and one 256-column half of dQ; 128 KB. sm_90 only
  * (FWD_SM90_ONLY, BWD_SM90_ONLY: stubs on sm_80, where these heads keep the SIMT kernels). Its instances always mask
  * (DQK and DV multiples of 8). */
