@@ -1,6 +1,7 @@
 /* CUDA manners (needs an NVIDIA GPU; skips with exit code 77 and the reason otherwise): every libmlstm call leaves
  * the calling thread's current device as it found it, a stream of another device is refused by
- * mlstm_context_set_cuda_stream, and limits are MLSTM_ERR_UNSUPPORTED from the CUDA backend's supports(). The
+ * mlstm_context_set_cuda_stream, limits are MLSTM_ERR_UNSUPPORTED from the CUDA backend's supports(), and calls
+ * whose head-dim slices run on two streams can be captured into a CUDA graph. The
  * device-restore and foreign-stream checks need two GPUs (a context on device 0, the caller on device 1); with one,
  * those parts say so and check what one GPU can. */
 #include <setjmp.h>
@@ -8,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -116,6 +118,116 @@ static void test_supports(void **state)
     mlstm_context_destroy(ctx);
 }
 
+/* bf16 bits of x (round to nearest even; finite x) */
+static uint16_t bf16_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Calls whose head dims run as column slices, which the CUDA backend spreads over the call's stream and a side
+ * stream of the context (DQK 256 / DV 512: two D = 256 slices; 512/512: the D = 512 class's two 256-column slices,
+ * on GPUs that have it), captured into a CUDA graph: the capture ends cleanly (the side stream forked from and
+ * joined back into the captured stream) and the replay writes what the same calls wrote eagerly, bit for bit. The
+ * eager calls come first: they allocate the context's workspace, which a capture may not. */
+static void test_graph_capture_slices(void **state)
+{
+    (void)state;
+    static const int shapes[2][2] = {{256, 512}, {512, 512}};
+    enum { B = 1, NH = 2, S = 160, NIN = 6, NOUT = 8 };
+    for (int sh = 0; sh < 2; sh++) {
+        const int dqk = shapes[sh][0], dv = shapes[sh][1];
+        mlstm_context *ctx = cuda_context(0);
+        cudaStream_t own = NULL;
+        assert_int_equal(cudaSetDevice(0), cudaSuccess);
+        assert_int_equal(cudaStreamCreateWithFlags(&own, cudaStreamNonBlocking), cudaSuccess);
+        assert_int_equal(mlstm_context_set_cuda_stream(ctx, (void *)own), MLSTM_OK);
+        mlstm_desc d;
+        mlstm_desc_init(&d);
+        d.batch = B; d.heads = NH; d.seq_len = S; d.dqk = dqk; d.dv = dv; d.dtype = MLSTM_DTYPE_BF16;
+        const size_t nqk = (size_t)B * NH * S * dqk, nv = (size_t)B * NH * S * dv, ng = (size_t)B * NH * S;
+        /* roles and element counts: the inputs, then the outputs (a set for the eager calls, one for the graph) */
+        const int in_role[NIN] = {MLSTM_TENSOR_Q, MLSTM_TENSOR_K, MLSTM_TENSOR_V, MLSTM_TENSOR_I, MLSTM_TENSOR_F,
+                                  MLSTM_TENSOR_DH};
+        const size_t in_n[NIN] = {nqk, nqk, nv, ng, ng, nv};
+        const int out_role[NOUT] = {MLSTM_TENSOR_H, MLSTM_TENSOR_M, MLSTM_TENSOR_N, MLSTM_TENSOR_DQ,
+                                    MLSTM_TENSOR_DK, MLSTM_TENSOR_DV, MLSTM_TENSOR_DI, MLSTM_TENSOR_DF};
+        const size_t out_n[NOUT] = {nv, ng, ng, nqk, nqk, nv, ng, ng};
+        mlstm_tensor_pack pk[2];
+        mlstm_tensor_pack_init(&pk[0]);
+        mlstm_tensor_pack_init(&pk[1]);
+        uint32_t seed = 12345u;
+        for (int t = 0; t < NIN; t++) {
+            const int gate = in_role[t] == MLSTM_TENSOR_I || in_role[t] == MLSTM_TENSOR_F;
+            const size_t es = gate ? 4 : 2;
+            unsigned char *host = malloc(in_n[t] * es);
+            assert_non_null(host);
+            for (size_t x = 0; x < in_n[t]; x++) {
+                seed = seed * 1664525u + 1013904223u;
+                const float r = (float)(seed >> 8) / 16777216.0f - 0.5f; /* [-0.5, 0.5) */
+                if (gate) {
+                    const float g = in_role[t] == MLSTM_TENSOR_F ? 3.0f + 2.0f * r : 2.0f * r;
+                    memcpy(host + x * 4, &g, 4);
+                } else {
+                    const uint16_t b = bf16_bits(2.0f * r);
+                    memcpy(host + x * 2, &b, 2);
+                }
+            }
+            mlstm_buffer *buf = NULL;
+            assert_int_equal(mlstm_buffer_create(ctx, gate ? MLSTM_DTYPE_F32 : MLSTM_DTYPE_BF16, in_n[t], &buf), MLSTM_OK);
+            assert_int_equal(mlstm_buffer_write(buf, 0, in_n[t], host), MLSTM_OK);
+            free(host);
+            pk[0].tensors[in_role[t]] = pk[1].tensors[in_role[t]] = buf;
+        }
+        for (int p = 0; p < 2; p++)
+            for (int t = 0; t < NOUT; t++) {
+                const int f32 = t == 1 || t == 2 || t >= 6; /* m, n, di, df */
+                assert_int_equal(mlstm_buffer_create(ctx, f32 ? MLSTM_DTYPE_F32 : MLSTM_DTYPE_BF16, out_n[t],
+                                                     &pk[p].tensors[out_role[t]]),
+                                 MLSTM_OK);
+            }
+        /* eagerly */
+        assert_int_equal(mlstm_parallel_fwd_pack(ctx, &d, &pk[0], NULL), MLSTM_OK);
+        char kernels[256];
+        snprintf(kernels, sizeof kernels, "%s", mlstm_context_last_kernels(ctx));
+        assert_int_equal(mlstm_parallel_bwd_pack(ctx, &d, &pk[0], NULL), MLSTM_OK);
+        assert_int_equal(mlstm_synchronize(ctx), MLSTM_OK);
+        /* captured, then replayed */
+        cudaGraph_t graph = NULL;
+        cudaGraphExec_t exec = NULL;
+        assert_int_equal(cudaStreamBeginCapture(own, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        const int fst = mlstm_parallel_fwd_pack(ctx, &d, &pk[1], NULL);
+        const int bst = mlstm_parallel_bwd_pack(ctx, &d, &pk[1], NULL);
+        const cudaError_t ce = cudaStreamEndCapture(own, &graph);
+        if (fst != MLSTM_OK || bst != MLSTM_OK || ce != cudaSuccess)
+            fail_msg("%d/%d capture: fwd %s, bwd %s (%s), end of capture %s", dqk, dv, mlstm_status_string(fst),
+                     mlstm_status_string(bst), mlstm_context_last_error(ctx), cudaGetErrorName(ce));
+        assert_int_equal(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+        assert_int_equal(cudaGraphLaunch(exec, own), cudaSuccess);
+        assert_int_equal(cudaStreamSynchronize(own), cudaSuccess);
+        for (int t = 0; t < NOUT; t++) {
+            const int f32 = t == 1 || t == 2 || t >= 6;
+            const size_t bytes = out_n[t] * (f32 ? 4 : 2);
+            unsigned char *a = malloc(bytes), *g = malloc(bytes);
+            assert_non_null(a); assert_non_null(g);
+            assert_int_equal(mlstm_buffer_read(pk[0].tensors[out_role[t]], 0, out_n[t], a), MLSTM_OK);
+            assert_int_equal(mlstm_buffer_read(pk[1].tensors[out_role[t]], 0, out_n[t], g), MLSTM_OK);
+            if (memcmp(a, g, bytes) != 0)
+                fail_msg("%d/%d (%s): the graph's output %d differs from the eager call's", dqk, dv, kernels, t);
+            free(a); free(g);
+        }
+        printf("[ CASE ] graph capture %d/%d bf16 (%s): replay equals the eager calls\n", dqk, dv, kernels);
+        assert_int_equal(cudaGraphExecDestroy(exec), cudaSuccess);
+        assert_int_equal(cudaGraphDestroy(graph), cudaSuccess);
+        for (int t = 0; t < NIN; t++) mlstm_buffer_destroy(pk[0].tensors[in_role[t]]);
+        for (int p = 0; p < 2; p++)
+            for (int t = 0; t < NOUT; t++) mlstm_buffer_destroy(pk[p].tensors[out_role[t]]);
+        mlstm_context_destroy(ctx);
+        assert_int_equal(cudaStreamDestroy(own), cudaSuccess);
+    }
+}
+
 int main(void)
 {
     cudaError_t e = cudaGetDeviceCount(&g_ndev);
@@ -127,6 +239,7 @@ int main(void)
         cmocka_unit_test(test_device_restored),
         cmocka_unit_test(test_stream_device),
         cmocka_unit_test(test_supports),
+        cmocka_unit_test(test_graph_capture_slices),
     };
     return cmocka_run_group_tests_name("cuda_manners", tests, NULL, NULL);
 }
