@@ -168,6 +168,8 @@ tc16-bwd) # the f16/bf16 tensor-core backward (prep, bwd_tc.cuh dK/dV and dQ, ga
     run detached $dt 512x256 33 1 2 normal 12
     run exact $dt 320x200 100 1 1 normal 22
     run detached $dt 264x64 33 1 2 std 23
+    run exact $dt 512x256 200 1 1 closed 31  # closed input gates: the f16 range guard's tiny rows
+    run exact $dt 512x256 130 1 1 ext_n 32   # gates far out: the guard's huge rows
   done
   exit $fail ;;
 tc16-quick)
