@@ -25,8 +25,8 @@ typedef struct {
 
 static const auto_rule auto_table[] = {
     /* CUDA: DQK > 256 forward where the fused kernels are the SIMT ones: 512/512 S4096 bf16 42.5 -> 1.8 ms. The
-     * f16/bf16 forward of the D = 512 class (sm_90) beats it: 0.90 ms. Its backward does not (8.5 ms against 5.6 ms
-     * at 512/512, 8.4 against 4.6 at 320/320; bench/RESULTS.md, fourteenth session): DQK > 256 backward stays
+     * f16/bf16 forward of the D = 512 class (sm_90) beats it: 0.90 ms. Its backward does not (7.45 ms against 5.6 ms
+     * at 512/512, 7.39 against 4.59 at 320/320, H100; bench/RESULTS.md, fourteenth session): DQK > 256 backward stays
      * materialised */
     {"cuda", 0, 0, 257, 0, 0, 0, 1},
     {"cuda", 1, 0, 257, 0, 0, 0, 0},

@@ -308,8 +308,7 @@ __device__ __forceinline__ void warp_product_nt(float (&acc)[N / 8][4], uint32_t
         for (int np = 0; np < N / 16; ++np) {
             uint32_t b4[4];
             load_b_nk<W>(b4, b, fb, np * 16, kk * 16);
-            MmaOp<T>::run(acc[2 * np], a4, b4[0], b4[1]);
-            MmaOp<T>::run(acc[2 * np + 1], a4, b4[2], b4[3]);
+            mma_n16<T>(acc[2 * np], a4, b4);
         }
     }
 }
@@ -324,8 +323,7 @@ __device__ __forceinline__ void warp_product_kn(float (&acc)[N / 8][4], const ui
     for (int dp = 0; dp < N / 16; ++dp) {
         uint32_t b4[4];
         load_b_kn<W>(b4, b, fb, kk * 16, dp * 16);
-        MmaOp<T>::run(acc[2 * dp], a, b4[0], b4[1]);
-        MmaOp<T>::run(acc[2 * dp + 1], a, b4[2], b4[3]);
+        mma_n16<T>(acc[2 * dp], a, b4);
     }
 }
 
@@ -472,10 +470,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                     uint32_t bq[4], bh4[4];
                     load_b_nk<D>(bq, cQ, fb, np * 16, kk * 16);
                     load_b_nk<D>(bh4, cH, fb, np * 16, kk * 16);
-                    MmaOp<T>::run(st[2 * np], ak, bq[0], bq[1]);
-                    MmaOp<T>::run(st[2 * np + 1], ak, bq[2], bq[3]);
-                    MmaOp<T>::run(dpt[2 * np], av, bh4[0], bh4[1]);
-                    MmaOp<T>::run(dpt[2 * np + 1], av, bh4[2], bh4[3]);
+                    mma_n16<T>(st[2 * np], ak, bq);
+                    mma_n16<T>(dpt[2 * np], av, bh4);
                 }
             }
             else { /* S^T over the DK columns of K and Q (for dv and di: the CTAs that own a dv block, CTA 0 among
@@ -591,10 +587,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                         uint32_t bh4[4], bq[4];
                         load_b_kn<D>(bh4, cH + c0 * 2, fb, kk * 16, dp * 16);
                         load_b_kn<D>(bq, cQ + c0 * 2, fb, kk * 16, dp * 16);
-                        MmaOp<T>::run(adv[2 * dp], ac4, bh4[0], bh4[1]);
-                        MmaOp<T>::run(adv[2 * dp + 1], ac4, bh4[2], bh4[3]);
-                        MmaOp<T>::run(adk[2 * dp], ap4, bq[0], bq[1]);
-                        MmaOp<T>::run(adk[2 * dp + 1], ap4, bq[2], bq[3]);
+                        mma_n16<T>(adv[2 * dp], ac4, bh4);
+                        mma_n16<T>(adk[2 * dp], ap4, bq);
                     }
                 }
             } else if constexpr (DK == DV)
@@ -609,10 +603,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                     uint32_t bh4[4], bq[4];
                     load_b_kn<D>(bh4, cH + c0 * 2, fb, kk * 16, dp * 16);
                     load_b_kn<D>(bq, cQ + c0 * 2, fb, kk * 16, dp * 16);
-                    MmaOp<T>::run(adv[2 * dp], ac, bh4[0], bh4[1]);
-                    MmaOp<T>::run(adv[2 * dp + 1], ac, bh4[2], bh4[3]);
-                    MmaOp<T>::run(adk[2 * dp], ap, bq[0], bq[1]);
-                    MmaOp<T>::run(adk[2 * dp + 1], ap, bq[2], bq[3]);
+                    mma_n16<T>(adv[2 * dp], ac, bh4);
+                    mma_n16<T>(adk[2 * dp], ap, bq);
                 }
             }
             else {

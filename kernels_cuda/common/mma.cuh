@@ -84,6 +84,14 @@ template <> struct MmaOp<__nv_bfloat16> {
     }
 };
 
+/* c[0..3] += A B0 and c[4..7] += A B1, with B0, B1 the two n8 halves of an ldmatrix.x4 B fragment b4 (16 columns) and
+ * c two consecutive accumulator tiles (acc[2 n], acc[2 n + 1]) */
+template <typename T> __device__ __forceinline__ void mma_n16(float *c, const uint32_t *a, const uint32_t *b4)
+{
+    MmaOp<T>::run(c, a, b4[0], b4[1]);
+    MmaOp<T>::run(c + 4, a, b4[2], b4[3]);
+}
+
 /* The A fragment of k16 slice kk taken from an accumulator tile x of n8 blocks (blocks 2 kk and 2 kk + 1), rounded
  * to T: the C layout of one product is the A layout of the next (rows g, g + 8; columns 2 q + {0, 1}, + 8). */
 template <typename T, int N>

@@ -420,8 +420,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                     load_b_nk<DK>(bb, cK, fbk, np * 16, kk * 16);
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
-                        MmaOp<T>::run(s[mt][2 * np], a[mt], bb[0], bb[1]);
-                        MmaOp<T>::run(s[mt][2 * np + 1], a[mt], bb[2], bb[3]);
+                        mma_n16<T>(s[mt][2 * np], a[mt], bb);
                     }
                 }
             }
@@ -463,8 +462,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_fwd_kernel(const __grid_constan
                     load_b_kn<DV>(bb, cV, fbv, kk * 16, dp * 16);
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
-                        MmaOp<T>::run(o[mt][2 * dp], a[mt], bb[0], bb[1]);
-                        MmaOp<T>::run(o[mt][2 * dp + 1], a[mt], bb[2], bb[3]);
+                        mma_n16<T>(o[mt][2 * dp], a[mt], bb);
                     }
                 }
             }
