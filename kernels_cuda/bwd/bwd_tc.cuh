@@ -294,11 +294,11 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
     }
 }
 
-/* acc += A B^T for a warp's 16 rows from r0 of tile A (at shared address a) and the N rows of tile B (at b), both
- * rows of W columns (swizzled tiles, fb their fragment bases): a warp's S^T = K Q^T, dP^T = V dH^T or dP = dH V^T */
+/* acc += A B^T for a warp's 16 rows from r0 of tile A (at shared address a) and the N rows from n0 of tile B (at b),
+ * both rows of W columns (swizzled tiles, fb their fragment bases): a warp's S^T = K Q^T, dP^T = V dH^T or dP = dH V^T */
 template <typename T, int W, int N>
 __device__ __forceinline__ void warp_product_nt(float (&acc)[N / 8][4], uint32_t a, uint32_t b, const FragBase<W> &fb,
-                                                int r0)
+                                                int r0, int n0 = 0)
 {
 #pragma unroll
     for (int kk = 0; kk < W / 16; ++kk) {
@@ -307,7 +307,7 @@ __device__ __forceinline__ void warp_product_nt(float (&acc)[N / 8][4], uint32_t
 #pragma unroll
         for (int np = 0; np < N / 16; ++np) {
             uint32_t b4[4];
-            load_b_nk<W>(b4, b, fb, np * 16, kk * 16);
+            load_b_nk<W>(b4, b, fb, n0 + np * 16, kk * 16);
             mma_n16<T>(acc[2 * np], a4, b4);
         }
     }
@@ -627,6 +627,243 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
                                                  const T *kp = sK + swz<DK>(kr, col);
                                                  return make_float2(to_f32(kp[0]), to_f32(kp[1]));
                                              });
+    } /* SM90 guard */
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* dK/dV in two CTA kinds per 64-key tile (DK != DV classes, the D = 512 class): kind 0 accumulates dk, kind 1 dv
+ * and di. A kind's 8 warps are 4 key groups of 16 keys x 2 roles; the roles of a group split each 32-query tile
+ * (16 queries each), form their piece of dP^T (kind 0) or of S^T and dP^T (kind 1), and exchange the T-rounded
+ * pieces (P, or C/n) through shared memory, so that each forms the products of its half of the output columns over
+ * the whole tile. Every score-tile product is formed once per kind (against once per 128-column CTA). f16: the two
+ * roles of a group share the range-guard exponent of each key row (their row maxima meet first). */
+template <int DK, int DV, int BMQ>
+struct DkdvRolesCfg {
+    static constexpr int NW = 8, NT = 32 * NW, BNK = 16 * NW / 2, NKB = BNK / 64, NGRID = 2;
+    static constexpr int DOUT_K = DK / 2, DOUT_V = DV / 2; /* a warp's dk (kind 0) / dv (kind 1) columns */
+    static constexpr int K_BYTES = BNK * DK * 2, V_BYTES = BNK * DV * 2;
+    static constexpr int QT_BYTES = BMQ * DK * 2, HT_BYTES = BMQ * DV * 2;
+    static constexpr int K_OFF = 0, V_OFF = K_BYTES, Q_OFF = K_BYTES + V_BYTES;
+    static constexpr int DH_OFF = Q_OFF + 2 * QT_BYTES;
+    static constexpr int G_OFF = DH_OFF + 2 * HT_BYTES;           /* floats: sA[2][BMQ], sDel[2][BMQ], sOf[2][NKB] */
+    static constexpr int X_OFF = G_OFF + (4 * BMQ + 2 * NKB) * 4; /* [NW][4][32] u32 pieces, [NW][2][32] floats row
+                                                                     maxima, [NW / 2][16][2] floats di partials */
+    static constexpr int SMEM = X_OFF + NW * 4 * 32 * 4 + NW * 2 * 32 * 4 + NW / 2 * 16 * 2 * 4;
+    static_assert(BMQ == 32, "two roles of 16 queries (one k16 step each)");
+    static_assert(DK % 32 == 0 && DV % 32 == 0, "column halves of whole n16 blocks");
+};
+
+template <typename T, int DK, int DV, int BMQ, bool SM90 = false, bool MC = (DK == MASKED_COLS_CLASS)>
+__global__ void __launch_bounds__(256) mlstm_bwd_dkdv_roles_kernel(const __grid_constant__ KArgs args)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if constexpr (SM90) { /* as mlstm_bwd_dkdv_kernel */
+        __trap();
+    } else
+#endif
+    {
+    using Cfg = DkdvRolesCfg<DK, DV, BMQ>;
+    constexpr int BNK = Cfg::BNK, NT = Cfg::NT, NW = Cfg::NW, NKB = Cfg::NKB;
+    extern __shared__ __align__(128) unsigned char smem[];
+    T *sK = reinterpret_cast<T *>(smem + Cfg::K_OFF);
+    T *sV = reinterpret_cast<T *>(smem + Cfg::V_OFF);
+    T *sQ = reinterpret_cast<T *>(smem + Cfg::Q_OFF);
+    T *sH = reinterpret_cast<T *>(smem + Cfg::DH_OFF);
+    float *sCb = reinterpret_cast<float *>(smem + Cfg::G_OFF);
+    float *sDel = sCb + 2 * BMQ;
+    float *sOf = sDel + 2 * BMQ;
+    uint32_t *xt = reinterpret_cast<uint32_t *>(smem + Cfg::X_OFF); /* [NW][4][32] */
+    float *xm = reinterpret_cast<float *>(xt + NW * 4 * 32);        /* [NW][2][32] */
+    float *xd = xm + NW * 2 * 32;                                   /* [NW / 2][16][2] */
+
+    const int64_t S = args.S;
+    const CtaPos cp = cta_pos(args, Cfg::NGRID);
+    const int64_t b = cp.b, hh = cp.hh, kt = cp.rank;
+    const int64_t ks = kt * BNK;
+
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
+    const T *gdh = bh_ptr<T>(tdh, b, hh);
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int role = warp & 1, partner = warp ^ 1, grp = warp >> 1;
+    const int wk0 = grp * 16; /* the group's first key row within the tile */
+    const int u0 = role * 16; /* the role's first query within a query tile */
+    const int64_t nqt = (S + BMQ - 1) / BMQ;
+    const int64_t qt0 = ks / BMQ;
+
+    if (cp.sub) load_tile_async<T, BNK, DK, NT>(sK, gk, tk.ss, ks, S, masked_cols<DK, MC>(args.DQK));
+    load_tile_async<T, BNK, DV, NT>(sV, gv, tv.ss, ks, S, masked_cols<DV, MC>(args.DV));
+    load_tile_async<T, BMQ, DK, NT>(sQ, gq, tq.ss, qt0 * BMQ, S, masked_cols<DK, MC>(args.DQK));
+    load_tile_async<T, BMQ, DV, NT>(sH, gdh, tdh.ss, qt0 * BMQ, S, masked_cols<DV, MC>(args.DV));
+    cp_async_commit();
+
+    const int kbw = wk0 / 64;
+    float gkn[2];
+    dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
+    DkdvQueryGates<NKB, BMQ> qg(args, b, hh, ks);
+    if (warp == 0) {
+        qg.load(qt0 * BMQ);
+        qg.finish(qt0 * BMQ, sCb, sDel, sOf);
+    }
+
+    const FragBase<DK> fb;
+    const FragBase<DV> fbv;
+    const uint32_t aK = smem_u32(sK), aV = smem_u32(sV), aQ = smem_u32(sQ), aH = smem_u32(sH);
+    constexpr bool GUARD = NeedsRangeGuard<T>::value;
+
+    /* the CTA's kind: 0 accumulates dk columns [c0, c0 + DK / 2), 1 dv columns [c0, c0 + DV / 2) and di */
+    auto run = [&](auto kind_c) {
+        constexpr int KIND = decltype(kind_c)::value;
+        constexpr int DOUT = KIND ? Cfg::DOUT_V : Cfg::DOUT_K;
+        const int c0 = role * DOUT;
+        float acc[DOUT / 8][4];
+#pragma unroll
+        for (int n = 0; n < DOUT / 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[n][c] = 0.0f;
+        float di_ex[2] = {0.0f, 0.0f}, di_rd[2] = {0.0f, 0.0f}; /* kind 1: over the role's queries */
+        float esc[2] = {0.0f, 0.0f}, hw[2] = {0.0f, 0.0f};
+
+        int buf = 0;
+        for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
+            cp_async_wait<0>();
+            __syncthreads();
+            const int64_t qs = qt * BMQ;
+            if (qt + 1 < nqt) {
+                load_tile_async<T, BMQ, DK, NT>(sQ + (buf ^ 1) * BMQ * DK, gq, tq.ss, qs + BMQ, S,
+                                                masked_cols<DK, MC>(args.DQK));
+                load_tile_async<T, BMQ, DV, NT>(sH + (buf ^ 1) * BMQ * DV, gdh, tdh.ss, qs + BMQ, S,
+                                                masked_cols<DV, MC>(args.DV));
+                cp_async_commit();
+                if (warp == 0) qg.load(qs + BMQ);
+            }
+            const uint32_t cQ = aQ + buf * BMQ * DK * 2;
+            const uint32_t cH = aH + buf * BMQ * DV * 2;
+            const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
+            const float of = sOf[buf * NKB + kbw];
+
+            /* every query of the tile precedes every key of the group: both roles skip, and still meet the barriers */
+            const bool skip = qs + BMQ - 1 < ks + wk0;
+            float st[2][4], dpt[2][4]; /* the role's 16 x 16 piece: S^T -> C/n (kind 1), dP^T -> P */
+#pragma unroll
+            for (int n = 0; n < 2; ++n)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) st[n][c] = dpt[n][c] = 0.0f;
+            float mx[2] = {0.0f, 0.0f};
+            if (!skip) {
+                if (KIND) warp_product_nt<T, DK, 16>(st, aK, cQ, fb, wk0, u0);
+                warp_product_nt<T, DV, 16>(dpt, aV, cH, fbv, wk0, u0);
+                const int qrel = (int)(qs - ks) + u0;
+                const float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+                float pw[2];
+                range_guard_pw(esc, pw);
+                auto element = [&](int n, int c, int rr, bool dead, float e, float del) {
+                    dkdv_element<T, true, GUARD, 16>(st, dpt, n, c, rr, dead, e, del, di_ex, di_rd, mx);
+                };
+                if (qs + u0 < ks + wk0 + 15)
+                    dkdv_for_each_element<true, GUARD, 16>(cCb + u0, cDel + u0, gb2, pw, wk0, qrel, element);
+                else
+                    dkdv_for_each_element<false, GUARD, 16>(cCb + u0, cDel + u0, gb2, pw, wk0, qrel, element);
+            }
+            if constexpr (GUARD) { /* one exponent per key row for both roles' pieces */
+                xm[(warp * 2 + 0) * 32 + lane] = mx[0];
+                xm[(warp * 2 + 1) * 32 + lane] = mx[1];
+                __syncthreads();
+                if (!skip) {
+                    mx[0] = fmaxf(mx[0], xm[(partner * 2 + 0) * 32 + lane]);
+                    mx[1] = fmaxf(mx[1], xm[(partner * 2 + 1) * 32 + lane]);
+                    float fac[2];
+                    if (range_guard_update(mx, hw, esc, fac)) {
+                        scale_frag_rows(st, fac);
+                        scale_frag_rows(dpt, fac);
+                        scale_frag_rows(acc, fac);
+#pragma unroll
+                        for (int rr = 0; rr < 2; ++rr) {
+                            di_ex[rr] *= fac[rr];
+                            di_rd[rr] *= fac[rr];
+                        }
+                    }
+                }
+            }
+            uint32_t own[4];
+            if constexpr (KIND) acc_to_a<T>(st, 0, own);
+            else acc_to_a<T>(dpt, 0, own);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) xt[(warp * 4 + r) * 32 + lane] = own[r];
+            __syncthreads();
+            if (!skip) {
+#pragma unroll
+                for (int kk = 0; kk < 2; ++kk) { /* the tile's query steps in order, as one warp's whole tile */
+                    uint32_t a4[4];
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) a4[r] = kk == role ? own[r] : xt[(partner * 4 + r) * 32 + lane];
+                    if constexpr (KIND)
+                        warp_product_kn<T, DV, DOUT>(acc, a4, cH + c0 * 2, fbv, kk); /* dV += (C/n)^T dH */
+                    else
+                        warp_product_kn<T, DK, DOUT>(acc, a4, cQ + c0 * 2, fb, kk); /* dK += P^T Q */
+                }
+            }
+            if (qt + 1 < nqt && warp == 0)
+                qg.finish(qs + BMQ, sCb + (buf ^ 1) * BMQ, sDel + (buf ^ 1) * BMQ, sOf + (buf ^ 1) * NKB);
+        }
+
+        /* epilogue: dk or dv = sgn * acc (range guard undone); kind 1: di and the residual of the rounded P (as
+         * dkdv_epilogue), the two roles' partial sums meeting in shared memory */
+        const TArg &to = args.t[KIND ? MLSTM_TENSOR_DV : MLSTM_TENSOR_DK];
+        const TArg &tdi = args.t[MLSTM_TENSOR_DI], &tdq = args.t[MLSTM_TENSOR_DQ];
+        T *go = bh_ptr<T>(to, b, hh), *gdq = bh_ptr<T>(tdq, b, hh);
+        float *gdi = bh_ptr<float>(tdi, b, hh);
+        const int g = lane >> 2, q4 = lane & 3;
+        const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+        float dis[2], rds[2];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int64_t j = ks + wk0 + g + rr * 8;
+            const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn;
+            float di = di_ex[rr] * osc, rd = di_rd[rr] * osc;
+            di += __shfl_xor_sync(0xffffffffu, di, 1);
+            di += __shfl_xor_sync(0xffffffffu, di, 2);
+            rd += __shfl_xor_sync(0xffffffffu, rd, 1);
+            rd += __shfl_xor_sync(0xffffffffu, rd, 2);
+            dis[rr] = di;
+            rds[rr] = rd;
+            if (j < S) {
+                T *ro = go + j * to.ss + c0;
+#pragma unroll
+                for (int n = 0; n < DOUT / 8; ++n)
+                    if (KIND ? col_in<DV, MC>(c0 + n * 8 + 2 * q4, args.DV) : col_in<DK, MC>(c0 + n * 8 + 2 * q4, args.DQK))
+                        *reinterpret_cast<uint32_t *>(ro + n * 8 + 2 * q4) =
+                            pack2<T>(acc[n][rr * 2] * osc, acc[n][rr * 2 + 1] * osc);
+            }
+        }
+        if constexpr (KIND) { /* di_j and r_j = di'_j - di_j (dkdv_epilogue): role 1's sums to role 0 of the group */
+            if (role == 1 && q4 == 0)
+#pragma unroll
+                for (int rr = 0; rr < 2; ++rr) {
+                    xd[(grp * 16 + g + rr * 8) * 2 + 0] = dis[rr];
+                    xd[(grp * 16 + g + rr * 8) * 2 + 1] = rds[rr];
+                }
+            __syncthreads();
+            if (role == 0 && q4 == 0)
+#pragma unroll
+                for (int rr = 0; rr < 2; ++rr) {
+                    const int64_t j = ks + wk0 + g + rr * 8;
+                    const float di = dis[rr] + xd[(grp * 16 + g + rr * 8) * 2 + 0];
+                    const float rd = rds[rr] + xd[(grp * 16 + g + rr * 8) * 2 + 1];
+                    if (j < S) {
+                        gdi[j * tdi.ss] = di;
+                        *reinterpret_cast<float *>(gdq + j * tdq.ss) = rd - di;
+                    }
+                }
+        }
+    };
+    if (cp.sub)
+        run(std::integral_constant<int, 1>{});
+    else
+        run(std::integral_constant<int, 0>{});
     } /* SM90 guard */
 }
 

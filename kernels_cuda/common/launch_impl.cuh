@@ -81,12 +81,17 @@ template <typename T, int D, int VAR> struct TcFwd {
     static constexpr auto fwd = tc::mlstm_fwd_kernel<T, D, TC::DVT, C::MT, C::NW, C::BN,
                                                      VAR != FWD_DEFAULT || TC::FWD_SM90_ONLY, C::KS, TC::MASKS>;
 };
-template <typename T, int D, bool SMALL> struct TcBwd {
+template <typename T, int D, bool SMALL, bool ROLES = TileCfg<D>::DKDV_ROLES> struct TcBwd {
     using TC = TileCfg<D>;
     using CK = typename std::conditional<SMALL, typename TC::DkdvS, typename TC::Dkdv>::type;
     using K = tc::DkdvCfg<D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>;
     static constexpr auto dkdv = tc::mlstm_bwd_dkdv_kernel<T, D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT,
                                                            SMALL || TC::BWD_SM90_ONLY, CK::PAIR, TC::MASKS>;
+};
+template <typename T, int D, bool SMALL> struct TcBwd<T, D, SMALL, true> { /* dK/dV in two CTA kinds (bwd_tc.cuh) */
+    using TC = TileCfg<D>;
+    using K = tc::DkdvRolesCfg<D, TC::DVT, TC::Dkdv::BMQ>;
+    static constexpr auto dkdv = tc::mlstm_bwd_dkdv_roles_kernel<T, D, TC::DVT, TC::Dkdv::BMQ, TC::BWD_SM90_ONLY, TC::MASKS>;
 };
 template <typename T, int D> struct TcDq {
     using TC = TileCfg<D>;

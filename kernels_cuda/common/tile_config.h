@@ -255,7 +255,8 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
     static constexpr int DVT = D;                       /* output (V) tile width: DQK = DV = D */              \
     static constexpr bool MASKS = D == MASKED_COLS_CLASS; /* its mma.sync instances mask columns */            \
     static constexpr bool FWD_SM90_ONLY = false;        /* the default forward runs on sm_80 too */            \
-    static constexpr bool BWD_SM90_ONLY = false;        /* so does the default backward */
+    static constexpr bool BWD_SM90_ONLY = false;        /* so does the default backward */                     \
+    static constexpr bool DKDV_ROLES = false;           /* the default dK/dV: mlstm_bwd_dkdv_kernel */
 
 template <int D> struct TileCfg;
 template <> struct TileCfg<64> {
@@ -277,8 +278,9 @@ template <> struct TileCfg<256> {
 /* D = 512 (DQK 257..512): scores over 512 columns (Q, K tiles 512 wide) and 256-column V / O tiles, so that O stays at
  * 128 floats per thread; a wider DV runs as 256-column slices (head_dims.cu), each recomputing the scores. Forward
  * (1, 8, 32): Q 128 KB + two stages of K (32 KB) and V (16 KB) + gates = 225 KB, which only sm_90's 227 KB hold.
- * dK/dV (4, 32, 128): 64 keys, 32-query tiles, four CTAs per key tile, CTA c accumulating dk columns [128 c, +128)
- * and (c < 2) the same dv columns, each recomputing dP^T (256 wide) and, c < 2, S^T (512 wide); 192 KB. dQ (8 warps, 32-key
+ * dK/dV (its BMQ 32; bwd_tc.cuh mlstm_bwd_dkdv_roles_kernel): 64 keys, 32-query tiles, two CTAs of 8 warps per key
+ * tile, one forming dP^T (256 wide) for dk, the other S^T (512 wide) and dP^T for dv and di, the two warps of a 16-key
+ * group splitting each score tile's queries and sharing the pieces; 199 KB. dQ (8 warps, 32-key
  * tiles): two warps per 16 rows, each forming the same dP and one 256-column half of dQ; 128 KB. sm_90 only
  * (FWD_SM90_ONLY, BWD_SM90_ONLY: stubs on sm_80, where these heads keep the SIMT kernels). Its instances always mask
  * (DQK and DV multiples of 8). */
@@ -304,6 +306,7 @@ template <> struct TileCfg<512> {
     static constexpr int DVT = 256;
     static constexpr bool MASKS = true;
     static constexpr bool FWD_SM90_ONLY = true, BWD_SM90_ONLY = true;
+    static constexpr bool DKDV_ROLES = true; /* dK/dV: mlstm_bwd_dkdv_roles_kernel (Dkdv's BMQ only) */
 };
 
 /* f32 storage on tensor cores (fwd_tf32.cuh), forward only: (MT, NW, BN) packed as the FWD entries above. f32

@@ -33,18 +33,23 @@ template <typename T, int D> static void launch_all(const mlstm::KArgs &a, bool 
     if (!bwd) return launch_tc_fwd<T, D>(a);
     using TC = mlstm::TileCfg<D>;
     using CK = typename TC::Dkdv;
-    using K = mlstm::tc::DkdvCfg<D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>;
+    using K = typename std::conditional<TC::DKDV_ROLES, mlstm::tc::DkdvRolesCfg<D, TC::DVT, CK::BMQ>,
+                                        mlstm::tc::DkdvCfg<D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, CK::PAIR>>::type;
     using CQ = typename TC::Dq;
     using Q = mlstm::tc::DqCfg<D, TC::DVT, CQ::NW, CQ::BN>;
     static_assert(K::SMEM <= (int)sizeof mlstm::tc::smem && Q::SMEM <= (int)sizeof mlstm::tc::smem, "smem");
     static_assert(!CK::PAIR, "the warp-pair dK/dV needs named barriers, which the emulator lacks");
     const int64_t nk = (a.S + K::BNK - 1) / K::BNK * K::NGRID * a.B * a.NH;
     const int64_t nq = (a.S + Q::BM - 1) / Q::BM * a.B * a.NH;
-    std::printf("  dkdv (NW, BMQ, DOUT) = (%d, %d, %d), smem %d B, %lld CTAs; dq (NW, BN) = (%d, %d), smem %d B, "
-                "%lld CTAs\n", CK::NW, CK::BMQ, CK::DOUT, K::SMEM, (long long)nk, CQ::NW, CQ::BN, Q::SMEM, (long long)nq);
+    std::printf("  dkdv (NW, BMQ, DOUT) = (%d, %d, %d)%s, smem %d B, %lld CTAs; dq (NW, BN) = (%d, %d), smem %d B, "
+                "%lld CTAs\n", K::NT / 32, CK::BMQ, TC::DKDV_ROLES ? 0 : CK::DOUT, TC::DKDV_ROLES ? " two CTA kinds" : "",
+                K::SMEM, (long long)nk, CQ::NW, CQ::BN, Q::SMEM, (long long)nq);
     run_prep<T>(a);
-    tc_grid(mlstm::tc::mlstm_bwd_dkdv_kernel<T, D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, false, CK::PAIR, TC::MASKS>, a, nk,
-            K::NT, K::SMEM);
+    if constexpr (TC::DKDV_ROLES)
+        tc_grid(mlstm::tc::mlstm_bwd_dkdv_roles_kernel<T, D, TC::DVT, CK::BMQ, false, TC::MASKS>, a, nk, K::NT, K::SMEM);
+    else
+        tc_grid(mlstm::tc::mlstm_bwd_dkdv_kernel<T, D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, false, CK::PAIR, TC::MASKS>, a,
+                nk, K::NT, K::SMEM);
     tc_grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, TC::DVT, CQ::NW, CQ::BN, false, TC::MASKS>, a, nq, Q::NT, Q::SMEM);
     tc_grid(mlstm::mlstm_bwd_gates_kernel, a, a.B * a.NH, mlstm::GATES_NT);
 }
