@@ -1039,7 +1039,9 @@ __device__ __forceinline__ void dq_epilogue_chunked(const KArgs &args, int64_t b
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* NCH = DK / DQC warps per 16 query rows, DQC = min(DK, 256) dQ columns each (the accumulator stays at 128 floats per
- * thread); every warp of a row group forms the same dP (bitwise: the same products), so their range guards agree */
+ * thread); NCH > 1: the warps of a row group split the BN keys of each dP tile (16 each), form their piece of dP and
+ * P, and exchange the T-rounded pieces through shared memory (f16: the row maxima first, so that the pieces share one
+ * range-guard exponent); each then forms its dQ columns over the whole tile, the same sums as one warp's tile */
 template <int DK, int DV, int NW, int BN>
 struct DqCfg {
     static constexpr int DQC = DK < 256 ? DK : 256, NCH = DK / DQC;
@@ -1050,9 +1052,12 @@ struct DqCfg {
     static constexpr int K_OFF = H_BYTES;
     static constexpr int V_OFF = K_OFF + 2 * K_BYTES;
     static constexpr int G_OFF = V_OFF + 2 * V_BYTES; /* floats: sFq[BM], sG[2][BN], NCH > 1: sQd[NCH - 1][BM] */
-    static constexpr int SMEM = G_OFF + (BM + 2 * BN + (NCH - 1) * BM) * 4;
+    static constexpr int X_OFF = G_OFF + (BM + 2 * BN + (NCH - 1) * BM) * 4; /* NCH > 1: [NW][4][32] u32 pieces, then
+                                                                               [NW][2][32] floats row maxima */
+    static constexpr int SMEM = X_OFF + (NCH > 1 ? NW * (4 + 2) * 32 * 4 : 0);
     static_assert(BM == 64 && 64 % BN == 0 && BN % 32 == 0, "query tile = one 64-block of the gate cumsums");
     static_assert(DK % DQC == 0, "dQ column chunks");
+    static_assert(NCH == 1 || BN == 16 * NCH, "one 16-key piece of each dP tile per warp of a row group");
 };
 
 template <typename T, int DK, int DV, int NW, int BN, bool SM90 = false, bool MC = (DK == MASKED_COLS_CLASS)>
@@ -1142,7 +1147,61 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dq_kernel(const __grid_cons
         const float *cG = sG + buf * BN;
 
         const bool skip = ks > qs + wr0 + 15;
-        if (!skip) {
+        if constexpr (NCH > 1) { /* this warp's 16 keys of the tile, then the row group's pieces exchanged */
+            constexpr int RG = NW / NCH; /* warps per chunk: the row group's warps are wr0 / 16 + RG c */
+            const int k0 = ch * 16;
+            uint32_t *xt = reinterpret_cast<uint32_t *>(smem + Cfg::X_OFF); /* [NW][4][32] */
+            float *xm = reinterpret_cast<float *>(xt + NW * 4 * 32);        /* [NW][2][32] */
+            float dp[2][4];
+#pragma unroll
+            for (int n = 0; n < 2; ++n)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) dp[n][c] = 0.0f;
+            float mx[2] = {0.0f, 0.0f};
+            if (!skip) {
+                warp_product_nt<T, DV, 16>(dp, aH, cV, fb, wr0, k0); /* dP = dH V^T, keys [k0, k0 + 16) */
+                const int lim0 = wr0 + g - (int)(ks - qs) - k0;
+                float pw[2];
+                range_guard_pw(esc, pw);
+                if (ks + k0 + 15 > qs + wr0)
+                    dq_elementwise<true, GUARD, 16>(dp, cG + k0, rb2, pw, del, lim0, mx);
+                else
+                    dq_elementwise<false, GUARD, 16>(dp, cG + k0, rb2, pw, del, lim0, mx);
+            }
+            if constexpr (GUARD) { /* the row maxima over the whole tile, as one warp's tile has them */
+                xm[(warp * 2 + 0) * 32 + lane] = mx[0];
+                xm[(warp * 2 + 1) * 32 + lane] = mx[1];
+                __syncthreads();
+                if (!skip) {
+#pragma unroll
+                    for (int c = 0; c < NCH; ++c) {
+                        const int w = warp % RG + c * RG;
+                        mx[0] = fmaxf(mx[0], xm[(w * 2 + 0) * 32 + lane]);
+                        mx[1] = fmaxf(mx[1], xm[(w * 2 + 1) * 32 + lane]);
+                    }
+                    float fac[2];
+                    if (range_guard_update(mx, hw, esc, fac)) {
+                        scale_frag_rows(dp, fac);
+                        scale_frag_rows(adq, fac);
+                    }
+                }
+            }
+            uint32_t own[4];
+            acc_to_a<T>(dp, 0, own);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) xt[(warp * 4 + r) * 32 + lane] = own[r];
+            __syncthreads();
+            if (!skip) {
+#pragma unroll
+                for (int kk = 0; kk < NCH; ++kk) { /* the tile's key steps in order */
+                    const int w = warp % RG + kk * RG;
+                    uint32_t a[4];
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) a[r] = kk == ch ? own[r] : xt[(w * 4 + r) * 32 + lane];
+                    warp_product_kn<T, DK, DQC>(adq, a, cK, fbk, kk); /* dQ += P K */
+                }
+            }
+        } else if (!skip) {
             float dp[BN / 8][4];
 #pragma unroll
             for (int n = 0; n < BN / 8; ++n)

@@ -281,7 +281,8 @@ template <> struct TileCfg<256> {
  * dK/dV (its BMQ 32; bwd_tc.cuh mlstm_bwd_dkdv_roles_kernel): 64 keys, 32-query tiles, two CTAs of 8 warps per key
  * tile, one forming dP^T (256 wide) for dk, the other S^T (512 wide) and dP^T for dv and di, the two warps of a 16-key
  * group splitting each score tile's queries and sharing the pieces; 199 KB. dQ (8 warps, 32-key
- * tiles): two warps per 16 rows, each forming the same dP and one 256-column half of dQ; 128 KB. sm_90 only
+ * tiles): two warps per 16 rows, each forming dP and P for 16 of the keys, exchanging them, and one 256-column half of
+ * dQ; 135 KB. sm_90 only
  * (FWD_SM90_ONLY, BWD_SM90_ONLY: stubs on sm_80, where these heads keep the SIMT kernels). Its instances always mask
  * (DQK and DV multiples of 8). */
 /* Whether the D = 512 class serves calls when env MLSTM_CUDA_D512 is unset (=1 on, =0 off): on since its kernels
