@@ -331,6 +331,47 @@ __device__ __forceinline__ void warp_product_kn(float (&acc)[N / 8][4], const ui
 /* PAIR (D = 256 on sm_90): the warps form NW/2 pairs on the same 16 keys; in a pair, warp 0 computes S^T and
  * warp 1 dP^T, they exchange the rounded C/n and P tiles through shared memory, and each accumulates dK and dV for
  * its half of the columns (DOUT = D/2): S^T and dP^T are computed once instead of once per column block. */
+/* The inputs of a dK/dV CTA's (batch, head): q, k, v, dh (T) and i, f (f32) tensors and their base pointers; tile
+ * loads of the CTA's key tile (K where with_k, V) and of a query tile (Q, dH), zero-filled beyond DQK / DV (MC) */
+template <typename T, int DK, int DV, int NT, bool MC>
+struct DkdvInputs {
+    const KArgs &args;
+    const TArg &tq, &tk, &tv, &ti, &tf, &tdh;
+    const T *gq, *gk, *gv, *gdh;
+    const float *gi, *gf;
+    __device__ __forceinline__ DkdvInputs(const KArgs &a, int64_t b, int64_t hh)
+        : args(a), tq(a.t[MLSTM_TENSOR_Q]), tk(a.t[MLSTM_TENSOR_K]), tv(a.t[MLSTM_TENSOR_V]), ti(a.t[MLSTM_TENSOR_I]),
+          tf(a.t[MLSTM_TENSOR_F]), tdh(a.t[MLSTM_TENSOR_DH]), gq(bh_ptr<T>(tq, b, hh)), gk(bh_ptr<T>(tk, b, hh)),
+          gv(bh_ptr<T>(tv, b, hh)), gdh(bh_ptr<T>(tdh, b, hh)), gi(bh_ptr<float>(ti, b, hh)), gf(bh_ptr<float>(tf, b, hh))
+    {
+    }
+    template <int BNK>
+    __device__ __forceinline__ void load_keys(T *sK, T *sV, int64_t ks, int64_t S, bool with_k) const
+    {
+        if (with_k) load_tile_async<T, BNK, DK, NT>(sK, gk, tk.ss, ks, S, masked_cols<DK, MC>(args.DQK));
+        load_tile_async<T, BNK, DV, NT>(sV, gv, tv.ss, ks, S, masked_cols<DV, MC>(args.DV));
+    }
+    template <int BMQ> __device__ __forceinline__ void load_queries(T *sQ, T *sH, int64_t qs, int64_t S) const
+    {
+        load_tile_async<T, BMQ, DK, NT>(sQ, gq, tq.ss, qs, S, masked_cols<DK, MC>(args.DQK));
+        load_tile_async<T, BMQ, DV, NT>(sH, gdh, tdh.ss, qs, S, masked_cols<DV, MC>(args.DV));
+    }
+    /* the top of query-tile step qt (buffer buf of the two): waits for its tiles, then starts the next step's Q, dH
+     * loads and (warp 0) its query gates */
+    template <int BMQ, typename QueryGates>
+    __device__ __forceinline__ void next_query_tile(QueryGates &qg, T *sQ, T *sH, int buf, int64_t qs, bool more,
+                                                    int64_t S, int warp) const
+    {
+        cp_async_wait<0>();
+        __syncthreads();
+        if (more) {
+            load_queries<BMQ>(sQ + (buf ^ 1) * BMQ * DK, sH + (buf ^ 1) * BMQ * DV, qs + BMQ, S);
+            cp_async_commit();
+            if (warp == 0) qg.load(qs + BMQ);
+        }
+    }
+};
+
 template <int DK, int DV, int NW, int BMQ, int DOUT, bool PAIR = false>
 struct DkdvCfg {
     static constexpr int BNK = 16 * (PAIR ? NW / 2 : NW); /* keys per CTA */
@@ -387,11 +428,7 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     const int64_t b = cp.b, hh = cp.hh, kt = cp.rank; /* lowest key tiles (most work) first */
     const int64_t ks = kt * BNK;
 
-    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
-    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
-    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
-    const T *gdh = bh_ptr<T>(tdh, b, hh);
-    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+    const DkdvInputs<T, DK, DV, NT, MC> in(args, b, hh);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     /* PAIR: warp = role * NW/2 + pair; role 0 computes S^T, role 1 dP^T, each owns output columns role * DOUT */
@@ -401,17 +438,15 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ; /* == first query tile touching the key tile (BNK % BMQ == 0) */
 
-    load_tile_async<T, BNK, DK, NT>(sK, gk, tk.ss, ks, S, masked_cols<DK, MC>(args.DQK));
-    load_tile_async<T, BNK, DV, NT>(sV, gv, tv.ss, ks, S, masked_cols<DV, MC>(args.DV));
-    load_tile_async<T, BMQ, DK, NT>(sQ, gq, tq.ss, qt0 * BMQ, S, masked_cols<DK, MC>(args.DQK));
-    load_tile_async<T, BMQ, DV, NT>(sH, gdh, tdh.ss, qt0 * BMQ, S, masked_cols<DV, MC>(args.DV));
+    in.template load_keys<BNK>(sK, sV, ks, S, true);
+    in.template load_queries<BMQ>(sQ, sH, qt0 * BMQ, S);
     cp_async_commit();
 
     /* key gates (see bwd_row_a / bwd_col_b): every warp scans the aligned 64-block holding its 16 keys and keeps
      * i_j - Fk_j of its two rows */
     const int kbw = wk0 / 64; /* key block of this warp within the CTA (ks % 64 == 0) */
     float gkn[2];
-    dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
+    dkdv_key_gates(in.gf, in.tf.ss, in.gi, in.ti.ss, ks, wk0, S, gkn);
 
     /* query gates of a tile, by warp 0 (DkdvQueryGates): sCb = A_t, sDel = delta_t, sOf[kb] = O */
     DkdvQueryGates<NKB, BMQ> qg(args, b, hh, ks);
@@ -436,15 +471,8 @@ __global__ void __launch_bounds__(32 * NW) mlstm_bwd_dkdv_kernel(const __grid_co
 
     int buf = 0;
     for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
-        cp_async_wait<0>();
-        __syncthreads();
         const int64_t qs = qt * BMQ;
-        if (qt + 1 < nqt) {
-            load_tile_async<T, BMQ, DK, NT>(sQ + (buf ^ 1) * BMQ * DK, gq, tq.ss, qs + BMQ, S, masked_cols<DK, MC>(args.DQK));
-            load_tile_async<T, BMQ, DV, NT>(sH + (buf ^ 1) * BMQ * DV, gdh, tdh.ss, qs + BMQ, S, masked_cols<DV, MC>(args.DV));
-            cp_async_commit();
-            if (warp == 0) qg.load(qs + BMQ);
-        }
+        in.template next_query_tile<BMQ>(qg, sQ, sH, buf, qs, qt + 1 < nqt, S, warp);
         const uint32_t cQ = aQ + buf * BMQ * DK * 2;
         const uint32_t cH = aH + buf * BMQ * DV * 2;
         const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
@@ -681,11 +709,7 @@ __global__ void __launch_bounds__(256) mlstm_bwd_dkdv_roles_kernel(const __grid_
     const int64_t b = cp.b, hh = cp.hh, kt = cp.rank;
     const int64_t ks = kt * BNK;
 
-    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
-    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
-    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
-    const T *gdh = bh_ptr<T>(tdh, b, hh);
-    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
+    const DkdvInputs<T, DK, DV, NT, MC> in(args, b, hh);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int role = warp & 1, partner = warp ^ 1, grp = warp >> 1;
@@ -694,15 +718,13 @@ __global__ void __launch_bounds__(256) mlstm_bwd_dkdv_roles_kernel(const __grid_
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ;
 
-    if (cp.sub) load_tile_async<T, BNK, DK, NT>(sK, gk, tk.ss, ks, S, masked_cols<DK, MC>(args.DQK));
-    load_tile_async<T, BNK, DV, NT>(sV, gv, tv.ss, ks, S, masked_cols<DV, MC>(args.DV));
-    load_tile_async<T, BMQ, DK, NT>(sQ, gq, tq.ss, qt0 * BMQ, S, masked_cols<DK, MC>(args.DQK));
-    load_tile_async<T, BMQ, DV, NT>(sH, gdh, tdh.ss, qt0 * BMQ, S, masked_cols<DV, MC>(args.DV));
+    in.template load_keys<BNK>(sK, sV, ks, S, cp.sub != 0); /* kind 0 reads no K */
+    in.template load_queries<BMQ>(sQ, sH, qt0 * BMQ, S);
     cp_async_commit();
 
     const int kbw = wk0 / 64;
     float gkn[2];
-    dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
+    dkdv_key_gates(in.gf, in.tf.ss, in.gi, in.ti.ss, ks, wk0, S, gkn);
     DkdvQueryGates<NKB, BMQ> qg(args, b, hh, ks);
     if (warp == 0) {
         qg.load(qt0 * BMQ);
@@ -729,17 +751,8 @@ __global__ void __launch_bounds__(256) mlstm_bwd_dkdv_roles_kernel(const __grid_
 
         int buf = 0;
         for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
-            cp_async_wait<0>();
-            __syncthreads();
             const int64_t qs = qt * BMQ;
-            if (qt + 1 < nqt) {
-                load_tile_async<T, BMQ, DK, NT>(sQ + (buf ^ 1) * BMQ * DK, gq, tq.ss, qs + BMQ, S,
-                                                masked_cols<DK, MC>(args.DQK));
-                load_tile_async<T, BMQ, DV, NT>(sH + (buf ^ 1) * BMQ * DV, gdh, tdh.ss, qs + BMQ, S,
-                                                masked_cols<DV, MC>(args.DV));
-                cp_async_commit();
-                if (warp == 0) qg.load(qs + BMQ);
-            }
+            in.template next_query_tile<BMQ>(qg, sQ, sH, buf, qs, qt + 1 < nqt, S, warp);
             const uint32_t cQ = aQ + buf * BMQ * DK * 2;
             const uint32_t cH = aH + buf * BMQ * DV * 2;
             const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
