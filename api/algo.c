@@ -24,14 +24,16 @@ typedef struct {
 } auto_rule;
 
 static const auto_rule auto_table[] = {
-    /* CUDA: DQK > 256 forward where the fused kernels are the SIMT ones: 512/512 S4096 bf16 42.5 -> 1.8 ms. The
-     * f16/bf16 forward of the D = 512 class (sm_90) beats it: 0.90 ms. Its backward does not (7.45 ms against 5.6 ms
-     * at 512/512, 7.39 against 4.59 at 320/320, H100; bench/RESULTS.md, fourteenth session): DQK > 256 backward stays
-     * materialised */
+    /* CUDA: DQK > 256 where the fused kernels are the SIMT ones (f32, sm_80): 512/512 S4096 bf16 42.5 -> 1.8 ms
+     * forward. The f16/bf16 D = 512 class (sm_90) beats the materialised algorithm in both directions (H100, B1 NH8
+     * S4096 bf16, 512/512: forward 0.90 against 1.79 ms, forward + backward 5.33 against 7.41 ms; bench/RESULTS.md,
+     * fifteenth session), so there the fused kernels stay */
     {"cuda", 0, 0, 257, 0, 0, 0, 1},
-    {"cuda", 1, 0, 257, 0, 0, 0, 0},
-    /* CUDA f32 backward at DQK 256 (3xTF32 mma.sync): 256/256 S4096 12.7 -> 9.6 ms, 256/512 25.5 -> 12.5 ms */
-    {"cuda", 1, MLSTM_DTYPE_F32, 256, 0, 0, 0, 0},
+    {"cuda", 1, 0, 257, 0, 0, 0, 1},
+    /* CUDA f32 backward at DQK 129..256 (the D = 256 class, 3xTF32 mma.sync): 256/256 S4096 12.7 -> 9.6 ms,
+     * 256/512 25.5 -> 12.5 ms; 192/192 forward + backward 15.5 -> 11.6 ms (forward alone: fused 2.39, materialised
+     * 3.05 ms), 160/160 15.3 -> 10.6 ms (H100, fifteenth session) */
+    {"cuda", 1, MLSTM_DTYPE_F32, 129, 0, 0, 0, 0},
     /* CUDA f32 forward 256/512 on small grids: S1024 B1 NH8 0.61 -> 0.44 ms (S4096: the fused kernels win) */
     {"cuda", 0, MLSTM_DTYPE_F32, 256, 512, 1024, 8, 0},
     /* OpenCL: forward at DQK 512 (512/512 S4096 bf16 14.2 -> 12.0 ms), backward from head dim 256 (256/256 S4096

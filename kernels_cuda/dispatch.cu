@@ -651,6 +651,15 @@ bool direct_tc(const Dispatch &ds, const mlstm_params *p, bool backward)
     return p->dtype == MLSTM_DTYPE_F32 ? tc32_dim(ds, p, a, backward) != 0 : tc_dim(ds, p, a, backward) != 0;
 }
 
+bool f32_on_wgmma(const Dispatch &ds, const mlstm_params *p, bool backward)
+{
+    if (p->dtype != MLSTM_DTYPE_F32) return false;
+    const int d = tc32_dim(ds, p, make_args(p), backward);
+    const Variant wg = backward ? V_BWD_WG32 : V_FWD_WG32;
+    return d != 0 && f32_variant(ds, backward ? ROLE_BWD32 : ROLE_FWD, d, tc32_mode(p) == 1,
+                                 backward ? V_BWD_SIMT : V_FWD_SIMT, backward ? V_BWD_TC32 : V_FWD_TC32, wg) == wg;
+}
+
 int direct_fwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
     return fwd_call(ds, p, make_args(p), st, tr, fail);

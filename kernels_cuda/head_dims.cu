@@ -337,8 +337,9 @@ bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool ba
     int classes[8];
     const int nc = tc_classes(classes, 8);
     if (nc == 0 || p->dqk > classes[0] || direct_tc(ds, p, backward)) return false;
-    /* cost ~ slices x (D + W) / 2, a width of 64 counted as 128 (its kernels run at about half the rate per FLOP);
-     * ties: larger D */
+    /* cost ~ slices x (D + W) / 2, a width of 64 counted as 128 (its kernels run at about half the rate per FLOP),
+     * an f32 class off the split-f16 wgmma kernels times 4 (f32_on_wgmma; on sm_90a 128/256 runs as two D = 128
+     * slices, not one D = 256 call); ties: larger D */
     HeadDimPlan best = {0, 0, 0, false};
     int64_t best_cost = 0;
     for (int c = 0; c < nc; ++c) {
@@ -357,7 +358,8 @@ bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool ba
             probe.t[x].stride_b = probe.t[x].stride_h * p->heads;
         }
         if (!direct_tc(ds, &probe, backward)) continue;
-        const int64_t cost = ns * ((D < 128 ? 128 : D) + (W < 128 ? 128 : W)) / 2;
+        int64_t cost = ns * ((D < 128 ? 128 : D) + (W < 128 ? 128 : W)) / 2;
+        if (p->dtype == MLSTM_DTYPE_F32 && !f32_on_wgmma(ds, &probe, backward)) cost *= 4;
         if (best.D == 0 || cost < best_cost) {
             best = cand;
             best_cost = cost;

@@ -27,6 +27,10 @@ namespace mlstm {
  * setup, and f32: DQK = DV = 64, 128 or 256; f16/bf16: that, or DQK and DV multiples of 8 up to 256, masked columns),
  * and the direct launches (that path or SIMT) */
 bool direct_tc(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward);
+/* dispatch.cu: whether an f32 call that direct_tc serves runs on the split-f16 wgmma kernels (sm_90a, D = 64 / 128),
+ * whose rate per FLOP is about four times that of the 3xTF32 mma.sync ones (H100, S4096: 128/128 forward +
+ * backward 1.80 ms, 256/256 14.96 ms) */
+bool f32_on_wgmma(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward);
 /* dispatch.cu, masked columns (f16/bf16 heads narrower than their class D: the loaders zero-fill the tiles beyond
  * DQK / DV, the epilogues store only those columns; zeros add nothing to q.k, and the output columns beyond DV are
  * never formed in memory). class_masks: whether class D serves such heads on this context in this direction (D =

@@ -748,6 +748,7 @@ __global__ void __launch_bounds__(256) mlstm_bwd_dkdv_roles_kernel(const __grid_
             for (int c = 0; c < 4; ++c) acc[n][c] = 0.0f;
         float di_ex[2] = {0.0f, 0.0f}, di_rd[2] = {0.0f, 0.0f}; /* kind 1: over the role's queries */
         float esc[2] = {0.0f, 0.0f}, hw[2] = {0.0f, 0.0f};
+        (void)hw; /* the range guard's high-water mark: f16 (GUARD) only */
 
         int buf = 0;
         for (int64_t qt = qt0; qt < nqt; ++qt, buf ^= 1) {
