@@ -1,7 +1,8 @@
 /* CUDA manners (needs an NVIDIA GPU; skips with exit code 77 and the reason otherwise): every libmlstm call leaves
  * the calling thread's current device as it found it, a stream of another device is refused by
  * mlstm_context_set_cuda_stream, limits are MLSTM_ERR_UNSUPPORTED from the CUDA backend's supports(), and calls
- * whose head-dim slices run on two streams can be captured into a CUDA graph. The
+ * whose head-dim slices run on two streams can be captured into a CUDA graph, and f32 head-dim slices take the class
+ * whose kernels are fastest per column. The
  * device-restore and foreign-stream checks need two GPUs (a context on device 0, the caller on device 1); with one,
  * those parts say so and check what one GPU can. */
 #include <setjmp.h>
@@ -228,6 +229,42 @@ static void test_graph_capture_slices(void **state)
     }
 }
 
+/* The class an f32 head-dim call is sliced onto follows the kernels' rate per column (head_dims.cu): where the D = 128
+ * f32 kernels are the split-f16 wgmma ones and the D = 256 ones are not (sm_90a), 128/256 runs as two D = 128
+ * slices; elsewhere both classes cost the same per column and the tie goes to one D = 256 call. The traces of the
+ * aligned 128/128 and 256/256 calls say which kernels the device runs. */
+static void test_f32_slice_class(void **state)
+{
+    (void)state;
+    enum { S = 64, DMAX = 256 };
+    mlstm_context *ctx = cuda_context(0);
+    mlstm_desc d;
+    mlstm_desc_init(&d);
+    d.batch = 1; d.heads = 1; d.seq_len = S; d.dtype = MLSTM_DTYPE_F32; d.algo = MLSTM_ALGO_FUSED;
+    float *x = calloc((size_t)4 * S * DMAX, sizeof(float)); /* q, k, v, h */
+    float ig[S], fg[S], m[S], n[S];
+    assert_non_null(x);
+    for (int t = 0; t < 3 * S * DMAX; t++) x[t] = (float)((t * 7) % 13 - 6) * 0.0625f;
+    for (int t = 0; t < S; t++) ig[t] = 0.0f, fg[t] = 3.0f;
+    static const int dims[3][2] = {{128, 128}, {256, 256}, {128, 256}};
+    char k[3][256];
+    for (int c = 0; c < 3; c++) {
+        d.dqk = dims[c][0]; d.dv = dims[c][1];
+        assert_int_equal(mlstm_parallel_fwd_host(ctx, &d, x, x + S * DMAX, x + 2 * S * DMAX, ig, fg, x + 3 * S * DMAX, m, n),
+                         MLSTM_OK);
+        snprintf(k[c], sizeof k[c], "%s", mlstm_context_last_kernels(ctx));
+    }
+    const int wg128 = strstr(k[0], "wg32") != NULL, wg256 = strstr(k[1], "wg32") != NULL;
+    const int tc128 = strstr(k[0], "simt") == NULL, tc256 = strstr(k[1], "simt") == NULL;
+    /* no f32 tensor-core class at all (MLSTM_CUDA_F32_TC=0): the SIMT kernels, unsliced */
+    const char *want = tc128 && (!tc256 || (wg128 && !wg256)) ? "headdim.d128x2+" : tc256 ? "headdim.d256x1+" : "fwd.simt";
+    if (strncmp(k[2], want, strlen(want)) != 0)
+        fail_msg("f32 128/256 ran \"%s\", expected %s... (128/128: \"%s\", 256/256: \"%s\")", k[2], want, k[0], k[1]);
+    printf("[ CASE ] f32 128/256: %s (128/128: %s, 256/256: %s)\n", k[2], k[0], k[1]);
+    free(x);
+    mlstm_context_destroy(ctx);
+}
+
 int main(void)
 {
     cudaError_t e = cudaGetDeviceCount(&g_ndev);
@@ -240,6 +277,7 @@ int main(void)
         cmocka_unit_test(test_stream_device),
         cmocka_unit_test(test_supports),
         cmocka_unit_test(test_graph_capture_slices),
+        cmocka_unit_test(test_f32_slice_class),
     };
     return cmocka_run_group_tests_name("cuda_manners", tests, NULL, NULL);
 }
