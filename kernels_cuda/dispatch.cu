@@ -396,6 +396,21 @@ const Instance *f32_instance(const Dispatch &ds, const mlstm_params *p, Variant 
     return usable(ds, v, MLSTM_DTYPE_F32, d, false, v == tc ? tc32_mode(p) : 0);
 }
 
+/* An f32 call's kernel in one direction: the variant for its tensor-core head dim (tc32_dim, f32_variant) and that
+ * variant's row, null where the device refused it */
+struct F32Choice {
+    Variant v;
+    const Instance *in;
+};
+F32Choice f32_choice(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backward)
+{
+    const Variant simt = backward ? V_BWD_SIMT : V_FWD_SIMT, tc = backward ? V_BWD_TC32 : V_FWD_TC32;
+    const int d = tc32_dim(ds, p, a, backward);
+    const Variant v = f32_variant(ds, backward ? ROLE_BWD32 : ROLE_FWD, d, tc32_mode(p) == 1, simt, tc,
+                                  backward ? V_BWD_WG32 : V_FWD_WG32);
+    return F32Choice{v, f32_instance(ds, p, v, simt, tc, d)};
+}
+
 cudaError_t run_prep(int dtype, const KArgs &a, cudaStream_t st)
 {
     switch (dtype) {
@@ -410,12 +425,10 @@ int fwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStre
 {
     const int dt = p->dtype;
     if (dt == MLSTM_DTYPE_F32) {
-        const int d = tc32_dim(ds, p, a);
-        const Variant v = f32_variant(ds, ROLE_FWD, d, tc32_mode(p) == 1, V_FWD_SIMT, V_FWD_TC32, V_FWD_WG32);
-        const Instance *in = f32_instance(ds, p, v, V_FWD_SIMT, V_FWD_TC32, d);
-        if (!in) MLSTM_UNAVAILABLE(v);
-        trace_instance(tr, *in, p->dqk);
-        MLSTM_RUN(in->run(a, st), k_variants[v].launch);
+        const F32Choice c = f32_choice(ds, p, a, false);
+        if (!c.in) MLSTM_UNAVAILABLE(c.v);
+        trace_instance(tr, *c.in, p->dqk);
+        MLSTM_RUN(c.in->run(a, st), k_variants[c.v].launch);
         return 0;
     }
     if (forced(ds, ROLE_FWD, dt) != V_FWD_SIMT) {
@@ -435,12 +448,10 @@ int bwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStre
     const int dt = p->dtype;
     MLSTM_RUN(run_prep(dt, a, st), "mlstm_bwd_prep_kernel launch");
     if (dt == MLSTM_DTYPE_F32) {
-        const int d = tc32_dim(ds, p, a, true);
-        const Variant v = f32_variant(ds, ROLE_BWD32, d, tc32_mode(p) == 1, V_BWD_SIMT, V_BWD_TC32, V_BWD_WG32);
-        const Instance *in = f32_instance(ds, p, v, V_BWD_SIMT, V_BWD_TC32, d);
-        if (!in) MLSTM_UNAVAILABLE(v);
-        trace_instance(tr, *in, p->dqk);
-        MLSTM_RUN(in->run(a, st), k_variants[v].launch); /* each leaves df as mlstm_bwd_gates_tiled_kernel expects */
+        const F32Choice c = f32_choice(ds, p, a, true);
+        if (!c.in) MLSTM_UNAVAILABLE(c.v);
+        trace_instance(tr, *c.in, p->dqk);
+        MLSTM_RUN(c.in->run(a, st), k_variants[c.v].launch); /* each leaves df as mlstm_bwd_gates_tiled_kernel expects */
         MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch");
         return 0;
     }
@@ -653,11 +664,8 @@ bool direct_tc(const Dispatch &ds, const mlstm_params *p, bool backward)
 
 bool f32_on_wgmma(const Dispatch &ds, const mlstm_params *p, bool backward)
 {
-    if (p->dtype != MLSTM_DTYPE_F32) return false;
-    const int d = tc32_dim(ds, p, make_args(p), backward);
-    const Variant wg = backward ? V_BWD_WG32 : V_FWD_WG32;
-    return d != 0 && f32_variant(ds, backward ? ROLE_BWD32 : ROLE_FWD, d, tc32_mode(p) == 1,
-                                 backward ? V_BWD_SIMT : V_FWD_SIMT, backward ? V_BWD_TC32 : V_FWD_TC32, wg) == wg;
+    return p->dtype == MLSTM_DTYPE_F32 &&
+           f32_choice(ds, p, make_args(p), backward).v == (backward ? V_BWD_WG32 : V_FWD_WG32);
 }
 
 int direct_fwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
