@@ -34,7 +34,15 @@ KArgs make_args(const mlstm_params *p)
     a.scale = p->scale;
     a.eps = p->eps;
     a.grad_mode = p->grad_mode;
+    a.prior_dq = a.prior_dk = TArg{nullptr, 0, 0, 0};
     return a;
+}
+
+/* A SliceLink's prior dq / dk as a kernel tensor (its mem null: none) */
+TArg prior_arg(const mlstm_tensor_arg &t, int dtype)
+{
+    const size_t esz = dtype == MLSTM_DTYPE_F32 ? 4 : 2;
+    return TArg{t.mem ? (void *)((char *)t.mem + t.offset * esz) : nullptr, t.stride_b, t.stride_h, t.stride_s};
 }
 
 /* 16-byte aligned rows (base address, and every stride a multiple of elems elements = 16 bytes) for every tensor the
@@ -248,9 +256,9 @@ bool use_small(const Dispatch &ds, int64_t ctas_default)
 
 /* forward tile variant: the small tiles when the default grid is below MLSTM_SMALL_CTAS_PER_SM CTAs per SM, and
  * the key split instead when even the small tiles' grid is below MLSTM_SPLIT_CTAS_PER_SM (auto mode only) */
-Variant fwd_tc_variant(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask)
+Variant fwd_tc_variant(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask, int par)
 {
-    const int64_t bh = a.B * a.NH;
+    const int64_t bh = a.B * a.NH * par; /* par calls at once (SliceLink) */
     if (!usable(ds, V_FWD_TC_SMALL, dt, D, mask) ||
         !use_small(ds, row_tiles(a.S, policy_of(V_FWD_TC, dt, D, mask).rows) * bh))
         return V_FWD_TC;
@@ -261,12 +269,12 @@ Variant fwd_tc_variant(const Dispatch &ds, const KArgs &a, int dt, int D, bool m
 }
 /* the alternative dK/dV tiles: by grid size (D = 64/128), or whenever available unless the env variable says
  * never (D = 256: the sm_90 8-warp variant, tile_config.h) */
-bool bwd_small(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask)
+bool bwd_small(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask, int par)
 {
     const Instance *in = usable(ds, V_DKDV_TC_SMALL, dt, D, mask);
     if (!in) return false;
     if (in->pol.always) return ds.small_mode != 0;
-    return use_small(ds, row_tiles(a.S, in->pol.rows) * in->pol.parts * a.B * a.NH);
+    return use_small(ds, row_tiles(a.S, in->pol.rows) * in->pol.parts * a.B * a.NH * par);
 }
 
 /* the key-split wgmma forward's instance, where it can serve a (the cluster variant loads K and V through TMA
@@ -283,15 +291,15 @@ const Instance *wgmma_split(const Dispatch &ds, const KArgs &a, int dt, int D, b
         return nullptr;
     return in;
 }
-/* ... and is chosen: when its default grid has fewer CTAs than its percentage of the SMs (or always / never under
- * MLSTM_CUDA_SMALL_TILES=1 / 0) */
-bool use_wgmma_split(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask)
+/* ... and is chosen: when the default grids of the par calls running at once (SliceLink) have fewer CTAs than its
+ * percentage of the SMs (or always / never under MLSTM_CUDA_SMALL_TILES=1 / 0) */
+bool use_wgmma_split(const Dispatch &ds, const KArgs &a, int dt, int D, bool mask, int par)
 {
     if (ds.small_mode == 0) return false;
     const Instance *in = wgmma_split(ds, a, dt, D, mask);
     if (!in) return false;
     if (ds.small_mode == 1) return true;
-    return row_tiles(a.S, 128) * a.B * a.NH * 100 < (int64_t)in->pol.pct * ds.sms; /* 128-row tiles */
+    return row_tiles(a.S, 128) * a.B * a.NH * par * 100 < (int64_t)in->pol.pct * ds.sms; /* 128-row tiles */
 }
 
 /* the f32 tensor-core kernels */
@@ -327,16 +335,16 @@ int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backw
 
 /* The f16/bf16 forward on class D */
 int fwd_half(const Dispatch &ds, const KArgs &a, int dt, int D, cudaStream_t st, mlstm_cuda_trace *tr,
-             mlstm_cuda_fail *fail)
+             mlstm_cuda_fail *fail, int par)
 {
     const bool mask = a.DQK < D || a.DV < class_row(D)->dvt; /* a narrower head (masked_class) */
     Variant v = forced(ds, ROLE_FWD, dt);
     if (v != V_AUTO && find_instance(v, dt, D, mask) < 0) v = V_AUTO; /* a pin with no instance in the class */
     if (v == V_AUTO) {
         if (ds.wg_mode != 0 && usable(ds, V_FWD_WG, dt, D, mask))
-            v = use_wgmma_split(ds, a, dt, D, mask) ? V_FWD_WG_SPLIT : V_FWD_WG;
+            v = use_wgmma_split(ds, a, dt, D, mask, par) ? V_FWD_WG_SPLIT : V_FWD_WG;
         else
-            v = fwd_tc_variant(ds, a, dt, D, mask);
+            v = fwd_tc_variant(ds, a, dt, D, mask, par);
     }
     const Instance *in = v == V_FWD_WG_SPLIT ? wgmma_split(ds, a, dt, D, mask) : usable(ds, v, dt, D, mask);
     if (!in) MLSTM_UNAVAILABLE(v);
@@ -347,32 +355,37 @@ int fwd_half(const Dispatch &ds, const KArgs &a, int dt, int D, cudaStream_t st,
 
 /* the sm_90a dQ: its key split while the dQ grid has at most MLSTM_DQ_WS_CTAS_PER_SM 64-row tiles per SM (always /
  * never under MLSTM_CUDA_SMALL_TILES=1 / 0), else two query tiles per CTA */
-bool dq_split(const Dispatch &ds, const KArgs &a)
+bool dq_split(const Dispatch &ds, const KArgs &a, int par)
 {
     if (ds.small_mode >= 0) return ds.small_mode == 1;
-    return (a.S + 63) / 64 * a.B * a.NH <= (int64_t)MLSTM_DQ_WS_CTAS_PER_SM * ds.sms;
+    return (a.S + 63) / 64 * a.B * a.NH * par <= (int64_t)MLSTM_DQ_WS_CTAS_PER_SM * ds.sms;
 }
-/* The f16/bf16 dK/dV and dQ kernels on class D */
+/* The f16/bf16 dK/dV and dQ kernels on class D, ordered by lk's events */
 int bwd_half(const Dispatch &ds, const KArgs &a, int dt, int D, cudaStream_t st, mlstm_cuda_trace *tr,
-             mlstm_cuda_fail *fail)
+             mlstm_cuda_fail *fail, const SliceLink &lk)
 {
+    const int par = lk.par > 1 ? lk.par : 1;
     const bool mask = a.DQK < D || a.DV < class_row(D)->dvt, wg = ds.wg_mode != 0;
     Variant vk = forced(ds, ROLE_DKDV, dt), vq = forced(ds, ROLE_DQ, dt);
     if (vk != V_AUTO && find_instance(vk, dt, D, mask) < 0) vk = V_AUTO; /* a pin with no instance in the class */
     if (vq != V_AUTO && find_instance(vq, dt, D, mask) < 0) vq = V_AUTO;
     if (vk == V_AUTO)
         vk = wg && usable(ds, V_DKDV_WG, dt, D, mask) ? V_DKDV_WG
-             : bwd_small(ds, a, dt, D, mask)          ? V_DKDV_TC_SMALL
+             : bwd_small(ds, a, dt, D, mask, par)     ? V_DKDV_TC_SMALL
                                                        : V_DKDV_TC;
     if (vq == V_AUTO)
-        vq = wg && usable(ds, V_DQ_WG, dt, D, mask) ? (dq_split(ds, a) ? V_DQ_WG_SPLIT : V_DQ_WG) : V_DQ_TC;
+        vq = wg && usable(ds, V_DQ_WG, dt, D, mask) ? (dq_split(ds, a, par) ? V_DQ_WG_SPLIT : V_DQ_WG) : V_DQ_TC;
     const Instance *ik = usable(ds, vk, dt, D, mask), *iq = usable(ds, vq, dt, D, mask);
     if (!ik) MLSTM_UNAVAILABLE(vk);
     if (!iq) MLSTM_UNAVAILABLE(vq);
     trace_instance(tr, *ik, D);
     trace_instance(tr, *iq, D);
+    if (lk.wait_dkdv) MLSTM_RUN(cudaStreamWaitEvent(st, lk.wait_dkdv, 0), "head-dim slice order (dK/dV)");
     MLSTM_RUN(ik->run(a, st), k_variants[vk].launch);
+    if (lk.rec_dkdv) MLSTM_RUN(cudaEventRecord(lk.rec_dkdv, st), "head-dim slice order (dK/dV)");
+    if (lk.wait_dq) MLSTM_RUN(cudaStreamWaitEvent(st, lk.wait_dq, 0), "head-dim slice order (dQ)");
     MLSTM_RUN(iq->run(a, st), k_variants[vq].launch);
+    if (lk.rec_dq) MLSTM_RUN(cudaEventRecord(lk.rec_dq, st), "head-dim slice order (dQ)");
     return 0;
 }
 
@@ -421,7 +434,7 @@ cudaError_t run_prep(int dtype, const KArgs &a, cudaStream_t st)
 }
 
 int fwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
-             mlstm_cuda_fail *fail)
+             mlstm_cuda_fail *fail, int par)
 {
     const int dt = p->dtype;
     if (dt == MLSTM_DTYPE_F32) {
@@ -433,7 +446,7 @@ int fwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStre
     }
     if (forced(ds, ROLE_FWD, dt) != V_FWD_SIMT) {
         const int D = tc_dim(ds, p, a, false);
-        if (D) return fwd_half(ds, a, dt, D, st, tr, fail);
+        if (D) return fwd_half(ds, a, dt, D, st, tr, fail, par > 1 ? par : 1);
     }
     const Instance *in = usable(ds, V_FWD_SIMT, dt, 0, false);
     if (!in) MLSTM_UNAVAILABLE(V_FWD_SIMT);
@@ -442,10 +455,18 @@ int fwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStre
     return 0;
 }
 
+/* The half-precision backward's kernels serve the call (the only ones that add KArgs' prior dq / dk) */
+bool half_bwd_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a)
+{
+    return p->dtype != MLSTM_DTYPE_F32 && forced(ds, ROLE_BWD32, p->dtype) != V_BWD_SIMT && tc_dim(ds, p, a, true);
+}
+
 int bwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
-             mlstm_cuda_fail *fail)
+             mlstm_cuda_fail *fail, const SliceLink &lk)
 {
     const int dt = p->dtype;
+    if ((a.prior_dq.p || a.prior_dk.p) && !half_bwd_dim(ds, p, a)) /* head_dims.cu asks bwd_chains first */
+        MLSTM_RUN(cudaErrorInvalidValue, "prior dq / dk for kernels that do not add them");
     MLSTM_RUN(run_prep(dt, a, st), "mlstm_bwd_prep_kernel launch");
     if (dt == MLSTM_DTYPE_F32) {
         const F32Choice c = f32_choice(ds, p, a, true);
@@ -457,7 +478,7 @@ int bwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStre
     }
     const int D = forced(ds, ROLE_BWD32, dt) == V_BWD_SIMT ? 0 : tc_dim(ds, p, a, true);
     if (D) {
-        const int e = bwd_half(ds, a, dt, D, st, tr, fail);
+        const int e = bwd_half(ds, a, dt, D, st, tr, fail, lk);
         if (e) return e;
     } else {
         const Instance *in = usable(ds, V_BWD_SIMT, dt, 0, false);
@@ -576,7 +597,9 @@ extern "C" int mlstm_cuda_kernels_setup(mlstm_cuda_fail *fail, int small_tiles, 
         SliceStreams &ss = ds->slices;
         if (cudaStreamCreateWithFlags(&ss.side, cudaStreamNonBlocking) != cudaSuccess ||
             cudaEventCreateWithFlags(&ss.fork, cudaEventDisableTiming) != cudaSuccess ||
-            cudaEventCreateWithFlags(&ss.join, cudaEventDisableTiming) != cudaSuccess) {
+            cudaEventCreateWithFlags(&ss.join, cudaEventDisableTiming) != cudaSuccess ||
+            cudaEventCreateWithFlags(&ss.dkdv_done, cudaEventDisableTiming) != cudaSuccess ||
+            cudaEventCreateWithFlags(&ss.dq_done, cudaEventDisableTiming) != cudaSuccess) {
             (void)cudaGetLastError();
             release_slice_streams(ss);
         }
@@ -651,6 +674,8 @@ const SliceStreams &slice_streams(const Dispatch &ds) { return ds.slices; }
 void release_slice_streams(SliceStreams &ss)
 {
     if (ss.join) (void)cudaEventDestroy(ss.join);
+    if (ss.dkdv_done) (void)cudaEventDestroy(ss.dkdv_done);
+    if (ss.dq_done) (void)cudaEventDestroy(ss.dq_done);
     if (ss.fork) (void)cudaEventDestroy(ss.fork);
     if (ss.side) (void)cudaStreamDestroy(ss.side);
     ss = SliceStreams{};
@@ -668,21 +693,35 @@ bool f32_on_wgmma(const Dispatch &ds, const mlstm_params *p, bool backward)
            f32_choice(ds, p, make_args(p), backward).v == (backward ? V_BWD_WG32 : V_FWD_WG32);
 }
 
-int direct_fwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
+int direct_fwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail,
+               const SliceLink &lk)
 {
-    return fwd_call(ds, p, make_args(p), st, tr, fail);
+    return fwd_call(ds, p, make_args(p), st, tr, fail, lk.par);
 }
 
-int direct_bwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
+int direct_bwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail,
+               const SliceLink &lk)
 {
-    return bwd_call(ds, p, make_args(p), st, tr, fail);
+    KArgs a = make_args(p);
+    a.prior_dq = prior_arg(lk.prior_dq, p->dtype);
+    a.prior_dk = prior_arg(lk.prior_dk, p->dtype);
+    return bwd_call(ds, p, a, st, tr, fail, lk);
+}
+
+bool bwd_chains(const Dispatch &ds, const mlstm_params *p)
+{
+    const int dt = p->dtype;
+    if (dt == MLSTM_DTYPE_F32 || forced(ds, ROLE_BWD32, dt) == V_BWD_SIMT) return false;
+    if ((p->seq_len + 63) / 64 * p->batch * p->heads < (int64_t)MLSTM_CHAIN_CTAS_PER_SM * ds.sms) return false;
+    const int D = masked_class(ds, dt, p->dqk, p->dv, true); /* tc_dim but for the rows' alignment */
+    return D && usable(ds, V_DKDV_TC, dt, D, false) && usable(ds, V_DQ_TC, dt, D, false);
 }
 } // namespace mlstm
 
 extern "C" size_t mlstm_cuda_kernels_workspace_size(const mlstm_cuda_dispatch *ds, const mlstm_params *p, int backward)
 {
     HeadDimPlan hp;
-    return head_dim_plan(*ds, p, backward != 0, &hp) ? head_dim_workspace(p, hp, backward != 0) : 0;
+    return head_dim_plan(*ds, p, backward != 0, &hp) ? head_dim_workspace(*ds, p, hp, backward != 0) : 0;
 }
 
 static int run_call(const Dispatch &ds, const mlstm_params *p, int backward, void *stream, void *ws, size_t ws_bytes,
@@ -693,7 +732,7 @@ static int run_call(const Dispatch &ds, const mlstm_params *p, int backward, voi
     HeadDimPlan hp;
     if (!head_dim_plan(ds, p, backward != 0, &hp))
         return backward ? direct_bwd(ds, p, st, tr, fail) : direct_fwd(ds, p, st, tr, fail);
-    if (ws_bytes < head_dim_workspace(p, hp, backward != 0)) MLSTM_RUN(cudaErrorInvalidValue, "workspace too small");
+    if (ws_bytes < head_dim_workspace(ds, p, hp, backward != 0)) MLSTM_RUN(cudaErrorInvalidValue, "workspace too small");
     if (tr) snprintf(tr->kernels, sizeof tr->kernels, "headdim.d%dx%d", hp.D, hp.nslice);
     return backward ? head_dim_bwd(ds, p, hp, st, ws, tr, fail) : head_dim_fwd(ds, p, hp, st, ws, tr, fail);
 }

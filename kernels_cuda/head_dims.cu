@@ -229,8 +229,9 @@ bool needs_stage(const mlstm_params *p, int x, int64_t width, const HeadDimPlan 
     return false;
 }
 
-/* Lays the staging out in the arena (sizes only when the arena has no base) */
-Staging lay_out(const mlstm_params *p, const HeadDimPlan &hp, bool backward, Arena &ar)
+/* Lays the staging out in the arena (sizes only when the arena has no base); chain: the backward's slices chain
+ * their dq, dk (slice_chain), so the last slice needs no parts of its own */
+Staging lay_out(const mlstm_params *p, const HeadDimPlan &hp, bool backward, bool chain, Arena &ar)
 {
     Staging g = {};
     const size_t rows = (size_t)p->batch * p->heads * p->seq_len;
@@ -248,8 +249,9 @@ Staging lay_out(const mlstm_params *p, const HeadDimPlan &hp, bool backward, Are
     if (needs_stage(p, MLSTM_TENSOR_DV, p->dv, hp)) g.dv = ar.take(vtile);
     const bool single = hp.nslice == 1;
     for (int s = 0; s < hp.nslice; ++s) {
-        if (!single || !in_place(p, MLSTM_TENSOR_DQ, 0, p->dqk, hp)) g.dq[s] = ar.take(tile);
-        if (!single || !in_place(p, MLSTM_TENSOR_DK, 0, p->dqk, hp)) g.dk[s] = ar.take(tile);
+        const bool own = !(chain && s == hp.nslice - 1); /* the chain's last slice writes dq, dk */
+        if (own && (!single || !in_place(p, MLSTM_TENSOR_DQ, 0, p->dqk, hp))) g.dq[s] = ar.take(tile);
+        if (own && (!single || !in_place(p, MLSTM_TENSOR_DK, 0, p->dqk, hp))) g.dk[s] = ar.take(tile);
         if (!single) {
             g.di[s] = ar.take(vec);
             g.df[s] = ar.take(vec);
@@ -310,6 +312,7 @@ mlstm_params slice_params(const mlstm_params *p, const HeadDimPlan &hp)
 struct SliceRun {
     const SliceStreams *ss; /* null: one stream */
     cudaStream_t st;
+    int par; /* slice calls running at once: 2 on two streams, else 1 (SliceLink::par) */
     cudaStream_t stream(int s) const { return ss && (s & 1) ? ss->side : st; }
     cudaError_t fork() const
     {
@@ -327,7 +330,8 @@ struct SliceRun {
 SliceRun slice_run(const mlstm_cuda_dispatch &ds, const HeadDimPlan &hp, bool shared_staging, cudaStream_t st)
 {
     const SliceStreams &ss = slice_streams(ds);
-    return SliceRun{hp.nslice > 1 && !shared_staging && ss.side ? &ss : nullptr, st};
+    const bool two = hp.nslice > 1 && !shared_staging && ss.side;
+    return SliceRun{two ? &ss : nullptr, st, two ? 2 : 1};
 }
 
 } // namespace
@@ -370,10 +374,24 @@ bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool ba
     return true;
 }
 
-size_t head_dim_workspace(const mlstm_params *p, const HeadDimPlan &hp, bool backward)
+/* Whether the backward's slices chain their dq, dk (head_dim_bwd): several slices, dq and dk used in place, and
+ * every slice call chains (bwd_chains) */
+bool slice_chain(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp)
+{
+    if (hp.nslice < 2 || !in_place(p, MLSTM_TENSOR_DQ, 0, p->dqk, hp) || !in_place(p, MLSTM_TENSOR_DK, 0, p->dqk, hp))
+        return false;
+    mlstm_params ps = slice_params(p, hp);
+    for (int s = 0; s < hp.nslice; ++s) {
+        ps.dv = slice_dv(p, (int64_t)s * hp.W, hp);
+        if (!bwd_chains(ds, &ps)) return false;
+    }
+    return true;
+}
+
+size_t head_dim_workspace(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, bool backward)
 {
     Arena ar = {nullptr, 0};
-    (void)lay_out(p, hp, backward, ar);
+    (void)lay_out(p, hp, backward, backward && slice_chain(ds, p, hp), ar);
     return ar.used;
 }
 
@@ -381,7 +399,7 @@ int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
                  mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
     Arena ar = {(char *)ws, 0};
-    const Staging g = lay_out(p, hp, false, ar);
+    const Staging g = lay_out(p, hp, false, false, ar);
     mlstm_params ps = slice_params(p, hp);
     int e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, hp, st, fail))) return e;
@@ -394,7 +412,9 @@ int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
         ps.dv = slice_dv(p, c0, hp);
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_V, c0, p->dv, g.v, true, hp, ss, fail))) break;
         if ((e = slice_tensor(p, ps, MLSTM_TENSOR_H, c0, p->dv, g.h, false, hp, ss, fail))) break;
-        if ((e = direct_fwd(ds, &ps, ss, s == 0 ? tr : nullptr, fail))) break; /* each slice writes the same m and n */
+        SliceLink lk = {};
+        lk.par = run.par;
+        if ((e = direct_fwd(ds, &ps, ss, s == 0 ? tr : nullptr, fail, lk))) break; /* each writes the same m and n */
         e = unstage(p, ps, MLSTM_TENSOR_H, c0, p->dv, hp, ss, fail);
     }
     const cudaError_t je = run.join();
@@ -406,15 +426,19 @@ int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
 int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws,
                  mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
+    const bool chain = slice_chain(ds, p, hp);
     Arena ar = {(char *)ws, 0};
-    const Staging g = lay_out(p, hp, true, ar);
+    const Staging g = lay_out(p, hp, true, chain, ar);
     const int D = hp.D, ns = hp.nslice; /* D: dq, dk slices; hp.W: the v-side column slices */
     const bool exact = p->grad_mode == MLSTM_GRAD_EXACT;
     mlstm_params ps = slice_params(p, hp);
     int e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_Q, 0, p->dqk, g.q, true, hp, st, fail))) return e;
     if ((e = slice_tensor(p, ps, MLSTM_TENSOR_K, 0, p->dqk, g.k, true, hp, st, fail))) return e;
-    /* each slice has its own dq, dk, di, df parts; v, dh, h, dv staging is one buffer for all slices */
+    /* each slice has its own di, df parts and, unless chained, dq and dk parts; v, dh, h, dv staging is one buffer
+     * for all slices. Chained (every slice on the f16/bf16 tensor-core kernels, dq and dk in place): slice s adds
+     * slice s - 1's dq, dk part to its own (KArgs::prior_dq / prior_dk) and the last one writes dq, dk, so that no sum
+     * pass reads the parts again; on two streams, slice s's dK/dV (dQ) kernel waits for slice s - 1's. */
     const SliceRun run = slice_run(ds, hp, g.v || g.dh || g.h || g.dv, st);
     MLSTM_RUN(run.fork(), "head-dim slice streams (fork)");
     for (int s = 0; s < ns && !e; ++s) {
@@ -431,21 +455,35 @@ int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const Hea
         else ps.t[MLSTM_TENSOR_DK] = as_arg(cols_of(p, MLSTM_TENSOR_DK, 0));
         if (g.di[s]) ps.t[MLSTM_TENSOR_DI] = as_arg(contiguous(g.di[s], p, 1));
         if (g.df[s]) ps.t[MLSTM_TENSOR_DF] = as_arg(contiguous(g.df[s], p, 1));
-        if ((e = direct_bwd(ds, &ps, ss, s == 0 ? tr : nullptr, fail))) break;
+        SliceLink lk = {};
+        lk.par = run.par;
+        if (chain) {
+            if (s > 0) {
+                lk.prior_dq = as_arg(contiguous(g.dq[s - 1], p, D));
+                lk.prior_dk = as_arg(contiguous(g.dk[s - 1], p, D));
+            }
+            if (run.ss) { /* consecutive slices on different streams */
+                lk.wait_dkdv = s > 0 ? run.ss->dkdv_done : nullptr;
+                lk.wait_dq = s > 0 ? run.ss->dq_done : nullptr;
+                lk.rec_dkdv = s < ns - 1 ? run.ss->dkdv_done : nullptr;
+                lk.rec_dq = s < ns - 1 ? run.ss->dq_done : nullptr;
+            }
+        }
+        if ((e = direct_bwd(ds, &ps, ss, s == 0 ? tr : nullptr, fail, lk))) break;
         e = unstage(p, ps, MLSTM_TENSOR_DV, c0, p->dv, hp, ss, fail);
     }
     const cudaError_t je = run.join();
     if (e) return e;
     MLSTM_RUN(je, "head-dim slice streams (join)");
-    /* dq, dk (D wide slices -> DQK columns) and, over several slices, di and df: one f32 sum each */
-    const struct { void *const *parts; int x; int64_t ld, cols; int dtype; } outs[4] = {
-        {g.dq, MLSTM_TENSOR_DQ, D, p->dqk, p->dtype},
-        {g.dk, MLSTM_TENSOR_DK, D, p->dqk, p->dtype},
-        {g.di, MLSTM_TENSOR_DI, 1, 1, MLSTM_DTYPE_F32},
-        {g.df, MLSTM_TENSOR_DF, 1, 1, MLSTM_DTYPE_F32},
+    /* dq, dk (unless chained: D wide slices -> DQK columns) and, over several slices, di and df: one f32 sum each */
+    const struct { void *const *parts; int x; int64_t ld, cols; int dtype; bool summed; } outs[4] = {
+        {g.dq, MLSTM_TENSOR_DQ, D, p->dqk, p->dtype, !chain},
+        {g.dk, MLSTM_TENSOR_DK, D, p->dqk, p->dtype, !chain},
+        {g.di, MLSTM_TENSOR_DI, 1, 1, MLSTM_DTYPE_F32, true},
+        {g.df, MLSTM_TENSOR_DF, 1, 1, MLSTM_DTYPE_F32, true},
     };
     for (const auto &o : outs) {
-        if (!o.parts[0]) continue;
+        if (!o.parts[0] || !o.summed) continue;
         SliceSrc src = {};
         for (int s = 0; s < ns; ++s) src.p[s] = o.parts[s];
         MLSTM_RUN(sum_slices_any(o.dtype, src, ns, o.ld, cols_of(p, o.x, 0), o.cols, p, st), "head-dim slice sum");

@@ -41,11 +41,13 @@ bool f32_on_wgmma(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool bac
 bool class_masks(const mlstm_cuda_dispatch &ds, int dtype, int D, bool backward);
 bool masked_cols_ok(int D, int64_t cols);
 int masked_class(const mlstm_cuda_dispatch &ds, int dtype, int64_t dqk, int64_t dv, bool backward);
-/* dispatch.cu: a context's side stream for head-dim slices (tile_config.h MLSTM_SLICE_STREAMS) and the events that
- * fork it from a call's stream and join it back; all null where the context has none */
+/* dispatch.cu: a context's side stream for head-dim slices (tile_config.h MLSTM_SLICE_STREAMS), the events that
+ * fork it from a call's stream and join it back, and those that order chained backward slices; all null where the
+ * context has none */
 struct SliceStreams {
     cudaStream_t side;
     cudaEvent_t fork, join;
+    cudaEvent_t dkdv_done, dq_done; /* the backward's chained slices (SliceLink) */
 };
 const SliceStreams &slice_streams(const mlstm_cuda_dispatch &ds);
 void release_slice_streams(SliceStreams &ss);
@@ -54,10 +56,26 @@ void release_slice_streams(SliceStreams &ss);
  * for the D = 512 class; 0 for no class) */
 int tc_classes(int *out, int max);
 int class_out_tile(int D);
+/* How a call of the direct path runs beside others (head_dims.cu's slices; SliceLink{} for a call on its own):
+ *   par: the number of such calls running at the same time (the slices on the call's and the side stream), which the
+ *     grid-size policies count (0 or 1: this call alone);
+ *   prior_dq, prior_dk: the earlier slices' dq / dk, which the backward adds to its own before rounding (mem null:
+ *     none; only where bwd_chains(p));
+ *   wait_dkdv, wait_dq: events the backward's stream waits for before its dK/dV (dQ) kernel; rec_dkdv, rec_dq: events
+ *     it records after it (null: none). */
+struct SliceLink {
+    int par;
+    mlstm_tensor_arg prior_dq, prior_dk;
+    cudaEvent_t wait_dkdv, rec_dkdv, wait_dq, rec_dq;
+};
 int direct_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
-               mlstm_cuda_fail *fail);
+               mlstm_cuda_fail *fail, const SliceLink &lk = SliceLink{});
 int direct_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
-               mlstm_cuda_fail *fail);
+               mlstm_cuda_fail *fail, const SliceLink &lk = SliceLink{});
+/* dispatch.cu: whether slice calls like p (16-byte aligned rows) chain their dq / dk: direct_bwd runs p on the
+ * f16/bf16 tensor-core kernels, whose epilogues add SliceLink's prior dq / dk (direct_bwd fails a call with priors
+ * otherwise), and p's dK/dV grid is large enough (tile_config.h MLSTM_CHAIN_CTAS_PER_SM) */
+bool bwd_chains(const mlstm_cuda_dispatch &ds, const mlstm_params *p);
 
 /* head_dims.cu: a call the direct path would send to SIMT but a tensor-core instance of class D serves after
  * q, k are zero-padded to D columns and v, h (dh, dv) are cut into nslice column slices of the class's output tile
@@ -74,7 +92,7 @@ constexpr int HEAD_DIM_MAX_SLICES = 8;
 /* True (and *hp filled) where the adapted tensor-core path serves p; false: the direct path. */
 bool head_dim_plan(const mlstm_cuda_dispatch &ds, const mlstm_params *p, bool backward, HeadDimPlan *hp);
 /* Workspace bytes the adapted call of p needs (0 where none). */
-size_t head_dim_workspace(const mlstm_params *p, const HeadDimPlan &hp, bool backward);
+size_t head_dim_workspace(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, bool backward);
 int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws,
                  mlstm_cuda_trace *tr, mlstm_cuda_fail *fail);
 int head_dim_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws,

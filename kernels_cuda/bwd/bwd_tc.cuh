@@ -274,6 +274,7 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
         if (j < args.S) {
             T *rk = gdk + j * tdk.ss + c0;
             T *rv = gdv + j * tdv.ss + c0;
+            const T *pk = prior_row<T>(args.prior_dk, b, hh, j);
 #pragma unroll
             for (int n = 0; n < DOUT / 8; ++n) {
                 /* DQK <= DK, DV <= the V tile, multiples of 8 (masked columns); DK != DV: the column block may lie
@@ -281,7 +282,7 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
                 const int col = c0 + n * 8 + 2 * q4;
                 if ((DK == DV || c0 < DK) && col_in<DK, MC>(col, args.DQK))
                     *reinterpret_cast<uint32_t *>(rk + n * 8 + 2 * q4) =
-                        pack2<T>(adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
+                        pack2_prior<T>(pk, col, adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
                 if ((DK == DV || c0 < DV) && col_in<DV, MC>(col, args.DV))
                     *reinterpret_cast<uint32_t *>(rv + n * 8 + 2 * q4) =
                         pack2<T>(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
@@ -846,11 +847,12 @@ __global__ void __launch_bounds__(256) mlstm_bwd_dkdv_roles_kernel(const __grid_
             rds[rr] = rd;
             if (j < S) {
                 T *ro = go + j * to.ss + c0;
+                const T *pk = KIND ? nullptr : prior_row<T>(args.prior_dk, b, hh, j); /* kind 0 writes dk */
 #pragma unroll
                 for (int n = 0; n < DOUT / 8; ++n)
                     if (KIND ? col_in<DV, MC>(c0 + n * 8 + 2 * q4, args.DV) : col_in<DK, MC>(c0 + n * 8 + 2 * q4, args.DQK))
                         *reinterpret_cast<uint32_t *>(ro + n * 8 + 2 * q4) =
-                            pack2<T>(acc[n][rr * 2] * osc, acc[n][rr * 2 + 1] * osc);
+                            pack2_prior<T>(pk, c0 + n * 8 + 2 * q4, acc[n][rr * 2] * osc, acc[n][rr * 2 + 1] * osc);
             }
         }
         if constexpr (KIND) { /* di_j and r_j = di'_j - di_j (dkdv_epilogue): role 1's sums to role 0 of the group */
@@ -985,14 +987,15 @@ __device__ __forceinline__ void dq_epilogue(const KArgs &args, int64_t b, int64_
         float qd = 0.0f;
         T *row = gdq + (ok ? t : 0) * tdq.ss;
         const T *qrow = gq + (ok ? t : 0) * tq.ss;
+        const T *prow = prior_row<T>(args.prior_dq, b, hh, ok ? t : 0);
         const float res = (ok && q4 == 0) ? *reinterpret_cast<const float *>(row) : 0.0f;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
             const int col = n * 8 + 2 * q4;
             const float x0 = adq[n][rr * 2] * osc, x1 = adq[n][rr * 2 + 1] * osc;
             if (ok && col_in<D, MC>(col, args.DQK)) { /* DQK <= D, a multiple of 8 (masked columns) */
-                qd += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1;
-                *reinterpret_cast<uint32_t *>(row + col) = pack2<T>(x0, x1);
+                qd += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1; /* this call's own dq (df is per call) */
+                *reinterpret_cast<uint32_t *>(row + col) = pack2_prior<T>(prow, col, x0, x1);
             }
         }
         qd += __shfl_xor_sync(0xffffffffu, qd, 1);
@@ -1023,6 +1026,7 @@ __device__ __forceinline__ void dq_epilogue_chunked(const KArgs &args, int64_t b
         const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
         T *row = gdq + (ok ? t : 0) * tdq.ss;
         const T *qrow = gq + (ok ? t : 0) * tq.ss;
+        const T *prow = prior_row<T>(args.prior_dq, b, hh, ok ? t : 0);
         res[rr] = (ok && q4 == 0 && ch == 0) ? *reinterpret_cast<const float *>(row) : 0.0f;
         float x = 0.0f;
 #pragma unroll
@@ -1031,7 +1035,7 @@ __device__ __forceinline__ void dq_epilogue_chunked(const KArgs &args, int64_t b
             const float x0 = adq[n][rr * 2] * osc, x1 = adq[n][rr * 2 + 1] * osc;
             if (ok && col_in<DK, MC>(col, args.DQK)) {
                 x += to_f32(qrow[col]) * x0 + to_f32(qrow[col + 1]) * x1;
-                *reinterpret_cast<uint32_t *>(row + col) = pack2<T>(x0, x1);
+                *reinterpret_cast<uint32_t *>(row + col) = pack2_prior<T>(prow, col, x0, x1);
             }
         }
         x += __shfl_xor_sync(0xffffffffu, x, 1);

@@ -36,13 +36,18 @@ struct TArg {
     int64_t sb, sh, ss;
 };
 
-/* Everything a kernel needs, passed by value (__grid_constant__). Tensors indexed by mlstm_tensor. */
+/* Everything a kernel needs, passed by value (__grid_constant__). Tensors indexed by mlstm_tensor. prior_dq,
+ * prior_dk (null p: none): the f16/bf16 tensor-core backward adds these tensors' dq / dk (of the call's element type)
+ * to its own in f32 before rounding (pack2_prior), so that the head-dim slices of a call chain their sums
+ * (head_dims.cu) */
 struct KArgs {
     TArg t[MLSTM_TENSOR_COUNT];
+    TArg prior_dq, prior_dk;
     int64_t B, NH, S, DQK, DV;
     float scale, eps;
     int grad_mode;
 };
+
 
 /* Where a CTA of the kernels' 1-D grids sits: blockIdx.x = (rank * nsub + sub) * B*NH + batch*head, with nsub CTAs
  * per tile (output-column blocks or roles). The kernels map rank to a tile so that the heaviest tiles come first. */
@@ -116,6 +121,21 @@ template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, f
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* pack2 of (lo, hi) plus the two T at prior + col (a row of KArgs::prior_dq / prior_dk; null: none), added in f32 */
+template <typename T> __device__ __forceinline__ uint32_t pack2_prior(const T *prior, int64_t col, float lo, float hi)
+{
+    if (prior) {
+        lo += to_f32(prior[col]);
+        hi += to_f32(prior[col + 1]);
+    }
+    return pack2<T>(lo, hi);
+}
+/* The row pointer of KArgs::prior_dq / prior_dk for row r of (b, h), or null where the call has none */
+template <typename T> __device__ __forceinline__ const T *prior_row(const TArg &x, int64_t b, int64_t h, int64_t r)
+{
+    return x.p ? bh_ptr<const T>(x, b, h) + r * x.ss : nullptr;
 }
 
 /* x *= f[row] for an mma accumulator fragment array (per thread: rows g and g+8, elements 0,1 and 2,3) */
