@@ -257,6 +257,11 @@ static void build_default_table(void)
     /* the D = 512 class (sm_90, conformance_fused.cuda): DQK 384 masked, DV 320 as a full 256-column slice and a
      * masked one */
     add_shape_flags(SH(4, 8, 512, 384, 320, NORMAL), FWD_BF16 | FWD_F16 | BWX_BF16 | BWD_F16, 74, IN_GPU_SET);
+    /* the backward's chained slices (dq / dk added through the epilogues; dK/dV grids of at least two CTAs per SM of
+     * an H100 or H200): masked D = 256 slices (DQK 200 of 256, the second slice 144 of 256 columns), and the D = 512
+     * class's roles kernels (B3: 384 64-key tiles, B2 would be one per SM and take the sum pass) */
+    add_shape_flags(SH(8, 8, 512, 200, 400, STD), BWX_BF16 | BWD_F16, 75, IN_GPU_SET);
+    add_shape_flags(SH(3, 8, 1024, 512, 512, STD), BWX_BF16 | BWD_F16, 76, IN_GPU_SET);
 
     /* bitwise determinism, run after run */
     mc_case c;
