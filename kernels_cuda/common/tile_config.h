@@ -211,10 +211,11 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 /* The backward's head-dim slices chain their dq, dk through the kernels' epilogues (head_dims.cu) where one slice's
  * dK/dV grid (64-key tiles) has at least MLSTM_CHAIN_CTAS_PER_SM CTAs per SM; on smaller grids the chain's order
- * (each slice's dK/dV after the previous one's) costs more than the sum pass (256/512 B1 NH8 S1024, H100: 0.265
- * against 0.235 ms forward + backward; bench/RESULTS.md, seventeenth session). */
+ * (each slice's dK/dV after the previous one's) costs more than the sum pass. 256/512 bf16 forward + backward on an
+ * H100 (132 SMs), chained against summed: B1 NH8 S1024 (128 CTAs) 0.264 against 0.245 ms, B1 NH16 S1024 (256)
+ * 0.372 against 0.406, B1 NH8 S2048 (256) 0.541 against 0.566 (bench/RESULTS.md, seventeenth session). */
 #ifndef MLSTM_CHAIN_CTAS_PER_SM
-#define MLSTM_CHAIN_CTAS_PER_SM 2
+#define MLSTM_CHAIN_CTAS_PER_SM 1
 #endif
 /* Above that (DQ_WSL): the consumers on two 64-row query tiles sharing each stage's K/V tile; shared memory 86 / 166 /
  * 197 KB. It beat the former one-warpgroup kernel at S4096 and S8192 for every D but D = 64 at S8192
