@@ -14,18 +14,17 @@ namespace mlstm {
 PFN_cuTensorMapEncodeTiled_v12000 g_tma_encode = nullptr; /* launch.h; set once (tma_encoder) */
 namespace {
 
+/* A tensor argument of esz-byte elements as a kernel tensor (its offset applied; mem null: none) */
+TArg kernel_tensor(const mlstm_tensor_arg &t, size_t esz)
+{
+    return TArg{t.mem ? (void *)((char *)t.mem + t.offset * esz) : nullptr, t.stride_b, t.stride_h, t.stride_s};
+}
+
 KArgs make_args(const mlstm_params *p)
 {
     KArgs a;
     const size_t esz = p->dtype == MLSTM_DTYPE_F32 ? 4 : 2;
-    for (int x = 0; x < MLSTM_TENSOR_COUNT; ++x) {
-        const mlstm_tensor_arg &t = p->t[x];
-        const size_t sz = mlstm_tensor_is_f32(x) ? 4 : esz;
-        a.t[x].p = t.mem ? (void *)((char *)t.mem + t.offset * sz) : nullptr;
-        a.t[x].sb = t.stride_b;
-        a.t[x].sh = t.stride_h;
-        a.t[x].ss = t.stride_s;
-    }
+    for (int x = 0; x < MLSTM_TENSOR_COUNT; ++x) a.t[x] = kernel_tensor(p->t[x], mlstm_tensor_is_f32(x) ? 4 : esz);
     a.B = p->batch;
     a.NH = p->heads;
     a.S = p->seq_len;
@@ -36,13 +35,6 @@ KArgs make_args(const mlstm_params *p)
     a.grad_mode = p->grad_mode;
     a.prior_dq = a.prior_dk = TArg{nullptr, 0, 0, 0};
     return a;
-}
-
-/* A SliceLink's prior dq / dk as a kernel tensor (its mem null: none) */
-TArg prior_arg(const mlstm_tensor_arg &t, int dtype)
-{
-    const size_t esz = dtype == MLSTM_DTYPE_F32 ? 4 : 2;
-    return TArg{t.mem ? (void *)((char *)t.mem + t.offset * esz) : nullptr, t.stride_b, t.stride_h, t.stride_s};
 }
 
 /* 16-byte aligned rows (base address, and every stride a multiple of elems elements = 16 bytes) for every tensor the
@@ -316,16 +308,20 @@ int tc32_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool bac
     return (int)p->dqk;
 }
 
-/* head dim (class) served by the 16-bit tensor-core path, or 0: its default instances accepted, aligned rows */
-int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backward)
+/* head dim (class) served by the 16-bit tensor-core path, or 0: its default instances accepted (tc_class), and,
+ * for tc_dim, aligned rows */
+int tc_class(const Dispatch &ds, const mlstm_params *p, bool backward)
 {
     if (p->dtype != MLSTM_DTYPE_F16 && p->dtype != MLSTM_DTYPE_BF16) return 0;
     const int D = masked_class(ds, p->dtype, p->dqk, p->dv, backward);
     if (D == 0) return 0;
     const bool ok = backward ? usable(ds, V_DKDV_TC, p->dtype, D, false) && usable(ds, V_DQ_TC, p->dtype, D, false)
                              : usable(ds, V_FWD_TC, p->dtype, D, false) != nullptr;
-    if (!ok || !tc_aligned(a, backward)) return 0;
-    return D;
+    return ok ? D : 0;
+}
+int tc_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a, bool backward)
+{
+    return tc_aligned(a, backward) ? tc_class(ds, p, backward) : 0;
 }
 
 /* A pinned variant whose instance exists for the call's class but was refused at setup (or, for the cluster split,
@@ -364,17 +360,16 @@ bool dq_split(const Dispatch &ds, const KArgs &a, int par)
 int bwd_half(const Dispatch &ds, const KArgs &a, int dt, int D, cudaStream_t st, mlstm_cuda_trace *tr,
              mlstm_cuda_fail *fail, const SliceLink &lk)
 {
-    const int par = lk.par > 1 ? lk.par : 1;
     const bool mask = a.DQK < D || a.DV < class_row(D)->dvt, wg = ds.wg_mode != 0;
     Variant vk = forced(ds, ROLE_DKDV, dt), vq = forced(ds, ROLE_DQ, dt);
     if (vk != V_AUTO && find_instance(vk, dt, D, mask) < 0) vk = V_AUTO; /* a pin with no instance in the class */
     if (vq != V_AUTO && find_instance(vq, dt, D, mask) < 0) vq = V_AUTO;
     if (vk == V_AUTO)
         vk = wg && usable(ds, V_DKDV_WG, dt, D, mask) ? V_DKDV_WG
-             : bwd_small(ds, a, dt, D, mask, par)     ? V_DKDV_TC_SMALL
+             : bwd_small(ds, a, dt, D, mask, lk.par)  ? V_DKDV_TC_SMALL
                                                        : V_DKDV_TC;
     if (vq == V_AUTO)
-        vq = wg && usable(ds, V_DQ_WG, dt, D, mask) ? (dq_split(ds, a, par) ? V_DQ_WG_SPLIT : V_DQ_WG) : V_DQ_TC;
+        vq = wg && usable(ds, V_DQ_WG, dt, D, mask) ? (dq_split(ds, a, lk.par) ? V_DQ_WG_SPLIT : V_DQ_WG) : V_DQ_TC;
     const Instance *ik = usable(ds, vk, dt, D, mask), *iq = usable(ds, vq, dt, D, mask);
     if (!ik) MLSTM_UNAVAILABLE(vk);
     if (!iq) MLSTM_UNAVAILABLE(vq);
@@ -446,7 +441,7 @@ int fwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStre
     }
     if (forced(ds, ROLE_FWD, dt) != V_FWD_SIMT) {
         const int D = tc_dim(ds, p, a, false);
-        if (D) return fwd_half(ds, a, dt, D, st, tr, fail, par > 1 ? par : 1);
+        if (D) return fwd_half(ds, a, dt, D, st, tr, fail, par);
     }
     const Instance *in = usable(ds, V_FWD_SIMT, dt, 0, false);
     if (!in) MLSTM_UNAVAILABLE(V_FWD_SIMT);
@@ -455,17 +450,13 @@ int fwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStre
     return 0;
 }
 
-/* The half-precision backward's kernels serve the call (the only ones that add KArgs' prior dq / dk) */
-bool half_bwd_dim(const Dispatch &ds, const mlstm_params *p, const KArgs &a)
-{
-    return p->dtype != MLSTM_DTYPE_F32 && forced(ds, ROLE_BWD32, p->dtype) != V_BWD_SIMT && tc_dim(ds, p, a, true);
-}
-
 int bwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStream_t st, mlstm_cuda_trace *tr,
              mlstm_cuda_fail *fail, const SliceLink &lk)
 {
     const int dt = p->dtype;
-    if ((a.prior_dq.p || a.prior_dk.p) && !half_bwd_dim(ds, p, a)) /* head_dims.cu asks bwd_chains first */
+    /* the f16/bf16 tensor-core class serving the call (0 for f32, SIMT); only its kernels add KArgs' prior dq / dk */
+    const int D = forced(ds, ROLE_BWD32, dt) == V_BWD_SIMT ? 0 : tc_dim(ds, p, a, true);
+    if ((a.prior_dq.p || a.prior_dk.p) && !D) /* head_dims.cu asks bwd_chains first */
         MLSTM_RUN(cudaErrorInvalidValue, "prior dq / dk for kernels that do not add them");
     MLSTM_RUN(run_prep(dt, a, st), "mlstm_bwd_prep_kernel launch");
     if (dt == MLSTM_DTYPE_F32) {
@@ -476,7 +467,6 @@ int bwd_call(const Dispatch &ds, const mlstm_params *p, const KArgs &a, cudaStre
         MLSTM_RUN(run_bwd_gates_tiled(a, st), "mlstm_bwd_gates_tiled_kernel launch");
         return 0;
     }
-    const int D = forced(ds, ROLE_BWD32, dt) == V_BWD_SIMT ? 0 : tc_dim(ds, p, a, true);
     if (D) {
         const int e = bwd_half(ds, a, dt, D, st, tr, fail, lk);
         if (e) return e;
@@ -703,18 +693,17 @@ int direct_bwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm
                const SliceLink &lk)
 {
     KArgs a = make_args(p);
-    a.prior_dq = prior_arg(lk.prior_dq, p->dtype);
-    a.prior_dk = prior_arg(lk.prior_dk, p->dtype);
+    const size_t esz = p->dtype == MLSTM_DTYPE_F32 ? 4 : 2; /* dq, dk: the call's element type */
+    a.prior_dq = kernel_tensor(lk.prior_dq, esz);
+    a.prior_dk = kernel_tensor(lk.prior_dk, esz);
     return bwd_call(ds, p, a, st, tr, fail, lk);
 }
 
 bool bwd_chains(const Dispatch &ds, const mlstm_params *p)
 {
-    const int dt = p->dtype;
-    if (dt == MLSTM_DTYPE_F32 || forced(ds, ROLE_BWD32, dt) == V_BWD_SIMT) return false;
+    if (forced(ds, ROLE_BWD32, p->dtype) == V_BWD_SIMT) return false;
     if ((p->seq_len + 63) / 64 * p->batch * p->heads < (int64_t)MLSTM_CHAIN_CTAS_PER_SM * ds.sms) return false;
-    const int D = masked_class(ds, dt, p->dqk, p->dv, true); /* tc_dim but for the rows' alignment */
-    return D && usable(ds, V_DKDV_TC, dt, D, false) && usable(ds, V_DQ_TC, dt, D, false);
+    return tc_class(ds, p, true) != 0;
 }
 } // namespace mlstm
 

@@ -58,15 +58,15 @@ int tc_classes(int *out, int max);
 int class_out_tile(int D);
 /* How a call of the direct path runs beside others (head_dims.cu's slices; SliceLink{} for a call on its own):
  *   par: the number of such calls running at the same time (the slices on the call's and the side stream), which the
- *     grid-size policies count (0 or 1: this call alone);
+ *     grid-size policies count (1: this call alone);
  *   prior_dq, prior_dk: the earlier slices' dq / dk, which the backward adds to its own before rounding (mem null:
  *     none; only where bwd_chains(p));
  *   wait_dkdv, wait_dq: events the backward's stream waits for before its dK/dV (dQ) kernel; rec_dkdv, rec_dq: events
  *     it records after it (null: none). */
 struct SliceLink {
-    int par;
-    mlstm_tensor_arg prior_dq, prior_dk;
-    cudaEvent_t wait_dkdv, rec_dkdv, wait_dq, rec_dq;
+    int par = 1;
+    mlstm_tensor_arg prior_dq = {}, prior_dk = {};
+    cudaEvent_t wait_dkdv = nullptr, rec_dkdv = nullptr, wait_dq = nullptr, rec_dq = nullptr;
 };
 int direct_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
                mlstm_cuda_fail *fail, const SliceLink &lk = SliceLink{});

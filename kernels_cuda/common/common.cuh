@@ -48,7 +48,6 @@ struct KArgs {
     int grad_mode;
 };
 
-
 /* Where a CTA of the kernels' 1-D grids sits: blockIdx.x = (rank * nsub + sub) * B*NH + batch*head, with nsub CTAs
  * per tile (output-column blocks or roles). The kernels map rank to a tile so that the heaviest tiles come first. */
 struct CtaPos {
