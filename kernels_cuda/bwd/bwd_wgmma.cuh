@@ -8,7 +8,8 @@
  *   and dK += P^T Q with the tiles from registers.
  *   dK/dV pairs (D 256, whose dK and dV would take 256 accumulator floats per thread): two warpgroups on 64 keys; one
  *   computes S^T and turns it into C/n, the other dP^T into P, they swap the packed tiles through shared memory, and
- *   each accumulates dV and dK for one half of the columns.
+ *   each accumulates dV and dK for one half of the columns. The ping-pong pair (bf16) lets the two drift half a step
+ *   apart, meeting only at one-way named barriers, so that one's elementwise work overlaps the other's products.
  * The streamed tiles are double-buffered through cp.async. */
 #pragma once
 
@@ -250,9 +251,11 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
 
 /* The query gates of the wgmma dK/dV kernels, one query tile ahead: 64 producer threads (warps pw, pw + 1) load a
  * tile's values early in a step and store them late in the step before (tc::DkdvQueryGates::produce_*); warp 0 scans
- * them at the end of the step before their use. Slots (qt - qt0) & 1 of pr [2][256]; outputs cb, del [2][BMQ], of [2]. */
-template <int BMQ>
+ * them at the end of the step before their use (ANY_FW: warp pw - 2 instead, for the ping-pong pair's pipe per warpgroup).
+ * Slots (qt - qt0) & 1 of pr [2][256]; outputs cb, del [2][BMQ], of [2]: G_FLOATS floats from cb on. */
+template <int BMQ, bool ANY_FW = false>
 struct DkdvGatePipe {
+    static constexpr int G_FLOATS = 4 * BMQ + 2 + 512;
     tc::DkdvQueryGates<1, BMQ> qg;
     float *pr, *cb, *del, *of;
     int64_t qt0, nqt;
@@ -276,7 +279,7 @@ struct DkdvGatePipe {
                 qg.produce_store(q * BMQ, pidx, r, slot(q));
             }
         __syncthreads();
-        if (threadIdx.x < 32) qg.finish_from(qt0 * BMQ, slot(qt0), cb, del, of);
+        if (ANY_FW ? pidx >= -64 && pidx < -32 : threadIdx.x < 32) qg.finish_from(qt0 * BMQ, slot(qt0), cb, del, of);
     }
     /* in step qt (buffer buf): early, the loads for tile qt + 2; late, their store, and tile qt + 1's gates */
     __device__ __forceinline__ void early(int64_t qt)
@@ -286,7 +289,7 @@ struct DkdvGatePipe {
     __device__ __forceinline__ void late(int64_t qt, int buf)
     {
         if (producer && qt + 2 < nqt) qg.produce_store((qt + 2) * BMQ, pidx, r, slot(qt + 2));
-        if (qt + 1 < nqt && threadIdx.x < 32)
+        if (qt + 1 < nqt && (ANY_FW ? pidx >= -64 && pidx < -32 : threadIdx.x < 32))
             qg.finish_from((qt + 1) * BMQ, slot(qt + 1), cb + (buf ^ 1) * BMQ, del + (buf ^ 1) * BMQ, of + (buf ^ 1));
     }
 };
@@ -471,6 +474,72 @@ struct DkdvPairCfg {
     static_assert(64 % BMQ == 0 && BMQ % 32 == 0 && QT_BYTES % 1024 == 0 && D % 128 == 0, "tiles");
 };
 
+/* The end of a dK/dV warpgroup pair (after both warpgroups' last products): k_j . dk_j over both column halves (the
+ * rounded-P sum whose difference from di the dQ kernel takes back from df): per-thread partial sums, role 1's added
+ * to role 0's, which also takes role 1's di_ex (the epilogue reduces over the quad and applies the sign and
+ * range-guard factor); then dk, dv, di and the residual (tc::dkdv_epilogue). Contains __syncthreads. */
+template <typename T, int D, int BMQ, bool GUARD, bool MC>
+__device__ __forceinline__ void pair_epilogue(const KArgs &args, unsigned char *smem, int64_t b, int64_t hh, int64_t ks,
+                                              int wk0, int role, float (&adk)[D / 16][4], float (&adv)[D / 16][4],
+                                              float (&esc)[2], float (&di_ex)[2])
+{
+    using Cfg = DkdvPairCfg<D, BMQ>;
+    constexpr int BNK = Cfg::BNK, DOUT = D / 2;
+    float *xm = reinterpret_cast<float *>(smem + Cfg::XM_OFF);
+    const int tid = threadIdx.x & 127, c0 = role * DOUT;
+    const int lane = threadIdx.x & 31, q4 = lane & 3, g = lane >> 2;
+    float di_ps[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int kr = wk0 + g + rr * 8;
+        float d = 0.0f;
+#pragma unroll
+        for (int n = 0; n < DOUT / 8; ++n) {
+            const int col = c0 + n * 8 + 2 * q4;
+            const T *kp = reinterpret_cast<const T *>(smem + Cfg::K_OFF + sw128_off<BNK>(kr, col));
+            d += to_f32(kp[0]) * adk[n][rr * 2] + to_f32(kp[1]) * adk[n][rr * 2 + 1];
+        }
+        di_ps[rr] = d;
+    }
+    __syncthreads(); /* xm is free */
+    if (role == 1) {
+        xm[tid] = di_ps[0];
+        xm[128 + tid] = di_ps[1];
+        xm[256 + tid] = di_ex[0];
+        xm[384 + tid] = di_ex[1];
+    }
+    __syncthreads();
+    if (role == 0) {
+        di_ps[0] += xm[tid];
+        di_ps[1] += xm[128 + tid];
+        di_ex[0] = xm[256 + tid];
+        di_ex[1] = xm[384 + tid];
+    }
+    tc::dkdv_epilogue<T, D, D, DOUT, GUARD, true, MC>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
+                                                      [](int, int) { return make_float2(0.0f, 0.0f); });
+}
+
+/* The setup both dK/dV pair kernels share: the CTA's key tile (ks), its (b, hh) tensors, the thread's warpgroup role
+ * (0: S^T -> C/n, 1: dP^T -> P), first key row wk0 within the tile and output columns c0, and the query tiles qt0 ..
+ * nqt - 1 it visits. A macro rather than a struct so that every name stays a local of the kernel (the pair kernel's
+ * PTX is unchanged by it). */
+#define MLSTM_PAIR_CTA_SETUP                                                                                           \
+    const int64_t S = args.S;                                                                                          \
+    const CtaPos cp = cta_pos(args);                                                                                   \
+    const int64_t b = cp.b, hh = cp.hh, kt = cp.rank; /* lowest key tiles (most work) first */                         \
+    const int64_t ks = kt * BNK;                                                                                       \
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];               \
+    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];             \
+    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);                        \
+    const T *gdh = bh_ptr<T>(tdh, b, hh);                                                                              \
+    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);                                        \
+    const int warp = threadIdx.x >> 5, tid = threadIdx.x & 127;                                                        \
+    const int role = warp >> 2;                                                                                        \
+    const int wk0 = (warp & 3) * 16;                                                                                   \
+    const int c0 = role * DOUT;                                                                                        \
+    const int64_t nqt = (S + BMQ - 1) / BMQ;                                                                           \
+    const int64_t qt0 = ks / BMQ;
+
 /* named barrier of all 256 threads (barrier 1; __syncthreads is 0) */
 __device__ __forceinline__ void pair_bar() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
 
@@ -494,23 +563,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
     float *sOf = sDel + 2 * BMQ;
     float *sPr = sOf + 2; /* [2][256]: the query gates' producer values (DkdvQueryGates::produce_store) */
 
-    const int64_t S = args.S;
-    const CtaPos cp = cta_pos(args);
-    const int64_t b = cp.b, hh = cp.hh, kt = cp.rank; /* lowest key tiles (most work) first */
-    const int64_t ks = kt * BNK;
-
-    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
-    const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F], &tdh = args.t[MLSTM_TENSOR_DH];
-    const T *gq = bh_ptr<T>(tq, b, hh), *gk = bh_ptr<T>(tk, b, hh), *gv = bh_ptr<T>(tv, b, hh);
-    const T *gdh = bh_ptr<T>(tdh, b, hh);
-    const float *gi = bh_ptr<float>(ti, b, hh), *gf = bh_ptr<float>(tf, b, hh);
-
-    const int warp = threadIdx.x >> 5, tid = threadIdx.x & 127;
-    const int role = warp >> 2;          /* 0: S^T -> C/n, 1: dP^T -> P */
-    const int wk0 = (warp & 3) * 16;     /* first key row of this warp within the tile */
-    const int c0 = role * DOUT;          /* this warpgroup's output columns */
-    const int64_t nqt = (S + BMQ - 1) / BMQ;
-    const int64_t qt0 = ks / BMQ;
+    MLSTM_PAIR_CTA_SETUP
 
     load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S, (int)threadIdx.x, masked_cols<D, MC>(args.DQK));
     load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S, (int)threadIdx.x, masked_cols<D, MC>(args.DV));
@@ -643,39 +696,231 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         gp.late(qt, buf);
     }
 
-    /* k_j . dk_j over both column halves (the rounded-P sum whose difference from di the dQ kernel takes back from
-     * df): per-thread partial sums, role 1's added to role 0's, which also takes role 1's di_ex (the epilogue reduces
-     * over the quad and applies the sign and range-guard factor) */
-    const int lane = threadIdx.x & 31, q4 = lane & 3, g = lane >> 2;
-    float di_ps[2];
+    pair_epilogue<T, D, BMQ, GUARD, MC>(args, smem, b, hh, ks, wk0, role, adk, adv, esc, di_ex);
+#endif
+}
+
+/* Ping-pong pair (bf16; f16's range guard needs both warpgroups' row maxima before either can pack its tile): the
+ * same products and elementwise as the pair kernel, but the two warpgroups drift half a step apart instead of meeting
+ * at CTA barriers, so that one warpgroup's elementwise work runs while the other's products occupy the tensor cores.
+ * Role 0 (S^T -> C/n) publishes C and the raw S, accumulates its dV half from its own C while role 1 finishes P,
+ * then its dK half from role 1's P, and issues the next tile's S^T. Role 1 (dP^T -> P) waits for C and S (its di),
+ * publishes P, accumulates its dK and dV halves, and issues the next dP^T. Four one-way handoffs (one warpgroup
+ * arrives, the other waits for the step's phase): C published, P published, C / S read, tile buffer read by role 0;
+ * as mbarriers (NB false: 128 arrivals each) or as named barriers (NB: bar.arrive / bar.sync of 256 threads, which
+ * PTX orders the same way but compute-sanitizer's racecheck reports as hazards). Role 1 loads the query tiles from
+ * the third one on (cp.async, completion on the buffer's mbarrier); each warpgroup runs its own query-gate pipe (the
+ * same gates, bitwise). */
+template <int D, int BMQ> struct DkdvPpCfg : DkdvPairCfg<D, BMQ> {
+    using P = DkdvPairCfg<D, BMQ>;
+    /* after the two gate blocks: mbarriers full[2], then the handoffs (PpBar) */
+    static constexpr int MB_OFF = (P::G_OFF + 2 * DkdvGatePipe<BMQ>::G_FLOATS * 4 + 7) / 8 * 8;
+    static constexpr int SMEM = MB_OFF + 6 * 8 + 1024;
+    static_assert(SMEM <= 232448, "shared memory per block");
+};
+/* the ping-pong pair's handoffs (mbarrier i at 8 i bytes after full[2], or named barrier i) and its warpgroup-local
+ * named barriers */
+enum : int { PP_MB_C = 2, PP_MB_P = 3, PP_MB_CFREE = 4, PP_MB_EMPTY = 5, PP_BAR_WG = 6 /* + role */ };
+template <bool NB> struct PpHandoff {
+    uint32_t mb0; /* full[0]: handoff i is the mbarrier at mb0 + 8 i */
+    __device__ __forceinline__ void arrive(int i) const
+    {
+        if (NB)
+            named_arrive(i, 256);
+        else
+            mbar_arrive(mb0 + 8 * i);
+    }
+    __device__ __forceinline__ void wait(int i, uint32_t parity) const
+    {
+        if (NB)
+            named_sync(i, 256);
+        else
+            mbar_wait(mb0 + 8 * i, parity);
+    }
+};
+
+template <typename T, int D, int BMQ, bool NB, bool MC = (D == MASKED_COLS_CLASS)>
+__global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pp_kernel(const __grid_constant__ KArgs args)
+{
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap(); /* built for an architecture without wgmma: never launched (dispatch.cu) */
+#else
+    static_assert(!tc::NeedsRangeGuard<T>::value, "the ping-pong pair has no range guard");
+    using Cfg = DkdvPpCfg<D, BMQ>;
+    constexpr int BNK = Cfg::BNK, DOUT = D / 2, NKK = BMQ / 16;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    unsigned char *smem = smem_aligned_1024(smem_raw);
+    const uint32_t base = smem_u32(smem);
+    const uint32_t aK = base + Cfg::K_OFF, aV = base + Cfg::V_OFF, aQ = base + Cfg::Q_OFF, aH = base + Cfg::DH_OFF;
+    const uint32_t bFull = base + Cfg::MB_OFF; /* [2]: the query tiles from qt0 + 2 on, by buffer */
+    uint32_t *xt = reinterpret_cast<uint32_t *>(smem + Cfg::X_OFF);
+    float *sb = reinterpret_cast<float *>(smem + Cfg::SB_OFF); /* role 0's raw S^T tile for role 1's di */
+
+    MLSTM_PAIR_CTA_SETUP
+    const int64_t qcols = masked_cols<D, MC>(args.DQK), hcols = masked_cols<D, MC>(args.DV);
+
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < 6; ++i) mbar_init(bFull + 8 * i, 128);
+        mbar_init_fence();
+    }
+    const PpHandoff<NB> ho{bFull};
+    load_tile_sw128<T, BNK, D, 256>(aK, gk, tk.ss, ks, S, (int)threadIdx.x, qcols);
+    load_tile_sw128<T, BNK, D, 256>(aV, gv, tv.ss, ks, S, (int)threadIdx.x, hcols);
+    for (int64_t q = qt0; q < qt0 + 2 && q < nqt; ++q) {
+        const uint32_t o = (uint32_t)(q - qt0) * Cfg::QT_BYTES;
+        load_tile_sw128<T, BMQ, D, 256>(aQ + o, gq, tq.ss, q * BMQ, S, (int)threadIdx.x, qcols);
+        load_tile_sw128<T, BMQ, D, 256>(aH + o, gdh, tdh.ss, q * BMQ, S, (int)threadIdx.x, hcols);
+    }
+    cp_async_commit();
+
+    float gkn[2];
+    tc::dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
+    float *sCb = reinterpret_cast<float *>(smem + Cfg::G_OFF) + role * DkdvGatePipe<BMQ>::G_FLOATS; /* this warpgroup's */
+    float *sDel = sCb + 2 * BMQ, *sOf = sDel + 2 * BMQ, *sPr = sOf + 2;
+    DkdvGatePipe<BMQ, true> gp(args, b, hh, ks, 4 * role + 2, sPr, sCb, sDel, sOf, qt0, nqt); /* scans: warp 4 role */
+    gp.prologue(); /* contains __syncthreads: the mbarriers are initialised */
+
+    float adk[DOUT / 8][4], adv[DOUT / 8][4];
+    float(&acck)[DOUT / 2] = reinterpret_cast<float(&)[DOUT / 2]>(adk);
+    float(&accv)[DOUT / 2] = reinterpret_cast<float(&)[DOUT / 2]>(adv);
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        const int kr = wk0 + g + rr * 8;
-        float d = 0.0f;
+    for (int i = 0; i < DOUT / 2; ++i) acck[i] = accv[i] = 0.0f;
+    float esc[2] = {0.0f, 0.0f};  /* no range guard: stays 0 */
+    float di_ex[2] = {0.0f, 0.0f}; /* role 1: sum_t P S / sgn of its key rows from the f32 tiles (dkdv_epilogue) */
+    /* this warpgroup's score product: S^T = K Q^T or dP^T = V dH^T (selected addresses: no branch around the MMA) */
+    const uint32_t aA = role ? aV : aK, aB = role ? aH : aQ;
+
+    float st[BMQ / 8][4];
+    float(&sacc)[BMQ / 2] = reinterpret_cast<float(&)[BMQ / 2]>(st);
+    auto score_product = [&](uint32_t a, uint32_t cB) {
+        reg_fence(sacc);
+        fence();
 #pragma unroll
-        for (int n = 0; n < DOUT / 8; ++n) {
-            const int col = c0 + n * 8 + 2 * q4;
-            const T *kp = reinterpret_cast<const T *>(smem + Cfg::K_OFF + sw128_off<BNK>(kr, col));
-            d += to_f32(kp[0]) * adk[n][rr * 2] + to_f32(kp[1]) * adk[n][rr * 2 + 1];
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const uint32_t koff = (kk & 3) * 32;
+            WgmmaSS<T, BMQ>::run(sacc, desc_sw128(a + (kk >> 2) * BNK * 128 + koff, 16),
+                                 desc_sw128(cB + (kk >> 2) * BMQ * 128 + koff, 16), kk > 0);
         }
-        di_ps[rr] = d;
-    }
-    __syncthreads(); /* xm is free */
-    if (role == 1) {
-        xm[tid] = di_ps[0];
-        xm[128 + tid] = di_ps[1];
-        xm[256 + tid] = di_ex[0];
-        xm[384 + tid] = di_ex[1];
-    }
-    __syncthreads();
-    if (role == 0) {
-        di_ps[0] += xm[tid];
-        di_ps[1] += xm[128 + tid];
-        di_ex[0] = xm[256 + tid];
-        di_ex[1] = xm[384 + tid];
-    }
-    tc::dkdv_epilogue<T, D, D, DOUT, GUARD, true, MC>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
-                                             [](int, int) { return make_float2(0.0f, 0.0f); });
+        commit();
+    };
+
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads(); /* K, V, the first two query tiles and the first gates are in shared memory */
+    score_product(aA, aB);
+    wait<0>();
+    reg_fence(sacc);
+
+    /* the loop, compiled once per role (each path its own live ranges) */
+    auto run = [&](auto role_c) {
+        constexpr int ROLE = decltype(role_c)::value;
+        int buf = 0;
+        const int nst = (int)(nqt - qt0); /* query tiles of this CTA */
+        for (int it = 0; it < nst; ++it, buf ^= 1) {
+            const int64_t qt = qt0 + it;
+            const int64_t qs = qt * BMQ;
+            const uint32_t cQ = aQ + buf * Cfg::QT_BYTES, cH = aH + buf * Cfg::QT_BYTES;
+            const float *cCb = sCb + buf * BMQ, *cDel = sDel + buf * BMQ;
+            const float of = sOf[buf];
+            if (ROLE == 1 && it >= 1 && it + 1 < nst) {
+                /* tile qt + 1 into the other buffer once role 0 has read tile qt - 1 from it (this warpgroup has) */
+                ho.wait(PP_MB_EMPTY, (uint32_t)((it - 1) & 1));
+                const uint32_t o = (uint32_t)(buf ^ 1) * Cfg::QT_BYTES;
+                /* operands from the kernel parameters again rather than kept in registers across the loop */
+                load_tile_sw128<T, BMQ, D, 128>(aQ + o, bh_ptr<T>(args.t[MLSTM_TENSOR_Q], b, hh), args.t[MLSTM_TENSOR_Q].ss,
+                                                qs + BMQ, S, tid, masked_cols<D, MC>(args.DQK));
+                load_tile_sw128<T, BMQ, D, 128>(aH + o, bh_ptr<T>(args.t[MLSTM_TENSOR_DH], b, hh), args.t[MLSTM_TENSOR_DH].ss,
+                                                qs + BMQ, S, tid, masked_cols<D, MC>(args.DV));
+                mbar_arrive_cp_async(bFull + 8 * (buf ^ 1)); /* fires when this thread's copies have landed */
+            }
+            if (ROLE == 0 && it > 0) ho.wait(PP_MB_CFREE, (uint32_t)((it - 1) & 1)); /* role 1 has read C, S of qt - 1 */
+            gp.early(qt);
+
+            /* rows = keys j (g, g+8 of each warp), cols = queries t: C/n = S e (role 0), P = (dP - delta) e (role 1),
+             * with the operation order of tc::dkdv_element (bitwise the P of the dQ kernel) */
+            const int qrel = (int)(qs - ks);
+            const float gb2[2] = {bwd_col_b(gkn[0], of), bwd_col_b(gkn[1], of)};
+            const float pw[2] = {1.0f, 1.0f};
+            auto element = [&](int n, int c, int rr, bool dead, float e, float del) {
+                const float x = dead ? 0.0f : st[n][c];
+                const float y = dead ? 0.0f : (ROLE ? __fmul_rn(__fsub_rn(x, del), e) : x * e);
+                if (ROLE == 0) sb[(n * 4 + c) * 128 + tid] = x; /* raw S for role 1's di */
+                st[n][c] = y;
+            };
+            if (qs < ks + wk0 + 15)
+                tc::dkdv_for_each_element<true, false, BMQ>(cCb, cDel, gb2, pw, wk0, qrel, element);
+            else
+                tc::dkdv_for_each_element<false, false, BMQ>(cCb, cDel, gb2, pw, wk0, qrel, element);
+
+            uint32_t own[NKK][4], oth[NKK][4];
+            if constexpr (ROLE == 1) {
+                ho.wait(PP_MB_C, (uint32_t)(it & 1)); /* C and S of tile qt are in shared memory */
+#pragma unroll
+                for (int n = 0; n < BMQ / 8; ++n) /* di from the f32 P and S, before this thread's P overwrites its S slots */
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) di_ex[c >> 1] = fmaf(st[n][c], sb[(n * 4 + c) * 128 + tid], di_ex[c >> 1]);
+            }
+#pragma unroll
+            for (int kk = 0; kk < NKK; ++kk) {
+                acc_to_a<T>(st, kk, own[kk]);
+#pragma unroll
+                for (int r = 0; r < 4; ++r) xt[((ROLE * NKK + kk) * 4 + r) * 128 + tid] = own[kk][r];
+            }
+            reg_fence(acck);
+            reg_fence(accv);
+            if constexpr (ROLE == 0) {
+                ho.arrive(PP_MB_C);
+                fence();
+#pragma unroll
+                for (int kk = 0; kk < NKK; ++kk) /* dV[:, c0:] += (C/n)^T dH[:, c0:] from this warpgroup's C */
+                    WgmmaRS<T, DOUT>::run(accv, own[kk], desc_sw128(cH + (c0 / 64) * BMQ * 128 + kk * 16 * 128, BMQ * 128), 1);
+                commit();
+                ho.wait(PP_MB_P, (uint32_t)(it & 1)); /* role 1's P of tile qt */
+#pragma unroll
+                for (int kk = 0; kk < NKK; ++kk)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) oth[kk][r] = xt[((NKK + kk) * 4 + r) * 128 + tid];
+                fence();
+#pragma unroll
+                for (int kk = 0; kk < NKK; ++kk) /* dK[:, c0:] += P^T Q[:, c0:] */
+                    WgmmaRS<T, DOUT>::run(acck, oth[kk], desc_sw128(cQ + (c0 / 64) * BMQ * 128 + kk * 16 * 128, BMQ * 128), 1);
+                commit();
+            } else {
+                ho.arrive(PP_MB_P);
+#pragma unroll
+                for (int kk = 0; kk < NKK; ++kk)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) oth[kk][r] = xt[(kk * 4 + r) * 128 + tid];
+                if (it + 1 < nst) ho.arrive(PP_MB_CFREE);
+                fence();
+#pragma unroll
+                for (int kk = 0; kk < NKK; ++kk) { /* dK[:, c0:] += P^T Q[:, c0:] ; dV[:, c0:] += (C/n)^T dH[:, c0:] */
+                    WgmmaRS<T, DOUT>::run(acck, own[kk], desc_sw128(cQ + (c0 / 64) * BMQ * 128 + kk * 16 * 128, BMQ * 128), 1);
+                    WgmmaRS<T, DOUT>::run(accv, oth[kk], desc_sw128(cH + (c0 / 64) * BMQ * 128 + kk * 16 * 128, BMQ * 128), 1);
+                }
+                commit();
+            }
+            gp.late(qt, buf);
+            wait<0>(); /* the packed tiles are free again only now (and the next score product needs no more registers) */
+            reg_fence(acck);
+            reg_fence(accv);
+            if (ROLE == 0 && it + 2 < nst) ho.arrive(PP_MB_EMPTY); /* tile qt's buffer is read */
+            if (it + 1 < nst) {
+                if (it >= 1) mbar_wait(bFull + 8 * (buf ^ 1), (uint32_t)(((it - 1) >> 1) & 1));
+                fence_proxy_async(); /* the cp.async writes before the wgmma's async-proxy reads */
+                named_sync(PP_BAR_WG + ROLE, 128); /* this warpgroup's gates of tile qt + 1 */
+                score_product(ROLE ? aV : aK, (ROLE ? aH : aQ) + (buf ^ 1) * Cfg::QT_BYTES);
+                wait<0>();
+                reg_fence(sacc);
+            }
+        }
+    };
+    if (role == 0)
+        run(std::integral_constant<int, 0>{});
+    else
+        run(std::integral_constant<int, 1>{});
+    cp_async_wait<0>(); /* no copy outlives its thread */
+    pair_epilogue<T, D, BMQ, false, MC>(args, smem, b, hh, ks, wk0, role, adk, adv, esc, di_ex);
 #endif
 }
 

@@ -217,10 +217,16 @@ template <typename T, int D, bool MC, bool PAIR = TileCfg<D>::DKDV_WG_PAIR> stru
     using K = wg::DkdvCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
     static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ>;
 };
-template <typename T, int D, bool MC> struct WgDkdv<T, D, MC, true> { /* two warpgroups per 64 keys (bwd_wgmma.cuh) */
+template <typename T, int D, bool MC, int PP = tc::NeedsRangeGuard<T>::value ? 0 : MLSTM_DKDV_PINGPONG>
+struct WgDkdvPair { /* the ping-pong pair (bf16; PP 1: mbarrier handoffs, 2: named barriers) */
+    using K = wg::DkdvPpCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
+    static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_pp_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ, PP == 2, MC>;
+};
+template <typename T, int D, bool MC> struct WgDkdvPair<T, D, MC, 0> { /* two warpgroups meeting at CTA barriers */
     using K = wg::DkdvPairCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
     static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_pair_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ, MC>;
 };
+template <typename T, int D, bool MC> struct WgDkdv<T, D, MC, true> : WgDkdvPair<T, D, MC> {};
 
 template <typename T, int D, bool MC> cudaError_t setup_bwd_dkdv_wgmma()
 {

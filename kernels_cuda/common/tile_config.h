@@ -243,6 +243,15 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_TC256_DKDV_WG
 #define MLSTM_TC256_DKDV_WG 64
 #endif
+/* bf16 D = 256 dK/dV: 1 or 2 runs the ping-pong pair (bwd_wgmma.cuh mlstm_bwd_dkdv_wgmma_pp_kernel: the two
+ * warpgroups half a step apart, so one's elementwise work overlaps the other's products) instead of the pair meeting
+ * at CTA barriers; 1 hands the tiles over through mbarriers, 2 through named barriers. f16 keeps the pair (its range
+ * guard joins both warpgroups' row maxima). Off until 1 has run on a GPU: 2 passed the bf16 backward conformance cases
+ * and took 256/512 fwbw 3-4% below the pair on an H100, but racecheck reports its bar.arrive handoffs as hazards
+ * (bench/RESULTS.md, eighteenth session; kernels_cuda/NOTES.md). */
+#ifndef MLSTM_DKDV_PINGPONG
+#define MLSTM_DKDV_PINGPONG 0
+#endif
 
 /* the members every TileCfg<D> takes from its MLSTM_TC{D}_* entries above */
 #define MLSTM_TILE_CFG_MEMBERS(D)                                                                                \
