@@ -32,12 +32,7 @@ __device__ __forceinline__ void dq_step(uint32_t aH, uint32_t cK, uint32_t cV, c
     float(&dacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(dp);
     reg_fence(dacc);
     fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t koff = (kk & 3) * 32;
-        WgmmaSS<T, BN>::run(dacc, desc_sw128(aH + (kk >> 2) * BM * 128 + koff, 16),
-                            desc_sw128(cV + (kk >> 2) * BN * 128 + koff, 16), kk > 0);
-    }
+    wgmma_kmajor_ss<T, BN, D, BM, BN>(dacc, aH, cV);
     commit();
     wait<0>();
     reg_fence(dacc);
@@ -385,18 +380,8 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
         reg_fence(sacc);
         reg_fence(pacc);
         fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) { /* S^T = K Q^T */
-            const uint32_t koff = (kk & 3) * 32;
-            WgmmaSS<T, BMQ>::run(sacc, desc_sw128(aK + (kk >> 2) * BNK * 128 + koff, 16),
-                                 desc_sw128(cQ + (kk >> 2) * BMQ * 128 + koff, 16), kk > 0);
-        }
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) { /* dP^T = V dH^T */
-            const uint32_t koff = (kk & 3) * 32;
-            WgmmaSS<T, BMQ>::run(pacc, desc_sw128(aV + (kk >> 2) * BNK * 128 + koff, 16),
-                                 desc_sw128(cH + (kk >> 2) * BMQ * 128 + koff, 16), kk > 0);
-        }
+        wgmma_kmajor_ss<T, BMQ, D, BNK, BMQ>(sacc, aK, cQ); /* S^T = K Q^T */
+        wgmma_kmajor_ss<T, BMQ, D, BNK, BMQ>(pacc, aV, cH); /* dP^T = V dH^T */
         commit();
         wait<0>();
         reg_fence(sacc);
@@ -609,12 +594,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
         float(&sacc)[BMQ / 2] = reinterpret_cast<float(&)[BMQ / 2]>(st);
         reg_fence(sacc);
         fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const uint32_t koff = (kk & 3) * 32;
-            WgmmaSS<T, BMQ>::run(sacc, desc_sw128(aA + (kk >> 2) * BNK * 128 + koff, 16),
-                                 desc_sw128(cB + (kk >> 2) * BMQ * 128 + koff, 16), kk > 0);
-        }
+        wgmma_kmajor_ss<T, BMQ, D, BNK, BMQ>(sacc, aA, cB);
         commit();
         wait<0>();
         reg_fence(sacc);
@@ -795,12 +775,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pp_kernel(const _
     auto score_product = [&](uint32_t a, uint32_t cB) {
         reg_fence(sacc);
         fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const uint32_t koff = (kk & 3) * 32;
-            WgmmaSS<T, BMQ>::run(sacc, desc_sw128(a + (kk >> 2) * BNK * 128 + koff, 16),
-                                 desc_sw128(cB + (kk >> 2) * BMQ * 128 + koff, 16), kk > 0);
-        }
+        wgmma_kmajor_ss<T, BMQ, D, BNK, BMQ>(sacc, a, cB);
         commit();
     };
 

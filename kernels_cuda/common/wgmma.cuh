@@ -93,6 +93,20 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo)
            ((uint64_t)(1024u >> 4) << 32) | (1ull << 62);
 }
 
+/* acc (+)= A B^T over K columns, A and B K-major swizzled tiles of RA and RB rows at a and b (K / 64 column blocks
+ * each): the score products (S = Q K^T, dP = dH V^T, their transposes), K / 16 wgmma of which the first overwrites
+ * acc. The caller fences before and commits after. */
+template <typename T, int N, int K, int RA, int RB>
+__device__ __forceinline__ void wgmma_kmajor_ss(float (&acc)[N / 2], uint32_t a, uint32_t b)
+{
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+        const uint32_t koff = (kk & 3) * 32; /* k16 slice within the 64-column block */
+        WgmmaSS<T, N>::run(acc, desc_sw128(a + (kk >> 2) * RA * 128 + koff, 16),
+                           desc_sw128(b + (kk >> 2) * RB * 128 + koff, 16), kk > 0);
+    }
+}
+
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }

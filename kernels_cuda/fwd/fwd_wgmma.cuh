@@ -300,13 +300,7 @@ __global__ void __launch_bounds__(384, 1)
             float(&sacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
             reg_fence(sacc);
             fence();
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                const uint32_t koff = (kk & 3) * 32; /* k16 slice within the 64-column block */
-                const uint64_t da = desc_sw128(aQw + (kk >> 2) * BM * 128 + koff, 16);
-                const uint64_t db = desc_sw128(cK + (kk >> 2) * BN * 128 + koff, 16);
-                WgmmaSS<T, BN>::run(sacc, da, db, kk > 0);
-            }
+            wgmma_kmajor_ss<T, BN, D, BM, BN>(sacc, aQw, cK);
             commit();
             if (PP) turn_pass(); /* the other warpgroup's turn */
             wait<0>();
