@@ -24,15 +24,11 @@ SETS=("fwd.tc,dkdv.tc,dq.tc,fwd.tc32,bwd.tc32"
       "fwd.tc_split,dkdv.wg,dq.wg"
       "fwd.wg,fwd.wg32,bwd.wg32"
       "fwd.wg_split"
-      "fwd.wg_vpair"
       "fwd.simt,bwd.simt")
 fail=0
 for set in "${SETS[@]}"; do
   log="$LOG/force_${set//[,.]/_}${SANITIZE:+_$SANITIZE}.log"
-  filter=${MLSTM_TEST_FILTER:-}
-  # the V pair serves only DQK 256 / DV 512: under the sanitizers, the cases of that shape
-  [ -n "${SANITIZE:-}" ] && [ "$set" = fwd.wg_vpair ] && filter='*DQK256_DV512*'
-  MLSTM_TEST_FILTER=$filter MLSTM_CUDA_FORCE=$set timeout ${INSTANCE_TIMEOUT:-900} "${RUN[@]}" "$BUILD/tests/test_conformance" > "$log" 2>&1
+  MLSTM_CUDA_FORCE=$set timeout ${INSTANCE_TIMEOUT:-900} "${RUN[@]}" "$BUILD/tests/test_conformance" > "$log" 2>&1
   rc=$?
   ran=$(grep -c '^\[       OK \]' "$log")
   failed=$(grep -c '^\[  FAILED  \] [^0-9]' "$log")

@@ -79,7 +79,7 @@ struct VariantInfo {
 };
 enum Variant {
     V_AUTO = 0,
-    V_FWD_SIMT, V_FWD_TC, V_FWD_TC_SMALL, V_FWD_TC_SPLIT, V_FWD_WG, V_FWD_WG_SPLIT, V_FWD_WG_VPAIR, V_FWD_TC32, V_FWD_WG32,
+    V_FWD_SIMT, V_FWD_TC, V_FWD_TC_SMALL, V_FWD_TC_SPLIT, V_FWD_WG, V_FWD_WG_SPLIT, V_FWD_TC32, V_FWD_WG32,
     V_DKDV_TC, V_DKDV_TC_SMALL, V_DKDV_WG,
     V_DQ_TC, V_DQ_WG, V_DQ_WG_SPLIT,
     V_BWD_SIMT, V_BWD_TC32, V_BWD_WG32,
@@ -93,7 +93,6 @@ static const VariantInfo k_variants[V_COUNT] = {
     {"fwd.tc_split", ROLE_FWD, VD_HALF, "mlstm_fwd_kernel (tc split) launch"},
     {"fwd.wg", ROLE_FWD, VD_HALF, "mlstm_fwd_wgmma_kernel launch"},
     {"fwd.wg_split", ROLE_FWD, VD_HALF, "mlstm_fwd_wgmma_kernel (split) launch"},
-    {"fwd.wg_vpair", ROLE_FWD, VD_HALF, "mlstm_fwd_wgmma_kernel (V pair) launch"},
     {"fwd.tc32", ROLE_FWD, VD_F32, "mlstm_fwd_kernel (tc32) launch"},
     {"fwd.wg32", ROLE_FWD, VD_F32, "mlstm_fwd_wgmma_f32_kernel launch"},
     {"dkdv.tc", ROLE_DKDV, VD_HALF, "mlstm_bwd_dkdv_kernel (tc) launch"},
@@ -336,8 +335,7 @@ int fwd_half(const Dispatch &ds, const KArgs &a, int dt, int D, cudaStream_t st,
 {
     const bool mask = a.DQK < D || a.DV < class_row(D)->dvt; /* a narrower head (masked_class) */
     Variant v = forced(ds, ROLE_FWD, dt);
-    /* a pin with no instance in the class; the V pair serves only DV = 2 D calls (fwd_vpair) */
-    if (v == V_FWD_WG_VPAIR || (v != V_AUTO && find_instance(v, dt, D, mask) < 0)) v = V_AUTO;
+    if (v != V_AUTO && find_instance(v, dt, D, mask) < 0) v = V_AUTO; /* a pin with no instance in the class */
     if (v == V_AUTO) {
         if (ds.wg_mode != 0 && usable(ds, V_FWD_WG, dt, D, mask))
             v = use_wgmma_split(ds, a, dt, D, mask, par) ? V_FWD_WG_SPLIT : V_FWD_WG;
@@ -689,31 +687,6 @@ int direct_fwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm
                const SliceLink &lk)
 {
     return fwd_call(ds, p, make_args(p), st, tr, fail, lk.par);
-}
-
-int fwd_vpair(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail,
-              int par)
-{
-    const int dt = p->dtype;
-    if (dt == MLSTM_DTYPE_F32 || p->dv != 2 * p->dqk || ds.wg_mode == 0) return -1;
-    const Variant f = forced(ds, ROLE_FWD, dt);
-    if (f != V_FWD_WG_VPAIR && (f != V_AUTO || !MLSTM_FWD_VPAIR)) return -1;
-    const int D = (int)p->dqk;
-    const Instance *in = usable(ds, V_FWD_WG_VPAIR, dt, D, false);
-    if (find_instance(V_FWD_WG_VPAIR, dt, D, false) < 0) return -1; /* no V pair in this class */
-    const KArgs a = make_args(p);
-    cuuint64_t dims[4], strides[3];
-    const bool ok = in && tc_aligned(a, false) && ds.tma_ok && tma_shape(a.t[MLSTM_TENSOR_K], a, D, dims, strides) &&
-                    tma_shape(a.t[MLSTM_TENSOR_V], a, 2 * D, dims, strides);
-    if (!ok) {
-        if (f == V_FWD_WG_VPAIR) MLSTM_UNAVAILABLE(V_FWD_WG_VPAIR);
-        return -1;
-    }
-    /* small grids: the slices' key-split variants (two slices at once, as head_dims.cu would run them) */
-    if (f == V_AUTO && usable(ds, V_FWD_WG, dt, D, false) && use_wgmma_split(ds, a, dt, D, false, par)) return -1;
-    trace_instance(tr, *in, D);
-    MLSTM_RUN(in->run(a, st), k_variants[V_FWD_WG_VPAIR].launch);
-    return 0;
 }
 
 int direct_bwd(const Dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr, mlstm_cuda_fail *fail,

@@ -25,9 +25,6 @@ MASKED_COLS_CLASS = 128           # common/tile_config.h: the class whose instan
 # classes whose sm_90a wgmma kernels also get masking instances of their own (heads narrower than D, common.cuh
 # masked_cols); the D = MASKED_COLS_CLASS instances mask in any case
 WG_MASKED_DIMS = [256]
-# classes with a V pair forward (DV = 2 D in one launch of two-CTA clusters sharing K by TMA multicast; its registry
-# row has output tile 2 D and serves only DQK = D, DV = 2 D calls, through head_dims.cu)
-WG_VPAIR_DIMS = [256]
 TF32_DIMS = [64, 128, 256]        # f32 tensor-core forward and backward (fwd/fwd_tf32.cuh, bwd/bwd_tf32.cuh)
 WG_F32_DIMS = [64, 128]           # sm_90a f32 forward / backward on split f16 wgmma (fwd/bwd_wgmma_f32.cuh)
 TF32_MODES = {"3xtf32": 0, "tf32": 1}  # tc32::MODE_3XTF32 (default), MODE_TF32 (MLSTM_MATH_TF32)
@@ -83,13 +80,6 @@ def wg_rows(t, d, masked):
             mc=mc, arch="ARCH_SM90A",
             pol=(f"{{0, 0, TileCfg<{d}>::FWD_WG_SPLIT_PCT, false, (TileCfg<{d}>::FwdWgK::CL > 1)}}" if split else "{}"),
             needs="V_FWD_WG" if split else "V_AUTO")
-    if d in WG_VPAIR_DIMS and not masked:
-        inst(f"mlstm_fwd_dh{d}_{t}_wgmma_vpair.cu",
-             f"sm_90a warpgroup-MMA forward, DQK={d}, DV={2 * d} (V pair: two-CTA clusters), {t}.",
-             f"MLSTM_INSTANTIATE_FWD_WGMMA_VPAIR({T}, {d})\n", WG_PRE)
-        registry.append(f"MLSTM_INSTANCE(V_FWD_WG_VPAIR, {DTYPE_ENUM[t]}, {d}, {2 * d}, false, 0, ARCH_SM90A, "
-                        f"(run_fwd_wgmma_vpair<{T}, {d}>), (setup_fwd_wgmma_vpair<{T}, {d}>), V_FWD_WG, "
-                        f"{{0, 0, 0, false, true}})\n")
     inst(f"mlstm_bwd_dq_dh{d}_{t}_wgmma{sfx}.cu", f"sm_90a warpgroup-MMA dQ kernel, D={d}, {t}{mwhat}.",
          f"MLSTM_INSTANTIATE_BWD_DQ_WGMMA{macro}({T}, {d})\n", WG_PRE)
     for split in (False, True):

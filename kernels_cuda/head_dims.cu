@@ -398,10 +398,6 @@ size_t head_dim_workspace(const mlstm_cuda_dispatch &ds, const mlstm_params *p, 
 int head_dim_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, const HeadDimPlan &hp, cudaStream_t st, void *ws,
                  mlstm_cuda_trace *tr, mlstm_cuda_fail *fail)
 {
-    if (hp.nslice == 2 && hp.W == hp.D) { /* DV = 2 DQK: the V pair where it serves the call */
-        const int e = fwd_vpair(ds, p, st, tr, fail, 2);
-        if (e >= 0) return e;
-    }
     Arena ar = {(char *)ws, 0};
     const Staging g = lay_out(p, hp, false, false, ar);
     mlstm_params ps = slice_params(p, hp);

@@ -72,12 +72,6 @@ int direct_fwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_
                mlstm_cuda_fail *fail, const SliceLink &lk = SliceLink{});
 int direct_bwd(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
                mlstm_cuda_fail *fail, const SliceLink &lk = SliceLink{});
-/* dispatch.cu: the forward of a DV = 2 DQK call as one launch of the V pair (fwd_wgmma.cuh VP) instead of two column
- * slices, where it serves p as it stands (f16/bf16, aligned rows, TMA-mappable K and V, not a small grid: par is the
- * number of slices it replaces) and is enabled (tile_config.h MLSTM_FWD_VPAIR, or pinned by MLSTM_CUDA_FORCE);
- * returns -1 where it does not (the caller slices), else the call's status */
-int fwd_vpair(const mlstm_cuda_dispatch &ds, const mlstm_params *p, cudaStream_t st, mlstm_cuda_trace *tr,
-              mlstm_cuda_fail *fail, int par);
 /* dispatch.cu: whether slice calls like p (16-byte aligned rows) chain their dq / dk: direct_bwd runs p on the
  * f16/bf16 tensor-core kernels, whose epilogues add SliceLink's prior dq / dk (direct_bwd fails a call with priors
  * otherwise), and p's dK/dV grid is large enough (tile_config.h MLSTM_CHAIN_CTAS_PER_SM) */

@@ -51,9 +51,6 @@ template <typename T, int D> cudaError_t setup_bwd_dq_tc();
 template <typename T, int D, bool SPLIT, bool MC = (D == MASKED_COLS_CLASS)>
 cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st);
 template <typename T, int D, bool SPLIT, bool MC = (D == MASKED_COLS_CLASS)> cudaError_t setup_fwd_wgmma();
-/* the V pair (fwd_wgmma.cuh VP): DQK = D and DV = 2 D in one launch of two-CTA clusters, K and V through TMA maps */
-template <typename T, int D> cudaError_t run_fwd_wgmma_vpair(const KArgs &a, cudaStream_t st);
-template <typename T, int D> cudaError_t setup_fwd_wgmma_vpair();
 /* sm_90a warpgroup-MMA dQ and dK/dV kernels (bwd_wgmma.cuh), same conditions; replace run_bwd_dq_tc and
  * run_bwd_dkdv_tc (dK/dV: D = 256 as warpgroup pairs, TileCfg<D>::DKDV_WG_PAIR) */
 template <typename T, int D, bool MC = (D == MASKED_COLS_CLASS)>

@@ -146,7 +146,7 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
 template <typename T, int D, bool SPLIT, bool MC = (D == MASKED_COLS_CLASS)> struct WgFwd {
     using C = typename std::conditional<SPLIT, typename TileCfg<D>::FwdWgK, typename TileCfg<D>::FwdWg>::type;
     using F = wg::FwdCfg<D, C::BN, C::KS, C::NST, C::CL>;
-    static constexpr bool TMA = C::CL > 1 || (!SPLIT && MLSTM_FWD_WG_TMA); /* the kernel's default; tile_config.h */
+    static constexpr bool TMA = C::CL > 1; /* the kernel's default */
     static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST, C::CL, TMA, MC>;
 };
 
@@ -184,32 +184,6 @@ cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
         MLSTM_TRY(tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, KK::C::BN));
     }
     return launch_1d_cl(KK::fwd, n, KK::C::CL, KK::F::NT, KK::F::SMEM, st, a, tm);
-}
-
-/* The V pair (fwd_wgmma.cuh VP): DQK = D, DV = 2 D in one launch of two-CTA clusters on the default tiles */
-template <typename T, int D> struct WgFwdVPair {
-    using C = typename TileCfg<D>::FwdWg;
-    static_assert(C::KS == 1 && C::CL == 1, "V pair: on the default tiles");
-    using F = wg::FwdCfg<D, C::BN, 1, C::NST, 1>;
-    static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, 1, C::NST, 1, true, false, true>;
-};
-
-template <typename T, int D> cudaError_t setup_fwd_wgmma_vpair()
-{
-    return set_smem(WgFwdVPair<T, D>::fwd, WgFwdVPair<T, D>::F::SMEM);
-}
-
-/* a: DQK = D, DV = 2 D, K and V mappable by TMA (dispatch.cu fwd_vpair checks) */
-template <typename T, int D> cudaError_t run_fwd_wgmma_vpair(const KArgs &a, cudaStream_t st)
-{
-    using KK = WgFwdVPair<T, D>;
-    if (a.DQK != D || a.DV != 2 * D) return cudaErrorInvalidValue;
-    const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
-    wg::TmaKV tm;
-    memset(&tm, 0, sizeof tm);
-    MLSTM_TRY(tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, D, KK::C::BN));
-    MLSTM_TRY(tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, 2 * D, KK::C::BN));
-    return launch_1d_cl(KK::fwd, n, 2, KK::F::NT, KK::F::SMEM, st, a, tm);
 }
 
 template <typename T, int D, bool MC = (D == MASKED_COLS_CLASS)> struct WgDq {
@@ -424,9 +398,6 @@ template <typename T> cudaError_t run_bwd_prep(const KArgs &a, cudaStream_t st)
 #define MLSTM_INSTANTIATE_FWD_WGMMA(T, D, SPLIT)                                                                \
     template cudaError_t mlstm::run_fwd_wgmma<T, D, SPLIT>(const mlstm::KArgs &, cudaStream_t);                  \
     template cudaError_t mlstm::setup_fwd_wgmma<T, D, SPLIT>();
-#define MLSTM_INSTANTIATE_FWD_WGMMA_VPAIR(T, D)                                                                 \
-    template cudaError_t mlstm::run_fwd_wgmma_vpair<T, D>(const mlstm::KArgs &, cudaStream_t);                   \
-    template cudaError_t mlstm::setup_fwd_wgmma_vpair<T, D>();
 #define MLSTM_INSTANTIATE_BWD_DQ_WGMMA(T, D)                                                                    \
     template cudaError_t mlstm::run_bwd_dq_wgmma<T, D>(const mlstm::KArgs &, cudaStream_t, bool);                \
     template cudaError_t mlstm::setup_bwd_dq_wgmma<T, D>();

@@ -189,17 +189,6 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 /* The two consumer warpgroups of the default-tile forward take turns issuing their score products (fwd_wgmma.cuh
  * PP; faster at S8192, unchanged at S <= 2048: bench/RESULTS.md, "Tile choices") */
-/* The V pair (fwd_wgmma.cuh VP) for DQK = 256, DV = 512 calls (dispatch.cu fwd_vpair): 1 auto, 0 only where pinned
- * (MLSTM_CUDA_FORCE=fwd.wg_vpair). Off until measured. */
-#ifndef MLSTM_FWD_VPAIR
-#define MLSTM_FWD_VPAIR 0
-#endif
-/* Experiment (off): the default-tile forward loads K / V through TMA maps as the cluster variant does (one producer
- * thread issues the stage's tensor copies) instead of 128 producer threads' cp.async. Dispatch does not check the
- * maps for it (dispatch.cu checks them for the cluster variant only), so tensors the engine cannot map fail the call. */
-#ifndef MLSTM_FWD_WG_TMA
-#define MLSTM_FWD_WG_TMA 0
-#endif
 #ifndef MLSTM_FWD_WG_PINGPONG
 #define MLSTM_FWD_WG_PINGPONG 1
 #endif

@@ -119,14 +119,14 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, int count)
 }
 __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 /* A warp-specialised kernel's stage barriers, by thread 0 before the CTA's first barrier: full[NST] (the producer's
- * arrivals, full_count) and empty[NST] (empty_count arrivals: by default every one of the 256 consumer threads, after
- * its last read of the stage), 8 bytes apart from bFull */
-template <int NST> __device__ __forceinline__ void mbar_init_stages(uint32_t bFull, int full_count, int empty_count = 256)
+ * arrivals, full_count) and empty[NST] (every one of the 256 consumer threads, after its last read of the stage), 8 bytes
+ * apart from bFull */
+template <int NST> __device__ __forceinline__ void mbar_init_stages(uint32_t bFull, int full_count)
 {
     if (threadIdx.x == 0) {
         for (int st = 0; st < NST; ++st) {
             mbar_init(bFull + 8 * st, full_count);
-            mbar_init(bFull + 8 * (NST + st), empty_count);
+            mbar_init(bFull + 8 * (NST + st), 256);
         }
         mbar_init_fence();
     }
@@ -162,22 +162,6 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap *map
                  "%5}], [%6];\n" ::"r"(dst),
                  "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
                  : "memory");
-}
-/* ... the same box into the shared memory of every CTA of the cluster in cta_mask (at the same offset dst), its bytes
- * completing on each destination CTA's mbarrier at the offset bar */
-__device__ __forceinline__ void tma_load_4d_multicast(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2, int c3,
-                                                      uint32_t bar, uint16_t cta_mask)
-{
-    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
-                 "[%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(dst),
-                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar), "h"(cta_mask)
-                 : "memory");
-}
-/* an arrive (release, cluster scope) on the mbarrier bar of another CTA of the cluster (bar: shared::cluster, e.g.
- * cluster_map_u32 of this CTA's own barrier) */
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar)
-{
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 /* an arrive on bar once every cp.async this thread issued before has landed (counts against the init count) */
 __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar)

@@ -156,17 +156,16 @@ __device__ __forceinline__ void fwd_key_gates_scanned(const float (&cum)[BN / 32
     for (int e = 0; e < E; ++e) ex[lane * E + e] = fast_exp2(gv[e] * MLSTM_LOG2E - x2);
 }
 
-/* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h (its first args.DV <= DV columns;
- * from column hcol on), m, n (unless !mn: another CTA writes them). */
+/* Forward epilogue of one warp's 16*MT rows (first row qs + wr0): normaliser, h (its first args.DV <= DV columns), m,
+ * n. */
 template <typename T, int MT, int DV, bool GUARD, bool MC = (DV == MASKED_COLS_CLASS)>
 __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
                                              const float (&o)[MT][DV / 8][4], const float (&mrun)[MT][2],
-                                             const float (&lrun)[MT][2], const float (&esc)[MT * 2], int hcol = 0,
-                                             bool mn = true)
+                                             const float (&lrun)[MT][2], const float (&esc)[MT * 2])
 {
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
     const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
-    T *gh = bh_ptr<T>(th, b, hh) + hcol;
+    T *gh = bh_ptr<T>(th, b, hh);
     float *gm = bh_ptr<float>(tm, b, hh), *gn = bh_ptr<float>(tn, b, hh);
     const int64_t S = args.S;
 #pragma unroll
@@ -184,7 +183,7 @@ __device__ __forceinline__ void fwd_epilogue(const KArgs &args, int64_t b, int64
                     if (col_in<DV, MC>(n * 8 + 2 * q4, args.DV)) /* args.DV <= DV, a multiple of 8 (masked columns) */
                         *reinterpret_cast<uint32_t *>(row + n * 8 + 2 * q4) =
                             pack2<T>(o[mt][n][rr * 2] * inv, o[mt][n][rr * 2 + 1] * inv);
-                if (q4 == 0 && mn) {
+                if (q4 == 0) {
                     gm[t * tm.ss] = m;
                     gn[t * tn.ss] = nsig;
                 }

@@ -99,15 +99,9 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
 }
 
 /* TMA (tm: the K / V maps): producer thread 0 loads each stage with tensor copies (the cluster variant); else the
- * 128 producer threads cp.async it and tm is unused.
- * VP (the V pair, DQK = D and DV = 2 D in one launch instead of two column slices of D): the two CTAs of a cluster
- * take the same 128 rows and key tiles, CTA r the V and h columns [r D, r D + D). Both form the same scores, gates
- * and row state (bitwise: the same inputs and instructions); each loads half of every K tile's 64-column boxes by TMA
- * multicast into both CTAs' stages, so a K tile leaves L2 once per pair, and its own V half. A stage is refilled once
- * the consumers of both CTAs have released it: the empty barriers count one arrival per consumer warp of each CTA.
- * CTA 0 writes m and n. */
+ * 128 producer threads cp.async it and tm is unused */
 template <typename T, int D, int BN, int KS, int NST, int CL = 1, bool TMA = (CL > 1),
-          bool MC = (D == MASKED_COLS_CLASS), bool VP = false>
+          bool MC = (D == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(384, 1)
     mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaKV tm)
 {
@@ -118,7 +112,6 @@ __global__ void __launch_bounds__(384, 1)
 #else
     using Cfg = FwdCfg<D, BN, KS, NST, CL>;
     constexpr int BM = Cfg::BM, NG = Cfg::NG;
-    static_assert(!VP || (CL == 1 && KS == 1 && TMA && !MC && D % 128 == 0), "V pair: default tiles through TMA");
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned char *smem = smem_aligned_1024(smem_raw);
     const uint32_t base = smem_u32(smem);
@@ -133,9 +126,8 @@ __global__ void __launch_bounds__(384, 1)
 
     const int64_t S = args.S;
     const int crank = CL > 1 ? cluster_rank() : 0; /* a cluster's CTAs are consecutive in x */
-    const int vr = VP ? cluster_rank() : 0;         /* V pair: this CTA's V / h column half */
     const int g0 = crank * KS;                      /* the step's first key tile of this CTA */
-    const QueryTile qtl = query_tile(args, BM, blockIdx.x / (VP ? 2 : CL));
+    const QueryTile qtl = query_tile(args, BM, blockIdx.x / CL);
     const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
 
     const TArg &tq = args.t[MLSTM_TENSOR_Q], &tk = args.t[MLSTM_TENSOR_K], &tv = args.t[MLSTM_TENSOR_V];
@@ -153,15 +145,8 @@ __global__ void __launch_bounds__(384, 1)
     /* full: every producer thread once its copies landed (TMA: thread 0's expect-tx arrival), the scan warps */
     const uint32_t bIn = bFull + 16 * NST; /* cluster: the incoming merge state's bytes */
     if (CL > 1 && threadIdx.x == 0) mbar_init(bIn, 1);
-    mbar_init_stages<NST>(bFull, (TMA ? 1 : 128) + 32 * KS, VP ? 2 * 8 : 256);
-    /* the only CTA-wide barrier: from here on the first K/V tiles, Q and the query gates load at once (V pair: the
-     * cluster's, since the peer's multicast copies and arrivals reach this CTA's barriers) */
-    if constexpr (VP) {
-        cluster_arrive();
-        cluster_wait();
-    } else {
-        __syncthreads();
-    }
+    mbar_init_stages<NST>(bFull, (TMA ? 1 : 128) + 32 * KS);
+    __syncthreads(); /* the only CTA-wide barrier: from here on the first K/V tiles, Q and the query gates load at once */
 
     if (wgi == 2) {
         /* ---- producer warpgroup ---- */
@@ -189,15 +174,11 @@ __global__ void __launch_bounds__(384, 1)
                 const int64_t kt = kt_hi - it * NG - g0;
                 if (pt == 0 && kt >= 0) {
                     const uint32_t full = bFull + 8 * stage, dk = aK + stage * Cfg::KV_BYTES, dv = aV + stage * Cfg::KV_BYTES;
-                    mbar_arrive_expect_tx(full, 2 * Cfg::KV_BYTES); /* V pair: half of K comes from the peer */
+                    mbar_arrive_expect_tx(full, 2 * Cfg::KV_BYTES);
 #pragma unroll
                     for (int cb = 0; cb < D / 64; ++cb) {
-                        if (!VP)
-                            tma_load_4d(dk + cb * BN * 128, &tm.k, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
-                        else if (cb / (D / 128) == vr)
-                            tma_load_4d_multicast(dk + cb * BN * 128, &tm.k, cb * 64, (int)(kt * BN), (int)hh, (int)b,
-                                                  full, (uint16_t)3);
-                        tma_load_4d(dv + cb * BN * 128, &tm.v, cb * 64 + vr * D, (int)(kt * BN), (int)hh, (int)b, full);
+                        tma_load_4d(dk + cb * BN * 128, &tm.k, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
+                        tma_load_4d(dv + cb * BN * 128, &tm.v, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
                     }
                 } else if (pt == 0) {
                     mbar_arrive(bFull + 8 * stage); /* no tile of this CTA in the step */
@@ -251,10 +232,6 @@ __global__ void __launch_bounds__(384, 1)
         if constexpr (CL > 1) { /* the merge's two cluster barriers count every thread */
             cluster_arrive();
             cluster_wait();
-            cluster_arrive();
-            cluster_wait();
-        }
-        if constexpr (VP) { /* the final cluster barrier (no CTA leaves while the peer may still signal it) */
             cluster_arrive();
             cluster_wait();
         }
@@ -362,13 +339,7 @@ __global__ void __launch_bounds__(384, 1)
             wait<0>();
             reg_fence(oacc);
         }
-        if constexpr (VP) { /* one arrival per warp on each CTA's barrier, once all its lanes are done */
-            __syncwarp();
-            if (lane == 0) mbar_arrive(bEmpty + 8 * stage);
-            else if (lane == 1) mbar_arrive_cluster(cluster_map_u32(bEmpty + 8 * stage, vr ^ 1));
-        } else {
-            mbar_arrive(bEmpty + 8 * stage);
-        }
+        mbar_arrive(bEmpty + 8 * stage);
     }
     if (PP && wgi == 0) named_sync(4, 256); /* warpgroup 1's last turn signal */
 
@@ -410,11 +381,7 @@ __global__ void __launch_bounds__(384, 1)
         if (!tc::fwd_split_merge<1, D, GUARD, 256>(reinterpret_cast<float *>(smem), BM, grp, wr0, o, mrun, lrun, esc))
             return; /* group 1: no further barrier below */
     }
-    tc::fwd_epilogue<T, 1, D, GUARD, MC>(args, b, hh, qs, wr0, o, mrun, lrun, esc, vr * D, vr == 0);
-    if constexpr (VP) {
-        cluster_arrive();
-        cluster_wait();
-    }
+    tc::fwd_epilogue<T, 1, D, GUARD, MC>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
 #endif
 }
 

@@ -42,7 +42,6 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_f16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_f16_wgmma_split.cu
-    ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_f16_wgmma_vpair.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_bwd_dq_dh256_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_bwd_dkdv_dh256_f16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_f16_wgmma_masked.cu
@@ -56,7 +55,6 @@ set(MLSTM_CUDA_INSTANCE_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_bf16_split.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_bf16_wgmma_split.cu
-    ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_bf16_wgmma_vpair.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_bwd_dq_dh256_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_bwd_dkdv_dh256_bf16_wgmma.cu
     ${CMAKE_CURRENT_LIST_DIR}/mlstm_fwd_dh256_bf16_wgmma_masked.cu
