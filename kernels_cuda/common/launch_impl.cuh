@@ -146,7 +146,8 @@ template <typename T, int D> cudaError_t run_bwd_dq_tc(const KArgs &a, cudaStrea
 template <typename T, int D, bool SPLIT, bool MC = (D == MASKED_COLS_CLASS)> struct WgFwd {
     using C = typename std::conditional<SPLIT, typename TileCfg<D>::FwdWgK, typename TileCfg<D>::FwdWg>::type;
     using F = wg::FwdCfg<D, C::BN, C::KS, C::NST, C::CL>;
-    static constexpr bool TMA = C::CL > 1; /* the kernel's default */
+    /* may load K/V through TMA maps: the cluster variant always, the default tiles where the class says so */
+    static constexpr bool TMA = C::CL > 1 || (C::KS == 1 && TileCfg<D>::FWD_WG_TMA);
     static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST, C::CL, TMA, MC>;
 };
 
@@ -177,11 +178,16 @@ cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
     const int64_t n = (a.S + KK::F::BM - 1) / KK::F::BM * a.B * a.NH;
     wg::TmaKV tm;
     memset(&tm, 0, sizeof tm);
-    if (KK::TMA) {
+    if (KK::C::CL > 1) {
         /* a masking instance's maps span the tensors' own columns (DQK, DV <= D): the tensor-memory-access engine
          * zero-fills the rest of each 64-column box, as the cp.async loaders do */
         MLSTM_TRY(tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, KK::C::BN));
         MLSTM_TRY(tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, KK::C::BN));
+        tm.on = 1;
+    } else if (KK::TMA) { /* where the maps cannot be made (layout, alignment, a head narrower than one box), cp.async */
+        tm.on = (!MC || (a.DQK >= 64 && a.DV >= 64)) &&
+                tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, KK::C::BN) == cudaSuccess &&
+                tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, KK::C::BN) == cudaSuccess;
     }
     return launch_1d_cl(KK::fwd, n, KK::C::CL, KK::F::NT, KK::F::SMEM, st, a, tm);
 }

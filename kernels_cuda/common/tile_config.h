@@ -187,6 +187,18 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_TC256_FWD_WG_SPLIT_PCT
 #define MLSTM_TC256_FWD_WG_SPLIT_PCT 100
 #endif
+/* The default-tile forward of class D loads K / V through TMA maps (one producer thread issues a stage's tensor
+ * copies, the other producer threads only stage the gates) where the call's tensors can be mapped, else by the 128
+ * producer threads' cp.async: 1 on, 0 off. Off until measured (bench/RESULTS.md, nineteenth session). */
+#ifndef MLSTM_TC64_FWD_WG_TMA
+#define MLSTM_TC64_FWD_WG_TMA 0
+#endif
+#ifndef MLSTM_TC128_FWD_WG_TMA
+#define MLSTM_TC128_FWD_WG_TMA 0
+#endif
+#ifndef MLSTM_TC256_FWD_WG_TMA
+#define MLSTM_TC256_FWD_WG_TMA 0
+#endif
 /* The two consumer warpgroups of the default-tile forward take turns issuing their score products (fwd_wgmma.cuh
  * PP; faster at S8192, unchanged at S <= 2048: bench/RESULTS.md, "Tile choices") */
 #ifndef MLSTM_FWD_WG_PINGPONG
@@ -219,7 +231,9 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 /* Above that (DQ_WSL): the consumers on two 64-row query tiles sharing each stage's K/V tile; shared memory 86 / 166 /
  * 197 KB. It beat the former one-warpgroup kernel at S4096 and S8192 for every D but D = 64 at S8192
- * (bench/RESULTS.md, "Tile choices"). */
+ * (bench/RESULTS.md, "Tile choices"). D = 256 takes two stages of 64 keys rather than four of 32 (same shared memory):
+ * with 32 keys dP = dH V^T is an N = 32 product bound by shared-memory reads; fwbw 3-4% faster on an H100
+ * (bench/RESULTS.md, eighteenth and nineteenth sessions). */
 #ifndef MLSTM_TC64_DQ_WSL
 #define MLSTM_TC64_DQ_WSL 4064
 #endif
@@ -227,7 +241,7 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #define MLSTM_TC128_DQ_WSL 4064
 #endif
 #ifndef MLSTM_TC256_DQ_WSL
-#define MLSTM_TC256_DQ_WSL 4032
+#define MLSTM_TC256_DQ_WSL 2064
 #endif
 /* sm_90a dK/dV kernel: one warpgroup per 64 keys, BMQ queries per tile (dK and dV accumulators are D/2 floats per
  * thread each; D = 256 takes the warpgroup pairs below). Shared memory 49 / 97 KB. D = 128 with 64-query tiles (a
@@ -244,13 +258,13 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #define MLSTM_TC256_DKDV_WG 64
 #endif
 /* bf16 D = 256 dK/dV: 1 or 2 runs the ping-pong pair (bwd_wgmma.cuh mlstm_bwd_dkdv_wgmma_pp_kernel: the two
- * warpgroups half a step apart, so one's elementwise work overlaps the other's products) instead of the pair meeting
- * at CTA barriers; 1 hands the tiles over through mbarriers, 2 through named barriers. f16 keeps the pair (its range
- * guard joins both warpgroups' row maxima). Off until 1 has run on a GPU: 2 passed the bf16 backward conformance cases
- * and took 256/512 fwbw 3-4% below the pair on an H100, but racecheck reports its bar.arrive handoffs as hazards
- * (bench/RESULTS.md, eighteenth session; kernels_cuda/NOTES.md). */
+ * warpgroups half a step apart, so one's elementwise work overlaps the other's products), 0 the pair meeting at CTA
+ * barriers; 1 hands the tiles over through mbarriers, 2 through named barriers. f16 keeps the pair (its range guard
+ * joins both warpgroups' row maxima). 1 with the D = 256 dQ's 64-key tiles took 256/512 fwbw 6-9% below the pair with
+ * 32-key dQ tiles on an H100 and passed the conformance suite, racecheck and memcheck; racecheck reports the
+ * bar.arrive handoffs of 2 as hazards (bench/RESULTS.md, eighteenth and nineteenth sessions). */
 #ifndef MLSTM_DKDV_PINGPONG
-#define MLSTM_DKDV_PINGPONG 0
+#define MLSTM_DKDV_PINGPONG 1
 #endif
 
 /* the members every TileCfg<D> takes from its MLSTM_TC{D}_* entries above */
@@ -264,6 +278,7 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
     using FwdWg = MLSTM_WG_TILE(MLSTM_TC##D##_FWD_WG);                                                         \
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC##D##_FWD_WG_K);                                                      \
     static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC##D##_FWD_WG_SPLIT_PCT;                                    \
+    static constexpr bool FWD_WG_TMA = MLSTM_TC##D##_FWD_WG_TMA != 0;                                          \
     static constexpr int DQ_WS_BN = MLSTM_TC##D##_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC##D##_DQ_WS / 1000;        \
     static constexpr int DQ_WSL_BN = MLSTM_TC##D##_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC##D##_DQ_WSL / 1000;    \
     static constexpr int DKDV_WG_BMQ = MLSTM_TC##D##_DKDV_WG;                                                  \

@@ -17,6 +17,7 @@ namespace wg {
  * one 64-column block of the layout above; rows beyond S arrive as zeros. */
 struct TmaKV { /* each map 128-byte aligned (CUtensorMap) */
     CUtensorMap k, v;
+    int on; /* the maps are set (a kernel that may load through them falls back to cp.async where not) */
 };
 
 /* Byte offset of element (r, c) of an R-row tile of 2-byte elements in the swizzled layout: column block

@@ -98,8 +98,8 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
     }
 }
 
-/* TMA (tm: the K / V maps): producer thread 0 loads each stage with tensor copies (the cluster variant); else the
- * 128 producer threads cp.async it and tm is unused */
+/* TMA (tm: the K / V maps): producer thread 0 loads each stage with tensor copies (always in the cluster variant; in
+ * the others where tm.on, tile_config.h MLSTM_TC{D}_FWD_WG_TMA); else the 128 producer threads cp.async it */
 template <typename T, int D, int BN, int KS, int NST, int CL = 1, bool TMA = (CL > 1),
           bool MC = (D == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(384, 1)
@@ -142,10 +142,11 @@ __global__ void __launch_bounds__(384, 1)
     const int64_t nsteps = kt_hi / NG + 1; /* steps of NG key tiles (KS of them this CTA's), from the diagonal down */
 
     static_assert(!TMA || KS == 1, "TMA stages: one key tile");
+    const bool tma = CL > 1 || (TMA && tm.on != 0); /* this launch loads K/V through the maps */
     /* full: every producer thread once its copies landed (TMA: thread 0's expect-tx arrival), the scan warps */
     const uint32_t bIn = bFull + 16 * NST; /* cluster: the incoming merge state's bytes */
     if (CL > 1 && threadIdx.x == 0) mbar_init(bIn, 1);
-    mbar_init_stages<NST>(bFull, (TMA ? 1 : 128) + 32 * KS);
+    mbar_init_stages<NST>(bFull, (tma ? 1 : 128) + 32 * KS);
     __syncthreads(); /* the only CTA-wide barrier: from here on the first K/V tiles, Q and the query gates load at once */
 
     if (wgi == 2) {
@@ -170,7 +171,7 @@ __global__ void __launch_bounds__(384, 1)
             if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
             /* TMA: thread 0 issues the stage's K/V tensor copies first (in flight while the gates are staged and
              * scanned); cp.async: the 128 threads copy after the gates (below) */
-            if constexpr (TMA) {
+            if (TMA && tma) {
                 const int64_t kt = kt_hi - it * NG - g0;
                 if (pt == 0 && kt >= 0) {
                     const uint32_t full = bFull + 8 * stage, dk = aK + stage * Cfg::KV_BYTES, dv = aV + stage * Cfg::KV_BYTES;
@@ -222,7 +223,7 @@ __global__ void __launch_bounds__(384, 1)
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
-            if constexpr (!TMA) { /* (issued before the gates, racecheck reported a hazard on sA in the D = 64 key split) */
+            if (!tma) { /* (issued before the gates, racecheck reported a hazard on sA in the D = 64 key split) */
                 ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * NG - g0, gk, tk.ss, gv, tv.ss,
                                             S, pt, masked_cols<D, MC>(args.DQK), masked_cols<D, MC>(args.DV));
                 mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
