@@ -199,6 +199,17 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_TC256_FWD_WG_TMA
 #define MLSTM_TC256_FWD_WG_TMA 0
 #endif
+/* The default-tile forward of class D overlaps each consumer warpgroup's C of key tile j with its O += P V of tile
+ * j - 1 (fwd_wgmma.cuh OV; K and V tiles on separate barriers): 1 on, 0 off. Off until measured. */
+#ifndef MLSTM_TC64_FWD_WG_OVERLAP
+#define MLSTM_TC64_FWD_WG_OVERLAP 0
+#endif
+#ifndef MLSTM_TC128_FWD_WG_OVERLAP
+#define MLSTM_TC128_FWD_WG_OVERLAP 0
+#endif
+#ifndef MLSTM_TC256_FWD_WG_OVERLAP
+#define MLSTM_TC256_FWD_WG_OVERLAP 0
+#endif
 /* The two consumer warpgroups of the default-tile forward take turns issuing their score products (fwd_wgmma.cuh
  * PP; faster at S8192, unchanged at S <= 2048: bench/RESULTS.md, "Tile choices") */
 #ifndef MLSTM_FWD_WG_PINGPONG
@@ -279,6 +290,7 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
     using FwdWgK = MLSTM_WG_TILE(MLSTM_TC##D##_FWD_WG_K);                                                      \
     static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC##D##_FWD_WG_SPLIT_PCT;                                    \
     static constexpr bool FWD_WG_TMA = MLSTM_TC##D##_FWD_WG_TMA != 0;                                          \
+    static constexpr bool FWD_WG_OVERLAP = MLSTM_TC##D##_FWD_WG_OVERLAP != 0;                                  \
     static constexpr int DQ_WS_BN = MLSTM_TC##D##_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC##D##_DQ_WS / 1000;        \
     static constexpr int DQ_WSL_BN = MLSTM_TC##D##_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC##D##_DQ_WSL / 1000;    \
     static constexpr int DKDV_WG_BMQ = MLSTM_TC##D##_DKDV_WG;                                                  \

@@ -42,8 +42,9 @@ struct FwdCfg {
     /* floats: sFq[BM]; [NST][KS][BN] each of sG2, sPM, sE (consumed with the stage); [2][NG][BN] each of sA
      * (logsigmoid f), sI (i) (the producer's scratch) */
     static constexpr int G_FLOATS = BM + 3 * NST * KS * BN + 4 * NG * BN;
-    static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4; /* mbarriers: full[NST], empty[NST], cluster: in */
-    static constexpr int SMEM = BAR_OFF + 16 * NST + 8 + 1024; /* + 1024: the base is aligned up at run time */
+    /* mbarriers: full[NST], empty[NST], cluster: in; overlap (OV): full[NST] and empty[NST] of the V tiles after */
+    static constexpr int BAR_OFF = G_OFF + G_FLOATS * 4;
+    static constexpr int SMEM = BAR_OFF + 32 * NST + 8 + 1024; /* + 1024: the base is aligned up at run time */
     /* cluster pair's merge, in the idle tiles: the outgoing state of 64 rows (fwd_split_store) at 0, the incoming
      * one at IN_OFF, the staged h rows at STG_OFF (row pitch STG_PITCH bytes) */
     static constexpr int XBUF = tc::split_buf_bytes(64, D), IN_OFF = (XBUF + 1023) / 1024 * 1024;
@@ -99,9 +100,14 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
 }
 
 /* TMA (tm: the K / V maps): producer thread 0 loads each stage with tensor copies (always in the cluster variant; in
- * the others where tm.on, tile_config.h MLSTM_TC{D}_FWD_WG_TMA); else the 128 producer threads cp.async it */
+ * the others where tm.on, tile_config.h MLSTM_TC{D}_FWD_WG_TMA); else the 128 producer threads cp.async it.
+ * OV (overlap, default tiles only; tile_config.h MLSTM_TC{D}_FWD_WG_OVERLAP): a consumer warpgroup issues the score
+ * product of key tile j together with O += P V of tile j - 1 and forms C of tile j while the latter runs; O's
+ * rescale for tile j (row maxima from the gates, range guard) waits for that product. K and V then have their own
+ * full / empty barriers: a K tile (and its gates) is released once C is formed, a V tile once its product is done,
+ * so the producer refills K a step earlier than V. */
 template <typename T, int D, int BN, int KS, int NST, int CL = 1, bool TMA = (CL > 1),
-          bool MC = (D == MASKED_COLS_CLASS)>
+          bool MC = (D == MASKED_COLS_CLASS), bool OV = false>
 __global__ void __launch_bounds__(384, 1)
     mlstm_fwd_wgmma_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaKV tm)
 {
@@ -142,11 +148,20 @@ __global__ void __launch_bounds__(384, 1)
     const int64_t nsteps = kt_hi / NG + 1; /* steps of NG key tiles (KS of them this CTA's), from the diagonal down */
 
     static_assert(!TMA || KS == 1, "TMA stages: one key tile");
+    static_assert(!OV || (KS == 1 && CL == 1), "overlap: default tiles");
+    const uint32_t bFullV = bFull + 16 * NST + 8, bEmptyV = bFullV + 8 * NST; /* OV: the V tiles' barriers */
     const bool tma = CL > 1 || (TMA && tm.on != 0); /* this launch loads K/V through the maps */
     /* full: every producer thread once its copies landed (TMA: thread 0's expect-tx arrival), the scan warps */
     const uint32_t bIn = bFull + 16 * NST; /* cluster: the incoming merge state's bytes */
     if (CL > 1 && threadIdx.x == 0) mbar_init(bIn, 1);
     mbar_init_stages<NST>(bFull, (tma ? 1 : 128) + 32 * KS);
+    if (OV && threadIdx.x == 0) { /* (initialised after mbar_init_stages' fence, before the CTA barrier below) */
+        for (int st = 0; st < NST; ++st) {
+            mbar_init(bFullV + 8 * st, tma ? 1 : 128);
+            mbar_init(bEmptyV + 8 * st, 256);
+        }
+        mbar_init_fence();
+    }
     __syncthreads(); /* the only CTA-wide barrier: from here on the first K/V tiles, Q and the query gates load at once */
 
     if (wgi == 2) {
@@ -175,11 +190,11 @@ __global__ void __launch_bounds__(384, 1)
                 const int64_t kt = kt_hi - it * NG - g0;
                 if (pt == 0 && kt >= 0) {
                     const uint32_t full = bFull + 8 * stage, dk = aK + stage * Cfg::KV_BYTES, dv = aV + stage * Cfg::KV_BYTES;
-                    mbar_arrive_expect_tx(full, 2 * Cfg::KV_BYTES);
+                    mbar_arrive_expect_tx(full, (OV ? 1 : 2) * Cfg::KV_BYTES);
 #pragma unroll
                     for (int cb = 0; cb < D / 64; ++cb) {
                         tma_load_4d(dk + cb * BN * 128, &tm.k, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
-                        tma_load_4d(dv + cb * BN * 128, &tm.v, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
+                        if (!OV) tma_load_4d(dv + cb * BN * 128, &tm.v, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
                     }
                 } else if (pt == 0) {
                     mbar_arrive(bFull + 8 * stage); /* no tile of this CTA in the step */
@@ -223,10 +238,31 @@ __global__ void __launch_bounds__(384, 1)
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
-            if (!tma) { /* (issued before the gates, racecheck reported a hazard on sA in the D = 64 key split) */
+            if (!tma && !OV) { /* (issued before the gates, racecheck reported a hazard on sA in the D = 64 key split) */
                 ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - it * NG - g0, gk, tk.ss, gv, tv.ss,
                                             S, pt, masked_cols<D, MC>(args.DQK), masked_cols<D, MC>(args.DV));
                 mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
+            }
+            if constexpr (OV) { /* the K tile (cp.async), then the V tile once its buffer is free */
+                const int64_t kt = kt_hi - it;
+                if (!tma) {
+                    load_tile_sw128<T, BN, D, 128>(aK + stage * Cfg::KV_BYTES, gk, tk.ss, kt * BN, S, pt,
+                                                   masked_cols<D, MC>(args.DQK));
+                    mbar_arrive_cp_async(bFull + 8 * stage);
+                }
+                if (it >= NST) mbar_wait(bEmptyV + 8 * stage, (uint32_t)((it / NST + 1) & 1));
+                const uint32_t fullv = bFullV + 8 * stage, dv = aV + stage * Cfg::KV_BYTES;
+                if (tma) {
+                    if (pt == 0) {
+                        mbar_arrive_expect_tx(fullv, Cfg::KV_BYTES);
+#pragma unroll
+                        for (int cb = 0; cb < D / 64; ++cb)
+                            tma_load_4d(dv + cb * BN * 128, &tm.v, cb * 64, (int)(kt * BN), (int)hh, (int)b, fullv);
+                    }
+                } else {
+                    load_tile_sw128<T, BN, D, 128>(dv, gv, tv.ss, kt * BN, S, pt, masked_cols<D, MC>(args.DV));
+                    mbar_arrive_cp_async(fullv);
+                }
             }
         }
         cp_async_wait<0>(); /* no copy outlives its thread */
@@ -275,7 +311,104 @@ __global__ void __launch_bounds__(384, 1)
      * bf16 S8192: D64 0.211 -> 0.201 ms, D128 0.288 -> 0.276; the cluster variant measured 26.5 -> 27.1 us without it) */
     constexpr bool PP = KS == 1 && CL == 1 && MLSTM_FWD_WG_PINGPONG;
     if (PP && wgi == 1) named_arrive(4, 256);
-    for (int64_t it = 0; it < nsteps; ++it) {
+    /* barrier ids stay literal (a computed id makes ptxas reserve all sixteen) */
+    auto turn_wait = [&] { wgi == 0 ? named_sync(4, 256) : named_sync(5, 256); };
+    auto turn_pass = [&] { wgi == 0 ? named_arrive(5, 256) : named_arrive(4, 256); };
+    if constexpr (OV) {
+        uint32_t pa[BN / 16][4]; /* C of the pending tile, packed (its O += P V is issued with the next scores) */
+        bool pend = false;       /* a pending tile (this warpgroup had rows for it) */
+        int pstage = 0;          /* the stage of the previous tile */
+        for (int64_t it = 0; it < nsteps; ++it) {
+            const int stage = (int)(it % NST);
+            const int64_t ks = (kt_hi - it) * BN;
+            const uint32_t cK = aK + stage * Cfg::KV_BYTES;
+            const float *cPM = sPM + stage * BN;
+            mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
+            fence_proxy_async();
+            if (it == 0) {
+                rowF[0][0] = sFq[wr0 + g];
+                rowF[0][1] = sFq[wr0 + g + 8];
+            }
+            const bool act = ks <= qs + wgr + 63; /* warpgroup-uniform */
+            float s[1][BN / 8][4];
+            float(&sacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
+            if (PP) turn_wait();
+            if (act) {
+                reg_fence(sacc);
+                fence();
+                wgmma_kmajor_ss<T, BN, D, BM, BN>(sacc, aQw, cK);
+                commit();
+            }
+            if (pend) { /* O += P V of the previous tile, behind the scores */
+                mbar_wait(bFullV + 8 * pstage, (uint32_t)(((it - 1) / NST) & 1));
+                fence_proxy_async();
+                const uint32_t cV = aV + pstage * Cfg::KV_BYTES;
+                reg_fence(oacc);
+                fence();
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk)
+                    WgmmaRS<T, D>::run(oacc, pa[kk], desc_sw128(cV + kk * 16 * 128, BN * 128), 1);
+                commit();
+            }
+            if (PP) turn_pass();
+            float ofac[1][1][4] = {{{1.0f, 1.0f, 1.0f, 1.0f}}}; /* this tile's O factors per row (elements 0, 2) */
+            if (act) {
+                if (pend) wait<1>();
+                else wait<0>();
+                reg_fence(sacc);
+                const bool masked = ks + BN - 1 > qs + wr0;
+                float gkv[BN / 8][2];
+                tc::load_key_row<BN>(gkv, (masked ? sG2 : sE) + stage * BN, q4);
+                const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN);
+                float mx[2];
+                /* O goes in as a one-fragment stand-in that collects the rows' factors, applied once the pending
+                 * product is done */
+                if (masked)
+                    tc::fwd_gate_tile<true, GUARD, 1, BN, 8>(s, ofac, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
+                else
+                    tc::fwd_gate_tile<false, GUARD, 1, BN, 8>(s, ofac, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
+                if constexpr (GUARD) {
+                    float fac[2];
+                    if (tc::range_guard_update(mx, hw, esc, fac)) {
+                        scale_frag_rows(s[0], fac);
+                        scale_frag_rows(ofac[0], fac);
+                        lrun[0][0] *= fac[0];
+                        lrun[0][1] *= fac[1];
+                    }
+                }
+            }
+            mbar_arrive(bEmpty + 8 * stage); /* the K tile and its gates are read */
+            if (it > 0) {
+                if (pend) {
+                    wait<0>();
+                    reg_fence(oacc);
+                }
+                mbar_arrive(bEmptyV + 8 * pstage); /* the previous V tile is read */
+            }
+            if (act) {
+                const float f[2] = {ofac[0][0][0], ofac[0][0][2]};
+                if (__any_sync(0xffffffffu, f[0] != 1.0f || f[1] != 1.0f)) scale_frag_rows(o[0], f);
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(s[0], kk, pa[kk]);
+            }
+            pend = act;
+            pstage = stage;
+        }
+        if (pend) {
+            mbar_wait(bFullV + 8 * pstage, (uint32_t)(((nsteps - 1) / NST) & 1));
+            fence_proxy_async();
+            const uint32_t cV = aV + pstage * Cfg::KV_BYTES;
+            reg_fence(oacc);
+            fence();
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk)
+                WgmmaRS<T, D>::run(oacc, pa[kk], desc_sw128(cV + kk * 16 * 128, BN * 128), 1);
+            commit();
+            wait<0>();
+            reg_fence(oacc);
+        }
+    }
+    for (int64_t it = 0; !OV && it < nsteps; ++it) {
         const int stage = (int)(it % NST);
         const int64_t kt = kt_hi - it * NG - g0 - grp; /* this warpgroup's key tile (< 0: none left for its group) */
         const int64_t ks = kt * BN;
@@ -291,9 +424,6 @@ __global__ void __launch_bounds__(384, 1)
 
         /* no tile, or every key of the tile after every row of the warpgroup: nothing to do (warpgroup-uniform) */
         const bool act = kt >= 0 && ks <= qs + wgr + 63;
-        /* barrier ids stay literal (a computed id makes ptxas reserve all sixteen) */
-        auto turn_wait = [&] { wgi == 0 ? named_sync(4, 256) : named_sync(5, 256); };
-        auto turn_pass = [&] { wgi == 0 ? named_arrive(5, 256) : named_arrive(4, 256); };
         if (PP) turn_wait(); /* this warpgroup's turn */
         if (!act && PP) turn_pass();
         if (act) {
