@@ -4,6 +4,8 @@
 # (bf16 over SHAPES, f16 over F16_SHAPES), then the variant's CUDA conformance suite and compute-sanitizer racecheck
 # and memcheck on the conformance cases matching SAN_FILTER. Logs go to $OUT (default /tmp/mlstm_out).
 # Usage (repo root): VARIANT_FLAGS="-DMLSTM_DKDV_PINGPONG=1" bash bench/gpu_variant_ab.sh [steps]  steps: build,bench,conf,san
+# CONF_FORCE: MLSTM_CUDA_FORCE for the conformance and sanitizer steps only (e.g. fwd.wg, so that the small cases run
+# the default-tile forward rather than its split variants); CONF_FILTER: their MLSTM_TEST_FILTER (default all).
 set -o pipefail
 STEPS=${1:-build,bench,conf,san}
 OUT=${OUT:-/tmp/mlstm_out}
@@ -12,6 +14,8 @@ VARIANT_FLAGS=${VARIANT_FLAGS:?set VARIANT_FLAGS to the variant build\'s extra C
 SHAPES=${SHAPES:-4,8,2048,256,512;1,8,4096,256,512;1,8,8192,256,512;1,8,2048,256,512;4,8,2048,256,256;1,8,4096,256,256;1,8,4096,200,400}
 F16_SHAPES=${F16_SHAPES:-4,8,2048,256,512;1,8,4096,256,256}
 SAN_FILTER=${SAN_FILTER:-bwd/*_DQK2*}
+CONF_FORCE=${CONF_FORCE:-}
+CONF_FILTER=${CONF_FILTER:-}
 mkdir -p "$OUT"
 export PATH=/usr/local/cuda/bin:$PATH
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -48,12 +52,13 @@ if has bench; then
 fi
 if has conf; then
   echo "== variant conformance (CUDA) at $(el) s"
-  MLSTM_BACKEND=cuda timeout 200 build-variant/tests/test_conformance > "$OUT/conformance.log" 2>&1
+  MLSTM_BACKEND=cuda MLSTM_CUDA_FORCE="$CONF_FORCE" MLSTM_TEST_FILTER="$CONF_FILTER" timeout 200 \
+    build-variant/tests/test_conformance > "$OUT/conformance.log" 2>&1
   echo "rc=$?"; grep -E '^\[  FAILED|^\[  PASSED|^\[  SKIPPED' "$OUT/conformance.log" | head -12
 fi
 if has san; then
   for tool in racecheck memcheck; do
-    MLSTM_BACKEND=cuda MLSTM_TEST_GPU_SET=0 MLSTM_TEST_FILTER="$SAN_FILTER" timeout 120 compute-sanitizer --tool $tool \
+    MLSTM_BACKEND=cuda MLSTM_CUDA_FORCE="$CONF_FORCE" MLSTM_TEST_GPU_SET=0 MLSTM_TEST_FILTER="$SAN_FILTER" timeout 120 compute-sanitizer --tool $tool \
       --print-limit 5 build-variant/tests/test_conformance > "$OUT/san_$tool.log" 2>&1
     echo "$tool [$SAN_FILTER] rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san_$tool.log" | tail -1)" \
       "$(grep -cE '^\[       OK' "$OUT/san_$tool.log") ok, $(grep -cE '^\[  FAILED' "$OUT/san_$tool.log") failed"
