@@ -148,7 +148,8 @@ template <typename T, int D, bool SPLIT, bool MC = (D == MASKED_COLS_CLASS)> str
     using F = wg::FwdCfg<D, C::BN, C::KS, C::NST, C::CL>;
     /* may load K/V through TMA maps: the cluster variant always, the default tiles where the class says so */
     static constexpr bool TMA = C::CL > 1 || (C::KS == 1 && TileCfg<D>::FWD_WG_TMA);
-    static constexpr bool OV = C::KS == 1 && C::CL == 1 && TileCfg<D>::FWD_WG_OVERLAP; /* fwd_wgmma.cuh OV */
+    /* fwd_wgmma.cuh OV (bf16: its straight-code gate step has no range guard) */
+    static constexpr bool OV = C::KS == 1 && C::CL == 1 && TileCfg<D>::FWD_WG_OVERLAP && !tc::NeedsRangeGuard<T>::value;
     static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST, C::CL, TMA, MC, OV>;
 };
 

@@ -33,6 +33,8 @@ struct FwdCfg {
     static constexpr int BM = 128 / KS;      /* query rows of a CTA (two consumer warpgroups) */
     static constexpr int NT = 384;           /* consumers: threads 0..255, producer: 256..383 */
     static constexpr int PROD_REGS = 56, CONS_REGS = 224; /* 128 * 56 + 256 * 224 = 384 * 168, the launch allocation */
+    /* OV_REGS: the overlapped D = 256 forward keeps O, the next scores and the pending P live at once; at 56 / 224 its
+     * consumers spill in the loop (ptxas: nine 8-byte pairs), at 32 / 240 one pair there and the producer a few words */
     static constexpr int Q_BYTES = BM * D * 2;
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = Q_BYTES;
@@ -99,13 +101,66 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
     }
 }
 
+/* The overlapped forward's (OV) gate step of an unmasked key tile (every key before every row of the warp), without
+ * range guard (bf16), as tc::fwd_gate_tile<false, false> but in straight code, since a product is in flight: the
+ * rows' new maxima (from the gates: rowF + pm[BN - 1]), l rescaled, s turned into C, and the factor of each row of O
+ * in alpha (exactly 1 where the maximum stays), which the caller applies once the product is done. ex, pm: the
+ * stage's E and prefix maxima. */
+template <int BN>
+__device__ __forceinline__ void fwd_gate_open(float (&s)[1][BN / 8][4], float (&mrun)[1][2], float (&lrun)[1][2],
+                                              const float (&rowF)[1][2], const float *ex, const float *pm, int q4,
+                                              float lsc, float (&alpha)[2])
+{
+    float gv[BN / 8][2];
+    tc::load_key_row<BN>(gv, ex, q4);
+    const float pmax = pm[BN - 1];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const float mnew = fmaxf(mrun[0][rr], rowF[0][rr] + pmax);
+        alpha[rr] = fast_exp2((mrun[0][rr] - mnew) * MLSTM_LOG2E);
+        mrun[0][rr] = mnew;
+        const float rb2 = (rowF[0][rr] - mnew) * MLSTM_LOG2E + lsc;
+        const float rf = fast_exp2(pmax * MLSTM_LOG2E + rb2);
+        float l = lrun[0][rr] * alpha[rr];
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+            for (int cc = 0; cc < 2; ++cc) {
+                const float cv = s[0][n][rr * 2 + cc] * (gv[n][cc] * rf);
+                s[0][n][rr * 2 + cc] = cv;
+                l += cv;
+            }
+        lrun[0][rr] = l;
+    }
+}
+
+/* The gate step of one key tile as the default loop takes it (masked where the tile reaches past a row of the warp),
+ * for the overlapped forward's masked tiles (no product in flight); bf16 (no range guard) */
+template <typename T, int BN, int D>
+__device__ __forceinline__ void fwd_ov_gate_step(float (&s)[1][BN / 8][4], float (&o)[1][D / 8][4], float (&mrun)[1][2],
+                                                 float (&lrun)[1][2], const float (&rowF)[1][2], const float *sG2,
+                                                 const float *sE, const float *sPM, int stage, int64_t ks, int64_t qs,
+                                                 int wr0, int g, int q4, float lsc, const float (&esc)[2])
+{
+    const bool masked = ks + BN - 1 > qs + wr0;
+    float gkv[BN / 8][2];
+    tc::load_key_row<BN>(gkv, (masked ? sG2 : sE) + stage * BN, q4);
+    const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN);
+    float mx[2];
+    if (masked)
+        tc::fwd_gate_tile<true, false, 1, BN, D>(s, o, mrun, lrun, rowF, gkv, sPM + stage * BN, lim0, q4, lsc, esc, mx);
+    else
+        tc::fwd_gate_tile<false, false, 1, BN, D>(s, o, mrun, lrun, rowF, gkv, sPM + stage * BN, lim0, q4, lsc, esc, mx);
+}
+
 /* TMA (tm: the K / V maps): producer thread 0 loads each stage with tensor copies (always in the cluster variant; in
  * the others where tm.on, tile_config.h MLSTM_TC{D}_FWD_WG_TMA); else the 128 producer threads cp.async it.
- * OV (overlap, default tiles only; tile_config.h MLSTM_TC{D}_FWD_WG_OVERLAP): a consumer warpgroup issues the score
+ * OV (overlap, default tiles, bf16; tile_config.h MLSTM_TC{D}_FWD_WG_OVERLAP): a consumer warpgroup issues the score
  * product of key tile j together with O += P V of tile j - 1 and forms C of tile j while the latter runs; O's
- * rescale for tile j (row maxima from the gates, range guard) waits for that product. K and V then have their own
+ * rescale for tile j (its row maxima come from the gates) waits for that product. K and V then have their own
  * full / empty barriers: a K tile (and its gates) is released once C is formed, a V tile once its product is done,
- * so the producer refills K a step earlier than V. */
+ * so the producer refills K a step earlier than V. No branch may run while a product is in flight (ptxas would
+ * serialise every wgmma of the kernel), hence the peeled loop (the consumer part below). */
 template <typename T, int D, int BN, int KS, int NST, int CL = 1, bool TMA = (CL > 1),
           bool MC = (D == MASKED_COLS_CLASS), bool OV = false>
 __global__ void __launch_bounds__(384, 1)
@@ -148,7 +203,7 @@ __global__ void __launch_bounds__(384, 1)
     const int64_t nsteps = kt_hi / NG + 1; /* steps of NG key tiles (KS of them this CTA's), from the diagonal down */
 
     static_assert(!TMA || KS == 1, "TMA stages: one key tile");
-    static_assert(!OV || (KS == 1 && CL == 1), "overlap: default tiles");
+    static_assert(!OV || (KS == 1 && CL == 1 && !tc::NeedsRangeGuard<T>::value), "overlap: default tiles, bf16");
     const uint32_t bFullV = bFull + 16 * NST + 8, bEmptyV = bFullV + 8 * NST; /* OV: the V tiles' barriers */
     const bool tma = CL > 1 || (TMA && tm.on != 0); /* this launch loads K/V through the maps */
     /* full: every producer thread once its copies landed (TMA: thread 0's expect-tx arrival), the scan warps */
@@ -166,7 +221,7 @@ __global__ void __launch_bounds__(384, 1)
 
     if (wgi == 2) {
         /* ---- producer warpgroup ---- */
-        setmaxnreg_dec<Cfg::PROD_REGS>();
+        setmaxnreg_dec<OV && D >= 256 ? 32 : Cfg::PROD_REGS>(); /* FwdCfg OV_REGS */
         const int pt = (int)threadIdx.x - 256;
         const int ptile = pt / BN, ppos = pt % BN; /* gate producer: tile of the step, key in the tile */
         const bool producer = pt < NG * BN;
@@ -276,7 +331,7 @@ __global__ void __launch_bounds__(384, 1)
     }
 
     /* ---- consumer warpgroups ---- */
-    setmaxnreg_inc<Cfg::CONS_REGS>();
+    setmaxnreg_inc<OV && D >= 256 ? 240 : Cfg::CONS_REGS>(); /* FwdCfg OV_REGS */
     load_tile_sw128<T, BM, D, 256>(aQ, gq, tq.ss, qs, S, (int)threadIdx.x, masked_cols<D, MC>(args.DQK));
     cp_async_commit();
     if (warp == 0) { /* query-tile local cumsum, for the producer's scan warps (barrier 3) and, after their first
@@ -315,86 +370,114 @@ __global__ void __launch_bounds__(384, 1)
     auto turn_wait = [&] { wgi == 0 ? named_sync(4, 256) : named_sync(5, 256); };
     auto turn_pass = [&] { wgi == 0 ? named_arrive(5, 256) : named_arrive(4, 256); };
     if constexpr (OV) {
-        uint32_t pa[BN / 16][4]; /* C of the pending tile, packed (its O += P V is issued with the next scores) */
-        bool pend = false;       /* a pending tile (this warpgroup had rows for it) */
-        int pstage = 0;          /* the stage of the previous tile */
-        for (int64_t it = 0; it < nsteps; ++it) {
+        /* Three phases per warpgroup, so that no branch runs while a product is in flight (ptxas serialises every
+         * wgmma of a kernel that branches between a product's issue and its wait):
+         * 1. the tiles before the first with a row of this warpgroup, and those whose key range reaches past a row of
+         *    it (masking): one step at a time, as the loop below;
+         * 2. the first unmasked tile: its scores, C, nothing pending;
+         * 3. the rest: the scores of tile j and O += P V of tile j - 1 issued together, C of tile j formed (straight
+         *    code, fwd_gate_open) while the latter runs, then O's rescale and the next P. */
+        int64_t it = 0;
+        const auto masked_wg = [&](int64_t i) { return (kt_hi - i) * BN + BN - 1 > qs + wgr; }; /* some row masks */
+        for (; it < nsteps && masked_wg(it); ++it) {
             const int stage = (int)(it % NST);
             const int64_t ks = (kt_hi - it) * BN;
-            const uint32_t cK = aK + stage * Cfg::KV_BYTES;
-            const float *cPM = sPM + stage * BN;
+            const uint32_t cK = aK + stage * Cfg::KV_BYTES, cV = aV + stage * Cfg::KV_BYTES;
             mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
+            mbar_wait(bFullV + 8 * stage, (uint32_t)((it / NST) & 1));
             fence_proxy_async();
             if (it == 0) {
                 rowF[0][0] = sFq[wr0 + g];
                 rowF[0][1] = sFq[wr0 + g + 8];
             }
-            const bool act = ks <= qs + wgr + 63; /* warpgroup-uniform */
-            float s[1][BN / 8][4];
-            float(&sacc)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
             if (PP) turn_wait();
-            if (act) {
+            if (ks <= qs + wgr + 63) { /* a row of this warpgroup sees the tile */
+                float sacc[BN / 2];
                 reg_fence(sacc);
                 fence();
                 wgmma_kmajor_ss<T, BN, D, BM, BN>(sacc, aQw, cK);
                 commit();
-            }
-            if (pend) { /* O += P V of the previous tile, behind the scores */
-                mbar_wait(bFullV + 8 * pstage, (uint32_t)(((it - 1) / NST) & 1));
-                fence_proxy_async();
-                const uint32_t cV = aV + pstage * Cfg::KV_BYTES;
+                if (PP) turn_pass();
+                wait<0>();
+                reg_fence(sacc);
+                fwd_ov_gate_step<T, BN, D>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc), o, mrun, lrun, rowF, sG2, sE,
+                                           sPM, stage, ks, qs, wr0, g, q4, lsc, esc);
+                uint32_t pm[BN / 16][4];
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc)[0], kk, pm[kk]);
                 reg_fence(oacc);
                 fence();
 #pragma unroll
                 for (int kk = 0; kk < BN / 16; ++kk)
+                    WgmmaRS<T, D>::run(oacc, pm[kk], desc_sw128(cV + kk * 16 * 128, BN * 128), 1);
+                commit();
+                wait<0>();
+                reg_fence(oacc);
+            } else if (PP) {
+                turn_pass();
+            }
+            mbar_arrive(bEmpty + 8 * stage);
+            mbar_arrive(bEmptyV + 8 * stage);
+        }
+        if (it < nsteps) {
+            uint32_t pa[BN / 16][4]; /* C of the pending tile, packed */
+            {
+                const int stage = (int)(it % NST);
+                mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
+                fence_proxy_async();
+                if (it == 0) {
+                    rowF[0][0] = sFq[wr0 + g];
+                    rowF[0][1] = sFq[wr0 + g + 8];
+                }
+                float sacc[BN / 2];
+                if (PP) turn_wait();
+                reg_fence(sacc);
+                fence();
+                wgmma_kmajor_ss<T, BN, D, BM, BN>(sacc, aQw, aK + stage * Cfg::KV_BYTES);
+                commit();
+                if (PP) turn_pass();
+                wait<0>();
+                reg_fence(sacc);
+                float alpha[2];
+                fwd_gate_open<BN>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc), mrun, lrun, rowF, sE + stage * BN,
+                                  sPM + stage * BN, q4, lsc, alpha);
+                mbar_arrive(bEmpty + 8 * stage);
+                scale_frag_rows(o[0], alpha);
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc)[0], kk, pa[kk]);
+            }
+            for (++it; it < nsteps; ++it) {
+                const int stage = (int)(it % NST), pstage = (int)((it - 1) % NST);
+                mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
+                mbar_wait(bFullV + 8 * pstage, (uint32_t)(((it - 1) / NST) & 1));
+                fence_proxy_async();
+                const uint32_t cV = aV + pstage * Cfg::KV_BYTES;
+                float sacc[BN / 2];
+                if (PP) turn_wait();
+                reg_fence(sacc);
+                reg_fence(oacc);
+                fence();
+                wgmma_kmajor_ss<T, BN, D, BM, BN>(sacc, aQw, aK + stage * Cfg::KV_BYTES);
+                commit();
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk)
                     WgmmaRS<T, D>::run(oacc, pa[kk], desc_sw128(cV + kk * 16 * 128, BN * 128), 1);
                 commit();
-            }
-            if (PP) turn_pass();
-            float ofac[1][1][4] = {{{1.0f, 1.0f, 1.0f, 1.0f}}}; /* this tile's O factors per row (elements 0, 2) */
-            if (act) {
-                if (pend) wait<1>();
-                else wait<0>();
+                if (PP) turn_pass();
+                wait<1>();
                 reg_fence(sacc);
-                const bool masked = ks + BN - 1 > qs + wr0;
-                float gkv[BN / 8][2];
-                tc::load_key_row<BN>(gkv, (masked ? sG2 : sE) + stage * BN, q4);
-                const int lim0 = wr0 + g - (int)max(ks - qs, (int64_t)-BN);
-                float mx[2];
-                /* O goes in as a one-fragment stand-in that collects the rows' factors, applied once the pending
-                 * product is done */
-                if (masked)
-                    tc::fwd_gate_tile<true, GUARD, 1, BN, 8>(s, ofac, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
-                else
-                    tc::fwd_gate_tile<false, GUARD, 1, BN, 8>(s, ofac, mrun, lrun, rowF, gkv, cPM, lim0, q4, lsc, esc, mx);
-                if constexpr (GUARD) {
-                    float fac[2];
-                    if (tc::range_guard_update(mx, hw, esc, fac)) {
-                        scale_frag_rows(s[0], fac);
-                        scale_frag_rows(ofac[0], fac);
-                        lrun[0][0] *= fac[0];
-                        lrun[0][1] *= fac[1];
-                    }
-                }
-            }
-            mbar_arrive(bEmpty + 8 * stage); /* the K tile and its gates are read */
-            if (it > 0) {
-                if (pend) {
-                    wait<0>();
-                    reg_fence(oacc);
-                }
-                mbar_arrive(bEmptyV + 8 * pstage); /* the previous V tile is read */
-            }
-            if (act) {
-                const float f[2] = {ofac[0][0][0], ofac[0][0][2]};
-                if (__any_sync(0xffffffffu, f[0] != 1.0f || f[1] != 1.0f)) scale_frag_rows(o[0], f);
+                float alpha[2];
+                fwd_gate_open<BN>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc), mrun, lrun, rowF, sE + stage * BN,
+                                  sPM + stage * BN, q4, lsc, alpha);
+                mbar_arrive(bEmpty + 8 * stage);
+                wait<0>();
+                reg_fence(oacc);
+                mbar_arrive(bEmptyV + 8 * pstage);
+                scale_frag_rows(o[0], alpha);
 #pragma unroll
-                for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(s[0], kk, pa[kk]);
+                for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc)[0], kk, pa[kk]);
             }
-            pend = act;
-            pstage = stage;
-        }
-        if (pend) {
+            const int pstage = (int)((nsteps - 1) % NST);
             mbar_wait(bFullV + 8 * pstage, (uint32_t)(((nsteps - 1) / NST) & 1));
             fence_proxy_async();
             const uint32_t cV = aV + pstage * Cfg::KV_BYTES;
