@@ -377,6 +377,23 @@ __global__ void __launch_bounds__(384, 1)
          * 2. the first unmasked tile: its scores, C, nothing pending;
          * 3. the rest: the scores of tile j and O += P V of tile j - 1 issued together, C of tile j formed (straight
          *    code, fwd_gate_open) while the latter runs, then O's rescale and the next P. */
+        using Frag = float[1][BN / 8][4];
+        auto pack = [](float (&x)[BN / 2], uint32_t (&p)[BN / 16][4]) { /* C as the A operand of O += P V */
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(reinterpret_cast<Frag &>(x)[0], kk, p[kk]);
+        };
+        auto pv_issue = [&](const uint32_t (&p)[BN / 16][4], uint32_t cV) {
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) WgmmaRS<T, D>::run(oacc, p[kk], desc_sw128(cV + kk * 16 * 128, BN * 128), 1);
+            commit();
+        };
+        auto pv_sync = [&](const uint32_t (&p)[BN / 16][4], uint32_t cV) { /* ... issued and done */
+            reg_fence(oacc);
+            fence();
+            pv_issue(p, cV);
+            wait<0>();
+            reg_fence(oacc);
+        };
         int64_t it = 0;
         const auto masked_wg = [&](int64_t i) { return (kt_hi - i) * BN + BN - 1 > qs + wgr; }; /* some row masks */
         for (; it < nsteps && masked_wg(it); ++it) {
@@ -400,19 +417,11 @@ __global__ void __launch_bounds__(384, 1)
                 if (PP) turn_pass();
                 wait<0>();
                 reg_fence(sacc);
-                fwd_ov_gate_step<T, BN, D>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc), o, mrun, lrun, rowF, sG2, sE,
-                                           sPM, stage, ks, qs, wr0, g, q4, lsc, esc);
+                fwd_ov_gate_step<T, BN, D>(reinterpret_cast<Frag &>(sacc), o, mrun, lrun, rowF, sG2, sE, sPM, stage, ks,
+                                           qs, wr0, g, q4, lsc, esc);
                 uint32_t pm[BN / 16][4];
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc)[0], kk, pm[kk]);
-                reg_fence(oacc);
-                fence();
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; ++kk)
-                    WgmmaRS<T, D>::run(oacc, pm[kk], desc_sw128(cV + kk * 16 * 128, BN * 128), 1);
-                commit();
-                wait<0>();
-                reg_fence(oacc);
+                pack(sacc, pm);
+                pv_sync(pm, cV);
             } else if (PP) {
                 turn_pass();
             }
@@ -439,12 +448,11 @@ __global__ void __launch_bounds__(384, 1)
                 wait<0>();
                 reg_fence(sacc);
                 float alpha[2];
-                fwd_gate_open<BN>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc), mrun, lrun, rowF, sE + stage * BN,
-                                  sPM + stage * BN, q4, lsc, alpha);
+                fwd_gate_open<BN>(reinterpret_cast<Frag &>(sacc), mrun, lrun, rowF, sE + stage * BN, sPM + stage * BN, q4,
+                                  lsc, alpha);
                 mbar_arrive(bEmpty + 8 * stage);
                 scale_frag_rows(o[0], alpha);
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc)[0], kk, pa[kk]);
+                pack(sacc, pa);
             }
             for (++it; it < nsteps; ++it) {
                 const int stage = (int)(it % NST), pstage = (int)((it - 1) % NST);
@@ -459,36 +467,24 @@ __global__ void __launch_bounds__(384, 1)
                 fence();
                 wgmma_kmajor_ss<T, BN, D, BM, BN>(sacc, aQw, aK + stage * Cfg::KV_BYTES);
                 commit();
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; ++kk)
-                    WgmmaRS<T, D>::run(oacc, pa[kk], desc_sw128(cV + kk * 16 * 128, BN * 128), 1);
-                commit();
+                pv_issue(pa, cV);
                 if (PP) turn_pass();
                 wait<1>();
                 reg_fence(sacc);
                 float alpha[2];
-                fwd_gate_open<BN>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc), mrun, lrun, rowF, sE + stage * BN,
-                                  sPM + stage * BN, q4, lsc, alpha);
+                fwd_gate_open<BN>(reinterpret_cast<Frag &>(sacc), mrun, lrun, rowF, sE + stage * BN, sPM + stage * BN, q4,
+                                  lsc, alpha);
                 mbar_arrive(bEmpty + 8 * stage);
                 wait<0>();
                 reg_fence(oacc);
                 mbar_arrive(bEmptyV + 8 * pstage);
                 scale_frag_rows(o[0], alpha);
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(reinterpret_cast<float(&)[1][BN / 8][4]>(sacc)[0], kk, pa[kk]);
+                pack(sacc, pa);
             }
             const int pstage = (int)((nsteps - 1) % NST);
             mbar_wait(bFullV + 8 * pstage, (uint32_t)(((nsteps - 1) / NST) & 1));
             fence_proxy_async();
-            const uint32_t cV = aV + pstage * Cfg::KV_BYTES;
-            reg_fence(oacc);
-            fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk)
-                WgmmaRS<T, D>::run(oacc, pa[kk], desc_sw128(cV + kk * 16 * 128, BN * 128), 1);
-            commit();
-            wait<0>();
-            reg_fence(oacc);
+            pv_sync(pa, aV + pstage * Cfg::KV_BYTES);
         }
     }
     for (int64_t it = 0; !OV && it < nsteps; ++it) {
