@@ -244,6 +244,22 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
 #endif
 }
 
+/* A dK/dV CTA's first loads (all NT threads, cp.async, committed): its K and V tiles (BNK keys from ks) and the Q and
+ * dH tiles of the query tile at qs0 */
+template <typename T, int D, int BNK, int BMQ, int NT, bool MC>
+__device__ __forceinline__ void dkdv_first_tiles(const KArgs &args, uint32_t aK, uint32_t aV, uint32_t aQ, uint32_t aH,
+                                                 const T *gk, const T *gv, const T *gq, const T *gdh, int64_t ks,
+                                                 int64_t qs0)
+{
+    const int64_t S = args.S;
+    const int64_t qc = masked_cols<D, MC>(args.DQK), vc = masked_cols<D, MC>(args.DV);
+    load_tile_sw128<T, BNK, D, NT>(aK, gk, args.t[MLSTM_TENSOR_K].ss, ks, S, (int)threadIdx.x, qc);
+    load_tile_sw128<T, BNK, D, NT>(aV, gv, args.t[MLSTM_TENSOR_V].ss, ks, S, (int)threadIdx.x, vc);
+    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, args.t[MLSTM_TENSOR_Q].ss, qs0, S, (int)threadIdx.x, qc);
+    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, args.t[MLSTM_TENSOR_DH].ss, qs0, S, (int)threadIdx.x, vc);
+    cp_async_commit();
+}
+
 /* The query gates of the wgmma dK/dV kernels, one query tile ahead: 64 producer threads (warps pw, pw + 1) load a
  * tile's values early in a step and store them late in the step before (tc::DkdvQueryGates::produce_*); warp 0 scans
  * them at the end of the step before their use (ANY_FW: warp pw - 2 instead, for the ping-pong pair's pipe per warpgroup).
@@ -338,11 +354,7 @@ __global__ void __launch_bounds__(128) mlstm_bwd_dkdv_wgmma_kernel(const __grid_
     const int64_t nqt = (S + BMQ - 1) / BMQ;
     const int64_t qt0 = ks / BMQ;
 
-    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
-    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S, (int)threadIdx.x, masked_cols<D>(args.DV));
-    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DQK));
-    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D>(args.DV));
-    cp_async_commit();
+    dkdv_first_tiles<T, D, BNK, BMQ, NT, D == MASKED_COLS_CLASS>(args, aK, aV, aQ, aH, gk, gv, gq, gdh, ks, qt0 * BMQ);
 
     float gkn[2];
     tc::dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
@@ -550,11 +562,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
 
     MLSTM_PAIR_CTA_SETUP
 
-    load_tile_sw128<T, BNK, D, NT>(aK, gk, tk.ss, ks, S, (int)threadIdx.x, masked_cols<D, MC>(args.DQK));
-    load_tile_sw128<T, BNK, D, NT>(aV, gv, tv.ss, ks, S, (int)threadIdx.x, masked_cols<D, MC>(args.DV));
-    load_tile_sw128<T, BMQ, D, NT>(aQ, gq, tq.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D, MC>(args.DQK));
-    load_tile_sw128<T, BMQ, D, NT>(aH, gdh, tdh.ss, qt0 * BMQ, S, (int)threadIdx.x, masked_cols<D, MC>(args.DV));
-    cp_async_commit();
+    dkdv_first_tiles<T, D, BNK, BMQ, NT, MC>(args, aK, aV, aQ, aH, gk, gv, gq, gdh, ks, qt0 * BMQ);
 
     float gkn[2];
     tc::dkdv_key_gates(gf, tf.ss, gi, ti.ss, ks, wk0, S, gkn);
