@@ -430,9 +430,13 @@ __global__ void __launch_bounds__(384, 1)
         }
         if (it < nsteps) {
             uint32_t pa[BN / 16][4]; /* C of the pending tile, packed */
-            {
-                const int stage = (int)(it % NST);
+            /* one unmasked tile; PENDING: O += P V of the tile before is issued with its scores and done in the step
+             * (compiled once per value: no branch while a product is in flight) */
+            auto unmasked_step = [&](auto pending_c) {
+                constexpr bool PENDING = decltype(pending_c)::value;
+                const int stage = (int)(it % NST), pstage = (int)((it + NST - 1) % NST);
                 mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
+                if (PENDING) mbar_wait(bFullV + 8 * pstage, (uint32_t)(((it - 1) / NST) & 1));
                 fence_proxy_async();
                 if (it == 0) {
                     rowF[0][0] = sFq[wr0 + g];
@@ -441,46 +445,29 @@ __global__ void __launch_bounds__(384, 1)
                 float sacc[BN / 2];
                 if (PP) turn_wait();
                 reg_fence(sacc);
+                if (PENDING) reg_fence(oacc);
                 fence();
                 wgmma_kmajor_ss<T, BN, D, BM, BN>(sacc, aQw, aK + stage * Cfg::KV_BYTES);
                 commit();
+                if (PENDING) pv_issue(pa, aV + pstage * Cfg::KV_BYTES);
                 if (PP) turn_pass();
-                wait<0>();
+                if (PENDING) wait<1>();
+                else wait<0>();
                 reg_fence(sacc);
                 float alpha[2];
                 fwd_gate_open<BN>(reinterpret_cast<Frag &>(sacc), mrun, lrun, rowF, sE + stage * BN, sPM + stage * BN, q4,
                                   lsc, alpha);
                 mbar_arrive(bEmpty + 8 * stage);
+                if (PENDING) {
+                    wait<0>();
+                    reg_fence(oacc);
+                    mbar_arrive(bEmptyV + 8 * pstage);
+                }
                 scale_frag_rows(o[0], alpha);
                 pack(sacc, pa);
-            }
-            for (++it; it < nsteps; ++it) {
-                const int stage = (int)(it % NST), pstage = (int)((it - 1) % NST);
-                mbar_wait(bFull + 8 * stage, (uint32_t)((it / NST) & 1));
-                mbar_wait(bFullV + 8 * pstage, (uint32_t)(((it - 1) / NST) & 1));
-                fence_proxy_async();
-                const uint32_t cV = aV + pstage * Cfg::KV_BYTES;
-                float sacc[BN / 2];
-                if (PP) turn_wait();
-                reg_fence(sacc);
-                reg_fence(oacc);
-                fence();
-                wgmma_kmajor_ss<T, BN, D, BM, BN>(sacc, aQw, aK + stage * Cfg::KV_BYTES);
-                commit();
-                pv_issue(pa, cV);
-                if (PP) turn_pass();
-                wait<1>();
-                reg_fence(sacc);
-                float alpha[2];
-                fwd_gate_open<BN>(reinterpret_cast<Frag &>(sacc), mrun, lrun, rowF, sE + stage * BN, sPM + stage * BN, q4,
-                                  lsc, alpha);
-                mbar_arrive(bEmpty + 8 * stage);
-                wait<0>();
-                reg_fence(oacc);
-                mbar_arrive(bEmptyV + 8 * pstage);
-                scale_frag_rows(o[0], alpha);
-                pack(sacc, pa);
-            }
+            };
+            unmasked_step(std::false_type{});
+            for (++it; it < nsteps; ++it) unmasked_step(std::true_type{});
             const int pstage = (int)((nsteps - 1) % NST);
             mbar_wait(bFullV + 8 * pstage, (uint32_t)(((nsteps - 1) / NST) & 1));
             fence_proxy_async();
