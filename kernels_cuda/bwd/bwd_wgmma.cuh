@@ -78,6 +78,7 @@ struct DqWsCfg {
     static constexpr int BM = 128 / KS; /* KS = 2: one 64-row tile for both consumers; 1: one each */
     static constexpr int NT = 384;           /* consumers: threads 0..255, producer: 256..383 */
     static constexpr int PROD_REGS = 56, CONS_REGS = 224; /* 128 * 56 + 256 * 224 = 384 * 168 */
+    static_assert(ws_regs_fit<PROD_REGS, CONS_REGS>, "register split");
     static constexpr int H_BYTES = BM * D * 2;
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = H_BYTES;

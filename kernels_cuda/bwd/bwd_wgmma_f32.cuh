@@ -47,6 +47,7 @@ template <int D, int NST>
 struct BwdDkdvF32Cfg {
     static constexpr int NT = 384;
     static constexpr int PROD_REGS = D >= 128 ? 72 : 56, CONS_REGS = D >= 128 ? 216 : 224; /* as FwdF32Cfg */
+    static_assert(ws_regs_fit<PROD_REGS, CONS_REGS>, "register split");
     static constexpr int T_BYTES = 64 * D * 2;            /* one f16 tile of 64 rows */
     static constexpr int ST_OFF = 4 * T_BYTES;            /* K hi, K lo, V hi, V lo; then stages */
     static constexpr int G_OFF = ST_OFF + NST * 4 * T_BYTES; /* stage: Q hi, Q lo, dh hi, dh lo */
@@ -358,6 +359,7 @@ template <int D, int NST>
 struct BwdDqF32Cfg {
     static constexpr int NT = 384;
     static constexpr int PROD_REGS = D >= 128 ? 72 : 56, CONS_REGS = D >= 128 ? 216 : 224;
+    static_assert(ws_regs_fit<PROD_REGS, CONS_REGS>, "register split");
     static constexpr int T_BYTES = 64 * D * 2;
     static constexpr int ST_OFF = 4 * T_BYTES;               /* Q hi, Q lo, dh hi, dh lo; then stages */
     static constexpr int G_OFF = ST_OFF + NST * 4 * T_BYTES;    /* stage: K hi, K lo, V hi, V lo (64 keys) */

@@ -189,15 +189,16 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 /* The default-tile forward of class D loads K / V through TMA maps (one producer thread issues a stage's tensor
  * copies, the other producer threads only stage the gates) where the call's tensors can be mapped, else by the 128
- * producer threads' cp.async: 1 on, 0 off. Off until measured (bench/RESULTS.md, nineteenth session). */
+ * producer threads' cp.async: 1 on, 0 off. On for all three (H100, twentieth session, bench/RESULTS.md: bf16 forward
+ * 5-13% faster at 64/64 to 256/512, f16 2-5%). */
 #ifndef MLSTM_TC64_FWD_WG_TMA
-#define MLSTM_TC64_FWD_WG_TMA 0
+#define MLSTM_TC64_FWD_WG_TMA 1
 #endif
 #ifndef MLSTM_TC128_FWD_WG_TMA
-#define MLSTM_TC128_FWD_WG_TMA 0
+#define MLSTM_TC128_FWD_WG_TMA 1
 #endif
 #ifndef MLSTM_TC256_FWD_WG_TMA
-#define MLSTM_TC256_FWD_WG_TMA 0
+#define MLSTM_TC256_FWD_WG_TMA 1
 #endif
 /* The default-tile forward of class D overlaps each consumer warpgroup's C of key tile j with its O += P V of tile
  * j - 1 (fwd_wgmma.cuh OV; K and V tiles on separate barriers): 1 on, 0 off. Off until measured. */

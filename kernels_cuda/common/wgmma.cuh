@@ -172,6 +172,11 @@ __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar)
 /* per-warpgroup register budget (all four warps execute it): producers give registers back, consumers take them */
 template <int N> __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 template <int N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+/* Whether a 384-thread warp-specialised kernel's split (one producer warpgroup at PROD registers a thread, two
+ * consumer warpgroups at CONS) fits the launch allocation of __launch_bounds__(384, 1), 168 a thread: a consumer
+ * setmaxnreg.inc asking for more than the producers gave back waits forever (a hang, not an error) */
+template <int PROD, int CONS>
+constexpr bool ws_regs_fit = PROD >= 24 && CONS <= 256 && PROD % 8 == 0 && CONS % 8 == 0 && 128 * PROD + 256 * CONS <= 384 * 168;
 
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 

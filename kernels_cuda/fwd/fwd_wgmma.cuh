@@ -33,8 +33,11 @@ struct FwdCfg {
     static constexpr int BM = 128 / KS;      /* query rows of a CTA (two consumer warpgroups) */
     static constexpr int NT = 384;           /* consumers: threads 0..255, producer: 256..383 */
     static constexpr int PROD_REGS = 56, CONS_REGS = 224; /* 128 * 56 + 256 * 224 = 384 * 168, the launch allocation */
-    /* OV_REGS: the overlapped D = 256 forward keeps O, the next scores and the pending P live at once; at 56 / 224 its
-     * consumers spill in the loop (ptxas: nine 8-byte pairs), at 32 / 240 one pair there and the producer a few words */
+    /* OV: the overlapped D = 256 forward keeps O, the next scores and the pending P live at once; at 56 / 224 its
+     * consumers spill in the loop (ptxas: nine 8-byte pairs), at 24 / 240 one pair there (FlashAttention-3's split for
+     * two consumer warpgroups). 32 / 240 asks for 65536 > 384 * 168 registers and hangs (first GPU run of the OV). */
+    static constexpr int OV_PROD_REGS = D >= 256 ? 24 : PROD_REGS, OV_CONS_REGS = D >= 256 ? 240 : CONS_REGS;
+    static_assert(ws_regs_fit<PROD_REGS, CONS_REGS> && ws_regs_fit<OV_PROD_REGS, OV_CONS_REGS>, "register split");
     static constexpr int Q_BYTES = BM * D * 2;
     static constexpr int KV_BYTES = BN * D * 2;
     static constexpr int K_OFF = Q_BYTES;
@@ -221,7 +224,7 @@ __global__ void __launch_bounds__(384, 1)
 
     if (wgi == 2) {
         /* ---- producer warpgroup ---- */
-        setmaxnreg_dec<OV && D >= 256 ? 32 : Cfg::PROD_REGS>(); /* FwdCfg OV_REGS */
+        setmaxnreg_dec<OV ? Cfg::OV_PROD_REGS : Cfg::PROD_REGS>();
         const int pt = (int)threadIdx.x - 256;
         const int ptile = pt / BN, ppos = pt % BN; /* gate producer: tile of the step, key in the tile */
         const bool producer = pt < NG * BN;
@@ -331,7 +334,7 @@ __global__ void __launch_bounds__(384, 1)
     }
 
     /* ---- consumer warpgroups ---- */
-    setmaxnreg_inc<OV && D >= 256 ? 240 : Cfg::CONS_REGS>(); /* FwdCfg OV_REGS */
+    setmaxnreg_inc<OV ? Cfg::OV_CONS_REGS : Cfg::CONS_REGS>();
     load_tile_sw128<T, BM, D, 256>(aQ, gq, tq.ss, qs, S, (int)threadIdx.x, masked_cols<D, MC>(args.DQK));
     cp_async_commit();
     if (warp == 0) { /* query-tile local cumsum, for the producer's scan warps (barrier 3) and, after their first

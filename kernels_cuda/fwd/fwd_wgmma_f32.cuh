@@ -23,6 +23,7 @@ struct FwdF32Cfg {
     static constexpr int NT = 384;  /* consumers: threads 0..255, producer: 256..383 */
     /* 128 PROD + 256 CONS = 384 * 168, the launch allocation (the producer splits 16 floats per row at D = 128) */
     static constexpr int PROD_REGS = D >= 128 ? 72 : 56, CONS_REGS = D >= 128 ? 216 : 224;
+    static_assert(ws_regs_fit<PROD_REGS, CONS_REGS>, "register split");
     static constexpr int Q_BYTES = BM * D * 2;  /* one f16 tile (hi or lo) */
     static constexpr int KV_BYTES = BN * D * 2; /* one f16 tile (hi or lo) */
     static constexpr int K_OFF = 2 * Q_BYTES;   /* Q hi, Q lo, then K [NST][hi, lo], V [NST][hi, lo] */
