@@ -94,8 +94,9 @@ struct DqWsCfg {
     static_assert(SMEM <= 232448, "shared memory per block");
 };
 
-template <typename T, int D, int BN, int NST, int KS, bool MC = (D == MASKED_COLS_CLASS)>
-__global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_constant__ KArgs args)
+template <typename T, int D, int BN, int NST, int KS, bool MC = (D == MASKED_COLS_CLASS), bool TMA = false>
+__global__ void __launch_bounds__(384, 1)
+    mlstm_bwd_dq_ws_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaKV tm)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); /* built for an architecture without wgmma: never launched (dispatch.cu) */
@@ -126,7 +127,11 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
     const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN);
     const int64_t nsteps = kt_hi / KS + 1; /* steps of KS key tiles, from the diagonal down */
 
-    mbar_init_stages<NST>(bFull, 128 + 64); /* full: every producer thread once its copies landed, both scan warps */
+    /* TMA (tile_config.h MLSTM_TC{D}_DQ_WG_TMA, where tm.on): producer thread 0 loads each stage with tensor copies, else the
+     * 128 producer threads cp.async it */
+    const bool tma = TMA && tm.on != 0;
+    /* full: every producer thread once its copies landed (TMA: thread 0's expect-tx arrival), both scan warps */
+    mbar_init_stages<NST>(bFull, (tma ? 1 : 128) + 64);
     __syncthreads();
 
     if (wgi == 2) {
@@ -148,6 +153,19 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
         for (int64_t it = 0; it < nsteps; ++it) {
             const int stage = (int)(it % NST);
             if (it >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((it / NST + 1) & 1));
+            if (TMA && tma && pt == 0) { /* the stage's tensor copies, in flight while the gates are staged and scanned */
+                const uint32_t full = bFull + 8 * stage;
+                const int ntiles = (int)min((int64_t)KS, kt_hi - KS * it + 1); /* tiles >= 0 of the step */
+                mbar_arrive_expect_tx(full, (uint32_t)(2 * ntiles * Cfg::KV_BYTES));
+                for (int gs = 0; gs < ntiles; ++gs) {
+                    const int kt = (int)(kt_hi - KS * it - gs), sl = stage * KS + gs;
+#pragma unroll
+                    for (int cb = 0; cb < D / 64; ++cb) {
+                        tma_load_4d(aK + sl * Cfg::KV_BYTES + cb * BN * 128, &tm.k, cb * 64, kt * BN, (int)hh, (int)b, full);
+                        tma_load_4d(aV + sl * Cfg::KV_BYTES + cb * BN * 128, &tm.v, cb * 64, kt * BN, (int)hh, (int)b, full);
+                    }
+                }
+            }
             if (gprod) {
                 const int64_t kt = kt_hi - KS * it - ptile, s = ((kt * BN) & ~(int64_t)63) + ppos;
                 const int o = ((int)(it & 1) * 2 + ptile) * 64 + ppos;
@@ -191,8 +209,11 @@ __global__ void __launch_bounds__(384, 1) mlstm_bwd_dq_ws_kernel(const __grid_co
                 }
                 mbar_arrive(bFull + 8 * stage); /* the stage's gates are written */
             }
-            ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - KS * it, gk, tk.ss, gv, tv.ss, S, pt, masked_cols<D, MC>(args.DQK), masked_cols<D, MC>(args.DV));
-            mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
+            if (!tma) {
+                ws_copy_stage<T, BN, D, KS>(aK, aV, Cfg::KV_BYTES, stage, kt_hi - KS * it, gk, tk.ss, gv, tv.ss, S, pt,
+                                            masked_cols<D, MC>(args.DQK), masked_cols<D, MC>(args.DV));
+                mbar_arrive_cp_async(bFull + 8 * stage); /* fires when this thread's copies have landed */
+            }
         }
         cp_async_wait<0>(); /* no copy outlives its thread */
         return;

@@ -167,6 +167,17 @@ static inline cudaError_t tma_map(CUtensorMap *m, const TArg &t, const KArgs &a,
     return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+/* The K / V maps of a kernel that loads its key tiles (rows each) through TMA where it can: tm.on = 0 where the maps
+ * cannot be made (layout, alignment, a masking instance's head narrower than one 64-column box), the kernel then
+ * loads by cp.async. A masking instance's maps span the tensors' own columns: the rest of each box is zero-filled. */
+template <typename T> static inline void tma_kv_try(wg::TmaKV &tm, const KArgs &a, int D, bool MC, int rows)
+{
+    memset(&tm, 0, sizeof tm);
+    tm.on = (!MC || (a.DQK >= 64 && a.DV >= 64)) &&
+            tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, rows) == cudaSuccess &&
+            tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, rows) == cudaSuccess;
+}
+
 template <typename T, int D, bool SPLIT, bool MC> cudaError_t setup_fwd_wgmma()
 {
     using KK = WgFwd<T, D, SPLIT, MC>;
@@ -186,20 +197,19 @@ cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
         MLSTM_TRY(tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, KK::C::BN));
         MLSTM_TRY(tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, KK::C::BN));
         tm.on = 1;
-    } else if (KK::TMA) { /* where the maps cannot be made (layout, alignment, a head narrower than one box), cp.async */
-        tm.on = (!MC || (a.DQK >= 64 && a.DV >= 64)) &&
-                tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, KK::C::BN) == cudaSuccess &&
-                tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, KK::C::BN) == cudaSuccess;
+    } else if (KK::TMA) {
+        tma_kv_try<T>(tm, a, D, MC, KK::C::BN);
     }
     return launch_1d_cl(KK::fwd, n, KK::C::CL, KK::F::NT, KK::F::SMEM, st, a, tm);
 }
 
 template <typename T, int D, bool MC = (D == MASKED_COLS_CLASS)> struct WgDq {
     using QS = wg::DqWsCfg<D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2>;
+    static constexpr bool TMA = TileCfg<D>::DQ_WG_TMA; /* K / V stages through TMA maps where they can be made */
     static constexpr auto dq_split =
-        wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2, MC>;
+        wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2, MC, TMA>;
     using QL = wg::DqWsCfg<D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1>;
-    static constexpr auto dq = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1, MC>;
+    static constexpr auto dq = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1, MC, TMA>;
 };
 
 template <typename T, int D, bool MC> cudaError_t setup_bwd_dq_wgmma()
@@ -215,8 +225,11 @@ cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool split)
 {
     using KK = WgDq<T, D, MC>;
     const auto tiles = [&](int bm) { return (a.S + bm - 1) / bm * a.B * a.NH; };
-    if (split) return launch_1d(KK::dq_split, tiles(KK::QS::BM), KK::QS::NT, KK::QS::SMEM, st, a);
-    return launch_1d(KK::dq, tiles(KK::QL::BM), KK::QL::NT, KK::QL::SMEM, st, a);
+    wg::TmaKV tm;
+    memset(&tm, 0, sizeof tm);
+    if (KK::TMA) tma_kv_try<T>(tm, a, D, MC, split ? TileCfg<D>::DQ_WS_BN : TileCfg<D>::DQ_WSL_BN);
+    if (split) return launch_1d_cl(KK::dq_split, tiles(KK::QS::BM), 1, KK::QS::NT, KK::QS::SMEM, st, a, tm);
+    return launch_1d_cl(KK::dq, tiles(KK::QL::BM), 1, KK::QL::NT, KK::QL::SMEM, st, a, tm);
 }
 
 /* the single-warpgroup kernel masks as its class does (D <= 128); the pairs (D = 256) take MC */

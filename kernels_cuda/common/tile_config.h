@@ -216,6 +216,12 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_FWD_WG_PINGPONG
 #define MLSTM_FWD_WG_PINGPONG 1
 #endif
+/* The default-tile forward writes h through shared memory (fwd_wgmma.cuh fwd_epilogue_staged: 16-byte row-contiguous
+ * stores once both consumer warpgroups are done with the tiles) instead of from its fragments: 1 on, 0 off. On (H100,
+ * twentieth session: forward 2-7% faster at every class, bench/RESULTS.md 09:22). */
+#ifndef MLSTM_FWD_WG_STAGED_EPILOGUE
+#define MLSTM_FWD_WG_STAGED_EPILOGUE 1
+#endif
 /* sm_90a dQ kernel (bwd_wgmma.cuh, warp-specialised: a producer warpgroup and two consumer warpgroups of 64 query
  * rows), tiles packed as NST * 1000 + BN (BN at most 64: a key tile stays inside one 64-block of the gate cumsums).
  * Key split for small grids (DQ_WS): both consumers on one query tile taking every other key tile, NST stages of two
@@ -246,6 +252,18 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
  * (bench/RESULTS.md, "Tile choices"). D = 256 takes two stages of 64 keys rather than four of 32 (same shared memory):
  * with 32 keys dP = dH V^T is an N = 32 product bound by shared-memory reads; fwbw 3-4% faster on an H100
  * (bench/RESULTS.md, eighteenth and nineteenth sessions). */
+/* The dQ kernels of class D (both tile shapes) load their K / V stages through TMA maps (one producer thread issues a
+ * stage; the launch falls back to the producers' cp.async where the maps cannot be made): 1 on, 0 off. H100, twentieth
+ * session (bench/RESULTS.md 09:40): fwbw 1-2% faster at D = 256, 1% slower at 128/128 S8192, even at 64/64. */
+#ifndef MLSTM_TC64_DQ_WG_TMA
+#define MLSTM_TC64_DQ_WG_TMA 0
+#endif
+#ifndef MLSTM_TC128_DQ_WG_TMA
+#define MLSTM_TC128_DQ_WG_TMA 0
+#endif
+#ifndef MLSTM_TC256_DQ_WG_TMA
+#define MLSTM_TC256_DQ_WG_TMA 1
+#endif
 #ifndef MLSTM_TC64_DQ_WSL
 #define MLSTM_TC64_DQ_WSL 4064
 #endif
@@ -292,6 +310,7 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
     static constexpr int FWD_WG_SPLIT_PCT = MLSTM_TC##D##_FWD_WG_SPLIT_PCT;                                    \
     static constexpr bool FWD_WG_TMA = MLSTM_TC##D##_FWD_WG_TMA != 0;                                          \
     static constexpr bool FWD_WG_OVERLAP = MLSTM_TC##D##_FWD_WG_OVERLAP != 0;                                  \
+    static constexpr bool DQ_WG_TMA = MLSTM_TC##D##_DQ_WG_TMA != 0;                                            \
     static constexpr int DQ_WS_BN = MLSTM_TC##D##_DQ_WS % 1000, DQ_WS_NST = MLSTM_TC##D##_DQ_WS / 1000;        \
     static constexpr int DQ_WSL_BN = MLSTM_TC##D##_DQ_WSL % 1000, DQ_WSL_NST = MLSTM_TC##D##_DQ_WSL / 1000;    \
     static constexpr int DKDV_WG_BMQ = MLSTM_TC##D##_DKDV_WG;                                                  \

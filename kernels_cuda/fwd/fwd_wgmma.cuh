@@ -55,6 +55,7 @@ struct FwdCfg {
     static constexpr int XBUF = tc::split_buf_bytes(64, D), IN_OFF = (XBUF + 1023) / 1024 * 1024;
     static constexpr int STG_OFF = 2 * IN_OFF, STG_PITCH = D * 2 + 16;
     static_assert(CL == 1 || STG_OFF + 64 * STG_PITCH <= G_OFF, "cluster merge buffers");
+    static_assert(KS > 1 || CL > 1 || 2 * 64 * STG_PITCH <= G_OFF, "default tiles' staged epilogue: two warpgroups' rows");
     static_assert(XBUF % 16 == 0, "bulk copy size");
     static_assert(Q_BYTES % 1024 == 0 && KV_BYTES % 1024 == 0, "tiles start on 1024-byte boundaries");
     static_assert(BM % BN == 0 && BN % 32 == 0 && D % 64 == 0, "tile sizes");
@@ -67,13 +68,13 @@ struct FwdCfg {
 
 /* Forward epilogue of a warpgroup's 64 rows (first row qs + r0; the thread's rows as in fwd_epilogue), staged: h
  * goes through shared memory at stg (64 rows, pitch P bytes) so that the global stores are 16-byte and row-contiguous
- * (the fragment layout's 4-byte stores took ~2 us for 64 x 256 on H100); m and n as in fwd_epilogue. Warpgroup barrier
- * bar (128 threads). */
+ * (the fragment layout's 4-byte stores took ~2 us for 64 x 256 on H100); m and n as in fwd_epilogue. Barrier bar of
+ * nbar threads (the warpgroup's 128, or both consumer warpgroups' 256 where each stages its rows at its own stg). */
 template <typename T, int D, int P, bool GUARD, bool MC = (D == MASKED_COLS_CLASS)>
 __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int r0, int wr0,
                                                     const float (&o)[1][D / 8][4], const float (&mrun)[1][2],
                                                     const float (&lrun)[1][2], const float (&esc)[2],
-                                                    unsigned char *stg, int bar)
+                                                    unsigned char *stg, int bar, int nbar = 128)
 {
     const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
     const TArg &th = args.t[MLSTM_TENSOR_H], &tm = args.t[MLSTM_TENSOR_M], &tn = args.t[MLSTM_TENSOR_N];
@@ -93,7 +94,7 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
             bh_ptr<float>(tn, b, hh)[t * tn.ss] = nsig;
         }
     }
-    named_sync(bar, 128);
+    named_sync(bar, nbar);
     constexpr int U = D / 8; /* 16-byte pieces per row (the tensor-core path has 16-byte aligned rows) */
 #pragma unroll 4
     for (int i = (int)threadIdx.x & 127; i < 64 * U; i += 128) {
@@ -580,6 +581,12 @@ __global__ void __launch_bounds__(384, 1)
                              * reuses them */
         if (!tc::fwd_split_merge<1, D, GUARD, 256>(reinterpret_cast<float *>(smem), BM, grp, wr0, o, mrun, lrun, esc))
             return; /* group 1: no further barrier below */
+    }
+    if constexpr (KS == 1 && CL == 1 && MLSTM_FWD_WG_STAGED_EPILOGUE) {
+        named_sync(2, 256); /* both consumers are done with the Q / K / V tiles (every load of the CTA has landed) */
+        fwd_epilogue_staged<T, D, Cfg::STG_PITCH, GUARD, MC>(args, b, hh, qs, wgr, wr0, o, mrun, lrun, esc,
+                                                         smem + wgi * 64 * Cfg::STG_PITCH, 2, 256);
+        return;
     }
     tc::fwd_epilogue<T, 1, D, GUARD, MC>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
 #endif
