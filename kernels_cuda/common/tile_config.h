@@ -218,7 +218,7 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 /* The default-tile forward writes h through shared memory (fwd_wgmma.cuh fwd_epilogue_staged: 16-byte row-contiguous
  * stores once both consumer warpgroups are done with the tiles) instead of from its fragments: 1 on, 0 off. On (H100,
- * twentieth session: forward 2-7% faster at every class, bench/RESULTS.md 09:22). */
+ * twentieth session: forward 2-7% faster at every class, bench/RESULTS.md 09:05). */
 #ifndef MLSTM_FWD_WG_STAGED_EPILOGUE
 #define MLSTM_FWD_WG_STAGED_EPILOGUE 1
 #endif
@@ -254,7 +254,7 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
  * (bench/RESULTS.md, eighteenth and nineteenth sessions). */
 /* The dQ kernels of class D (both tile shapes) load their K / V stages through TMA maps (one producer thread issues a
  * stage; the launch falls back to the producers' cp.async where the maps cannot be made): 1 on, 0 off. H100, twentieth
- * session (bench/RESULTS.md 09:40): fwbw 1-2% faster at D = 256, 1% slower at 128/128 S8192, even at 64/64. */
+ * session (bench/RESULTS.md 09:08): fwbw 1-2% faster at D = 256, 1% slower at 128/128 S8192, even at 64/64. */
 #ifndef MLSTM_TC64_DQ_WG_TMA
 #define MLSTM_TC64_DQ_WG_TMA 0
 #endif
