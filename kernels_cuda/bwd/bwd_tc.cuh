@@ -236,9 +236,10 @@ __device__ __forceinline__ void dkdv_element(float (&st)[BMQ / 8][4], float (&dp
  * (range guard undone) and, where write_di, di_j from di_ex (the per-thread partial sums of the f32 P S) and the
  * residual r_j = di'_j - di_j, with di'_j the same sum over the T-rounded P of the dK product: k_j . dk_j from the f32
  * accumulator (kval(row, col) gives k at (row, col), (row, col + 1) of the tile) or, RD_PS, from the partial sums
- * di_rd. r_j goes into dq[j][0..1] as one f32 (the dQ kernel reads it before it writes that row, dq_epilogue). */
+ * di_rd. r_j goes into dq[j][0..1] as one f32 (the dQ kernel reads it before it writes that row, dq_epilogue).
+ * ROWS = false: di and r_j only, the caller writing dk and dv (bwd_wgmma.cuh dkdv_rows_staged). */
 template <typename T, int DK, int DV, int DOUT, bool GUARD, bool RD_PS, bool MC = (DK == MASKED_COLS_CLASS),
-          typename KVal>
+          bool ROWS = true, typename KVal>
 __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int64_t hh, int64_t ks, int wk0, int c0,
                                               bool write_di, const float (&adk)[DOUT / 8][4],
                                               const float (&adv)[DOUT / 8][4], const float (&esc)[2],
@@ -276,7 +277,7 @@ __device__ __forceinline__ void dkdv_epilogue(const KArgs &args, int64_t b, int6
             T *rv = gdv + j * tdv.ss + c0;
             const T *pk = prior_row<T>(args.prior_dk, b, hh, j);
 #pragma unroll
-            for (int n = 0; n < DOUT / 8; ++n) {
+            for (int n = 0; n < (ROWS ? DOUT / 8 : 0); ++n) { /* !ROWS: the caller stores dk, dv (staged) */
                 /* DQK <= DK, DV <= the V tile, multiples of 8 (masked columns); DK != DV: the column block may lie
                  * beyond one of the two (c0 >= DV: no dv block in this CTA) */
                 const int col = c0 + n * 8 + 2 * q4;

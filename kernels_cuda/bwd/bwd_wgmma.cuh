@@ -66,6 +66,77 @@ __device__ __forceinline__ void dq_step(uint32_t aH, uint32_t cK, uint32_t cV, c
     reg_fence(acc);
 }
 
+/* The staged epilogues' pieces: 8 staged floats (16-byte aligned) into x; 8 T (a 16-byte load) added to x; x as 8 T */
+__device__ __forceinline__ void staged8(float (&x)[8], const float *p)
+{
+    const float4 lo = *reinterpret_cast<const float4 *>(p), hi = *reinterpret_cast<const float4 *>(p + 4);
+    x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w, x[4] = hi.x, x[5] = hi.y, x[6] = hi.z, x[7] = hi.w;
+}
+template <typename T> __device__ __forceinline__ void add8(float (&x)[8], const T *p)
+{
+    const uint4 v = *reinterpret_cast<const uint4 *>(p);
+    const T *e = reinterpret_cast<const T *>(&v);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x[i] += to_f32(e[i]);
+}
+template <typename T> __device__ __forceinline__ uint4 pack8(const float (&x)[8])
+{
+    return uint4{pack2<T>(x[0], x[1]), pack2<T>(x[2], x[3]), pack2<T>(x[4], x[5]), pack2<T>(x[6], x[7])};
+}
+
+/* tc::dq_epilogue staged (the dQ kernel's KS = 1 tiles, tile_config.h MLSTM_DQ_WG_STAGED_EPILOGUE), for the consumer
+ * warpgroups once both are done with the tiles: each stages its 64 rows of sgn * acc (f32, range guard undone; row
+ * pitch D + 8 floats) at stg, then each warp takes back its own 16 rows, a row's D / 8 column chunks across its
+ * lanes: 16-byte loads of q (for q . dq) and of the chained slice's prior part, a 16-byte store of dq (the same
+ * rounding as dq_epilogue), and df_t = q . dq - r_t, the chunk-0 lane reading the residual r_t in dq[t][0..1] before
+ * its store. Rows 16-byte aligned, as on the whole tensor-core path (the chain's parts too). */
+template <typename T, int D, bool GUARD, bool MC>
+__device__ __forceinline__ void dq_epilogue_staged(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int wr0,
+                                                   const float (&adq)[D / 8][4], const float (&esc)[2], float *stg)
+{
+    constexpr int P = D + 8, CH = D / 8, RPI = 32 / CH; /* staged row pitch (floats); chunks per row; rows per pass */
+    static_assert(CH <= 32 && 32 % CH == 0, "a row's chunks within one warp");
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
+        float *srow = stg + (wr0 + g + rr * 8) * P; /* P = 8 (mod 32): a half-warp's float2 stores in distinct banks */
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<float2 *>(srow + n * 8 + 2 * q4) =
+                make_float2(adq[n][rr * 2] * osc, adq[n][rr * 2 + 1] * osc);
+    }
+    __syncwarp(); /* each warp reads back only the 16 rows it staged */
+    const TArg &tq = args.t[MLSTM_TENSOR_Q], &tdf = args.t[MLSTM_TENSOR_DF], &tdq = args.t[MLSTM_TENSOR_DQ];
+    const T *gq = bh_ptr<T>(tq, b, hh);
+    float *gdf = bh_ptr<float>(tdf, b, hh);
+    T *gdq = bh_ptr<T>(tdq, b, hh);
+    const int c = lane % CH;
+#pragma unroll 2
+    for (int k = 0; k < 16; k += RPI) {
+        const int r = wr0 + k + lane / CH;
+        const int64_t t = qs + r;
+        float qd = 0.0f, res = 0.0f;
+        if (t < args.S && col_in<D, MC>(c * 8, args.DQK)) { /* DQK <= D, a multiple of 8 (masked columns) */
+            T *row = gdq + t * tdq.ss;
+            if (c == 0) res = *reinterpret_cast<const float *>(row);
+            float x[8];
+            staged8(x, stg + r * P + c * 8);
+            const uint4 qv = *reinterpret_cast<const uint4 *>(gq + t * tq.ss + c * 8);
+            const T *qe = reinterpret_cast<const T *>(&qv);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) qd += to_f32(qe[e]) * x[e]; /* this call's own dq (df is per call) */
+            const T *prow = prior_row<T>(args.prior_dq, b, hh, t);
+            if (prow) add8<T>(x, prow + c * 8);
+            *reinterpret_cast<uint4 *>(row + c * 8) = pack8<T>(x);
+        }
+#pragma unroll
+        for (int off = 1; off < CH; off <<= 1) qd += __shfl_xor_sync(0xffffffffu, qd, off);
+        if (c == 0 && t < args.S) gdf[t * tdf.ss] = qd - res;
+    }
+}
+
 /* dQ warp-specialised like the forward (fwd_wgmma.cuh): a producer warpgroup copies K/V tiles into NST stages and
  * computes their key gates (two scan warps); two consumer warpgroups meet it only at mbarriers.
  *   KS = 2 (small grids): both consumers on the same 64 query rows (one aligned 64-block of the gate cumsums), taking
@@ -92,6 +163,7 @@ struct DqWsCfg {
     static_assert(NST >= 2 && BAR_OFF % 8 == 0, "stages, mbarrier alignment");
     static_assert(KS == 1 || (KS == 2 && tc::split_buf_bytes(BM, D) <= G_OFF), "merge buffer");
     static_assert(SMEM <= 232448, "shared memory per block");
+    static_assert(KS > 1 || 2 * 64 * (D + 8) * 4 <= G_OFF, "staged epilogue (dq_epilogue_staged) in the tiles");
 };
 
 template <typename T, int D, int BN, int NST, int KS, bool MC = (D == MASKED_COLS_CLASS), bool TMA = false>
@@ -261,6 +333,12 @@ __global__ void __launch_bounds__(384, 1)
         float(&o1)[1][D / 8][4] = reinterpret_cast<float(&)[1][D / 8][4]>(adq);
         if (!tc::fwd_split_merge<1, D, GUARD, 256>(reinterpret_cast<float *>(smem), BM, grp, wr0, o1, m0, l0, esc))
             return; /* group 1 */
+    }
+    if constexpr (KS == 1 && MLSTM_DQ_WG_STAGED_EPILOGUE) {
+        named_sync(2, 256); /* both consumers are done with the dH / K / V tiles (every load of the CTA has landed) */
+        dq_epilogue_staged<T, D, GUARD, MC>(args, b, hh, qs + wgr, wr0, adq, esc,
+                                            reinterpret_cast<float *>(smem) + wgi * 64 * (D + 8));
+        return;
     }
     tc::dq_epilogue<T, D, GUARD, MC>(args, b, hh, qs + wgr, wr0, adq, esc);
 #endif
@@ -491,7 +569,56 @@ struct DkdvPairCfg {
     static constexpr int G_OFF = XM_OFF + 2 * 2 * 128 * 4; /* floats: sCb[2][BMQ], sDel[2][BMQ], sOf[2], sPr[2][256] */
     static constexpr int SMEM = G_OFF + (4 * BMQ + 2 + 512) * 4 + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(64 % BMQ == 0 && BMQ % 32 == 0 && QT_BYTES % 1024 == 0 && D % 128 == 0, "tiles");
+    static_assert(2 * 2 * 64 * (D / 2 + 8) * 4 <= X_OFF, "staged epilogue (dkdv_rows_staged) in the K / V / Q / dH tiles");
 };
+
+/* dk and dv of a warp's 16 key rows (wk0 + g, + 8; output columns [c0, c0 + DOUT)) through shared memory (the
+ * pairs' staged epilogue, tile_config.h MLSTM_DKDV_STAGED_EPILOGUE): sgn * acc (range guard undone) staged in f32 at
+ * stg (the warp's rows of [2 tensors][64 rows][DOUT + 8 floats]), read back by the same warp a row's DOUT / 8 column
+ * chunks across its lanes, the chained slice's prior dk part added, then 16-byte stores: the values and rounding of
+ * tc::dkdv_epilogue's fragment stores. Rows 16-byte aligned, as on the whole tensor-core path. */
+template <typename T, int D, int DOUT, bool GUARD, bool MC>
+__device__ __forceinline__ void dkdv_rows_staged(const KArgs &args, int64_t b, int64_t hh, int64_t ks, int wk0, int c0,
+                                                 const float (&adk)[DOUT / 8][4], const float (&adv)[DOUT / 8][4],
+                                                 const float (&esc)[2], float *stg)
+{
+    constexpr int P = DOUT + 8, CH = DOUT / 8, RPI = 32 / CH; /* staged row pitch (floats); chunks per row; rows per pass */
+    static_assert(CH <= 32 && 32 % CH == 0, "a row's chunks within one warp");
+    const int lane = threadIdx.x & 31, g = lane >> 2, q4 = lane & 3;
+    const float sgn = args.scale < 0.0f ? -1.0f : 1.0f;
+    float *sk = stg, *sv = stg + 64 * P;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const float osc = GUARD ? sgn * exp2f(esc[rr]) : sgn; /* sign(scale), range guard undone */
+        const int o = (wk0 + g + rr * 8) * P + 2 * q4; /* P = 8 (mod 32): a half-warp's float2 stores in distinct banks */
+#pragma unroll
+        for (int n = 0; n < DOUT / 8; ++n) {
+            *reinterpret_cast<float2 *>(sk + o + n * 8) = make_float2(adk[n][rr * 2] * osc, adk[n][rr * 2 + 1] * osc);
+            *reinterpret_cast<float2 *>(sv + o + n * 8) = make_float2(adv[n][rr * 2] * osc, adv[n][rr * 2 + 1] * osc);
+        }
+    }
+    __syncwarp(); /* each warp reads back only the 16 rows it staged */
+    const TArg &tdk = args.t[MLSTM_TENSOR_DK], &tdv = args.t[MLSTM_TENSOR_DV];
+    T *gdk = bh_ptr<T>(tdk, b, hh), *gdv = bh_ptr<T>(tdv, b, hh);
+    const int c = lane % CH, col = c0 + c * 8;
+#pragma unroll 2
+    for (int k = 0; k < 16; k += RPI) {
+        const int r = wk0 + k + lane / CH;
+        const int64_t j = ks + r;
+        if (j >= args.S) continue;
+        float x[8];
+        if (col_in<D, MC>(col, args.DQK)) { /* DQK, DV <= D, multiples of 8 (masked columns) */
+            staged8(x, sk + r * P + c * 8);
+            const T *pk = prior_row<T>(args.prior_dk, b, hh, j);
+            if (pk) add8<T>(x, pk + col);
+            *reinterpret_cast<uint4 *>(gdk + j * tdk.ss + col) = pack8<T>(x);
+        }
+        if (col_in<D, MC>(col, args.DV)) {
+            staged8(x, sv + r * P + c * 8);
+            *reinterpret_cast<uint4 *>(gdv + j * tdv.ss + col) = pack8<T>(x);
+        }
+    }
+}
 
 /* The end of a dK/dV warpgroup pair (after both warpgroups' last products): k_j . dk_j over both column halves (the
  * rounded-P sum whose difference from di the dQ kernel takes back from df): per-thread partial sums, role 1's added
@@ -534,8 +661,18 @@ __device__ __forceinline__ void pair_epilogue(const KArgs &args, unsigned char *
         di_ex[0] = xm[256 + tid];
         di_ex[1] = xm[384 + tid];
     }
-    tc::dkdv_epilogue<T, D, D, DOUT, GUARD, true, MC>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex, di_ps,
-                                                      [](int, int) { return make_float2(0.0f, 0.0f); });
+    if constexpr (MLSTM_DKDV_STAGED_EPILOGUE) {
+        /* di and the residual from the fragments; dk, dv staged in the tiles, which no warp reads any more (the K
+         * tile's last reads, di_ps above, precede the barriers) */
+        tc::dkdv_epilogue<T, D, D, DOUT, GUARD, true, MC, false>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex,
+                                                                 di_ps, [](int, int) { return make_float2(0.0f, 0.0f); });
+        cp_async_wait<0>(); /* (no copy is in flight after the last products; kept so that none could land on the stage) */
+        dkdv_rows_staged<T, D, DOUT, GUARD, MC>(args, b, hh, ks, wk0, c0, adk, adv, esc,
+                                                reinterpret_cast<float *>(smem) + role * 2 * 64 * (DOUT + 8));
+    } else {
+        tc::dkdv_epilogue<T, D, D, DOUT, GUARD, true, MC>(args, b, hh, ks, wk0, c0, role == 0, adk, adv, esc, di_ex,
+                                                          di_ps, [](int, int) { return make_float2(0.0f, 0.0f); });
+    }
 }
 
 /* The setup both dK/dV pair kernels share: the CTA's key tile (ks), its (b, hh) tensors, the thread's warpgroup role

@@ -255,6 +255,12 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 /* The dQ kernels of class D (both tile shapes) load their K / V stages through TMA maps (one producer thread issues a
  * stage; the launch falls back to the producers' cp.async where the maps cannot be made): 1 on, 0 off. H100, twentieth
  * session (bench/RESULTS.md 09:08): fwbw 1-2% faster at D = 256, 1% slower at 128/128 S8192, even at 64/64. */
+/* The dQ kernels' KS = 1 tiles write dq (and df) through shared memory (bwd_wgmma.cuh dq_epilogue_staged: 16-byte
+ * loads of q and the chained prior part, 16-byte dq stores) instead of from the fragments: 1 on, 0 off. Off until
+ * measured (compiled, not yet run on a GPU: twentieth session). */
+#ifndef MLSTM_DQ_WG_STAGED_EPILOGUE
+#define MLSTM_DQ_WG_STAGED_EPILOGUE 0
+#endif
 #ifndef MLSTM_TC64_DQ_WG_TMA
 #define MLSTM_TC64_DQ_WG_TMA 0
 #endif
@@ -295,6 +301,12 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
  * bar.arrive handoffs of 2 as hazards (bench/RESULTS.md, eighteenth and nineteenth sessions). */
 #ifndef MLSTM_DKDV_PINGPONG
 #define MLSTM_DKDV_PINGPONG 1
+#endif
+/* The D = 256 dK/dV pairs write dk and dv through shared memory (bwd_wgmma.cuh dkdv_rows_staged: 16-byte loads of the
+ * chained prior part, 16-byte stores) instead of from the fragments: 1 on, 0 off. Off until measured (compiled, not
+ * yet run on a GPU: twentieth session). */
+#ifndef MLSTM_DKDV_STAGED_EPILOGUE
+#define MLSTM_DKDV_STAGED_EPILOGUE 0
 #endif
 
 /* the members every TileCfg<D> takes from its MLSTM_TC{D}_* entries above */
