@@ -16,6 +16,7 @@
 #endif
 #ifdef MLSTM_INST_WGMMA /* only the sm_90a instance files compile those kernels */
 #include "fwd/fwd_wgmma.cuh"
+#include "fwd/fwd_wgmma_persistent.cuh"
 #include "bwd/bwd_wgmma.cuh"
 #endif
 #ifdef MLSTM_INST_WGMMA_F32 /* only the sm_90a f32 instance files */
@@ -151,7 +152,15 @@ template <typename T, int D, bool SPLIT, bool MC = (D == MASKED_COLS_CLASS)> str
     /* fwd_wgmma.cuh OV (bf16: its straight-code gate step has no range guard) */
     static constexpr bool OV = C::KS == 1 && C::CL == 1 && TileCfg<D>::FWD_WG_OVERLAP && !tc::NeedsRangeGuard<T>::value;
     static constexpr auto fwd = wg::mlstm_fwd_wgmma_kernel<T, D, C::BN, C::KS, C::NST, C::CL, TMA, MC, OV>;
+    /* the persistent variant (fwd_wgmma_persistent.cuh) where its switch is on and the launch's maps can be made */
+    static constexpr bool PERS = !SPLIT && C::KS == 1 && C::CL == 1 && TMA && !OV && MLSTM_FWD_WG_PERSISTENT;
+    using P = wg::FwdPersCfg<D, C::BN, C::NST>;
 };
+/* (a function, so that the persistent kernel is instantiated only where PERS is on) */
+template <typename KK, typename T, int D, bool MC> static constexpr auto fwd_persistent_kernel()
+{
+    return wg::mlstm_fwd_wgmma_persistent_kernel<T, D, KK::C::BN, KK::C::NST, MC>;
+}
 
 /* the TMA map of tensor t (launch.h tma_shape; boxes of 64 columns x rows) */
 template <typename T>
@@ -181,6 +190,7 @@ template <typename T> static inline void tma_kv_try(wg::TmaKV &tm, const KArgs &
 template <typename T, int D, bool SPLIT, bool MC> cudaError_t setup_fwd_wgmma()
 {
     using KK = WgFwd<T, D, SPLIT, MC>;
+    if constexpr (KK::PERS) MLSTM_TRY(set_smem(fwd_persistent_kernel<KK, T, D, MC>(), KK::P::SMEM));
     return set_smem(KK::fwd, KK::F::SMEM);
 }
 
@@ -199,6 +209,20 @@ cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
         tm.on = 1;
     } else if (KK::TMA) {
         tma_kv_try<T>(tm, a, D, MC, KK::C::BN);
+    }
+    if constexpr (KK::PERS) {
+        wg::TmaQKV tp;
+        memset(&tp, 0, sizeof tp);
+        tp.on = tm.on && tma_map<T>(&tp.q, a.t[MLSTM_TENSOR_Q], a, MC ? a.DQK : D, KK::F::BM) == cudaSuccess;
+        if (tp.on) { /* one CTA per SM, each walking query tiles */
+            tp.k = tm.k;
+            tp.v = tm.v;
+            int dev = 0, nsm = 0;
+            MLSTM_TRY(cudaGetDevice(&dev));
+            MLSTM_TRY(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
+            return launch_1d_cl(fwd_persistent_kernel<KK, T, D, MC>(), n < nsm ? n : (int64_t)nsm, 1, KK::F::NT,
+                                KK::P::SMEM, st, a, tp);
+        }
     }
     return launch_1d_cl(KK::fwd, n, KK::C::CL, KK::F::NT, KK::F::SMEM, st, a, tm);
 }

@@ -216,6 +216,12 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_FWD_WG_PINGPONG
 #define MLSTM_FWD_WG_PINGPONG 1
 #endif
+/* The default-tile forward as a persistent kernel (fwd_wgmma_persistent.cuh: one CTA per SM walking query tiles, the
+ * next tile's loads under the last one's tail; where the K / V maps can be made, else today's kernel): 1 on, 0 off.
+ * Off until measured (compiled, not yet run on a GPU: twentieth session). */
+#ifndef MLSTM_FWD_WG_PERSISTENT
+#define MLSTM_FWD_WG_PERSISTENT 0
+#endif
 /* The default-tile forward writes h through shared memory (fwd_wgmma.cuh fwd_epilogue_staged: 16-byte row-contiguous
  * stores once both consumer warpgroups are done with the tiles) instead of from its fragments: 1 on, 0 off. On (H100,
  * twentieth session: forward 2-7% faster at every class, bench/RESULTS.md 09:05). */
