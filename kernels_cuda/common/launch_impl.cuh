@@ -18,6 +18,7 @@
 #include "fwd/fwd_wgmma.cuh"
 #include "fwd/fwd_wgmma_persistent.cuh"
 #include "bwd/bwd_wgmma.cuh"
+#include "bwd/bwd_wgmma_persistent.cuh"
 #endif
 #ifdef MLSTM_INST_WGMMA_F32 /* only the sm_90a f32 instance files */
 #include "fwd/fwd_wgmma_f32.cuh"
@@ -176,6 +177,14 @@ static inline cudaError_t tma_map(CUtensorMap *m, const TArg &t, const KArgs &a,
     return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+/* The current device's SM count (the persistent kernels' grids) */
+static inline cudaError_t sm_count(int &n)
+{
+    int dev = 0;
+    MLSTM_TRY(cudaGetDevice(&dev));
+    return cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+}
+
 /* The K / V maps of a kernel that loads its key tiles (rows each) through TMA where it can: tm.on = 0 where the maps
  * cannot be made (layout, alignment, a masking instance's head narrower than one 64-column box), the kernel then
  * loads by cp.async. A masking instance's maps span the tensors' own columns: the rest of each box is zero-filled. */
@@ -217,9 +226,8 @@ cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
         if (tp.on) { /* one CTA per SM, each walking query tiles */
             tp.k = tm.k;
             tp.v = tm.v;
-            int dev = 0, nsm = 0;
-            MLSTM_TRY(cudaGetDevice(&dev));
-            MLSTM_TRY(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
+            int nsm = 0;
+            MLSTM_TRY(sm_count(nsm));
             return launch_1d_cl(fwd_persistent_kernel<KK, T, D, MC>(), n < nsm ? n : (int64_t)nsm, 1, KK::F::NT,
                                 KK::P::SMEM, st, a, tp);
         }
@@ -234,11 +242,20 @@ template <typename T, int D, bool MC = (D == MASKED_COLS_CLASS)> struct WgDq {
         wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WS_BN, TileCfg<D>::DQ_WS_NST, 2, MC, TMA>;
     using QL = wg::DqWsCfg<D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1>;
     static constexpr auto dq = wg::mlstm_bwd_dq_ws_kernel<T, D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, 1, MC, TMA>;
+    /* the persistent variant of dq (bwd_wgmma_persistent.cuh) where its switch is on and the maps can be made */
+    static constexpr bool PERS = MLSTM_DQ_WG_PERSISTENT && TileCfg<D>::DQ_WSL_BN == 64;
+    using P = wg::DqPersCfg<D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST>;
 };
+/* (a function, so that the persistent kernel is instantiated only where PERS is on) */
+template <typename T, int D, bool MC> static constexpr auto dq_persistent_kernel()
+{
+    return wg::mlstm_bwd_dq_persistent_kernel<T, D, TileCfg<D>::DQ_WSL_BN, TileCfg<D>::DQ_WSL_NST, MC>;
+}
 
 template <typename T, int D, bool MC> cudaError_t setup_bwd_dq_wgmma()
 {
     using KK = WgDq<T, D, MC>;
+    if constexpr (KK::PERS) MLSTM_TRY(set_smem(dq_persistent_kernel<T, D, MC>(), KK::P::SMEM));
     MLSTM_TRY(set_smem(KK::dq, KK::QL::SMEM));
     return set_smem(KK::dq_split, KK::QS::SMEM);
 }
@@ -253,6 +270,21 @@ cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool split)
     memset(&tm, 0, sizeof tm);
     if (KK::TMA) tma_kv_try<T>(tm, a, D, MC, split ? TileCfg<D>::DQ_WS_BN : TileCfg<D>::DQ_WSL_BN);
     if (split) return launch_1d_cl(KK::dq_split, tiles(KK::QS::BM), 1, KK::QS::NT, KK::QS::SMEM, st, a, tm);
+    if constexpr (KK::PERS) {
+        wg::TmaHKV tp;
+        memset(&tp, 0, sizeof tp);
+        if (!KK::TMA) tma_kv_try<T>(tm, a, D, MC, TileCfg<D>::DQ_WSL_BN);
+        tp.on = tm.on && tma_map<T>(&tp.h, a.t[MLSTM_TENSOR_DH], a, MC ? a.DV : D, KK::QL::BM) == cudaSuccess;
+        if (tp.on) { /* one CTA per SM, each walking query tiles */
+            tp.k = tm.k;
+            tp.v = tm.v;
+            int nsm = 0;
+            MLSTM_TRY(sm_count(nsm));
+            const int64_t n = tiles(KK::QL::BM);
+            return launch_1d_cl(dq_persistent_kernel<T, D, MC>(), n < nsm ? n : (int64_t)nsm, 1, KK::QL::NT,
+                                KK::P::SMEM, st, a, tp);
+        }
+    }
     return launch_1d_cl(KK::dq, tiles(KK::QL::BM), 1, KK::QL::NT, KK::QL::SMEM, st, a, tm);
 }
 

@@ -264,6 +264,12 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 /* The dQ kernels' KS = 1 tiles write dq (and df) through shared memory (bwd_wgmma.cuh dq_epilogue_staged: 16-byte
  * loads of q and the chained prior part, 16-byte dq stores) instead of from the fragments: 1 on, 0 off. Off until
  * measured (compiled, not yet run on a GPU: twentieth session). */
+/* The dQ kernels' KS = 1 tiles as a persistent kernel (bwd_wgmma_persistent.cuh: one CTA per SM walking query tiles,
+ * dH / K / V through TMA, the next tile's loads under the last one's tail; where the maps can be made, else today's
+ * kernel): 1 on, 0 off. Off until measured (compiled, not yet run on a GPU: twentieth session). */
+#ifndef MLSTM_DQ_WG_PERSISTENT
+#define MLSTM_DQ_WG_PERSISTENT 0
+#endif
 #ifndef MLSTM_DQ_WG_STAGED_EPILOGUE
 #define MLSTM_DQ_WG_STAGED_EPILOGUE 0
 #endif

@@ -132,6 +132,52 @@ template <int NST> __device__ __forceinline__ void mbar_init_stages(uint32_t bFu
         mbar_init_fence();
     }
 }
+/* A gate producer thread of a persistent kernel (key pt of each step's tile; step st: key tile kt_hi - st of BN keys,
+ * nsteps of them): f and i loaded two steps ahead of their staging */
+template <int BN> struct GateAhead {
+    const float *gf, *gi;
+    int64_t fs, is, kt_hi, nsteps, S;
+    int pt;
+    bool on; /* a gate producer */
+    float f0, i0, f1, i1;
+    __device__ __forceinline__ void load(int64_t st, float &f, float &i) const
+    {
+        const int64_t s = (kt_hi - st) * BN + pt;
+        const bool ok = on && st < nsteps && s < S;
+        f = ok ? gf[s * fs] : 0.0f;
+        i = ok ? gi[s * is] : 0.0f;
+    }
+    __device__ __forceinline__ void start()
+    {
+        load(0, f0, i0);
+        load(1, f1, i1);
+    }
+    /* step st's values into sA[o] (logsigmoid(f), 0 beyond S) and sI[o], then step st + 2's load */
+    __device__ __forceinline__ void stage(int64_t st, float *sA, float *sI, int o)
+    {
+        if (on) {
+            sA[o] = (kt_hi - st) * BN + pt < S ? logsigmoid(f0) : 0.0f;
+            sI[o] = i0;
+        }
+        f0 = f1;
+        i0 = i1;
+        load(st + 2, f1, i1);
+    }
+};
+
+/* The persistent kernels' per-tile mbarriers from b0 (8 bytes each): the tile's resident input loaded (count 1: one
+ * thread's tensor-copy arrival), that input released by both consumer warpgroups (256), and two buffers of the rows'
+ * state read by the consumers (256 each). Thread 0, after mbar_init_stages, before the CTA barrier. */
+__device__ __forceinline__ void mbar_init_tiles(uint32_t b0)
+{
+    if (threadIdx.x == 0) {
+        mbar_init(b0, 1);
+        mbar_init(b0 + 8, 256);
+        mbar_init(b0 + 16, 256);
+        mbar_init(b0 + 24, 256);
+        mbar_init_fence();
+    }
+}
 __device__ __forceinline__ void mbar_arrive(uint32_t bar)
 {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
@@ -163,6 +209,30 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap *map
                  "%5}], [%6];\n" ::"r"(dst),
                  "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
                  : "memory");
+}
+/* One thread: rows [row, row + R) of (head hh, batch b) of map (boxes of 64 columns x R rows) as an R-row x D-column
+ * 128-byte-swizzled tile at dst (block c / 64 at (c / 64) R 128, load_tile_sw128's layout), its bytes expected on bar
+ * with this thread's arrival */
+template <int R, int D>
+__device__ __forceinline__ void tma_tile_sw128(uint32_t dst, const CUtensorMap *map, int64_t row, int64_t hh, int64_t b,
+                                               uint32_t bar)
+{
+    mbar_arrive_expect_tx(bar, R * D * 2);
+#pragma unroll
+    for (int cb = 0; cb < D / 64; ++cb) tma_load_4d(dst + cb * R * 128, map, cb * 64, (int)row, (int)hh, (int)b, bar);
+}
+/* One thread: key tile kt (BN rows) of K and V as the tiles at dk and dv, both on bar (tma_tile_sw128 twice, one
+ * arrival) */
+template <int BN, int D>
+__device__ __forceinline__ void tma_kv_tiles(uint32_t dk, uint32_t dv, const CUtensorMap *mk, const CUtensorMap *mv,
+                                             int64_t kt, int64_t hh, int64_t b, uint32_t bar)
+{
+    mbar_arrive_expect_tx(bar, 2 * BN * D * 2);
+#pragma unroll
+    for (int cb = 0; cb < D / 64; ++cb) {
+        tma_load_4d(dk + cb * BN * 128, mk, cb * 64, (int)(kt * BN), (int)hh, (int)b, bar);
+        tma_load_4d(dv + cb * BN * 128, mv, cb * 64, (int)(kt * BN), (int)hh, (int)b, bar);
+    }
 }
 /* an arrive on bar once every cp.async this thread issued before has landed (counts against the init count) */
 __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar)

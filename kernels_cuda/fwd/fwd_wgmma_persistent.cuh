@@ -117,13 +117,7 @@ __global__ void __launch_bounds__(384, 1)
     const int wgi = warp >> 2; /* 0, 1: consumers; 2: producer */
 
     mbar_init_stages<NST>(bFull, 1 + 32); /* full: thread 0's expect-tx arrival, the scan warp */
-    if (threadIdx.x == 0) { /* (after mbar_init_stages' fence, before the CTA barrier below) */
-        mbar_init(bQFull, 1);
-        mbar_init(bQEmpty, 256);
-        mbar_init(bFq, 256);
-        mbar_init(bFq + 8, 256);
-        mbar_init_fence();
-    }
+    mbar_init_tiles(bQFull);
     __syncthreads(); /* the only CTA-wide barrier */
 
     if (wgi == 2) {
@@ -143,38 +137,17 @@ __global__ void __launch_bounds__(384, 1)
                 if (n >= 2) mbar_wait(bFq + 8 * (n & 1), (uint32_t)(((n >> 1) - 1) & 1));
                 store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq);
             }
-            float pf0 = 0.0f, pi0 = 0.0f, pf1 = 0.0f, pi1 = 0.0f;
-            auto gate_load = [&](int64_t st, float &f, float &i) { /* step st: key tile kt_hi - st */
-                const int64_t s = (kt_hi - st) * BN + pt;
-                const bool ok = producer && st < nsteps && s < S;
-                f = ok ? gf[s * tf.ss] : 0.0f;
-                i = ok ? gi[s * ti.ss] : 0.0f;
-            };
-            gate_load(0, pf0, pi0);
-            gate_load(1, pf1, pi1);
+            GateAhead<BN> ga = {gf, gi, tf.ss, ti.ss, kt_hi, nsteps, S, pt, producer, 0.0f, 0.0f, 0.0f, 0.0f};
+            ga.start();
             Comp off = {0.0f, 0.0f};
             for (int64_t it = 0; it < nsteps; ++it) {
                 const int64_t gs = gs0 + it, kt = kt_hi - it;
                 const int stage = (int)(gs % NST);
                 if (gs >= NST) mbar_wait(bEmpty + 8 * stage, (uint32_t)((gs / NST + 1) & 1));
-                if (pt == 0) { /* the stage's tensor copies, in flight while the gates are staged and scanned */
-                    const uint32_t full = bFull + 8 * stage, dk = aK + stage * Cfg::KV_BYTES, dv = aV + stage * Cfg::KV_BYTES;
-                    mbar_arrive_expect_tx(full, 2 * Cfg::KV_BYTES);
-#pragma unroll
-                    for (int cb = 0; cb < D / 64; ++cb) {
-                        tma_load_4d(dk + cb * BN * 128, &tm.k, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
-                        tma_load_4d(dv + cb * BN * 128, &tm.v, cb * 64, (int)(kt * BN), (int)hh, (int)b, full);
-                    }
-                }
-                if (producer) {
-                    const int64_t s = kt * BN + pt;
-                    const int o = (int)(gs & 1) * BN + pt;
-                    sA[o] = s < S ? logsigmoid(pf0) : 0.0f;
-                    sI[o] = pi0;
-                }
-                pf0 = pf1;
-                pi0 = pi1;
-                gate_load(it + 2, pf1, pi1);
+                if (pt == 0) /* the stage's tensor copies, in flight while the gates are staged and scanned */
+                    tma_kv_tiles<BN, D>(aK + stage * Cfg::KV_BYTES, aV + stage * Cfg::KV_BYTES, &tm.k, &tm.v, kt, hh, b,
+                                        bFull + 8 * stage);
+                ga.stage(it, sA, sI, (int)(gs & 1) * BN + pt);
                 named_sync(1, 128); /* (also orders warp 1's cumsum before the scan reads it) */
                 if (pt < 32) { /* the scan warp: the step's tile */
                     constexpr int E = BN / 32;
@@ -190,10 +163,7 @@ __global__ void __launch_bounds__(384, 1)
                 }
                 if (it == 0 && pt == 0) { /* the tile's Q, once the consumers are done with the last one's */
                     if (n >= 1) mbar_wait(bQEmpty, (uint32_t)((n - 1) & 1));
-                    mbar_arrive_expect_tx(bQFull, BM * D * 2);
-#pragma unroll
-                    for (int cb = 0; cb < D / 64; ++cb)
-                        tma_load_4d(aQ + cb * BM * 128, &tm.q, cb * 64, (int)qs, (int)hh, (int)b, bQFull);
+                    tma_tile_sw128<BM, D>(aQ, &tm.q, qs, hh, b, bQFull);
                 }
             }
             gs0 += nsteps;
