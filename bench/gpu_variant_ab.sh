@@ -7,6 +7,7 @@
 # VARIANT_FLAGS may name several variants separated by ';' (variant 1, 2, ... in the logs, build-variant1, ...).
 # CONF_FORCE: MLSTM_CUDA_FORCE for the conformance and sanitizer steps only (e.g. fwd.wg, so that the small cases run
 # the default-tile forward rather than its split variants); CONF_FILTER: their MLSTM_TEST_FILTER (default all).
+# CONF_FORCE, CONF_FILTER and SAN_FILTER may also be ';'-separated lists, one entry per variant, in VARIANT_FLAGS' order.
 # TIME_LIMIT (seconds, default 560): a conformance or sanitizer run that would start later is skipped (and says so).
 set -o pipefail
 STEPS=${1:-build,bench,conf,san}
@@ -25,6 +26,8 @@ has() { [[ ",$STEPS," == *",$1,"* ]]; }
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 IFS=';' read -r -a VARS <<< "$VARIANT_FLAGS"
 NV=${#VARS[@]}
+# per_variant LIST I: entry I (1-based) of a ';'-separated list, or the whole value where it has no ';'
+per_variant() { if [[ "$1" == *";"* ]]; then IFS=';' read -r -a L <<< "$1"; echo "${L[$(($2 - 1))]}"; else echo "$1"; fi; }
 date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for i in $(seq 1 $NV); do echo "variant $i: ${VARS[$((i - 1))]}"; done
 cfg="-DMLSTM_CUDA_ARCHS=$ARCH -DMLSTM_ENABLE_OPENCL=OFF -DCMAKE_BUILD_TYPE=Release"
@@ -64,7 +67,7 @@ for i in $(seq 1 $NV); do
   if has conf; then
     if [ $(el) -gt $TIME_LIMIT ]; then echo "variant $i conformance not run (time: $(el) s)"; else
       echo "== variant $i conformance (CUDA) at $(el) s"
-      MLSTM_BACKEND=cuda MLSTM_CUDA_FORCE="$CONF_FORCE" MLSTM_TEST_FILTER="$CONF_FILTER" timeout 200 \
+      MLSTM_BACKEND=cuda MLSTM_CUDA_FORCE="$(per_variant "$CONF_FORCE" $i)" MLSTM_TEST_FILTER="$(per_variant "$CONF_FILTER" $i)" timeout 200 \
         build-variant$i/tests/test_conformance > "$OUT/conformance$i.log" 2>&1
       echo "rc=$?"; grep -E '^\[  FAILED|^\[  PASSED|^\[  SKIPPED' "$OUT/conformance$i.log" | head -12
     fi
@@ -72,9 +75,9 @@ for i in $(seq 1 $NV); do
   if has san; then
     for tool in racecheck memcheck; do
       if [ $(el) -gt $TIME_LIMIT ]; then echo "variant $i $tool not run (time: $(el) s)"; continue; fi
-      MLSTM_BACKEND=cuda MLSTM_CUDA_FORCE="$CONF_FORCE" MLSTM_TEST_GPU_SET=0 MLSTM_TEST_FILTER="$SAN_FILTER" timeout 120 \
+      MLSTM_BACKEND=cuda MLSTM_CUDA_FORCE="$(per_variant "$CONF_FORCE" $i)" MLSTM_TEST_GPU_SET=0 MLSTM_TEST_FILTER="$(per_variant "$SAN_FILTER" $i)" timeout 120 \
         compute-sanitizer --tool $tool --print-limit 5 build-variant$i/tests/test_conformance > "$OUT/san${i}_$tool.log" 2>&1
-      echo "variant $i $tool [$SAN_FILTER] rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san${i}_$tool.log" | tail -1)" \
+      echo "variant $i $tool [$(per_variant "$SAN_FILTER" $i)] rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san${i}_$tool.log" | tail -1)" \
         "$(grep -cE '^\[       OK' "$OUT/san${i}_$tool.log") ok, $(grep -cE '^\[  FAILED' "$OUT/san${i}_$tool.log") failed"
     done
   fi
