@@ -52,6 +52,8 @@ inline void warp_bar() { yield_state(WAIT_WARP); }
 
 #define threadIdx (emu::thr[emu::cur].idx)
 #define blockIdx (emu::block)
+namespace emu { inline EmuIdx grid_dim{1, 1, 1}; } /* run_grid's CTA count */
+#define gridDim (emu::grid_dim)
 
 inline void __syncthreads() { emu::yield_state(emu::WAIT_BLOCK); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_bar(); }

@@ -11,6 +11,10 @@ extern "C" {
 
 namespace mlstm { namespace tc32 { alignas(128) unsigned char smem[232448]; } }
 
+namespace emu {
+inline void (*block_start)() = nullptr; /* called before each CTA (emu_wgmma.h: its barrier state) */
+}
+
 static const mlstm::KArgs *g_args;
 static void (*g_kernel)(mlstm::KArgs);
 static void thread_main()
@@ -35,8 +39,10 @@ static void run_grid(void (*kernel)(mlstm::KArgs), const mlstm::KArgs &a, int64_
     for (auto &t : th) t.stack = (char *)std::malloc(STACK);
     emu::thr = th.data();
     emu::nt = nt;
+    emu::grid_dim = EmuIdx{(int)nblocks, 1, 1};
     for (int64_t bid = 0; bid < nblocks; ++bid) {
         std::memset(sm, 0xA5, sm_bytes); /* garbage, not zeros */
+        if (emu::block_start) emu::block_start();
         emu::block = EmuIdx{(int)bid, 0, 0};
         for (int t = 0; t < nt; ++t) {
             th[t].state = emu::RUN;

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 /* the kernels' `extern __shared__ smem[]` (declared inside mlstm::tc) */
 namespace mlstm { namespace tc { alignas(128) unsigned char smem[232448]; } }
@@ -63,3 +64,57 @@ static bool with_dtype(const char *dtype, mc_case &c, bool (*run16)(mc_case &), 
     }
     return true;
 }
+
+/* A forward case on storage type T (q, k, v, h in T, the rest f32): launch runs the kernels, then h, m, n are compared
+ * with the float64 reference as test_conformance does (tolerances.h's f16/bf16 rows, each output's storage resolution) */
+template <typename T> static bool run_fwd_case(mc_case &c, void (*launch)(const mlstm::KArgs &))
+{
+    const auto to_t = mlstm::from_f32<T>;
+    const auto to_f = [](T x) { return mlstm::to_f32(x); };
+    mc_inputs in;
+    mc_outputs ref;
+    case_data(c, in, ref);
+    const size_t rows = (size_t)(c.B * c.NH * c.S), nq = rows * c.DQK, nv = rows * c.DV;
+    std::vector<T> q(nq), k(nq), v(nv), h(nv, to_t(NAN));
+    for (size_t e = 0; e < nq; ++e) { /* storage-rounded already: exact */
+        q[e] = to_t((float)in.q[e]);
+        k[e] = to_t((float)in.k[e]);
+    }
+    for (size_t e = 0; e < nv; ++e) v[e] = to_t((float)in.v[e]);
+    std::vector<float> i(in.i, in.i + rows), f(in.f, in.f + rows), m(rows, NAN), n(rows, NAN);
+    void *ptrs[MLSTM_TENSOR_COUNT] = {q.data(), k.data(), v.data(), i.data(), f.data(), h.data(), m.data(), n.data()};
+    const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK, c.DV});
+    std::printf("emu %s\n", c.name);
+    launch(a);
+    std::vector<float> hf(nv);
+    for (size_t e = 0; e < nv; ++e) hf[e] = to_f(h[e]);
+    const float *dev[3] = {hf.data(), m.data(), n.data()};
+    const size_t cnt[3] = {nv, rows, rows};
+    const double gate_allowance = tol_gate_allowance(mc_extreme_gate_magnitude(&c, &in));
+    bool ok = true;
+    std::printf("  rel L2:");
+    for (int o = 0; o < 3; ++o) {
+        const double res = tol_storage_resolution(o == MC_OUT_H ? c.dtype : MLSTM_DTYPE_F32);
+        const double err = rel_l2(dev[o], ref.t[o], cnt[o], false, 0.0, res);
+        const double tol = tol_max_rel_l2(c.dtype, o) + gate_allowance;
+        ok &= err <= tol;
+        std::printf(" %s=%.3e (tol %.1e)", mc_output_name(o), err, tol);
+    }
+    std::printf("\n  %s\n", ok ? "OK" : "FAILED");
+    mc_inputs_free(&in);
+    mc_outputs_free(&ref);
+    return ok;
+}
+
+#ifdef EMU_WG16
+#include <cuda.h>
+#include "emu_wgmma.h"
+/* tensor t's TMA map as launch_impl.cuh tma_map makes it (emu_wgmma.h's encoding): (D or the head's own columns, S, NH,
+ * B), boxes of 64 columns x rows */
+static void emu_map(CUtensorMap *m, const mlstm::TArg &t, const mlstm::KArgs &a, int64_t D, int rows)
+{
+    const uint64_t dims[4] = {(uint64_t)D, (uint64_t)a.S, (uint64_t)a.NH, (uint64_t)a.B};
+    const uint64_t strides[3] = {(uint64_t)t.ss * 2, (uint64_t)t.sh * 2, (uint64_t)t.sb * 2};
+    emu_tma_encode(m, t.p, dims, strides, 64, (uint32_t)rows);
+}
+#endif

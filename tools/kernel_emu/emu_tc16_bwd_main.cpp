@@ -3,7 +3,9 @@
  * mlstm_bwd_gates_kernel), after the f16/bf16 tensor-core forward, and compares all eight outputs with the float64
  * reference as test_conformance does (f16/bf16 tolerances, storage resolution, degenerate-gradient metric, detached
  * mode re-evaluated at the forward's m, n).
- * EMU_REF_FWD=1: the backward gets the reference's h, m, n instead of the emulated forward's.
+ * EMU_REF_FWD=1: the backward gets the reference's h, m, n instead of the emulated forward's. EMU_PRIOR=1 (exact mode):
+ * the backward also adds the reference's dq, dk as a chained head-dim slice's prior parts (compared with twice them).
+ * Built by run.sh wg16-bwd (EMU_WG16): EMU_DKDV=wg / EMU_DQ=wg|wgp put the sm_90a kernels in place of the mma.sync ones.
  * Usage: emu_bwd_tc16 exact|detached f16|bf16 D(64|128|256)|DQKxDV S B NH gates seed [eps] [scale]
  * (DQKxDV: DQK <= 512, DV <= 256, multiples of 8: the D = 512 class) */
 #define EMU_NO_TF32
@@ -14,6 +16,92 @@
 #include "emu_grid.h"
 
 #include "emu_tc16.h"
+
+#ifdef EMU_WG16 /* run.sh wg16-bwd: the sm_90a dK/dV and dQ kernels through emu_wgmma.h, chosen by EMU_DKDV / EMU_DQ */
+#include "bwd/bwd_wgmma_persistent.cuh"
+namespace mlstm { namespace wg { alignas(1024) unsigned char smem_raw[232448]; } }
+static mlstm::wg::TmaKV g_dq_tm;
+static mlstm::wg::TmaHKV g_dq_tp;
+static bool env_is(const char *name, const char *value)
+{
+    const char *e = std::getenv(name);
+    return e && !std::strcmp(e, value);
+}
+template <typename T, int D, int BN, int NST, bool MC> static void k_dq_ws(mlstm::KArgs a)
+{
+    mlstm::wg::mlstm_bwd_dq_ws_kernel<T, D, BN, NST, 1, MC, true>(a, g_dq_tm);
+}
+template <typename T, int D, int BN, int NST, bool MC> static void k_dq_pers(mlstm::KArgs a)
+{
+    mlstm::wg::mlstm_bwd_dq_persistent_kernel<T, D, BN, NST, MC>(a, g_dq_tp);
+}
+/* EMU_DQ=wg: the dQ kernel's KS = 1 tiles (K / V through TMA) as run_bwd_dq_wgmma launches them; =wgp: their
+ * persistent variant on EMU_SMS CTAs (default 3); false: neither asked for */
+template <typename T, int D> static bool launch_dq_wg(const mlstm::KArgs &a)
+{
+    if constexpr (D > 256) return false;
+    else {
+    if (!(env_is("EMU_DQ", "wg") || env_is("EMU_DQ", "wgp"))) return false;
+    constexpr int BN = mlstm::TileCfg<D>::DQ_WSL_BN, NST = mlstm::TileCfg<D>::DQ_WSL_NST;
+    constexpr bool MC = D == mlstm::MASKED_COLS_CLASS;
+    using QL = mlstm::wg::DqWsCfg<D, BN, NST, 1>;
+    const int64_t tiles = (a.S + QL::BM - 1) / QL::BM * a.B * a.NH;
+    emu_map(&g_dq_tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, BN);
+    emu_map(&g_dq_tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, BN);
+    g_dq_tm.on = 1;
+    emu::block_start = emu::wg_block_start;
+    if (env_is("EMU_DQ", "wgp")) {
+        using P = mlstm::wg::DqPersCfg<D, BN, NST>;
+        emu_map(&g_dq_tp.h, a.t[MLSTM_TENSOR_DH], a, MC ? a.DV : D, QL::BM);
+        g_dq_tp.k = g_dq_tm.k;
+        g_dq_tp.v = g_dq_tm.v;
+        g_dq_tp.on = 1;
+        const char *e = std::getenv("EMU_SMS");
+        const int64_t sms = e && atoi(e) > 0 ? atoi(e) : 3, grid = tiles < sms ? tiles : sms;
+        std::printf("  dq: persistent, %lld tiles on %lld CTAs, smem %d B\n", (long long)tiles, (long long)grid, P::SMEM);
+        run_grid(k_dq_pers<T, D, BN, NST, MC>, a, grid, QL::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw, P::SMEM);
+    } else {
+        std::printf("  dq: warp-specialised KS = 1 tiles (TMA), %lld CTAs, smem %d B\n", (long long)tiles, QL::SMEM);
+        run_grid(k_dq_ws<T, D, BN, NST, MC>, a, tiles, QL::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw, QL::SMEM);
+    }
+    return true;
+    }
+}
+/* EMU_DKDV=wg: the sm_90a dK/dV kernel run_bwd_dkdv_wgmma launches (D = 256: the pair, bf16 ping-pong with mbarrier
+ * handoffs, f16 in lockstep; else the single warpgroup); false: not asked for */
+template <typename T, int D> static bool launch_dkdv_wg(const mlstm::KArgs &a)
+{
+    if constexpr (D > 256) return false;
+    else {
+    if (!env_is("EMU_DKDV", "wg")) return false;
+    constexpr int BMQ = mlstm::TileCfg<D>::DKDV_WG_BMQ;
+    constexpr bool MC = D == mlstm::MASKED_COLS_CLASS;
+    emu::block_start = emu::wg_block_start;
+    if constexpr (mlstm::TileCfg<D>::DKDV_WG_PAIR) {
+        using K = mlstm::wg::DkdvPpCfg<D, BMQ>;
+        const int64_t nk = (a.S + K::BNK - 1) / K::BNK * a.B * a.NH;
+        std::printf("  dkdv: the warpgroup pair (%s), %lld CTAs\n", mlstm::tc::NeedsRangeGuard<T>::value ? "lockstep" : "ping-pong",
+                    (long long)nk);
+        if constexpr (mlstm::tc::NeedsRangeGuard<T>::value)
+            run_grid(mlstm::wg::mlstm_bwd_dkdv_wgmma_pair_kernel<T, D, BMQ, MC>, a, nk, K::NT, mlstm::wg::smem_raw,
+                     sizeof mlstm::wg::smem_raw, mlstm::wg::DkdvPairCfg<D, BMQ>::SMEM);
+        else
+            run_grid(mlstm::wg::mlstm_bwd_dkdv_wgmma_pp_kernel<T, D, BMQ, false, MC>, a, nk, K::NT, mlstm::wg::smem_raw,
+                     sizeof mlstm::wg::smem_raw, K::SMEM);
+    } else {
+        using K = mlstm::wg::DkdvCfg<D, BMQ>;
+        const int64_t nk = (a.S + K::BNK - 1) / K::BNK * a.B * a.NH;
+        std::printf("  dkdv: one warpgroup, %lld CTAs\n", (long long)nk);
+        run_grid(mlstm::wg::mlstm_bwd_dkdv_wgmma_kernel<T, D, BMQ>, a, nk, K::NT, mlstm::wg::smem_raw,
+                 sizeof mlstm::wg::smem_raw, K::SMEM);
+    }
+    return true;
+    }
+}
+#else
+template <typename T, int D> static bool launch_dq_wg(const mlstm::KArgs &) { return false; }
+template <typename T, int D> static bool launch_dkdv_wg(const mlstm::KArgs &) { return false; }
+#endif
 
 /* the prep kernel as run_bwd_prep<T> launches it (16-byte vectors where h and dh rows allow them) */
 template <typename T> static void run_prep(const mlstm::KArgs &a)
@@ -45,12 +133,14 @@ template <typename T, int D> static void launch_all(const mlstm::KArgs &a, bool 
                 "%lld CTAs\n", K::NT / 32, CK::BMQ, TC::DKDV_ROLES ? 0 : CK::DOUT, TC::DKDV_ROLES ? " two CTA kinds" : "",
                 K::SMEM, (long long)nk, CQ::NW, CQ::BN, Q::SMEM, (long long)nq);
     run_prep<T>(a);
-    if constexpr (TC::DKDV_ROLES)
+    if (launch_dkdv_wg<T, D>(a)) {
+    } else if constexpr (TC::DKDV_ROLES)
         tc_grid(mlstm::tc::mlstm_bwd_dkdv_roles_kernel<T, D, TC::DVT, CK::BMQ, false, TC::MASKS>, a, nk, K::NT, K::SMEM);
     else
         tc_grid(mlstm::tc::mlstm_bwd_dkdv_kernel<T, D, TC::DVT, CK::NW, CK::BMQ, CK::DOUT, false, CK::PAIR, TC::MASKS>, a,
                 nk, K::NT, K::SMEM);
-    tc_grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, TC::DVT, CQ::NW, CQ::BN, false, TC::MASKS>, a, nq, Q::NT, Q::SMEM);
+    if (!launch_dq_wg<T, D>(a))
+        tc_grid(mlstm::tc::mlstm_bwd_dq_kernel<T, D, TC::DVT, CQ::NW, CQ::BN, false, TC::MASKS>, a, nq, Q::NT, Q::SMEM);
     tc_grid(mlstm::mlstm_bwd_gates_kernel, a, a.B * a.NH, mlstm::GATES_NT);
 }
 
@@ -95,7 +185,7 @@ template <typename T> static bool run_case(mc_case &c)
             for (size_t e = 0; e < rows; ++e) fb[t][e] = (float)src[t][e];
         ptrs[t] = fb[t].data();
     }
-    const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK, c.DV});
+    mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK, c.DV});
     std::printf("emu %s\n", c.name);
     launch_for<T>(a, false);
     const char *refh = std::getenv("EMU_REF_FWD"); /* 1: the backward gets the reference's h (rounded to T), m, n
@@ -109,7 +199,27 @@ template <typename T> static bool run_case(mc_case &c)
             if (ref.t[MC_OUT_N][r] == std::exp(-ref.t[MC_OUT_M][r])) fb[MLSTM_TENSOR_N][r] = std::exp(-fb[MLSTM_TENSOR_M][r]);
         }
     }
+    /* EMU_PRIOR=1: a chained head-dim slice's sums (KArgs::prior_dq / prior_dk): the backward adds the reference's dq
+     * and dk (rounded to T) to its own, so that dq and dk are compared with twice the reference (df, di unchanged) */
+    std::vector<T> prior[2];
+    const bool chain = std::getenv("EMU_PRIOR") && std::getenv("EMU_PRIOR")[0] == '1';
+    if (chain && c.grad_mode != MLSTM_GRAD_EXACT) {
+        std::fprintf(stderr, "EMU_PRIOR=1: exact mode only (the detached reference is re-evaluated afterwards)\n");
+        std::exit(2);
+    }
+    if (chain) {
+        for (int x = 0; x < 2; ++x) {
+            const int o = x ? MC_OUT_DK : MC_OUT_DQ, t = x ? MLSTM_TENSOR_DK : MLSTM_TENSOR_DQ;
+            prior[x].resize(count(t));
+            for (size_t e = 0; e < count(t); ++e) prior[x][e] = to_t((float)ref.t[o][e]);
+            (x ? a.prior_dk : a.prior_dq) = mlstm::TArg{prior[x].data(), a.t[t].sb, a.t[t].sh, a.t[t].ss};
+        }
+        std::printf("  chained: dq, dk add the reference's\n");
+    }
     launch_for<T>(a, true);
+    if (chain)
+        for (int o : {MC_OUT_DQ, MC_OUT_DK})
+            for (size_t e = 0; e < count(o == MC_OUT_DQ ? MLSTM_TENSOR_DQ : MLSTM_TENSOR_DK); ++e) ref.t[o][e] *= 2.0;
 
     static const int out_tensor[MC_OUT_COUNT] = {MLSTM_TENSOR_H,  MLSTM_TENSOR_M,  MLSTM_TENSOR_N,  MLSTM_TENSOR_DQ,
                                                  MLSTM_TENSOR_DK, MLSTM_TENSOR_DV, MLSTM_TENSOR_DI, MLSTM_TENSOR_DF};

@@ -18,45 +18,7 @@ template <typename T> static void launch_tc_for(const mlstm::KArgs &a)
     else launch_tc_fwd<T, 512>(a);
 }
 
-/* the case on storage type T: q, k, v, h in T, the rest f32 */
-template <typename T> static bool run_case(mc_case &c)
-{
-    const auto to_t = mlstm::from_f32<T>;
-    const auto to_f = [](T x) { return mlstm::to_f32(x); };
-    mc_inputs in;
-    mc_outputs ref;
-    case_data(c, in, ref);
-    const size_t rows = (size_t)(c.B * c.NH * c.S), nq = rows * c.DQK, nv = rows * c.DV;
-    std::vector<T> q(nq), k(nq), v(nv), h(nv, to_t(NAN));
-    for (size_t e = 0; e < nq; ++e) { /* storage-rounded already: exact */
-        q[e] = to_t((float)in.q[e]);
-        k[e] = to_t((float)in.k[e]);
-    }
-    for (size_t e = 0; e < nv; ++e) v[e] = to_t((float)in.v[e]);
-    std::vector<float> i(in.i, in.i + rows), f(in.f, in.f + rows), m(rows, NAN), n(rows, NAN);
-    void *ptrs[MLSTM_TENSOR_COUNT] = {q.data(), k.data(), v.data(), i.data(), f.data(), h.data(), m.data(), n.data()};
-    const mlstm::KArgs a = layout_args(c, ptrs, EmuLayout{false, c.B, c.NH, c.S, c.DQK, c.DV});
-    std::printf("emu %s\n", c.name);
-    launch_tc_for<T>(a);
-    std::vector<float> hf(nv);
-    for (size_t e = 0; e < nv; ++e) hf[e] = to_f(h[e]);
-    const float *dev[3] = {hf.data(), m.data(), n.data()};
-    const size_t cnt[3] = {nv, rows, rows};
-    const double gate_allowance = tol_gate_allowance(mc_extreme_gate_magnitude(&c, &in));
-    bool ok = true;
-    std::printf("  rel L2:");
-    for (int o = 0; o < 3; ++o) {
-        const double res = tol_storage_resolution(o == MC_OUT_H ? c.dtype : MLSTM_DTYPE_F32);
-        const double err = rel_l2(dev[o], ref.t[o], cnt[o], false, 0.0, res);
-        const double tol = tol_max_rel_l2(c.dtype, o) + gate_allowance;
-        ok &= err <= tol;
-        std::printf(" %s=%.3e (tol %.1e)", mc_output_name(o), err, tol);
-    }
-    std::printf("\n  %s\n", ok ? "OK" : "FAILED");
-    mc_inputs_free(&in);
-    mc_outputs_free(&ref);
-    return ok;
-}
+template <typename T> static bool run_case(mc_case &c) { return run_fwd_case<T>(c, launch_tc_for<T>); }
 
 int main(int argc, char **argv)
 {

@@ -5,7 +5,7 @@
 # a coroutine): small shapes only. Needs g++ and a built libmlstm in build/ (or MLSTM_LIB_DIR; only to satisfy the
 # link of the test utilities).
 # Usage (repository root): bash tools/kernel_emu/run.sh [quick | acc | bwd | bwd-quick | bwd-sweep | bwd-det | tc16 |
-#   tc16-quick | tc16-bwd]
+#   tc16-quick | tc16-bwd | wg16 | wg16-bwd]
 #   (none) the default set's f32 forward cases; bwd: its f32 backward cases (both gradient and math modes);
 #   bwd-sweep: more sequence lengths for every head dim (3xTF32);
 #   bwd-det: backward cases run twice and in a strided layout, digests compared. EMU_TC_TRUNC=1: truncating
@@ -15,6 +15,13 @@
 # tc16: the f16 and bf16 tensor-core forward (fwd_tc.cuh, mma.sync m16n8k16 through emu_mma16.h) at D 64/128/256,
 #   S 1..200, and the D = 512 class (D given as DQKxDV: DQK <= 512, DV <= 256), against the f16/bf16 rows of
 #   tolerances.h; tc16-quick: two of those cases.
+# wg16: the sm_90a f16/bf16 default-tile forward (fwd_wgmma.cuh, K / V through TMA) and its persistent variant
+#   (fwd_wgmma_persistent.cuh, on EMU_SMS = 3 CTAs so that each walks several tiles), through emu_wgmma.h (mbarriers,
+#   named barriers, TMA boxes, wgmma decoded from the kernels' descriptors; asynchronous operations complete at once,
+#   so races that need real concurrency stay unseen: compute-sanitizer on a GPU still has the last word).
+# wg16-bwd: the tc16 backward with the sm_90a dK/dV kernels (EMU_DKDV=wg) and dQ kernels (EMU_DQ=wg: the KS = 1
+#   tiles; wgp: their persistent variant) in place, built twice: as the defaults, and with the staged epilogues
+#   (MLSTM_DQ_WG_STAGED_EPILOGUE, MLSTM_DKDV_STAGED_EPILOGUE); EMU_PRIOR=1 cases add a chained slice's prior dq, dk.
 # tc16-bwd: the f16/bf16 tensor-core backward (prep, bwd_tc.cuh's dK/dV and dQ with the default tiles, gates) after
 #   that forward, exact and detached, D 64/128/256 (and DQKxDV cases of the D = 512 class), S 17/65/129, all eight
 #   outputs (emu_bwd_tc16; EMU_REF_FWD=1 as above). Known: bf16 exact D 64 S 65 seed 421 fails df (1.1e-2 > 1e-2),
@@ -82,7 +89,8 @@ PY
 gcc -std=c11 -O2 -fopenmp -I api -I tests/util -I tests/ref -c tests/util/mlstm_case.c -o $W/mlstm_case.o
 gcc -std=c11 -O2 -fopenmp -I api -I tests/util -I tests/ref -c tests/util/test_util.c -o $W/test_util.o
 gcc -std=c11 -O2 -fopenmp -I api -c tests/ref/mlstm_ref.c -o $W/mlstm_ref.o
-tc16=0; case "${1:-}" in tc16*) tc16=1 ;; esac
+tc16=0; case "${1:-}" in tc16* | wg16*) tc16=1 ;; esac
+wg16=0; case "${1:-}" in wg16*) wg16=1 ;; esac
 for t in fwd bwd; do
   [ $tc16 = 1 ] && break # the tc16 modes build only their own binary
   src=tools/kernel_emu/emu_main.cpp; [ $t = bwd ] && src=tools/kernel_emu/emu_bwd_main.cpp
@@ -93,17 +101,31 @@ for t in fwd bwd; do
   fi
 done
 # the f16/bf16 forward (fwd_tc.cuh): its own include folder first
-if [ $tc16 = 1 ] && { [ ! -x $W/emu_fwd_tc16 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/emu_fwd_tc16 -name '*.[ch]*')" ]; }; then
+if [ $tc16 = 1 ] && [ $wg16 = 0 ] && { [ ! -x $W/emu_fwd_tc16 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/emu_fwd_tc16 -name '*.[ch]*')" ]; }; then
   g++ -std=c++17 -O2 -ffp-contract=off -fno-strict-aliasing -w ${EMU_CXXFLAGS:-} -I $W/tc16 -I $W -I tools/kernel_emu -I kernels_cuda \
     -I backends -I api -I tests/ref -I tests/util -I tests tools/kernel_emu/emu_tc16_main.cpp $W/mlstm_case.o \
     $W/test_util.o $W/mlstm_ref.o -L "$LIB" -Wl,-rpath,"$LIB" -lmlstm -fopenmp \
     -lm -o $W/emu_fwd_tc16
 fi
-if [ $tc16 = 1 ] && { [ ! -x $W/emu_bwd_tc16 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/emu_bwd_tc16 -name '*.[ch]*')" ]; }; then
+if [ $tc16 = 1 ] && [ $wg16 = 0 ] && { [ ! -x $W/emu_bwd_tc16 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/emu_bwd_tc16 -name '*.[ch]*')" ]; }; then
   g++ -std=c++17 -O2 -ffp-contract=off -fno-strict-aliasing -w ${EMU_CXXFLAGS:-} -I $W/tc16 -I $W -I tools/kernel_emu -I kernels_cuda \
     -I backends -I api -I tests/ref -I tests/util -I tests tools/kernel_emu/emu_tc16_bwd_main.cpp $W/mlstm_case.o \
     $W/test_util.o $W/mlstm_ref.o -L "$LIB" -Wl,-rpath,"$LIB" -lmlstm -fopenmp \
     -lm -o $W/emu_bwd_tc16
+fi
+# the sm_90a kernels (wg16 modes): emu_wgmma.h in place of their asm (make_wg16.py), their folder first
+WG_SRC="-DEMU_WG16 -D__CUDA_ARCH_FEAT_SM90_ALL=1 -I $W/wg16 -I $W/tc16 -I $W -I tools/kernel_emu -I kernels_cuda -I backends -I api -I tests/ref -I tests/util -I tests"
+wg_build() { # main.cpp binary [extra flags]
+  if [ ! -x $W/$2 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/$2 -name '*.[ch]*' -o -newer $W/$2 -name '*.py')" ]; then
+    g++ -std=c++17 -O2 -ffp-contract=off -fno-strict-aliasing -w ${EMU_CXXFLAGS:-} ${3:-} $WG_SRC tools/kernel_emu/$1 $W/mlstm_case.o \
+      $W/test_util.o $W/mlstm_ref.o -L "$LIB" -Wl,-rpath,"$LIB" -lmlstm -fopenmp -lm -o $W/$2
+  fi
+}
+if [ $wg16 = 1 ]; then
+  python3 tools/kernel_emu/make_wg16.py $W
+  wg_build emu_wg16_main.cpp emu_fwd_wg16
+  wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16
+  wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16_staged "-DMLSTM_DQ_WG_STAGED_EPILOGUE=1 -DMLSTM_DKDV_STAGED_EPILOGUE=1"
 fi
 fail=0
 run() {
@@ -170,6 +192,46 @@ tc16-bwd) # the f16/bf16 tensor-core backward (prep, bwd_tc.cuh dK/dV and dQ, ga
     run detached $dt 264x64 33 1 2 std 23
     run exact $dt 512x256 200 1 1 closed 31  # closed input gates: the f16 range guard's tiny rows
     run exact $dt 512x256 130 1 1 ext_n 32   # gates far out: the guard's huge rows
+  done
+  exit $fail ;;
+wg16) # the sm_90a forward, default kernel and persistent variant (args: kernel dtype D S B NH gates seed [eps scale])
+  E=$W/emu_fwd_wg16
+  seed=500
+  for dt in f16 bf16; do
+    for D in 64 128 256; do
+      for S in 1 65 300; do
+        for k in default persistent; do
+          seed=$((seed + 1))
+          gates=std; [ $((seed % 2)) = 0 ] && gates=normal
+          run $k $dt $D $S 2 2 $gates $seed
+        done
+      done
+    done
+  done
+  for k in default persistent; do
+    run $k f16 64 200 1 2 closed 31  # the f16 range guard's tiny rows
+    run $k f16 128 129 1 1 ext_u 41  # and its huge ones
+    run $k bf16 64 70 1 2 std 38 0.01 0.5
+  done
+  EMU_SMS=1 run persistent bf16 128 700 1 2 std 44 # one CTA walks every tile
+  exit $fail ;;
+wg16-bwd) # the backward with the sm_90a dK/dV and dQ kernels, default and staged epilogues (args: grad dtype D S B NH
+  # gates seed)
+  seed=600
+  for E in $W/emu_bwd_wg16 $W/emu_bwd_wg16_staged; do
+    for dt in f16 bf16; do
+      for D in 64 128 256; do
+        for S in 65 200; do
+          seed=$((seed + 1))
+          gates=std; [ $((seed % 2)) = 0 ] && gates=normal
+          g=exact; [ $((seed % 3)) = 0 ] && g=detached
+          EMU_DKDV=wg EMU_DQ=wg run $g $dt $D $S 1 2 $gates $seed
+          EMU_DQ=wgp run $g $dt $D $S 2 1 $gates $seed
+        done
+      done
+      EMU_PRIOR=1 EMU_DKDV=wg EMU_DQ=wg run exact $dt 256 130 1 1 std 71 # a chained slice's prior parts
+      EMU_PRIOR=1 EMU_DQ=wgp run exact $dt 128 200 1 1 normal 72
+    done
   done
   exit $fail ;;
 tc16-quick)

@@ -1,0 +1,84 @@
+/* kernel_emu: runs the sm_90a f16/bf16 default-tile forward (kernels_cuda/fwd/fwd_wgmma.cuh, K / V through TMA as
+ * run_fwd_wgmma launches it) or its persistent variant (fwd_wgmma_persistent.cuh) on the CPU, through emu_wgmma.h's
+ * mbarriers, named barriers, TMA boxes and wgmma, and compares h, m, n with the float64 reference as emu_tc16_main.cpp.
+ * Usage: emu_fwd_wg16 default|persistent dtype(f16|bf16) D(64|128|256) S B NH gates seed [eps] [scale]
+ * EMU_SMS: the persistent grid's CTAs (default 3, so that CTAs walk several tiles). */
+#define EMU_NO_TF32
+#include "fwd/fwd_wgmma_persistent.cuh"
+#include "common/tile_config.h"
+#include "emu_grid.h"
+
+#include "emu_tc16.h"
+
+namespace mlstm { namespace wg { alignas(1024) unsigned char smem_raw[232448]; } }
+
+static mlstm::wg::TmaKV g_tk;
+static mlstm::wg::TmaQKV g_tq;
+template <typename T, int D, int BN, int NST, bool MC> static void k_default(mlstm::KArgs a)
+{
+    mlstm::wg::mlstm_fwd_wgmma_kernel<T, D, BN, 1, NST, 1, true, MC, false>(a, g_tk);
+}
+template <typename T, int D, int BN, int NST, bool MC> static void k_persistent(mlstm::KArgs a)
+{
+    mlstm::wg::mlstm_fwd_wgmma_persistent_kernel<T, D, BN, NST, MC>(a, g_tq);
+}
+
+template <typename T, int D> static void launch_wg_fwd(const mlstm::KArgs &a, bool persistent)
+{
+    using C = typename mlstm::TileCfg<D>::FwdWg;
+    static_assert(C::KS == 1 && C::CL == 1, "default tiles");
+    constexpr bool MC = D == mlstm::MASKED_COLS_CLASS;
+    using F = mlstm::wg::FwdCfg<D, C::BN, 1, C::NST, 1>;
+    using P = mlstm::wg::FwdPersCfg<D, C::BN, C::NST>;
+    const int64_t tiles = (a.S + F::BM - 1) / F::BM * a.B * a.NH;
+    emu_map(&g_tk.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, C::BN);
+    emu_map(&g_tk.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, C::BN);
+    g_tk.on = 1;
+    emu::block_start = emu::wg_block_start;
+    if (persistent) {
+        emu_map(&g_tq.q, a.t[MLSTM_TENSOR_Q], a, MC ? a.DQK : D, F::BM);
+        g_tq.k = g_tk.k;
+        g_tq.v = g_tk.v;
+        g_tq.on = 1;
+        const char *e = std::getenv("EMU_SMS");
+        const int64_t sms = e && atoi(e) > 0 ? atoi(e) : 3, grid = tiles < sms ? tiles : sms;
+        std::printf("  persistent forward, class %d (BN %d, NST %d), smem %d B, %lld tiles on %lld CTAs\n", D, C::BN,
+                    C::NST, P::SMEM, (long long)tiles, (long long)grid);
+        run_grid(k_persistent<T, D, C::BN, C::NST, MC>, a, grid, F::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw,
+                 P::SMEM);
+    } else {
+        std::printf("  default-tile forward (TMA), class %d (BN %d, NST %d), smem %d B, %lld CTAs\n", D, C::BN, C::NST,
+                    F::SMEM, (long long)tiles);
+        run_grid(k_default<T, D, C::BN, C::NST, MC>, a, tiles, F::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw,
+                 F::SMEM);
+    }
+}
+
+static bool g_persistent = false;
+
+template <typename T> static void launch_wg_for(const mlstm::KArgs &a)
+{
+    switch (a.DQK) {
+    case 64: launch_wg_fwd<T, 64>(a, g_persistent); break;
+    case 128: launch_wg_fwd<T, 128>(a, g_persistent); break;
+    default: launch_wg_fwd<T, 256>(a, g_persistent); break;
+    }
+}
+template <typename T> static bool run_case(mc_case &c) { return run_fwd_case<T>(c, launch_wg_for<T>); }
+
+int main(int argc, char **argv)
+{
+    mc_case c;
+    bool ok = false;
+    if (argc < 9 || (std::strcmp(argv[1], "default") && std::strcmp(argv[1], "persistent")) ||
+        !parse_case(argc - 2, argv + 2, c)) {
+        std::fprintf(stderr, "usage: emu_fwd_wg16 default|persistent f16|bf16 D(64|128|256) S B NH gates seed [eps] [scale]\n");
+        return 2;
+    }
+    g_persistent = !std::strcmp(argv[1], "persistent");
+    if (!with_dtype(argv[2], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {
+        std::fprintf(stderr, "emu_fwd_wg16: dtype %s: f16 or bf16\n", argv[2]);
+        return 2;
+    }
+    return ok ? 0 : 1;
+}
