@@ -1,7 +1,8 @@
 /* kernel_emu: runs the sm_90a f16/bf16 default-tile forward (kernels_cuda/fwd/fwd_wgmma.cuh, K / V through TMA as
  * run_fwd_wgmma launches it) or its persistent variant (fwd_wgmma_persistent.cuh) on the CPU, through emu_wgmma.h's
  * mbarriers, named barriers, TMA boxes and wgmma, and compares h, m, n with the float64 reference as emu_tc16_main.cpp.
- * Usage: emu_fwd_wg16 default|persistent dtype(f16|bf16) D(64|128|256) S B NH gates seed [eps] [scale]
+ * Usage: emu_fwd_wg16 default|persistent dtype(f16|bf16) D(64|128|256)|DQKxDV S B NH gates seed [eps] [scale]
+ * (DQKxDV: 64..256, multiples of 8: the class's masking instance, the maps spanning the heads' own columns)
  * EMU_SMS: the persistent grid's CTAs (default 3, so that CTAs walk several tiles). */
 #define EMU_NO_TF32
 #include "fwd/fwd_wgmma_persistent.cuh"
@@ -23,11 +24,11 @@ template <typename T, int D, int BN, int NST, bool MC> static void k_persistent(
     mlstm::wg::mlstm_fwd_wgmma_persistent_kernel<T, D, BN, NST, MC>(a, g_tq);
 }
 
-template <typename T, int D> static void launch_wg_fwd(const mlstm::KArgs &a, bool persistent)
+/* MC: the instance masks columns (the D = 128 class always; D = 256 for narrower heads, dispatch.cu masked_class) */
+template <typename T, int D, bool MC> static void launch_wg_fwd(const mlstm::KArgs &a, bool persistent)
 {
     using C = typename mlstm::TileCfg<D>::FwdWg;
     static_assert(C::KS == 1 && C::CL == 1, "default tiles");
-    constexpr bool MC = D == mlstm::MASKED_COLS_CLASS;
     using F = mlstm::wg::FwdCfg<D, C::BN, 1, C::NST, 1>;
     using P = mlstm::wg::FwdPersCfg<D, C::BN, C::NST>;
     const int64_t tiles = (a.S + F::BM - 1) / F::BM * a.B * a.NH;
@@ -58,11 +59,11 @@ static bool g_persistent = false;
 
 template <typename T> static void launch_wg_for(const mlstm::KArgs &a)
 {
-    switch (a.DQK) {
-    case 64: launch_wg_fwd<T, 64>(a, g_persistent); break;
-    case 128: launch_wg_fwd<T, 128>(a, g_persistent); break;
-    default: launch_wg_fwd<T, 256>(a, g_persistent); break;
-    }
+    const int64_t w = a.DQK > a.DV ? a.DQK : a.DV;
+    if (a.DQK == 64 && a.DV == 64) launch_wg_fwd<T, 64, false>(a, g_persistent);
+    else if (w <= 128) launch_wg_fwd<T, 128, true>(a, g_persistent);
+    else if (a.DQK == 256 && a.DV == 256) launch_wg_fwd<T, 256, false>(a, g_persistent);
+    else launch_wg_fwd<T, 256, true>(a, g_persistent);
 }
 template <typename T> static bool run_case(mc_case &c) { return run_fwd_case<T>(c, launch_wg_for<T>); }
 
@@ -71,8 +72,8 @@ int main(int argc, char **argv)
     mc_case c;
     bool ok = false;
     if (argc < 9 || (std::strcmp(argv[1], "default") && std::strcmp(argv[1], "persistent")) ||
-        !parse_case(argc - 2, argv + 2, c)) {
-        std::fprintf(stderr, "usage: emu_fwd_wg16 default|persistent f16|bf16 D(64|128|256) S B NH gates seed [eps] [scale]\n");
+        !parse_tc16_case(argc - 2, argv + 2, c) || c.DQK > 256 || c.DV > 256 || c.DQK < 64 || c.DV < 64) {
+        std::fprintf(stderr, "usage: emu_fwd_wg16 default|persistent f16|bf16 D|DQKxDV S B NH gates seed [eps] [scale]\n");
         return 2;
     }
     g_persistent = !std::strcmp(argv[1], "persistent");

@@ -214,6 +214,11 @@ wg16) # the sm_90a forward, default kernel and persistent variant (args: kernel 
     run $k bf16 64 70 1 2 std 38 0.01 0.5
   done
   EMU_SMS=1 run persistent bf16 128 700 1 2 std 44 # one CTA walks every tile
+  for k in default persistent; do # masking instances (narrower heads, maps over the heads' own columns)
+    run $k bf16 96x96 150 1 2 std 45
+    run $k f16 200x136 130 1 1 normal 46
+    run $k bf16 256x200 200 1 1 std 47
+  done
   exit $fail ;;
 wg16-bwd) # the backward with the sm_90a dK/dV and dQ kernels, default and staged epilogues (args: grad dtype D S B NH
   # gates seed)
