@@ -1,7 +1,8 @@
 /* kernel_emu: runs the sm_90a f16/bf16 default-tile forward (kernels_cuda/fwd/fwd_wgmma.cuh, K / V through TMA as
  * run_fwd_wgmma launches it) or its persistent variant (fwd_wgmma_persistent.cuh) on the CPU, through emu_wgmma.h's
  * mbarriers, named barriers, TMA boxes and wgmma, and compares h, m, n with the float64 reference as emu_tc16_main.cpp.
- * Usage: emu_fwd_wg16 default|persistent dtype(f16|bf16) D(64|128|256)|DQKxDV S B NH gates seed [eps] [scale]
+ * Usage: emu_fwd_wg16 default|persistent|overlap dtype(f16|bf16) D(64|128|256)|DQKxDV S B NH gates seed [eps] [scale]
+ * (overlap: the overlapped forward, fwd_wgmma.cuh OV, bf16 only)
  * (DQKxDV: 64..256, multiples of 8: the class's masking instance, the maps spanning the heads' own columns)
  * EMU_SMS: the persistent grid's CTAs (default 3, so that CTAs walk several tiles). */
 #define EMU_NO_TF32
@@ -14,10 +15,16 @@
 namespace mlstm { namespace wg { alignas(1024) unsigned char smem_raw[232448]; } }
 
 static mlstm::wg::TmaKV g_tk;
+static bool g_overlap = false; /* the overlapped forward (fwd_wgmma.cuh OV; bf16) in place of the default kernel */
 static mlstm::wg::TmaQKV g_tq;
 template <typename T, int D, int BN, int NST, bool MC> static void k_default(mlstm::KArgs a)
 {
     mlstm::wg::mlstm_fwd_wgmma_kernel<T, D, BN, 1, NST, 1, true, MC, false>(a, g_tk);
+}
+template <typename T, int D, int BN, int NST, bool MC> static void k_overlap(mlstm::KArgs a)
+{
+    if constexpr (!mlstm::tc::NeedsRangeGuard<T>::value) /* (bf16 only) */
+        mlstm::wg::mlstm_fwd_wgmma_kernel<T, D, BN, 1, NST, 1, true, MC, true>(a, g_tk);
 }
 template <typename T, int D, int BN, int NST, bool MC> static void k_persistent(mlstm::KArgs a)
 {
@@ -48,10 +55,10 @@ template <typename T, int D, bool MC> static void launch_wg_fwd(const mlstm::KAr
         run_grid(k_persistent<T, D, C::BN, C::NST, MC>, a, grid, F::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw,
                  P::SMEM);
     } else {
-        std::printf("  default-tile forward (TMA), class %d (BN %d, NST %d), smem %d B, %lld CTAs\n", D, C::BN, C::NST,
-                    F::SMEM, (long long)tiles);
-        run_grid(k_default<T, D, C::BN, C::NST, MC>, a, tiles, F::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw,
-                 F::SMEM);
+        std::printf("  default-tile forward (TMA%s), class %d (BN %d, NST %d), smem %d B, %lld CTAs\n",
+                    g_overlap ? ", overlapped" : "", D, C::BN, C::NST, F::SMEM, (long long)tiles);
+        run_grid(g_overlap ? k_overlap<T, D, C::BN, C::NST, MC> : k_default<T, D, C::BN, C::NST, MC>, a, tiles, F::NT,
+                 mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw, F::SMEM);
     }
 }
 
@@ -71,12 +78,14 @@ int main(int argc, char **argv)
 {
     mc_case c;
     bool ok = false;
-    if (argc < 9 || (std::strcmp(argv[1], "default") && std::strcmp(argv[1], "persistent")) ||
+    if (argc < 9 || (std::strcmp(argv[1], "default") && std::strcmp(argv[1], "persistent") && std::strcmp(argv[1], "overlap")) ||
+        (!std::strcmp(argv[1], "overlap") && std::strcmp(argv[2], "bf16")) ||
         !parse_tc16_case(argc - 2, argv + 2, c) || c.DQK > 256 || c.DV > 256 || c.DQK < 64 || c.DV < 64) {
-        std::fprintf(stderr, "usage: emu_fwd_wg16 default|persistent f16|bf16 D|DQKxDV S B NH gates seed [eps] [scale]\n");
+        std::fprintf(stderr, "usage: emu_fwd_wg16 default|persistent|overlap f16|bf16 D|DQKxDV S B NH gates seed [eps] [scale]\n");
         return 2;
     }
     g_persistent = !std::strcmp(argv[1], "persistent");
+    g_overlap = !std::strcmp(argv[1], "overlap");
     if (!with_dtype(argv[2], c, run_case<__half>, run_case<__nv_bfloat16>, ok)) {
         std::fprintf(stderr, "emu_fwd_wg16: dtype %s: f16 or bf16\n", argv[2]);
         return 2;

@@ -3,9 +3,13 @@
  * tensor-memory-access boxes copied at once (128-byte swizzle, zero fill), and wgmma m64nNk16 (SS: both operands
  * K-major in shared memory; RS: A from the warps' registers, B N-major), decoded from the kernels' own descriptors
  * with the swizzle the hardware applies. Waits yield to the other coroutines; a wait that sees no barrier progress
- * for long stops the run as a deadlock. Asynchronous operations complete at once (commit / wait are no-ops). */
+ * for long stops the run as a deadlock. The asynchronous operations land as late as the hardware allows: a wgmma's
+ * results reach its accumulators only at the wait_group that retires its commit group (an accumulator read before
+ * that sees the old values), a TMA box reaches shared memory only when its mbarrier's phase completes. */
 #pragma once
 #include <map>
+#include <utility>
+#include <vector>
 #include <type_traits>
 #include "emu_mma16.h"
 
@@ -18,12 +22,24 @@ struct EmuTmaMap {
 };
 
 namespace emu {
+struct TmaJob { /* a box not yet in shared memory: 16-byte chunks (destination, source or null for zeros) */
+    std::vector<std::pair<uint32_t, const unsigned char *>> chunks;
+    uint32_t bytes;
+};
 struct Mbar {
     int expected, pending;
     int64_t tx;
     uint32_t phase; /* completed phases */
+    std::vector<TmaJob> jobs;
 };
 inline std::map<uint32_t, Mbar> mbars;
+/* a thread's wgmma results not yet in its accumulators: (accumulator, values) by commit group, the open group last */
+struct WgmmaWrite {
+    float *d;
+    std::vector<float> v;
+};
+inline std::vector<std::vector<WgmmaWrite>> wgmma_groups[1024];
+inline bool wgmma_open[1024];
 struct NamedBar {
     int arrived;
     uint32_t gen;
@@ -34,6 +50,10 @@ inline void wg_block_start()
 {
     mbars.clear();
     for (auto &b : nbars) b = NamedBar{0, 0};
+    for (int t = 0; t < 1024; ++t) {
+        wgmma_groups[t].clear();
+        wgmma_open[t] = false;
+    }
 }
 /* a wait that yields; stops the run after a long time without any barrier event */
 inline void spin(const char *what, uint32_t id)
@@ -57,15 +77,56 @@ inline Mbar &mbar(uint32_t bar)
     }
     return it->second;
 }
+/* the phase completes once every arrival is in and the boxes it expects are all issued; they land now */
+inline unsigned char *shared_at(uint32_t saddr);
 inline void mbar_try_complete(Mbar &m)
 {
-    if (m.pending == 0 && m.tx == 0) {
+    int64_t issued = 0;
+    for (const TmaJob &j : m.jobs) issued += j.bytes;
+    if (m.pending == 0 && m.tx == issued) {
+        for (const TmaJob &j : m.jobs)
+            for (const auto &c : j.chunks)
+                if (c.second) std::memcpy(shared_at(c.first), c.second, 16);
+                else std::memset(shared_at(c.first), 0, 16);
+        m.jobs.clear();
+        m.tx = 0;
         ++m.phase;
         m.pending = m.expected;
         ++progress;
     }
 }
 } // namespace emu
+inline unsigned char *emu::shared_at(uint32_t saddr) { return emu_shared(saddr); }
+
+/* wgmma.commit_group: closes this thread's open group; wgmma.wait_group n: every group but the newest n lands */
+inline void emu_wgmma_commit() { emu::wgmma_open[threadIdx.x] = false; }
+inline void emu_wgmma_wait(int n)
+{
+    auto &gs = emu::wgmma_groups[threadIdx.x];
+    const int closed = (int)gs.size() - (emu::wgmma_open[threadIdx.x] ? 1 : 0);
+    const int land = closed - n;
+    for (int i = 0; i < land; ++i)
+        for (const auto &w : gs[i]) std::memcpy(w.d, w.v.data(), w.v.size() * sizeof(float));
+    if (land > 0) gs.erase(gs.begin(), gs.begin() + land);
+}
+/* the values accumulator d will have once this thread's pending wgmma land (the latest pending write of it, else d) */
+inline void emu_wgmma_current(const float *d, int n, float *out)
+{
+    std::memcpy(out, d, n * sizeof(float));
+    for (const auto &g : emu::wgmma_groups[threadIdx.x])
+        for (const auto &w : g)
+            if (w.d == d) std::memcpy(out, w.v.data(), n * sizeof(float));
+}
+/* queues the values of accumulator d in this thread's open group (opening one) */
+inline void emu_wgmma_queue(float *d, const float *v, int n)
+{
+    auto &gs = emu::wgmma_groups[threadIdx.x];
+    if (!emu::wgmma_open[threadIdx.x]) {
+        gs.emplace_back();
+        emu::wgmma_open[threadIdx.x] = true;
+    }
+    gs.back().push_back(emu::WgmmaWrite{d, std::vector<float>(v, v + n)});
+}
 
 inline void emu_mbar_init(uint32_t bar, int count) { emu::mbars[bar] = emu::Mbar{count, count, 0, 0}; }
 inline void emu_mbar_arrive(uint32_t bar)
@@ -82,12 +143,6 @@ inline void emu_mbar_expect_tx(uint32_t bar, uint32_t bytes)
 {
     emu::mbar(bar).tx += bytes;
     emu_mbar_arrive(bar);
-}
-inline void emu_mbar_complete_tx(uint32_t bar, uint32_t bytes)
-{
-    emu::Mbar &m = emu::mbar(bar);
-    m.tx -= bytes;
-    emu::mbar_try_complete(m);
 }
 /* returns once the phase of parity `parity` has completed */
 inline void emu_mbar_wait(uint32_t bar, uint32_t parity)
@@ -128,18 +183,20 @@ inline void emu_tma_load_4d(uint32_t dst, const void *map, int c0, int c1, int c
 {
     EmuTmaMap m;
     std::memcpy(&m, map, sizeof m);
+    emu::TmaJob job{{}, m.box[0] * m.box[1] * 2};
     for (uint32_t r = 0; r < m.box[1]; ++r)
         for (uint32_t j = 0; j < m.box[0] / 8; ++j) {
             const uint64_t col = (uint64_t)c0 + 8 * j, row = (uint64_t)c1 + r;
-            unsigned char *d = emu_shared(emu_sw128(dst + r * 128 + 16 * j));
-            if (c0 >= 0 && c1 >= 0 && col < m.dims[0] && row < m.dims[1] && (uint64_t)c2 < m.dims[2] &&
-                (uint64_t)c3 < m.dims[3])
-                std::memcpy(d, m.p + (uint64_t)c3 * m.strides[2] + (uint64_t)c2 * m.strides[1] + row * m.strides[0] + col * 2,
-                            16);
-            else
-                std::memset(d, 0, 16);
+            const bool in = c0 >= 0 && c1 >= 0 && col < m.dims[0] && row < m.dims[1] && (uint64_t)c2 < m.dims[2] &&
+                            (uint64_t)c3 < m.dims[3];
+            job.chunks.emplace_back(emu_sw128(dst + r * 128 + 16 * j),
+                                    in ? m.p + (uint64_t)c3 * m.strides[2] + (uint64_t)c2 * m.strides[1] +
+                                             row * m.strides[0] + col * 2
+                                       : nullptr);
         }
-    emu_mbar_complete_tx(bar, m.box[0] * m.box[1] * 2);
+    emu::Mbar &mb = emu::mbar(bar);
+    mb.jobs.push_back(std::move(job));
+    emu::mbar_try_complete(mb);
 }
 
 /* descriptor fields (kernels_cuda/common/wgmma.cuh desc_sw128): start address, leading and stride byte offsets */
@@ -172,13 +229,16 @@ template <typename T, int N> struct WgmmaSS {
     static void run(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d)
     {
         const int l = emu_lane(), g = l >> 2, q4 = l & 3, r0 = 16 * (emu_warp() & 3) + g;
+        float out[N / 2];
+        emu_wgmma_current(d, N / 2, out);
         for (int j = 0; j < N / 8; ++j)
             for (int e = 0; e < 4; ++e) {
                 const int r = r0 + 8 * (e >> 1), c = 8 * j + 2 * q4 + (e & 1);
                 double acc = 0.0; /* the 16 products exact, summed in double, one rounding (as emu_mma16816) */
                 for (int k = 0; k < 16; ++k) acc += (double)emu_kmajor<T>(da, r, k) * emu_kmajor<T>(db, c, k);
-                d[4 * j + e] = (float)((scale_d ? (double)d[4 * j + e] : 0.0) + acc);
+                out[4 * j + e] = (float)((scale_d ? (double)out[4 * j + e] : 0.0) + acc);
             }
+        emu_wgmma_queue(d, out, N / 2);
     }
 };
 template <typename T, int N> struct WgmmaRS {
@@ -196,13 +256,16 @@ template <typename T, int N> struct WgmmaRS {
                 ar[1][8 + 2 * q + h] = emu_b16<T>(emu::ma[w][4 * g + q][3], h);
             }
         emu::warp_bar();
+        float out[N / 2];
+        emu_wgmma_current(d, N / 2, out);
         for (int j = 0; j < N / 8; ++j)
             for (int e = 0; e < 4; ++e) {
                 const int c = 8 * j + 2 * q4 + (e & 1);
                 double acc = 0.0;
                 for (int k = 0; k < 16; ++k) acc += (double)ar[e >> 1][k] * emu_nmajor<T>(db, k, c);
-                d[4 * j + e] = (float)((scale_d ? (double)d[4 * j + e] : 0.0) + acc);
+                out[4 * j + e] = (float)((scale_d ? (double)out[4 * j + e] : 0.0) + acc);
             }
+        emu_wgmma_queue(d, out, N / 2);
     }
 };
 } // namespace wg

@@ -31,8 +31,8 @@ open(f"{W}/wg16/common/common.cuh", "w").write(src)
 src = open("kernels_cuda/common/wgmma.cuh").read()
 src = substitute(src, [
     (r'asm volatile\("wgmma\.fence\.sync\.aligned;\\n" ::: "memory"\);', ""),
-    (r'asm volatile\("wgmma\.commit_group\.sync\.aligned;\\n" ::: "memory"\);', ""),
-    (r'asm volatile\("wgmma\.wait_group\.sync\.aligned %0;\\n" ::"n"\(N\) : "memory"\);', ""),
+    (r'asm volatile\("wgmma\.commit_group\.sync\.aligned;\\n" ::: "memory"\);', "emu_wgmma_commit();"),
+    (r'asm volatile\("wgmma\.wait_group\.sync\.aligned %0;\\n" ::"n"\(N\) : "memory"\);', "emu_wgmma_wait(N);"),
     (r'asm volatile\("mbarrier\.init\.shared::cta\.b64 .*?\);', "emu_mbar_init(bar, count);"),
     (r'asm volatile\("fence\.mbarrier_init\.release\.cluster;\\n" ::: "memory"\);', ""),
     (r'asm volatile\("mbarrier\.arrive\.shared::cta\.b64 _, .*?\);', "emu_mbar_arrive(bar);"),

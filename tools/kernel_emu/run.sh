@@ -214,6 +214,7 @@ wg16) # the sm_90a forward, default kernel and persistent variant (args: kernel 
     run $k bf16 64 70 1 2 std 38 0.01 0.5
   done
   EMU_SMS=1 run persistent bf16 128 700 1 2 std 44 # one CTA walks every tile
+  for D in 64 128 256; do run overlap bf16 $D 300 1 2 std $((48 + D)); done # the overlapped forward (OV, bf16)
   for k in default persistent; do # masking instances (narrower heads, maps over the heads' own columns)
     run $k bf16 96x96 150 1 2 std 45
     run $k f16 200x136 130 1 1 normal 46
