@@ -5,7 +5,7 @@
 # a coroutine): small shapes only. Needs g++ and a built libmlstm in build/ (or MLSTM_LIB_DIR; only to satisfy the
 # link of the test utilities).
 # Usage (repository root): bash tools/kernel_emu/run.sh [quick | acc | bwd | bwd-quick | bwd-sweep | bwd-det | tc16 |
-#   tc16-quick | tc16-bwd | wg16 | wg16-bwd]
+#   tc16-quick | tc16-bwd | wg16 | wg16-bwd | wg16-quick]
 #   (none) the default set's f32 forward cases; bwd: its f32 backward cases (both gradient and math modes);
 #   bwd-sweep: more sequence lengths for every head dim (3xTF32);
 #   bwd-det: backward cases run twice and in a strided layout, digests compared. EMU_TC_TRUNC=1: truncating
@@ -118,14 +118,16 @@ WG_SRC="-DEMU_WG16 -D__CUDA_ARCH_FEAT_SM90_ALL=1 -I $W/wg16 -I $W/tc16 -I $W -I 
 wg_build() { # main.cpp binary [extra flags]
   if [ ! -x $W/$2 ] || [ -n "$(find kernels_cuda tools/kernel_emu tests/util -newer $W/$2 -name '*.[ch]*' -o -newer $W/$2 -name '*.py')" ]; then
     g++ -std=c++17 -O2 -ffp-contract=off -fno-strict-aliasing -w ${EMU_CXXFLAGS:-} ${3:-} $WG_SRC tools/kernel_emu/$1 $W/mlstm_case.o \
-      $W/test_util.o $W/mlstm_ref.o -L "$LIB" -Wl,-rpath,"$LIB" -lmlstm -fopenmp -lm -o $W/$2
+      $W/test_util.o $W/mlstm_ref.o -L "$LIB" -Wl,-rpath,"$LIB" -lmlstm -fopenmp -lm -o $W/$2 || rm -f $W/$2
   fi
 }
 if [ $wg16 = 1 ]; then
   python3 tools/kernel_emu/make_wg16.py $W
-  wg_build emu_wg16_main.cpp emu_fwd_wg16
-  wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16
-  wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16_staged "-DMLSTM_DQ_WG_STAGED_EPILOGUE=1 -DMLSTM_DKDV_STAGED_EPILOGUE=1"
+  wg_build emu_wg16_main.cpp emu_fwd_wg16 &
+  wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16 &
+  [ "${1:-}" = wg16-quick ] || wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16_staged "-DMLSTM_DQ_WG_STAGED_EPILOGUE=1 -DMLSTM_DKDV_STAGED_EPILOGUE=1" &
+  wait
+  for b in emu_fwd_wg16 emu_bwd_wg16; do [ -x $W/$b ] || { echo "kernel_emu: $b did not build"; exit 1; }; done
 fi
 fail=0
 run() {
@@ -220,6 +222,17 @@ wg16) # the sm_90a forward, default kernel and persistent variant (args: kernel 
     run $k f16 200x136 130 1 1 normal 46
     run $k bf16 256x200 200 1 1 std 47
   done
+  exit $fail ;;
+wg16-quick) # a few wg16 and wg16-bwd cases (CI: tools/run_tests.sh)
+  E=$W/emu_fwd_wg16
+  run persistent bf16 256 300 1 2 std 81
+  run default f16 128 200 1 2 normal 82
+  run overlap bf16 64 300 1 1 std 83
+  run persistent f16 200x136 130 1 1 normal 84
+  E=$W/emu_bwd_wg16
+  EMU_DKDV=wg EMU_DQ=wg run exact bf16 256 130 1 1 std 85
+  EMU_DKDV=wg EMU_DQ=wgp run detached f16 256 100 1 1 normal 86
+  EMU_PRIOR=1 EMU_DQ=wgp run exact bf16 128 200 1 1 std 87
   exit $fail ;;
 wg16-bwd) # the backward with the sm_90a dK/dV and dQ kernels, default and staged epilogues (args: grad dtype D S B NH
   # gates seed)
