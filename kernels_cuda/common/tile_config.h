@@ -218,7 +218,8 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 /* The default-tile forward as a persistent kernel (fwd_wgmma_persistent.cuh: one CTA per SM walking query tiles, the
  * next tile's loads under the last one's tail; where the K / V maps can be made, else today's kernel): 1 on, 0 off.
- * Off until measured (compiled, not yet run on a GPU: twentieth session). */
+ * Off until measured (twentieth session: correct on the CPU emulator, tools/kernel_emu run.sh wg16; not yet run on
+ * a GPU). */
 #ifndef MLSTM_FWD_WG_PERSISTENT
 #define MLSTM_FWD_WG_PERSISTENT 0
 #endif
@@ -258,21 +259,18 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
  * (bench/RESULTS.md, "Tile choices"). D = 256 takes two stages of 64 keys rather than four of 32 (same shared memory):
  * with 32 keys dP = dH V^T is an N = 32 product bound by shared-memory reads; fwbw 3-4% faster on an H100
  * (bench/RESULTS.md, eighteenth and nineteenth sessions). */
+#ifndef MLSTM_TC64_DQ_WSL
+#define MLSTM_TC64_DQ_WSL 4064
+#endif
+#ifndef MLSTM_TC128_DQ_WSL
+#define MLSTM_TC128_DQ_WSL 4064
+#endif
+#ifndef MLSTM_TC256_DQ_WSL
+#define MLSTM_TC256_DQ_WSL 2064
+#endif
 /* The dQ kernels of class D (both tile shapes) load their K / V stages through TMA maps (one producer thread issues a
  * stage; the launch falls back to the producers' cp.async where the maps cannot be made): 1 on, 0 off. H100, twentieth
  * session (bench/RESULTS.md 09:08): fwbw 1-2% faster at D = 256, 1% slower at 128/128 S8192, even at 64/64. */
-/* The dQ kernels' KS = 1 tiles write dq (and df) through shared memory (bwd_wgmma.cuh dq_epilogue_staged: 16-byte
- * loads of q and the chained prior part, 16-byte dq stores) instead of from the fragments: 1 on, 0 off. Off until
- * measured (compiled, not yet run on a GPU: twentieth session). */
-/* The dQ kernels' KS = 1 tiles as a persistent kernel (bwd_wgmma_persistent.cuh: one CTA per SM walking query tiles,
- * dH / K / V through TMA, the next tile's loads under the last one's tail; where the maps can be made, else today's
- * kernel): 1 on, 0 off. Off until measured (compiled, not yet run on a GPU: twentieth session). */
-#ifndef MLSTM_DQ_WG_PERSISTENT
-#define MLSTM_DQ_WG_PERSISTENT 0
-#endif
-#ifndef MLSTM_DQ_WG_STAGED_EPILOGUE
-#define MLSTM_DQ_WG_STAGED_EPILOGUE 0
-#endif
 #ifndef MLSTM_TC64_DQ_WG_TMA
 #define MLSTM_TC64_DQ_WG_TMA 0
 #endif
@@ -282,14 +280,18 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_TC256_DQ_WG_TMA
 #define MLSTM_TC256_DQ_WG_TMA 1
 #endif
-#ifndef MLSTM_TC64_DQ_WSL
-#define MLSTM_TC64_DQ_WSL 4064
+/* The dQ kernels' KS = 1 tiles write dq (and df) through shared memory (bwd_wgmma.cuh dq_epilogue_staged: 16-byte
+ * loads of q and the chained prior part, 16-byte dq stores) instead of from the fragments: 1 on, 0 off. Off until
+ * measured (twentieth session: correct on the CPU emulator, tools/kernel_emu run.sh wg16-bwd; not yet run on a GPU). */
+#ifndef MLSTM_DQ_WG_STAGED_EPILOGUE
+#define MLSTM_DQ_WG_STAGED_EPILOGUE 0
 #endif
-#ifndef MLSTM_TC128_DQ_WSL
-#define MLSTM_TC128_DQ_WSL 4064
-#endif
-#ifndef MLSTM_TC256_DQ_WSL
-#define MLSTM_TC256_DQ_WSL 2064
+/* The dQ kernels' KS = 1 tiles as a persistent kernel (bwd_wgmma_persistent.cuh: one CTA per SM walking query tiles,
+ * dH / K / V through TMA, the next tile's loads under the last one's tail; where the maps can be made, else today's
+ * kernel): 1 on, 0 off. Off until measured (twentieth session: correct on the CPU emulator, tools/kernel_emu run.sh
+ * wg16-bwd; not yet run on a GPU). */
+#ifndef MLSTM_DQ_WG_PERSISTENT
+#define MLSTM_DQ_WG_PERSISTENT 0
 #endif
 /* sm_90a dK/dV kernel: one warpgroup per 64 keys, BMQ queries per tile (dK and dV accumulators are D/2 floats per
  * thread each; D = 256 takes the warpgroup pairs below). Shared memory 49 / 97 KB. D = 128 with 64-query tiles (a
@@ -315,8 +317,8 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #define MLSTM_DKDV_PINGPONG 1
 #endif
 /* The D = 256 dK/dV pairs write dk and dv through shared memory (bwd_wgmma.cuh dkdv_rows_staged: 16-byte loads of the
- * chained prior part, 16-byte stores) instead of from the fragments: 1 on, 0 off. Off until measured (compiled, not
- * yet run on a GPU: twentieth session). */
+ * chained prior part, 16-byte stores) instead of from the fragments: 1 on, 0 off. Off until measured (twentieth
+ * session: correct on the CPU emulator, tools/kernel_emu run.sh wg16-bwd; not yet run on a GPU). */
 #ifndef MLSTM_DKDV_STAGED_EPILOGUE
 #define MLSTM_DKDV_STAGED_EPILOGUE 0
 #endif
