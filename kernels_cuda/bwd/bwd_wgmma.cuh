@@ -862,7 +862,7 @@ template <int D, int BMQ> struct DkdvPpCfg : DkdvPairCfg<D, BMQ> {
     using P = DkdvPairCfg<D, BMQ>;
     /* after the two gate blocks: mbarriers full[2], then the handoffs (PpBar) */
     static constexpr int MB_OFF = (P::G_OFF + 2 * DkdvGatePipe<BMQ>::G_FLOATS * 4 + 7) / 8 * 8;
-    static constexpr int SMEM = MB_OFF + 6 * 8 + 1024;
+    static constexpr int SMEM = MB_OFF + 7 * 8 + 1024; /* (the 7th: the second query tile, MLSTM_DKDV_SPLIT_PROLOGUE) */
     static_assert(SMEM <= 232448, "shared memory per block");
 };
 /* the ping-pong pair's handoffs (mbarrier i at 8 i bytes after full[2], or named barrier i) and its warpgroup-local
@@ -906,8 +906,13 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pp_kernel(const _
     MLSTM_PAIR_CTA_SETUP
     const int64_t qcols = masked_cols<D, MC>(args.DQK), hcols = masked_cols<D, MC>(args.DV);
 
+    /* SPLIT (tile_config.h MLSTM_DKDV_SPLIT_PROLOGUE): the first score products wait only for K, V and the first query
+     * tile; the second lands meanwhile, on its own mbarrier (bSecond: every thread's copies) */
+    constexpr bool SPLIT = MLSTM_DKDV_SPLIT_PROLOGUE != 0;
+    const uint32_t bSecond = bFull + 6 * 8;
     if (threadIdx.x == 0) {
         for (int i = 0; i < 6; ++i) mbar_init(bFull + 8 * i, 128);
+        if (SPLIT) mbar_init(bSecond, 256);
         mbar_init_fence();
     }
     const PpHandoff<NB> ho{bFull};
@@ -915,6 +920,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pp_kernel(const _
     load_tile_sw128<T, BNK, D, 256>(aV, gv, tv.ss, ks, S, (int)threadIdx.x, hcols);
     for (int64_t q = qt0; q < qt0 + 2 && q < nqt; ++q) {
         const uint32_t o = (uint32_t)(q - qt0) * Cfg::QT_BYTES;
+        if (SPLIT && q > qt0) cp_async_commit(); /* group 1: K, V, the first query tile */
         load_tile_sw128<T, BMQ, D, 256>(aQ + o, gq, tq.ss, q * BMQ, S, (int)threadIdx.x, qcols);
         load_tile_sw128<T, BMQ, D, 256>(aH + o, gdh, tdh.ss, q * BMQ, S, (int)threadIdx.x, hcols);
     }
@@ -946,9 +952,17 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pp_kernel(const _
         commit();
     };
 
-    cp_async_wait<0>();
+    if constexpr (SPLIT) {
+        /* group 1 landed (the second tile's group may be pending; the mbarrier arrival can only come after the
+         * __syncthreads in gp.prologue, which made bSecond's init visible) */
+        if (nqt - qt0 > 1) cp_async_wait<1>();
+        else cp_async_wait<0>();
+        mbar_arrive_cp_async(bSecond);
+    } else {
+        cp_async_wait<0>();
+    }
     fence_proxy_async();
-    __syncthreads(); /* K, V, the first two query tiles and the first gates are in shared memory */
+    __syncthreads(); /* K, V, the first query tile (SPLIT; else the first two) and the first gates are in shared memory */
     score_product(aA, aB);
     wait<0>();
     reg_fence(sacc);
@@ -1049,6 +1063,7 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pp_kernel(const _
             if (ROLE == 0 && it + 2 < nst) ho.arrive(PP_MB_EMPTY); /* tile qt's buffer is read */
             if (it + 1 < nst) {
                 if (it >= 1) mbar_wait(bFull + 8 * (buf ^ 1), (uint32_t)(((it - 1) >> 1) & 1));
+                else if (SPLIT) mbar_wait(bSecond, 0); /* the second query tile of the prologue */
                 fence_proxy_async(); /* the cp.async writes before the wgmma's async-proxy reads */
                 named_sync(PP_BAR_WG + ROLE, 128); /* this warpgroup's gates of tile qt + 1 */
                 score_product(ROLE ? aV : aK, (ROLE ? aH : aQ) + (buf ^ 1) * Cfg::QT_BYTES);

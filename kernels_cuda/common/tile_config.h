@@ -316,6 +316,13 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_DKDV_PINGPONG
 #define MLSTM_DKDV_PINGPONG 1
 #endif
+/* The ping-pong dK/dV pair (bf16 D = 256) starts its first score products once K, V and the first query tile have
+ * landed, the second query tile landing meanwhile on its own mbarrier, instead of waiting for all three: 1 on, 0 off.
+ * Off until measured (twentieth session: correct on the CPU emulator, tools/kernel_emu run.sh wg16-bwd; not yet run
+ * on a GPU). */
+#ifndef MLSTM_DKDV_SPLIT_PROLOGUE
+#define MLSTM_DKDV_SPLIT_PROLOGUE 0
+#endif
 /* The D = 256 dK/dV pairs write dk and dv through shared memory (bwd_wgmma.cuh dkdv_rows_staged: 16-byte loads of the
  * chained prior part, 16-byte stores) instead of from the fragments: 1 on, 0 off. Off until measured (twentieth
  * session: correct on the CPU emulator, tools/kernel_emu run.sh wg16-bwd; not yet run on a GPU). */

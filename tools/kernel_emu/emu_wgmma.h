@@ -5,7 +5,9 @@
  * with the swizzle the hardware applies. Waits yield to the other coroutines; a wait that sees no barrier progress
  * for long stops the run as a deadlock. The asynchronous operations land as late as the hardware allows: a wgmma's
  * results reach its accumulators only at the wait_group that retires its commit group (an accumulator read before
- * that sees the old values), a TMA box reaches shared memory only when its mbarrier's phase completes. */
+ * that sees the old values); an mbarrier phase completes only when a thread waits on it, and only then do the TMA
+ * boxes and the cp.async copies whose arrivals it counts land; other cp.async copies land at the wait_group that
+ * retires their group. */
 #pragma once
 #include <map>
 #include <utility>
@@ -26,11 +28,19 @@ struct TmaJob { /* a box not yet in shared memory: 16-byte chunks (destination, 
     std::vector<std::pair<uint32_t, const unsigned char *>> chunks;
     uint32_t bytes;
 };
+struct CpJob { /* a cp.async copy not yet in shared memory */
+    uint32_t dst;
+    const void *src; /* null: 16 zero bytes */
+};
+/* A phase completes as late as the hardware allows: when a thread waits on it and every arrival is in (the
+ * cp.async arrivals, which follow their copies, are counted, and their copies land, only then; the TMA boxes land at
+ * the completion) */
 struct Mbar {
     int expected, pending;
     int64_t tx;
     uint32_t phase; /* completed phases */
     std::vector<TmaJob> jobs;
+    std::vector<std::vector<CpJob>> cp_deferred; /* one per cp.async arrival not yet counted */
 };
 inline std::map<uint32_t, Mbar> mbars;
 /* a thread's wgmma results not yet in its accumulators: (accumulator, values) by commit group, the open group last */
@@ -40,6 +50,9 @@ struct WgmmaWrite {
 };
 inline std::vector<std::vector<WgmmaWrite>> wgmma_groups[1024];
 inline bool wgmma_open[1024];
+/* a thread's cp.async copies not yet in shared memory, by commit group, the open (uncommitted) group last */
+inline std::vector<std::vector<CpJob>> cp_groups[1024];
+inline bool cp_open[1024];
 struct NamedBar {
     int arrived;
     uint32_t gen;
@@ -53,6 +66,8 @@ inline void wg_block_start()
     for (int t = 0; t < 1024; ++t) {
         wgmma_groups[t].clear();
         wgmma_open[t] = false;
+        cp_groups[t].clear();
+        cp_open[t] = false;
     }
 }
 /* a wait that yields; stops the run after a long time without any barrier event */
@@ -77,10 +92,20 @@ inline Mbar &mbar(uint32_t bar)
     }
     return it->second;
 }
-/* the phase completes once every arrival is in and the boxes it expects are all issued; they land now */
+/* (at a wait) the phase completes once every arrival is in and the boxes it expects are all issued; they land now */
 inline unsigned char *shared_at(uint32_t saddr);
 inline void mbar_try_complete(Mbar &m)
 {
+    for (const auto &cp : m.cp_deferred) { /* the cp.async arrivals: their copies land, then they count */
+        for (const CpJob &j : cp)
+            if (j.src) std::memcpy(shared_at(j.dst), j.src, 16);
+            else std::memset(shared_at(j.dst), 0, 16);
+        if (--m.pending < 0) {
+            std::fprintf(stderr, "kernel_emu: an mbarrier got more arrivals than its count %d\n", m.expected);
+            std::exit(3);
+        }
+    }
+    m.cp_deferred.clear();
     int64_t issued = 0;
     for (const TmaJob &j : m.jobs) issued += j.bytes;
     if (m.pending == 0 && m.tx == issued) {
@@ -137,7 +162,48 @@ inline void emu_mbar_arrive(uint32_t bar)
         std::exit(3);
     }
     --m.pending;
-    emu::mbar_try_complete(m);
+    ++emu::progress;
+}
+/* cp.async (16 bytes, n = 0: zero fill), deferred: it lands at the cp.async.wait_group that retires its group, or at
+ * this thread's cp.async.mbarrier.arrive, whichever comes first */
+inline void emu_cp_land(const emu::CpJob &j)
+{
+    if (j.src) std::memcpy(emu_shared(j.dst), j.src, 16);
+    else std::memset(emu_shared(j.dst), 0, 16);
+}
+inline void emu_cp_async16_deferred(uint32_t saddr, const void *gmem, int n)
+{
+    auto &gs = emu::cp_groups[threadIdx.x];
+    if (!emu::cp_open[threadIdx.x]) {
+        gs.emplace_back();
+        emu::cp_open[threadIdx.x] = true;
+    }
+    gs.back().push_back(emu::CpJob{saddr, n == 16 ? gmem : nullptr});
+}
+inline void emu_cp_commit()
+{
+    if (emu::cp_open[threadIdx.x]) emu::cp_open[threadIdx.x] = false;
+    else emu::cp_groups[threadIdx.x].emplace_back(); /* an empty group */
+}
+inline void emu_cp_wait(int n)
+{
+    auto &gs = emu::cp_groups[threadIdx.x];
+    const int closed = (int)gs.size() - (emu::cp_open[threadIdx.x] ? 1 : 0), land = closed - n;
+    for (int i = 0; i < land; ++i)
+        for (const auto &j : gs[i]) emu_cp_land(j);
+    if (land > 0) gs.erase(gs.begin(), gs.begin() + land);
+}
+/* cp.async.mbarrier.arrive.noinc: an arrival once every copy this thread issued before has landed (deferred to the
+ * phase's completion, mbar_try_complete) */
+inline void emu_cp_arrive(uint32_t bar)
+{
+    auto &gs = emu::cp_groups[threadIdx.x];
+    std::vector<emu::CpJob> all;
+    for (const auto &g : gs) all.insert(all.end(), g.begin(), g.end());
+    gs.clear();
+    emu::cp_open[threadIdx.x] = false;
+    emu::mbar(bar).cp_deferred.push_back(std::move(all));
+    ++emu::progress;
 }
 inline void emu_mbar_expect_tx(uint32_t bar, uint32_t bytes)
 {
@@ -147,7 +213,13 @@ inline void emu_mbar_expect_tx(uint32_t bar, uint32_t bytes)
 /* returns once the phase of parity `parity` has completed */
 inline void emu_mbar_wait(uint32_t bar, uint32_t parity)
 {
-    while ((emu::mbar(bar).phase & 1u) == (parity & 1u)) emu::spin("mbarrier", bar);
+    for (;;) {
+        emu::Mbar &m = emu::mbar(bar);
+        if ((m.phase & 1u) != (parity & 1u)) return;
+        emu::mbar_try_complete(m);
+        if ((m.phase & 1u) != (parity & 1u)) return;
+        emu::spin("mbarrier", bar);
+    }
 }
 /* bar.sync / bar.arrive id, n */
 inline void emu_named_arrive(int id, int n)
@@ -194,9 +266,8 @@ inline void emu_tma_load_4d(uint32_t dst, const void *map, int c0, int c1, int c
                                              row * m.strides[0] + col * 2
                                        : nullptr);
         }
-    emu::Mbar &mb = emu::mbar(bar);
-    mb.jobs.push_back(std::move(job));
-    emu::mbar_try_complete(mb);
+    emu::mbar(bar).jobs.push_back(std::move(job));
+    ++emu::progress;
 }
 
 /* descriptor fields (kernels_cuda/common/wgmma.cuh desc_sw128): start address, leading and stride byte offsets */

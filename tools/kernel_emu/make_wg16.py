@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """kernel_emu: the host copies of the sm_90a building blocks for the wg16 builds (run.sh wg16*): the real
-kernels_cuda/common/wgmma.cuh, common.cuh and bwd/bwd_wgmma.cuh with each asm statement replaced by emu_wgmma.h's function (mechanical
+kernels_cuda/common/wgmma.cuh, common.cuh, mma.cuh and bwd/bwd_wgmma.cuh with each asm statement replaced by emu_wgmma.h's function (mechanical
 substitutions only, each checked to apply once), and wgmma_ops.cuh (generated asm wrappers) replaced by
 emu_wgmma.h's WgmmaSS / WgmmaRS. Usage: make_wg16.py EMU_DIR (writes EMU_DIR/wg16/common/ and wg16/bwd/)."""
 import os
@@ -39,7 +39,7 @@ src = substitute(src, [
     (r'asm volatile\("\{\\n"\s*"\.reg \.pred P1;.*?: "memory"\);', "emu_mbar_wait(bar, parity);"),
     (r'asm volatile\("mbarrier\.arrive\.expect_tx\.shared::cta\.b64 .*?\);', "emu_mbar_expect_tx(bar, bytes);"),
     (r'asm volatile\("cp\.async\.bulk\.tensor\.4d\..*?: "memory"\);', "emu_tma_load_4d(dst, map, c0, c1, c2, c3, bar);"),
-    (r'asm volatile\("cp\.async\.mbarrier\.arrive\.noinc\.shared::cta\.b64 .*?\);', "emu_mbar_arrive(bar);"),
+    (r'asm volatile\("cp\.async\.mbarrier\.arrive\.noinc\.shared::cta\.b64 .*?\);', "emu_cp_arrive(bar);"),
     (r'asm volatile\("setmaxnreg\.dec\.sync\.aligned\.u32 %0;\\n" ::"n"\(N\)\);', ""),
     (r'asm volatile\("setmaxnreg\.inc\.sync\.aligned\.u32 %0;\\n" ::"n"\(N\)\);', ""),
     (r'asm volatile\("fence\.proxy\.async\.shared::cta;\\n" ::: "memory"\);', ""),
@@ -54,6 +54,16 @@ src = substitute(src, [
     (r'asm volatile\("" : "\+f"\(d\[i\]\)::"memory"\);', "(void)d[i];"),
 ], "wgmma.cuh")
 open(f"{W}/wg16/common/wgmma.cuh", "w").write(src)
+
+# mma.cuh: run.sh's tc16 copy (its asm already emulated), with the cp.async copies deferred to the wait_group or the
+# mbarrier arrival that covers them (emu_wgmma.h), as the hardware may land them that late
+src = open(f"{W}/tc16/common/mma.cuh").read()
+src = substitute(src, [
+    (r"emu_cp_async16\(saddr, gmem, n\);", "emu_cp_async16_deferred(saddr, gmem, n);"),
+    (r"void cp_async_commit\(\) \{  \}", "void cp_async_commit() { emu_cp_commit(); }"),
+    (r"void cp_async_wait\(\) \{  \}", "void cp_async_wait() { emu_cp_wait(N); }"),
+], "mma.cuh")
+open(f"{W}/wg16/common/mma.cuh", "w").write(src)
 
 # bwd_wgmma.cuh: the dK/dV pair's 256-thread named barrier
 os.makedirs(f"{W}/wg16/bwd", exist_ok=True)

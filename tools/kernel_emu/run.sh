@@ -20,8 +20,9 @@
 #   named barriers, TMA boxes, wgmma decoded from the kernels' descriptors; asynchronous operations complete at once,
 #   so races that need real concurrency stay unseen: compute-sanitizer on a GPU still has the last word).
 # wg16-bwd: the tc16 backward with the sm_90a dK/dV kernels (EMU_DKDV=wg) and dQ kernels (EMU_DQ=wg: the KS = 1
-#   tiles; wgp: their persistent variant) in place, built twice: as the defaults, and with the staged epilogues
-#   (MLSTM_DQ_WG_STAGED_EPILOGUE, MLSTM_DKDV_STAGED_EPILOGUE); EMU_PRIOR=1 cases add a chained slice's prior dq, dk.
+#   tiles; wgp: their persistent variant) in place, built twice: as the defaults, and with the backward's switches
+#   that are off by default on (MLSTM_DQ_WG_STAGED_EPILOGUE, MLSTM_DKDV_STAGED_EPILOGUE, MLSTM_DKDV_SPLIT_PROLOGUE);
+#   EMU_PRIOR=1 cases add a chained slice's prior dq, dk.
 # tc16-bwd: the f16/bf16 tensor-core backward (prep, bwd_tc.cuh's dK/dV and dQ with the default tiles, gates) after
 #   that forward, exact and detached, D 64/128/256 (and DQKxDV cases of the D = 512 class), S 17/65/129, all eight
 #   outputs (emu_bwd_tc16; EMU_REF_FWD=1 as above). Known: bf16 exact D 64 S 65 seed 421 fails df (1.1e-2 > 1e-2),
@@ -125,7 +126,8 @@ if [ $wg16 = 1 ]; then
   python3 tools/kernel_emu/make_wg16.py $W
   wg_build emu_wg16_main.cpp emu_fwd_wg16 &
   wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16 &
-  [ "${1:-}" = wg16-quick ] || wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16_staged "-DMLSTM_DQ_WG_STAGED_EPILOGUE=1 -DMLSTM_DKDV_STAGED_EPILOGUE=1" &
+  [ "${1:-}" = wg16-quick ] || wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16_var \
+    "-DMLSTM_DQ_WG_STAGED_EPILOGUE=1 -DMLSTM_DKDV_STAGED_EPILOGUE=1 -DMLSTM_DKDV_SPLIT_PROLOGUE=1" &
   wait
   for b in emu_fwd_wg16 emu_bwd_wg16; do [ -x $W/$b ] || { echo "kernel_emu: $b did not build"; exit 1; }; done
 fi
@@ -237,7 +239,7 @@ wg16-quick) # a few wg16 and wg16-bwd cases (CI: tools/run_tests.sh)
 wg16-bwd) # the backward with the sm_90a dK/dV and dQ kernels, default and staged epilogues (args: grad dtype D S B NH
   # gates seed)
   seed=600
-  for E in $W/emu_bwd_wg16 $W/emu_bwd_wg16_staged; do
+  for E in $W/emu_bwd_wg16 $W/emu_bwd_wg16_var; do
     for dt in f16 bf16; do
       for D in 64 128 256; do
         for S in 65 200; do
