@@ -5,7 +5,8 @@
  * mode re-evaluated at the forward's m, n).
  * EMU_REF_FWD=1: the backward gets the reference's h, m, n instead of the emulated forward's. EMU_PRIOR=1 (exact mode):
  * the backward also adds the reference's dq, dk as a chained head-dim slice's prior parts (compared with twice them).
- * Built by run.sh wg16-bwd (EMU_WG16): EMU_DKDV=wg / EMU_DQ=wg|wgp put the sm_90a kernels in place of the mma.sync ones.
+ * Built by run.sh wg16-bwd (EMU_WG16): EMU_DKDV=wg / EMU_DQ=wg|wgp|wgs put the sm_90a kernels in place of the mma.sync
+ * ones.
  * Usage: emu_bwd_tc16 exact|detached f16|bf16 D(64|128|256)|DQKxDV S B NH gates seed [eps] [scale]
  * (DQKxDV: DQK <= 512, DV <= 256, multiples of 8: the D = 512 class) */
 #define EMU_NO_TF32
@@ -31,19 +32,36 @@ template <typename T, int D, int BN, int NST, bool MC> static void k_dq_ws(mlstm
 {
     mlstm::wg::mlstm_bwd_dq_ws_kernel<T, D, BN, NST, 1, MC, true>(a, g_dq_tm);
 }
+template <typename T, int D, int BN, int NST, bool MC> static void k_dq_split(mlstm::KArgs a)
+{
+    mlstm::wg::mlstm_bwd_dq_ws_kernel<T, D, BN, NST, 2, MC, mlstm::TileCfg<D>::DQ_WG_TMA>(a, g_dq_tm);
+}
 template <typename T, int D, int BN, int NST, bool MC> static void k_dq_pers(mlstm::KArgs a)
 {
     mlstm::wg::mlstm_bwd_dq_persistent_kernel<T, D, BN, NST, MC>(a, g_dq_tp);
 }
 /* EMU_DQ=wg: the dQ kernel's KS = 1 tiles (K / V through TMA) as run_bwd_dq_wgmma launches them; =wgp: their
- * persistent variant on EMU_SMS CTAs (default 3); false: neither asked for */
+ * persistent variant on EMU_SMS CTAs (default 3); =wgs: the small-grid key split (KS = 2, TMA as the class has it);
+ * false: none asked for */
 template <typename T, int D> static bool launch_dq_wg(const mlstm::KArgs &a)
 {
     if constexpr (D > 256) return false;
     else {
-    if (!(env_is("EMU_DQ", "wg") || env_is("EMU_DQ", "wgp"))) return false;
+    if (!(env_is("EMU_DQ", "wg") || env_is("EMU_DQ", "wgp") || env_is("EMU_DQ", "wgs"))) return false;
     constexpr int BN = mlstm::TileCfg<D>::DQ_WSL_BN, NST = mlstm::TileCfg<D>::DQ_WSL_NST;
     constexpr bool MC = D == mlstm::MASKED_COLS_CLASS;
+    if (env_is("EMU_DQ", "wgs")) {
+        constexpr int SBN = mlstm::TileCfg<D>::DQ_WS_BN, SNST = mlstm::TileCfg<D>::DQ_WS_NST;
+        using QS = mlstm::wg::DqWsCfg<D, SBN, SNST, 2>;
+        const int64_t n = (a.S + QS::BM - 1) / QS::BM * a.B * a.NH;
+        emu_map(&g_dq_tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, SBN);
+        emu_map(&g_dq_tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, SBN);
+        g_dq_tm.on = 1;
+        emu::block_start = emu::wg_block_start;
+        std::printf("  dq: warp-specialised key split (KS = 2), %lld CTAs, smem %d B\n", (long long)n, QS::SMEM);
+        run_grid(k_dq_split<T, D, SBN, SNST, MC>, a, n, QS::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw, QS::SMEM);
+        return true;
+    }
     using QL = mlstm::wg::DqWsCfg<D, BN, NST, 1>;
     const int64_t tiles = (a.S + QL::BM - 1) / QL::BM * a.B * a.NH;
     emu_map(&g_dq_tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, BN);

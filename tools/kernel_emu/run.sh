@@ -20,7 +20,7 @@
 #   named barriers, TMA boxes, wgmma decoded from the kernels' descriptors; asynchronous operations complete at once,
 #   so races that need real concurrency stay unseen: compute-sanitizer on a GPU still has the last word).
 # wg16-bwd: the tc16 backward with the sm_90a dK/dV kernels (EMU_DKDV=wg) and dQ kernels (EMU_DQ=wg: the KS = 1
-#   tiles; wgp: their persistent variant) in place, built twice: as the defaults, and with the backward's switches
+#   tiles; wgp: their persistent variant; wgs: the small-grid key split) in place, built twice: as the defaults, and with the backward's switches
 #   that are off by default on (MLSTM_DQ_WG_STAGED_EPILOGUE, MLSTM_DKDV_STAGED_EPILOGUE, MLSTM_DKDV_SPLIT_PROLOGUE);
 #   EMU_PRIOR=1 cases add a chained slice's prior dq, dk.
 # tc16-bwd: the f16/bf16 tensor-core backward (prep, bwd_tc.cuh's dK/dV and dQ with the default tiles, gates) after
@@ -248,6 +248,7 @@ wg16-bwd) # the backward with the sm_90a dK/dV and dQ kernels, default and stage
           g=exact; [ $((seed % 3)) = 0 ] && g=detached
           EMU_DKDV=wg EMU_DQ=wg run $g $dt $D $S 1 2 $gates $seed
           EMU_DQ=wgp run $g $dt $D $S 2 1 $gates $seed
+          EMU_DQ=wgs run $g $dt $D $S 1 1 $gates $seed
         done
       done
       EMU_PRIOR=1 EMU_DKDV=wg EMU_DQ=wg run exact $dt 256 130 1 1 std 71 # a chained slice's prior parts
