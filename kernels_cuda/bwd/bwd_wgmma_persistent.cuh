@@ -9,12 +9,6 @@
 namespace mlstm {
 namespace wg {
 
-/* The dH, K and V maps of the persistent dQ (thread 0 of the producer loads every tile through them) */
-struct TmaHKV { /* each map 128-byte aligned (CUtensorMap) */
-    CUtensorMap h, k, v;
-    int on;
-};
-
 /* DqWsCfg's layout (KS = 1) plus the rows' state [2 buffers][128] (bwd_row_a's A_t, delta_t) and four mbarriers:
  * dH full (its tensor copies), dH empty (both consumer warpgroups done with a tile's products), row state consumed [2] */
 template <int D, int BN, int NST> struct DqPersCfg : DqWsCfg<D, BN, NST, 1> {
@@ -36,7 +30,7 @@ template <int D, int BN, int NST> struct DqPersCfg : DqWsCfg<D, BN, NST, 1> {
  * the fragments. Requires tm.on (the launch checks). */
 template <typename T, int D, int BN, int NST, bool MC = (D == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(384, 1)
-    mlstm_bwd_dq_persistent_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaHKV tm)
+    mlstm_bwd_dq_persistent_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaTileKV tm)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); /* built for an architecture without wgmma: never launched (dispatch.cu) */
@@ -117,7 +111,7 @@ __global__ void __launch_bounds__(384, 1)
                 }
                 if (it == 0 && pt == 0) { /* the tile's dH, once the consumers are done with the last one's */
                     if (n >= 1) mbar_wait(bHEmpty, (uint32_t)((n - 1) & 1));
-                    tma_tile_sw128<BM, D>(aH, &tm.h, qs, hh, b, bHFull);
+                    tma_tile_sw128<BM, D>(aH, &tm.x, qs, hh, b, bHFull);
                 }
             }
             gs0 += nsteps;

@@ -177,13 +177,6 @@ static inline cudaError_t tma_map(CUtensorMap *m, const TArg &t, const KArgs &a,
     return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-/* The current device's SM count (the persistent kernels' grids) */
-static inline cudaError_t sm_count(int &n)
-{
-    int dev = 0;
-    MLSTM_TRY(cudaGetDevice(&dev));
-    return cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-}
 
 /* The K / V maps of a kernel that loads its key tiles (rows each) through TMA where it can: tm.on = 0 where the maps
  * cannot be made (layout, alignment, a masking instance's head narrower than one 64-column box), the kernel then
@@ -194,6 +187,27 @@ template <typename T> static inline void tma_kv_try(wg::TmaKV &tm, const KArgs &
     tm.on = (!MC || (a.DQK >= 64 && a.DV >= 64)) &&
             tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, rows) == cudaSuccess &&
             tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, rows) == cudaSuccess;
+}
+
+/* A persistent kernel k over n tiles, one CTA per SM (at most n), where its maps can be made: K / V from tm, the
+ * tiles' resident input x (cols columns, boxes of rows rows) added; launched false (and nothing launched) where
+ * tm has no maps or x cannot be mapped, so that the caller launches its non-persistent kernel */
+template <typename T, typename K>
+static inline cudaError_t launch_persistent(K k, const wg::TmaKV &tm, const TArg &x, int64_t cols, int rows, int64_t n,
+                                            int nt, int smem, cudaStream_t st, const KArgs &a, bool &launched)
+{
+    launched = false;
+    wg::TmaTileKV tp;
+    memset(&tp, 0, sizeof tp);
+    if (!tm.on || tma_map<T>(&tp.x, x, a, cols, rows) != cudaSuccess) return cudaSuccess;
+    tp.k = tm.k;
+    tp.v = tm.v;
+    tp.on = 1;
+    int dev = 0, nsm = 0;
+    MLSTM_TRY(cudaGetDevice(&dev));
+    MLSTM_TRY(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
+    launched = true;
+    return launch_1d_cl(k, n < nsm ? n : (int64_t)nsm, 1, nt, smem, st, a, tp);
 }
 
 template <typename T, int D, bool SPLIT, bool MC> cudaError_t setup_fwd_wgmma()
@@ -220,17 +234,10 @@ cudaError_t run_fwd_wgmma(const KArgs &a, cudaStream_t st)
         tma_kv_try<T>(tm, a, D, MC, KK::C::BN);
     }
     if constexpr (KK::PERS) {
-        wg::TmaQKV tp;
-        memset(&tp, 0, sizeof tp);
-        tp.on = tm.on && tma_map<T>(&tp.q, a.t[MLSTM_TENSOR_Q], a, MC ? a.DQK : D, KK::F::BM) == cudaSuccess;
-        if (tp.on) { /* one CTA per SM, each walking query tiles */
-            tp.k = tm.k;
-            tp.v = tm.v;
-            int nsm = 0;
-            MLSTM_TRY(sm_count(nsm));
-            return launch_1d_cl(fwd_persistent_kernel<KK, T, D, MC>(), n < nsm ? n : (int64_t)nsm, 1, KK::F::NT,
-                                KK::P::SMEM, st, a, tp);
-        }
+        bool launched;
+        const cudaError_t e = launch_persistent<T>(fwd_persistent_kernel<KK, T, D, MC>(), tm, a.t[MLSTM_TENSOR_Q],
+                                                   MC ? a.DQK : D, KK::F::BM, n, KK::F::NT, KK::P::SMEM, st, a, launched);
+        if (launched || e != cudaSuccess) return e;
     }
     return launch_1d_cl(KK::fwd, n, KK::C::CL, KK::F::NT, KK::F::SMEM, st, a, tm);
 }
@@ -271,19 +278,12 @@ cudaError_t run_bwd_dq_wgmma(const KArgs &a, cudaStream_t st, bool split)
     if (KK::TMA) tma_kv_try<T>(tm, a, D, MC, split ? TileCfg<D>::DQ_WS_BN : TileCfg<D>::DQ_WSL_BN);
     if (split) return launch_1d_cl(KK::dq_split, tiles(KK::QS::BM), 1, KK::QS::NT, KK::QS::SMEM, st, a, tm);
     if constexpr (KK::PERS) {
-        wg::TmaHKV tp;
-        memset(&tp, 0, sizeof tp);
         if (!KK::TMA) tma_kv_try<T>(tm, a, D, MC, TileCfg<D>::DQ_WSL_BN);
-        tp.on = tm.on && tma_map<T>(&tp.h, a.t[MLSTM_TENSOR_DH], a, MC ? a.DV : D, KK::QL::BM) == cudaSuccess;
-        if (tp.on) { /* one CTA per SM, each walking query tiles */
-            tp.k = tm.k;
-            tp.v = tm.v;
-            int nsm = 0;
-            MLSTM_TRY(sm_count(nsm));
-            const int64_t n = tiles(KK::QL::BM);
-            return launch_1d_cl(dq_persistent_kernel<T, D, MC>(), n < nsm ? n : (int64_t)nsm, 1, KK::QL::NT,
-                                KK::P::SMEM, st, a, tp);
-        }
+        bool launched;
+        const cudaError_t e = launch_persistent<T>(dq_persistent_kernel<T, D, MC>(), tm, a.t[MLSTM_TENSOR_DH],
+                                                   MC ? a.DV : D, KK::QL::BM, tiles(KK::QL::BM), KK::QL::NT, KK::P::SMEM,
+                                                   st, a, launched);
+        if (launched || e != cudaSuccess) return e;
     }
     return launch_1d_cl(KK::dq, tiles(KK::QL::BM), 1, KK::QL::NT, KK::QL::SMEM, st, a, tm);
 }

@@ -19,6 +19,13 @@ struct TmaKV { /* each map 128-byte aligned (CUtensorMap) */
     CUtensorMap k, v;
     int on; /* the maps are set (a kernel that may load through them falls back to cp.async where not) */
 };
+/* The persistent kernels' maps: x, the tile's resident input (Q of the forward, dH of the dQ; thread 0 of the producer
+ * loads every tile through the maps: the 128 threads' cp.async of a 128-row tile spilled ~700 bytes at the producer's
+ * 56 registers), then K and V */
+struct TmaTileKV {
+    CUtensorMap x, k, v;
+    int on;
+};
 
 /* Byte offset of element (r, c) of an R-row tile of 2-byte elements in the swizzled layout: column block
  * c / 64 at (c / 64) * R * 128. Tiles must start on a 1024-byte boundary (the swizzle repeats every 8 rows). */

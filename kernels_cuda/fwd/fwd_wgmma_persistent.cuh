@@ -9,13 +9,6 @@
 namespace mlstm {
 namespace wg {
 
-/* The Q, K and V maps of the persistent forward (thread 0 of the producer loads Q too: the 128 threads' cp.async of
- * a 128-row Q tile spilled some 700 bytes at the producer's 56 registers) */
-struct TmaQKV { /* each map 128-byte aligned (CUtensorMap) */
-    CUtensorMap q, k, v;
-    int on;
-};
-
 /* FwdCfg's layout plus a second query-cumsum buffer and four mbarriers: Q full (its tensor copies), Q empty
  * (both consumer warpgroups done with a tile's products), cumsum consumed [2] (the consumers have read their rows of
  * sFq[buf]) */
@@ -90,7 +83,7 @@ __device__ __forceinline__ void fwd_wg_tile(uint32_t aQw, uint32_t cK, uint32_t 
  * Requires tm.on (the launch checks). */
 template <typename T, int D, int BN, int NST, bool MC = (D == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(384, 1)
-    mlstm_fwd_wgmma_persistent_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaQKV tm)
+    mlstm_fwd_wgmma_persistent_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaTileKV tm)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); /* built for an architecture without wgmma: never launched (dispatch.cu) */
@@ -163,7 +156,7 @@ __global__ void __launch_bounds__(384, 1)
                 }
                 if (it == 0 && pt == 0) { /* the tile's Q, once the consumers are done with the last one's */
                     if (n >= 1) mbar_wait(bQEmpty, (uint32_t)((n - 1) & 1));
-                    tma_tile_sw128<BM, D>(aQ, &tm.q, qs, hh, b, bQFull);
+                    tma_tile_sw128<BM, D>(aQ, &tm.x, qs, hh, b, bQFull);
                 }
             }
             gs0 += nsteps;

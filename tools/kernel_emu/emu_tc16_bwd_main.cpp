@@ -22,7 +22,7 @@
 #include "bwd/bwd_wgmma_persistent.cuh"
 namespace mlstm { namespace wg { alignas(1024) unsigned char smem_raw[232448]; } }
 static mlstm::wg::TmaKV g_dq_tm;
-static mlstm::wg::TmaHKV g_dq_tp;
+static mlstm::wg::TmaTileKV g_dq_tp;
 static bool env_is(const char *name, const char *value)
 {
     const char *e = std::getenv(name);
@@ -70,7 +70,7 @@ template <typename T, int D> static bool launch_dq_wg(const mlstm::KArgs &a)
     emu::block_start = emu::wg_block_start;
     if (env_is("EMU_DQ", "wgp")) {
         using P = mlstm::wg::DqPersCfg<D, BN, NST>;
-        emu_map(&g_dq_tp.h, a.t[MLSTM_TENSOR_DH], a, MC ? a.DV : D, QL::BM);
+        emu_map(&g_dq_tp.x, a.t[MLSTM_TENSOR_DH], a, MC ? a.DV : D, QL::BM);
         g_dq_tp.k = g_dq_tm.k;
         g_dq_tp.v = g_dq_tm.v;
         g_dq_tp.on = 1;

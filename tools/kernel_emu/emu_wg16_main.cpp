@@ -16,7 +16,7 @@ namespace mlstm { namespace wg { alignas(1024) unsigned char smem_raw[232448]; }
 
 static mlstm::wg::TmaKV g_tk;
 static bool g_overlap = false; /* the overlapped forward (fwd_wgmma.cuh OV; bf16) in place of the default kernel */
-static mlstm::wg::TmaQKV g_tq;
+static mlstm::wg::TmaTileKV g_tq;
 template <typename T, int D, int BN, int NST, bool MC> static void k_default(mlstm::KArgs a)
 {
     mlstm::wg::mlstm_fwd_wgmma_kernel<T, D, BN, 1, NST, 1, true, MC, false>(a, g_tk);
@@ -44,7 +44,7 @@ template <typename T, int D, bool MC> static void launch_wg_fwd(const mlstm::KAr
     g_tk.on = 1;
     emu::block_start = emu::wg_block_start;
     if (persistent) {
-        emu_map(&g_tq.q, a.t[MLSTM_TENSOR_Q], a, MC ? a.DQK : D, F::BM);
+        emu_map(&g_tq.x, a.t[MLSTM_TENSOR_Q], a, MC ? a.DQK : D, F::BM);
         g_tq.k = g_tk.k;
         g_tq.v = g_tk.v;
         g_tq.on = 1;
