@@ -21,13 +21,13 @@ template <int D, int BN, int NST> struct DqPersCfg : DqWsCfg<D, BN, NST, 1> {
     static_assert(SMEM <= 232448, "shared memory per block");
 };
 
-/* The CTA's query tiles are blockIdx.x, blockIdx.x + gridDim.x, ... (query_tile's heavy-first order); the stage ring
- * and its parities run on over them. Producer per tile n: warps 2 and 3 write the two 64-row blocks' row state (the
- * query cumsum through bwd_row_a, and delta) into buffer n & 1 once the consumers have read tile n - 2's; the gates
- * of each step are staged and scanned as in mlstm_bwd_dq_ws_kernel (KS = 1: scan warp w for consumer w's block)
- * while thread 0 issues the step's K / V tensor copies and, after the tile's first step, its dH's once the
- * consumers are done with tile n - 1's. Consumers per tile: the row state, the steps, dH released, dq_epilogue from
- * the fragments. Requires tm.on (the launch checks). */
+/* The CTA's query tiles are persistent_tile(0), persistent_tile(1), ... (common.cuh: heavy-first rounds, every other
+ * one reversed); the stage ring and its parities run on over them. Producer per tile n: warps 2 and 3 write the two
+ * 64-row blocks' row state (the query cumsum through bwd_row_a, and delta) into buffer n & 1 once the consumers have
+ * read tile n - 2's; the gates of each step are staged and scanned as in mlstm_bwd_dq_ws_kernel (KS = 1: scan warp w
+ * for consumer w's block) while thread 0 issues the step's K / V tensor copies and, after the tile's first step, its
+ * dH's once the consumers are done with tile n - 1's. Consumers per tile: the row state, the steps, dH released,
+ * dq_epilogue from the fragments. Requires tm.on (the launch checks). */
 template <typename T, int D, int BN, int NST, bool MC = (D == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(384, 1)
     mlstm_bwd_dq_persistent_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaTileKV tm)
@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(384, 1)
         const bool gprod = pt < 64;
         const float lsc = log2f(fabsf(args.scale));
         int64_t gs0 = 0, n = 0;
-        for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x, ++n) {
+        for (int64_t tile = persistent_tile(0); tile < ntiles; tile = persistent_tile(++n)) {
             const QueryTile qtl = query_tile(args, BM, tile);
             const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
             const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN), nsteps = kt_hi + 1;
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(384, 1)
     const int wr0 = (warp & 3) * 16;      /* first row of this warp within the 64-block */
     constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
     int64_t gs0 = 0, n = 0;
-    for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x, ++n) {
+    for (int64_t tile = persistent_tile(0); tile < ntiles; tile = persistent_tile(++n)) {
         const QueryTile qtl = query_tile(args, BM, tile);
         const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
         const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN), nsteps = kt_hi + 1;

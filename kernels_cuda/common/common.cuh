@@ -91,6 +91,17 @@ __device__ __forceinline__ QueryTile query_tile(const KArgs &a, int64_t bm, int6
     return QueryTile{cp.b, cp.hh, ((a.S + bm - 1) / bm - 1 - cp.rank) * bm};
 }
 
+/* The k-th tile (k = 0, 1, ...) of a persistent CTA's walk over query_tile's heavy-first order, in rounds of
+ * gridDim.x tiles, every other round reversed: CTA c takes c, 2G - 1 - c, 2G + c, ... (G = gridDim.x), so that the
+ * CTA with a round's heaviest tile takes the next round's lightest. With causal work falling linearly along the order
+ * every CTA's sum is then about the mean; the plain stride c, c + G, ... gives CTA 0 the heaviest tile of every round
+ * (1.5x the mean at two rounds). Increasing in k: a walk ends at its first tile beyond the last. */
+__device__ __forceinline__ int64_t persistent_tile(int64_t k)
+{
+    const int64_t G = gridDim.x, c = blockIdx.x;
+    return k * G + ((k & 1) ? G - 1 - c : c);
+}
+
 /* Base of tensor x for (batch b, head h), typed. */
 template <typename T>
 __device__ __forceinline__ T *bh_ptr(const TArg &x, int64_t b, int64_t h)

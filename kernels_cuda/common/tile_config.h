@@ -201,7 +201,8 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #define MLSTM_TC256_FWD_WG_TMA 1
 #endif
 /* The default-tile forward of class D overlaps each consumer warpgroup's C of key tile j with its O += P V of tile
- * j - 1 (fwd_wgmma.cuh OV; K and V tiles on separate barriers): 1 on, 0 off. Off until measured. */
+ * j - 1 (fwd_wgmma.cuh OV; K and V tiles on separate barriers): 1 on, 0 off. Off: correct, but 5-21% slower (H100,
+ * bench/RESULTS.md, twentieth session). */
 #ifndef MLSTM_TC64_FWD_WG_OVERLAP
 #define MLSTM_TC64_FWD_WG_OVERLAP 0
 #endif
@@ -218,8 +219,9 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 /* The default-tile forward as a persistent kernel (fwd_wgmma_persistent.cuh: one CTA per SM walking query tiles, the
  * next tile's loads under the last one's tail; where the K / V maps can be made, else today's kernel): 1 on, 0 off.
- * Off until measured (twentieth session: correct on the CPU emulator, tools/kernel_emu run.sh wg16; not yet run on
- * a GPU). */
+ * Off: slower (H100, same call, with common.cuh persistent_tile's alternating order: bf16 forward +1% to +6% at
+ * D = 128 / 256, -2% to -4% at 64/64 S8192), and racecheck reports shared-memory hazards in its D = 64 instances that
+ * are not yet located (bench/RESULTS.md, twenty-first session). */
 #ifndef MLSTM_FWD_WG_PERSISTENT
 #define MLSTM_FWD_WG_PERSISTENT 0
 #endif
@@ -281,15 +283,16 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #define MLSTM_TC256_DQ_WG_TMA 1
 #endif
 /* The dQ kernels' KS = 1 tiles write dq (and df) through shared memory (bwd_wgmma.cuh dq_epilogue_staged: 16-byte
- * loads of q and the chained prior part, 16-byte dq stores) instead of from the fragments: 1 on, 0 off. Off until
- * measured (twentieth session: correct on the CPU emulator, tools/kernel_emu run.sh wg16-bwd; not yet run on a GPU). */
+ * loads of q and the chained prior part, 16-byte dq stores) instead of from the fragments: 1 on, 0 off. On (H100,
+ * same call: 256/512 bf16 fwbw -2.6% at B4 S2048, -2% at S8192; 64 / 128 within 1%; conformance, racecheck and
+ * memcheck clean; bench/RESULTS.md, twenty-first session). */
 #ifndef MLSTM_DQ_WG_STAGED_EPILOGUE
-#define MLSTM_DQ_WG_STAGED_EPILOGUE 0
+#define MLSTM_DQ_WG_STAGED_EPILOGUE 1
 #endif
 /* The dQ kernels' KS = 1 tiles as a persistent kernel (bwd_wgmma_persistent.cuh: one CTA per SM walking query tiles,
  * dH / K / V through TMA, the next tile's loads under the last one's tail; where the maps can be made, else today's
- * kernel): 1 on, 0 off. Off until measured (twentieth session: correct on the CPU emulator, tools/kernel_emu run.sh
- * wg16-bwd; not yet run on a GPU). */
+ * kernel): 1 on, 0 off. Off: even to 2% slower (H100, same call, with persistent_tile's alternating order;
+ * bench/RESULTS.md, twenty-first session). */
 #ifndef MLSTM_DQ_WG_PERSISTENT
 #define MLSTM_DQ_WG_PERSISTENT 0
 #endif
@@ -318,16 +321,16 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #endif
 /* The ping-pong dK/dV pair (bf16 D = 256) starts its first score products once K, V and the first query tile have
  * landed, the second query tile landing meanwhile on its own mbarrier, instead of waiting for all three: 1 on, 0 off.
- * Off until measured (twentieth session: correct on the CPU emulator, tools/kernel_emu run.sh wg16-bwd; not yet run
- * on a GPU). */
+ * Off: no gain (H100, same call: bf16 fwbw -1% to +0.3%; bench/RESULTS.md, twenty-first session). */
 #ifndef MLSTM_DKDV_SPLIT_PROLOGUE
 #define MLSTM_DKDV_SPLIT_PROLOGUE 0
 #endif
 /* The D = 256 dK/dV pairs write dk and dv through shared memory (bwd_wgmma.cuh dkdv_rows_staged: 16-byte loads of the
- * chained prior part, 16-byte stores) instead of from the fragments: 1 on, 0 off. Off until measured (twentieth
- * session: correct on the CPU emulator, tools/kernel_emu run.sh wg16-bwd; not yet run on a GPU). */
+ * chained prior part, 16-byte stores) instead of from the fragments: 1 on, 0 off. On (H100, same call: 256/512 bf16
+ * fwbw -4% at B4 S2048; conformance clean; with the dQ's staged epilogue -7.4%, the full conformance suite, racecheck
+ * and memcheck clean; bench/RESULTS.md, twenty-first session). */
 #ifndef MLSTM_DKDV_STAGED_EPILOGUE
-#define MLSTM_DKDV_STAGED_EPILOGUE 0
+#define MLSTM_DKDV_STAGED_EPILOGUE 1
 #endif
 
 /* the members every TileCfg<D> takes from its MLSTM_TC{D}_* entries above */

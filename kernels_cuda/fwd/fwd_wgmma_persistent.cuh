@@ -74,13 +74,13 @@ __device__ __forceinline__ void fwd_wg_tile(uint32_t aQw, uint32_t cK, uint32_t 
     reg_fence(oacc);
 }
 
-/* The CTA's query tiles are blockIdx.x, blockIdx.x + gridDim.x, ... (query_tile's heavy-first order); the stage ring
- * and its parities run on over them (global step gs). Producer per tile n: warp 1 writes the tile's query cumsum into
- * buffer n & 1 (after the consumers have read tile n - 2's), the 128 threads stage and scan the gates of each step as
- * the default kernel does while thread 0 issues the step's K / V tensor copies and, after the tile's first step, its
- * Q's once the consumers are done with tile n - 1's. Consumers per tile: wait for Q, the steps, Q
- * released, the epilogue from the fragments (the staged one would write into the tiles the producer is refilling).
- * Requires tm.on (the launch checks). */
+/* The CTA's query tiles are persistent_tile(0), persistent_tile(1), ... (common.cuh: heavy-first rounds, every other
+ * one reversed); the stage ring and its parities run on over them (global step gs). Producer per tile n: warp 1 writes
+ * the tile's query cumsum into buffer n & 1 (after the consumers have read tile n - 2's), the 128 threads stage and
+ * scan the gates of each step as the default kernel does while thread 0 issues the step's K / V tensor copies and,
+ * after the tile's first step, its Q's once the consumers are done with tile n - 1's. Consumers per tile: wait for Q,
+ * the steps, Q released, the epilogue from the fragments (the staged one would write into the tiles the producer is
+ * refilling). Requires tm.on (the launch checks). */
 template <typename T, int D, int BN, int NST, bool MC = (D == MASKED_COLS_CLASS)>
 __global__ void __launch_bounds__(384, 1)
     mlstm_fwd_wgmma_persistent_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaTileKV tm)
@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(384, 1)
         const bool producer = pt < BN; /* gate producer: key pt of the step's tile */
         int64_t gs0 = 0;               /* steps of the tiles before this one */
         int64_t n = 0;
-        for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x, ++n) {
+        for (int64_t tile = persistent_tile(0); tile < ntiles; tile = persistent_tile(++n)) {
             const QueryTile qtl = query_tile(args, BM, tile);
             const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
             const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN), nsteps = kt_hi + 1;
@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(384, 1)
     constexpr bool GUARD = tc::NeedsRangeGuard<T>::value;
     constexpr bool PP = MLSTM_FWD_WG_PINGPONG;
     int64_t gs0 = 0, n = 0;
-    for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x, ++n) {
+    for (int64_t tile = persistent_tile(0); tile < ntiles; tile = persistent_tile(++n)) {
         const QueryTile qtl = query_tile(args, BM, tile);
         const int64_t b = qtl.b, hh = qtl.hh, qs = qtl.qs;
         const int64_t kt_hi = min((qs + BM - 1) / BN, (S - 1) / BN), nsteps = kt_hi + 1;

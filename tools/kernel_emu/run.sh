@@ -21,7 +21,7 @@
 #   so races that need real concurrency stay unseen: compute-sanitizer on a GPU still has the last word).
 # wg16-bwd: the tc16 backward with the sm_90a dK/dV kernels (EMU_DKDV=wg) and dQ kernels (EMU_DQ=wg: the KS = 1
 #   tiles; wgp: their persistent variant; wgs: the small-grid key split) in place, built twice: as the defaults, and with the backward's switches
-#   that are off by default on (MLSTM_DQ_WG_STAGED_EPILOGUE, MLSTM_DKDV_STAGED_EPILOGUE, MLSTM_DKDV_SPLIT_PROLOGUE);
+#   flipped (the fragment epilogues: MLSTM_DQ_WG_STAGED_EPILOGUE=0, MLSTM_DKDV_STAGED_EPILOGUE=0; MLSTM_DKDV_SPLIT_PROLOGUE=1);
 #   EMU_PRIOR=1 cases add a chained slice's prior dq, dk.
 # tc16-bwd: the f16/bf16 tensor-core backward (prep, bwd_tc.cuh's dK/dV and dQ with the default tiles, gates) after
 #   that forward, exact and detached, D 64/128/256 (and DQKxDV cases of the D = 512 class), S 17/65/129, all eight
@@ -127,7 +127,7 @@ if [ $wg16 = 1 ]; then
   wg_build emu_wg16_main.cpp emu_fwd_wg16 &
   wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16 &
   [ "${1:-}" = wg16-quick ] || wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16_var \
-    "-DMLSTM_DQ_WG_STAGED_EPILOGUE=1 -DMLSTM_DKDV_STAGED_EPILOGUE=1 -DMLSTM_DKDV_SPLIT_PROLOGUE=1" &
+    "-DMLSTM_DQ_WG_STAGED_EPILOGUE=0 -DMLSTM_DKDV_STAGED_EPILOGUE=0 -DMLSTM_DKDV_SPLIT_PROLOGUE=1" &
   wait
   for b in emu_fwd_wg16 emu_bwd_wg16; do [ -x $W/$b ] || { echo "kernel_emu: $b did not build"; exit 1; }; done
 fi
@@ -236,7 +236,7 @@ wg16-quick) # a few wg16 and wg16-bwd cases (CI: tools/run_tests.sh)
   EMU_DKDV=wg EMU_DQ=wgp run detached f16 256 100 1 1 normal 86
   EMU_PRIOR=1 EMU_DQ=wgp run exact bf16 128 200 1 1 std 87
   exit $fail ;;
-wg16-bwd) # the backward with the sm_90a dK/dV and dQ kernels, default and staged epilogues (args: grad dtype D S B NH
+wg16-bwd) # the backward with the sm_90a dK/dV and dQ kernels, as the defaults and with the switches flipped (args: grad dtype D S B NH
   # gates seed)
   seed=600
   for E in $W/emu_bwd_wg16 $W/emu_bwd_wg16_var; do
