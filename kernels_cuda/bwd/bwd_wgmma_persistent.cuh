@@ -14,8 +14,8 @@ namespace wg {
 template <int D, int BN, int NST> struct DqPersCfg : DqWsCfg<D, BN, NST, 1> {
     using Q = DqWsCfg<D, BN, NST, 1>;
     static constexpr int RB_OFF = (Q::BAR_OFF + 16 * NST + 15) / 16 * 16; /* floats: A [2][BM], delta [2][BM] */
-    static constexpr int PB_OFF = RB_OFF + 4 * Q::BM * 4;                 /* mbarriers: dH full, dH empty, rows[2] */
-    static constexpr int SMEM = PB_OFF + 4 * 8 + 1024; /* + 1024: the base is aligned up at run time */
+    static constexpr int PB_OFF = RB_OFF + 4 * Q::BM * 4; /* mbar_init_tiles: dH full, dH empty, rows read[2], written[2] */
+    static constexpr int SMEM = PB_OFF + PERS_TILE_BARS * 8 + 1024; /* + 1024: the base is aligned up at run time */
     static_assert(Q::BM == 128 && BN == 64, "two 64-row blocks, 64-key tiles (one aligned gate block)");
     static_assert(PB_OFF % 8 == 0, "mbarrier alignment");
     static_assert(SMEM <= 232448, "shared memory per block");
@@ -24,7 +24,7 @@ template <int D, int BN, int NST> struct DqPersCfg : DqWsCfg<D, BN, NST, 1> {
 /* The CTA's query tiles are persistent_tile(0), persistent_tile(1), ... (common.cuh: heavy-first rounds, every other
  * one reversed); the stage ring and its parities run on over them. Producer per tile n: warps 2 and 3 write the two
  * 64-row blocks' row state (the query cumsum through bwd_row_a, and delta) into buffer n & 1 once the consumers have
- * read tile n - 2's; the gates of each step are staged and scanned as in mlstm_bwd_dq_ws_kernel (KS = 1: scan warp w
+ * read tile n - 2's, and arrive on the buffer's "written" mbarrier, which the consumers wait on; the gates of each step are staged and scanned as in mlstm_bwd_dq_ws_kernel (KS = 1: scan warp w
  * for consumer w's block) while thread 0 issues the step's K / V tensor copies and, after the tile's first step, its
  * dH's once the consumers are done with tile n - 1's. Consumers per tile: the row state, the steps, dH released,
  * dq_epilogue from the fragments. Requires tm.on (the launch checks). */
@@ -47,7 +47,8 @@ __global__ void __launch_bounds__(384, 1)
     float *sRa = reinterpret_cast<float *>(smem + Cfg::RB_OFF);    /* [2][BM] A_t */
     float *sRd = sRa + 2 * BM;                                     /* [2][BM] delta_t */
     const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
-    const uint32_t bHFull = base + Cfg::PB_OFF, bHEmpty = bHFull + 8, bRows = bHFull + 16; /* bRows + 8 (n & 1) */
+    const uint32_t bHFull = base + Cfg::PB_OFF, bHEmpty = bHFull + 8;
+    const uint32_t bRows = bHFull + 16, bRowsSet = bHFull + 32; /* buffer n & 1 read, written: + 8 (n & 1) */
 
     const int64_t S = args.S, ntiles = (S + BM - 1) / BM * args.B * args.NH;
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
@@ -55,7 +56,7 @@ __global__ void __launch_bounds__(384, 1)
     const int wgi = warp >> 2; /* 0, 1: consumers; 2: producer */
 
     mbar_init_stages<NST>(bFull, 1 + 64); /* full: thread 0's expect-tx arrival, both scan warps */
-    mbar_init_tiles(bHFull);
+    mbar_init_tiles(bHFull, 64); /* the rows' state's writers: warps 2 and 3 */
     __syncthreads(); /* the only CTA-wide barrier */
 
     if (wgi == 2) {
@@ -87,6 +88,7 @@ __global__ void __launch_bounds__(384, 1)
                     ra[r] = ok ? bwd_row_a(ra[r], m, nn, args.eps, lsc) : -INFINITY;
                     rd[r] = ok ? gdf[t * tdf.ss] : 0.0f;
                 }
+                mbar_arrive(bRowsSet + 8 * buf); /* each lane's stores, released to the consumers */
             }
             GateAhead<BN> ga = {gf, gi, tf.ss, ti.ss, kt_hi, nsteps, S, pt, gprod, 0.0f, 0.0f, 0.0f, 0.0f};
             ga.start();
@@ -99,7 +101,7 @@ __global__ void __launch_bounds__(384, 1)
                     tma_kv_tiles<BN, D>(aK + stage * Cfg::KV_BYTES, aV + stage * Cfg::KV_BYTES, &tm.k, &tm.v, kt, hh, b,
                                         bFull + 8 * stage);
                 ga.stage(it, sA, sI, (int)(gs & 1) * 2 * 64 + pt);
-                named_sync(1, 128); /* (also orders warps 2 and 3's row state before the consumers' full wait) */
+                named_sync(1, 128); /* (the rows' state reaches the consumers through bRowsSet) */
                 if (pt < 64) { /* scan warp pw writes the step's tile's gates for consumer pw's query block */
                     const int src = (int)(gs & 1) * 2 * 64;
                     const float a[2] = {sA[src + 2 * lane], sA[src + 2 * lane + 1]};
@@ -141,8 +143,9 @@ __global__ void __launch_bounds__(384, 1)
             const int stage = (int)(gs % NST);
             mbar_wait(bFull + 8 * stage, (uint32_t)((gs / NST) & 1));
             fence_proxy_async(); /* the gates (st.shared) before the wgmma's async-proxy reads */
-            if (it == 0) { /* the rows' state, which the producer wrote before the first step's gates */
+            if (it == 0) { /* the rows' state: written by warps 2 and 3, which arrived on bRowsSet */
                 const int buf = (int)(n & 1);
+                mbar_wait(bRowsSet + 8 * buf, (uint32_t)((n >> 1) & 1));
 #pragma unroll
                 for (int rr = 0; rr < 2; ++rr) {
                     rb2[rr] = sRa[buf * BM + wgr + wr0 + g + rr * 8];

@@ -172,16 +172,21 @@ template <int BN> struct GateAhead {
     }
 };
 
-/* The persistent kernels' per-tile mbarriers from b0 (8 bytes each): the tile's resident input loaded (count 1: one
- * thread's tensor-copy arrival), that input released by both consumer warpgroups (256), and two buffers of the rows'
- * state read by the consumers (256 each). Thread 0, after mbar_init_stages, before the CTA barrier. */
-__device__ __forceinline__ void mbar_init_tiles(uint32_t b0)
+/* The persistent kernels' per-tile mbarriers from b0 (8 bytes each, PERS_TILE_BARS of them): the tile's resident
+ * input loaded (count 1: one thread's tensor-copy arrival), that input released by both consumer warpgroups (256),
+ * two buffers of the rows' state read by the consumers (256 each), and the same two buffers written (writers: the
+ * producer threads that write the rows' state, each arriving once it has). Thread 0, after mbar_init_stages, before
+ * the CTA barrier. */
+constexpr int PERS_TILE_BARS = 6;
+__device__ __forceinline__ void mbar_init_tiles(uint32_t b0, int writers)
 {
     if (threadIdx.x == 0) {
         mbar_init(b0, 1);
         mbar_init(b0 + 8, 256);
         mbar_init(b0 + 16, 256);
         mbar_init(b0 + 24, 256);
+        mbar_init(b0 + 32, writers);
+        mbar_init(b0 + 40, writers);
         mbar_init_fence();
     }
 }

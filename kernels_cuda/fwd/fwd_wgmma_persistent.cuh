@@ -15,8 +15,8 @@ namespace wg {
 template <int D, int BN, int NST> struct FwdPersCfg : FwdCfg<D, BN, 1, NST, 1> {
     using F = FwdCfg<D, BN, 1, NST, 1>;
     static constexpr int FQ2_OFF = (F::BAR_OFF + 32 * NST + 8 + 15) / 16 * 16; /* floats [BM] */
-    static constexpr int PB_OFF = FQ2_OFF + F::BM * 4;                       /* mbarriers: Q full, Q empty, fq[2] */
-    static constexpr int SMEM = PB_OFF + 4 * 8 + 1024; /* + 1024: the base is aligned up at run time */
+    static constexpr int PB_OFF = FQ2_OFF + F::BM * 4; /* mbar_init_tiles: Q full, Q empty, fq read[2], fq written[2] */
+    static constexpr int SMEM = PB_OFF + PERS_TILE_BARS * 8 + 1024; /* + 1024: the base is aligned up at run time */
 
     static_assert(PB_OFF % 8 == 0, "mbarrier alignment");
     static_assert(SMEM <= 232448, "shared memory per block");
@@ -76,7 +76,9 @@ __device__ __forceinline__ void fwd_wg_tile(uint32_t aQw, uint32_t cK, uint32_t 
 
 /* The CTA's query tiles are persistent_tile(0), persistent_tile(1), ... (common.cuh: heavy-first rounds, every other
  * one reversed); the stage ring and its parities run on over them (global step gs). Producer per tile n: warp 1 writes
- * the tile's query cumsum into buffer n & 1 (after the consumers have read tile n - 2's), the 128 threads stage and
+ * the tile's query cumsum into buffer n & 1 (after the consumers have read tile n - 2's) and arrives on the buffer's
+ * "written" mbarrier, which the consumers wait on (racecheck reported hazards while only the scan warp's bFull arrival
+ * ordered the two, after named barrier 1); the 128 threads stage and
  * scan the gates of each step as the default kernel does while thread 0 issues the step's K / V tensor copies and,
  * after the tile's first step, its Q's once the consumers are done with tile n - 1's. Consumers per tile: wait for Q,
  * the steps, Q released, the epilogue from the fragments (the staged one would write into the tiles the producer is
@@ -102,7 +104,8 @@ __global__ void __launch_bounds__(384, 1)
     float *sI = sA + 2 * BN;       /* [2][BN] i_j */
     float *sFq1 = reinterpret_cast<float *>(smem + Cfg::FQ2_OFF);
     const uint32_t bFull = base + Cfg::BAR_OFF, bEmpty = bFull + 8 * NST;
-    const uint32_t bQFull = base + Cfg::PB_OFF, bQEmpty = bQFull + 8, bFq = bQFull + 16; /* bFq + 8 (n & 1) */
+    const uint32_t bQFull = base + Cfg::PB_OFF, bQEmpty = bQFull + 8;
+    const uint32_t bFq = bQFull + 16, bFqSet = bQFull + 32; /* buffer n & 1 read, written: + 8 (n & 1) */
 
     const int64_t S = args.S, ntiles = (S + BM - 1) / BM * args.B * args.NH;
     const TArg &ti = args.t[MLSTM_TENSOR_I], &tf = args.t[MLSTM_TENSOR_F];
@@ -110,7 +113,7 @@ __global__ void __launch_bounds__(384, 1)
     const int wgi = warp >> 2; /* 0, 1: consumers; 2: producer */
 
     mbar_init_stages<NST>(bFull, 1 + 32); /* full: thread 0's expect-tx arrival, the scan warp */
-    mbar_init_tiles(bQFull);
+    mbar_init_tiles(bQFull, 32); /* the cumsum's writers: warp 1 */
     __syncthreads(); /* the only CTA-wide barrier */
 
     if (wgi == 2) {
@@ -129,6 +132,7 @@ __global__ void __launch_bounds__(384, 1)
             if (pt >= 32 && pt < 64) { /* warp 1: the tile's query cumsum, into a buffer the consumers have read */
                 if (n >= 2) mbar_wait(bFq + 8 * (n & 1), (uint32_t)(((n >> 1) - 1) & 1));
                 store_tile_cumsum<BM>(gf, tf.ss, qs, S, sFq);
+                mbar_arrive(bFqSet + 8 * (n & 1)); /* each lane's stores, released to the consumers */
             }
             GateAhead<BN> ga = {gf, gi, tf.ss, ti.ss, kt_hi, nsteps, S, pt, producer, 0.0f, 0.0f, 0.0f, 0.0f};
             ga.start();
@@ -191,7 +195,8 @@ __global__ void __launch_bounds__(384, 1)
             const int stage = (int)(gs % NST);
             mbar_wait(bFull + 8 * stage, (uint32_t)((gs / NST) & 1));
             fence_proxy_async(); /* the gates (st.shared) before the wgmma's async-proxy reads */
-            if (it == 0) {
+            if (it == 0) { /* the cumsum: written by warp 1, which arrived on bFqSet (also ordered by bFull, indirectly) */
+                mbar_wait(bFqSet + 8 * (n & 1), (uint32_t)((n >> 1) & 1));
                 rowF[0][0] = sFq[wr0 + g];
                 rowF[0][1] = sFq[wr0 + g + 8];
                 mbar_arrive(bFq + 8 * (n & 1)); /* the cumsum buffer may take tile n + 2's */
