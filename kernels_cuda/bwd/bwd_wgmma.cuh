@@ -856,7 +856,8 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pair_kernel(const
  * arrives, the other waits for the step's phase): C published, P published, C / S read, tile buffer read by role 0;
  * as mbarriers (NB false: 128 arrivals each) or as named barriers (NB: bar.arrive / bar.sync of 256 threads, which
  * PTX orders the same way but compute-sanitizer's racecheck reports as hazards). Role 1 loads the query tiles from
- * the third one on (cp.async, completion on the buffer's mbarrier); each warpgroup runs its own query-gate pipe (the
+ * the third one on (cp.async, completion on the buffer's mbarrier; TMA: its thread 0 issues the tiles' tensor copies
+ * from tm's maps of q (k) and dh (v), tile_config.h MLSTM_DKDV_TMA); each warpgroup runs its own query-gate pipe (the
  * same gates, bitwise). */
 template <int D, int BMQ> struct DkdvPpCfg : DkdvPairCfg<D, BMQ> {
     using P = DkdvPairCfg<D, BMQ>;
@@ -886,8 +887,9 @@ template <bool NB> struct PpHandoff {
     }
 };
 
-template <typename T, int D, int BMQ, bool NB, bool MC = (D == MASKED_COLS_CLASS)>
-__global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pp_kernel(const __grid_constant__ KArgs args)
+template <typename T, int D, int BMQ, bool NB, bool MC = (D == MASKED_COLS_CLASS), bool TMA = false>
+__global__ void __launch_bounds__(256, 1)
+    mlstm_bwd_dkdv_wgmma_pp_kernel(const __grid_constant__ KArgs args, const __grid_constant__ TmaKV tm)
 {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); /* built for an architecture without wgmma: never launched (dispatch.cu) */
@@ -910,8 +912,9 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pp_kernel(const _
      * tile; the second lands meanwhile, on its own mbarrier (bSecond: every thread's copies) */
     constexpr bool SPLIT = MLSTM_DKDV_SPLIT_PROLOGUE != 0;
     const uint32_t bSecond = bFull + 6 * 8;
+    const bool tma = TMA && tm.on != 0; /* role 1's query tiles through TMA (else cp.async: no maps) */
     if (threadIdx.x == 0) {
-        for (int i = 0; i < 6; ++i) mbar_init(bFull + 8 * i, 128);
+        for (int i = 0; i < 6; ++i) mbar_init(bFull + 8 * i, tma && i < 2 ? 1 : 128); /* TMA: one expect-tx arrival */
         if (SPLIT) mbar_init(bSecond, 256);
         mbar_init_fence();
     }
@@ -982,12 +985,16 @@ __global__ void __launch_bounds__(256, 1) mlstm_bwd_dkdv_wgmma_pp_kernel(const _
                 /* tile qt + 1 into the other buffer once role 0 has read tile qt - 1 from it (this warpgroup has) */
                 ho.wait(PP_MB_EMPTY, (uint32_t)((it - 1) & 1));
                 const uint32_t o = (uint32_t)(buf ^ 1) * Cfg::QT_BYTES;
-                /* operands from the kernel parameters again rather than kept in registers across the loop */
-                load_tile_sw128<T, BMQ, D, 128>(aQ + o, bh_ptr<T>(args.t[MLSTM_TENSOR_Q], b, hh), args.t[MLSTM_TENSOR_Q].ss,
-                                                qs + BMQ, S, tid, masked_cols<D, MC>(args.DQK));
-                load_tile_sw128<T, BMQ, D, 128>(aH + o, bh_ptr<T>(args.t[MLSTM_TENSOR_DH], b, hh), args.t[MLSTM_TENSOR_DH].ss,
-                                                qs + BMQ, S, tid, masked_cols<D, MC>(args.DV));
-                mbar_arrive_cp_async(bFull + 8 * (buf ^ 1)); /* fires when this thread's copies have landed */
+                if (TMA && tma) {
+                    if (tid == 0) tma_kv_tiles<BMQ, D>(aQ + o, aH + o, &tm.k, &tm.v, qt + 1, hh, b, bFull + 8 * (buf ^ 1));
+                } else {
+                    /* operands from the kernel parameters again rather than kept in registers across the loop */
+                    load_tile_sw128<T, BMQ, D, 128>(aQ + o, bh_ptr<T>(args.t[MLSTM_TENSOR_Q], b, hh),
+                                                    args.t[MLSTM_TENSOR_Q].ss, qs + BMQ, S, tid, masked_cols<D, MC>(args.DQK));
+                    load_tile_sw128<T, BMQ, D, 128>(aH + o, bh_ptr<T>(args.t[MLSTM_TENSOR_DH], b, hh),
+                                                    args.t[MLSTM_TENSOR_DH].ss, qs + BMQ, S, tid, masked_cols<D, MC>(args.DV));
+                    mbar_arrive_cp_async(bFull + 8 * (buf ^ 1)); /* fires when this thread's copies have landed */
+                }
             }
             if (ROLE == 0 && it > 0) ho.wait(PP_MB_CFREE, (uint32_t)((it - 1) & 1)); /* role 1 has read C, S of qt - 1 */
             gp.early(qt);

@@ -181,12 +181,14 @@ static inline cudaError_t tma_map(CUtensorMap *m, const TArg &t, const KArgs &a,
 /* The K / V maps of a kernel that loads its key tiles (rows each) through TMA where it can: tm.on = 0 where the maps
  * cannot be made (layout, alignment, a masking instance's head narrower than one 64-column box), the kernel then
  * loads by cp.async. A masking instance's maps span the tensors' own columns: the rest of each box is zero-filled. */
-template <typename T> static inline void tma_kv_try(wg::TmaKV &tm, const KArgs &a, int D, bool MC, int rows)
-{
+template <typename T>
+static inline void tma_kv_try(wg::TmaKV &tm, const KArgs &a, int D, bool MC, int rows, int xk = MLSTM_TENSOR_K,
+                              int xv = MLSTM_TENSOR_V)
+{ /* xk, xv: the tensors of DQK and of DV columns mapped into tm.k, tm.v (K, V; or Q, dH) */
     memset(&tm, 0, sizeof tm);
     tm.on = (!MC || (a.DQK >= 64 && a.DV >= 64)) &&
-            tma_map<T>(&tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, rows) == cudaSuccess &&
-            tma_map<T>(&tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, rows) == cudaSuccess;
+            tma_map<T>(&tm.k, a.t[xk], a, MC ? a.DQK : D, rows) == cudaSuccess &&
+            tma_map<T>(&tm.v, a.t[xv], a, MC ? a.DV : D, rows) == cudaSuccess;
 }
 
 /* A persistent kernel k over n tiles, one CTA per SM (at most n), where its maps can be made: K / V from tm, the
@@ -293,14 +295,18 @@ template <typename T, int D, bool MC, bool PAIR = TileCfg<D>::DKDV_WG_PAIR> stru
     static_assert(MC == (D == MASKED_COLS_CLASS), "the single-warpgroup dK/dV kernel masks as its class does");
     using K = wg::DkdvCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
     static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ>;
+    static constexpr bool MAPS = false; /* whether the kernel takes a wg::TmaKV */
 };
 template <typename T, int D, bool MC, int PP = tc::NeedsRangeGuard<T>::value ? 0 : MLSTM_DKDV_PINGPONG>
 struct WgDkdvPair { /* the ping-pong pair (bf16; PP 1: mbarrier handoffs, 2: named barriers) */
     using K = wg::DkdvPpCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
-    static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_pp_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ, PP == 2, MC>;
+    static constexpr bool MAPS = true, TMA = MLSTM_DKDV_TMA != 0; /* query tiles through TMA maps of q and dh */
+    static constexpr auto dkdv =
+        wg::mlstm_bwd_dkdv_wgmma_pp_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ, PP == 2, MC, TMA>;
 };
 template <typename T, int D, bool MC> struct WgDkdvPair<T, D, MC, 0> { /* two warpgroups meeting at CTA barriers */
     using K = wg::DkdvPairCfg<D, TileCfg<D>::DKDV_WG_BMQ>;
+    static constexpr bool MAPS = false;
     static constexpr auto dkdv = wg::mlstm_bwd_dkdv_wgmma_pair_kernel<T, D, TileCfg<D>::DKDV_WG_BMQ, MC>;
 };
 template <typename T, int D, bool MC> struct WgDkdv<T, D, MC, true> : WgDkdvPair<T, D, MC> {};
@@ -315,7 +321,14 @@ template <typename T, int D, bool MC> cudaError_t run_bwd_dkdv_wgmma(const KArgs
 {
     using KK = WgDkdv<T, D, MC>;
     const int64_t nk = (a.S + KK::K::BNK - 1) / KK::K::BNK * a.B * a.NH;
-    return launch_1d(KK::dkdv, nk, KK::K::NT, KK::K::SMEM, st, a);
+    if constexpr (KK::MAPS) { /* the ping-pong pair */
+        wg::TmaKV tm;
+        memset(&tm, 0, sizeof tm);
+        if (KK::TMA) tma_kv_try<T>(tm, a, D, MC, TileCfg<D>::DKDV_WG_BMQ, MLSTM_TENSOR_Q, MLSTM_TENSOR_DH);
+        return launch_1d_cl(KK::dkdv, nk, 1, KK::K::NT, KK::K::SMEM, st, a, tm);
+    } else {
+        return launch_1d(KK::dkdv, nk, KK::K::NT, KK::K::SMEM, st, a);
+    }
 }
 #endif
 

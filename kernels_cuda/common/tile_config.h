@@ -332,6 +332,13 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_DKDV_STAGED_EPILOGUE
 #define MLSTM_DKDV_STAGED_EPILOGUE 1
 #endif
+/* The ping-pong dK/dV pair (bf16 D = 256) loads its query tiles from the third on through TMA (role 1's thread 0
+ * issues the q and dh tensor copies onto the buffer's mbarrier) instead of 128 threads' cp.async, where the maps can
+ * be made (else cp.async): 1 on, 0 off. Off until measured (twenty-first session: correct on the CPU emulator,
+ * tools/kernel_emu run.sh wg16-bwd; not yet run on a GPU). */
+#ifndef MLSTM_DKDV_TMA
+#define MLSTM_DKDV_TMA 0
+#endif
 
 /* the members every TileCfg<D> takes from its MLSTM_TC{D}_* entries above */
 #define MLSTM_TILE_CFG_MEMBERS(D)                                                                                \

@@ -40,6 +40,11 @@ template <typename T, int D, int BN, int NST, bool MC> static void k_dq_pers(mls
 {
     mlstm::wg::mlstm_bwd_dq_persistent_kernel<T, D, BN, NST, MC>(a, g_dq_tp);
 }
+static mlstm::wg::TmaKV g_dkdv_tm; /* the ping-pong pair's maps of q and dh (MLSTM_DKDV_TMA) */
+template <typename T, int D, int BMQ, bool MC> static void k_dkdv_pp(mlstm::KArgs a)
+{
+    mlstm::wg::mlstm_bwd_dkdv_wgmma_pp_kernel<T, D, BMQ, false, MC, MLSTM_DKDV_TMA != 0>(a, g_dkdv_tm);
+}
 /* EMU_DQ=wg: the dQ kernel's KS = 1 tiles (K / V through TMA) as run_bwd_dq_wgmma launches them; =wgp: their
  * persistent variant on EMU_SMS CTAs (default 3); =wgs: the small-grid key split (KS = 2, TMA as the class has it);
  * false: none asked for */
@@ -103,9 +108,12 @@ template <typename T, int D> static bool launch_dkdv_wg(const mlstm::KArgs &a)
         if constexpr (mlstm::tc::NeedsRangeGuard<T>::value)
             run_grid(mlstm::wg::mlstm_bwd_dkdv_wgmma_pair_kernel<T, D, BMQ, MC>, a, nk, K::NT, mlstm::wg::smem_raw,
                      sizeof mlstm::wg::smem_raw, mlstm::wg::DkdvPairCfg<D, BMQ>::SMEM);
-        else
-            run_grid(mlstm::wg::mlstm_bwd_dkdv_wgmma_pp_kernel<T, D, BMQ, false, MC>, a, nk, K::NT, mlstm::wg::smem_raw,
-                     sizeof mlstm::wg::smem_raw, K::SMEM);
+        else {
+            emu_map(&g_dkdv_tm.k, a.t[MLSTM_TENSOR_Q], a, MC ? a.DQK : D, BMQ);
+            emu_map(&g_dkdv_tm.v, a.t[MLSTM_TENSOR_DH], a, MC ? a.DV : D, BMQ);
+            g_dkdv_tm.on = 1;
+            run_grid(k_dkdv_pp<T, D, BMQ, MC>, a, nk, K::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw, K::SMEM);
+        }
     } else {
         using K = mlstm::wg::DkdvCfg<D, BMQ>;
         const int64_t nk = (a.S + K::BNK - 1) / K::BNK * a.B * a.NH;

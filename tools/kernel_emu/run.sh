@@ -21,7 +21,7 @@
 #   so races that need real concurrency stay unseen: compute-sanitizer on a GPU still has the last word).
 # wg16-bwd: the tc16 backward with the sm_90a dK/dV kernels (EMU_DKDV=wg) and dQ kernels (EMU_DQ=wg: the KS = 1
 #   tiles; wgp: their persistent variant; wgs: the small-grid key split) in place, built twice: as the defaults, and with the backward's switches
-#   flipped (the fragment epilogues: MLSTM_DQ_WG_STAGED_EPILOGUE=0, MLSTM_DKDV_STAGED_EPILOGUE=0; MLSTM_DKDV_SPLIT_PROLOGUE=1);
+#   flipped (the fragment epilogues: MLSTM_DQ_WG_STAGED_EPILOGUE=0, MLSTM_DKDV_STAGED_EPILOGUE=0; MLSTM_DKDV_SPLIT_PROLOGUE=1, MLSTM_DKDV_TMA=1);
 #   EMU_PRIOR=1 cases add a chained slice's prior dq, dk.
 # tc16-bwd: the f16/bf16 tensor-core backward (prep, bwd_tc.cuh's dK/dV and dQ with the default tiles, gates) after
 #   that forward, exact and detached, D 64/128/256 (and DQKxDV cases of the D = 512 class), S 17/65/129, all eight
@@ -127,7 +127,7 @@ if [ $wg16 = 1 ]; then
   wg_build emu_wg16_main.cpp emu_fwd_wg16 &
   wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16 &
   [ "${1:-}" = wg16-quick ] || wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16_var \
-    "-DMLSTM_DQ_WG_STAGED_EPILOGUE=0 -DMLSTM_DKDV_STAGED_EPILOGUE=0 -DMLSTM_DKDV_SPLIT_PROLOGUE=1" &
+    "-DMLSTM_DQ_WG_STAGED_EPILOGUE=0 -DMLSTM_DKDV_STAGED_EPILOGUE=0 -DMLSTM_DKDV_SPLIT_PROLOGUE=1 -DMLSTM_DKDV_TMA=1" &
   wait
   for b in emu_fwd_wg16 emu_bwd_wg16; do [ -x $W/$b ] || { echo "kernel_emu: $b did not build"; exit 1; }; done
 fi
