@@ -225,6 +225,13 @@ template <int NST_, int BN_, int KS_ = 1, int CL_ = 1> struct WgTile {
 #ifndef MLSTM_FWD_WG_PERSISTENT
 #define MLSTM_FWD_WG_PERSISTENT 0
 #endif
+/* The persistent forward writes h through its warpgroup's own rows of the Q tile (fwd_epilogue_staged in the TMA
+ * layout: 16-byte stores as the default kernel's staged epilogue), releasing Q for the next tile's load only after
+ * that, instead of from the fragments after releasing Q: 1 on, 0 off. Off until measured (twenty-first session:
+ * correct on the CPU emulator, tools/kernel_emu run.sh wg16; not yet run on a GPU). */
+#ifndef MLSTM_FWD_PERS_STAGED_EPILOGUE
+#define MLSTM_FWD_PERS_STAGED_EPILOGUE 0
+#endif
 /* The default-tile forward writes h through shared memory (fwd_wgmma.cuh fwd_epilogue_staged: 16-byte row-contiguous
  * stores once both consumer warpgroups are done with the tiles) instead of from its fragments: 1 on, 0 off. On (H100,
  * twentieth session: forward 2-7% faster at every class, bench/RESULTS.md 09:05). */

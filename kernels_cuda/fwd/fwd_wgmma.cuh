@@ -69,8 +69,11 @@ struct FwdCfg {
 /* Forward epilogue of a warpgroup's 64 rows (first row qs + r0; the thread's rows as in fwd_epilogue), staged: h
  * goes through shared memory at stg (64 rows, pitch P bytes) so that the global stores are 16-byte and row-contiguous
  * (the fragment layout's 4-byte stores took ~2 us for 64 x 256 on H100); m and n as in fwd_epilogue. Barrier bar of
- * nbar threads (the warpgroup's 128, or both consumer warpgroups' 256 where each stages its rows at its own stg). */
-template <typename T, int D, int P, bool GUARD, bool MC = (D == MASKED_COLS_CLASS)>
+ * nbar threads (the warpgroup's 128, or both consumer warpgroups' 256 where each stages its rows at its own stg).
+ * SWB > 0: stg holds the rows in a TMA tile's 128-byte-swizzled layout instead (64-column blocks SWB bytes apart, 128
+ * bytes a row, 16-byte piece j of row r at piece j ^ (r & 7); stg 1024-byte aligned), e.g. the warpgroup's own rows
+ * of a Q tile that its products no longer read. */
+template <typename T, int D, int P, bool GUARD, bool MC = (D == MASKED_COLS_CLASS), int SWB = 0>
 __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b, int64_t hh, int64_t qs, int r0, int wr0,
                                                     const float (&o)[1][D / 8][4], const float (&mrun)[1][2],
                                                     const float (&lrun)[1][2], const float (&esc)[2],
@@ -85,9 +88,16 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
         float nsig;
         const float inv = fwd_row_inv<GUARD>(args, lrun[0][rr], mrun[0][rr], esc[rr], nsig);
         const int r = wr0 - r0 + g + rr * 8;
-        uint32_t *srow = reinterpret_cast<uint32_t *>(stg + r * P); /* P / 4 = 4 (mod 32): rows g in other banks */
+        if constexpr (SWB > 0) { /* rows g: eight different pieces of their 128-byte rows, so other banks */
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n) srow[n * 4 + q4] = pack2<T>(o[0][n][rr * 2] * inv, o[0][n][rr * 2 + 1] * inv);
+            for (int n = 0; n < D / 8; ++n)
+                *reinterpret_cast<uint32_t *>(stg + (n / 8) * SWB + r * 128 + ((n % 8) ^ (r & 7)) * 16 + q4 * 4) =
+                    pack2<T>(o[0][n][rr * 2] * inv, o[0][n][rr * 2 + 1] * inv);
+        } else {
+            uint32_t *srow = reinterpret_cast<uint32_t *>(stg + r * P); /* P / 4 = 4 (mod 32): rows g in other banks */
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) srow[n * 4 + q4] = pack2<T>(o[0][n][rr * 2] * inv, o[0][n][rr * 2 + 1] * inv);
+        }
         const int64_t t = qs + r0 + r;
         if (q4 == 0 && t < S) {
             bh_ptr<float>(tm, b, hh)[t * tm.ss] = mrun[0][rr];
@@ -100,7 +110,11 @@ __device__ __forceinline__ void fwd_epilogue_staged(const KArgs &args, int64_t b
     for (int i = (int)threadIdx.x & 127; i < 64 * U; i += 128) {
         const int r = i / U, c = i % U;
         const int64_t t = qs + r0 + r;
-        if (t < S && col_in<D, MC>(c * 8, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
+        if constexpr (SWB > 0) {
+            if (t < S && col_in<D, MC>(c * 8, args.DV))
+                *reinterpret_cast<uint4 *>(gh + t * th.ss + c * 8) =
+                    *reinterpret_cast<const uint4 *>(stg + (c / 8) * SWB + r * 128 + ((c % 8) ^ (r & 7)) * 16);
+        } else if (t < S && col_in<D, MC>(c * 8, args.DV)) /* DV <= D, a multiple of 8 (masked columns) */
             *reinterpret_cast<uint4 *>(gh + t * th.ss + c * 8) = *reinterpret_cast<const uint4 *>(stg + r * P + c * 16);
     }
 }

@@ -212,9 +212,19 @@ __global__ void __launch_bounds__(384, 1)
                 wgi == 0 ? named_arrive(5, 256) : named_arrive(4, 256);
             mbar_arrive(bEmpty + 8 * stage);
         }
-        mbar_arrive(bQEmpty); /* this warpgroup's products of the tile are done: Q may take the next tile's */
-        if (PP && wgi == 0) named_sync(4, 256); /* warpgroup 1's last turn signal */
-        tc::fwd_epilogue<T, 1, D, GUARD, MC>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
+        if constexpr (MLSTM_FWD_PERS_STAGED_EPILOGUE) {
+            /* h through this warpgroup's own Q rows (its products are done with them; the other warpgroup's rows are
+             * apart), then Q released */
+            if (PP && wgi == 0) named_sync(4, 256); /* warpgroup 1's last turn signal */
+            fwd_epilogue_staged<T, D, 0, GUARD, MC, BM * 128>(args, b, hh, qs, wgr, wr0, o, mrun, lrun, esc,
+                                                              smem + wgr * 128, 2 + wgi, 128);
+            fence_proxy_async(); /* these generic accesses before the next Q's tensor copies into the rows */
+            mbar_arrive(bQEmpty);
+        } else {
+            mbar_arrive(bQEmpty); /* this warpgroup's products of the tile are done: Q may take the next tile's */
+            if (PP && wgi == 0) named_sync(4, 256); /* warpgroup 1's last turn signal */
+            tc::fwd_epilogue<T, 1, D, GUARD, MC>(args, b, hh, qs, wr0, o, mrun, lrun, esc);
+        }
         gs0 += nsteps;
     }
 #endif

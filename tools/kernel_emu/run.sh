@@ -16,7 +16,8 @@
 #   S 1..200, and the D = 512 class (D given as DQKxDV: DQK <= 512, DV <= 256), against the f16/bf16 rows of
 #   tolerances.h; tc16-quick: two of those cases.
 # wg16: the sm_90a f16/bf16 default-tile forward (fwd_wgmma.cuh, K / V through TMA) and its persistent variant
-#   (fwd_wgmma_persistent.cuh, on EMU_SMS = 3 CTAs so that each walks several tiles), through emu_wgmma.h (mbarriers,
+#   (fwd_wgmma_persistent.cuh, on EMU_SMS = 3 CTAs so that each walks several tiles; also built with its staged
+#   epilogue, MLSTM_FWD_PERS_STAGED_EPILOGUE), through emu_wgmma.h (mbarriers,
 #   named barriers, TMA boxes, wgmma decoded from the kernels' descriptors; asynchronous operations complete at once,
 #   so races that need real concurrency stay unseen: compute-sanitizer on a GPU still has the last word).
 # wg16-bwd: the tc16 backward with the sm_90a dK/dV kernels (EMU_DKDV=wg) and dQ kernels (EMU_DQ=wg: the KS = 1
@@ -125,6 +126,7 @@ wg_build() { # main.cpp binary [extra flags]
 if [ $wg16 = 1 ]; then
   python3 tools/kernel_emu/make_wg16.py $W
   wg_build emu_wg16_main.cpp emu_fwd_wg16 &
+  [ "${1:-}" = wg16 ] && wg_build emu_wg16_main.cpp emu_fwd_wg16_var "-DMLSTM_FWD_PERS_STAGED_EPILOGUE=1" &
   wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16 &
   [ "${1:-}" = wg16-quick ] || wg_build emu_tc16_bwd_main.cpp emu_bwd_wg16_var \
     "-DMLSTM_DQ_WG_STAGED_EPILOGUE=0 -DMLSTM_DKDV_STAGED_EPILOGUE=0 -DMLSTM_DKDV_SPLIT_PROLOGUE=1 -DMLSTM_DKDV_TMA=1" &
@@ -224,6 +226,19 @@ wg16) # the sm_90a forward, default kernel and persistent variant (args: kernel 
     run $k f16 200x136 130 1 1 normal 46
     run $k bf16 256x200 200 1 1 std 47
   done
+  E=$W/emu_fwd_wg16_var # the persistent forward with its staged epilogue (MLSTM_FWD_PERS_STAGED_EPILOGUE)
+  [ -x $E ] || { echo "kernel_emu: emu_fwd_wg16_var did not build"; exit 1; }
+  seed=560
+  for dt in f16 bf16; do
+    for D in 64 128 256; do
+      seed=$((seed + 1))
+      run persistent $dt $D 300 2 2 std $seed
+    done
+  done
+  run persistent f16 64 200 1 2 closed 31
+  EMU_SMS=1 run persistent bf16 128 700 1 2 std 44
+  run persistent f16 200x136 130 1 1 normal 46
+  run persistent bf16 256x200 200 1 1 std 47
   exit $fail ;;
 wg16-quick) # a few wg16 and wg16-bwd cases (CI: tools/run_tests.sh)
   E=$W/emu_fwd_wg16
