@@ -177,7 +177,6 @@ static inline cudaError_t tma_map(CUtensorMap *m, const TArg &t, const KArgs &a,
     return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-
 /* The K / V maps of a kernel that loads its key tiles (rows each) through TMA where it can: tm.on = 0 where the maps
  * cannot be made (layout, alignment, a masking instance's head narrower than one 64-column box), the kernel then
  * loads by cp.async. A masking instance's maps span the tensors' own columns: the rest of each box is zero-filled. */

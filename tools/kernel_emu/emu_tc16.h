@@ -2,6 +2,7 @@
  * and backward) share: the kernels' shared memory, the grid runner on it, the forward as run_fwd_tc<T, D, FWD_DEFAULT>
  * launches it, and the storage type named on the command line. Include after fwd_tc.cuh, tile_config.h, emu_grid.h. */
 #pragma once
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -116,5 +117,28 @@ static void emu_map(CUtensorMap *m, const mlstm::TArg &t, const mlstm::KArgs &a,
     const uint64_t dims[4] = {(uint64_t)D, (uint64_t)a.S, (uint64_t)a.NH, (uint64_t)a.B};
     const uint64_t strides[3] = {(uint64_t)t.ss * 2, (uint64_t)t.sh * 2, (uint64_t)t.sb * 2};
     emu_tma_encode(m, t.p, dims, strides, 64, (uint32_t)rows);
+}
+/* a wg::TmaKV as launch_impl.cuh tma_kv_try makes it: tensor xk's map over DQK columns into k, xv's over DV into v */
+template <typename KVMaps>
+static void emu_map_pair(KVMaps &kv, const mlstm::KArgs &a, int64_t D, bool MC, int rows, int xk = MLSTM_TENSOR_K,
+                         int xv = MLSTM_TENSOR_V)
+{
+    emu_map(&kv.k, a.t[xk], a, MC ? a.DQK : D, rows);
+    emu_map(&kv.v, a.t[xv], a, MC ? a.DV : D, rows);
+    kv.on = 1;
+}
+/* a persistent kernel's maps (a wg::TmaTileKV: tensor x's map of cols columns in boxes of rows rows, and kv's K / V)
+ * and its grid: EMU_SMS CTAs (default 3, so that each walks several tiles), at most tiles */
+template <typename TileMaps, typename KVMaps>
+static int64_t emu_persistent_setup(TileMaps &tp, const KVMaps &kv, const mlstm::KArgs &a, const mlstm::TArg &x,
+                                    int64_t cols, int rows, int64_t tiles)
+{
+    emu_map(&tp.x, x, a, cols, rows);
+    tp.k = kv.k;
+    tp.v = kv.v;
+    tp.on = 1;
+    const char *e = std::getenv("EMU_SMS");
+    const int64_t sms = e && atoi(e) > 0 ? atoi(e) : 3;
+    return tiles < sms ? tiles : sms;
 }
 #endif

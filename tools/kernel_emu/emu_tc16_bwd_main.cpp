@@ -59,9 +59,7 @@ template <typename T, int D> static bool launch_dq_wg(const mlstm::KArgs &a)
         constexpr int SBN = mlstm::TileCfg<D>::DQ_WS_BN, SNST = mlstm::TileCfg<D>::DQ_WS_NST;
         using QS = mlstm::wg::DqWsCfg<D, SBN, SNST, 2>;
         const int64_t n = (a.S + QS::BM - 1) / QS::BM * a.B * a.NH;
-        emu_map(&g_dq_tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, SBN);
-        emu_map(&g_dq_tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, SBN);
-        g_dq_tm.on = 1;
+        emu_map_pair(g_dq_tm, a, D, MC, SBN);
         emu::block_start = emu::wg_block_start;
         std::printf("  dq: warp-specialised key split (KS = 2), %lld CTAs, smem %d B\n", (long long)n, QS::SMEM);
         run_grid(k_dq_split<T, D, SBN, SNST, MC>, a, n, QS::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw, QS::SMEM);
@@ -69,18 +67,11 @@ template <typename T, int D> static bool launch_dq_wg(const mlstm::KArgs &a)
     }
     using QL = mlstm::wg::DqWsCfg<D, BN, NST, 1>;
     const int64_t tiles = (a.S + QL::BM - 1) / QL::BM * a.B * a.NH;
-    emu_map(&g_dq_tm.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, BN);
-    emu_map(&g_dq_tm.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, BN);
-    g_dq_tm.on = 1;
+    emu_map_pair(g_dq_tm, a, D, MC, BN);
     emu::block_start = emu::wg_block_start;
     if (env_is("EMU_DQ", "wgp")) {
         using P = mlstm::wg::DqPersCfg<D, BN, NST>;
-        emu_map(&g_dq_tp.x, a.t[MLSTM_TENSOR_DH], a, MC ? a.DV : D, QL::BM);
-        g_dq_tp.k = g_dq_tm.k;
-        g_dq_tp.v = g_dq_tm.v;
-        g_dq_tp.on = 1;
-        const char *e = std::getenv("EMU_SMS");
-        const int64_t sms = e && atoi(e) > 0 ? atoi(e) : 3, grid = tiles < sms ? tiles : sms;
+        const int64_t grid = emu_persistent_setup(g_dq_tp, g_dq_tm, a, a.t[MLSTM_TENSOR_DH], MC ? a.DV : D, QL::BM, tiles);
         std::printf("  dq: persistent, %lld tiles on %lld CTAs, smem %d B\n", (long long)tiles, (long long)grid, P::SMEM);
         run_grid(k_dq_pers<T, D, BN, NST, MC>, a, grid, QL::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw, P::SMEM);
     } else {
@@ -109,9 +100,7 @@ template <typename T, int D> static bool launch_dkdv_wg(const mlstm::KArgs &a)
             run_grid(mlstm::wg::mlstm_bwd_dkdv_wgmma_pair_kernel<T, D, BMQ, MC>, a, nk, K::NT, mlstm::wg::smem_raw,
                      sizeof mlstm::wg::smem_raw, mlstm::wg::DkdvPairCfg<D, BMQ>::SMEM);
         else {
-            emu_map(&g_dkdv_tm.k, a.t[MLSTM_TENSOR_Q], a, MC ? a.DQK : D, BMQ);
-            emu_map(&g_dkdv_tm.v, a.t[MLSTM_TENSOR_DH], a, MC ? a.DV : D, BMQ);
-            g_dkdv_tm.on = 1;
+            emu_map_pair(g_dkdv_tm, a, D, MC, BMQ, MLSTM_TENSOR_Q, MLSTM_TENSOR_DH);
             run_grid(k_dkdv_pp<T, D, BMQ, MC>, a, nk, K::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw, K::SMEM);
         }
     } else {

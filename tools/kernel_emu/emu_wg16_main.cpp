@@ -39,17 +39,10 @@ template <typename T, int D, bool MC> static void launch_wg_fwd(const mlstm::KAr
     using F = mlstm::wg::FwdCfg<D, C::BN, 1, C::NST, 1>;
     using P = mlstm::wg::FwdPersCfg<D, C::BN, C::NST>;
     const int64_t tiles = (a.S + F::BM - 1) / F::BM * a.B * a.NH;
-    emu_map(&g_tk.k, a.t[MLSTM_TENSOR_K], a, MC ? a.DQK : D, C::BN);
-    emu_map(&g_tk.v, a.t[MLSTM_TENSOR_V], a, MC ? a.DV : D, C::BN);
-    g_tk.on = 1;
+    emu_map_pair(g_tk, a, D, MC, C::BN);
     emu::block_start = emu::wg_block_start;
     if (persistent) {
-        emu_map(&g_tq.x, a.t[MLSTM_TENSOR_Q], a, MC ? a.DQK : D, F::BM);
-        g_tq.k = g_tk.k;
-        g_tq.v = g_tk.v;
-        g_tq.on = 1;
-        const char *e = std::getenv("EMU_SMS");
-        const int64_t sms = e && atoi(e) > 0 ? atoi(e) : 3, grid = tiles < sms ? tiles : sms;
+        const int64_t grid = emu_persistent_setup(g_tq, g_tk, a, a.t[MLSTM_TENSOR_Q], MC ? a.DQK : D, F::BM, tiles);
         std::printf("  persistent forward, class %d (BN %d, NST %d), smem %d B, %lld tiles on %lld CTAs\n", D, C::BN,
                     C::NST, P::SMEM, (long long)tiles, (long long)grid);
         run_grid(k_persistent<T, D, C::BN, C::NST, MC>, a, grid, F::NT, mlstm::wg::smem_raw, sizeof mlstm::wg::smem_raw,
